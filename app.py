@@ -1,0 +1,139 @@
+"""MLX Model Manager: wiring only.
+
+settings -> services -> FastAPI (login pages, gate) -> Gradio mounted at / -> uvicorn.
+Run `python app.py --help` (or `mlx-manager --help`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from manager.cli import build_parser, run_command, settings_from_args
+from manager.services import Services
+from manager.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("mlx_manager")
+
+# Chat attachments (videos) are the largest uploads; the chat tab checks finer limits.
+MAX_UPLOAD = "512mb"
+
+
+def create_app(services: Services) -> FastAPI:
+    """The whole HTTP app. Routes must be added before Gradio is mounted at '/'."""
+    # Imported here so `mlx-manager users ...` answers without loading Gradio (~3 s).
+    import gradio as gr
+    from fastapi import FastAPI, Request
+
+    from components.dashboard import build_dashboard
+    from components.views import DASHBOARD_CSS
+    from manager.web_auth import SessionGate, build_auth_router, current_user
+
+    app = FastAPI(title="MLX Model Manager")
+    app.include_router(
+        build_auth_router(services.auth, secure_cookies=services.settings.secure_cookies)
+    )
+
+    def gradio_user(request: Request) -> str | None:
+        user = current_user(request)
+        return user.email if user is not None else None
+
+    app = gr.mount_gradio_app(
+        app,
+        build_dashboard(services),
+        path="/",
+        auth_dependency=gradio_user,
+        css=DASHBOARD_CSS,
+        max_file_size=MAX_UPLOAD,
+        allowed_paths=[str(services.settings.uploads_dir)],
+        footer_links=[],
+    )
+    app.add_middleware(SessionGate, auth=services.auth)
+    return app
+
+
+def configure_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    # httpx logs every request at INFO, which drowns the dashboard's own lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def start_share_link(settings: Settings) -> None:
+    """Ask Gradio's tunnel for a public link in the background; offline it only warns."""
+
+    def worker() -> None:
+        from gradio import networking
+
+        try:
+            url = networking.setup_tunnel(
+                "127.0.0.1", settings.port, secrets.token_urlsafe(32), None, None
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure only means "no share link"
+            log.warning(
+                "Could not create a share link (%s). The dashboard keeps running at "
+                "http://%s:%s", exc, settings.host, settings.port,
+            )
+            return
+        log.info("Public share link: %s (anyone with it reaches the login page)", url)
+
+    threading.Thread(target=worker, name="share-link", daemon=True).start()
+
+
+def serve(settings: Settings, log_level: str = "info") -> int:
+    import uvicorn
+
+    if not port_is_free(settings.host, settings.port):
+        log.error("Port %s on %s is already in use. Pick another with --port.",
+                  settings.port, settings.host)
+        return 1
+    services = Services.create(settings)
+    app = create_app(services)
+    url_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    log.info("MLX Model Manager on http://%s:%s (data in %s)", url_host, settings.port,
+             settings.data_dir)
+    if settings.share:
+        start_share_link(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
+                            timeout_graceful_shutdown=5)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        services.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    serving = args.command in (None, "serve")
+    # Account commands print their own results; only problems should join them.
+    level = getattr(args, "log_level", None) or ("info" if serving else "warning")
+    configure_logging(level)
+    settings = settings_from_args(args)
+    if serving:
+        return serve(settings, level)
+    return run_command(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The Admin tab: approve, reject, disable, delete, promote and reset accounts.
+
+Every button resolves the acting user on the server; the tab being hidden is not the check.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import gradio as gr
+
+from components.session import TabLoader, user_of
+from manager.auth import Role, User
+from manager.errors import ManagerError
+from manager.services import Services
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["ID", "Email", "Role", "Status", "Created", "Approved", "Last login"]
+
+
+def user_rows(users: list[User]) -> list[list[object]]:
+    return [
+        [u.id, u.email, u.role.value, u.status.value, u.created_at, u.approved_at or "",
+         u.last_login_at or ""]
+        for u in users
+    ]
+
+
+def user_choices(users: list[User]) -> list[tuple[str, int]]:
+    return [(f"{u.email} ({u.status.value}, {u.role.value})", u.id) for u in users]
+
+
+def build(services: Services) -> TabLoader:
+    """Builds the tab; returns a loader that fills it for the user of a request."""
+    auth = services.auth
+    gr.Markdown("### Accounts")
+    table = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="users-table", wrap=True)
+    with gr.Row():
+        # Choices arrive per page load; the server re-checks every id anyway.
+        target = gr.Dropdown(label="Account", choices=[], elem_id="admin-target", scale=3,
+                             allow_custom_value=True)
+        temp_password = gr.Textbox(
+            label="Temporary password (for Reset password)", type="password", scale=2,
+            elem_id="admin-temp-password",
+        )
+    with gr.Row():
+        approve = gr.Button("Approve", variant="primary", elem_id="admin-approve")
+        reject = gr.Button("Reject", elem_id="admin-reject")
+        enable = gr.Button("Enable", elem_id="admin-enable")
+        disable = gr.Button("Disable", elem_id="admin-disable")
+        promote = gr.Button("Make admin", elem_id="admin-promote")
+        demote = gr.Button("Make user", elem_id="admin-demote")
+        reset = gr.Button("Reset password", elem_id="admin-reset")
+        delete = gr.Button("Delete…", variant="stop", elem_id="admin-delete")
+    # Deleting is final, so it takes a second, explicit click.
+    with gr.Row(visible=False) as confirm_row:
+        gr.Markdown("**Delete this account for good?** Its chats and keys go with it.")
+        confirm_delete = gr.Button("Yes, delete", variant="stop", elem_id="admin-confirm-delete")
+        cancel_delete = gr.Button("Keep it", elem_id="admin-cancel-delete")
+    result = gr.Markdown(elem_id="admin-result")
+    refresh = gr.Button("Refresh list", size="sm", elem_id="admin-refresh")
+
+    def snapshot(actor: User) -> tuple:
+        users = auth.list_users(actor)
+        return user_rows(users), gr.Dropdown(choices=user_choices(users))
+
+    def load(request: gr.Request) -> tuple:
+        actor = user_of(services, request)
+        if not actor.is_admin:
+            return [], gr.Dropdown(choices=[])
+        return snapshot(actor)
+
+    actions: dict[str, Callable[[User, int, str], str]] = {
+        "approve": lambda a, uid, _: f"Approved {auth.approve(a, uid).email}.",
+        "reject": lambda a, uid, _: f"Rejected {auth.reject(a, uid).email}.",
+        "enable": lambda a, uid, _: f"Enabled {auth.enable(a, uid).email}.",
+        "disable": lambda a, uid, _: f"Disabled {auth.disable(a, uid).email}; signed out.",
+        "promote": lambda a, uid, _: f"{auth.set_role(a, uid, Role.ADMIN).email} is an admin.",
+        "demote": lambda a, uid, _: f"{auth.set_role(a, uid, Role.USER).email} is a user.",
+        "reset": lambda a, uid, pw: (
+            f"New temporary password set for {auth.reset_password(a, uid, pw).email}; "
+            "their sessions were ended."
+        ),
+        "delete": lambda a, uid, _: _delete(a, uid),
+    }
+
+    def _delete(actor: User, uid: int) -> str:
+        auth.delete(actor, uid)
+        return "Account deleted."
+
+    def run(name: str) -> Callable[..., tuple]:
+        def handler(user_id: int | str | None, password: str, request: gr.Request) -> tuple:
+            actor = user_of(services, request)
+            if user_id is None or not str(user_id).isdigit():
+                raise gr.Error("Pick an account first.")
+            try:
+                message = actions[name](actor, int(user_id), password or "")
+            except ManagerError as exc:
+                log.info("admin action %s by %s refused: %s", name, actor.email, exc.message)
+                raise gr.Error(exc.message) from exc
+            rows, dropdown = snapshot(actor)
+            return rows, dropdown, message, ""
+
+        return handler
+
+    outputs = [table, target, result, temp_password]
+    for name, button in (("approve", approve), ("reject", reject), ("enable", enable),
+                         ("disable", disable), ("promote", promote), ("demote", demote),
+                         ("reset", reset)):
+        button.click(run(name), [target, temp_password], outputs, api_name=f"admin_{name}")
+    refresh.click(load, None, [table, target], api_name="admin_users")
+    delete.click(lambda: gr.Row(visible=True), None, confirm_row)
+    cancel_delete.click(lambda: gr.Row(visible=False), None, confirm_row)
+    confirm_delete.click(
+        run("delete"), [target, temp_password], outputs, api_name="admin_delete"
+    ).then(
+        lambda: gr.Row(visible=False), None, confirm_row
+    )
+    return TabLoader(load, [table, target])

@@ -1,0 +1,43 @@
+"""The dashboard shell: header, tabs, and what fills them when a page opens."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from components import admin_tab, chat_tab, models_tab, profiles_tab, servers_tab
+from components.session import user_of
+from components.views import admin_tab_label, header_html
+from manager.services import Services
+
+BADGE_REFRESH_S = 15
+
+
+def build_dashboard(services: Services) -> gr.Blocks:
+    with gr.Blocks(title="MLX Model Manager") as demo:
+        header = gr.HTML(header_html(None, 0), elem_id="mm-header")
+        with gr.Tabs():
+            with gr.Tab("Models", id="models"):
+                models_tab.build(services)
+            with gr.Tab("Profiles", id="profiles"):
+                profiles_tab.build(services)
+            with gr.Tab("Servers", id="servers"):
+                servers_tab.build(services)
+            with gr.Tab("Chat", id="chat"):
+                chat_tab.build(services)
+            with gr.Tab("Admin", id="admin", visible=False, elem_id="admin-tab") as admin:
+                load_admin = admin_tab.build(services)
+
+        def refresh_shell(request: gr.Request) -> tuple:
+            user = user_of(services, request)
+            pending = services.auth.pending_count() if user.is_admin else 0
+            tab = gr.Tab(visible=user.is_admin, label=admin_tab_label(pending))
+            return header_html(user, pending), tab
+
+        def on_open(request: gr.Request) -> tuple:
+            return (*refresh_shell(request), *load_admin.fn(request))
+
+        demo.load(on_open, None, [header, admin, *load_admin.outputs])
+        gr.Timer(BADGE_REFRESH_S).tick(refresh_shell, None, [header, admin],
+                                       show_progress="hidden")
+    return demo
+

@@ -1,0 +1,1 @@
+"""MLX Model Manager domain: no gradio, no mlx imports here."""

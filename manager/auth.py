@@ -1,0 +1,410 @@
+"""Accounts: registration, approval, roles, argon2 passwords, JWT sessions, login limits."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from email_validator import EmailNotValidError, validate_email
+
+from manager.errors import (
+    AccountNotActive,
+    AuthenticationFailed,
+    Conflict,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    ValidationError,
+)
+from manager.store import Store, utc_now
+
+log = logging.getLogger(__name__)
+
+MIN_PASSWORD = 8
+MAX_PASSWORD = 128
+JWT_ALGORITHM = "HS256"
+SECRET_BYTES = 48
+BAD_CREDENTIALS = "Wrong email or password."
+
+
+class Role(str, Enum):
+    ADMIN = "admin"
+    USER = "user"
+
+
+class Status(str, Enum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    DISABLED = "disabled"
+    REJECTED = "rejected"
+
+
+_INACTIVE_MESSAGES = {
+    Status.PENDING: "Your account is waiting for an administrator's approval.",
+    Status.REJECTED: "Your registration was not approved. Ask an administrator.",
+    Status.DISABLED: "This account is disabled. Ask an administrator.",
+}
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    email: str
+    role: Role
+    status: Status
+    token_version: int
+    created_at: str
+    approved_at: str | None
+    last_login_at: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN and self.status is Status.ACTIVE
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> User:
+        return cls(
+            id=row["id"],
+            email=row["email"],
+            role=Role(row["role"]),
+            status=Status(row["status"]),
+            token_version=row["token_version"],
+            created_at=row["created_at"],
+            approved_at=row["approved_at"],
+            last_login_at=row["last_login_at"],
+        )
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The JWT signing key: random bytes created once, readable by the owner only."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = secrets.token_bytes(SECRET_BYTES)
+        # O_EXCL: two processes starting at once must not overwrite each other's key.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return load_or_create_secret(path)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        log.info("created a new session signing key at %s", path)
+        return data
+    if len(data) < 32:
+        raise ValidationError(f"The session key {path} is shorter than 32 bytes; delete it.")
+    return data
+
+
+def normalize_email(email: str) -> str:
+    try:
+        result = validate_email(email.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValidationError(f"That is not a valid email address: {exc}", "email") from exc
+    return result.normalized.lower()
+
+
+def check_password_rules(password: str) -> None:
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise ValidationError(
+            f"Passwords must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long.", "password"
+        )
+
+
+class LoginLimiter:
+    """Counts failed logins per email and per client address in a sliding window."""
+
+    def __init__(
+        self,
+        *,
+        per_email: int = 5,
+        per_client: int = 20,
+        window_s: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limits = {"email": per_email, "client": per_client}
+        self._window = window_s
+        self._clock = clock
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+        times = self._failures.setdefault(key, deque())
+        while times and now - times[0] > self._window:
+            times.popleft()
+        return times
+
+    def check(self, email: str, client: str) -> None:
+        now = self._clock()
+        with self._lock:
+            for kind, value in (("email", email), ("client", client)):
+                times = self._recent((kind, value), now)
+                if len(times) >= self._limits[kind]:
+                    wait = self._window - (now - times[0])
+                    minutes = max(1, round(wait / 60))
+                    raise RateLimited(
+                        f"Too many failed sign-in attempts. Try again in about {minutes} "
+                        f"minute{'s' if minutes != 1 else ''}.",
+                        retry_after=wait,
+                    )
+
+    def record_failure(self, email: str, client: str) -> None:
+        now = self._clock()
+        with self._lock:
+            self._recent(("email", email), now).append(now)
+            self._recent(("client", client), now).append(now)
+
+    def clear(self, email: str) -> None:
+        with self._lock:
+            self._failures.pop(("email", email), None)
+
+
+class AuthService:
+    """Everything about accounts. Actor-taking methods check the actor's rights themselves."""
+
+    def __init__(
+        self,
+        store: Store,
+        secret: bytes,
+        *,
+        session_days: int = 7,
+        limiter: LoginLimiter | None = None,
+        hasher: PasswordHasher | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._secret = secret
+        self.session_seconds = session_days * 86400
+        self._limiter = limiter or LoginLimiter()
+        self._hasher = hasher or PasswordHasher()
+        self._clock = clock
+        # Verifying against a real hash for unknown emails keeps both answers equally slow.
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+
+    # --- reading ---------------------------------------------------------------------
+
+    def get(self, user_id: int) -> User | None:
+        with self._store.connect() as db:
+            rows = list(db.query("SELECT * FROM users WHERE id = ?", [user_id]))
+        return User.from_row(rows[0]) if rows else None
+
+    def get_by_email(self, email: str) -> User | None:
+        with self._store.connect() as db:
+            rows = list(db.query("SELECT * FROM users WHERE email = ?", [email.strip().lower()]))
+        return User.from_row(rows[0]) if rows else None
+
+    def list_users(self, actor: User) -> list[User]:
+        self._require_admin(actor)
+        return self.all_users()
+
+    def all_users(self) -> list[User]:
+        """For the local CLI, which runs with the machine owner's rights."""
+        with self._store.connect() as db:
+            rows = db.query("SELECT * FROM users ORDER BY created_at, id")
+            return [User.from_row(row) for row in rows]
+
+    def pending_count(self) -> int:
+        with self._store.connect() as db:
+            row = next(db.query("SELECT count(*) AS n FROM users WHERE status = ?", ["pending"]))
+        return int(row["n"])
+
+    # --- registration and login ------------------------------------------------------
+
+    def register(self, email: str, password: str) -> User:
+        """The first account becomes an active admin; later ones wait for approval."""
+        return self._create(email, password, admin=False, active=False)
+
+    def add_user(self, email: str, password: str, *, admin: bool = False) -> User:
+        """Local CLI: create an active account straight away."""
+        return self._create(email, password, admin=admin, active=True)
+
+    def _create(self, email: str, password: str, *, admin: bool, active: bool) -> User:
+        address = normalize_email(email)
+        check_password_rules(password)
+        password_hash = self._hasher.hash(password)
+        now = utc_now()
+        with self._store.connect(immediate=True) as db:
+            if list(db.query("SELECT id FROM users WHERE email = ?", [address])):
+                raise Conflict("An account with that email already exists.")
+            first = next(db.query("SELECT count(*) AS n FROM users"))["n"] == 0
+            role = Role.ADMIN if first or admin else Role.USER
+            status = Status.ACTIVE if first or active else Status.PENDING
+            db.execute(
+                "INSERT INTO users (email, password_hash, role, status, created_at, approved_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [address, password_hash, role.value, status.value, now,
+                 now if status is Status.ACTIVE else None],
+            )
+        log.info("account created: %s role=%s status=%s", address, role.value, status.value)
+        user = self.get_by_email(address)
+        if user is None:
+            raise NotFound("The new account could not be read back.")
+        return user
+
+    def authenticate(self, email: str, password: str, client: str) -> User:
+        """Check a login; raises with one message for wrong password and unknown email."""
+        key = email.strip().lower()
+        self._limiter.check(key, client)
+        with self._store.connect() as db:
+            rows = list(db.query("SELECT * FROM users WHERE email = ?", [key]))
+        stored_hash = rows[0]["password_hash"] if rows else self._dummy_hash
+        try:
+            self._hasher.verify(stored_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            self._limiter.record_failure(key, client)
+            log.info("failed login for %s from %s", key, client)
+            raise AuthenticationFailed(BAD_CREDENTIALS) from None
+        if not rows:
+            # Only reachable if someone guessed the random dummy password.
+            raise AuthenticationFailed(BAD_CREDENTIALS)
+        user = User.from_row(rows[0])
+        self._limiter.clear(key)
+        if user.status is not Status.ACTIVE:
+            raise AccountNotActive(_INACTIVE_MESSAGES[user.status])
+        with self._store.connect() as db:
+            updates: dict[str, Any] = {"last_login_at": utc_now()}
+            if self._hasher.check_needs_rehash(stored_hash):
+                updates["password_hash"] = self._hasher.hash(password)
+            db.table("users").update(user.id, updates)
+        return user
+
+    # --- sessions --------------------------------------------------------------------
+
+    def issue_session(self, user: User) -> str:
+        now = int(self._clock())
+        claims = {"sub": str(user.id), "ver": user.token_version, "iat": now,
+                  "exp": now + self.session_seconds}
+        return jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM)
+
+    def user_for_session(self, token: str | None) -> User | None:
+        """The active user a session token belongs to, or None. Checked on every request."""
+        if not token:
+            return None
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[JWT_ALGORITHM],
+                options={"require": ["exp", "sub", "ver"], "verify_exp": False,
+                         "verify_iat": False},
+            )
+        except jwt.InvalidTokenError as exc:
+            log.debug("rejected session token: %s", exc)
+            return None
+        # Expiry is checked against our clock (a seam for tests), not the wall clock.
+        if int(claims["exp"]) <= self._clock():
+            return None
+        try:
+            user = self.get(int(claims["sub"]))
+        except ValueError:
+            return None
+        if user is None or user.status is not Status.ACTIVE:
+            return None
+        if user.token_version != claims["ver"]:
+            return None
+        return user
+
+    # --- administration --------------------------------------------------------------
+
+    def approve(self, actor: User, user_id: int) -> User:
+        return self._set_status(actor, user_id, Status.ACTIVE)
+
+    def reject(self, actor: User, user_id: int) -> User:
+        target = self._target(user_id)
+        if target.status is not Status.PENDING:
+            raise ValidationError("Only pending registrations can be rejected.")
+        return self._set_status(actor, user_id, Status.REJECTED)
+
+    def disable(self, actor: User, user_id: int) -> User:
+        return self._set_status(actor, user_id, Status.DISABLED)
+
+    def enable(self, actor: User, user_id: int) -> User:
+        return self._set_status(actor, user_id, Status.ACTIVE)
+
+    def set_role(self, actor: User, user_id: int, role: Role) -> User:
+        self._require_admin(actor)
+        target = self._target(user_id)
+        if role is Role.USER:
+            self._keep_an_admin(target, "demote")
+        return self._update(target, {"role": role.value}, revoke=role is Role.USER)
+
+    def delete(self, actor: User, user_id: int) -> None:
+        self._require_admin(actor)
+        target = self._target(user_id)
+        self._keep_an_admin(target, "delete")
+        with self._store.connect(immediate=True) as db:
+            db.execute("DELETE FROM users WHERE id = ?", [target.id])
+        log.info("account %s deleted by %s", target.email, actor.email)
+
+    def reset_password(self, actor: User, user_id: int, new_password: str) -> User:
+        self._require_admin(actor)
+        return self._change_password(self._target(user_id), new_password)
+
+    def reset_password_local(self, email: str, new_password: str) -> User:
+        """Local CLI recovery: no actor, the machine's owner is trusted."""
+        user = self.get_by_email(email)
+        if user is None:
+            raise NotFound(f"No account with the email {email}.")
+        return self._change_password(user, new_password)
+
+    def _change_password(self, target: User, new_password: str) -> User:
+        check_password_rules(new_password)
+        self._limiter.clear(target.email)
+        return self._update(target, {"password_hash": self._hasher.hash(new_password)},
+                            revoke=True)
+
+    def _set_status(self, actor: User, user_id: int, status: Status) -> User:
+        self._require_admin(actor)
+        target = self._target(user_id)
+        if status is not Status.ACTIVE:
+            self._keep_an_admin(target, "disable")
+        updates: dict[str, Any] = {"status": status.value}
+        if status is Status.ACTIVE and target.approved_at is None:
+            updates["approved_at"] = utc_now()
+        user = self._update(target, updates, revoke=status is not Status.ACTIVE)
+        log.info("account %s is now %s (by %s)", target.email, status.value, actor.email)
+        return user
+
+    def _update(self, target: User, updates: dict[str, Any], *, revoke: bool) -> User:
+        with self._store.connect() as db:
+            if revoke:
+                # A new token version ends every session issued before this change.
+                updates = {**updates, "token_version": target.token_version + 1}
+            db.table("users").update(target.id, updates)
+        user = self.get(target.id)
+        if user is None:
+            raise NotFound("That account no longer exists.")
+        return user
+
+    def _target(self, user_id: int) -> User:
+        user = self.get(user_id)
+        if user is None:
+            raise NotFound("That account no longer exists.")
+        return user
+
+    def _require_admin(self, actor: User) -> None:
+        fresh = self.get(actor.id)
+        if fresh is None or not fresh.is_admin:
+            raise PermissionDenied("Only an administrator can do that.")
+
+    def _keep_an_admin(self, target: User, verb: str) -> None:
+        if not target.is_admin:
+            return
+        with self._store.connect() as db:
+            row = next(db.query(
+                "SELECT count(*) AS n FROM users WHERE role = 'admin' AND status = 'active'"
+            ))
+        if row["n"] <= 1:
+            raise ValidationError(f"You cannot {verb} the last active administrator.")

@@ -1,0 +1,141 @@
+"""The `mlx-manager` command line: flags for the dashboard and local admin subcommands.
+
+Subcommands act on the data dir directly, with the machine owner's rights: they are the
+way back in when the only admin forgot their password (there is no email recovery).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from manager.errors import ManagerError
+from manager.services import Services
+from manager.settings import DATA_DIR_ENV, DEFAULT_HOST, DEFAULT_PORT, Settings
+
+
+def _data_dir_flag(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=default,
+        help=f"where the database, logs and uploads live (env {DATA_DIR_ENV}; default ./data)",
+    )
+
+
+def _serve_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--host", default=default,
+                        help=f"address to listen on (default {DEFAULT_HOST}; 0.0.0.0 = LAN)")
+    parser.add_argument("--port", type=int, default=default,
+                        help=f"port to listen on (default {DEFAULT_PORT})")
+    parser.add_argument("--share", action="store_true", default=default,
+                        help="also ask Gradio for a temporary public share link")
+    parser.add_argument("--log-level", default=default,
+                        choices=["debug", "info", "warning", "error"], help="default info")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlx-manager",
+        description="MLX Model Manager: a browser dashboard for local MLX models.",
+    )
+    _data_dir_flag(parser, None)
+    _serve_flags(parser, None)
+    # Flags given after a subcommand land in the same namespace; SUPPRESS keeps the
+    # top-level value when they are not repeated there.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the dashboard (the default)")
+    _data_dir_flag(serve, argparse.SUPPRESS)
+    _serve_flags(serve, argparse.SUPPRESS)
+
+    users = sub.add_parser("users", help="manage accounts on this machine")
+    _data_dir_flag(users, argparse.SUPPRESS)
+    users_sub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser = users_sub.add_parser(name, help=help_text)
+        _data_dir_flag(parser, argparse.SUPPRESS)
+        return parser
+
+    action("list", "list accounts with role and status")
+    add = action("add", "create an active account")
+    add.add_argument("email")
+    add.add_argument("--admin", action="store_true", help="make the account an administrator")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from standard input instead of a prompt")
+    reset = action("reset-password", "set a new password; ends its sessions")
+    reset.add_argument("email")
+    reset.add_argument("--password-stdin", action="store_true",
+                       help="read the password from standard input instead of a prompt")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        data_dir=getattr(args, "data_dir", None),
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        share=getattr(args, "share", None),
+    )
+
+
+def read_password(from_stdin: bool, stdin: TextIO, err: TextIO) -> str:
+    if from_stdin:
+        return stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("New password: ")
+    second = getpass.getpass("Repeat it: ")
+    if first != second:
+        raise ManagerError("The two passwords differ.")
+    return first
+
+
+def run_command(
+    args: argparse.Namespace,
+    settings: Settings,
+    stdin: TextIO = sys.stdin,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> int:
+    """Run a non-serving subcommand; returns the process exit code."""
+    try:
+        services = Services.create(settings)
+        if args.command == "users":
+            return _users(args, services, stdin, out, err)
+    except ManagerError as exc:
+        print(f"error: {exc.message}", file=err)
+        return 1
+    print(f"error: unknown command {args.command!r}", file=err)
+    return 2
+
+
+def _users(args: argparse.Namespace, services: Services, stdin: TextIO, out: TextIO,
+           err: TextIO) -> int:
+    auth = services.auth
+    if args.users_command == "list":
+        users = auth.all_users()
+        if not users:
+            print("No accounts yet. The first person to register becomes the admin.", file=out)
+            return 0
+        print(_table([["EMAIL", "ROLE", "STATUS", "CREATED", "LAST LOGIN"]] + [
+            [u.email, u.role.value, u.status.value, u.created_at, u.last_login_at or "-"]
+            for u in users
+        ]), file=out)
+        return 0
+    password = read_password(args.password_stdin, stdin, err)
+    if args.users_command == "add":
+        user = auth.add_user(args.email, password, admin=args.admin)
+        print(f"Created {user.email} ({user.role.value}, {user.status.value}).", file=out)
+        return 0
+    user = auth.reset_password_local(args.email, password)
+    print(f"New password set for {user.email}; their open sessions were ended.", file=out)
+    return 0
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )

@@ -1,0 +1,67 @@
+"""Settings: one frozen object built from CLI flags and environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DATA_DIR_ENV = "MLX_MANAGER_DATA_DIR"
+SESSION_DAYS = 7
+
+
+def _default_data_dir() -> Path:
+    # data/ beside app.py, so `make run` keeps everything inside the checkout.
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the services need to know about where and how to run."""
+
+    data_dir: Path = field(default_factory=_default_data_dir)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    share: bool = False
+    session_days: int = SESSION_DAYS
+    # Secure cookies only make sense behind HTTPS; off by default for the LAN use case.
+    secure_cookies: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from the environment, with explicit overrides (CLI flags) on top.
+
+        Overrides whose value is None are ignored so argparse defaults can be passed as-is.
+        """
+        env = os.environ if environ is None else environ
+        base = cls()
+        if env.get(DATA_DIR_ENV):
+            base = replace(base, data_dir=Path(env[DATA_DIR_ENV]))
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "data_dir" in given:
+            given["data_dir"] = Path(str(given["data_dir"]))
+        settings = replace(base, **given)
+        return replace(settings, data_dir=settings.data_dir.expanduser().resolve())
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "manager.db"
+
+    @property
+    def secret_path(self) -> Path:
+        return self.data_dir / "secret.key"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_dir, self.logs_dir, self.uploads_dir):
+            path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,280 @@
+"""Accounts against a real SQLite file: registration, approval, sessions, limits, admin rules."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import jwt
+import pytest
+from argon2 import PasswordHasher
+
+from manager.auth import AuthService, LoginLimiter, Role, Status, load_or_create_secret
+from manager.errors import (
+    AccountNotActive,
+    AuthenticationFailed,
+    Conflict,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    ValidationError,
+)
+from manager.store import Store
+
+PW = "correct horse battery"
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def auth(tmp_path: Path, clock: Clock) -> AuthService:
+    store = Store(tmp_path / "manager.db")
+    limiter = LoginLimiter(per_email=3, per_client=5, window_s=600, clock=clock)
+    return AuthService(store, b"k" * 32, limiter=limiter, clock=clock)
+
+
+def test_first_user_is_active_admin_later_users_wait(auth: AuthService) -> None:
+    first = auth.register("Alice@Example.com", PW)
+    second = auth.register("bob@example.com", PW)
+    assert (first.email, first.role, first.status) == ("alice@example.com", Role.ADMIN,
+                                                       Status.ACTIVE)
+    assert (second.role, second.status) == (Role.USER, Status.PENDING)
+    assert auth.pending_count() == 1
+    with pytest.raises(AccountNotActive, match="waiting for an administrator's approval"):
+        auth.authenticate("bob@example.com", PW, "10.0.0.2")
+
+
+@pytest.mark.parametrize(
+    ("email", "password", "field"),
+    [
+        ("not-an-email", PW, "email"),
+        ("a@b", PW, "email"),
+        ("x@example.com", "short", "password"),
+        ("x@example.com", "p" * 129, "password"),
+    ],
+)
+def test_registration_validates_email_and_password(
+    auth: AuthService, email: str, password: str, field: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        auth.register(email, password)
+    assert info.value.field == field
+    assert auth.all_users() == []
+
+
+def test_password_length_bounds_are_inclusive(auth: AuthService) -> None:
+    assert auth.register("eight@example.com", "p" * 8).email == "eight@example.com"
+    assert auth.register("max@example.com", "p" * 128).status is Status.PENDING
+
+
+def test_duplicate_email_is_refused_case_insensitively(auth: AuthService) -> None:
+    auth.register("alice@example.com", PW)
+    with pytest.raises(Conflict):
+        auth.register("ALICE@example.com", PW)
+
+
+def test_wrong_password_and_unknown_email_get_the_same_answer(auth: AuthService) -> None:
+    auth.register("alice@example.com", PW)
+    with pytest.raises(AuthenticationFailed) as wrong:
+        auth.authenticate("alice@example.com", "not the password", "10.0.0.1")
+    with pytest.raises(AuthenticationFailed) as unknown:
+        auth.authenticate("nobody@example.com", "not the password", "10.0.0.1")
+    assert type(wrong.value) is type(unknown.value) is AuthenticationFailed
+    assert wrong.value.message == unknown.value.message
+
+
+def test_failed_logins_are_limited_per_email(auth: AuthService, clock: Clock) -> None:
+    auth.register("alice@example.com", PW)
+    for n in range(3):
+        with pytest.raises(AuthenticationFailed):
+            auth.authenticate("alice@example.com", "bad", f"10.0.0.{n}")
+    # Even the right password is refused while the email is locked.
+    with pytest.raises(RateLimited, match="Too many failed sign-in attempts"):
+        auth.authenticate("alice@example.com", PW, "10.0.0.9")
+    clock.now += 601
+    assert auth.authenticate("alice@example.com", PW, "10.0.0.9").email == "alice@example.com"
+
+
+def test_failed_logins_are_limited_per_client_address(auth: AuthService) -> None:
+    for n in range(5):
+        with pytest.raises(AuthenticationFailed):
+            auth.authenticate(f"user{n}@example.com", "bad", "10.9.9.9")
+    with pytest.raises(RateLimited):
+        auth.authenticate("someone-else@example.com", "bad", "10.9.9.9")
+    with pytest.raises(AuthenticationFailed) as other:
+        auth.authenticate("someone-else@example.com", "bad", "10.1.1.1")
+    assert not isinstance(other.value, RateLimited)
+
+
+def test_session_token_is_hs256_with_seven_day_expiry(auth: AuthService, clock: Clock) -> None:
+    user = auth.register("alice@example.com", PW)
+    token = auth.issue_session(user)
+    header = jwt.get_unverified_header(token)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert header["alg"] == "HS256"
+    assert claims["exp"] - claims["iat"] == 7 * 86400
+    assert auth.user_for_session(token) == user
+    clock.now += 7 * 86400 - 1
+    assert auth.user_for_session(token) is not None
+    clock.now += 2
+    assert auth.user_for_session(token) is None
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "garbage", jwt.encode({"sub": "1", "ver": 1, "exp": 4_000_000_000}, b"x" * 32,
+                               algorithm="HS256"),
+     jwt.encode({"sub": "1", "ver": 1, "exp": 4_000_000_000}, None, algorithm="none")],
+)
+def test_forged_or_malformed_tokens_are_refused(auth: AuthService, token: str) -> None:
+    auth.register("alice@example.com", PW)
+    assert auth.user_for_session(token) is None
+
+
+@pytest.mark.parametrize("action", ["disable", "delete", "demote", "reset"])
+def test_sessions_end_at_once_when_the_account_changes(auth: AuthService, action: str) -> None:
+    admin = auth.register("alice@example.com", PW)
+    bob = auth.register("bob@example.com", PW)
+    bob = auth.approve(admin, bob.id)
+    if action == "demote":
+        bob = auth.set_role(admin, bob.id, Role.ADMIN)
+    token = auth.issue_session(bob)
+    assert auth.user_for_session(token) is not None
+    {
+        "disable": lambda: auth.disable(admin, bob.id),
+        "delete": lambda: auth.delete(admin, bob.id),
+        "demote": lambda: auth.set_role(admin, bob.id, Role.USER),
+        "reset": lambda: auth.reset_password(admin, bob.id, "temporary-pass-1"),
+    }[action]()
+    assert auth.user_for_session(token) is None
+
+
+def test_reset_password_lets_the_new_one_in(auth: AuthService) -> None:
+    admin = auth.register("alice@example.com", PW)
+    bob = auth.approve(admin, auth.register("bob@example.com", PW).id)
+    auth.reset_password(admin, bob.id, "temporary-pass-1")
+    with pytest.raises(AuthenticationFailed):
+        auth.authenticate("bob@example.com", PW, "1.1.1.1")
+    assert auth.authenticate("bob@example.com", "temporary-pass-1", "1.1.1.1").id == bob.id
+
+
+def test_only_admins_can_administer(auth: AuthService) -> None:
+    admin = auth.register("alice@example.com", PW)
+    bob = auth.approve(admin, auth.register("bob@example.com", PW).id)
+    carol = auth.register("carol@example.com", PW)
+    for act in (
+        lambda: auth.approve(bob, carol.id),
+        lambda: auth.reject(bob, carol.id),
+        lambda: auth.disable(bob, admin.id),
+        lambda: auth.delete(bob, carol.id),
+        lambda: auth.set_role(bob, bob.id, Role.ADMIN),
+        lambda: auth.reset_password(bob, admin.id, "hijacked-pass"),
+        lambda: auth.list_users(bob),
+    ):
+        with pytest.raises(PermissionDenied):
+            act()
+    assert auth.get(carol.id).status is Status.PENDING
+    assert auth.get(bob.id).role is Role.USER
+
+
+def test_a_demoted_admin_loses_admin_rights_even_with_an_old_user_object(
+    auth: AuthService,
+) -> None:
+    admin = auth.register("alice@example.com", PW)
+    bob = auth.set_role(admin, auth.approve(admin, auth.register("b@example.com", PW).id).id,
+                        Role.ADMIN)
+    auth.set_role(admin, bob.id, Role.USER)
+    with pytest.raises(PermissionDenied):
+        auth.list_users(bob)
+
+
+@pytest.mark.parametrize("verb", ["demote", "disable", "delete"])
+def test_the_last_active_admin_is_protected(auth: AuthService, verb: str) -> None:
+    admin = auth.register("alice@example.com", PW)
+    act = {
+        "demote": lambda: auth.set_role(admin, admin.id, Role.USER),
+        "disable": lambda: auth.disable(admin, admin.id),
+        "delete": lambda: auth.delete(admin, admin.id),
+    }[verb]
+    with pytest.raises(ValidationError, match="last active administrator"):
+        act()
+    second = auth.set_role(admin, auth.approve(admin, auth.register("b@example.com", PW).id).id,
+                           Role.ADMIN)
+    act()  # with a second admin it is allowed
+    assert auth.get(second.id).is_admin
+
+
+def test_reject_only_pending_and_rejected_cannot_log_in(auth: AuthService) -> None:
+    admin = auth.register("alice@example.com", PW)
+    bob = auth.register("bob@example.com", PW)
+    auth.reject(admin, bob.id)
+    with pytest.raises(AccountNotActive, match="not approved"):
+        auth.authenticate("bob@example.com", PW, "1.1.1.1")
+    with pytest.raises(ValidationError):
+        auth.reject(admin, admin.id)
+
+
+def test_disabled_user_cannot_log_in(auth: AuthService) -> None:
+    admin = auth.register("alice@example.com", PW)
+    bob = auth.approve(admin, auth.register("bob@example.com", PW).id)
+    auth.disable(admin, bob.id)
+    with pytest.raises(AccountNotActive, match="disabled"):
+        auth.authenticate("bob@example.com", PW, "1.1.1.1")
+
+
+def test_hash_is_upgraded_when_parameters_change(tmp_path: Path) -> None:
+    store = Store(tmp_path / "m.db")
+    weak = AuthService(store, b"k" * 32, hasher=PasswordHasher(time_cost=1, memory_cost=8192))
+    weak.register("alice@example.com", PW)
+    before = _hash_of(store, "alice@example.com")
+    strong = AuthService(store, b"k" * 32, hasher=PasswordHasher(time_cost=2, memory_cost=16384))
+    strong.authenticate("alice@example.com", PW, "1.1.1.1")
+    after = _hash_of(store, "alice@example.com")
+    assert before != after
+    assert "m=16384,t=2" in after and "m=8192,t=1" in before
+    strong.authenticate("alice@example.com", PW, "1.1.1.1")
+
+
+def _hash_of(store: Store, email: str) -> str:
+    with store.connect() as db:
+        return next(db.query("SELECT password_hash FROM users WHERE email = ?", [email]))[
+            "password_hash"
+        ]
+
+
+def test_passwords_are_stored_as_argon2_hashes(auth: AuthService, tmp_path: Path) -> None:
+    auth.register("alice@example.com", PW)
+    stored = _hash_of(Store(tmp_path / "manager.db"), "alice@example.com")
+    assert stored.startswith("$argon2id$") and PW not in stored
+
+
+def test_secret_is_created_once_with_owner_only_mode(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "secret.key"
+    first = load_or_create_secret(path)
+    assert len(first) >= 32
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_or_create_secret(path) == first
+
+
+def test_a_truncated_secret_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "secret.key"
+    path.write_bytes(b"short")
+    with pytest.raises(ValidationError, match="shorter than 32 bytes"):
+        load_or_create_secret(path)
+
+
+def test_local_reset_for_unknown_email_says_so(auth: AuthService) -> None:
+    with pytest.raises(NotFound, match="nobody@example.com"):
+        auth.reset_password_local("nobody@example.com", PW)

@@ -1,0 +1,165 @@
+"""The command line: flags, the local account commands, port clashes and --share offline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from manager.auth import Role, Status
+from manager.cli import build_parser, settings_from_args
+from manager.services import Services
+from manager.settings import Settings
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CONSOLE_SCRIPT = Path(sys.executable).parent / "mlx-manager"
+
+
+def run_cli(*args: str, stdin: str = "", data_dir: Path | None = None) -> subprocess.CompletedProcess:
+    argv = [sys.executable, str(ROOT / "app.py"), *args]
+    if data_dir is not None:
+        argv[2:2] = ["--data-dir", str(data_dir)]
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+
+
+def test_help_lists_the_dashboard_flags() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for flag in ("--host", "--port", "--data-dir", "--share", "serve", "users"):
+        assert flag in result.stdout
+    assert "MLX_MANAGER_DATA_DIR" in result.stdout
+
+
+def test_console_script_is_installed_and_answers() -> None:
+    result = subprocess.run([str(CONSOLE_SCRIPT), "users", "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0
+    assert "reset-password" in result.stdout
+
+
+def test_flags_and_env_make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLX_MANAGER_DATA_DIR", str(tmp_path / "from-env"))
+    env_only = settings_from_args(build_parser().parse_args([]))
+    assert env_only.data_dir == (tmp_path / "from-env").resolve()
+    assert (env_only.host, env_only.port, env_only.share) == ("127.0.0.1", 7860, False)
+    flags = settings_from_args(build_parser().parse_args(
+        ["--host", "0.0.0.0", "--port", "9000", "--share", "--data-dir", str(tmp_path / "f")]
+    ))
+    assert (flags.host, flags.port, flags.share) == ("0.0.0.0", 9000, True)
+    assert flags.data_dir == (tmp_path / "f").resolve()
+    after = settings_from_args(build_parser().parse_args(
+        ["users", "list", "--data-dir", str(tmp_path / "after")]
+    ))
+    assert after.data_dir == (tmp_path / "after").resolve()
+
+
+def test_users_add_list_and_reset_password(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    empty = run_cli("users", "list", data_dir=data)
+    assert empty.returncode == 0 and "No accounts yet" in empty.stdout
+    added = run_cli("users", "add", "root@example.com", "--password-stdin",
+                    stdin="first-password\n", data_dir=data)
+    assert added.returncode == 0, added.stderr
+    assert "root@example.com (admin, active)" in added.stdout
+    second = run_cli("users", "add", "sam@example.com", "--password-stdin",
+                     stdin="second-password\n", data_dir=data)
+    assert "sam@example.com (user, active)" in second.stdout
+    listing = run_cli("users", "list", data_dir=data)
+    lines = listing.stdout.splitlines()
+    assert lines[0].split() == ["EMAIL", "ROLE", "STATUS", "CREATED", "LAST", "LOGIN"]
+    assert any(line.startswith("root@example.com") and " admin " in line for line in lines)
+    services = Services.create(Settings(data_dir=data))
+    root = services.auth.get_by_email("root@example.com")
+    old_token = services.auth.issue_session(root)
+    reset = run_cli("users", "reset-password", "root@example.com", "--password-stdin",
+                    stdin="brand-new-password\n", data_dir=data)
+    assert reset.returncode == 0, reset.stderr
+    assert services.auth.user_for_session(old_token) is None
+    assert services.auth.authenticate("root@example.com", "brand-new-password", "cli").role \
+        is Role.ADMIN
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (("users", "add", "not-an-email", "--password-stdin"), "long-enough-pw\n",
+         "not a valid email"),
+        (("users", "add", "a@example.com", "--password-stdin"), "short\n", "8 to 128"),
+        (("users", "reset-password", "ghost@example.com", "--password-stdin"),
+         "long-enough-pw\n", "No account with the email ghost@example.com"),
+    ],
+)
+def test_cli_errors_are_clear_and_exit_nonzero(
+    tmp_path: Path, args: tuple[str, ...], stdin: str, message: str
+) -> None:
+    result = run_cli(*args, stdin=stdin, data_dir=tmp_path / "data")
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_users_add_admin_flag_makes_an_admin(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    services = Services.create(Settings(data_dir=data))
+    services.auth.register("first@example.com", "first-password")
+    run_cli("users", "add", "ops@example.com", "--admin", "--password-stdin",
+            stdin="ops-password\n", data_dir=data)
+    ops = services.auth.get_by_email("ops@example.com")
+    assert (ops.role, ops.status) == (Role.ADMIN, Status.ACTIVE)
+
+
+def _start(*args: str, data_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "--data-dir", str(data_dir), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )
+
+
+def _wait_for(url: str, proc: subprocess.Popen, seconds: float = 60) -> httpx.Response:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"dashboard exited early:\n{proc.stdout.read()}")
+        try:
+            return httpx.get(url, timeout=2)
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer in {seconds}s")
+
+
+def test_serve_with_share_offline_warns_and_keeps_running(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _start("serve", "--port", str(port), "--share", data_dir=tmp_path / "data")
+    try:
+        assert _wait_for(f"http://127.0.0.1:{port}/login", proc).status_code == 200
+        deadline = time.monotonic() + 60
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "share link" in line:
+                break
+        assert any("Could not create a share link" in line for line in lines), lines
+        assert httpx.get(f"http://127.0.0.1:{port}/login", timeout=5).status_code == 200
+        assert (tmp_path / "data" / "manager.db").exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_port_in_use_gets_a_clear_message(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("--port", str(port), data_dir=tmp_path / "data")
+    assert result.returncode == 1
+    assert f"Port {port} on 127.0.0.1 is already in use" in result.stderr

@@ -1,0 +1,96 @@
+"""The Admin tab's actions through gradio_client with a real session cookie.
+
+The buttons are hidden from non-admins, but hiding is not the check: these calls go
+straight to the API, as a curious colleague could.
+"""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client
+
+from manager.auth import Role, Status
+from manager.web_auth import SESSION_COOKIE
+from tests.conftest import LiveDashboard
+
+
+def client_for(dashboard: LiveDashboard, email: str) -> Client:
+    cookie = dashboard.session_cookie(email)
+    return Client(dashboard.url, headers={"Cookie": f"{SESSION_COOKIE}={cookie}"},
+                  verbose=False)
+
+
+@pytest.fixture
+def people(dashboard: LiveDashboard) -> dict[str, int]:
+    auth = dashboard.services.auth
+    for email in ("alice@example.com", "bob@example.com", "carol@example.com"):
+        dashboard.register(email)
+    admin = auth.get_by_email("alice@example.com")
+    bob = auth.get_by_email("bob@example.com")
+    auth.approve(admin, bob.id)
+    return {u.email.split("@")[0]: u.id for u in auth.all_users()}
+
+
+def test_admin_approves_and_demotes_through_the_api(
+    dashboard: LiveDashboard, people: dict[str, int]
+) -> None:
+    auth = dashboard.services.auth
+    client = client_for(dashboard, "alice@example.com")
+    rows, _, message, _ = client.predict(people["carol"], "", api_name="/admin_approve")
+    assert message == "Approved carol@example.com."
+    assert auth.get(people["carol"]).status is Status.ACTIVE
+    statuses = {row[1]: row[3] for row in rows["data"]}
+    assert statuses["carol@example.com"] == "active"
+    client.predict(people["bob"], "", api_name="/admin_promote")
+    assert auth.get(people["bob"]).role is Role.ADMIN
+    client.predict(people["bob"], "", api_name="/admin_demote")
+    assert auth.get(people["bob"]).role is Role.USER
+
+
+def test_a_non_admin_calling_admin_endpoints_is_refused(
+    dashboard: LiveDashboard, people: dict[str, int]
+) -> None:
+    auth = dashboard.services.auth
+    client = client_for(dashboard, "bob@example.com")
+    for api, target in (("/admin_approve", "carol"), ("/admin_promote", "bob"),
+                        ("/admin_disable", "alice"), ("/admin_delete", "carol")):
+        with pytest.raises(Exception, match="Only an administrator can do that"):
+            client.predict(people[target], "", api_name=api)
+    assert auth.get(people["carol"]).status is Status.PENDING
+    assert auth.get(people["bob"]).role is Role.USER
+    assert auth.get(people["alice"]).status is Status.ACTIVE
+    # The list endpoint answers a non-admin with nothing rather than the accounts.
+    rows, _ = client.predict(api_name="/admin_users")
+    assert not any("@" in str(cell) for row in rows["data"] for cell in row)
+
+
+def test_last_admin_protection_reaches_the_user_as_a_message(
+    dashboard: LiveDashboard, people: dict[str, int]
+) -> None:
+    client = client_for(dashboard, "alice@example.com")
+    with pytest.raises(Exception, match="last active administrator"):
+        client.predict(people["alice"], "", api_name="/admin_disable")
+
+
+def test_reset_password_needs_a_valid_temporary_password(
+    dashboard: LiveDashboard, people: dict[str, int]
+) -> None:
+    client = client_for(dashboard, "alice@example.com")
+    with pytest.raises(Exception, match="8 to 128 characters"):
+        client.predict(people["bob"], "short", api_name="/admin_reset")
+    _, _, message, cleared = client.predict(people["bob"], "temporary-pass-9",
+                                            api_name="/admin_reset")
+    assert "New temporary password set for bob@example.com" in message
+    assert cleared == ""
+    assert dashboard.services.auth.authenticate("bob@example.com", "temporary-pass-9",
+                                                "127.0.0.1").id == people["bob"]
+
+
+def test_a_disabled_users_client_stops_working(
+    dashboard: LiveDashboard, people: dict[str, int]
+) -> None:
+    bob = client_for(dashboard, "bob@example.com")
+    admin = client_for(dashboard, "alice@example.com")
+    admin.predict(people["bob"], "", api_name="/admin_disable")
+    with pytest.raises(Exception):  # noqa: B017 - the gate answers 401, the client raises
+        bob.predict(api_name="/admin_users")
