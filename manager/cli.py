@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("email")
     reset.add_argument("--password-stdin", action="store_true",
                        help="read the password from standard input instead of a prompt")
+
+    keys = sub.add_parser("keys", help="API keys for the OpenAI/Anthropic endpoint")
+    _data_dir_flag(keys, argparse.SUPPRESS)
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create_key = keys_sub.add_parser("create", help="print a new key for an account")
+    _data_dir_flag(create_key, argparse.SUPPRESS)
+    create_key.add_argument("email")
+    create_key.add_argument("--name", default="", help="a label to tell keys apart")
     return parser
 
 
@@ -103,11 +111,23 @@ def run_command(
         services = Services.create(settings)
         if args.command == "users":
             return _users(args, services, stdin, out, err)
+        if args.command == "keys":
+            return _keys(args, services, out)
     except ManagerError as exc:
         print(f"error: {exc.message}", file=err)
         return 1
     print(f"error: unknown command {args.command!r}", file=err)
     return 2
+
+
+def _keys(args: argparse.Namespace, services: Services, out: TextIO) -> int:
+    owner = services.auth.get_by_email(args.email)
+    if owner is None:
+        raise ManagerError(f"No account with the email {args.email}.")
+    new = services.api_keys.create(owner, args.name)
+    # The key goes to stdout alone so scripts can capture it; it is not stored in clear.
+    print(new.secret, file=out)
+    return 0
 
 
 def _users(args: argparse.Namespace, services: Services, stdin: TextIO, out: TextIO,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from manager.api_keys import ApiKeyService
 from manager.auth import AuthService, load_or_create_secret
 from manager.settings import Settings
 from manager.store import Store
@@ -17,6 +18,7 @@ class Services:
     settings: Settings
     store: Store
     auth: AuthService
+    api_keys: ApiKeyService
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -27,7 +29,8 @@ class Services:
             load_or_create_secret(settings.secret_path),
             session_days=settings.session_days,
         )
-        return cls(settings=settings, store=store, auth=auth)
+        api_keys = ApiKeyService(store, auth)
+        return cls(settings=settings, store=store, auth=auth, api_keys=api_keys)
 
     def close(self) -> None:
         """Stop background work; safe to call twice."""

@@ -39,8 +39,112 @@ def _create_users(db: Database) -> None:
     )
 
 
+def _create_api_keys(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE api_keys (
+            id INTEGER PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            hint TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            last_used_at TEXT,
+            revoked_at TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX api_keys_user ON api_keys(user_id)")
+
+
+def _create_profiles_and_servers(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE profiles (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            description TEXT NOT NULL DEFAULT '',
+            model TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            host TEXT NOT NULL,
+            port INTEGER NOT NULL,
+            context_length INTEGER,
+            max_tokens INTEGER,
+            temperature REAL,
+            top_p REAL,
+            thinking INTEGER,
+            system_prompt TEXT NOT NULL DEFAULT '',
+            auto_start INTEGER NOT NULL DEFAULT 0,
+            auto_restart INTEGER NOT NULL DEFAULT 0,
+            idle_timeout_minutes INTEGER,
+            owner_id INTEGER REFERENCES users(id) ON DELETE SET NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """
+    )
+    # One row per profile that has ever run: what `mlx-manager status` and a restarted
+    # dashboard read to find (and adopt) live servers.
+    db.execute(
+        """
+        CREATE TABLE servers (
+            profile_id INTEGER PRIMARY KEY REFERENCES profiles(id) ON DELETE CASCADE,
+            state TEXT NOT NULL,
+            pid INTEGER,
+            create_time REAL,
+            cmdline TEXT,
+            host TEXT,
+            port INTEGER,
+            log_path TEXT,
+            started_at REAL,
+            exit_code INTEGER,
+            reason TEXT,
+            updated_at TEXT NOT NULL
+        )
+        """
+    )
+
+
+def _create_models_tables(db: Database) -> None:
+    """Downloads (state survives restarts), admin-added model folders, last use of models."""
+    db.execute(
+        """
+        CREATE TABLE downloads (
+            id INTEGER PRIMARY KEY,
+            repo_id TEXT NOT NULL,
+            revision TEXT,
+            status TEXT NOT NULL,
+            bytes_done INTEGER NOT NULL DEFAULT 0,
+            bytes_total INTEGER,
+            error TEXT,
+            created_by INTEGER,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            finished_at TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX downloads_repo ON downloads(repo_id)")
+    db.execute(
+        """
+        CREATE TABLE model_folders (
+            id INTEGER PRIMARY KEY,
+            path TEXT NOT NULL UNIQUE,
+            added_by INTEGER,
+            added_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE TABLE model_usage (model TEXT PRIMARY KEY, last_used_at TEXT NOT NULL)")
+
+
 # Append only: a migration that has shipped is never edited or reordered.
-MIGRATIONS: tuple[Migration, ...] = (Migration("0001_users", _create_users),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("0001_users", _create_users),
+    Migration("0002_gateway_api_keys", _create_api_keys),
+    Migration("0003_servers_profiles", _create_profiles_and_servers),
+    Migration("0004_models_downloads_library", _create_models_tables),
+)
 
 
 def utc_now() -> str:

@@ -1,0 +1,137 @@
+"""API keys for the OpenAI/Anthropic gateway: shown once, stored as a hash, revocable.
+
+Keys are 256-bit random tokens, so a plain SHA-256 is enough to store them safely
+(there is nothing to brute-force), and it keeps the per-request check cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from manager.auth import AuthService, User
+from manager.errors import NotFound, PermissionDenied, ValidationError
+from manager.store import Store, utc_now
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "mlxm-"
+MAX_NAME = 64
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    user_id: int
+    owner_email: str
+    name: str
+    hint: str  # the first characters, so people can tell their keys apart
+    created_at: str
+    last_used_at: str | None
+    revoked_at: str | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ApiKey:
+        return cls(
+            id=row["id"], user_id=row["user_id"], owner_email=row["email"], name=row["name"],
+            hint=row["hint"], created_at=row["created_at"], last_used_at=row["last_used_at"],
+            revoked_at=row["revoked_at"],
+        )
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """The one moment the secret exists in clear: show it, then forget it."""
+
+    key: ApiKey
+    secret: str
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+_SELECT = (
+    "SELECT api_keys.*, users.email FROM api_keys JOIN users ON users.id = api_keys.user_id"
+)
+
+
+class ApiKeyService:
+    def __init__(self, store: Store, auth: AuthService) -> None:
+        self._store = store
+        self._auth = auth
+
+    def create(self, owner: User, name: str = "") -> NewKey:
+        label = (name or "").strip() or "default"
+        if len(label) > MAX_NAME:
+            raise ValidationError(f"Key names are at most {MAX_NAME} characters.", "name")
+        fresh = self._auth.get(owner.id)
+        if fresh is None or fresh.status.value != "active":
+            raise PermissionDenied("Only active accounts can create API keys.")
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        with self._store.connect() as db:
+            db.execute(
+                "INSERT INTO api_keys (user_id, name, key_hash, hint, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [owner.id, label, _digest(secret), secret[: len(KEY_PREFIX) + 6], utc_now()],
+            )
+            key_id = next(db.query("SELECT last_insert_rowid() AS id"))["id"]
+        log.info("API key %s (%s) created for %s", key_id, label, owner.email)
+        return NewKey(self._get(key_id), secret)
+
+    def list_for(self, actor: User, *, everyone: bool = False) -> list[ApiKey]:
+        """The actor's own keys; with everyone=True (admins only) every user's keys."""
+        if everyone:
+            self._require_admin(actor)
+            sql, params = _SELECT + " ORDER BY api_keys.id DESC", []
+        else:
+            sql, params = _SELECT + " WHERE user_id = ? ORDER BY api_keys.id DESC", [actor.id]
+        with self._store.connect() as db:
+            return [ApiKey.from_row(row) for row in db.query(sql, params)]
+
+    def revoke(self, actor: User, key_id: int) -> ApiKey:
+        key = self._get(key_id)
+        if key.user_id != actor.id:
+            self._require_admin(actor)
+        if key.revoked_at is None:
+            with self._store.connect() as db:
+                db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [utc_now(), key_id])
+            log.info("API key %s revoked by %s", key_id, actor.email)
+        return self._get(key_id)
+
+    def authenticate(self, secret: str | None) -> User | None:
+        """The active user behind a key, or None; checked on every gateway request."""
+        if not secret or not secret.startswith(KEY_PREFIX):
+            return None
+        with self._store.connect() as db:
+            rows = list(db.query(
+                "SELECT id, user_id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+                [_digest(secret)],
+            ))
+            if not rows:
+                return None
+            db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?",
+                       [utc_now(), rows[0]["id"]])
+        user = self._auth.get(rows[0]["user_id"])
+        if user is None or user.status.value != "active":
+            return None
+        return user
+
+    def _get(self, key_id: int) -> ApiKey:
+        with self._store.connect() as db:
+            rows = list(db.query(_SELECT + " WHERE api_keys.id = ?", [key_id]))
+        if not rows:
+            raise NotFound("That API key does not exist.")
+        return ApiKey.from_row(rows[0])
+
+    def _require_admin(self, actor: User) -> None:
+        fresh = self._auth.get(actor.id)
+        if fresh is None or not fresh.is_admin:
+            raise PermissionDenied("Only an administrator can see or revoke other people's keys.")
