@@ -1,0 +1,407 @@
+"""OpenAI-compatible client to the model servers; every chat and gateway request goes
+through here, so this is where speed and token counts are measured.
+
+- `InferenceClient.stream_chat(profile_id, body)` yields parsed `ChatChunk`s;
+  `chat(profile_id, body)` returns one `ChatResult`. `body` is an OpenAI
+  chat-completions request (messages, tools, max_tokens, ...); the profile's
+  defaults fill what it leaves out, and its system prompt is added when the request
+  has no system message of its own (PRO-02). `stream_completion` / `complete` do the
+  same for legacy `/v1/completions` requests (a `prompt`, no messages).
+- Before sending, the server must be READY: the client waits (bounded) while it
+  loads, then raises ServerLoading ("still loading"), never a connection error.
+- Each request's time to first token, tokens/s and token counts go to the
+  `MetricsStore` (thread-safe) that the Servers tab, chat and the gateway read.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httpx
+
+from manager.errors import ManagerError
+from manager.supervisor import ServerSnapshot, Supervisor
+
+log = logging.getLogger(__name__)
+
+#: How long a request waits for a server that is still loading its model (BUGFIX-06).
+DEFAULT_WAIT_READY_S = 30.0
+#: Generation can be slow on big models; reads between chunks may take this long.
+READ_TIMEOUT_S = 600.0
+_SYSTEM_ROLES = ("system", "developer")
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+#: Upper bounds (seconds) of the time-to-first-token histogram (Prometheus `le`).
+TTFT_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class InferenceError(ManagerError):
+    """The server answered with an error, or stopped answering."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    @classmethod
+    def parse(cls, value: object) -> Usage | None:
+        if not isinstance(value, Mapping):
+            return None
+        return cls(_int_or_none(value.get("prompt_tokens")),
+                   _int_or_none(value.get("completion_tokens")))
+
+
+@dataclass(frozen=True)
+class ChatChunk:
+    """One streamed piece. `raw` is the server's chunk as parsed JSON and `data` its
+    JSON text as sent (the gateway passes it on without encoding it again)."""
+
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+    data: str = ""
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self.content or self.reasoning or self.tool_calls)
+
+
+@dataclass(frozen=True)
+class RequestStats:
+    """What one request measured. None = not measurable (shown "n/a")."""
+
+    profile_id: int
+    finished_at: float  # wall clock
+    duration_s: float
+    ttft_s: float | None
+    tokens_per_s: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    content: str
+    reasoning: str
+    tool_calls: tuple[dict[str, Any], ...]
+    finish_reason: str | None
+    usage: Usage | None
+    stats: RequestStats
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ServerMetrics:
+    """Totals for one server since the dashboard started."""
+
+    requests: int = 0
+    failed_requests: int = 0
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    last_tokens_per_s: float | None = None
+    last_ttft_s: float | None = None
+    last_request_at: float | None = None
+    #: Streamed requests whose first token was seen: count, sum and histogram counts
+    #: per TTFT_BUCKETS_S bound (cumulative, Prometheus style; +Inf is ttft_count).
+    ttft_count: int = 0
+    ttft_sum_s: float = 0.0
+    ttft_buckets: tuple[int, ...] = (0,) * len(TTFT_BUCKETS_S)
+    #: Tokens after the first and the seconds they took, over requests with a
+    #: measured decode rate: their ratio is the average tokens/s.
+    decode_tokens: int = 0
+    decode_seconds: float = 0.0
+
+
+class MetricsStore:
+    """Per-server request figures; shared by every thread that sends requests."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_profile: dict[int, ServerMetrics] = {}
+
+    def record(self, stats: RequestStats) -> ServerMetrics:
+        ttft = stats.ttft_s
+        # Decode time only where it was measured (a stream with a first token).
+        decoded = (stats.completion_tokens - 1 if stats.tokens_per_s and ttft is not None
+                   and stats.completion_tokens else 0)
+        with self._lock:
+            old = self._by_profile.get(stats.profile_id, ServerMetrics())
+            new = replace(
+                old,
+                requests=old.requests + 1,
+                failed_requests=old.failed_requests + (0 if stats.ok else 1),
+                completion_tokens=old.completion_tokens + (stats.completion_tokens or 0),
+                prompt_tokens=old.prompt_tokens + (stats.prompt_tokens or 0),
+                last_tokens_per_s=(stats.tokens_per_s if stats.tokens_per_s is not None
+                                   else old.last_tokens_per_s),
+                last_ttft_s=ttft if ttft is not None else old.last_ttft_s,
+                last_request_at=stats.finished_at,
+            )
+            if ttft is not None:
+                new = replace(new, ttft_count=old.ttft_count + 1, ttft_sum_s=old.ttft_sum_s + ttft,
+                              ttft_buckets=tuple(n + (ttft <= bound) for n, bound in
+                                                 zip(old.ttft_buckets, TTFT_BUCKETS_S,
+                                                     strict=True)))
+            if decoded and stats.tokens_per_s:
+                new = replace(new, decode_tokens=old.decode_tokens + decoded,
+                              decode_seconds=old.decode_seconds + decoded / stats.tokens_per_s)
+            self._by_profile[stats.profile_id] = new
+            return new
+
+    def get(self, profile_id: int) -> ServerMetrics | None:
+        with self._lock:
+            return self._by_profile.get(profile_id)
+
+    def all(self) -> dict[int, ServerMetrics]:
+        with self._lock:
+            return dict(self._by_profile)
+
+
+# --- pure helpers --------------------------------------------------------------------------
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def with_system_prompt(messages: Sequence[Mapping[str, Any]], prompt: str
+                       ) -> list[dict[str, Any]]:
+    """The messages with `prompt` as a leading system message, unless they have one."""
+    out = [dict(m) for m in messages]
+    if not prompt.strip() or any(m.get("role") in _SYSTEM_ROLES for m in out):
+        return out
+    return [{"role": "system", "content": prompt}, *out]
+
+
+def prepare_body(snap: ServerSnapshot, body: Mapping[str, Any], *, stream: bool,
+                 completion: bool = False) -> dict[str, Any]:
+    """The request to send: profile defaults and system prompt applied, model named.
+    `completion` requests (a prompt, no messages) get no system prompt."""
+    profile = snap.profile
+    out = copy.deepcopy(dict(body))
+    if not completion:
+        out["messages"] = with_system_prompt(out.get("messages") or [], profile.system_prompt)
+    # The server has one model; name it as it was loaded (mlx_vlm requires the field).
+    out["model"] = snap.model_path
+    if "max_tokens" not in out and "max_completion_tokens" not in out \
+            and profile.max_tokens is not None:
+        out["max_tokens"] = profile.max_tokens
+    if "temperature" not in out and profile.temperature is not None:
+        out["temperature"] = profile.temperature
+    if "top_p" not in out and profile.top_p is not None:
+        out["top_p"] = profile.top_p
+    out["stream"] = stream
+    if stream:
+        options = dict(out.get("stream_options") or {})
+        options["include_usage"] = True
+        out["stream_options"] = options
+    else:
+        out.pop("stream_options", None)
+    return out
+
+
+def parse_chunk(payload: Mapping[str, Any], data: str = "") -> ChatChunk:
+    """A streamed chunk or a whole response (chat, or completions with `text`);
+    reasoning from `reasoning` or `reasoning_content` (mlx_lm uses the first, mlx_vlm
+    sends both). `data` is the JSON text it was parsed from, kept for passthrough."""
+    choices = payload.get("choices") or []
+    choice = choices[0] if choices and isinstance(choices[0], Mapping) else {}
+    part = choice.get("delta") or choice.get("message") or {}
+    reasoning = part.get("reasoning") or part.get("reasoning_content") or ""
+    tool_calls = tuple(t for t in (part.get("tool_calls") or []) if isinstance(t, Mapping))
+    return ChatChunk(
+        content=part.get("content") or choice.get("text") or "", reasoning=reasoning,
+        tool_calls=tuple(dict(t) for t in tool_calls),
+        finish_reason=choice.get("finish_reason"), usage=Usage.parse(payload.get("usage")),
+        raw=dict(payload), data=data)
+
+
+def decode_rate(completion_tokens: int | None, first_at: float | None, last_at: float | None
+                ) -> float | None:
+    """Tokens per second after the first token (prefill excluded)."""
+    if completion_tokens is None or completion_tokens < 2 or first_at is None \
+            or last_at is None or last_at <= first_at:
+        return None
+    return (completion_tokens - 1) / (last_at - first_at)
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+    if isinstance(payload, Mapping):
+        detail = payload.get("error") or payload.get("detail") or payload
+        if isinstance(detail, Mapping):
+            detail = detail.get("message") or detail
+        return str(detail)[:300]
+    return str(payload)[:300]
+
+
+# --- the client ---------------------------------------------------------------------------
+
+
+class InferenceClient:
+    def __init__(self, supervisor: Supervisor, metrics: MetricsStore, *,
+                 wait_ready_s: float = DEFAULT_WAIT_READY_S,
+                 read_timeout_s: float = READ_TIMEOUT_S) -> None:
+        self._supervisor = supervisor
+        self.metrics = metrics
+        self._wait_ready_s = wait_ready_s
+        self._http = httpx.Client(timeout=httpx.Timeout(read_timeout_s, connect=5.0))
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, int] = {}
+
+    def close(self) -> None:
+        self._http.close()
+
+    def ready_server(self, profile_id: int, wait_s: float | None = None) -> ServerSnapshot:
+        """The READY server of a profile (waits while it loads; see Supervisor.wait_ready)."""
+        return self._supervisor.wait_ready(
+            profile_id, self._wait_ready_s if wait_s is None else wait_s)
+
+    def in_flight(self, profile_id: int) -> int:
+        """Requests to this profile's server that are being answered right now."""
+        with self._lock:
+            return self._in_flight.get(profile_id, 0)
+
+    @contextmanager
+    def _busy(self, profile_id: int) -> Iterator[None]:
+        with self._lock:
+            self._in_flight[profile_id] = self._in_flight.get(profile_id, 0) + 1
+        try:
+            with self._supervisor.in_use(profile_id):
+                yield
+        finally:
+            with self._lock:
+                self._in_flight[profile_id] -= 1
+
+    def stream_chat(self, profile_id: int, body: Mapping[str, Any], *,
+                    wait_s: float | None = None,
+                    on_stats: Callable[[RequestStats], None] | None = None
+                    ) -> Iterator[ChatChunk]:
+        """Chunks as the server sends them; the last one carries `usage`. `on_stats`
+        receives the request's measured figures when the stream ends (the chat shows them)."""
+        return self._stream(profile_id, body, CHAT_PATH, wait_s, on_stats)
+
+    def stream_completion(self, profile_id: int, body: Mapping[str, Any], *,
+                          wait_s: float | None = None) -> Iterator[ChatChunk]:
+        """A legacy completion (`prompt`), streamed; the text is in `content`."""
+        return self._stream(profile_id, body, COMPLETIONS_PATH, wait_s)
+
+    def chat(self, profile_id: int, body: Mapping[str, Any], *, wait_s: float | None = None
+             ) -> ChatResult:
+        """One whole answer. Without streaming there is no time to first token; tokens/s
+        is then completion tokens over the whole request (prefill included)."""
+        return self._once(profile_id, body, CHAT_PATH, wait_s)
+
+    def complete(self, profile_id: int, body: Mapping[str, Any], *,
+                 wait_s: float | None = None) -> ChatResult:
+        """A legacy completion (`prompt`) in one answer; the text is in `content`."""
+        return self._once(profile_id, body, COMPLETIONS_PATH, wait_s)
+
+    def _stream(self, profile_id: int, body: Mapping[str, Any], path: str,
+                wait_s: float | None,
+                on_stats: Callable[[RequestStats], None] | None = None) -> Iterator[ChatChunk]:
+        snap = self.ready_server(profile_id, wait_s)
+        payload = prepare_body(snap, body, stream=True, completion=path == COMPLETIONS_PATH)
+        url = snap.base_url + path
+        started = time.perf_counter()
+        first_at = last_at = None
+        usage: Usage | None = None
+        ok = False
+        try:
+            with self._busy(profile_id), \
+                    self._http.stream("POST", url, json=payload) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise InferenceError(f"{snap.profile.name} refused the request: "
+                                         f"{_error_message(response)}", response.status_code)
+                for line in response.iter_lines():
+                    # ": keepalive N/M" comments arrive during prefill; not tokens.
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    try:
+                        chunk = parse_chunk(json.loads(data), data)
+                    except (ValueError, AttributeError) as exc:
+                        log.warning("bad chunk from %s: %s (%r)", snap.profile.name, exc,
+                                    data[:200])
+                        continue
+                    if chunk.has_output:
+                        last_at = time.perf_counter()
+                        first_at = first_at or last_at
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    yield chunk
+                ok = True
+        except httpx.HTTPError as exc:
+            log.warning("request to %s failed: %s", snap.profile.name, exc)
+            raise InferenceError(f"{snap.profile.name} stopped answering ({exc}). It may have "
+                                 "crashed: see the Servers tab.") from exc
+        finally:
+            completion = usage.completion_tokens if usage else None
+            stats = RequestStats(
+                profile_id=profile_id, finished_at=time.time(),
+                duration_s=time.perf_counter() - started,
+                ttft_s=(first_at - started) if first_at is not None else None,
+                tokens_per_s=decode_rate(completion, first_at, last_at),
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=completion, ok=ok)
+            self.metrics.record(stats)
+            if on_stats is not None:
+                on_stats(stats)
+
+    def _once(self, profile_id: int, body: Mapping[str, Any], path: str,
+              wait_s: float | None) -> ChatResult:
+        snap = self.ready_server(profile_id, wait_s)
+        payload = prepare_body(snap, body, stream=False, completion=path == COMPLETIONS_PATH)
+        started = time.perf_counter()
+        ok, usage, parsed = False, None, ChatChunk()
+        try:
+            with self._busy(profile_id):
+                response = self._http.post(snap.base_url + path, json=payload)
+            if response.status_code >= 400:
+                raise InferenceError(f"{snap.profile.name} refused the request: "
+                                     f"{_error_message(response)}", response.status_code)
+            try:
+                parsed = parse_chunk(response.json())
+            except (ValueError, AttributeError) as exc:
+                raise InferenceError(f"{snap.profile.name} sent an answer that is not JSON.",
+                                     response.status_code) from exc
+            usage, ok = parsed.usage, True
+        except httpx.HTTPError as exc:
+            log.warning("request to %s failed: %s", snap.profile.name, exc)
+            raise InferenceError(f"{snap.profile.name} stopped answering ({exc}). It may have "
+                                 "crashed: see the Servers tab.") from exc
+        finally:
+            duration = time.perf_counter() - started
+            completion = usage.completion_tokens if usage else None
+            stats = RequestStats(
+                profile_id=profile_id, finished_at=time.time(), duration_s=duration,
+                ttft_s=None,
+                tokens_per_s=(completion / duration) if completion and duration > 0 else None,
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=completion, ok=ok)
+            self.metrics.record(stats)
+        return ChatResult(parsed.content, parsed.reasoning, parsed.tool_calls,
+                          parsed.finish_reason, usage, stats, parsed.raw)

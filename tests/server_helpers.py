@@ -1,0 +1,127 @@
+"""Helpers for tests that run real model servers (profiles, supervisor, monitor, ...)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from manager.monitor import Monitor
+from manager.profiles import Profile, ProfileService, ProfileSpec
+from manager.store import Store
+from manager.supervisor import Clock, Supervisor
+from tests.conftest import free_port
+
+
+class OffsetClock(Clock):
+    """Real time plus an offset the test moves forward (backoff, idle timeout)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0, every: float = 0.05) -> bool:
+    """Poll until predicate() is truthy; False after `timeout` (the test then fails)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return bool(predicate())
+
+
+@contextmanager
+def hf_home_env(home: Path) -> Iterator[Path]:
+    """HF_HOME for child processes spawned inside the block (module-scoped fixtures)."""
+    saved = {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
+                                            "HF_HUB_DISABLE_TELEMETRY")}
+    os.environ["HF_HOME"] = str(home)
+    os.environ.pop("HF_HUB_CACHE", None)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    try:
+        yield home
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def make_broken_model(dest: Path, source: Path) -> Path:
+    """A folder that passes the profile checks (config.json) but whose weights are junk."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (source / name).exists():
+            (dest / name).write_bytes((source / name).read_bytes())
+    (dest / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    return dest
+
+
+def exited(pid: int) -> bool:
+    """True once our child `pid` has exited and can be reaped (it is not reaped here)."""
+    result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    return result is not None
+
+
+def tree_pids(pid: int) -> list[int]:
+    proc = psutil.Process(pid)
+    return [proc.pid, *(c.pid for c in proc.children(recursive=True))]
+
+
+def all_gone(pids: list[int]) -> bool:
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            continue
+    return True
+
+
+@dataclass
+class ServerEnv:
+    """A store, profiles, a supervisor and a monitor (not scheduled: tests tick it)."""
+
+    root: Path
+    store: Store
+    profiles: ProfileService
+    supervisor: Supervisor
+    monitor: Monitor
+    clock: OffsetClock
+
+    def profile(self, name: str, model: Path | str, **fields: object) -> Profile:
+        spec = ProfileSpec(name=name, model=str(model), port=fields.pop("port", free_port()),
+                           **fields)  # type: ignore[arg-type]
+        return self.profiles.create(None, spec)
+
+    def close(self) -> None:
+        self.monitor.stop()
+        self.supervisor.close(keep_servers=False)
+
+
+def server_env(root: Path, **supervisor_args: object) -> ServerEnv:
+    root.mkdir(parents=True, exist_ok=True)
+    store = Store(root / "manager.db")
+    profiles = ProfileService(store)
+    clock = OffsetClock()
+    supervisor = Supervisor(store, profiles, root / "logs", clock=clock,
+                            **supervisor_args)  # type: ignore[arg-type]
+    supervisor.adopt_or_reap()
+    monitor = Monitor(supervisor, detect_gpu_reader=False)
+    return ServerEnv(root, store, profiles, supervisor, monitor, clock)
