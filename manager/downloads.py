@@ -1,0 +1,626 @@
+"""Background downloads into the standard Hugging Face cache: pause, resume, cancel.
+
+Why not one `snapshot_download` call: huggingface_hub 2.x writes each file to a
+process-unique temporary name and deletes it when a transfer stops, so a stopped
+download could never continue. Here each file goes to `blobs/<etag>.incomplete`,
+which survives a pause, a lost connection or a dashboard restart; resuming sends a
+`Range` request (through huggingface_hub's own `http_get`). The snapshot folder and
+`refs/main` are written only when every file is complete, so other tools (mlx_lm,
+`scan_cache_dir`) never see a half model.
+
+State lives in SQLite (table `downloads`) so the list survives page reloads and
+restarts; unfinished downloads are queued again by `start_workers()`. Live progress
+is kept in memory behind one lock and read by `snapshot()` (what UI timers call).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import hf_hub_url
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.file_download import http_get, repo_folder_name
+from huggingface_hub.utils import build_hf_headers
+from huggingface_hub.utils import tqdm as hf_tqdm
+
+from manager.capabilities import human_bytes
+from manager.errors import Conflict, ManagerError, NotFound, ValidationError
+from manager.hub import NETWORK_ERRORS, DownloadPlan, HubClient, PlannedFile
+from manager.store import Store, utc_now
+
+log = logging.getLogger(__name__)
+
+FILE_WORKERS = 8  # files of one download fetched at once, as snapshot_download does
+_SPEED_WINDOW_S = 5.0
+_SAMPLE_EVERY_S = 0.2
+_PARTIAL_SUFFIX = ".incomplete"
+
+
+class DownloadStatus(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    FAILED = "failed"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+    @property
+    def active(self) -> bool:
+        return self in (DownloadStatus.QUEUED, DownloadStatus.RUNNING)
+
+    @property
+    def resumable(self) -> bool:
+        return self in (DownloadStatus.PAUSED, DownloadStatus.FAILED)
+
+    @property
+    def finished(self) -> bool:
+        return self in (DownloadStatus.DONE, DownloadStatus.CANCELLED)
+
+
+class DiskFull(ManagerError):
+    pass
+
+
+@dataclass(frozen=True)
+class DownloadView:
+    """A download as the UI shows it. speed/eta None = unknown ("n/a")."""
+
+    id: int
+    repo_id: str
+    status: DownloadStatus
+    bytes_done: int
+    bytes_total: int | None
+    speed_bps: float | None = None
+    eta_seconds: float | None = None
+    error: str | None = None
+    created_by: int | None = None
+    revision: str | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.bytes_total:
+            return None
+        return min(1.0, self.bytes_done / self.bytes_total)
+
+
+class _Stopped(Exception):
+    """Raised inside a transfer (from the progress hook) to stop it between chunks."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Job:
+    id: int
+    repo_id: str
+    status: DownloadStatus
+    revision: str | None
+    bytes_total: int | None
+    created_by: int | None
+    error: str | None = None
+    base_bytes: int = 0  # files already complete when this run started
+    file_bytes: dict[str, int] = field(default_factory=dict)
+    stop: str | None = None  # "pause", "cancel", "shutdown" or "abort"
+    samples: deque = field(default_factory=deque)
+
+    @property
+    def done(self) -> int:
+        return self.base_bytes + sum(self.file_bytes.values())
+
+
+def default_free_space(path: Path) -> int:
+    """Free bytes on the disk holding `path` (or its nearest existing parent)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+class _FileProgress(hf_tqdm):
+    """Progress of one file, fed by huggingface_hub's http_get; reports to the manager.
+
+    Bars are never drawn (a dashboard has no terminal). Raising from update() is how a
+    pause or cancel stops the transfer between two chunks: the chunk is not written.
+    """
+
+    _mm_manager: DownloadManager
+    _mm_job: _Job
+    _mm_path: str
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
+        initial = kwargs.get("initial") or 0
+        self._mm_manager._file_started(self._mm_job, self._mm_path, int(initial))  # type: ignore[arg-type]
+
+    def update(self, n: float | None = 1) -> bool | None:
+        self._mm_manager._advance(self._mm_job, self._mm_path, int(n or 0))
+        return super().update(n)
+
+
+class DownloadManager:
+    """Runs downloads in worker threads (at most `max_concurrent` at once)."""
+
+    def __init__(
+        self,
+        store: Store,
+        hub: HubClient,
+        *,
+        cache_dir: Path,
+        max_concurrent: int = 2,
+        file_workers: int = FILE_WORKERS,
+        free_space: Callable[[Path], int] = default_free_space,
+        on_finished: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.cache_dir = Path(cache_dir)
+        self.max_concurrent = max(1, max_concurrent)
+        self.file_workers = max(1, file_workers)
+        self.free_space = free_space
+        self.on_finished = on_finished
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._jobs: dict[int, _Job] = {}
+        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._workers: list[threading.Thread] = []
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start_workers(self) -> None:
+        """Load unfinished downloads from SQLite, queue the ones that were running."""
+        with self._lock:
+            if self._workers or self._closed:
+                return
+            with self.store.connect() as db:
+                rows = list(db.query(
+                    "SELECT * FROM downloads WHERE status NOT IN (?, ?) ORDER BY id",
+                    [DownloadStatus.DONE.value, DownloadStatus.CANCELLED.value]))
+            requeue = []
+            for row in rows:
+                status = DownloadStatus(row["status"])
+                if status.active:
+                    status = DownloadStatus.QUEUED
+                    requeue.append(row["id"])
+                self._jobs[row["id"]] = _Job(row["id"], row["repo_id"], status, row["revision"],
+                                             row["bytes_total"], row["created_by"], row["error"],
+                                             base_bytes=row["bytes_done"] or 0)
+            for index in range(self.max_concurrent):
+                worker = threading.Thread(target=self._work, name=f"download-{index}",
+                                          daemon=True)
+                worker.start()
+                self._workers.append(worker)
+        for job_id in requeue:
+            log.info("resuming download %s after a restart", job_id)
+            self._queue.put(job_id)
+
+    def _ensure_workers(self) -> None:
+        # A CLI-built Services does not start workers; a download asked for still runs.
+        with self._lock:
+            started = bool(self._workers)
+        if not started:
+            self.start_workers()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop transfers (they stay queued in SQLite and resume on the next start)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for job in self._jobs.values():
+                if job.status is DownloadStatus.RUNNING:
+                    job.stop = "shutdown"
+            workers = list(self._workers)
+        for _ in workers:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            worker.join(timeout=max(0.1, deadline - time.monotonic()))
+            if worker.is_alive():
+                log.warning("download worker %s did not stop in time", worker.name)
+
+    # -- actions ----------------------------------------------------------------------
+    def start(self, repo_id: str, user_id: int | None) -> DownloadView:
+        """Plan (hub calls), check disk space, then queue. Raises ManagerError subclasses."""
+        repo_id = repo_id.strip()
+        self._ensure_workers()
+        with self._lock:
+            self._check_open()
+            busy = self._unfinished_for(repo_id)
+        if busy is not None:
+            raise Conflict(f"{repo_id} is already in the download list ({busy.status.value}).")
+        plan = self.hub.plan(repo_id)
+        self._check_disk(plan)
+        now = utc_now()
+        with self._lock:
+            if (busy := self._unfinished_for(repo_id)) is not None:
+                raise Conflict(f"{repo_id} is already in the download list "
+                               f"({busy.status.value}).")
+            with self.store.connect() as db:
+                cursor = db.execute(
+                    "INSERT INTO downloads (repo_id, revision, status, bytes_done, bytes_total, "
+                    "created_by, created_at, updated_at) VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
+                    [repo_id, plan.revision, DownloadStatus.QUEUED.value, plan.total_bytes,
+                     user_id, now, now])
+                job_id = int(cursor.lastrowid)
+            job = _Job(job_id, repo_id, DownloadStatus.QUEUED, plan.revision, plan.total_bytes,
+                       user_id)
+            job.base_bytes = self._bytes_on_disk(plan)
+            self._jobs[job_id] = job
+            view = self._view(job)
+            self._changed.notify_all()
+        log.info("download %s of %s queued (%s)", job_id, repo_id, human_bytes(plan.total_bytes))
+        self._queue.put(job_id)
+        return view
+
+    def pause(self, job_id: int) -> DownloadView:
+        with self._lock:
+            job = self._job(job_id)
+            if job.status is DownloadStatus.RUNNING:
+                job.stop = "pause"
+            elif job.status is DownloadStatus.QUEUED:
+                self._set_status(job, DownloadStatus.PAUSED)
+            else:
+                raise ValidationError(f"Only a running download can be paused "
+                                      f"({job.repo_id} is {job.status.value}).")
+            return self._view(job)
+
+    def resume(self, job_id: int) -> DownloadView:
+        self._ensure_workers()
+        with self._lock:
+            self._check_open()
+            job = self._job(job_id)
+            if not job.status.resumable:
+                raise ValidationError(f"{job.repo_id} is {job.status.value}; only a paused or "
+                                      "failed download can be resumed.")
+            job.error = None
+            self._set_status(job, DownloadStatus.QUEUED)
+            view = self._view(job)
+        self._queue.put(job_id)
+        return view
+
+    def cancel(self, job_id: int) -> DownloadView:
+        """Stop and remove the partial files. A running transfer cleans up in its thread."""
+        with self._lock:
+            job = self._job(job_id)
+            if job.status.finished:
+                raise ValidationError(f"{job.repo_id} is already {job.status.value}.")
+            if job.status is DownloadStatus.RUNNING:
+                job.stop = "cancel"
+                return self._view(job)
+            self._set_status(job, DownloadStatus.CANCELLED)
+            view = self._view(job)
+        self._discard_partials(job.repo_id)
+        return view
+
+    # -- reading ------------------------------------------------------------------------
+    def snapshot(self) -> list[DownloadView]:
+        """Unfinished downloads (queued, running, paused, failed), newest first. No I/O."""
+        with self._lock:
+            return [self._view(j) for j in sorted(self._jobs.values(), key=lambda j: -j.id)
+                    if not j.status.finished]
+
+    def get(self, job_id: int) -> DownloadView:
+        with self._lock:
+            return self._view(self._job(job_id))
+
+    def downloaded_by(self, repo_id: str) -> set[int]:
+        """Users who downloaded this repo through the dashboard (they may delete it)."""
+        with self.store.connect() as db:
+            rows = db.query("SELECT DISTINCT created_by FROM downloads WHERE repo_id = ? AND "
+                            "status = ? AND created_by IS NOT NULL",
+                            [repo_id, DownloadStatus.DONE.value])
+            return {int(r["created_by"]) for r in rows}
+
+    def owner(self, job_id: int) -> int | None:
+        with self._lock:
+            return self._job(job_id).created_by
+
+    def wait(self, job_id: int, timeout: float = 60.0,
+             until: Callable[[DownloadView], bool] | None = None) -> DownloadView:
+        """Block until the download leaves QUEUED/RUNNING (or `until` holds); for tests/CLI."""
+        check = until or (lambda v: not v.status.active)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                view = self._view(self._job(job_id))
+                if check(view):
+                    return view
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"download {job_id} still {view.status.value}")
+                self._changed.wait(timeout=min(left, 0.5))
+
+    # -- worker -----------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            if job_id is None:
+                return
+            with self._lock:
+                job = self._jobs.get(job_id)
+                if job is None or job.status is not DownloadStatus.QUEUED or self._closed:
+                    continue
+                job.stop = None
+                job.file_bytes.clear()
+                job.samples.clear()
+                self._set_status(job, DownloadStatus.RUNNING)
+            self._run(job)
+
+    def _run(self, job: _Job) -> None:
+        try:
+            plan = self.hub.plan(job.repo_id, revision=job.revision)
+            with self._lock:
+                job.revision = plan.revision
+                job.bytes_total = plan.total_bytes
+                job.base_bytes = self._bytes_on_disk(plan, partials=False)
+            self._check_disk(plan)
+            self._fetch_all(job, plan)
+            self._link_snapshot(plan)
+        except _Stopped as stop:
+            self._stopped(job, stop.reason)
+            return
+        except ManagerError as exc:
+            self._fail(job, exc.message, exc)
+            return
+        except GatedRepoError as exc:
+            self._fail(job, f"{job.repo_id} is gated and the token has no access: ask for "
+                       "access on Hugging Face, then Resume.", exc)
+            return
+        except RepositoryNotFoundError as exc:
+            self._fail(job, f"{job.repo_id} is no longer on Hugging Face.", exc)
+            return
+        except HfHubHTTPError as exc:
+            self._fail(job, f"Hugging Face answered with an error ({str(exc).splitlines()[0]}). "
+                       "Partial files are kept: press Resume to try again.", exc)
+            return
+        except NETWORK_ERRORS as exc:
+            self._fail(job, _network_message(exc, job.done), exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a worker must never die silently
+            log.exception("download %s of %s failed unexpectedly", job.id, job.repo_id)
+            self._fail(job, f"Download failed: {exc}. Partial files are kept: press Resume "
+                       "to try again.", exc)
+            return
+        with self._lock:
+            job.base_bytes = plan.total_bytes
+            job.file_bytes.clear()
+            job.error = None
+            job.stop = None
+            self._set_status(job, DownloadStatus.DONE)
+        log.info("download %s of %s finished", job.id, job.repo_id)
+        if self.on_finished is not None:
+            self.on_finished(job.repo_id)
+
+    def _fetch_all(self, job: _Job, plan: DownloadPlan) -> None:
+        pending = [f for f in plan.files if not self._blob(plan, f).exists()]
+        if not pending:
+            return
+        with ThreadPoolExecutor(max_workers=min(self.file_workers, len(pending)),
+                                thread_name_prefix=f"download-{job.id}-file") as pool:
+            futures = [pool.submit(self._fetch_file, job, plan, f) for f in pending]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            first_error = next((f.exception() for f in done if f.exception()), None)
+            if first_error is not None:
+                with self._lock:
+                    # Stop the sibling transfers; keep a pause/cancel asked for meanwhile.
+                    job.stop = job.stop or "abort"
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if not errors:
+            return
+        # A pause/cancel of the user wins over the "abort" echoes in other files.
+        stops = [e for e in errors if isinstance(e, _Stopped) and e.reason != "abort"]
+        real = [e for e in errors if not isinstance(e, _Stopped)]
+        raise (real[0] if real and not stops else stops[0] if stops else errors[0])
+
+    def _fetch_file(self, job: _Job, plan: DownloadPlan, planned: PlannedFile) -> None:
+        blob = self._blob(plan, planned)
+        partial = blob.with_name(planned.etag + _PARTIAL_SUFFIX)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        url = hf_hub_url(plan.repo_id, planned.path, revision=plan.revision,
+                         endpoint=self.hub.config.endpoint)
+        headers = build_hf_headers(token=self.hub.config.token,
+                                   library_name="mlx-model-manager")
+        progress = type("FileProgress", (_FileProgress,),
+                        {"_mm_manager": self, "_mm_job": job, "_mm_path": planned.path})
+        with open(partial, "ab") as fh:
+            resume = fh.tell()
+            if resume > planned.size:
+                log.warning("partial %s is larger than the file; starting it again", partial)
+                fh.truncate(0)
+                resume = 0
+            self._file_started(job, planned.path, resume)
+            http_get(url, fh, resume_size=resume, headers=headers, expected_size=planned.size,
+                     displayed_filename=planned.path, tqdm_class=progress)
+        os.replace(partial, blob)
+
+    # -- progress hooks (called from transfer threads) ------------------------------------
+    def _file_started(self, job: _Job, path: str, initial: int) -> None:
+        with self._lock:
+            job.file_bytes[path] = initial
+
+    def _advance(self, job: _Job, path: str, n: int) -> None:
+        with self._lock:
+            if job.stop is not None:
+                raise _Stopped(job.stop)
+            job.file_bytes[path] = job.file_bytes.get(path, 0) + n
+            now = self.clock()
+            if not job.samples or now - job.samples[-1][0] >= _SAMPLE_EVERY_S:
+                job.samples.append((now, job.done))
+                while len(job.samples) > 2 and now - job.samples[0][0] > _SPEED_WINDOW_S:
+                    job.samples.popleft()
+                self._changed.notify_all()
+
+    # -- outcomes ---------------------------------------------------------------------------
+    def _stopped(self, job: _Job, reason: str) -> None:
+        if reason == "cancel":
+            self._discard_partials(job.repo_id)
+            with self._lock:
+                self._set_status(job, DownloadStatus.CANCELLED)
+            log.info("download %s of %s cancelled; partial files removed", job.id, job.repo_id)
+        elif reason == "shutdown":
+            with self._lock:
+                # Still unfinished in SQLite: the next start resumes it.
+                job.status = DownloadStatus.QUEUED
+                self._persist(job)
+            log.info("download %s of %s stopped for shutdown", job.id, job.repo_id)
+        else:
+            with self._lock:
+                self._set_status(job, DownloadStatus.PAUSED)
+            log.info("download %s of %s paused at %s", job.id, job.repo_id,
+                     human_bytes(job.done))
+
+    def _fail(self, job: _Job, message: str, exc: BaseException) -> None:
+        log.warning("download %s of %s failed: %s (%s: %s)", job.id, job.repo_id, message,
+                    type(exc).__name__, exc)
+        with self._lock:
+            job.error = message
+            self._set_status(job, DownloadStatus.FAILED)
+
+    # -- files ------------------------------------------------------------------------------
+    def storage(self, repo_id: str) -> Path:
+        return self.cache_dir / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+    def _blob(self, plan: DownloadPlan, planned: PlannedFile) -> Path:
+        return self.storage(plan.repo_id) / "blobs" / planned.etag
+
+    def _bytes_on_disk(self, plan: DownloadPlan, partials: bool = True) -> int:
+        total = 0
+        for planned in plan.files:
+            blob = self._blob(plan, planned)
+            if blob.exists():
+                total += planned.size
+            elif partials:
+                partial = blob.with_name(planned.etag + _PARTIAL_SUFFIX)
+                total += min(partial.stat().st_size, planned.size) if partial.exists() else 0
+        return total
+
+    def _check_disk(self, plan: DownloadPlan) -> None:
+        needed = plan.total_bytes - self._bytes_on_disk(plan)
+        free = self.free_space(self.cache_dir)
+        if needed > free:
+            raise DiskFull(f"Not enough disk space for {plan.repo_id}: it needs "
+                           f"{human_bytes(needed)} more, {human_bytes(free)} is free in "
+                           f"{self.cache_dir}. Free some space and try again.")
+
+    def _link_snapshot(self, plan: DownloadPlan) -> None:
+        """Make the snapshot visible only now that every file is complete."""
+        storage = self.storage(plan.repo_id)
+        snapshots = storage / "snapshots"
+        final = snapshots / plan.revision
+        building = final if final.exists() else snapshots / f".{plan.revision}.building"
+        for planned in plan.files:
+            link = building / planned.path
+            link.parent.mkdir(parents=True, exist_ok=True)
+            target = os.path.relpath(self._blob(plan, planned), link.parent)
+            if link.is_symlink() and os.readlink(link) == target:
+                continue
+            temp = link.with_name(f".{link.name}.link")
+            temp.unlink(missing_ok=True)
+            os.symlink(target, temp)
+            os.replace(temp, link)
+        if building != final:
+            os.replace(building, final)
+        refs = storage / "refs"
+        refs.mkdir(parents=True, exist_ok=True)
+        temp_ref = refs / ".main.tmp"
+        temp_ref.write_text(plan.revision)
+        os.replace(temp_ref, refs / "main")
+
+    def _discard_partials(self, repo_id: str) -> None:
+        """Remove our partial files and blobs no snapshot uses; the folder if left empty."""
+        storage = self.storage(repo_id)
+        blobs = storage / "blobs"
+        if not blobs.is_dir():
+            return
+        used = {Path(os.path.realpath(p)).name for p in _links(storage / "snapshots")}
+        for entry in blobs.iterdir():
+            name = entry.name
+            ours_partial = name.endswith(_PARTIAL_SUFFIX) and name.count(".") == 1
+            if ours_partial or (not name.endswith(_PARTIAL_SUFFIX) and name not in used):
+                entry.unlink(missing_ok=True)
+        building = [p for p in (storage / "snapshots").glob(".*.building")] \
+            if (storage / "snapshots").is_dir() else []
+        for path in building:
+            shutil.rmtree(path, ignore_errors=True)
+        if not any(blobs.iterdir()) and not any(_links(storage / "snapshots")):
+            shutil.rmtree(storage, ignore_errors=True)
+            log.info("removed %s (nothing of it was complete)", storage)
+
+    # -- state ------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ManagerError("The dashboard is shutting down; try again after it restarts.")
+
+    def _job(self, job_id: int) -> _Job:
+        job = self._jobs.get(int(job_id))
+        if job is None:
+            raise NotFound(f"Download {job_id} does not exist (it may have finished).")
+        return job
+
+    def _unfinished_for(self, repo_id: str) -> _Job | None:
+        return next((j for j in self._jobs.values()
+                     if j.repo_id == repo_id and not j.status.finished), None)
+
+    def _set_status(self, job: _Job, status: DownloadStatus) -> None:
+        """Every status change goes through here (caller holds the lock)."""
+        if job.status is not status:
+            log.info("download %s of %s: %s -> %s", job.id, job.repo_id, job.status.value,
+                     status.value)
+        job.status = status
+        self._persist(job)
+        self._changed.notify_all()
+
+    def _persist(self, job: _Job) -> None:
+        now = utc_now()
+        finished = now if job.status.finished else None
+        with self.store.connect() as db:
+            db.execute(
+                "UPDATE downloads SET status = ?, revision = ?, bytes_done = ?, bytes_total = ?, "
+                "error = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                [job.status.value, job.revision, job.done, job.bytes_total, job.error, now,
+                 finished, job.id])
+
+    def _view(self, job: _Job) -> DownloadView:
+        speed = eta = None
+        if job.status is DownloadStatus.RUNNING and len(job.samples) >= 2:
+            (t0, b0), (t1, b1) = job.samples[0], job.samples[-1]
+            if t1 - t0 >= 0.5:
+                speed = max(0.0, (b1 - b0) / (t1 - t0))
+                if speed > 0 and job.bytes_total:
+                    eta = max(0.0, (job.bytes_total - job.done) / speed)
+        return DownloadView(job.id, job.repo_id, job.status, job.done, job.bytes_total, speed,
+                            eta, job.error, job.created_by, job.revision)
+
+
+def _links(snapshots: Path) -> list[Path]:
+    if not snapshots.is_dir():
+        return []
+    return [p for p in snapshots.rglob("*") if p.is_symlink()]
+
+
+def _network_message(exc: BaseException, done: int) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (f"The disk is full. Free some space, then press Resume: the "
+                f"{human_bytes(done)} already fetched are kept.")
+    if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
+        return ("A file arrived with the wrong size (the connection was cut?). Press Resume to "
+                "fetch the rest.")
+    return (f"Lost the connection to Hugging Face ({type(exc).__name__}). The "
+            f"{human_bytes(done)} already fetched are kept: press Resume to continue.")

@@ -1,0 +1,327 @@
+"""Downloads through the real huggingface_hub against the local hub: progress, pause,
+resume (Range), cancel, restart, dropped connections, gated repos, disk space."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from huggingface_hub import constants, scan_cache_dir, snapshot_download
+
+from manager.downloads import DiskFull, DownloadManager, DownloadStatus, DownloadView
+from manager.errors import Conflict
+from manager.hub import GatedRepo, HubClient, HubConfig, NoMLXWeights, RepoNotFound
+from manager.services import Services
+from manager.settings import Settings
+from manager.store import Store
+from tests.conftest import free_port
+from tests.fixtures.local_hub import DEFAULT_TOKEN, NO_ACCESS_TOKEN, LocalHub
+
+BIG = "mlx-community/big-qwen3"
+WEIGHTS = "model.safetensors"
+WEIGHTS_SIZE = 1_500_000
+
+
+def fake_safetensors(padding: int) -> bytes:
+    header = json.dumps({"__metadata__": {"format": "mlx"}}).encode()
+    return struct.pack("<Q", len(header)) + header + bytes(range(256)) * (padding // 256)
+
+
+@pytest.fixture
+def big_repo(hub: LocalHub, tiny_models: dict[str, Path]) -> str:
+    """A qwen3 repo whose weights file is big enough to stop in the middle."""
+    text = tiny_models["text"]
+    files = {p.name: p.read_bytes() for p in text.iterdir() if p.is_file()}
+    files[WEIGHTS] = fake_safetensors(WEIGHTS_SIZE)
+    files["README.md"] = b"# not needed by MLX"
+    hub.add_repo(BIG, files)
+    return BIG
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # http_get reads the chunk size at call time: per-chunk progress and quick stops.
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)
+
+
+def make_manager(store_dir: Path, hub: LocalHub, cache: Path, *, token: str | None = None,
+                 free_space: Callable[[Path], int] | None = None) -> DownloadManager:
+    store = Store(store_dir / "manager.db")
+    client = HubClient(HubConfig(endpoint=hub.url, token=token, cache_dir=cache))
+    kwargs = {"free_space": free_space} if free_space else {}
+    manager = DownloadManager(store, client, cache_dir=cache, max_concurrent=2, **kwargs)
+    manager.start_workers()
+    return manager
+
+
+@pytest.fixture
+def cache(hf_home: Path) -> Path:
+    return hf_home / "hub"
+
+
+@pytest.fixture
+def manager(tmp_path: Path, hub: LocalHub, cache: Path) -> Iterator[DownloadManager]:
+    made = make_manager(tmp_path, hub, cache)
+    yield made
+    made.close()
+
+
+def wait_bytes(manager: DownloadManager, job_id: int, at_least: int) -> DownloadView:
+    return manager.wait(job_id, 30, until=lambda v: v.bytes_done >= at_least
+                        or not v.status.active)
+
+
+def storage(cache: Path, repo_id: str) -> Path:
+    return cache / ("models--" + repo_id.replace("/", "--"))
+
+
+def partials(cache: Path, repo_id: str) -> list[Path]:
+    return sorted((storage(cache, repo_id) / "blobs").glob("*.incomplete"))
+
+
+def test_download_lands_in_the_hf_cache_where_other_tools_see_it(
+        manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str) -> None:
+    view = manager.start(big_repo, user_id=7)
+    assert view.status is DownloadStatus.QUEUED and view.created_by == 7
+    done = manager.wait(view.id, 30)
+    assert done.status is DownloadStatus.DONE, done.error
+    assert done.bytes_done == done.bytes_total
+    repo = hub.repo(big_repo)
+    snapshot = storage(cache, big_repo) / "snapshots" / repo.sha
+    assert (snapshot / WEIGHTS).read_bytes() == repo.files[WEIGHTS].data
+    assert not (snapshot / "README.md").exists()  # only what MLX needs
+    assert (storage(cache, big_repo) / "refs" / "main").read_text() == repo.sha
+    # huggingface_hub itself finds it, offline.
+    assert snapshot_download(big_repo, cache_dir=cache, local_files_only=True,
+                             allow_patterns=["*.json", "*.safetensors"]) == str(snapshot)
+    assert big_repo in {r.repo_id for r in scan_cache_dir(cache).repos}
+    assert manager.snapshot() == []  # finished downloads leave the list
+    assert manager.downloaded_by(big_repo) == {7}
+
+
+def test_progress_is_reported_per_chunk_with_speed_and_eta(
+        manager: DownloadManager, hub: LocalHub, big_repo: str, small_chunks: None) -> None:
+    hub.throttle_bytes_per_sec = 1_500_000
+    view = manager.start(big_repo, user_id=None)
+    seen: list[DownloadView] = []
+    while True:
+        current = manager.get(view.id)
+        seen.append(current)
+        if not current.status.active:
+            break
+        time.sleep(0.05)
+    assert current.status is DownloadStatus.DONE
+    done_values = [v.bytes_done for v in seen]
+    assert done_values == sorted(done_values)
+    partway = {v.bytes_done for v in seen if 0 < v.bytes_done < v.bytes_total}
+    assert len(partway) >= 3, "progress should move in several steps"
+    assert any(v.speed_bps and v.eta_seconds is not None for v in seen)
+    assert all(v.speed_bps is None for v in seen if v.status is not DownloadStatus.RUNNING)
+
+
+def test_pause_keeps_the_partial_file_and_resume_sends_a_range_request(
+        manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str,
+        small_chunks: None) -> None:
+    hub.throttle_bytes_per_sec = 400_000
+    view = manager.start(big_repo, user_id=None)
+    wait_bytes(manager, view.id, 200_000)
+    manager.pause(view.id)
+    paused = manager.wait(view.id, 30)
+    assert paused.status is DownloadStatus.PAUSED
+    [partial] = partials(cache, big_repo)
+    kept = partial.stat().st_size
+    assert 0 < kept < WEIGHTS_SIZE
+    assert not (storage(cache, big_repo) / "snapshots").exists()  # no half model visible
+    hub.throttle_bytes_per_sec = None
+    hub.clear_requests()
+    manager.resume(view.id)
+    done = manager.wait(view.id, 30)
+    assert done.status is DownloadStatus.DONE, done.error
+    ranges = [r.range for r in hub.requests if r.path.endswith("/" + WEIGHTS)]
+    assert ranges == [f"bytes={kept}-"]
+    snapshot = storage(cache, big_repo) / "snapshots" / hub.repo(big_repo).sha
+    assert (snapshot / WEIGHTS).read_bytes() == hub.repo(big_repo).files[WEIGHTS].data
+    assert partials(cache, big_repo) == []
+
+
+def test_cancel_removes_the_partial_files(manager: DownloadManager, hub: LocalHub,
+                                          cache: Path, big_repo: str,
+                                          small_chunks: None) -> None:
+    hub.throttle_bytes_per_sec = 400_000
+    view = manager.start(big_repo, user_id=None)
+    wait_bytes(manager, view.id, 100_000)
+    assert partials(cache, big_repo)
+    manager.cancel(view.id)
+    cancelled = manager.wait(view.id, 30)
+    assert cancelled.status is DownloadStatus.CANCELLED
+    assert not storage(cache, big_repo).exists()
+    assert manager.snapshot() == []
+    # Cancelling a paused download cleans up at once, too.
+    again = manager.start(big_repo, user_id=None)
+    wait_bytes(manager, again.id, 100_000)
+    manager.pause(again.id)
+    manager.wait(again.id, 30)
+    assert partials(cache, big_repo)
+    assert manager.cancel(again.id).status is DownloadStatus.CANCELLED
+    assert not storage(cache, big_repo).exists()
+
+
+def test_an_unfinished_download_resumes_after_a_restart(
+        tmp_path: Path, hub: LocalHub, cache: Path, big_repo: str, small_chunks: None) -> None:
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), hf_endpoint=hub.url,
+                        hf_cache_dir=cache)
+    hub.throttle_bytes_per_sec = 400_000
+    first = Services.create(settings)
+    view = first.downloads.start(big_repo, user_id=None)
+    wait_bytes(first.downloads, view.id, 150_000)
+    first.close()  # the dashboard stops mid-transfer
+    [partial] = partials(cache, big_repo)
+    kept = partial.stat().st_size
+    assert kept > 0
+    hub.throttle_bytes_per_sec = None
+    hub.clear_requests()
+    second = Services.create(settings)  # same data dir: picks the download up by itself
+    try:
+        done = second.downloads.wait(view.id, 30)
+        assert done.status is DownloadStatus.DONE, done.error
+        ranges = [r.range for r in hub.requests if r.path.endswith("/" + WEIGHTS)]
+        assert ranges == [f"bytes={kept}-"]
+        [model] = [m for m in second.library.scan() if m.name == big_repo]
+        assert model.complete
+    finally:
+        second.close()
+
+
+def test_a_connection_dropped_mid_file_is_resumed_with_a_range_request(
+        manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str,
+        small_chunks: None) -> None:
+    # huggingface_hub retries by itself from the last whole chunk it wrote.
+    hub.drop_after_bytes(big_repo, WEIGHTS, 300_000)
+    done = manager.wait(manager.start(big_repo, user_id=None).id, 60)
+    assert done.status is DownloadStatus.DONE, done.error
+    ranges = [r.range for r in hub.requests if r.path.endswith("/" + WEIGHTS)]
+    assert ranges[0] is None and ranges[-1] is not None
+    assert int(ranges[-1].removeprefix("bytes=").rstrip("-")) > 0
+    snapshot = storage(cache, big_repo) / "snapshots" / hub.repo(big_repo).sha
+    assert (snapshot / WEIGHTS).read_bytes() == hub.repo(big_repo).files[WEIGHTS].data
+
+
+def test_a_lost_connection_fails_clearly_and_resumes_later(
+        manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str,
+        small_chunks: None) -> None:
+    """Every attempt is cut: FAILED with a message, partial kept, Resume finishes."""
+    hub.throttle_bytes_per_sec = 600_000
+    view = manager.start(big_repo, user_id=None)
+    wait_bytes(manager, view.id, 100_000)
+    cutting = threading.Event()
+
+    def cut_every_attempt() -> None:
+        while not cutting.is_set():
+            hub.drop_after_bytes(big_repo, WEIGHTS, 0)
+            time.sleep(0.02)
+
+    cutter = threading.Thread(target=cut_every_attempt, daemon=True)
+    hub.drop_after_bytes(big_repo, WEIGHTS, 0)
+    # The running transfer is cut at its next reconnect; make the current one end too.
+    cutter.start()
+    try:
+        # huggingface_hub retries 5 times (1 s apart) without progress, then gives up.
+        manager.pause(view.id)
+        manager.wait(view.id, 30)
+        manager.resume(view.id)
+        failed = manager.wait(view.id, 60)
+    finally:
+        cutting.set()
+        cutter.join()
+    assert failed.status is DownloadStatus.FAILED
+    assert "Lost the connection" in failed.error and "Resume" in failed.error
+    [partial] = partials(cache, big_repo)
+    assert partial.stat().st_size > 0
+    assert not (storage(cache, big_repo) / "snapshots").exists()
+    hub.throttle_bytes_per_sec = None
+    hub.clear_requests()
+    manager.resume(view.id)  # (one armed cut may remain: huggingface_hub retries past it)
+    done = manager.wait(view.id, 30)
+    assert done.status is DownloadStatus.DONE, done.error
+    assert any(r.range for r in hub.requests if r.path.endswith("/" + WEIGHTS))
+
+
+def test_free_disk_space_is_checked_before_starting(tmp_path: Path, hub: LocalHub,
+                                                    cache: Path, big_repo: str) -> None:
+    tight = make_manager(tmp_path, hub, cache, free_space=lambda _: 1_000_000)
+    try:
+        with pytest.raises(DiskFull, match="needs 1.4 MB more, 976.6 KB is free"):
+            tight.start(big_repo, user_id=None)
+        assert tight.snapshot() == []
+        assert not storage(cache, big_repo).exists()
+    finally:
+        tight.close()
+
+
+def test_a_disk_filling_up_before_a_resume_fails_resumable(
+        manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str,
+        small_chunks: None) -> None:
+    hub.throttle_bytes_per_sec = 600_000
+    view = manager.start(big_repo, user_id=None)
+    wait_bytes(manager, view.id, 100_000)
+    manager.pause(view.id)
+    manager.wait(view.id, 30)
+    manager.free_space = lambda _: 50_000  # another program filled the disk meanwhile
+    manager.resume(view.id)
+    failed = manager.wait(view.id, 30)
+    assert failed.status is DownloadStatus.FAILED and failed.status.resumable
+    assert "Not enough disk space" in failed.error
+    assert partials(cache, big_repo) and not (storage(cache, big_repo) / "snapshots").exists()
+
+
+def test_bad_requests_get_clear_errors(manager: DownloadManager, hub_repos: dict[str, str],
+                                       big_repo: str, hub: LocalHub) -> None:
+    with pytest.raises(RepoNotFound, match="not found"):
+        manager.start("acme/does-not-exist", user_id=None)
+    with pytest.raises(NoMLXWeights):
+        manager.start(hub_repos["no_mlx"], user_id=None)
+    with pytest.raises(GatedRepo, match="gated"):
+        manager.start(hub_repos["gated"], user_id=None)
+    hub.throttle_bytes_per_sec = 200_000
+    view = manager.start(big_repo, user_id=None)
+    with pytest.raises(Conflict, match="already in the download list"):
+        manager.start(big_repo, user_id=None)
+    manager.cancel(view.id)
+    manager.wait(view.id, 30)
+
+
+def test_gated_repo_with_a_token(tmp_path: Path, hub: LocalHub, cache: Path,
+                                 hub_repos: dict[str, str]) -> None:
+    outsider = make_manager(tmp_path / "a", hub, cache, token=NO_ACCESS_TOKEN)
+    try:
+        failed = outsider.wait(outsider.start(hub_repos["gated"], user_id=None).id, 30)
+        assert failed.status is DownloadStatus.FAILED
+        assert "gated and the token has no access" in failed.error
+    finally:
+        outsider.close()
+    member = make_manager(tmp_path / "b", hub, cache, token=DEFAULT_TOKEN)
+    try:
+        done = member.wait(member.start(hub_repos["gated"], user_id=None).id, 30)
+        assert done.status is DownloadStatus.DONE, done.error
+    finally:
+        member.close()
+
+
+def test_several_downloads_run_at_once_within_the_limit(
+        manager: DownloadManager, hub: LocalHub, hub_repos: dict[str, str],
+        small_chunks: None) -> None:
+    hub.throttle_bytes_per_sec = 1_000_000
+    views = [manager.start(hub_repos[n], user_id=None)
+             for n in ("text", "thinking", "tools", "vision")]
+    peak = 0
+    while any(manager.get(v.id).status.active for v in views):
+        running = sum(manager.get(v.id).status is DownloadStatus.RUNNING for v in views)
+        peak = max(peak, running)
+        time.sleep(0.02)
+    assert peak == 2  # max_concurrent
+    assert all(manager.get(v.id).status is DownloadStatus.DONE for v in views)
