@@ -65,8 +65,10 @@ def configure_logging(level: str = "info") -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
-    # httpx logs every request at INFO, which drowns the dashboard's own lines.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpx (and the MCP client's httpx2) log every request URL at INFO: noisy, and a URL
+    # may carry a token.
+    for noisy in ("httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -107,7 +109,11 @@ def serve(settings: Settings, log_level: str = "info") -> int:
         log.error("Port %s on %s is already in use. Pick another with --port.",
                   settings.port, settings.host)
         return 1
+    from manager.supervisor import install_exit_hooks
+
     services = Services.create(settings)
+    # Model servers outlive the dashboard on purpose: the next start adopts them.
+    install_exit_hooks(lambda: services.close(keep_servers=True))
     app = create_app(services)
     url_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     log.info("MLX Model Manager on http://%s:%s (data in %s)", url_host, settings.port,
@@ -119,7 +125,7 @@ def serve(settings: Settings, log_level: str = "info") -> int:
     try:
         uvicorn.Server(config).run()
     finally:
-        services.close()
+        services.close(keep_servers=True)
     return 0
 
 

@@ -17,11 +17,11 @@ def build_dashboard(services: Services) -> gr.Blocks:
         header = gr.HTML(header_html(None, 0), elem_id="mm-header")
         with gr.Tabs():
             with gr.Tab("Models", id="models"):
-                models_tab.build(services)
+                load_models = models_tab.build(services)
             with gr.Tab("Profiles", id="profiles"):
-                profiles_tab.build(services)
+                load_profiles = profiles_tab.build(services)
             with gr.Tab("Servers", id="servers"):
-                servers_tab.build(services)
+                load_servers = servers_tab.build(services)
             with gr.Tab("Chat", id="chat"):
                 chat_tab.build(services)
             with gr.Tab("Admin", id="admin", visible=False, elem_id="admin-tab") as admin:
@@ -37,6 +37,9 @@ def build_dashboard(services: Services) -> gr.Blocks:
             return (*refresh_shell(request), *load_admin.fn(request))
 
         demo.load(on_open, None, [header, admin, *load_admin.outputs])
+        demo.load(load_models.fn, None, load_models.outputs)
+        demo.load(load_profiles.fn, None, load_profiles.outputs)
+        demo.load(load_servers.fn, None, load_servers.outputs)
         gr.Timer(BADGE_REFRESH_S).tick(refresh_shell, None, [header, admin],
                                        show_progress="hidden")
     return demo

@@ -1,11 +1,401 @@
-"""The Models tab."""
+"""The Models tab: find MLX models on Hugging Face, download them, manage local ones.
+
+A sticky search/filter bar sits over a scrollable list of tiles. Downloads show as
+tiles at the top (their model's ordinary tile is hidden meanwhile). The 1 s timer only
+reads the download manager's in-memory snapshot; the list is re-rendered only when
+the set of downloads changes (and then from state already held, or a warm library
+scan), never with hub calls. Every action resolves the user on the server.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
 import gradio as gr
 
+from components.session import TabLoader, user_of
+from components.views import (
+    download_tile_html,
+    local_tile_html,
+    remote_tile_html,
+    tile_list_html,
+)
+from manager.auth import User
+from manager.capabilities import fit, human_bytes, memory_budget_bytes
+from manager.downloads import DownloadView
+from manager.errors import ManagerError, PermissionDenied, ValidationError
+from manager.hub import (
+    KNOWN_AUTHORS,
+    PAGE_SIZE,
+    RemoteDetails,
+    RemoteModel,
+    SearchQuery,
+    SearchSession,
+)
+from manager.model_filter import ModelFilter
 from manager.services import Services
 
+log = logging.getLogger(__name__)
 
-def build(services: Services) -> None:
-    gr.Markdown("### Models\nComing soon.", elem_id="models-coming-soon")
+LOCAL = "On my machine"
+REMOTE = "Hugging Face"
+ANY_AUTHOR = "any author"
+TICK_S = 1.0
+BITS_CHOICES = [("any", "any"), ("2-bit", "2"), ("3-bit", "3"), ("4-bit", "4"),
+                ("5-bit", "5"), ("6-bit", "6"), ("8-bit", "8"), ("16/32-bit (unquantized)", "16")]
+FIT_CHOICES = [("any", "any"), ("fits (green)", "fits"), ("fits or tight", "fits_or_tight")]
+SORT_CHOICES = [("most downloads", "downloads"), ("most likes", "likes"), ("recently updated", "recent")]
+
+# One delegated listener: tile buttons become a "click" event carrying action + target.
+TILE_JS = """
+element.addEventListener('click', (event) => {
+  const button = event.target.closest('button[data-action]');
+  if (!button || button.disabled || button.dataset.action === 'noop') return;
+  trigger('click', {action: button.dataset.action, target: button.dataset.target});
+});
+"""
+
+
+@dataclass(frozen=True)
+class RemoteItem:
+    model: RemoteModel
+    details: RemoteDetails | None
+
+
+def build_filter(text: str, arch: str, multimodal: bool, video: bool, tools: bool,
+                 thinking: bool, bits: str | None, min_gb: float | None, max_gb: float | None,
+                 fits: str | None) -> ModelFilter:
+    if min_gb is not None and max_gb is not None and min_gb > max_gb:
+        raise ValidationError("The size range is empty: min is above max.", field="size")
+    return ModelFilter(
+        text=(text or "").strip(), architecture=(arch or "").strip(), multimodal=bool(multimodal),
+        video=bool(video), tool_use=bool(tools), thinking=bool(thinking),
+        bits=int(bits) if bits and bits != "any" else None,
+        min_gb=float(min_gb) if min_gb not in (None, "") else None,
+        max_gb=float(max_gb) if max_gb not in (None, "") else None,
+        fits=fits or "any",
+    )
+
+
+def hidden_repos(views: Sequence[DownloadView]) -> set[str]:
+    return {v.repo_id for v in views}
+
+
+def build(services: Services) -> TabLoader:
+    hub, library, downloads = services.hub, services.library, services.downloads
+
+    # ---- layout -------------------------------------------------------------------------
+    with gr.Column(elem_id="models-panel"):
+        with gr.Group(elem_id="models-filterbar"):
+            with gr.Row():
+                view = gr.Radio([LOCAL, REMOTE], value=LOCAL, label="Show", scale=2,
+                                elem_id="models-view")
+                text = gr.Textbox(label="Search", placeholder="name, or org/name of a repo",
+                                  scale=3, elem_id="models-search")
+                author = gr.Dropdown([*KNOWN_AUTHORS, ANY_AUTHOR], value=KNOWN_AUTHORS[0],
+                                     label="Author (Hugging Face)", scale=2,
+                                     elem_id="models-author")
+                sort = gr.Dropdown(SORT_CHOICES, value="downloads", label="Sort", scale=2,
+                                   elem_id="models-sort")
+                mlx_only = gr.Checkbox(value=True, label="MLX only", scale=1,
+                                       elem_id="models-mlx-only")
+                search = gr.Button("Search", variant="primary", scale=1,
+                                   elem_id="models-search-button")
+            with gr.Row():
+                arch = gr.Textbox(label="Architecture", placeholder="e.g. qwen3", scale=2,
+                                  elem_id="models-arch")
+                multimodal = gr.Checkbox(label="Vision", elem_id="models-f-vision")
+                video = gr.Checkbox(label="Video", elem_id="models-f-video")
+                tools = gr.Checkbox(label="Tool use", elem_id="models-f-tools")
+                thinking = gr.Checkbox(label="Thinking", elem_id="models-f-thinking")
+                bits = gr.Dropdown(BITS_CHOICES, value="any", label="Quantization",
+                                   elem_id="models-f-bits")
+                min_gb = gr.Number(label="Min GB", value=None, minimum=0,
+                                   elem_id="models-f-min")
+                max_gb = gr.Number(label="Max GB", value=None, minimum=0,
+                                   elem_id="models-f-max")
+                fits = gr.Dropdown(FIT_CHOICES, value="any", label="Fits in memory",
+                                   elem_id="models-f-fits")
+        status = gr.Markdown(elem_id="models-status")
+        downloads_html = gr.HTML(tile_list_html([], ""), js_on_load=TILE_JS,
+                                 elem_id="models-downloads")
+        list_html = gr.HTML(tile_list_html([], "Loading…"), js_on_load=TILE_JS,
+                            elem_id="models-list")
+        load_more = gr.Button("Load more", visible=False, elem_id="models-load-more")
+        with gr.Row(visible=False, elem_id="models-confirm") as confirm_row:
+            confirm_text = gr.Markdown()
+            confirm = gr.Button("Yes, delete", variant="stop", elem_id="models-confirm-delete")
+            keep = gr.Button("Keep it", elem_id="models-keep")
+        with gr.Accordion("Extra model folders (admin)", open=False, visible=False,
+                          elem_id="models-folders") as folders_box:
+            gr.Markdown("Folders holding models outside the Hugging Face cache, such as "
+                        "LM Studio's `~/.lmstudio/models` (org/name folders with config.json).")
+            folders_md = gr.Markdown(elem_id="models-folders-list")
+            with gr.Row():
+                folder_path = gr.Textbox(label="Folder path", scale=3,
+                                         elem_id="models-folder-path")
+                add_folder = gr.Button("Add folder", scale=1, elem_id="models-folder-add")
+            with gr.Row():
+                folder_pick = gr.Dropdown(label="Folder", choices=[], scale=3,
+                                          elem_id="models-folder-pick")
+                remove_folder = gr.Button("Remove from list", scale=1,
+                                          elem_id="models-folder-remove")
+        # API-only twin of the tile buttons (gradio_client cannot send click data).
+        with gr.Row(visible=False):
+            api_action = gr.Textbox(elem_id="models-api-action")
+            api_target = gr.Textbox(elem_id="models-api-target")
+            api_button = gr.Button(elem_id="models-api-button")
+
+    session = gr.State(None)  # SearchSession of this browser
+    remote = gr.State([])  # list[RemoteItem] shown in the Hugging Face view
+    shown = gr.State(None)  # which downloads the list was last rendered against
+    pending_delete = gr.State("")
+    timer = gr.Timer(TICK_S)
+
+    filt_state = gr.State(ModelFilter())
+    filter_boxes = [arch, multimodal, video, tools, thinking, bits, min_gb, max_gb, fits]
+
+    # ---- rendering (pure formatting + warm library scan) ------------------------------------
+    def can_control(user: User, download: DownloadView) -> bool:
+        return user.is_admin or download.created_by in (None, user.id)
+
+    def downloads_part(user: User, views: list[DownloadView]) -> str:
+        tiles = [download_tile_html(v, can_control=can_control(user, v)) for v in views]
+        return tile_list_html(tiles, "") if tiles else ""
+
+    def list_part(user: User, which: str, filt: ModelFilter, items: list[RemoteItem],
+                  views: list[DownloadView]) -> str:
+        hidden = hidden_repos(views)
+        budget = memory_budget_bytes()
+        local = library.scan()
+        if which == REMOTE:
+            on_machine = {m.name for m in local if m.complete}
+            tiles = []
+            for item in items:
+                if item.model.repo_id in hidden:
+                    continue
+                caps = item.details.caps if item.details else None
+                model_fit = fit(caps, None, budget) if caps else None
+                if caps is not None and not filt.matches(item.model.repo_id, caps, model_fit,
+                                                         item.details.total_bytes):
+                    continue
+                tiles.append(remote_tile_html(item.model, item.details, model_fit,
+                                              on_machine=item.model.repo_id in on_machine))
+            return tile_list_html(tiles, "No models match. Search, or loosen the filters.")
+        tiles = []
+        for model in local:
+            if model.name in hidden:
+                continue
+            model_fit = fit(model.caps, None, budget)
+            if not filt.matches(model.name, model.caps, model_fit, model.size_bytes):
+                continue
+            may_delete = user.is_admin or user.id in downloads.downloaded_by(model.name)
+            tiles.append(local_tile_html(model, model_fit, can_delete=may_delete))
+        return tile_list_html(tiles, "No local models match. Download one from the "
+                                     "Hugging Face view.")
+
+    def signature(views: list[DownloadView]) -> tuple:
+        return tuple(sorted((v.id, v.status.value) for v in views))
+
+    def render(user: User, which: str, filt: ModelFilter,
+               items: list[RemoteItem]) -> tuple[str, str, tuple]:
+        views = downloads.snapshot()
+        return (downloads_part(user, views), list_part(user, which, filt, items, views),
+                signature(views))
+
+    def more_visible(which: str, sess: object) -> gr.Button:
+        exhausted = getattr(sess, "exhausted", True)
+        return gr.Button(visible=which == REMOTE and not exhausted)
+
+    # ---- search and filters -----------------------------------------------------------------
+    def run_search(which: str, text_v: str, author_v: str, sort_v: str, mlx_v: bool,
+                   filt: ModelFilter, request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        filt = replace(filt or ModelFilter(), text=(text_v or "").strip())
+        items: list[RemoteItem] = []
+        sess = None
+        if which == REMOTE:
+            typed = filt.text
+            try:
+                if typed.count("/") == 1 and " " not in typed:
+                    # A typed org/name: that repo, or a clear reason why it cannot be shown.
+                    model = hub.lookup(typed)
+                    items = [RemoteItem(model, hub.details(model))]
+                else:
+                    sess = hub.search(SearchQuery(
+                        text=typed, author="" if author_v == ANY_AUTHOR else (author_v or ""),
+                        mlx_only=bool(mlx_v), sort=sort_v or "downloads"))
+                    items = _fetch_page(sess)
+            except ManagerError as exc:
+                log.info("search %r by %s failed: %s", typed, user.email, exc.message)
+                raise gr.Error(exc.message) from exc
+        dl, lst, sig = render(user, which, filt, items)
+        return dl, lst, sig, sess, items, more_visible(which, sess), filt, ""
+
+    def _fetch_page(sess: SearchSession) -> list[RemoteItem]:
+        page = sess.next_page(PAGE_SIZE)
+        return [RemoteItem(m, d) for m, d in zip(page, hub.details_many(page), strict=True)]
+
+    def more(which: str, sess: SearchSession | None, items: list[RemoteItem],
+             filt: ModelFilter, request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        if sess is None:
+            raise gr.Error("Search first.")
+        try:
+            items = [*items, *_fetch_page(sess)]
+        except ManagerError as exc:
+            raise gr.Error(exc.message) from exc
+        dl, lst, sig = render(user, which, filt, items)
+        return dl, lst, sig, items, more_visible(which, sess)
+
+    def on_filters(which: str, items: list[RemoteItem], filt: ModelFilter, arch_v: str,
+                   mm: bool, vid: bool, tl: bool, th: bool, bits_v: str | None,
+                   mn: float | None, mx: float | None, fits_v: str | None,
+                   request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        try:
+            new = build_filter((filt or ModelFilter()).text, arch_v, mm, vid, tl, th, bits_v,
+                               mn, mx, fits_v)
+        except ManagerError as exc:
+            raise gr.Error(exc.message) from exc
+        return (*render(user, which, new, items), new)
+
+    # ---- actions ---------------------------------------------------------------------------
+    def act(user: User, action: str, target: str) -> str:
+        if action == "download":
+            started = downloads.start(target, user.id)
+            return f"Downloading {started.repo_id}."
+        if action in ("pause", "resume", "cancel"):
+            if not target.isdigit():
+                raise ValidationError("Which download? The id is missing.")
+            job_id = int(target)
+            if not can_control(user, downloads.get(job_id)):
+                raise PermissionDenied("Only whoever started this download (or an admin) "
+                                       "can change it.")
+            changed = getattr(downloads, action)(job_id)
+            return f"{changed.repo_id}: {action} requested."
+        if action == "delete":
+            model = library.find(target)
+            may = user.is_admin or user.id in downloads.downloaded_by(model.name)
+            deleted = library.delete(user, target, may_delete=may)
+            return f"Deleted {deleted.name}."
+        raise ValidationError(f"Unknown action {action!r}.")
+
+    def on_tile(which: str, items: list[RemoteItem], filt: ModelFilter, evt: gr.EventData,
+                request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        data = getattr(evt, "_data", None) or {}
+        action, target = str(data.get("action", "")), str(data.get("target", ""))
+        try:
+            if action == "delete":
+                # Deleting is final: it takes a second, explicit click.
+                model = library.find(target)
+                dl, lst, sig = render(user, which, filt, items)
+                question = (f"**Delete {model.name}** ({human_bytes(model.size_bytes)}) from "
+                            "this machine? Its files are removed for good.")
+                return dl, lst, sig, gr.Row(visible=True), question, target, ""
+            message = act(user, action, target)
+        except ManagerError as exc:
+            log.info("models action %s on %s by %s refused: %s", action, target, user.email,
+                     exc.message)
+            raise gr.Error(exc.message) from exc
+        dl, lst, sig = render(user, which, filt, items)
+        return dl, lst, sig, gr.Row(visible=False), "", "", message
+
+    def on_api(action: str, target: str, request: gr.Request) -> str:
+        user = user_of(services, request)
+        try:
+            return act(user, (action or "").strip(), (target or "").strip())
+        except ManagerError as exc:
+            log.info("models api %s on %s by %s refused: %s", action, target, user.email,
+                     exc.message)
+            raise gr.Error(exc.message) from exc
+
+    def on_confirm(which: str, items: list[RemoteItem], filt: ModelFilter, target: str,
+                   request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        if not target:
+            raise gr.Error("Nothing to delete.")
+        try:
+            message = act(user, "delete", target)
+        except ManagerError as exc:
+            log.info("delete of %s by %s refused: %s", target, user.email, exc.message)
+            raise gr.Error(exc.message) from exc
+        dl, lst, sig = render(user, which, filt, items)
+        return dl, lst, sig, gr.Row(visible=False), "", message
+
+    # ---- timer: snapshot only -------------------------------------------------------------
+    def tick(which: str, items: list[RemoteItem], filt: ModelFilter, last: tuple | None,
+             request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        views = downloads.snapshot()
+        sig = signature(views)
+        dl = downloads_part(user, views)
+        if sig == last:
+            return dl, gr.skip(), sig
+        # A download started, finished or stopped: the list changes (tile hidden / landed).
+        return dl, list_part(user, which, filt or ModelFilter(), items, views), sig
+
+    # ---- admin: extra folders -------------------------------------------------------------
+    def folders_view() -> tuple:
+        listed = library.folders()
+        lines = "\n".join(f"- `{f.path}`" for f in listed) or "_No extra folders._"
+        return lines, gr.Dropdown(choices=[(str(f.path), f.id) for f in listed], value=None)
+
+    def on_add_folder(path: str, request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        try:
+            folder = library.add_folder(user, path)
+        except ManagerError as exc:
+            raise gr.Error(exc.message) from exc
+        return (*folders_view(), "", f"Added {folder.path}.")
+
+    def on_remove_folder(folder_id: int | None, request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        if folder_id is None:
+            raise gr.Error("Pick a folder first.")
+        try:
+            library.remove_folder(user, int(folder_id))
+        except ManagerError as exc:
+            raise gr.Error(exc.message) from exc
+        return (*folders_view(), "Folder removed from the list (its files are untouched).")
+
+    # ---- wiring ---------------------------------------------------------------------------
+    search_inputs = [view, text, author, sort, mlx_only, filt_state]
+    search_outputs = [downloads_html, list_html, shown, session, remote, load_more, filt_state,
+                      status]
+    search.click(run_search, search_inputs, search_outputs, api_name="models_search")
+    text.submit(run_search, search_inputs, search_outputs)
+    view.change(run_search, search_inputs, search_outputs, show_progress="minimal")
+    load_more.click(more, [view, session, remote, filt_state],
+                    [downloads_html, list_html, shown, remote, load_more],
+                    api_name="models_load_more")
+    for box in filter_boxes:
+        box.change(on_filters, [view, remote, filt_state, *filter_boxes],
+                   [downloads_html, list_html, shown, filt_state], show_progress="hidden")
+    tile_outputs = [downloads_html, list_html, shown, confirm_row, confirm_text,
+                    pending_delete, status]
+    for area in (downloads_html, list_html):
+        area.click(on_tile, [view, remote, filt_state], tile_outputs, show_progress="hidden")
+    api_button.click(on_api, [api_action, api_target], status, api_name="models_action")
+    confirm.click(on_confirm, [view, remote, filt_state, pending_delete],
+                  [downloads_html, list_html, shown, confirm_row, pending_delete, status])
+    keep.click(lambda: (gr.Row(visible=False), ""), None, [confirm_row, pending_delete])
+    timer.tick(tick, [view, remote, filt_state, shown], [downloads_html, list_html, shown],
+               show_progress="hidden")
+    add_folder.click(on_add_folder, folder_path,
+                     [folders_md, folder_pick, folder_path, status], api_name="models_add_folder")
+    remove_folder.click(on_remove_folder, folder_pick, [folders_md, folder_pick, status],
+                        api_name="models_remove_folder")
+
+    def load(request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        dl, lst, sig = render(user, LOCAL, ModelFilter(), [])
+        folder_lines, picker = folders_view() if user.is_admin else ("", gr.Dropdown())
+        return dl, lst, sig, gr.Accordion(visible=user.is_admin), folder_lines, picker
+
+    return TabLoader(load, [downloads_html, list_html, shown, folders_box, folders_md,
+                            folder_pick])
+

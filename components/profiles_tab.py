@@ -1,11 +1,274 @@
-"""The Profiles tab."""
+"""The Profiles tab: create, edit, duplicate and delete server profiles.
+
+Any active user may create and duplicate profiles; editing and deleting is for admins
+and the profile's creator (checked in manager.profiles). A rejected value is shown
+on its own field (the field's info line turns into the message) and in the status.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from typing import Any
+
 import gradio as gr
 
+from components.session import TabLoader, user_of
+from manager.auth import User
+from manager.errors import ManagerError, ValidationError
+from manager.profiles import Backend, Profile, ProfileSpec, cached_repo_ids, can_edit
 from manager.services import Services
 
+log = logging.getLogger(__name__)
 
-def build(services: Services) -> None:
-    gr.Markdown("### Profiles\nComing soon.", elem_id="profiles-coming-soon")
+NEW = "new"
+AUTO = "auto"
+THINKING_CHOICES = [("model default", "default"), ("on", "on"), ("off", "off")]
+COLUMNS = ["Name", "Model", "Backend", "Address", "Auto-start", "Description"]
+
+
+@dataclass(frozen=True)
+class FieldDef:
+    key: str  # ProfileSpec field name (ValidationError.field)
+    info: str  # the help line, replaced by the error message when it is rejected
+
+
+FIELDS = (
+    FieldDef("name", "Unique; shown in the Servers and Chat tabs."),
+    FieldDef("description", "What this profile is for (optional)."),
+    FieldDef("model", "A downloaded model (repo id) or a folder path."),
+    FieldDef("backend", "auto: mlx_vlm for vision models, mlx_lm for text models."),
+    FieldDef("host", "127.0.0.1 = this machine only; 0.0.0.0 = the LAN."),
+    FieldDef("port", "The next free port is suggested."),
+    FieldDef("context_length", "Tokens; empty = the model's own. Chat trims history to it."),
+    FieldDef("max_tokens", "Longest answer; empty = the server's default (512)."),
+    FieldDef("temperature", "0 to 2; empty = the server's default."),
+    FieldDef("top_p", "0 to 1; empty = the server's default."),
+    FieldDef("thinking", "Only for models with a thinking mode."),
+    FieldDef("system_prompt", "Added to every chat and API request without a system message."),
+    FieldDef("auto_start", "Start this server whenever the dashboard starts."),
+    FieldDef("auto_restart", "Restart after a crash; gives up after 3 quick failures."),
+    FieldDef("idle_timeout_minutes", "Stop the server after this many idle minutes; empty = never."),
+)
+FIELD_KEYS = tuple(f.key for f in FIELDS)
+
+
+def _num(value: Any, kind: type) -> Any:
+    if value is None or value == "":
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{value!r} is not a number.") from None
+
+
+def spec_from_form(values: dict[str, Any]) -> ProfileSpec:
+    """Form values (strings, floats, None) -> a ProfileSpec; bad numbers name their field."""
+    def number(key: str, kind: type) -> Any:
+        try:
+            return _num(values.get(key), kind)
+        except ValidationError as exc:
+            raise ValidationError(exc.message, key) from None
+
+    backend = values.get("backend") or AUTO
+    thinking = values.get("thinking") or "default"
+    return ProfileSpec(
+        name=values.get("name") or "", model=values.get("model") or "",
+        description=values.get("description") or "",
+        backend=None if backend == AUTO else Backend(backend),
+        host=values.get("host") or "127.0.0.1", port=number("port", int),
+        context_length=number("context_length", int), max_tokens=number("max_tokens", int),
+        temperature=number("temperature", float), top_p=number("top_p", float),
+        thinking=None if thinking == "default" else thinking == "on",
+        system_prompt=values.get("system_prompt") or "",
+        auto_start=bool(values.get("auto_start")), auto_restart=bool(values.get("auto_restart")),
+        idle_timeout_minutes=number("idle_timeout_minutes", int),
+    )
+
+
+def form_values(profile: Profile | None, suggested_port: int | None = None) -> list[Any]:
+    """Field values in FIELDS order for a profile, or a blank form."""
+    if profile is None:
+        return ["", "", None, AUTO, "127.0.0.1", suggested_port, None, None, None, None,
+                "default", "", False, False, None]
+    thinking = "default" if profile.thinking is None else ("on" if profile.thinking else "off")
+    return [profile.name, profile.description, profile.model, profile.backend.value,
+            profile.host, profile.port, profile.context_length, profile.max_tokens,
+            profile.temperature, profile.top_p, thinking, profile.system_prompt,
+            profile.auto_start, profile.auto_restart, profile.idle_timeout_minutes]
+
+
+def profile_rows(profiles: list[Profile]) -> list[list[Any]]:
+    return [[p.name, p.model, p.backend.value, f"{p.host}:{p.port}",
+             "yes" if p.auto_start else "no", p.description.split("\n", 1)[0][:80]]
+            for p in profiles]
+
+
+def pick_choices(profiles: list[Profile]) -> list[tuple[str, str]]:
+    return [("➕ New profile", NEW)] + [(p.name, str(p.id)) for p in profiles]
+
+
+def build(services: Services) -> TabLoader:
+    profiles = services.profiles
+    gr.Markdown("### Profiles")
+    with gr.Row(equal_height=True):
+        # Choices arrive per page load; the server re-checks every id anyway.
+        pick = gr.Dropdown(label="Profile", choices=[("➕ New profile", NEW)], value=NEW,
+                           filterable=True, scale=4, elem_id="profile-pick",
+                           allow_custom_value=True)
+        new_button = gr.Button("New profile", scale=0, elem_id="profile-new")
+    table = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="profiles-table", wrap=True)
+    info = {f.key: f.info for f in FIELDS}
+    with gr.Group():
+        with gr.Row():
+            name = gr.Textbox(label="Name", info=info["name"], elem_id="profile-name")
+            model = gr.Dropdown(label="Model", choices=[], allow_custom_value=True,
+                                filterable=True, info=info["model"], elem_id="profile-model")
+        description = gr.Textbox(label="Description", lines=3, info=info["description"],
+                                 elem_id="profile-description")
+        with gr.Row():
+            backend = gr.Radio([AUTO, Backend.MLX_LM.value, Backend.MLX_VLM.value], value=AUTO,
+                               label="Backend", info=info["backend"], elem_id="profile-backend")
+            host = gr.Textbox(label="Host", value="127.0.0.1", info=info["host"],
+                              elem_id="profile-host")
+            port = gr.Number(label="Port", precision=0, info=info["port"], elem_id="profile-port")
+        with gr.Row():
+            context = gr.Number(label="Context length", precision=0, info=info["context_length"],
+                                elem_id="profile-context")
+            max_tokens = gr.Number(label="Max tokens", precision=0, info=info["max_tokens"],
+                                   elem_id="profile-max-tokens")
+            temperature = gr.Number(label="Temperature", info=info["temperature"],
+                                    elem_id="profile-temperature")
+            top_p = gr.Number(label="Top-p", info=info["top_p"], elem_id="profile-top-p")
+        thinking = gr.Radio(THINKING_CHOICES, value="default", label="Thinking",
+                            info=info["thinking"], elem_id="profile-thinking")
+        system_prompt = gr.Textbox(label="Default system prompt", lines=3,
+                                   info=info["system_prompt"], elem_id="profile-system-prompt")
+        with gr.Row():
+            auto_start = gr.Checkbox(label="Auto-start", info=info["auto_start"],
+                                     elem_id="profile-auto-start")
+            auto_restart = gr.Checkbox(label="Auto-restart", info=info["auto_restart"],
+                                       elem_id="profile-auto-restart")
+            idle = gr.Number(label="Idle timeout (minutes)", precision=0,
+                             info=info["idle_timeout_minutes"], elem_id="profile-idle")
+    fields = [name, description, model, backend, host, port, context, max_tokens, temperature,
+              top_p, thinking, system_prompt, auto_start, auto_restart, idle]
+    with gr.Row():
+        save = gr.Button("Save", variant="primary", elem_id="profile-save")
+        duplicate = gr.Button("Duplicate", elem_id="profile-duplicate")
+        delete = gr.Button("Delete…", variant="stop", elem_id="profile-delete")
+    with gr.Row(visible=False) as confirm_row:
+        gr.Markdown("**Delete this profile for good?**")
+        confirm = gr.Button("Yes, delete", variant="stop", elem_id="profile-confirm-delete")
+        keep = gr.Button("Keep it", elem_id="profile-keep")
+    status = gr.Markdown(elem_id="profile-status")
+
+    def field_infos(error: ValidationError | None = None) -> list[Any]:
+        """Each field's help line, the rejected one replaced by the message."""
+        updates = []
+        for definition, component in zip(FIELDS, fields, strict=True):
+            if error is not None and error.field == definition.key:
+                updates.append(type(component)(info=f"⚠ {error.message}",
+                                               elem_classes=["mm-field-error"]))
+            else:
+                updates.append(type(component)(info=definition.info, elem_classes=[]))
+        return updates
+
+    def listing(selected: str) -> tuple:
+        rows = profiles.list()
+        return gr.Dropdown(choices=pick_choices(rows), value=selected), profile_rows(rows)
+
+    def show(selected: str | None, user: User, message: str = "") -> tuple:
+        """Pick + table + status + every field, for the selected profile (or a new one)."""
+        selected = selected or NEW
+        profile = None if selected == NEW else profiles.get(int(selected))
+        values = form_values(profile, profiles.suggest_port() if profile is None else None)
+        if profile is not None and not can_edit(user, profile) and not message:
+            message = ("You can use this profile but not change it; **Duplicate** makes "
+                       "your own copy.")
+        updates = []
+        for definition, component, value in zip(FIELDS, fields, values, strict=True):
+            if component is model:
+                # Downloaded models, read when the form is shown (a folder path also works).
+                updates.append(gr.Dropdown(value=value, choices=cached_repo_ids(),
+                                           info=definition.info, elem_classes=[]))
+            else:
+                updates.append(type(component)(value=value, info=definition.info,
+                                               elem_classes=[]))
+        return (*listing(selected), message, *updates)
+
+    def load(request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        return show(NEW, user)
+
+    def on_pick(selected: str | None, request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        try:
+            return show(selected, user)
+        except ManagerError as exc:
+            raise gr.Error(exc.message) from exc
+
+    def on_save(selected: str | None, name: str, description: str, model: str, backend: str,
+                host: str, port: float | None, context: float | None, max_tokens: float | None,
+                temperature: float | None, top_p: float | None, thinking: str,
+                system_prompt: str, auto_start: bool, auto_restart: bool, idle: float | None,
+                request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        values = (name, description, model, backend, host, port, context, max_tokens,
+                  temperature, top_p, thinking, system_prompt, auto_start, auto_restart, idle)
+        try:
+            spec = spec_from_form(dict(zip(FIELD_KEYS, values, strict=True)))
+            if not selected or selected == NEW:
+                profile = profiles.create(user, spec)
+                message = f"Created **{profile.name}** on port {profile.port}."
+            else:
+                profile = profiles.update(user, int(selected), spec)
+                message = f"Saved **{profile.name}**."
+                snap = services.supervisor.snapshot(profile.id)
+                if snap is not None and snap.state.value in ("starting", "ready"):
+                    message += " Restart its server to apply the changes."
+        except ValidationError as exc:
+            log.info("profile not saved for %s: %s (%s)", user.email, exc.message, exc.field)
+            gr.Warning(exc.message)
+            return (gr.skip(), gr.skip(), f"⚠ {exc.message}", *field_infos(exc))
+        except ManagerError as exc:
+            raise gr.Error(exc.message) from exc
+        return show(str(profile.id), user, message)
+
+    def on_duplicate(selected: str | None, request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        if not selected or selected == NEW:
+            raise gr.Error("Pick a profile to duplicate first.")
+        try:
+            copy = profiles.duplicate(user, int(selected))
+        except ManagerError as exc:
+            raise gr.Error(exc.message) from exc
+        return show(str(copy.id), user, f"Created **{copy.name}**, a copy you can change.")
+
+    def on_delete(selected: str | None, request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        if not selected or selected == NEW:
+            raise gr.Error("Pick a profile to delete first.")
+        try:
+            profile = profiles.get(int(selected))
+            profiles.delete(user, profile.id)
+            services.supervisor.forget(profile.id)
+        except ManagerError as exc:
+            raise gr.Error(exc.message) from exc
+        return (*show(NEW, user, f"Deleted **{profile.name}**."), gr.Row(visible=False))
+
+    def ask_delete(selected: str | None, request: gr.Request) -> Any:
+        user_of(services, request)
+        if not selected or selected == NEW:
+            raise gr.Error("Pick a profile to delete first.")
+        return gr.Row(visible=True)
+
+    form_outputs = [pick, table, status, *fields]
+    pick.input(on_pick, pick, form_outputs, api_name="profile_pick")
+    new_button.click(on_pick, gr.State(NEW), form_outputs)
+    save.click(on_save, [pick, *fields], form_outputs, api_name="profile_save")
+    duplicate.click(on_duplicate, pick, form_outputs, api_name="profile_duplicate")
+    delete.click(ask_delete, pick, confirm_row)
+    keep.click(lambda: gr.Row(visible=False), None, confirm_row)
+    confirm.click(on_delete, pick, [*form_outputs, confirm_row], api_name="profile_delete")
+    return TabLoader(load, form_outputs)

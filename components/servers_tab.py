@@ -1,11 +1,169 @@
-"""The Servers tab."""
+"""The Servers tab: start a profile, watch its tile, stop or restart it.
+
+Ticks only format the monitor's last snapshot (no sampling here) and tell the monitor
+a tab is watching (`touch`). The tile HTML is diffed by Gradio, so the page and the
+log boxes keep their scroll positions (SERVER-03). Any active user may start, stop
+and restart servers; every handler checks the signed-in user on the server.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from typing import Any
+
 import gradio as gr
 
+from components.session import TabLoader, user_of
+from components.views import server_tile_html, server_tiles_html
+from manager.errors import ManagerError, ValidationError
 from manager.services import Services
+from manager.supervisor import ServerState
+
+log = logging.getLogger(__name__)
+
+CHART_REFRESH_S = 10.0
+
+# One delegated listener: tile buttons become a "click" event carrying action + target.
+TILE_JS = """
+element.addEventListener('click', (event) => {
+  const button = event.target.closest('button[data-action]');
+  if (!button || button.disabled) return;
+  trigger('click', {action: button.dataset.action, target: button.dataset.target});
+});
+"""
 
 
-def build(services: Services) -> None:
-    gr.Markdown("### Servers\nComing soon.", elem_id="servers-coming-soon")
+def render_tiles(services: Services) -> str:
+    """All tiles from the last snapshot (the monitor samples; this only formats)."""
+    now = time.time()
+    monitor, metrics = services.monitor, services.metrics
+    tiles = [
+        server_tile_html(snap, monitor.latest(snap.profile_id), metrics.get(snap.profile_id),
+                         monitor.log_tail(snap.profile_id), now, monitor.gpu_label)
+        for snap in services.supervisor.snapshots() if snap.state is not ServerState.STOPPED
+    ]
+    return server_tiles_html(tiles)
+
+
+def history_figure(services: Services) -> Any:
+    """Memory (GB) and CPU (% of the machine) of each live server over the last minutes."""
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Memory (GB)", "CPU (% of machine)"))
+    for snap in services.supervisor.snapshots():
+        history = services.monitor.history(snap.profile_id)
+        if not history or snap.state is ServerState.STOPPED:
+            continue
+        times = [time.strftime("%H:%M:%S", time.localtime(s.at)) for s in history]
+        figure.add_scatter(x=times, y=[None if s.memory_bytes is None else s.memory_bytes / 1024**3
+                                       for s in history],
+                           name=f"{snap.profile.name} memory", mode="lines", row=1, col=1)
+        figure.add_scatter(x=times, y=[s.cpu_machine_percent for s in history],
+                           name=f"{snap.profile.name} CPU", mode="lines", row=1, col=2)
+    figure.update_layout(height=300, margin={"l": 40, "r": 10, "t": 40, "b": 30},
+                         legend={"orientation": "h"})
+    return figure
+
+
+def profile_choices(services: Services) -> list[str]:
+    return [p.name for p in services.profiles.list()]
+
+
+def build(services: Services) -> TabLoader:
+    supervisor, monitor = services.supervisor, services.monitor
+    gr.Markdown("### Servers")
+    with gr.Row(equal_height=True):
+        profile = gr.Dropdown(label="Profile", choices=[], filterable=True, scale=4,
+                              allow_custom_value=True,
+                              elem_id="server-profile",
+                              info="Type to search your profiles, then press Start.")
+        start = gr.Button("Start", variant="primary", scale=1, elem_id="server-start")
+        reload = gr.Button("Refresh list", size="sm", scale=0, elem_id="server-refresh")
+    status = gr.Markdown(elem_id="server-status")
+    tiles = gr.HTML(server_tiles_html([]), elem_id="server-tiles", js_on_load=TILE_JS)
+    chart = gr.Plot(label="Memory and CPU over the last minutes", elem_id="server-chart")
+    timer = gr.Timer(monitor.steady_interval_s)
+    chart_timer = gr.Timer(CHART_REFRESH_S)
+    interval = gr.State(monitor.steady_interval_s)
+    # For API clients (and tests): the same actions as the tile buttons.
+    with gr.Row(visible=False):
+        api_action = gr.Textbox(elem_id="server-api-action")
+        api_target = gr.Textbox(elem_id="server-api-target")
+        api_button = gr.Button("Run", elem_id="server-api-run")
+
+    def timer_for(current: float) -> tuple[Any, float]:
+        wanted = (monitor.fast_interval_s if supervisor.transitional()
+                  else monitor.steady_interval_s)
+        if wanted == current:
+            return gr.skip(), current
+        return gr.Timer(value=wanted), wanted
+
+    def tick(current: float, request: gr.Request) -> tuple:
+        user_of(services, request)
+        monitor.touch()
+        return (render_tiles(services), *timer_for(current))
+
+    def run(action: str, target: str, user_email: str) -> str:
+        try:
+            profile_id = services.profiles.find(target).id
+            if action == "start":
+                snap = supervisor.start(profile_id, by=user_email)
+                message = f"Starting {snap.profile.name} on port {snap.profile.port}…"
+            elif action == "stop":
+                snap = supervisor.stop(profile_id, by=user_email)
+                message = f"{snap.profile.name} stopped."
+            elif action == "restart":
+                snap = supervisor.restart(profile_id, by=user_email)
+                message = f"Restarting {snap.profile.name}…"
+            else:
+                raise ValidationError(f"Unknown action {action!r}.")
+        except ManagerError as exc:
+            log.info("server %s of %r by %s refused: %s", action, target, user_email,
+                     exc.message)
+            raise gr.Error(exc.message) from exc
+        monitor.touch()
+        return message
+
+    def on_start(name: str | None, current: float, request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        if not name:
+            raise gr.Error("Pick a profile first.")
+        message = run("start", name, user.email)
+        return (message, render_tiles(services), *timer_for(current))
+
+    def on_tile(current: float, evt: gr.EventData, request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        data = getattr(evt, "_data", None) or {}
+        message = run(str(data.get("action", "")), str(data.get("target", "")), user.email)
+        return (message, render_tiles(services), *timer_for(current))
+
+    def on_api(action: str, target: str, current: float, request: gr.Request) -> tuple:
+        user = user_of(services, request)
+        message = run((action or "").strip(), (target or "").strip(), user.email)
+        return (message, render_tiles(services), *timer_for(current))
+
+    def load(request: gr.Request) -> tuple:
+        user_of(services, request)
+        monitor.touch()
+        return gr.Dropdown(choices=profile_choices(services)), render_tiles(services)
+
+    def refresh_choices(request: gr.Request) -> Any:
+        user_of(services, request)
+        return gr.Dropdown(choices=profile_choices(services))
+
+    def chart_update(request: gr.Request) -> Any:
+        user_of(services, request)
+        return history_figure(services)
+
+    outputs = [status, tiles, timer, interval]
+    timer.tick(tick, interval, [tiles, timer, interval], show_progress="hidden",
+               api_name="servers_tick")
+    start.click(on_start, [profile, interval], outputs, api_name="server_start")
+    tiles.click(on_tile, interval, outputs, show_progress="hidden")
+    api_button.click(on_api, [api_action, api_target, interval], outputs,
+                     api_name="server_action")
+    reload.click(refresh_choices, None, profile, api_name="server_profiles")
+    profile.focus(refresh_choices, None, profile, show_progress="hidden")
+    chart_timer.tick(chart_update, None, chart, show_progress="hidden")
+    return TabLoader(load, [profile, tiles])

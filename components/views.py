@@ -5,6 +5,13 @@ from __future__ import annotations
 import html
 
 from manager.auth import User
+from manager.capabilities import Capabilities, Fit, FitLevel, human_bytes
+from manager.downloads import DownloadView
+from manager.hub import RemoteDetails, RemoteModel
+from manager.inference import ServerMetrics
+from manager.library import LocalModel
+from manager.monitor import ResourceSample
+from manager.supervisor import ServerSnapshot, ServerState
 
 
 def header_html(user: User | None, pending: int) -> str:
@@ -46,3 +53,353 @@ font-size:.8rem;font-weight:700}
 border:1px solid var(--border-color-primary);background:var(--button-secondary-background-fill);
 cursor:pointer}
 """
+
+
+# --- Models tab ----------------------------------------------------------------------------
+# Tiles are plain HTML; their buttons carry data-action / data-target and one delegated
+# click listener in the tab turns a click into a Gradio event (see models_tab.TILE_JS).
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _count(n: int | None) -> str:
+    return "n/a" if n is None else f"{n:,}"
+
+
+def context_label(tokens: int | None) -> str:
+    if tokens is None:
+        return "n/a"
+    # Configs state either round thousands (128000) or powers of two (131072): both "128K".
+    if tokens >= 1000 and tokens % 1000 == 0:
+        return f"{tokens // 1000}K"
+    return f"{tokens // 1024}K" if tokens >= 1024 and tokens % 1024 == 0 else f"{tokens:,}"
+
+
+def params_label(count: int | None) -> str | None:
+    if count is None:
+        return None
+    for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= scale:
+            return f"{count / scale:.1f}{unit}".replace(".0", "")
+    return str(count)
+
+
+def duration_label(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def model_badges_html(caps: Capabilities, fit: Fit | None) -> str:
+    """Architecture, context, media, tools, thinking, quantization, size, fit, guessed."""
+    chips: list[str] = []
+
+    def chip(kind: str, label: str, title: str = "") -> None:
+        tip = f" title='{_e(title)}'" if title else ""
+        chips.append(f"<span class='mm-chip mm-chip-{kind}'{tip}>{_e(label)}</span>")
+
+    chip("arch", caps.architecture or "arch n/a", "Architecture (model_type)")
+    chip("ctx", f"{context_label(caps.context_length)} ctx", "Context length in tokens")
+    if caps.multimodal:
+        chip("vision", "vision", "Understands images")
+    if caps.video:
+        chip("video", "video", "Understands video")
+    if caps.tool_use:
+        chip("tools", "tools", "Can call tools (function calling)")
+    if caps.thinking:
+        chip("thinking", "thinking", "Thinks before answering")
+    chip("quant", caps.quantization_label, "Quantization or weight dtype")
+    size_parts = [p for p in (params_label(caps.parameter_count),
+                              human_bytes(caps.weights_bytes) if caps.weights_bytes else None) if p]
+    chip("size", " · ".join(size_parts) or "size n/a", "Parameters · weights on disk")
+    if fit is not None:
+        label = {FitLevel.FITS: "fits in memory", FitLevel.TIGHT: "tight fit",
+                 FitLevel.TOO_BIG: "too big", FitLevel.UNKNOWN: "fit n/a"}[fit.level]
+        chip(f"fit-{fit.level.color}", label, fit.tooltip)
+    if caps.guessed:
+        chip("guessed", "guessed", "; ".join(caps.notes) or "Guessed from the name and tags")
+    return f"<div class='mm-badges'>{''.join(chips)}</div>"
+
+
+def _button(action: str, target: object, label: str, *, kind: str = "",
+            disabled: bool = False) -> str:
+    extra = " disabled" if disabled else ""
+    return (f"<button type='button' class='mm-btn {kind}' data-action='{action}' "
+            f"data-target='{_e(target)}'{extra}>{_e(label)}</button>")
+
+
+def remote_tile_html(model: RemoteModel, details: RemoteDetails | None, fit: Fit | None,
+                     *, on_machine: bool = False) -> str:
+    """A Hugging Face search hit. Never a progress bar (MODELS-03)."""
+    updated = model.last_modified.strftime("%Y-%m-%d") if model.last_modified else "n/a"
+    size = human_bytes(details.total_bytes) if details is not None else "n/a"
+    meta = (f"<span title='Downloads'>⬇ {_count(model.downloads)}</span>"
+            f"<span title='Likes'>♥ {_count(model.likes)}</span>"
+            f"<span title='Last update'>updated {_e(updated)}</span>"
+            f"<span title='Size of the files MLX needs'>{_e(size)}</span>")
+    badges = model_badges_html(details.caps, fit) if details is not None else ""
+    problem = (f"<div class='mm-problem'>{_e(details.problem)}</div>"
+               if details is not None and details.problem else "")
+    if on_machine:
+        action = _button("noop", model.repo_id, "On my machine", disabled=True)
+    else:
+        blocked = details is not None and not details.downloadable
+        action = _button("download", model.repo_id, "Download", kind="mm-primary",
+                         disabled=blocked)
+    return (f"<div class='mm-tile' data-repo='{_e(model.repo_id)}'>"
+            f"<div class='mm-tile-head'><strong class='mm-repo'>{_e(model.repo_id)}</strong>"
+            f"<span class='mm-meta'>{meta}</span></div>{badges}{problem}"
+            f"<div class='mm-actions'>{action}</div></div>")
+
+
+def local_tile_html(model: LocalModel, fit: Fit | None, *, can_delete: bool) -> str:
+    """A model on this machine, with Delete (confirmed in the tab)."""
+    used = model.last_used or "never"
+    source = "HF cache" if model.source == "hf_cache" else model.source
+    meta = (f"<span title='Size on disk'>{_e(human_bytes(model.size_bytes))}</span>"
+            f"<span title='Last used by a server'>last used {_e(used)}</span>"
+            f"<span title='{_e(model.path)}'>{_e(source)}</span>")
+    problem = ""
+    if not model.complete:
+        why = "; ".join(model.caps.notes) or "weights are missing"
+        problem = f"<div class='mm-problem'>Incomplete, not usable: {_e(why)}</div>"
+    action = _button("delete", model.path, "Delete…", kind="mm-danger") if can_delete else ""
+    return (f"<div class='mm-tile' data-repo='{_e(model.name)}'>"
+            f"<div class='mm-tile-head'><strong class='mm-repo'>{_e(model.name)}</strong>"
+            f"<span class='mm-meta'>{meta}</span></div>"
+            f"{model_badges_html(model.caps, fit)}{problem}"
+            f"<div class='mm-actions'>{action}</div></div>")
+
+
+def download_tile_html(view: DownloadView, *, can_control: bool) -> str:
+    """A download at the top of the list: bar, bytes, speed, ETA, Pause/Resume/Cancel."""
+    fraction = view.fraction
+    percent = f"{fraction * 100:.0f} %" if fraction is not None else "n/a"
+    width = f"{fraction * 100:.1f}" if fraction is not None else "0"
+    speed = f"{human_bytes(int(view.speed_bps))}/s" if view.speed_bps is not None else "n/a"
+    figures = (f"<span class='mm-dl-bytes'>{_e(human_bytes(view.bytes_done))} / "
+               f"{_e(human_bytes(view.bytes_total))}</span>"
+               f"<span class='mm-dl-percent'>{percent}</span>"
+               f"<span class='mm-dl-speed'>{_e(speed)}</span>"
+               f"<span class='mm-dl-eta'>ETA {_e(duration_label(view.eta_seconds))}</span>")
+    buttons = ""
+    if can_control:
+        if view.status.active:
+            buttons += _button("pause", view.id, "Pause")
+        if view.status.resumable:
+            buttons += _button("resume", view.id, "Resume", kind="mm-primary")
+        buttons += _button("cancel", view.id, "Cancel", kind="mm-danger")
+    error = f"<div class='mm-problem'>{_e(view.error)}</div>" if view.error else ""
+    return (f"<div class='mm-tile mm-download' data-repo='{_e(view.repo_id)}' "
+            f"data-download='{view.id}' data-status='{view.status.value}'>"
+            f"<div class='mm-tile-head'><strong class='mm-repo'>{_e(view.repo_id)}</strong>"
+            f"<span class='mm-status mm-status-{view.status.value}'>{view.status.value}</span>"
+            "</div>"
+            f"<div class='mm-progress' role='progressbar' aria-valuenow='{width}' "
+            f"aria-valuemin='0' aria-valuemax='100'><div class='mm-progress-bar' "
+            f"style='width:{width}%'></div></div>"
+            f"<div class='mm-meta mm-dl-figures'>{figures}</div>{error}"
+            f"<div class='mm-actions'>{buttons}</div></div>")
+
+
+def tile_list_html(tiles: list[str], empty: str) -> str:
+    if not tiles:
+        return f"<div class='mm-tiles mm-empty'>{_e(empty)}</div>"
+    return f"<div class='mm-tiles'>{''.join(tiles)}</div>"
+
+
+MODELS_CSS = """
+#models-filterbar{position:sticky;top:0;z-index:20;background:var(--background-fill-primary);
+padding:.4rem 0;border-bottom:1px solid var(--border-color-primary)}
+#models-list{max-height:calc(100vh - 260px);overflow-y:auto}
+.mm-tiles{display:flex;flex-direction:column;gap:.5rem}
+.mm-empty{opacity:.7;padding:1rem}
+.mm-tile{border:1px solid var(--border-color-primary);border-radius:10px;padding:.6rem .8rem;
+background:var(--block-background-fill)}
+.mm-tile-head{display:flex;flex-wrap:wrap;align-items:baseline;gap:.75rem}
+.mm-repo{font-size:1rem}.mm-meta{display:flex;flex-wrap:wrap;gap:.75rem;font-size:.85rem;opacity:.8}
+.mm-badges{display:flex;flex-wrap:wrap;gap:.3rem;margin:.4rem 0}
+.mm-chip{font-size:.75rem;padding:.1rem .5rem;border-radius:999px;
+border:1px solid var(--border-color-primary);background:var(--background-fill-secondary)}
+.mm-chip-fit-green{background:#dcfce7;color:#166534;border-color:#86efac}
+.mm-chip-fit-amber{background:#fef3c7;color:#92400e;border-color:#fcd34d}
+.mm-chip-fit-red{background:#fee2e2;color:#991b1b;border-color:#fca5a5}
+.mm-chip-guessed{border-style:dashed;font-style:italic}
+.mm-problem{color:#b91c1c;font-size:.85rem;margin:.25rem 0}
+.mm-actions{display:flex;gap:.4rem;justify-content:flex-end}
+.mm-btn{padding:.25rem .8rem;border-radius:8px;border:1px solid var(--border-color-primary);
+background:var(--button-secondary-background-fill);cursor:pointer}
+.mm-btn[disabled]{opacity:.55;cursor:default}
+.mm-primary{background:var(--button-primary-background-fill);color:var(--button-primary-text-color)}
+.mm-danger{color:#b91c1c}
+.mm-download{border-color:var(--color-accent)}
+.mm-progress{height:8px;border-radius:4px;background:var(--background-fill-secondary);
+overflow:hidden;margin:.4rem 0}
+.mm-progress-bar{height:100%;background:var(--color-accent);transition:width .4s}
+.mm-status{font-size:.8rem;text-transform:uppercase;opacity:.8}
+.mm-status-failed{color:#b91c1c;opacity:1}
+"""
+
+DASHBOARD_CSS = DASHBOARD_CSS + MODELS_CSS
+
+
+# --- Servers tab ---------------------------------------------------------------------------
+# Tiles keep one fixed skeleton whatever the state, so Gradio's HTML diff updates text
+# in place: the log box (a <pre>) keeps its scroll position and the "Logs" checkbox
+# (a property, not an attribute) stays open across ticks (SERVER-03).
+
+
+def _level_color(fraction: float | None) -> str:
+    if fraction is None:
+        return "#9ca3af"
+    if fraction < 0.6:
+        return "#16a34a"
+    if fraction < 0.85:
+        return "#d97706"
+    return "#dc2626"
+
+
+def gauge_html(label: str, fraction: float | None, value: str, detail: str = "") -> str:
+    """A CSS conic-gradient dial; fraction None draws an empty grey dial with "n/a"."""
+    shown = 0.0 if fraction is None else max(0.0, min(1.0, fraction))
+    na = " mm-gauge-na" if fraction is None else ""
+    title = f"{label}: {value}" + (f" ({detail})" if detail else "")
+    return (f"<div class='mm-gauge{na}' title='{_e(title)}'>"
+            f"<div class='mm-gauge-dial' style='--p:{shown * 100:.1f}%;"
+            f"--c:{_level_color(fraction)}'><span>{_e(value)}</span></div>"
+            f"<div class='mm-gauge-label'>{_e(label)}</div>"
+            f"<div class='mm-gauge-detail'>{_e(detail)}</div></div>")
+
+
+def _gib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 1024 ** 3:.2f} GB"
+
+
+def server_tile_html(snap: ServerSnapshot, sample: ResourceSample | None,
+                     metrics: ServerMetrics | None, log_tail: str, now: float,
+                     gpu_label: str = "GPU") -> str:
+    """One server: state, gauges (memory, CPU, GPU), speed, actions, and its log tail."""
+    pid = snap.profile_id
+    state = snap.state
+    label = state.label
+    if state is ServerState.STARTING:
+        label = f"Starting… {duration_label(now - snap.state_since)}"
+    elif state is ServerState.STOPPING:
+        label = "Stopping…"
+    if snap.adopted and state is ServerState.READY:
+        label += " (adopted)"
+    live = state in (ServerState.STARTING, ServerState.READY, ServerState.STOPPING)
+    sample = sample if live else None
+    memory_fraction = sample.memory_fraction if sample else None
+    memory = gauge_html("Memory", memory_fraction, _gib(sample.memory_bytes if sample else None),
+                        f"of {_gib(sample.memory_total_bytes)}" if sample else "")
+    cpu = sample.cpu_machine_percent if sample else None
+    cpu_gauge = gauge_html(
+        "CPU", None if cpu is None else cpu / 100, "n/a" if cpu is None else f"{cpu:.0f}%",
+        f"{sample.cpu_percent / 100:.1f} cores" if sample and sample.cpu_percent is not None
+        else "")
+    gpu = sample.gpu_percent if sample else None
+    gpu_gauge = gauge_html(gpu_label, None if gpu is None else gpu / 100,
+                           "n/a" if gpu is None else f"{gpu:.0f}%",
+                           _gib(sample.gpu_memory_bytes) if sample and sample.gpu_memory_bytes
+                           else "")
+    uptime = snap.uptime_s(now)
+    rate = metrics.last_tokens_per_s if metrics else None
+    stats = [
+        ("Uptime", duration_label(uptime) if uptime is not None else "n/a"),
+        ("Address", f"{snap.profile.host}:{snap.profile.port}"),
+        ("PID", str(snap.pid) if snap.pid else "n/a"),
+        ("Backend", snap.profile.backend.value),
+        ("Last tokens/s", f"{rate:.1f}" if rate is not None else "n/a"),
+        ("Tokens served", f"{metrics.completion_tokens:,}" if metrics else "0"),
+        ("Requests", f"{metrics.requests:,}" if metrics else "0"),
+    ]
+    stats_html = "".join(f"<div><dt>{_e(k)}</dt><dd data-stat='{_e(k)}'>{_e(v)}</dd></div>"
+                         for k, v in stats)
+    problem = ""
+    if state is ServerState.FAILED:
+        tail = snap.failure_tail or log_tail
+        problem = (f"<div class='mm-srv-reason'>{_e(snap.reason)}</div>"
+                   + (f"<pre class='mm-srv-tail'>{_e(tail)}</pre>" if tail else ""))
+    elif snap.reason and state is ServerState.STOPPED:
+        problem = f"<div class='mm-srv-note'>{_e(snap.reason)}</div>"
+    if state in (ServerState.STARTING, ServerState.READY):
+        actions = (_button("stop", pid, "Stop", kind="mm-danger")
+                   + _button("restart", pid, "Restart"))
+    elif state is ServerState.STOPPING:
+        actions = _button("stop", pid, "Stop", disabled=True) + _button("restart", pid,
+                                                                         "Restart", disabled=True)
+    elif state is ServerState.FAILED:
+        actions = (_button("restart", pid, "Restart", kind="mm-primary")
+                   + _button("stop", pid, "Dismiss"))
+    else:
+        actions = _button("start", pid, "Start", kind="mm-primary")
+    logs = snap.failure_tail if state is ServerState.FAILED and not log_tail else log_tail
+    model_name = snap.profile.model.rstrip("/").rsplit("/", 2)
+    model_label = "/".join(model_name[-2:]) if not snap.profile.model.startswith(("/", "~", ".")) \
+        else model_name[-1]
+    return (
+        f"<div class='mm-srv mm-srv-{state.value}' id='srv-{pid}' data-profile='{pid}'>"
+        f"<div class='mm-srv-head'><strong class='mm-srv-name'>{_e(snap.profile.name)}</strong>"
+        f"<span class='mm-srv-model' title='{_e(snap.profile.model)}'>{_e(model_label)}</span>"
+        f"<span class='mm-srv-state mm-state-{state.value}' data-state='{state.value}'>"
+        f"{_e(label)}</span></div>"
+        f"<div class='mm-srv-body'><div class='mm-gauges'>{memory}{cpu_gauge}{gpu_gauge}</div>"
+        f"<dl class='mm-srv-stats'>{stats_html}</dl></div>"
+        f"<div class='mm-srv-problem'>{problem}</div>"
+        f"<div class='mm-actions'>{actions}</div>"
+        f"<div class='mm-srv-logs'><input type='checkbox' class='mm-logs-toggle' "
+        f"id='srv-logs-toggle-{pid}'><label for='srv-logs-toggle-{pid}'>Logs</label>"
+        f"<pre class='mm-log' id='srv-log-{pid}'>{_e(logs) or 'No output yet.'}</pre></div>"
+        "</div>")
+
+
+def server_tiles_html(tiles: list[str]) -> str:
+    if not tiles:
+        return ("<div class='mm-srv-list mm-empty'>No servers running. Pick a profile above "
+                "and press Start.</div>")
+    return f"<div class='mm-srv-list'>{''.join(tiles)}</div>"
+
+
+SERVERS_CSS = """
+.mm-srv-list{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:.75rem}
+.mm-srv{border:1px solid var(--border-color-primary);border-radius:12px;padding:.7rem .9rem;
+background:var(--block-background-fill);display:flex;flex-direction:column;gap:.5rem}
+.mm-srv-failed{border-color:#fca5a5}.mm-srv-ready{border-color:#86efac}
+.mm-srv-head{display:flex;flex-wrap:wrap;align-items:baseline;gap:.6rem}
+.mm-srv-model{font-size:.85rem;opacity:.75}
+.mm-srv-state{margin-left:auto;font-size:.8rem;font-weight:600;padding:.1rem .55rem;
+border-radius:999px;background:var(--background-fill-secondary)}
+.mm-state-ready{background:#dcfce7;color:#166534}.mm-state-starting,.mm-state-stopping{
+background:#fef3c7;color:#92400e}.mm-state-failed{background:#fee2e2;color:#991b1b}
+.mm-srv-body{display:flex;flex-wrap:wrap;gap:.8rem;align-items:center}
+.mm-gauges{display:flex;gap:.6rem}
+.mm-gauge{display:flex;flex-direction:column;align-items:center;width:76px;font-size:.72rem}
+.mm-gauge-dial{width:62px;height:62px;border-radius:50%;display:grid;place-items:center;
+background:conic-gradient(var(--c) var(--p),var(--background-fill-secondary) 0)}
+.mm-gauge-dial span{width:46px;height:46px;border-radius:50%;display:grid;place-items:center;
+background:var(--block-background-fill);font-weight:600;font-size:.72rem}
+.mm-gauge-na .mm-gauge-dial span{opacity:.6}
+.mm-gauge-label{font-weight:600;margin-top:.15rem}.mm-gauge-detail{opacity:.7}
+.mm-srv-stats{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:.1rem .8rem;
+margin:0;font-size:.8rem;flex:1}
+.mm-srv-stats div{display:flex;justify-content:space-between;gap:.4rem}
+.mm-srv-stats dt{opacity:.7}.mm-srv-stats dd{margin:0;font-variant-numeric:tabular-nums}
+.mm-srv-reason{color:#b91c1c;font-size:.85rem}.mm-srv-note{font-size:.8rem;opacity:.75}
+.mm-srv-tail,.mm-log{font-size:.72rem;max-height:180px;overflow:auto;white-space:pre-wrap;
+background:var(--background-fill-secondary);border-radius:6px;padding:.4rem;margin:.3rem 0 0}
+.mm-srv-logs label{cursor:pointer;font-size:.8rem;text-decoration:underline}
+.mm-logs-toggle{margin-right:.3rem}
+.mm-srv-logs .mm-log{display:none}
+.mm-logs-toggle:checked ~ .mm-log{display:block}
+#server-chart{min-height:320px}
+"""
+
+DASHBOARD_CSS = DASHBOARD_CSS + SERVERS_CSS

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from manager import cli_servers
 from manager.errors import ManagerError
 from manager.services import Services
 from manager.settings import DATA_DIR_ENV, DEFAULT_HOST, DEFAULT_PORT, Settings
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir_flag(create_key, argparse.SUPPRESS)
     create_key.add_argument("email")
     create_key.add_argument("--name", default="", help="a label to tell keys apart")
+    cli_servers.add_commands(sub, _data_dir_flag)
     return parser
 
 
@@ -108,7 +110,10 @@ def run_command(
 ) -> int:
     """Run a non-serving subcommand; returns the process exit code."""
     try:
-        services = Services.create(settings)
+        # Commands never adopt, start or sample the servers a dashboard runs.
+        services = Services.create(settings, run_servers=False)
+        if args.command in ("profiles", "status"):
+            return cli_servers.run(args, services, out)
         if args.command == "users":
             return _users(args, services, stdin, out, err)
         if args.command == "keys":

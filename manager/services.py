@@ -7,8 +7,17 @@ from dataclasses import dataclass
 
 from manager.api_keys import ApiKeyService
 from manager.auth import AuthService, load_or_create_secret
+from manager.chat_history import ChatHistory
+from manager.downloads import DownloadManager
+from manager.hub import HubClient, HubConfig
+from manager.inference import InferenceClient, MetricsStore
+from manager.library import Library
+from manager.monitor import Monitor
+from manager.profiles import ProfileService
 from manager.settings import Settings
 from manager.store import Store
+from manager.supervisor import Supervisor
+from manager.tools import McpToolbox
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +28,21 @@ class Services:
     store: Store
     auth: AuthService
     api_keys: ApiKeyService
+    chats: ChatHistory
+    hub: HubClient
+    library: Library
+    downloads: DownloadManager
+    profiles: ProfileService
+    supervisor: Supervisor
+    monitor: Monitor
+    metrics: MetricsStore
+    inference: InferenceClient
+    tools: McpToolbox
 
     @classmethod
-    def create(cls, settings: Settings) -> Services:
+    def create(cls, settings: Settings, *, run_servers: bool = True) -> Services:
+        """All services. run_servers=False (CLI commands) reads and edits the same data
+        without adopting, starting or sampling the servers a dashboard runs."""
         settings.ensure_dirs()
         store = Store(settings.db_path)
         auth = AuthService(
@@ -30,8 +51,41 @@ class Services:
             session_days=settings.session_days,
         )
         api_keys = ApiKeyService(store, auth)
-        return cls(settings=settings, store=store, auth=auth, api_keys=api_keys)
+        chats = ChatHistory(store, settings.uploads_dir)
+        hub = HubClient(HubConfig.from_settings(settings))
+        library = Library(store, hub.config.cache_dir)
+        downloads = DownloadManager(store, hub, cache_dir=hub.config.cache_dir,
+                                    max_concurrent=settings.max_downloads)
+        profiles = ProfileService(store)
+        supervisor = Supervisor(
+            store, profiles, settings.logs_dir,
+            on_start=lambda profile, model_dir: library.touch(profile.model),
+        )
+        library.set_in_use_check(supervisor.uses_model)
+        monitor = Monitor(supervisor)
+        metrics = MetricsStore()
+        inference = InferenceClient(supervisor, metrics)
+        # Lazy: the built-in MCP server process starts on the first tool listing or call.
+        tools = McpToolbox(store, logs_dir=settings.logs_dir)
+        if run_servers:
+            # Adopt servers an earlier run left running, then clear logs nobody needs.
+            supervisor.adopt_or_reap()
+            supervisor.cleanup_logs()
+            supervisor.auto_start()
+            monitor.start()
+            # Downloads that were running when the dashboard stopped continue now.
+            downloads.start_workers()
+        return cls(settings=settings, store=store, auth=auth, api_keys=api_keys, chats=chats,
+                   hub=hub, library=library, downloads=downloads, profiles=profiles,
+                   supervisor=supervisor, monitor=monitor, metrics=metrics, inference=inference,
+                   tools=tools)
 
-    def close(self) -> None:
-        """Stop background work; safe to call twice."""
+    def close(self, *, keep_servers: bool = False) -> None:
+        """Stop background work; safe to call twice. Model servers are stopped unless
+        keep_servers (the dashboard's exit: the next start adopts them)."""
+        self.downloads.close()
+        self.monitor.stop()
+        self.inference.close()
+        self.tools.close()
+        self.supervisor.close(keep_servers=keep_servers)
         log.debug("services closed")

@@ -29,6 +29,12 @@ class Settings:
     session_days: int = SESSION_DAYS
     # Secure cookies only make sense behind HTTPS; off by default for the LAN use case.
     secure_cookies: bool = False
+    # Hugging Face: None means HF_ENDPOINT / HF_TOKEN / HF_HUB_CACHE (or HF_HOME) from the
+    # environment, else huggingface_hub's defaults, so other tools share the same cache.
+    hf_endpoint: str | None = None
+    hf_token: str | None = field(default=None, repr=False)
+    hf_cache_dir: Path | None = None
+    max_downloads: int = 2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

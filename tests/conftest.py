@@ -72,7 +72,10 @@ class LiveDashboard:
 
 
 def run_uvicorn(app: object, port: int) -> tuple[uvicorn.Server, threading.Thread]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    # A gradio_client keeps a heartbeat stream open; without a graceful-shutdown limit
+    # uvicorn waits for it and every such test pays the 15 s join timeout below.
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

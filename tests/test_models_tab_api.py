@@ -1,0 +1,98 @@
+"""The Models tab's endpoints through gradio_client with real session cookies: every
+action is checked on the server, whatever the page shows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+from manager.downloads import DownloadStatus
+from manager.settings import Settings
+from manager.web_auth import SESSION_COOKIE
+from tests.conftest import LiveDashboard, free_port
+from tests.fixtures.local_hub import LocalHub
+
+
+@pytest.fixture
+def settings(tmp_path: Path, hub: LocalHub, hf_home: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", port=free_port(), hf_endpoint=hub.url,
+                    hf_cache_dir=hf_home / "hub")
+
+
+@pytest.fixture
+def people(dashboard: LiveDashboard) -> Iterator[Callable[[str], Client]]:
+    """Alice (admin), Bob and Carol (approved); yields email -> a signed-in Client."""
+    auth = dashboard.services.auth
+    for email in ("alice@example.com", "bob@example.com", "carol@example.com"):
+        dashboard.register(email)
+    admin = auth.get_by_email("alice@example.com")
+    for email in ("bob@example.com", "carol@example.com"):
+        auth.approve(admin, auth.get_by_email(email).id)
+    made: list[Client] = []
+
+    def client_for(email: str) -> Client:
+        cookie = dashboard.session_cookie(email)
+        made.append(Client(dashboard.url, headers={"Cookie": f"{SESSION_COOKIE}={cookie}"},
+                           verbose=False))
+        return made[-1]
+
+    yield client_for
+    # An open client keeps its heartbeat stream, and uvicorn would wait 15 s for it.
+    for client in made:
+        client.close()
+
+
+def test_download_control_and_delete_are_checked_per_user(
+        dashboard: LiveDashboard, people: Callable[[str], Client], hub: LocalHub,
+        hub_repos: dict[str, str]) -> None:
+    services = dashboard.services
+    bob, carol = people("bob@example.com"), people("carol@example.com")
+    repo = hub_repos["text_4bit"]
+    hub.throttle_bytes_per_sec = 50_000
+    assert bob.predict("download", repo, api_name="/models_action") == f"Downloading {repo}."
+    [view] = services.downloads.snapshot()
+    assert view.created_by == services.auth.get_by_email("bob@example.com").id
+    with pytest.raises(Exception, match="Only whoever started this download"):
+        carol.predict("pause", str(view.id), api_name="/models_action")
+    with pytest.raises(Exception, match="already in the download list"):
+        carol.predict("download", repo, api_name="/models_action")
+    hub.throttle_bytes_per_sec = None
+    assert services.downloads.wait(view.id, 30).status is DownloadStatus.DONE
+
+    [model] = services.library.scan()
+    with pytest.raises(Exception, match="Only an administrator"):
+        carol.predict("delete", str(model.path), api_name="/models_action")
+    assert model.path.exists()
+    # Whoever downloaded it may delete it.
+    assert bob.predict("delete", str(model.path), api_name="/models_action") == \
+        f"Deleted {repo}."
+    assert services.library.scan() == []
+    with pytest.raises(Exception, match="not a repo id"):
+        bob.predict("download", "no-slash", api_name="/models_action")
+
+
+def test_only_an_admin_adds_model_folders(dashboard: LiveDashboard, people: Callable[[str], Client],
+                                          tmp_path: Path) -> None:
+    folder = tmp_path / "lmstudio"
+    folder.mkdir()
+    with pytest.raises(Exception, match="Only an administrator can add model folders"):
+        people("bob@example.com").predict(str(folder),
+                                                         api_name="/models_add_folder")
+    assert dashboard.services.library.folders() == []
+    alice = people("alice@example.com")
+    lines, _, _, message = alice.predict(str(folder), api_name="/models_add_folder")
+    assert message == f"Added {folder.resolve()}." and str(folder.resolve()) in lines
+    assert [f.path for f in dashboard.services.library.folders()] == [folder.resolve()]
+
+
+def test_search_endpoint_returns_tiles(dashboard: LiveDashboard, people: Callable[[str], Client]) -> None:
+    bob = people("bob@example.com")
+    result = bob.predict("Hugging Face", "qwen3-4bit", "mlx-community", "downloads", True,
+                         api_name="/models_search")
+    tiles = result[1]
+    assert "mlx-community/tiny-qwen3-4bit" in tiles and "4-bit" in tiles
+    assert "tiny-qwen2-vl" not in tiles
+    assert "mm-progress" not in tiles
