@@ -67,6 +67,9 @@ class RemoteItem:
 def build_filter(text: str, arch: str, multimodal: bool, video: bool, tools: bool,
                  thinking: bool, bits: str | None, min_gb: float | None, max_gb: float | None,
                  fits: str | None) -> ModelFilter:
+    # The number boxes show an empty value as 0, so 0 means "no bound" on either side.
+    min_gb = min_gb or None
+    max_gb = max_gb or None
     if min_gb is not None and max_gb is not None and min_gb > max_gb:
         raise ValidationError("The size range is empty: min is above max.", field="size")
     return ModelFilter(
@@ -114,7 +117,7 @@ def build(services: Services) -> TabLoader:
                                    elem_id="models-f-bits")
                 min_gb = gr.Number(label="Min GB", value=None, minimum=0,
                                    elem_id="models-f-min")
-                max_gb = gr.Number(label="Max GB", value=None, minimum=0,
+                max_gb = gr.Number(label="Max GB", value=None, minimum=0, info="0 = no limit",
                                    elem_id="models-f-max")
                 fits = gr.Dropdown(FIT_CHOICES, value="any", label="Fits in memory",
                                    elem_id="models-f-fits")

@@ -369,7 +369,7 @@ def server_tiles_html(tiles: list[str]) -> str:
 
 
 SERVERS_CSS = """
-.mm-srv-list{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:.75rem}
+.mm-srv-list{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:.75rem}
 .mm-srv{border:1px solid var(--border-color-primary);border-radius:12px;padding:.7rem .9rem;
 background:var(--block-background-fill);display:flex;flex-direction:column;gap:.5rem}
 .mm-srv-failed{border-color:#fca5a5}.mm-srv-ready{border-color:#86efac}
@@ -388,10 +388,12 @@ background:conic-gradient(var(--c) var(--p),var(--background-fill-secondary) 0)}
 background:var(--block-background-fill);font-weight:600;font-size:.72rem}
 .mm-gauge-na .mm-gauge-dial span{opacity:.6}
 .mm-gauge-label{font-weight:600;margin-top:.15rem}.mm-gauge-detail{opacity:.7}
-.mm-srv-stats{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:.1rem .8rem;
-margin:0;font-size:.8rem;flex:1}
-.mm-srv-stats div{display:flex;justify-content:space-between;gap:.4rem}
-.mm-srv-stats dt{opacity:.7}.mm-srv-stats dd{margin:0;font-variant-numeric:tabular-nums}
+.mm-srv-stats{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));
+gap:.1rem .8rem;margin:0;font-size:.8rem;flex:1 1 200px;min-width:200px}
+.mm-srv-stats div{display:flex;justify-content:space-between;gap:.4rem;min-width:0}
+.mm-srv-stats dt{opacity:.7;white-space:nowrap}
+.mm-srv-stats dd{margin:0;font-variant-numeric:tabular-nums;white-space:nowrap;overflow:hidden;
+text-overflow:ellipsis}
 .mm-srv-reason{color:#b91c1c;font-size:.85rem}.mm-srv-note{font-size:.8rem;opacity:.75}
 .mm-srv-tail,.mm-log{font-size:.72rem;max-height:180px;overflow:auto;white-space:pre-wrap;
 background:var(--background-fill-secondary);border-radius:6px;padding:.4rem;margin:.3rem 0 0}

@@ -17,6 +17,7 @@ from components.views import (
 )
 from manager.capabilities import Capabilities, Fit, FitLevel, fit
 from manager.downloads import DownloadStatus, DownloadView
+from manager.errors import ValidationError
 from manager.hub import RemoteDetails, RemoteModel
 from manager.library import LocalModel
 from manager.model_filter import GB, ModelFilter
@@ -127,3 +128,14 @@ def test_unknown_size_or_fit_never_passes_a_size_or_fit_filter() -> None:
     assert not ModelFilter(max_gb=100).matches("x", GUESS, None)
     assert ModelFilter(max_gb=100).matches("x", GUESS, None, size_bytes=10)
     assert not ModelFilter(fits="fits_or_tight").matches("x", GUESS, fit(GUESS, None, BUDGET))
+
+
+def test_zero_in_the_size_boxes_means_no_bound() -> None:
+    from components.models_tab import build_filter
+
+    open_range = build_filter("", "", False, False, False, False, "any", 0, 0, "any")
+    assert (open_range.min_gb, open_range.max_gb) == (None, None)
+    only_min = build_filter("", "", False, False, False, False, "any", 2, 0, "any")
+    assert (only_min.min_gb, only_min.max_gb) == (2.0, None)
+    with pytest.raises(ValidationError, match="min is above max"):
+        build_filter("", "", False, False, False, False, "any", 5, 1, "any")
