@@ -220,6 +220,14 @@ def build_command(profile: Profile, model_path: str, python: str = sys.executabl
     return argv
 
 
+def model_of_cmdline(cmdline: tuple[str, ...] | list[str]) -> str:
+    """The model path in a server's argv (see build_command): the value after --model."""
+    args = list(cmdline)
+    if "--model" in args[:-1]:
+        return args[args.index("--model") + 1]
+    return ""
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "an unknown exit code (it was started by an earlier dashboard run)"
@@ -597,7 +605,7 @@ class Supervisor:
                         continue
                     self._adopt(server, record, proc)
                 elif record.state is ServerState.FAILED:
-                    server.model_path = record.cmdline[4] if len(record.cmdline) > 4 else ""
+                    server.model_path = model_of_cmdline(record.cmdline)
                     server.log_path = Path(record.log_path) if record.log_path else None
                     server.exit_code = record.exit_code
                     server.failure_tail = read_tail(server.log_path)
@@ -758,7 +766,7 @@ class Supervisor:
         server.proc, server.popen = proc, None
         server.pid, server.create_time = record.pid, record.create_time
         server.cmdline = list(record.cmdline)
-        server.model_path = record.cmdline[4] if len(record.cmdline) > 4 else ""
+        server.model_path = model_of_cmdline(record.cmdline)
         server.log_path = Path(record.log_path) if record.log_path else None
         server.started_at = record.started_at
         # Monotonic time of a start in an earlier run is unknown: count from now.

@@ -1,0 +1,783 @@
+"""Chat turns: attachments checked against the model, OpenAI messages, streaming with
+thinking separated from the answer, the MCP tool loop, and every message saved as it happens.
+
+`ChatEngine.prepare` checks a new message before anything is sent or saved (an image
+for a text-only model, a damaged file, a video that is too long: a clear
+ValidationError). `ChatEngine.send` saves the user's message, then answers it;
+`ChatEngine.retry` drops the last answer and asks again. Both yield `ChatEvent`s that
+any UI can show: thinking started / text / ended (with seconds), answer text, each
+tool call and its result, the request's token figures, notes and errors.
+
+A turn is one or more requests ("rounds"): when the model asks for tools, each call
+runs through the MCP toolbox, the assistant's tool calls and the tool results are
+appended, and the model is asked again, at most `max_tool_rounds` times. Problems in
+the middle (the server died, timed out, is still loading; the user pressed Stop) end
+the turn with an error event; what was said so far stays saved and the next message
+works as usual.
+
+Saved as it happens: the user message (with its attachments, copied under the data
+dir) when it is sent; each assistant reply when its first output arrives, then
+updated in place while it grows; each tool result as it completes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from manager.attachments import (
+    DEFAULT_LIMITS,
+    AttachmentError,
+    AttachmentLimits,
+    extract_frames,
+    frame_parts,
+    native_video_part,
+    prepare_image,
+    probe_video,
+)
+from manager.auth import User
+from manager.capabilities import Capabilities, detect
+from manager.chat_history import ChatHistory, ChatSummary, Message, NewMessage
+from manager.errors import ManagerError, ValidationError
+from manager.inference import InferenceClient, RequestStats
+from manager.profiles import Backend, Profile, ProfileService, resolve_model
+from manager.supervisor import Supervisor
+from manager.thinking import EventKind as ThinkingKind
+from manager.thinking import ThinkingEvent, ThinkingParser
+from manager.tools import McpToolbox, ToolResult
+
+if TYPE_CHECKING:
+    from manager.services import Services
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOOL_ROUNDS = 5
+MAX_TOOL_ROUNDS = 50
+MAX_FRAMES = 64
+MAX_TEXT = 100_000
+#: A growing answer is written to SQLite at most this often (and once more at the end).
+SAVE_EVERY_S = 1.0
+#: Prepared image / frame parts kept between turns (each turn re-sends the history).
+PART_CACHE_SIZE = 32
+
+
+class VideoMode(str, Enum):
+    AUTO = "auto"  # native video where the model and server read it, frames otherwise
+    FRAMES = "frames"  # always frames as images
+    NATIVE = "native"  # always the video itself (refused where it cannot work)
+
+
+class AttachmentKind(str, Enum):
+    IMAGE = "image"
+    VIDEO = "video"
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    tools: bool = True
+    max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
+    max_frames: int = DEFAULT_LIMITS.max_frames
+    video_mode: VideoMode = VideoMode.AUTO
+    limits: AttachmentLimits = DEFAULT_LIMITS
+    #: Seconds one tool call may take; None = the toolbox default.
+    tool_timeout: float | None = None
+
+    def checked(self) -> ChatOptions:
+        if not 1 <= self.max_tool_rounds <= MAX_TOOL_ROUNDS:
+            raise ValidationError(f"Max tool rounds must be between 1 and {MAX_TOOL_ROUNDS}.",
+                                  "max_tool_rounds")
+        if not 1 <= self.max_frames <= MAX_FRAMES:
+            raise ValidationError(f"Video frames must be between 1 and {MAX_FRAMES}.",
+                                  "max_frames")
+        return self
+
+
+class ChatEventKind(str, Enum):
+    USER = "user"  # the user's message was saved (`message`)
+    NOTE = "note"  # something worth saying that is not the model's (`text`; `message`
+    # when it is saved with the user's message, else with the reply that follows)
+    ROUND = "round"  # a request to the model starts (`round`, from 1)
+    THINKING_STARTED = "thinking_started"
+    THINKING = "thinking"  # thinking text delta
+    THINKING_ENDED = "thinking_ended"  # `seconds` thought so far; `finished` False if cut off
+    RECLASSIFIED = "reclassified"  # the answer so far (`text`) was thinking: move it
+    ANSWER = "answer"  # answer text delta
+    TOOL_STARTED = "tool_started"  # `call`
+    TOOL_FINISHED = "tool_finished"  # `call`, `outcome`
+    STATS = "stats"  # `stats` of the request that just ended
+    SAVED = "saved"  # an assistant or tool message was saved (`message`)
+    ERROR = "error"  # the turn ended early (`text` says why)
+    DONE = "done"  # the turn is over (also after an error)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+    def openai(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": self.arguments}}
+
+    @classmethod
+    def from_openai(cls, call: Mapping[str, Any]) -> ToolCall:
+        function = call.get("function") or {}
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments if arguments is not None else {})
+        return cls(id=str(call.get("id") or ""), name=str(function.get("name") or ""),
+                   arguments=arguments)
+
+
+NOT_RUN = "not_run"
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    """What became of one tool call: a CallStatus value, or NOT_RUN at the round limit."""
+
+    status: str
+    text: str
+    seconds: float | None = None
+    server: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def of(cls, result: ToolResult) -> ToolOutcome:
+        return cls(result.status.value, result.text, result.seconds, result.server)
+
+
+@dataclass(frozen=True)
+class AnswerStats:
+    """Token figures of one request, as the inference client measured them."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    tokens_per_s: float | None = None
+    ttft_s: float | None = None
+    duration_s: float | None = None
+
+    @classmethod
+    def of(cls, stats: RequestStats) -> AnswerStats:
+        return cls(stats.prompt_tokens, stats.completion_tokens, stats.tokens_per_s,
+                   stats.ttft_s, stats.duration_s)
+
+    def meta(self) -> dict[str, Any]:
+        return {"prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "tokens_per_s": self.tokens_per_s, "ttft_s": self.ttft_s,
+                "duration_s": self.duration_s}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any] | None) -> AnswerStats | None:
+        if not isinstance(meta, Mapping):
+            return None
+        return cls(*(meta.get(k) for k in ("prompt_tokens", "completion_tokens",
+                                           "tokens_per_s", "ttft_s", "duration_s")))
+
+    def label(self) -> str:
+        """"12 prompt + 20 answer tokens · 340.2 tokens/s · first token 0.05 s"; n/a if unknown."""
+        def count(n: int | None) -> str:
+            return "n/a" if n is None else str(n)
+
+        rate = "n/a" if self.tokens_per_s is None else f"{self.tokens_per_s:.1f}"
+        ttft = "n/a" if self.ttft_s is None else f"{self.ttft_s:.2f} s"
+        return (f"{count(self.prompt_tokens)} prompt + {count(self.completion_tokens)} answer "
+                f"tokens · {rate} tokens/s · first token {ttft}")
+
+
+@dataclass(frozen=True)
+class ChatEvent:
+    kind: ChatEventKind
+    text: str = ""
+    seconds: float | None = None
+    finished: bool = True
+    round: int = 0
+    call: ToolCall | None = None
+    outcome: ToolOutcome | None = None
+    stats: AnswerStats | None = None
+    message: Message | None = None
+
+
+@dataclass(frozen=True)
+class PreparedMessage:
+    """A user message that passed the checks, ready to be saved and sent."""
+
+    profile: Profile
+    text: str
+    attachments: tuple[Path, ...]
+    kinds: tuple[AttachmentKind, ...]
+    notes: tuple[str, ...]
+    #: Parts made while checking (None for a native video); reused once the files are saved.
+    parts: tuple[tuple[dict[str, Any], ...] | None, ...] = field(default=(), repr=False)
+
+
+# --- pure helpers ------------------------------------------------------------------------
+
+
+def attachment_kind(path: Path, name: str | None = None) -> AttachmentKind:
+    """Image or video, from the name's type; an unknown name is tried as an image first."""
+    mime = mimetypes.guess_type(name or path.name)[0] or ""
+    if mime.startswith("video/"):
+        return AttachmentKind.VIDEO
+    if mime.startswith("image/"):
+        return AttachmentKind.IMAGE
+    try:
+        probe_video(path, DEFAULT_LIMITS, name=name)
+    except AttachmentError as exc:
+        log.debug("%s is not a video (%s): checked as an image", name or path.name, exc.message)
+        return AttachmentKind.IMAGE  # prepare_image then says what is wrong with it
+    return AttachmentKind.VIDEO
+
+
+def uses_native_video(caps: Capabilities, profile: Profile, mode: VideoMode) -> bool:
+    """Whether a video goes to the server as itself (mlx_vlm reads it) or as frames."""
+    native_possible = caps.video and profile.backend is Backend.MLX_VLM
+    if mode is VideoMode.NATIVE:
+        if not native_possible:
+            raise AttachmentError(
+                f"{profile.name} cannot read a video itself (that needs a video model served "
+                "by mlx_vlm); send it as frames instead.")
+        return True
+    return mode is VideoMode.AUTO and native_possible
+
+
+def frames_note(count: int, name: str) -> str:
+    return f"{count} frame{'s' if count != 1 else ''} sent from {name} (evenly spaced)."
+
+
+def native_note(name: str) -> str:
+    return f"{name} sent as a video (the model reads it natively)."
+
+
+class ToolCallCollector:
+    """Tool calls of one streamed reply. Servers send each call whole (mlx_lm) or in
+    pieces keyed by `index` (the OpenAI way): pieces of the same index are joined."""
+
+    def __init__(self) -> None:
+        self._calls: list[dict[str, Any]] = []
+        self._by_index: dict[int, dict[str, Any]] = {}
+
+    def add(self, deltas: Sequence[Mapping[str, Any]]) -> None:
+        for delta in deltas:
+            function = delta.get("function") or {}
+            index = delta.get("index")
+            entry = self._by_index.get(index) if isinstance(index, int) else None
+            if entry is None:
+                entry = {"id": delta.get("id") or "", "name": function.get("name") or "",
+                         "arguments": function.get("arguments")}
+                self._calls.append(entry)
+                if isinstance(index, int):
+                    self._by_index[index] = entry
+                continue
+            entry["id"] = entry["id"] or delta.get("id") or ""
+            entry["name"] = entry["name"] or function.get("name") or ""
+            piece = function.get("arguments")
+            if isinstance(piece, str) and isinstance(entry["arguments"], str):
+                entry["arguments"] += piece
+            elif piece is not None:
+                entry["arguments"] = piece
+
+    def calls(self) -> list[ToolCall]:
+        out = []
+        for entry in self._calls:
+            arguments = entry["arguments"]
+            if not isinstance(arguments, str):
+                arguments = json.dumps(arguments if arguments is not None else {})
+            out.append(ToolCall(id=entry["id"] or f"call_{uuid.uuid4().hex[:12]}",
+                                name=entry["name"], arguments=arguments))
+        return out
+
+
+def _assistant_openai(message: Message) -> dict[str, Any] | None:
+    """A stored assistant reply as the model should see it again (None: nothing to send)."""
+    if not message.content and not message.tool_calls:
+        return None  # e.g. only an error was recorded
+    out: dict[str, Any] = {"role": "assistant", "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [ToolCall.from_openai(c).openai() for c in message.tool_calls]
+    return out
+
+
+# --- the engine ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Draft:
+    """The assistant reply being streamed, and where it is saved."""
+
+    profile: Profile
+    round: int
+    notes: list[str] = field(default_factory=list)
+    parser: ThinkingParser = field(default_factory=ThinkingParser)
+    calls: ToolCallCollector = field(default_factory=ToolCallCollector)
+    stats: AnswerStats | None = None
+    error: str | None = None
+    stopped: bool = False
+    thinking_cut: bool = False  # the stream stopped inside thinking
+    reasoning_field: bool = False  # the server sent thinking in its own field
+    finish_reason: str | None = None
+    message_id: int | None = None
+    saved_at: float = 0.0
+
+    def new_message(self) -> NewMessage:
+        meta: dict[str, Any] = {"profile": self.profile.name, "model": self.profile.model,
+                                "round": self.round}
+        if self.notes:
+            meta["notes"] = list(self.notes)
+        if self.stats is not None:
+            meta.update(self.stats.meta())
+        if self.error:
+            meta["error"] = self.error
+        if self.stopped:
+            meta["stopped"] = True
+        if self.thinking_cut:
+            meta["thinking_unfinished"] = True
+        thinking = self.parser.thinking or None
+        return NewMessage(
+            role="assistant", content=self.parser.answer, thinking=thinking,
+            thinking_seconds=self.parser.thinking_seconds if thinking else None,
+            tool_calls=[c.openai() for c in self.calls.calls()], meta=meta)
+
+
+class ChatEngine:
+    """Runs chat turns for any UI; safe to share between threads (state lives per turn)."""
+
+    def __init__(self, *, chats: ChatHistory, inference: InferenceClient, tools: McpToolbox,
+                 supervisor: Supervisor, profiles: ProfileService,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._chats = chats
+        self._inference = inference
+        self._tools = tools
+        self._supervisor = supervisor
+        self._profiles = profiles
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._parts: OrderedDict[tuple[Any, ...], list[dict[str, Any]]] = OrderedDict()
+        # Chats with a turn in progress (chat id -> count), so Stop can wait for the save.
+        self._turns = threading.Condition()
+        self._running: dict[int, int] = {}
+
+    @classmethod
+    def from_services(cls, services: Services) -> ChatEngine:
+        return cls(chats=services.chats, inference=services.inference, tools=services.tools,
+                   supervisor=services.supervisor, profiles=services.profiles)
+
+    # -- public ---------------------------------------------------------------------------
+
+    def start_chat(self, owner: User, profile: Profile) -> ChatSummary:
+        """A new, empty chat on this profile's server."""
+        return self._chats.create(owner, profile.name, model=profile.model)
+
+    def capabilities(self, profile: Profile) -> Capabilities:
+        """What the profile's model can do, read from its files."""
+        snap = self._supervisor.snapshot(profile.id)
+        model_dir = snap.model_path if snap is not None and snap.model_path else ""
+        return detect(Path(model_dir) if model_dir else resolve_model(profile.model))
+
+    def prepare(self, profile_id: int, text: str, attachments: Sequence[Path | str],
+                options: ChatOptions = ChatOptions()) -> PreparedMessage:
+        """Check a new message before anything is sent or saved; raises ValidationError
+        (AttachmentError for files) with a message saying what to change."""
+        options = options.checked()
+        profile = self._profiles.get(profile_id)
+        text = text or ""
+        paths = tuple(Path(p) for p in attachments)
+        if not text.strip() and not paths:
+            raise ValidationError("Type a message or attach an image or a video.", "text")
+        if len(text) > MAX_TEXT:
+            raise ValidationError(f"That message is too long ({len(text):,} characters; "
+                                  f"the limit is {MAX_TEXT:,}).", "text")
+        kinds = tuple(attachment_kind(p) for p in paths)
+        notes: list[str] = []
+        parts: list[tuple[dict[str, Any], ...] | None] = []
+        if paths:
+            caps = self.capabilities(profile)
+            for path, kind in zip(paths, kinds, strict=True):
+                if not caps.multimodal:
+                    what = "images" if kind is AttachmentKind.IMAGE else "videos"
+                    raise AttachmentError(
+                        f"{profile.name} runs a text-only model: it cannot read {what}, so "
+                        f"{path.name} was not sent. Pick a vision model's server, or remove "
+                        "the attachment.")
+                note, made = self._check_attachment(path, kind, caps, profile, options, text)
+                notes += note
+                parts.append(made)
+        return PreparedMessage(profile, text, paths, kinds, tuple(notes), tuple(parts))
+
+    def send(self, owner: User, chat_id: int, prepared: PreparedMessage,
+             options: ChatOptions = ChatOptions()) -> Iterator[ChatEvent]:
+        """Save the user's message, then answer it (events as they happen)."""
+        options = options.checked()
+        chat = self._chats.get(owner, chat_id)  # the owner check, before anything is saved
+        meta = {"notes": list(prepared.notes)} if prepared.notes else {}
+        user_message = self._chats.add_message(
+            owner, chat_id, NewMessage("user", prepared.text, meta=meta), prepared.attachments)
+        for stored, kind, made in zip(user_message.attachments, prepared.kinds, prepared.parts,
+                                      strict=False):
+            if made is not None:
+                self._remember(self._part_key(stored.path, kind, options), list(made))
+        yield ChatEvent(ChatEventKind.USER, message=user_message)
+        for note in prepared.notes:
+            # `message`: the note belongs to (and is saved with) the user's message.
+            yield ChatEvent(ChatEventKind.NOTE, text=note, message=user_message)
+        yield from self._answer(owner, chat_id, prepared.profile,
+                                (*chat.messages, user_message), options)
+
+    def turn(self, owner: User, chat_id: int, profile_id: int, text: str,
+             attachments: Sequence[Path | str] = (), options: ChatOptions = ChatOptions()
+             ) -> Iterator[ChatEvent]:
+        """prepare + send; a refused message ends in an ERROR event and nothing is saved."""
+        try:
+            prepared = self.prepare(profile_id, text, attachments, options)
+        except ManagerError as exc:
+            log.info("message to chat %s refused: %s", chat_id, exc.message)
+            yield ChatEvent(ChatEventKind.ERROR, text=exc.message)
+            yield ChatEvent(ChatEventKind.DONE)
+            return
+        yield from self.send(owner, chat_id, prepared, options)
+
+    def retry(self, owner: User, chat_id: int, profile_id: int,
+              options: ChatOptions = ChatOptions()) -> Iterator[ChatEvent]:
+        """Drop everything after the last user message and answer it again."""
+        options = options.checked()
+        profile = self._profiles.get(profile_id)
+        chat = self._chats.get(owner, chat_id)
+        last_user = next((m for m in reversed(chat.messages) if m.role == "user"), None)
+        if last_user is None:
+            raise ValidationError("There is no message to answer again yet.")
+        self._chats.truncate(owner, chat_id, last_user.position + 1)
+        chat = self._chats.get(owner, chat_id)
+        yield from self._answer(owner, chat_id, profile, chat.messages, options)
+
+    def running(self, chat_id: int) -> bool:
+        """Whether a turn of this chat is being answered right now."""
+        with self._turns:
+            return self._running.get(chat_id, 0) > 0
+
+    def wait_idle(self, chat_id: int, timeout: float) -> bool:
+        """Wait (bounded) until no turn of this chat runs, e.g. after Stop: the partial
+        answer is saved when the stopped turn closes. False if still running."""
+        with self._turns:
+            return self._turns.wait_for(lambda: self._running.get(chat_id, 0) == 0, timeout)
+
+    def openai_messages(self, messages: Sequence[Message], profile: Profile,
+                        caps: Capabilities, options: ChatOptions) -> list[dict[str, Any]]:
+        """Stored messages as an OpenAI request's `messages` (attachments as parts)."""
+        out: list[dict[str, Any]] = []
+        answered: set[str] = {m.tool_call_id for m in messages
+                              if m.role == "tool" and m.tool_call_id}
+        open_calls: set[str] = set()
+        for message in messages:
+            if message.role == "user":
+                out.append({"role": "user",
+                            "content": self._user_content(message, profile, caps, options)})
+            elif message.role == "system":
+                out.append({"role": "system", "content": message.content})
+            elif message.role == "assistant":
+                entry = _assistant_openai(message)
+                if entry is None:
+                    continue
+                out.append(entry)
+                for call in entry.get("tool_calls", []):
+                    open_calls.add(call["id"])
+                    if call["id"] not in answered:
+                        # Stopped before the tool ran: every call still needs its answer.
+                        out.append({"role": "tool", "tool_call_id": call["id"],
+                                    "name": call["function"]["name"],
+                                    "content": "Not run: the chat was stopped first."})
+            elif message.role == "tool" and message.tool_call_id in open_calls:
+                out.append({"role": "tool", "tool_call_id": message.tool_call_id,
+                            "name": message.tool_name or "", "content": message.content})
+        return out
+
+    # -- internals: attachments -------------------------------------------------------------
+
+    def _check_attachment(self, path: Path, kind: AttachmentKind, caps: Capabilities,
+                          profile: Profile, options: ChatOptions, text: str
+                          ) -> tuple[list[str], tuple[dict[str, Any], ...] | None]:
+        """(notes, parts) of a valid attachment; raises AttachmentError otherwise."""
+        if kind is AttachmentKind.IMAGE:
+            return [], (prepare_image(path, options.limits).part(),)
+        if uses_native_video(caps, profile, options.video_mode):
+            if not text.strip():
+                raise AttachmentError(
+                    f"Type a question to go with {path.name}: the server does not take a "
+                    "video without any text.")
+            probe_video(path, options.limits)
+            return [native_note(path.name)], None
+        frames = extract_frames(path, options.max_frames, options.limits.frame_max_side,
+                                options.limits)
+        return [frames_note(len(frames), path.name)], tuple(frame_parts(frames))
+
+    @staticmethod
+    def _part_key(path: Path, kind: AttachmentKind, options: ChatOptions) -> tuple[Any, ...]:
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise AttachmentError(f"{path.name} is no longer on disk.") from exc
+        return (str(path), stat.st_size, stat.st_mtime_ns, kind, options.limits,
+                options.max_frames if kind is AttachmentKind.VIDEO else 0)
+
+    def _remember(self, key: tuple[Any, ...], parts: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._parts[key] = parts
+            self._parts.move_to_end(key)
+            while len(self._parts) > PART_CACHE_SIZE:
+                self._parts.popitem(last=False)
+
+    def _user_content(self, message: Message, profile: Profile, caps: Capabilities,
+                      options: ChatOptions) -> str | list[dict[str, Any]]:
+        if not message.attachments:
+            return message.content
+        parts: list[dict[str, Any]] = []
+        for attachment in message.attachments:
+            kind = (AttachmentKind.VIDEO if attachment.mime.startswith("video/")
+                    else AttachmentKind.IMAGE if attachment.mime.startswith("image/")
+                    else attachment_kind(attachment.path, attachment.name))
+            if not caps.multimodal:
+                # An earlier model of this profile could see; this one cannot.
+                parts.append({"type": "text",
+                              "text": f"[{attachment.name} not shown: this model reads text "
+                                      "only]"})
+                continue
+            try:
+                parts += self._parts_for(attachment.path, attachment.name, kind, caps, profile,
+                                         options)
+            except AttachmentError as exc:
+                log.info("attachment %s of message %s left out: %s", attachment.name,
+                         message.id, exc.message)
+                parts.append({"type": "text", "text": f"[{attachment.name} left out: "
+                                                      f"{exc.message}]"})
+        if message.content:
+            parts.append({"type": "text", "text": message.content})
+        return parts
+
+    def _parts_for(self, path: Path, name: str, kind: AttachmentKind, caps: Capabilities,
+                   profile: Profile, options: ChatOptions) -> list[dict[str, Any]]:
+        native = kind is AttachmentKind.VIDEO and uses_native_video(caps, profile,
+                                                                    options.video_mode)
+        if native:
+            return [native_video_part(path, options.limits, name=name)]
+        key = self._part_key(path, kind, options)
+        with self._lock:
+            cached = self._parts.get(key)
+            if cached is not None:
+                self._parts.move_to_end(key)
+                return cached
+        if kind is AttachmentKind.IMAGE:
+            parts = [prepare_image(path, options.limits, name=name).part()]
+        else:
+            parts = frame_parts(extract_frames(path, options.max_frames,
+                                               options.limits.frame_max_side, options.limits,
+                                               name=name))
+        self._remember(key, parts)
+        return parts
+
+    # -- internals: answering ---------------------------------------------------------------
+
+    def _answer(self, owner: User, chat_id: int, profile: Profile,
+                history: Sequence[Message], options: ChatOptions) -> Iterator[ChatEvent]:
+        with self._turns:
+            self._running[chat_id] = self._running.get(chat_id, 0) + 1
+        try:
+            yield from self._answer_turn(owner, chat_id, profile, history, options)
+        finally:
+            with self._turns:
+                self._running[chat_id] -= 1
+                if not self._running[chat_id]:
+                    del self._running[chat_id]
+                self._turns.notify_all()
+
+    def _answer_turn(self, owner: User, chat_id: int, profile: Profile,
+                     history: Sequence[Message], options: ChatOptions
+                     ) -> Iterator[ChatEvent]:
+        notes: list[str] = []
+        try:
+            caps = self.capabilities(profile)
+            messages = self.openai_messages(history, profile, caps, options)
+        except ManagerError as exc:
+            log.info("chat %s cannot be answered by %s: %s", chat_id, profile.name,
+                     exc.message)
+            yield from self._fail(owner, chat_id, profile, exc.message)
+            return
+        tools: list[dict[str, Any]] = []
+        if options.tools:
+            toolset = self._tools.toolset()
+            for problem in toolset.problems:
+                notes.append(f"Tools of the MCP server '{problem.server}' are not available: "
+                             f"{problem.message}")
+            tools = toolset.openai_tools()
+        for note in notes:
+            yield ChatEvent(ChatEventKind.NOTE, text=note)
+        rounds_run = 0
+        number = 0
+        while True:
+            number += 1
+            draft = _Draft(profile, number, notes=notes if number == 1 else [])
+            yield ChatEvent(ChatEventKind.ROUND, round=number)
+            yield from self._stream_round(owner, chat_id, draft, messages, tools)
+            if draft.error:
+                yield ChatEvent(ChatEventKind.ERROR, text=draft.error, round=number)
+                break
+            calls = draft.calls.calls()
+            if not calls:
+                break
+            assistant = {"role": "assistant", "content": draft.parser.answer,
+                         "tool_calls": [c.openai() for c in calls]}
+            refusal = self._refusal(calls, options, rounds_run)
+            if refusal is not None:
+                reason, why = refusal
+                for call in calls:
+                    yield from self._save_tool(owner, chat_id, call,
+                                               ToolOutcome(NOT_RUN, f"Not run: {reason}."))
+                draft.error = why
+                self._save(owner, chat_id, draft, force=True)
+                yield ChatEvent(ChatEventKind.ERROR, text=why, round=number)
+                break
+            messages.append(assistant)
+            for call in calls:
+                yield ChatEvent(ChatEventKind.TOOL_STARTED, call=call, round=number)
+                outcome = ToolOutcome.of(self._tools.call(call.name, call.arguments,
+                                                          timeout=options.tool_timeout))
+                yield from self._save_tool(owner, chat_id, call, outcome)
+                messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name,
+                                 "content": outcome.text})
+            rounds_run += 1
+        yield ChatEvent(ChatEventKind.DONE)
+
+    @staticmethod
+    def _refusal(calls: list[ToolCall], options: ChatOptions, rounds_run: int
+                 ) -> tuple[str, str] | None:
+        """(reason for the tool message, message for the user) when calls must not run."""
+        names = ", ".join(dict.fromkeys(c.name for c in calls))
+        if not options.tools:
+            return ("tools are turned off in this chat",
+                    f"The model asked for {names}, but tools are off, so nothing was run. "
+                    "Turn tools on to let it use them.")
+        if rounds_run >= options.max_tool_rounds:
+            rounds = options.max_tool_rounds
+            return ("the limit of tool rounds was reached",
+                    f"Stopped: the model still asked for tools ({names}) after {rounds} "
+                    f"round{'s' if rounds != 1 else ''}, the limit. Raise “Max tool rounds” "
+                    "to let it go on, or turn tools off.")
+        return None
+
+    def _stream_round(self, owner: User, chat_id: int, draft: _Draft,
+                      messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+                      ) -> Iterator[ChatEvent]:
+        body: dict[str, Any] = {"messages": messages}
+        if tools:
+            body["tools"] = tools
+        received: list[RequestStats] = []
+        try:
+            stream = self._inference.stream_chat(draft.profile.id, body,
+                                                 on_stats=received.append)
+            with closing(stream):
+                for chunk in stream:
+                    if chunk.tool_calls:
+                        draft.calls.add(chunk.tool_calls)
+                    if chunk.reasoning:
+                        draft.reasoning_field = True
+                    if chunk.finish_reason:
+                        draft.finish_reason = chunk.finish_reason
+                    if chunk.content or chunk.reasoning:
+                        for event in draft.parser.feed(chunk.content or None,
+                                                       chunk.reasoning or None):
+                            yield self._thinking_event(event, draft)
+                    if chunk.has_output:
+                        self._save(owner, chat_id, draft)
+                for event in draft.parser.finish():
+                    yield self._thinking_event(event, draft)
+        except ManagerError as exc:  # the server died, refused, timed out or is loading
+            log.info("chat %s, %s round %s: %s", chat_id, draft.profile.name, draft.round,
+                     exc.message)
+            for event in draft.parser.finish():
+                yield self._thinking_event(event, draft)
+            draft.error = exc.message
+        except GeneratorExit:
+            # Stop: keep what arrived so far, marked as stopped.
+            log.info("chat %s: stopped during round %s", chat_id, draft.round)
+            draft.parser.finish()
+            draft.thinking_cut = draft.parser.unfinished
+            draft.stopped = True
+            draft.error = "Stopped before the answer was complete."
+            if received:
+                draft.stats = AnswerStats.of(received[-1])
+            self._save(owner, chat_id, draft, force=True)
+            raise
+        if received:
+            draft.stats = AnswerStats.of(received[-1])
+            yield ChatEvent(ChatEventKind.STATS, stats=draft.stats, round=draft.round)
+        message = self._save(owner, chat_id, draft, force=True)
+        if message is not None:
+            yield ChatEvent(ChatEventKind.SAVED, message=message, round=draft.round)
+
+    def _thinking_event(self, event: ThinkingEvent, draft: _Draft) -> ChatEvent:
+        kinds = {
+            ThinkingKind.THINKING: ChatEventKind.THINKING,
+            ThinkingKind.ANSWER: ChatEventKind.ANSWER,
+            ThinkingKind.THINKING_STARTED: ChatEventKind.THINKING_STARTED,
+            ThinkingKind.THINKING_ENDED: ChatEventKind.THINKING_ENDED,
+            ThinkingKind.RECLASSIFIED: ChatEventKind.RECLASSIFIED,
+        }
+        seconds = None
+        finished = event.finished
+        if event.kind is ThinkingKind.THINKING_ENDED:
+            seconds = draft.parser.thinking_seconds
+            # Thinking the server split off itself was closed by the server when the
+            # reply ended normally (e.g. straight into a tool call, with no answer text).
+            if not finished and draft.reasoning_field \
+                    and draft.finish_reason in ("stop", "tool_calls"):
+                finished = True
+            draft.thinking_cut = not finished
+        return ChatEvent(kinds[event.kind], text=event.text, seconds=seconds,
+                         finished=finished, round=draft.round)
+
+    def _save(self, owner: User, chat_id: int, draft: _Draft, *, force: bool = False
+              ) -> Message | None:
+        """Add the reply on its first save, then update it in place (throttled unless forced)."""
+        now = self._clock()
+        if not force and draft.message_id is not None and now - draft.saved_at < SAVE_EVERY_S:
+            return None
+        record = draft.new_message()
+        draft.saved_at = now
+        if draft.message_id is None:
+            saved = self._chats.add_message(owner, chat_id, record)
+            draft.message_id = saved.id
+            return saved
+        return self._chats.update_message(owner, draft.message_id, record)
+
+    def _save_tool(self, owner: User, chat_id: int, call: ToolCall, outcome: ToolOutcome
+                   ) -> Iterator[ChatEvent]:
+        meta: dict[str, Any] = {"status": outcome.status, "arguments": call.arguments}
+        if outcome.seconds is not None:
+            meta["seconds"] = outcome.seconds
+        if outcome.server:
+            meta["server"] = outcome.server
+        message = self._chats.add_message(owner, chat_id, NewMessage(
+            "tool", outcome.text, tool_call_id=call.id, tool_name=call.name, meta=meta))
+        yield ChatEvent(ChatEventKind.TOOL_FINISHED, call=call, outcome=outcome,
+                        message=message)
+
+    def _fail(self, owner: User, chat_id: int, profile: Profile, message: str
+              ) -> Iterator[ChatEvent]:
+        draft = _Draft(profile, 1, error=message)
+        self._save(owner, chat_id, draft, force=True)
+        yield ChatEvent(ChatEventKind.ERROR, text=message)
+        yield ChatEvent(ChatEventKind.DONE)

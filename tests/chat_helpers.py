@@ -1,0 +1,110 @@
+"""A live dashboard with running tiny-model servers, shared by the chat tab's test modules."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+from gradio_client import Client
+
+from manager.auth import User
+from manager.profiles import Profile, ProfileSpec
+from manager.services import Services
+from manager.settings import Settings
+from manager.web_auth import SESSION_COOKIE
+from tests.conftest import PASSWORD, LiveDashboard, free_port, run_uvicorn
+from tests.server_helpers import hf_home_env
+
+
+@dataclass
+class ChatDashboard:
+    """Services + the real app on a free port + model servers (profile name -> Profile)."""
+
+    root: Path
+    services: Services
+    live: LiveDashboard
+    profiles: dict[str, Profile]
+    _server: uvicorn.Server
+    _thread: threading.Thread
+    users: dict[str, User] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.live.url
+
+    def user(self, email: str) -> User:
+        """Register (the first one is the admin) and approve an account."""
+        if email not in self.users:
+            self.live.register(email, PASSWORD)
+            user = self.services.auth.get_by_email(email)
+            admin = next((u for u in self.users.values() if u.is_admin), None)
+            if admin is not None and not user.status.value == "active":
+                user = self.services.auth.approve(admin, user.id)
+            self.users[email] = user
+        return self.services.auth.get_by_email(email)
+
+    def cookie(self, email: str) -> str:
+        self.user(email)
+        return self.live.session_cookie(email, PASSWORD)
+
+    def client(self, email: str) -> Client:
+        return Client(self.url, verbose=False,
+                      headers={"Cookie": f"{SESSION_COOKIE}={self.cookie(email)}"})
+
+    def restart(self) -> None:
+        """A dashboard restart: the same data dir, servers left running and adopted."""
+        self._stop_http()
+        self.services.close(keep_servers=True)
+        settings = Settings(data_dir=self.root / "data", port=free_port())
+        self.services = Services.create(settings)
+        self._serve()
+        self.users = {email: self.services.auth.get_by_email(email) for email in self.users}
+
+    def close(self) -> None:
+        self._stop_http()
+        self.services.close()
+
+    def _serve(self) -> None:
+        from app import create_app
+
+        port = self.services.settings.port
+        self._server, self._thread = run_uvicorn(create_app(self.services), port)
+        self.live = LiveDashboard(f"http://127.0.0.1:{port}", self.services)
+
+    def _stop_http(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+
+
+@contextmanager
+def chat_dashboard(root: Path, specs: dict[str, ProfileSpec]) -> Iterator[ChatDashboard]:
+    """Start the servers of `specs` (name -> spec, port filled in) and the dashboard."""
+    with hf_home_env(root / "hf_home"):
+        services = Services.create(Settings(data_dir=root / "data", port=free_port()))
+        dashboard: ChatDashboard | None = None
+        try:
+            profiles = {}
+            for name, spec in specs.items():
+                profile = services.profiles.create(None, ProfileSpec(
+                    **{**spec.__dict__, "name": name, "port": free_port()}))
+                services.supervisor.start(profile.id)
+                profiles[name] = profile
+            for profile in profiles.values():
+                services.supervisor.wait_ready(profile.id, 120)
+            from app import create_app
+
+            port = services.settings.port
+            server, thread = run_uvicorn(create_app(services), port)
+            dashboard = ChatDashboard(root, services,
+                                      LiveDashboard(f"http://127.0.0.1:{port}", services),
+                                      profiles, server, thread)
+            yield dashboard
+        finally:
+            if dashboard is not None:
+                dashboard.close()
+            else:
+                services.close()

@@ -1,0 +1,166 @@
+"""The Chat tab in headless Chromium against real model servers: drop an image, see it;
+thinking collapses when done; a tool call is its own panel; reload, continue, delete."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from manager.profiles import ProfileSpec
+from manager.web_auth import SESSION_COOKIE
+from tests.chat_helpers import ChatDashboard, chat_dashboard
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+ALICE = "alice@example.com"
+# What a file dragged from the desktop does: dragenter, dragover, drop with a DataTransfer.
+DROP_JS = """([selector, name, b64, type]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const data = new DataTransfer();
+  data.items.add(new File([bytes], name, {type}));
+  const target = document.querySelector(selector);
+  for (const kind of ['dragenter', 'dragover', 'drop']) {
+    target.dispatchEvent(new DragEvent(kind, {bubbles: true, cancelable: true,
+                                              dataTransfer: data}));
+  }
+}"""
+BOT = "#chat-bot"
+THOUGHT = f"{BOT} .thought-group"
+
+
+@pytest.fixture(scope="module")
+def dash(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
+         ) -> Iterator[ChatDashboard]:
+    with chat_dashboard(tmp_path_factory.mktemp("chat_browser"), {
+        "weather": ProfileSpec(name="", model=str(tiny_models["tools"])),
+        "eyes": ProfileSpec(name="", model=str(tiny_models["vision"]), max_tokens=4),
+        # Greedy decoding of random weights: a long answer (seconds) to stop.
+        "chatter": ProfileSpec(name="", model=str(tiny_models["text"]), max_tokens=4000,
+                               temperature=0.0),
+    }) as created:
+        created.user(ALICE)
+        yield created
+
+
+def png_base64(colour: tuple[int, int, int]) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), colour).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def open_chat_tab(page) -> None:  # noqa: ANN001 - a Playwright Page
+    page.get_by_role("tab", name="Chat").click()
+    page.wait_for_selector("#chat-server-status:has-text('is ready')", timeout=30_000)
+
+
+def pick_server(page, name: str) -> None:  # noqa: ANN001
+    page.locator("#chat-server input").click()
+    page.get_by_role("option", name=f"{name} · Ready").click()
+    page.wait_for_selector(f"#chat-server-status:has-text('{name} is ready')", timeout=30_000)
+
+
+def say(page, text: str) -> None:  # noqa: ANN001
+    page.fill("#chat-input textarea", text)
+    page.press("#chat-input textarea", "Enter")
+
+
+def thought(page, title: str):  # noqa: ANN001, ANN201 - a Locator
+    return page.locator(THOUGHT, has=page.locator(".title", has_text=title))
+
+
+def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, browser
+                                                         ) -> None:  # noqa: ANN001
+    alice = dash.user(ALICE)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_cookies([{"name": SESSION_COOKIE, "url": dash.url,
+                          "value": dash.cookie(ALICE)}])
+    page = context.new_page()
+    try:
+        page.goto(dash.url + "/")
+        open_chat_tab(page)
+
+        # Drag and drop an image onto the message box; it shows in the chat.
+        pick_server(page, "eyes")
+        page.evaluate(DROP_JS, ["#chat-input textarea", "blue.png", png_base64((0, 90, 255)),
+                                "image/png"])
+        page.wait_for_selector("#chat-input .thumbnail-image", timeout=30_000)
+        say(page, "What colour is this?")
+        image = page.wait_for_selector(f"{BOT} .user-row img", timeout=30_000)
+        assert "/gradio_api/file=" in image.get_attribute("src")
+        page.wait_for_selector("#chat-list .mm-chat-active:has-text('2 messages')",
+                               timeout=60_000)
+        (saved,) = dash.services.chats.list(alice, server="eyes")
+        user_message = dash.services.chats.get(alice, saved.id).messages[0]
+        assert [a.name for a in user_message.attachments] == ["blue.png"]
+
+        # Stop cancels a generation; what arrived is kept, marked as stopped.
+        pick_server(page, "chatter")
+        say(page, "Talk to me")
+        page.wait_for_selector(f"{BOT} .bot-row", state="attached", timeout=30_000)
+        page.click("#chat-stop")
+        page.wait_for_selector(f"{BOT} :text('Stopped before the answer was complete.')",
+                               timeout=30_000)
+        (stopped,) = dash.services.chats.list(alice, server="chatter")
+        answer = dash.services.chats.get(alice, stopped.id).messages[-1]
+        assert answer.meta["stopped"] is True and answer.content
+        assert answer.meta.get("completion_tokens") is None or \
+            answer.meta["completion_tokens"] < 4000
+
+        # Thinking, then a tool call over MCP, then the answer.
+        pick_server(page, "weather")
+        assert "No chats with weather yet" in page.inner_text("#chat-list")
+        say(page, "Weather in Paris?")
+        page.wait_for_selector(f"{BOT} :text('It is sunny in Paris.')", timeout=60_000)
+        thinking = thought(page, "Thought for")
+        tool = thought(page, "Used get_weather")
+        assert thinking.count() == 1 and tool.count() == 1
+        # Done: the thinking panel is collapsed; opening it shows the reasoning.
+        assert not page.get_by_text("Need weather.").is_visible()
+        thinking.locator(".title").click()
+        page.wait_for_selector(f"{THOUGHT} :text('Need weather.')", timeout=10_000)
+        # The tool call is a panel of its own, with its arguments and result inside.
+        assert not page.get_by_text("Sample data for demonstrations").is_visible()
+        tool.locator(".title").click()
+        page.wait_for_selector(f"{THOUGHT} :text('Sample data for demonstrations')",
+                               timeout=10_000)
+        assert "tokens/s" in page.inner_text(BOT)
+
+        # Reload: the chat comes back with its panels, and goes on.
+        page.reload()
+        open_chat_tab(page)
+        page.wait_for_selector(f"{BOT} :text('It is sunny in Paris.')", timeout=30_000)
+        assert thought(page, "Thought for").count() == 1
+        assert thought(page, "Used get_weather").count() == 1
+        assert page.input_value("#chat-title input") == "Weather in Paris?"
+        say(page, "And tomorrow?")
+        page.wait_for_selector("#chat-list .mm-chat-active:has-text('8 messages')",
+                               timeout=60_000)
+        assert page.locator(f"{BOT} :text('It is sunny in Paris.')").count() == 2
+        (weather_chat,) = dash.services.chats.list(alice, server="weather")
+        assert weather_chat.message_count == 8
+
+        # Switching server shows that server's chats only.
+        pick_server(page, "eyes")
+        page.wait_for_selector("#chat-list :text('What colour is this?')", timeout=10_000)
+        assert "Weather in Paris?" not in page.inner_text("#chat-list")
+        pick_server(page, "weather")
+        page.click("#chat-list button[data-chat]:has-text('Weather in Paris?')")
+        page.wait_for_selector(f"{BOT} :text('And tomorrow?')", timeout=10_000)
+
+        # Delete takes a confirmation; then the chat and its files are gone.
+        page.click("#chat-delete")
+        page.click("#chat-cancel-delete")
+        assert dash.services.chats.list(alice, server="weather")
+        page.click("#chat-delete")
+        page.click("#chat-confirm-delete")
+        page.wait_for_selector("#chat-list:has-text('No chats with weather yet')",
+                               timeout=10_000)
+        assert dash.services.chats.list(alice, server="weather") == []
+        assert page.locator(f"{BOT} :text('It is sunny in Paris.')").count() == 0
+    finally:
+        context.close()

@@ -1,0 +1,204 @@
+"""The Chat tab's endpoints through gradio_client with real sessions and a real model server:
+a chat streams and is saved; owners are checked on every endpoint; MCP settings are
+admin-only; a dashboard restart brings the chat back and it goes on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gradio_client import Client
+
+from manager.chat_history import NewMessage
+from manager.profiles import ProfileSpec
+from manager.supervisor import ServerState
+from tests.chat_helpers import ChatDashboard, chat_dashboard
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+ALICE, BOB = "alice@example.com", "bob@example.com"
+
+
+@pytest.fixture(scope="module")
+def dash(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
+         ) -> Iterator[ChatDashboard]:
+    with chat_dashboard(tmp_path_factory.mktemp("chat_api"), {
+        "weather": ProfileSpec(name="", model=str(tiny_models["tools"])),
+    }) as created:
+        created.user(ALICE)  # the first account: an admin
+        created.user(BOB)
+        yield created
+
+
+def send(client: Client, server: int, text: str, *, tools: bool = True,
+         rounds: int = 5) -> tuple:
+    box = {"text": text, "files": []}
+    return client.predict(box, server, tools, rounds, 8, "auto", "", api_name="/chat_send")
+
+
+def titles(messages: list[dict[str, Any]]) -> list[str]:
+    return [(m.get("metadata") or {}).get("title", "") for m in messages]
+
+
+def texts(messages: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for m in messages:
+        content = m["content"]
+        parts = content if isinstance(content, list) else [content]
+        out += [p.get("text", "") if isinstance(p, dict) else str(p) for p in parts]
+    return out
+
+
+def test_a_chat_streams_thinking_tools_and_answer_and_is_saved(dash: ChatDashboard) -> None:
+    client = dash.client(ALICE)
+    weather = dash.profiles["weather"]
+    status = client.predict(weather.id, "", api_name="/chat_pick_server")[1]
+    assert "**weather** is ready" in status
+    chatbot, box, title, sidebar, status = send(client, weather.id, "Weather in Paris?")
+    assert title == "Weather in Paris?" and "Weather in Paris?" in sidebar
+    shown = titles(chatbot)
+    assert any(t.startswith("Thought for ") for t in shown)
+    assert "🛠️ Used get_weather" in shown
+    answer = next(m for m in chatbot if "It is sunny in Paris." in str(m["content"]))
+    assert "tokens/s" in str(answer["content"])
+    tool_panel = next(m for m in chatbot if (m.get("metadata") or {}).get("title", "")
+                      .startswith("🛠️"))
+    assert tool_panel["metadata"]["status"] == "done"
+    assert "Sample data" in str(tool_panel["content"]) and "Paris" in str(tool_panel["content"])
+    alice = dash.user(ALICE)
+    (chat,) = dash.services.chats.list(alice, server="weather")
+    saved = dash.services.chats.get(alice, chat.id)
+    assert [m.role for m in saved.messages] == ["user", "assistant", "tool", "assistant"]
+    # Retry answers the last message again, in place of the old answer.
+    chatbot, _title, _sidebar, _status = client.predict(weather.id, True, 5, 8, "auto", "",
+                                                       api_name="/chat_retry")
+    assert "It is sunny in Paris." in str(chatbot[-1]["content"])
+    assert dash.services.chats.get(alice, chat.id).summary.message_count == 4
+    # The same session goes on with the same chat (its id is kept on the server).
+    send(client, weather.id, "And tomorrow?")
+    assert dash.services.chats.get(alice, chat.id).summary.message_count == 8
+
+
+def test_another_user_cannot_read_rename_continue_export_or_delete_a_chat(
+        dash: ChatDashboard) -> None:
+    alice = dash.user(ALICE)
+    weather = dash.profiles["weather"]
+    secret = dash.services.chats.create(alice, "weather", title="Alice's secret plans")
+    dash.services.chats.add_message(alice, secret.id, NewMessage("user", "top secret"))
+    bob = dash.client(BOB)
+    with pytest.raises(Exception, match="That chat does not exist."):
+        bob.predict(str(secret.id), "", api_name="/chat_open")
+    # The failed open left Bob's session without a chat: nothing to act on.
+    for endpoint, args in (("/chat_rename", ("Mine now", weather.id, "")),
+                           ("/chat_export_markdown", ()), ("/chat_export_json", ()),
+                           ("/chat_delete", (weather.id, "")),
+                           ("/chat_retry", (weather.id, True, 5, 8, "auto", ""))):
+        with pytest.raises(Exception, match="Open a chat first|Nothing to retry"):
+            bob.predict(*args, api_name=endpoint)
+    # Bob's message starts a chat of his own; Alice's is untouched.
+    send(bob, weather.id, "Hello from Bob", tools=False)
+    after = dash.services.chats.get(alice, secret.id)
+    assert after.summary.title == "Alice's secret plans"
+    assert [m.content for m in after.messages] == ["top secret"]
+    bob_user = dash.user(BOB)
+    assert [c.title for c in dash.services.chats.list(bob_user)] == ["Hello from Bob"]
+    sidebar = bob.predict(weather.id, "", api_name="/chat_list")
+    assert "Alice" not in sidebar and "Hello from Bob" in sidebar
+    found = bob.predict(weather.id, "secret", api_name="/chat_list")
+    assert "data-chat" not in found and "No chats match “secret”" in found
+    # Alice herself can open it.
+    alice_client = dash.client(ALICE)
+    chatbot, title, _sidebar, _server, _status = alice_client.predict(
+        str(secret.id), "", api_name="/chat_open")
+    assert title == "Alice's secret plans" and texts(chatbot) == ["top secret"]
+
+
+def test_rename_export_and_delete_a_chat(dash: ChatDashboard, tmp_path: Path) -> None:
+    alice = dash.user(ALICE)
+    weather = dash.profiles["weather"]
+    client = dash.client(ALICE)
+    client.predict(weather.id, "", api_name="/chat_new")
+    send(client, weather.id, "Plan a picnic")
+    (chat,) = [c for c in dash.services.chats.list(alice) if c.title == "Plan a picnic"]
+    title, sidebar = client.predict("Picnic plans", weather.id, "", api_name="/chat_rename")
+    assert title == "Picnic plans" and "Picnic plans" in sidebar
+    markdown = client.predict(api_name="/chat_export_markdown")
+    assert markdown.startswith("# Picnic plans") and "It is sunny in Paris." in markdown
+    exported = client.predict(api_name="/chat_export_json")
+    data = json.loads(Path(exported).read_text())
+    assert data["chat"]["title"] == "Picnic plans"
+    assert [m["role"] for m in data["messages"]] == ["user", "assistant", "tool", "assistant"]
+    assert data["messages"][1]["thinking"] == "Need weather."
+    found = client.predict(weather.id, "picnic", api_name="/chat_list")
+    assert "Picnic plans" in found and "Weather in Paris" not in found
+    client.predict(weather.id, "", api_name="/chat_delete")
+    assert chat.id not in [c.id for c in dash.services.chats.list(alice)]
+    assert not (dash.services.settings.uploads_dir / "chats" / str(chat.id)).exists()
+
+
+def test_mcp_servers_are_admin_only(dash: ChatDashboard) -> None:
+    admin = dash.client(ALICE)
+    rows, _pick, _ = admin.predict(api_name="/mcp_servers")
+    builtin = next(r for r in rows["data"] if r[1] == "builtin")
+    assert "get_weather" in builtin[5] and "calculator" in builtin[5]
+    rows, _pick, message = admin.predict("nowhere", "http", "", "", "http://127.0.0.1:9/mcp",
+                                         api_name="/mcp_add")
+    assert message == "Added the MCP server **nowhere**."
+    added = next(r for r in rows["data"] if r[1] == "nowhere")
+    assert added[4] == "yes" and "Could not connect" in added[5]
+    rows, _pick, message = admin.predict(added[0], api_name="/mcp_disable")
+    assert message == "**nowhere** is off."
+    bob = dash.client(BOB)
+    for endpoint, args in (("/mcp_servers", ()), ("/mcp_enable", (added[0],)),
+                           ("/mcp_remove", (added[0],)),
+                           ("/mcp_add", ("mine", "stdio", "python", "-V", ""))):
+        with pytest.raises(Exception, match="Only an administrator can manage MCP servers"):
+            bob.predict(*args, api_name=endpoint)
+    admin.predict(added[0], api_name="/mcp_remove")
+    assert [c.name for c in dash.services.tools.servers(dash.user(ALICE))] == ["builtin"]
+    listed = bob.predict(api_name="/chat_tools")
+    assert "**get_weather** (builtin)" in listed and "**calculator** (builtin)" in listed
+
+
+def test_a_dashboard_restart_brings_the_chat_back_and_it_goes_on(dash: ChatDashboard) -> None:
+    weather = dash.profiles["weather"]
+    client = dash.client(ALICE)
+    client.predict(weather.id, "", api_name="/chat_new")
+    before, *_ = send(client, weather.id, "Before the restart")
+    alice = dash.user(ALICE)
+    chat = next(c for c in dash.services.chats.list(alice) if c.title == "Before the restart")
+    dash.restart()
+    client = dash.client(ALICE)
+    chatbot, title, _sidebar, server, status = client.predict(str(chat.id), "",
+                                                              api_name="/chat_open")
+    assert chatbot == before and title == "Before the restart"
+    assert server["value"] == weather.id and "**weather** is ready" in status  # adopted
+    after, *_ = send(client, weather.id, "After the restart")
+    assert after[:len(before)] == before
+    assert "It is sunny in Paris." in str(after[-1]["content"])
+    assert dash.services.chats.get(dash.user(ALICE), chat.id).summary.message_count == 8
+
+
+def test_picking_a_stopped_profile_starts_it_and_the_message_waits_for_it(
+        dash: ChatDashboard, tiny_models: dict[str, Path]) -> None:
+    services = dash.services
+    profile = services.profiles.create(None, ProfileSpec(
+        name="sleeper", model=str(tiny_models["thinking"]), port=free_port()))
+    client = dash.client(BOB)
+    try:
+        _server, status, sidebar, chatbot, _title, _timer = client.predict(
+            profile.id, "", api_name="/chat_pick_server")
+        assert "Started **sleeper** for you: it is loading its model" in status
+        assert "No chats with sleeper yet" in sidebar and chatbot == []
+        assert services.supervisor.snapshot(profile.id).state in (ServerState.STARTING,
+                                                                  ServerState.READY)
+        # Sent while it loads: the message goes out once the server is ready.
+        chatbot, *_rest, status = send(client, profile.id, "2+2?")
+        assert "The answer is 4." in str(chatbot[-1]["content"])
+        assert "**sleeper** is ready" in status
+    finally:
+        services.supervisor.stop(profile.id)
