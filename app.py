@@ -35,12 +35,15 @@ def create_app(services: Services) -> FastAPI:
 
     from components.dashboard import build_dashboard
     from components.views import DASHBOARD_CSS
+    from manager.gateway import build_gateway_router, gateway_auth
     from manager.web_auth import SessionGate, build_auth_router, current_user
 
     app = FastAPI(title="MLX Model Manager")
     app.include_router(
         build_auth_router(services.auth, secure_cookies=services.settings.secure_cookies)
     )
+    # OpenAI/Anthropic endpoint (/v1/*, /metrics): API keys, never the session cookie.
+    app.include_router(build_gateway_router(services))
 
     def gradio_user(request: Request) -> str | None:
         user = current_user(request)
@@ -56,7 +59,7 @@ def create_app(services: Services) -> FastAPI:
         allowed_paths=[str(services.settings.uploads_dir)],
         footer_links=[],
     )
-    app.add_middleware(SessionGate, auth=services.auth)
+    app.add_middleware(SessionGate, auth=services.auth, extra_auth=gateway_auth(services))
     return app
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from components import admin_tab, chat_tab, models_tab, profiles_tab, servers_tab
+from components import admin_tab, chat_tab, keys_tab, models_tab, profiles_tab, servers_tab
 from components.session import user_of
 from components.views import admin_tab_label, header_html
 from manager.services import Services
@@ -23,7 +23,9 @@ def build_dashboard(services: Services) -> gr.Blocks:
             with gr.Tab("Servers", id="servers"):
                 load_servers = servers_tab.build(services)
             with gr.Tab("Chat", id="chat"):
-                chat_tab.build(services)
+                load_chat = chat_tab.build(services)
+            with gr.Tab("API keys", id="keys"):
+                load_keys = keys_tab.build(services)
             with gr.Tab("Admin", id="admin", visible=False, elem_id="admin-tab") as admin:
                 load_admin = admin_tab.build(services)
 
@@ -40,6 +42,8 @@ def build_dashboard(services: Services) -> gr.Blocks:
         demo.load(load_models.fn, None, load_models.outputs)
         demo.load(load_profiles.fn, None, load_profiles.outputs)
         demo.load(load_servers.fn, None, load_servers.outputs)
+        demo.load(load_chat.fn, None, load_chat.outputs)
+        demo.load(load_keys.fn, None, load_keys.outputs)
         gr.Timer(BADGE_REFRESH_S).tick(refresh_shell, None, [header, admin],
                                        show_progress="hidden")
     return demo

@@ -13,6 +13,7 @@ from manager.hub import HubClient, HubConfig
 from manager.inference import InferenceClient, MetricsStore
 from manager.library import Library
 from manager.monitor import Monitor
+from manager.on_demand import OnDemand
 from manager.profiles import ProfileService
 from manager.settings import Settings
 from manager.store import Store
@@ -38,6 +39,7 @@ class Services:
     metrics: MetricsStore
     inference: InferenceClient
     tools: McpToolbox
+    on_demand: OnDemand
 
     @classmethod
     def create(cls, settings: Settings, *, run_servers: bool = True) -> Services:
@@ -65,6 +67,7 @@ class Services:
         monitor = Monitor(supervisor)
         metrics = MetricsStore()
         inference = InferenceClient(supervisor, metrics)
+        on_demand = OnDemand(supervisor, inference)  # the gateway's starts and evictions
         # Lazy: the built-in MCP server process starts on the first tool listing or call.
         tools = McpToolbox(store, logs_dir=settings.logs_dir)
         if run_servers:
@@ -78,7 +81,7 @@ class Services:
         return cls(settings=settings, store=store, auth=auth, api_keys=api_keys, chats=chats,
                    hub=hub, library=library, downloads=downloads, profiles=profiles,
                    supervisor=supervisor, monitor=monitor, metrics=metrics, inference=inference,
-                   tools=tools)
+                   tools=tools, on_demand=on_demand)
 
     def close(self, *, keep_servers: bool = False) -> None:
         """Stop background work; safe to call twice. Model servers are stopped unless

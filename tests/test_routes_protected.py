@@ -1,4 +1,8 @@
-"""Every route the app registers refuses a request without a session, except the public list."""
+"""Every route the app registers refuses a request without a session, except the public list.
+
+The gateway's routes (/v1/*, /metrics) answer to API keys instead: without one they
+refuse with 401 in their API's own error format, and a session cookie does not open them.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,16 @@ import httpx
 import pytest
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from manager.web_auth import PUBLIC_PATHS
+from manager.gateway_format import ApiFormat, api_format, is_gateway_path
+from manager.web_auth import PUBLIC_PATHS, SESSION_COOKIE
 from tests.conftest import LiveDashboard
 
 PARAM = re.compile(r"\{[^}]+\}")
+# Exactly these answer to API keys; anything else under /v1 would be a gap.
+GATEWAY_ROUTES = {
+    "/v1", "/v1/{rest:path}", "/v1/models", "/v1/models/{name:path}", "/v1/chat/completions",
+    "/v1/completions", "/v1/messages", "/v1/messages/count_tokens", "/metrics",
+}
 
 
 def walk(routes: list, prefix: str = "") -> Iterator[tuple[str, frozenset[str]]]:
@@ -45,10 +55,28 @@ def app_routes(dashboard: LiveDashboard) -> list[tuple[str, frozenset[str]]]:
     return routes
 
 
+def assert_api_refusal(response: httpx.Response, url: str) -> None:
+    """401 in the API's own format (what the openai / anthropic SDKs parse)."""
+    assert response.status_code == 401, (url, response.status_code)
+    body = response.json()
+    if api_format(url) is ApiFormat.ANTHROPIC:
+        assert body["type"] == "error", url
+        assert body["error"]["type"] == "authentication_error", url
+    else:
+        assert set(body["error"]) >= {"message", "type", "code"}, url
+        assert body["error"]["code"] in ("missing_api_key", "invalid_api_key"), url
+
+
+def test_the_gateway_routes_are_exactly_the_expected_ones(
+    app_routes: list[tuple[str, frozenset[str]]]
+) -> None:
+    assert {path for path, _ in app_routes if is_gateway_path(concrete(path))} == GATEWAY_ROUTES
+
+
 def test_no_route_answers_2xx_without_a_session(
     dashboard: LiveDashboard, app_routes: list[tuple[str, frozenset[str]]]
 ) -> None:
-    checked = 0
+    checked = gateway_checked = 0
     with dashboard.client(follow_redirects=False) as client:
         for path, methods in app_routes:
             url = concrete(path)
@@ -59,6 +87,10 @@ def test_no_route_answers_2xx_without_a_session(
                     if url in PUBLIC_PATHS:
                         continue
                     assert not response.is_success, (method, url, response.status_code)
+                    if is_gateway_path(url):
+                        assert_api_refusal(response, url)
+                        gateway_checked += 1
+                        continue
                     if method == "GET" and accept == "text/html":
                         assert response.status_code == 303, (url, response.status_code)
                         assert response.headers["location"].startswith("/login?next=")
@@ -66,6 +98,28 @@ def test_no_route_answers_2xx_without_a_session(
                         assert response.status_code == 401, (method, url)
                         assert response.json() == {"detail": "Sign in first."}
     assert checked > 80
+    assert gateway_checked >= 2 * len(GATEWAY_ROUTES)
+
+
+def test_a_session_does_not_open_the_gateway_and_a_key_does_not_open_the_dashboard(
+    dashboard: LiveDashboard, app_routes: list[tuple[str, frozenset[str]]]
+) -> None:
+    dashboard.register("alice@example.com")
+    alice = dashboard.services.auth.get_by_email("alice@example.com")
+    key = dashboard.services.api_keys.create(alice, "walk").secret
+    cookie = {SESSION_COOKIE: dashboard.session_cookie("alice@example.com")}
+    with dashboard.client(follow_redirects=False, cookies=cookie) as client:
+        for url in ("/v1/models", "/v1/messages", "/metrics", "/v1/x"):
+            assert_api_refusal(client.get(url, headers={"Accept": "application/json"}), url)
+    with dashboard.client(follow_redirects=False) as client:
+        for header in ({"Authorization": f"Bearer {key}"}, {"x-api-key": key}):
+            assert client.get("/v1/models", headers=header).status_code == 200
+            for path, _ in app_routes:
+                url = concrete(path)
+                if is_gateway_path(url) or url in PUBLIC_PATHS:
+                    continue
+                response = client.get(url, headers={**header, "Accept": "application/json"})
+                assert response.status_code == 401, (url, response.status_code)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,298 @@
+"""The gateway's overhead: streams through the dashboard vs straight to the same mlx_lm server.
+
+A real dashboard (`app.py serve`, its own process) fronts a tiny model (~600 tok/s on a
+CPU, so per-chunk costs show). Rounds alternate between the two paths, with 1 and 8
+concurrent streams, all asking for the same completion (usage included on both sides).
+
+Reports, per concurrency:
+- added time to first token, p50 and p95 (gateway minus direct; goal p50 <= 2 ms);
+- decode tokens/s ratio gateway/direct (tokens after the first over the time between
+  first and last token, summed over streams; goal >= 0.97).
+Then requests/s of GET /v1/models with 32 concurrent clients, against the mlx_lm
+server's own /v1/models and the dashboard's public /login page as baselines.
+
+Run: .venv/bin/python -m bench.gateway [--rounds 12] [--tokens 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+TTFT_GOAL_MS = 2.0
+RATE_GOAL = 0.97
+PROMPT = [{"role": "user", "content": "Tell me a long story about a quick brown fox."}]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Stream:
+    ttft_s: float
+    decode_tokens: int
+    decode_s: float
+
+
+def one_stream(client: httpx.Client, url: str, body: dict, headers: dict[str, str]) -> Stream:
+    started = time.perf_counter()
+    first = last = None
+    tokens = 0
+    with client.stream("POST", url, json=body, headers=headers) as answer:
+        answer.raise_for_status()
+        for line in answer.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            choices = chunk.get("choices") or []
+            delta = choices[0].get("delta", {}) if choices else {}
+            if delta.get("content") or delta.get("reasoning"):
+                last = time.perf_counter()
+                first = first or last
+    if first is None or last is None or tokens < 2:
+        raise RuntimeError(f"no usable stream from {url}")
+    return Stream(first - started, tokens - 1, last - first)
+
+
+def run_round(pool: ThreadPoolExecutor, clients: list[httpx.Client], url: str, body: dict,
+              headers: dict[str, str]) -> list[Stream]:
+    jobs = [pool.submit(one_stream, c, url, body, headers) for c in clients]
+    return [job.result() for job in jobs]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def process_cpu_s(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def upstream_ttft(base: str, auth: dict[str, str]) -> tuple[float, int]:
+    """(sum of seconds, count) of the TTFT the gateway itself measured upstream (/metrics)."""
+    text = httpx.get(base + "/metrics", headers=auth, timeout=30).text
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in text.splitlines() if line and not line.startswith("#")}
+    name = 'mlx_manager_time_to_first_token_seconds_{}{{profile="tiny"}}'
+    return values[name.format("sum")], int(values[name.format("count")])
+
+
+def compare(concurrency: int, rounds: int, gateway: tuple[str, dict, dict],
+            direct: tuple[str, dict, dict], dashboard: psutil.Process,
+            metrics: Callable[[], tuple[float, int]]) -> tuple[float, float, float]:
+    """Paired rounds: each round runs both sides back to back (the order alternates), so
+    load from elsewhere on the machine hits both; statistics are over the pairs."""
+    clients = [httpx.Client(timeout=120) for _ in range(concurrency)]
+    added_ms: list[float] = []  # per pair: gateway TTFT - direct TTFT (medians of the round)
+    ratios: list[float] = []  # per pair: gateway tokens/s over direct tokens/s
+    ttft: dict[str, list[float]] = {"gateway": [], "direct": []}
+    cpu_s, wall_s, tokens = 0.0, 0.0, 0  # the dashboard's, during gateway rounds
+    # Per gateway round: client TTFT minus the TTFT the gateway measured from its own
+    # request to the server, i.e. the time the gateway adds whatever the server's
+    # scheduling does (mlx_lm only admits requests to a running batch between bursts).
+    own_ms: list[float] = []
+    with ThreadPoolExecutor(concurrency) as pool:
+        for side in (gateway, direct):  # warm both paths
+            run_round(pool, clients, *side)
+        for n in range(rounds):
+            pair: dict[str, list[Stream]] = {}
+            order = [("gateway", gateway), ("direct", direct)]
+            for name, side in order if n % 2 == 0 else reversed(order):
+                if name == "gateway":
+                    seen = metrics()
+                cpu_before, wall_before = process_cpu_s(dashboard), time.perf_counter()
+                pair[name] = run_round(pool, clients, *side)
+                if name == "gateway":
+                    cpu_s += process_cpu_s(dashboard) - cpu_before
+                    wall_s += time.perf_counter() - wall_before
+                    tokens += sum(s.decode_tokens + 1 for s in pair[name])
+                    total, count = metrics()
+                    upstream = (total - seen[0]) / max(1, count - seen[1])
+                    client = statistics.mean(s.ttft_s for s in pair[name])
+                    own_ms.append((client - upstream) * 1000)
+            first = {k: statistics.median(s.ttft_s * 1000 for s in v) for k, v in pair.items()}
+            rate = {k: sum(s.decode_tokens for s in v) / sum(s.decode_s for s in v)
+                    for k, v in pair.items()}
+            added_ms.append(first["gateway"] - first["direct"])
+            ratios.append(rate["gateway"] / rate["direct"])
+            for k, v in pair.items():
+                ttft[k] += [s.ttft_s * 1000 for s in v]
+    for client in clients:
+        client.close()
+    added_p50, added_p95 = percentile(added_ms, 0.5), percentile(added_ms, 0.95)
+    ratio = statistics.median(ratios)
+    print(f"{concurrency} stream(s), {rounds} paired rounds: TTFT p50 direct "
+          f"{percentile(ttft['direct'], 0.5):.1f} ms, gateway "
+          f"{percentile(ttft['gateway'], 0.5):.1f} ms; added TTFT p50 {added_p50:+.2f} ms, "
+          f"p95 {added_p95:+.2f} ms (goal p50 <= {TTFT_GOAL_MS:g}) "
+          f"{'OK' if added_p50 <= TTFT_GOAL_MS else 'ABOVE GOAL'}")
+    print(f"  decode tokens/s ratio gateway/direct: median {ratio:.3f} "
+          f"(quartiles {percentile(ratios, 0.25):.3f}-{percentile(ratios, 0.75):.3f}; "
+          f"goal >= {RATE_GOAL}) {'OK' if ratio >= RATE_GOAL else 'BELOW GOAL'}")
+    own_p50 = percentile(own_ms, 0.5)
+    print(f"  TTFT the gateway itself adds (client TTFT - the gateway's own upstream TTFT, "
+          f"per round): p50 {own_p50:.2f} ms, p95 {percentile(own_ms, 0.95):.2f} ms "
+          f"{'OK' if own_p50 <= TTFT_GOAL_MS else 'ABOVE GOAL'}")
+    print(f"  dashboard CPU while streaming: {cpu_s / tokens * 1e6:.0f} us per token "
+          f"({cpu_s / wall_s * 100:.0f}% of a core)")
+    return added_p50, added_p95, ratio
+
+
+async def requests_per_s(url: str, headers: dict[str, str], clients: int = 32,
+                         seconds: float = 3.0) -> float:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=30, limits=limits, headers=headers) as client:
+        deadline = time.perf_counter() + seconds
+        count = 0
+
+        async def worker() -> None:
+            nonlocal count
+            while time.perf_counter() < deadline:
+                answer = await client.get(url)
+                answer.raise_for_status()
+                count += 1
+
+        await asyncio.gather(*(worker() for _ in range(4)))  # warm the connections
+        deadline, count = time.perf_counter() + seconds, 0
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        return count / (time.perf_counter() - started)
+
+
+def prepare(root: Path, tokens: int) -> tuple[str, int, Path]:
+    """A data dir with an admin, a key and a profile for the tiny model."""
+    from manager.profiles import ProfileSpec
+    from manager.services import Services
+    from manager.settings import Settings
+    from tests.fixtures.tiny_models import make_text_model
+
+    model = make_text_model(root / "model")
+    services = Services.create(Settings(data_dir=root / "data"), run_servers=False)
+    try:
+        admin = services.auth.register("bench@example.com", "correct horse battery")
+        key = services.api_keys.create(admin, "bench").secret
+        profile = services.profiles.create(admin, ProfileSpec(
+            name="tiny", model=str(model), port=free_port(), max_tokens=tokens))
+    finally:
+        services.close()
+    return key, profile.port, model
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--streams", default="1,8", help="concurrent streams to try")
+    parser.add_argument("--no-rps", action="store_true", help="skip the /v1/models test")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        os.environ["HF_HOME"] = str(root / "hf_home")
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        (root / "hf_home" / "hub").mkdir(parents=True)
+        key, server_port, model = prepare(root, args.tokens)
+        port = free_port()
+        dashboard = subprocess.Popen(  # noqa: S603 - argv list, no shell
+            [sys.executable, str(ROOT / "app.py"), "serve", "--data-dir", str(root / "data"),
+             "--port", str(port), "--log-level", "warning"],
+            cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            auth = {"Authorization": f"Bearer {key}"}
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(base + "/login", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the dashboard did not start")
+                time.sleep(0.2)
+            body = {"messages": PROMPT, "max_tokens": args.tokens, "stream": True,
+                    "stream_options": {"include_usage": True}}
+            # The first request starts the server on demand.
+            httpx.post(base + "/v1/chat/completions", headers=auth, timeout=120,
+                       json={**body, "model": "tiny", "stream": False}).raise_for_status()
+            gateway = (base + "/v1/chat/completions", {**body, "model": "tiny"}, auth)
+            direct = (f"http://127.0.0.1:{server_port}/v1/chat/completions",
+                      {**body, "model": str(model)}, {})
+            idle = psutil.Process(dashboard.pid)
+            before = process_cpu_s(idle)
+            time.sleep(3)
+            print(f"tiny model, max_tokens {args.tokens}; the idle dashboard uses "
+                  f"{(process_cpu_s(idle) - before) / 3 * 100:.1f}% of a core (Gradio's queue "
+                  "polling, the monitor)")
+            for concurrency in (int(n) for n in args.streams.split(",")):
+                rounds = args.rounds if concurrency == 1 else max(4, args.rounds // 2)
+                compare(concurrency, rounds, gateway, direct, psutil.Process(dashboard.pid),
+                        lambda: upstream_ttft(base, auth))
+            if args.no_rps:
+                return 0
+            gw_rps = asyncio.run(requests_per_s(base + "/v1/models", auth))
+            server_rps = asyncio.run(requests_per_s(
+                f"http://127.0.0.1:{server_port}/v1/models", {}))
+            login_rps = asyncio.run(requests_per_s(base + "/login", {}))
+            print(f"GET /v1/models, 32 concurrent clients: gateway {gw_rps:.0f} req/s; "
+                  f"mlx_lm's own /v1/models {server_rps:.0f} req/s "
+                  f"(ratio {gw_rps / server_rps:.2f}); dashboard /login {login_rps:.0f} req/s "
+                  f"(ratio {gw_rps / login_rps:.2f})")
+        finally:
+            os.killpg(dashboard.pid, signal.SIGTERM)
+            try:
+                dashboard.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(dashboard.pid, signal.SIGKILL)
+                dashboard.wait()
+            stop_leftovers(root / "data")
+    return 0
+
+
+def stop_leftovers(data_dir: Path) -> None:
+    """The dashboard leaves its model servers running (the next start adopts them)."""
+    import psutil
+
+    from manager.store import Store
+    from manager.supervisor import live_process, read_records
+
+    for record in read_records(Store(data_dir / "manager.db")):
+        proc = live_process(record)
+        if proc is None:
+            continue
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(15)
+                break
+            except ProcessLookupError:
+                break
+            except psutil.TimeoutExpired:
+                print(f"model server {proc.pid} ignored {sig.name}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,512 @@
+"""One URL for every model: OpenAI and Anthropic APIs in front of all profiles.
+
+    GET  /v1/models                  the profiles (id = profile name), both SDKs' formats
+    GET  /v1/models/{name}
+    POST /v1/chat/completions        OpenAI, streaming or not (tools, images, usage)
+    POST /v1/completions             OpenAI legacy completions (mlx_lm profiles)
+    POST /v1/messages                Anthropic Messages, streaming or not
+    POST /v1/messages/count_tokens   a 1-token request reading usage.prompt_tokens
+    GET  /metrics                    Prometheus text (admin keys only)
+
+Auth: `gateway_auth` is the SessionGate's `extra_auth`. It claims every gateway path,
+so a session cookie never opens them, and attaches the user of the API key
+(`Authorization: Bearer` or `x-api-key`) or None; every route here refuses None with
+401 in its API's own error format.
+
+Every request goes through manager/inference.py (metering, the profile's defaults and
+system prompt). A stopped profile is started on demand (manager/on_demand.py) and
+waited for (bounded); streaming requests then get SSE comments as keepalives.
+
+Threads: the blocking part of a request (name lookup, start, wait, the server's
+stream) runs in one worker thread; stream pieces reach the event loop through a
+`_Pipe` and are written in batches. A stream's status line goes out once the server
+accepted the request (or, for a model still loading, with the first keepalive), so
+errors before that (unknown model, bad request, no memory) get their own HTTP status;
+later ones end the stream with an error event in the API's format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from anyio import CapacityLimiter, to_thread
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import HTTPConnection
+
+from manager import prometheus
+from manager.anthropic_api import from_openai_response, to_openai_request
+from manager.auth import User
+from manager.errors import ValidationError
+from manager.gateway_format import (
+    ApiFormat,
+    Failure,
+    GatewayError,
+    ModelRenamer,
+    anthropic_events,
+    api_format,
+    api_key_from,
+    dumps,
+    error_body,
+    failure_for,
+    is_gateway_path,
+    model_entry,
+    model_list,
+    openai_events,
+    parse_body,
+    requested_model,
+    resolve_profile,
+    stream_error,
+    with_thinking_switch,
+)
+from manager.profiles import Backend, Profile
+from manager.services import Services
+from manager.supervisor import ServerLoading, ServerSnapshot, ServerState
+from manager.web_auth import ExtraAuth
+
+log = logging.getLogger(__name__)
+
+#: How long a request waits for a model that is loading before answering 503.
+WAIT_READY_S = 300.0
+#: A stream's 200 status waits this long for the first piece (then keepalives flow).
+FIRST_PIECE_WAIT_S = 1.0
+KEEPALIVE_S = 5.0
+#: Worker threads for gateway requests (each holds one for its whole duration).
+MAX_CONCURRENT = 256
+_ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_KEEPALIVE = b": keepalive\n\n"
+_STATE_KEY = "api_user"
+
+
+class Kind(enum.Enum):
+    CHAT = "chat"
+    COMPLETION = "completion"
+    MESSAGES = "messages"
+    COUNT_TOKENS = "count_tokens"
+
+
+@dataclass(frozen=True)
+class _Job:
+    kind: Kind
+    user: User
+    model: str
+    body: dict[str, Any]
+
+    @property
+    def fmt(self) -> ApiFormat:
+        return ApiFormat.ANTHROPIC if self.kind in (Kind.MESSAGES, Kind.COUNT_TOKENS) \
+            else ApiFormat.OPENAI
+
+
+@dataclass(frozen=True)
+class _Loading:
+    message: str
+
+
+class _Open:
+    """The server accepted the request: the client's status line can go out now,
+    while the prompt is processed (as it would from the server itself)."""
+
+
+_OPEN = _Open()
+
+
+class _End:
+    pass
+
+
+_END = _End()
+_Item = bytes | _Loading | _Open | Failure | _End
+
+
+class _Pipe:
+    """Pieces from a worker thread to the event loop: a deque, and a wake-up call only
+    when the loop is waiting for one (pieces that arrive meanwhile ride along).
+    `cancelled` tells the worker that nobody listens any more (the client left)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: deque[_Item] = deque()
+        self._lock = threading.Lock()
+        self._waiter: asyncio.Future[None] | None = None
+        self.cancelled = threading.Event()
+
+    def put(self, item: _Item) -> None:
+        """From the worker thread."""
+        with self._lock:
+            self._items.append(item)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            try:
+                self._loop.call_soon_threadsafe(_wake, waiter)
+            except RuntimeError as exc:  # the event loop is closed: the app stopped
+                log.debug("gateway stream dropped at shutdown: %s", exc)
+                self.cancelled.set()
+
+    async def get(self, timeout: float | None) -> list[_Item]:
+        """Everything that arrived, waiting for at least one item; [] after `timeout`."""
+        with self._lock:
+            if self._items:
+                items = list(self._items)
+                self._items.clear()
+                return items
+            waiter = self._waiter = self._loop.create_future()
+        try:
+            if timeout is None:
+                await waiter
+            else:
+                await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            return []
+        finally:
+            with self._lock:
+                if self._waiter is waiter:
+                    self._waiter = None
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+        return items
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def api_user(conn: HTTPConnection) -> User | None:
+    return conn.scope.get("state", {}).get(_STATE_KEY)
+
+
+def gateway_auth(services: Services) -> ExtraAuth:
+    """The SessionGate hook: claims gateway paths and attaches the API key's user.
+
+    The key is looked up on the event loop itself: one indexed SQLite read on a
+    long-lived connection (~10 us; WAL readers do not wait for writers) costs less
+    than a hop to a worker thread and back, and it runs on every request. The
+    last-used write, due at most once a minute per key, goes to a worker thread.
+    """
+    keys = services.api_keys
+    pending: set[asyncio.Future[Any]] = set()
+
+    def touch(key_id: int) -> None:
+        try:
+            keys.touch(key_id)
+        except sqlite3.Error as exc:
+            log.warning("could not record the use of API key %s: %s", key_id, exc)
+
+    async def claim(conn: HTTPConnection) -> bool:
+        if conn.scope["type"] != "http" or not is_gateway_path(conn.scope["path"]):
+            return False
+        secret = api_key_from(conn.headers)
+        found = keys.lookup(secret) if secret else None
+        if found is not None and found.touch_due:
+            task = asyncio.ensure_future(to_thread.run_sync(touch, found.key_id))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        conn.scope.setdefault("state", {})[_STATE_KEY] = found.user if found else None
+        return True
+
+    return claim
+
+
+def _refusal(conn: HTTPConnection) -> Failure:
+    if api_key_from(conn.headers):
+        return Failure(401, "This API key is not valid: it was revoked, mistyped, or its "
+                       "account is disabled. Create a key on the dashboard's API keys tab.",
+                       "invalid_api_key")
+    return Failure(401, "Send an API key as 'Authorization: Bearer <key>' or 'x-api-key: "
+                   "<key>'. Create one on the dashboard's API keys tab.", "missing_api_key")
+
+
+def error_response(fmt: ApiFormat, failure: Failure) -> JSONResponse:
+    return JSONResponse(error_body(fmt, failure), status_code=failure.status,
+                        headers=failure.headers())
+
+
+class Gateway:
+    """The request flow behind the routes; one per app."""
+
+    def __init__(self, services: Services, *, wait_ready_s: float = WAIT_READY_S,
+                 limiter: CapacityLimiter | None = None) -> None:
+        self._services = services
+        self._wait_ready_s = wait_ready_s
+        self._limiter = limiter or CapacityLimiter(MAX_CONCURRENT)
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    # -- entry points (event loop) ----------------------------------------------------------
+
+    async def models(self, request: Request, name: str | None = None) -> Response:
+        fmt = ApiFormat.ANTHROPIC if "anthropic-version" in request.headers \
+            else ApiFormat.OPENAI
+        user = api_user(request)
+        if user is None:
+            return error_response(fmt, _refusal(request))
+        try:
+            payload = await to_thread.run_sync(self._model_payload, fmt, name,
+                                               limiter=self._limiter)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered in the API's format
+            return error_response(fmt, failure_for(exc))
+        return Response(dumps(payload), media_type="application/json")
+
+    async def serve(self, request: Request, kind: Kind) -> Response:
+        fmt = api_format(request.url.path)
+        user = api_user(request)
+        if user is None:
+            return error_response(fmt, _refusal(request))
+        try:
+            body = parse_body(await request.body())
+            job = _Job(kind, user, requested_model(body), body)
+        except GatewayError as exc:
+            return error_response(fmt, exc.failure)
+        if body.get("stream") and kind is not Kind.COUNT_TOKENS:
+            return await self._stream(job)
+        try:
+            payload = await to_thread.run_sync(self._answer, job, limiter=self._limiter)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered in the API's format
+            return error_response(fmt, failure_for(exc))
+        return Response(payload, media_type="application/json")
+
+    async def metrics(self, request: Request) -> Response:
+        user = api_user(request)
+        if user is None:
+            return error_response(ApiFormat.OPENAI, _refusal(request))
+        if not user.is_admin:
+            return error_response(ApiFormat.OPENAI, Failure(
+                403, "Only an administrator's API key can read /metrics.", "admin_only"))
+        if request.method not in ("GET", "HEAD"):
+            return error_response(ApiFormat.OPENAI, Failure(
+                405, "Use GET for /metrics.", "method_not_allowed"))
+        text = await to_thread.run_sync(self._metrics_text, limiter=self._limiter)
+        return Response(text, media_type=prometheus.CONTENT_TYPE)
+
+    async def unknown(self, request: Request) -> Response:
+        fmt = api_format(request.url.path)
+        if api_user(request) is None:
+            return error_response(fmt, _refusal(request))
+        return error_response(fmt, Failure(
+            404, f"No such endpoint: {request.method} {request.url.path}. This gateway "
+            "serves /v1/models, /v1/chat/completions, /v1/completions and /v1/messages.",
+            "unknown_endpoint"))
+
+    async def _stream(self, job: _Job) -> Response:
+        pipe = _Pipe(asyncio.get_running_loop())
+        task = asyncio.ensure_future(to_thread.run_sync(
+            self._produce, job, pipe, limiter=self._limiter, abandon_on_cancel=True))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            first = await pipe.get(FIRST_PIECE_WAIT_S)
+        except asyncio.CancelledError:
+            pipe.cancelled.set()
+            raise
+        # A failure before any piece (unknown model, a start that failed at once) still
+        # gets its own HTTP status.
+        for item in first:
+            if isinstance(item, bytes):
+                break
+            if isinstance(item, Failure):
+                return error_response(job.fmt, item)
+        return StreamingResponse(self._relay(pipe, first, job.fmt),
+                                 media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    async def _relay(self, pipe: _Pipe, items: list[_Item], fmt: ApiFormat
+                     ) -> AsyncIterator[bytes]:
+        flowing = False
+        try:
+            while True:
+                out: list[bytes] = []
+                done = False
+                for item in items:
+                    if isinstance(item, bytes):
+                        out.append(item)
+                        flowing = True
+                    elif isinstance(item, _Open):
+                        continue
+                    elif isinstance(item, _Loading):
+                        out.append(f": {item.message}\n\n".encode())
+                    elif isinstance(item, Failure):
+                        out.append(stream_error(fmt, item))
+                        done = True
+                        break
+                    else:  # _End
+                        if fmt is ApiFormat.OPENAI:
+                            out.append(b"data: [DONE]\n\n")
+                        done = True
+                        break
+                if not items:
+                    out.append(_KEEPALIVE)
+                if out:
+                    yield out[0] if len(out) == 1 else b"".join(out)
+                if done:
+                    return
+                # Keepalives only until pieces flow: the server paces the rest.
+                items = await pipe.get(None if flowing else KEEPALIVE_S)
+        finally:
+            pipe.cancelled.set()
+
+    # -- the blocking part (a worker thread) ----------------------------------------------
+
+    def _model_payload(self, fmt: ApiFormat, name: str | None) -> dict[str, Any]:
+        profiles = self._services.profiles.list()
+        snaps = {s.profile_id: s for s in self._services.supervisor.snapshots()}
+        if name is None:
+            return model_list(fmt, profiles, snaps)
+        profile = resolve_profile(profiles, name)
+        return model_entry(fmt, profile, snaps.get(profile.id))
+
+    def _metrics_text(self) -> str:
+        services = self._services
+        return prometheus.render(
+            services.profiles.list(),
+            {s.profile_id: s for s in services.supervisor.snapshots()},
+            services.metrics.all(), services.on_demand.stats())
+
+    def _profile(self, job: _Job) -> Profile:
+        profile = resolve_profile(self._services.profiles.list(), job.model)
+        if job.kind is Kind.COMPLETION and profile.backend is Backend.MLX_VLM:
+            raise GatewayError(400, f"{profile.name} runs on mlx_vlm, which only answers chat "
+                               "requests: use /v1/chat/completions.", "unsupported_endpoint")
+        return profile
+
+    def _ready(self, profile: Profile, job: _Job, pipe: _Pipe | None) -> ServerSnapshot:
+        """Start the profile's server if needed and wait (bounded) until it is READY;
+        a stream hears that it waits (its first keepalive comment)."""
+        services = self._services
+        started = services.on_demand.ensure_started(profile, by=f"gateway ({job.user.email})")
+        snap = services.supervisor.snapshot(profile.id)
+        if pipe is not None and (snap is None or snap.state is not ServerState.READY):
+            pipe.put(_Loading(f"{profile.name} is {'starting' if started else 'loading'}"))
+        deadline = time.monotonic() + self._wait_ready_s
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return services.inference.ready_server(profile.id, max(0.0, min(1.0, remaining)))
+            except ServerLoading:
+                # Slices of a second, so a client that left stops the wait.
+                if remaining <= 1.0 or (pipe is not None and pipe.cancelled.is_set()):
+                    raise
+
+    @staticmethod
+    def _upstream_body(profile: Profile, job: _Job) -> dict[str, Any]:
+        """The OpenAI request to send, checked before any server is started for it."""
+        body = job.body
+        if job.kind in (Kind.MESSAGES, Kind.COUNT_TOKENS):
+            if job.kind is Kind.COUNT_TOKENS:
+                body = {**body, "max_tokens": 1, "stream": False}
+            return with_thinking_switch(to_openai_request(body, profile.name), body)
+        if job.kind is Kind.COMPLETION:
+            if not isinstance(body.get("prompt"), (str, list)):
+                raise ValidationError("prompt: a string (or a list of them) is required")
+        elif not isinstance(body.get("messages"), list) or not body["messages"]:
+            raise ValidationError("messages: a non-empty list is required")
+        return body
+
+    def _produce(self, job: _Job, pipe: _Pipe) -> None:
+        inference = self._services.inference
+        try:
+            profile = self._profile(job)
+            body = self._upstream_body(profile, job)
+            with self._services.on_demand.lease(profile.id):
+                snap = self._ready(profile, job, pipe)
+                opened = partial(pipe.put, _OPEN)
+                stream = inference.stream_completion if job.kind is Kind.COMPLETION \
+                    else inference.stream_chat
+                chunks = stream(profile.id, body, wait_s=0, on_open=opened)
+                if job.kind is Kind.MESSAGES:
+                    pieces = anthropic_events(chunks, profile.name)
+                else:
+                    options = job.body.get("stream_options")
+                    pieces = openai_events(
+                        chunks, ModelRenamer(snap.model_path, profile.name),
+                        include_usage=isinstance(options, dict)
+                        and bool(options.get("include_usage")))
+                for piece in pieces:
+                    if pipe.cancelled.is_set():
+                        pieces.close()
+                        return
+                    pipe.put(piece)
+            pipe.put(_END)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered in the API's format
+            pipe.put(failure_for(exc))
+
+    def _answer(self, job: _Job) -> bytes:
+        inference = self._services.inference
+        profile = self._profile(job)
+        body = self._upstream_body(profile, job)
+        with self._services.on_demand.lease(profile.id):
+            snap = self._ready(profile, job, None)
+            if job.kind is Kind.COMPLETION:
+                result = inference.complete(profile.id, body, wait_s=0)
+            else:
+                result = inference.chat(profile.id, body, wait_s=0)
+        if job.kind is Kind.COUNT_TOKENS:
+            # The server counts: the prompt tokens of a 1-token answer (templates, tools
+            # and the profile's system prompt included, as in the real request).
+            if result.usage is None or result.usage.prompt_tokens is None:
+                raise GatewayError(502, f"{profile.name} did not report token counts.",
+                                   "backend_error")
+            return dumps({"input_tokens": result.usage.prompt_tokens})
+        if job.kind is Kind.MESSAGES:
+            return dumps(from_openai_response(result.raw, profile.name))
+        return dumps(ModelRenamer(snap.model_path, profile.name).payload(result.raw))
+
+
+def build_gateway_router(services: Services, *, wait_ready_s: float = WAIT_READY_S
+                         ) -> APIRouter:
+    """The gateway's routes; include it before Gradio is mounted at '/'.
+
+    Plain Starlette routes (`add_route`): the handlers read the request themselves, so
+    FastAPI's per-request dependency and response-model machinery (~0.1 ms) is skipped.
+    """
+    gateway = Gateway(services, wait_ready_s=wait_ready_s)
+    router = APIRouter(include_in_schema=False)
+
+    async def list_models(request: Request) -> Response:
+        return await gateway.models(request)
+
+    async def get_model(request: Request) -> Response:
+        return await gateway.models(request, request.path_params["name"])
+
+    async def chat_completions(request: Request) -> Response:
+        return await gateway.serve(request, Kind.CHAT)
+
+    async def completions(request: Request) -> Response:
+        return await gateway.serve(request, Kind.COMPLETION)
+
+    async def messages(request: Request) -> Response:
+        return await gateway.serve(request, Kind.MESSAGES)
+
+    async def count_tokens(request: Request) -> Response:
+        return await gateway.serve(request, Kind.COUNT_TOKENS)
+
+    async def metrics(request: Request) -> Response:
+        return await gateway.metrics(request)
+
+    async def unknown(request: Request) -> Response:
+        return await gateway.unknown(request)
+
+    for path, endpoint, methods in (
+        ("/v1/models", list_models, ["GET"]),
+        ("/v1/models/{name:path}", get_model, ["GET"]),
+        ("/v1/chat/completions", chat_completions, ["POST"]),
+        ("/v1/completions", completions, ["POST"]),
+        ("/v1/messages", messages, ["POST"]),
+        ("/v1/messages/count_tokens", count_tokens, ["POST"]),
+        ("/metrics", metrics, _ALL_METHODS),
+        # Any other /v1 path or method: an answer in the API's format (never Gradio).
+        ("/v1", unknown, _ALL_METHODS),
+        ("/v1/{rest:path}", unknown, _ALL_METHODS),
+    ):
+        router.add_route(path, endpoint, methods=methods, include_in_schema=False)
+    return router

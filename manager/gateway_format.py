@@ -1,0 +1,290 @@
+"""What the gateway writes on the wire, as pure functions: errors in each API's own
+format, the model list, OpenAI stream passthrough and Anthropic stream events.
+
+Kept apart from the routes (manager/gateway.py) so each mapping is table-tested
+without a server.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from manager.anthropic_api import StreamTranslator, anthropic_error, sse
+from manager.errors import ManagerError, NotFound, PermissionDenied, ValidationError
+from manager.inference import ChatChunk, InferenceError
+from manager.on_demand import InsufficientMemory, StartFailed
+from manager.profiles import Profile
+from manager.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
+
+log = logging.getLogger(__name__)
+
+GATEWAY_PREFIX = "/v1"
+METRICS_PATH = "/metrics"
+ANTHROPIC_PATHS = ("/v1/messages",)
+#: Seconds a client should wait before asking again for a model that is loading.
+LOADING_RETRY_AFTER_S = 5
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+}
+
+
+class ApiFormat(str, enum.Enum):
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+
+def is_gateway_path(path: str) -> bool:
+    """Paths that answer to API keys (and never to a session cookie)."""
+    return path == METRICS_PATH or path == GATEWAY_PREFIX or \
+        path.startswith(GATEWAY_PREFIX + "/")
+
+
+def api_format(path: str) -> ApiFormat:
+    """Anthropic's format for /v1/messages and below, OpenAI's for everything else."""
+    for prefix in ANTHROPIC_PATHS:
+        if path == prefix or path.startswith(prefix + "/"):
+            return ApiFormat.ANTHROPIC
+    return ApiFormat.OPENAI
+
+
+def api_key_from(headers: Mapping[str, str]) -> str | None:
+    """The key of `Authorization: Bearer <key>` (OpenAI SDK) or `x-api-key` (Anthropic)."""
+    authorization = headers.get("authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    key = headers.get("x-api-key", "").strip()
+    return key or None
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A request that cannot be answered: HTTP status and a message for the caller.
+    `retry` False tells the SDKs not to retry (x-should-retry: false)."""
+
+    status: int
+    message: str
+    code: str
+    retry: bool = False
+    retry_after_s: int | None = None
+
+    def headers(self) -> dict[str, str]:
+        out = {"x-should-retry": "true" if self.retry else "false"}
+        if self.retry_after_s is not None:
+            out["retry-after"] = str(self.retry_after_s)
+        return out
+
+
+class GatewayError(ManagerError):
+    """A refusal decided by the gateway itself (no key, bad JSON, wrong endpoint...)."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.failure = Failure(status, message, code)
+
+
+def openai_error(failure: Failure) -> dict[str, Any]:
+    kind = _OPENAI_TYPES.get(failure.status, "server_error" if failure.status >= 500
+                             else "invalid_request_error")
+    return {"error": {"message": failure.message, "type": kind, "param": None,
+                      "code": failure.code}}
+
+
+def error_body(fmt: ApiFormat, failure: Failure) -> dict[str, Any]:
+    if fmt is ApiFormat.ANTHROPIC:
+        return anthropic_error(failure.status, failure.message)
+    return openai_error(failure)
+
+
+def stream_error(fmt: ApiFormat, failure: Failure) -> bytes:
+    """An error after the stream began (status 200 already sent), as each SDK reads it."""
+    if fmt is ApiFormat.ANTHROPIC:
+        return sse("error", anthropic_error(failure.status, failure.message))
+    return b"data: " + dumps(openai_error(failure)) + b"\n\n"
+
+
+def failure_for(exc: BaseException) -> Failure:
+    """The answer to give for an exception raised while serving a request."""
+    if isinstance(exc, GatewayError):
+        return exc.failure
+    if isinstance(exc, NotFound):
+        return Failure(404, exc.message, "model_not_found")
+    if isinstance(exc, ValidationError):
+        return Failure(400, exc.message, "invalid_request")
+    if isinstance(exc, PermissionDenied):
+        return Failure(403, exc.message, "permission_denied")
+    if isinstance(exc, InsufficientMemory):
+        return Failure(503, exc.message, "insufficient_memory")
+    if isinstance(exc, StartFailed):
+        return Failure(503, exc.message, "server_start_failed")
+    if isinstance(exc, ServerLoading):
+        return Failure(503, exc.message, "model_loading", retry=True,
+                       retry_after_s=LOADING_RETRY_AFTER_S)
+    if isinstance(exc, ServerNotReady):
+        return Failure(503, exc.message, "model_not_ready")
+    if isinstance(exc, InferenceError):
+        if exc.status_code in (400, 413, 422):
+            return Failure(400, exc.message, "invalid_request")
+        return Failure(502, exc.message, "backend_error", retry=True)
+    if isinstance(exc, ManagerError):
+        return Failure(503, exc.message, "unavailable")
+    log.error("gateway request failed unexpectedly", exc_info=exc)
+    return Failure(500, "The gateway failed to answer; the dashboard's log says why.",
+                   "internal_error")
+
+
+# --- requests ----------------------------------------------------------------------------
+
+
+def dumps(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The JSON object of a request body, or a 400 GatewayError saying what is wrong."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GatewayError(400, f"The request body is not valid JSON: {exc}.",
+                           "invalid_json") from exc
+    if not isinstance(body, dict):
+        raise GatewayError(400, "The request body must be a JSON object.", "invalid_json")
+    return body
+
+
+def requested_model(body: Mapping[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise GatewayError(400, "Name a model: a profile name from GET /v1/models.",
+                           "model_required")
+    return model.strip()
+
+
+def resolve_profile(profiles: Iterable[Profile], name: str) -> Profile:
+    """The profile a request names: by profile name (case-insensitive), else by the
+    model it serves (a repo id or folder) when exactly one profile serves that."""
+    profiles = list(profiles)
+    wanted = " ".join(name.split()).casefold()
+    for profile in profiles:
+        if profile.name.casefold() == wanted:
+            return profile
+    serving = [p for p in profiles if p.model.strip().casefold() == name.strip().casefold()]
+    if len(serving) == 1:
+        return serving[0]
+    if serving:
+        names = ", ".join(repr(p.name) for p in serving)
+        raise NotFound(f"{len(serving)} profiles serve {name!r}; name one of them: {names}.")
+    raise NotFound(f"No profile or model named {name!r}. GET /v1/models lists them.")
+
+
+def with_thinking_switch(request: dict[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
+    """Anthropic's `thinking: {type: enabled|disabled}` as the chat template switch the
+    MLX servers read (other thinking settings are left to the profile)."""
+    thinking = body.get("thinking")
+    if isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "disabled"):
+        kwargs = dict(request.get("chat_template_kwargs") or {})
+        kwargs["enable_thinking"] = thinking["type"] == "enabled"
+        request["chat_template_kwargs"] = kwargs
+    return request
+
+
+# --- model list --------------------------------------------------------------------------
+
+
+def _epoch(stamp: str) -> int:
+    try:
+        return int(datetime.fromisoformat(stamp).timestamp())
+    except (TypeError, ValueError):
+        return 0
+
+
+def model_entry(fmt: ApiFormat, profile: Profile, snap: ServerSnapshot | None
+                ) -> dict[str, Any]:
+    state = snap.state if snap is not None else ServerState.STOPPED
+    if fmt is ApiFormat.ANTHROPIC:
+        return {"type": "model", "id": profile.name, "display_name": profile.name,
+                "created_at": profile.created_at}
+    return {"id": profile.name, "object": "model", "created": _epoch(profile.created_at),
+            "owned_by": "mlx-manager", "state": state.value}
+
+
+def model_list(fmt: ApiFormat, profiles: list[Profile],
+               snaps: Mapping[int, ServerSnapshot]) -> dict[str, Any]:
+    data = [model_entry(fmt, p, snaps.get(p.id)) for p in profiles]
+    if fmt is ApiFormat.ANTHROPIC:
+        return {"data": data, "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None}
+    return {"object": "list", "data": data}
+
+
+# --- streams -----------------------------------------------------------------------------
+
+
+class ModelRenamer:
+    """Puts the profile name where the server wrote its model path, in JSON text as the
+    server sent it (a string replace; re-encoding only when the text differs)."""
+
+    def __init__(self, served: str, public: str) -> None:
+        self.public = public
+        served_json, public_json = json.dumps(served), json.dumps(public)
+        self._pairs = [(f'"model"{sep}{served_json}', f'"model"{sep}{public_json}')
+                       for sep in (": ", ":")]
+
+    def text(self, data: str) -> str:
+        for old, new in self._pairs:
+            if old in data:
+                return data.replace(old, new, 1)
+        if '"model"' not in data:
+            return data
+        return self.encode(json.loads(data))
+
+    def payload(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        return {**payload, "model": self.public}
+
+    def encode(self, payload: Mapping[str, Any]) -> str:
+        return json.dumps(self.payload(payload), ensure_ascii=False)
+
+
+def openai_events(chunks: Iterator[ChatChunk], renamer: ModelRenamer, *,
+                  include_usage: bool) -> Iterator[bytes]:
+    """The server's chunks as SSE lines for an OpenAI client, passed through as sent.
+    The usage chunk (always asked of the server, for metering) reaches only clients
+    that asked for it with stream_options.include_usage."""
+    with closing(chunks):
+        for chunk in chunks:
+            if chunk.usage is not None and not include_usage:
+                if not chunk.raw.get("choices"):
+                    continue
+                text = renamer.encode({k: v for k, v in chunk.raw.items() if k != "usage"})
+            elif chunk.data:
+                text = renamer.text(chunk.data)
+            else:
+                text = renamer.encode(chunk.raw)
+            yield b"data: " + text.encode() + b"\n\n"
+
+
+def anthropic_events(chunks: Iterator[ChatChunk], model: str) -> Iterator[bytes]:
+    """The server's chunks as the Anthropic event sequence (see StreamTranslator)."""
+    translator = StreamTranslator(model)
+    with closing(chunks):
+        for chunk in chunks:
+            events = b"".join(sse(event, data) for event, data in translator.feed(chunk.raw))
+            if events:
+                yield events
+    yield b"".join(sse(event, data) for event, data in translator.finish())

@@ -1,0 +1,287 @@
+"""The gateway's wire formats, table by table: paths, keys, errors, names, streams, metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from anthropic.lib.streaming._messages import accumulate_event
+
+from manager.errors import ManagerError, NotFound, ValidationError
+from manager.gateway_format import (
+    ApiFormat,
+    Failure,
+    GatewayError,
+    ModelRenamer,
+    anthropic_events,
+    api_format,
+    api_key_from,
+    error_body,
+    failure_for,
+    is_gateway_path,
+    model_list,
+    openai_events,
+    parse_body,
+    resolve_profile,
+    stream_error,
+    with_thinking_switch,
+)
+from manager.inference import ChatChunk, InferenceError, MetricsStore, RequestStats, parse_chunk
+from manager.on_demand import InsufficientMemory, OnDemandStats, StartFailed
+from manager.profiles import Backend, Profile
+from manager.prometheus import escape_label, render
+from manager.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
+
+MODEL_PATH = "/models/tiny qwen"
+
+
+def profile(pid: int, name: str, model: str = "mlx-community/tiny") -> Profile:
+    return Profile(id=pid, name=name, model=model, backend=Backend.MLX_LM, host="127.0.0.1",
+                   port=8080 + pid, created_at="2025-01-02T03:04:05+00:00")
+
+
+@pytest.mark.parametrize(("path", "gateway", "fmt"), [
+    ("/v1/models", True, ApiFormat.OPENAI),
+    ("/v1/chat/completions", True, ApiFormat.OPENAI),
+    ("/v1/messages", True, ApiFormat.ANTHROPIC),
+    ("/v1/messages/count_tokens", True, ApiFormat.ANTHROPIC),
+    ("/v1/messagesx", True, ApiFormat.OPENAI),
+    ("/v1", True, ApiFormat.OPENAI),
+    ("/metrics", True, ApiFormat.OPENAI),
+    ("/v10/models", False, ApiFormat.OPENAI),
+    ("/metrics/x", False, ApiFormat.OPENAI),
+    ("/", False, ApiFormat.OPENAI),
+    ("/gradio_api/info", False, ApiFormat.OPENAI),
+])
+def test_gateway_paths_and_their_format(path: str, gateway: bool, fmt: ApiFormat) -> None:
+    assert is_gateway_path(path) is gateway
+    assert api_format(path) is fmt
+
+
+@pytest.mark.parametrize(("headers", "key"), [
+    ({"authorization": "Bearer mlxm-abc"}, "mlxm-abc"),
+    ({"authorization": "bearer   mlxm-abc  "}, "mlxm-abc"),
+    ({"x-api-key": "mlxm-xyz"}, "mlxm-xyz"),
+    ({"authorization": "Bearer mlxm-a", "x-api-key": "mlxm-b"}, "mlxm-a"),
+    ({"authorization": "Basic dTpw"}, None),
+    ({"authorization": "Bearer "}, None),
+    ({}, None),
+])
+def test_api_key_from_headers(headers: dict[str, str], key: str | None) -> None:
+    assert api_key_from(headers) == key
+
+
+@pytest.mark.parametrize(("exc", "status", "code", "retry"), [
+    (GatewayError(400, "bad", "invalid_json"), 400, "invalid_json", False),
+    (NotFound("no such"), 404, "model_not_found", False),
+    (ValidationError("messages: required"), 400, "invalid_request", False),
+    (InsufficientMemory("too big"), 503, "insufficient_memory", False),
+    (StartFailed("port busy"), 503, "server_start_failed", False),
+    (ServerLoading("still loading"), 503, "model_loading", True),
+    (ServerNotReady("failed: boom"), 503, "model_not_ready", False),
+    (InferenceError("context too long", 400), 400, "invalid_request", False),
+    (InferenceError("stopped answering"), 502, "backend_error", True),
+    (InferenceError("server error", 500), 502, "backend_error", True),
+    (ManagerError("shutting down"), 503, "unavailable", False),
+    (RuntimeError("bug"), 500, "internal_error", False),
+])
+def test_failures_map_to_statuses(exc: Exception, status: int, code: str, retry: bool) -> None:
+    failure = failure_for(exc)
+    assert (failure.status, failure.code) == (status, code)
+    assert failure.headers()["x-should-retry"] == ("true" if retry else "false")
+    if isinstance(exc, ManagerError):
+        assert failure.message == exc.message
+    else:
+        assert "bug" not in failure.message  # internals stay in the log
+
+
+def test_loading_says_when_to_retry() -> None:
+    headers = failure_for(ServerLoading("x")).headers()
+    assert headers == {"x-should-retry": "true", "retry-after": "5"}
+
+
+def test_error_bodies_in_each_format() -> None:
+    failure = Failure(404, "No profile named 'x'.", "model_not_found")
+    assert error_body(ApiFormat.OPENAI, failure) == {"error": {
+        "message": "No profile named 'x'.", "type": "invalid_request_error", "param": None,
+        "code": "model_not_found"}}
+    assert error_body(ApiFormat.ANTHROPIC, failure) == {"type": "error", "error": {
+        "type": "not_found_error", "message": "No profile named 'x'."}}
+    busy = Failure(503, "loading", "model_loading")
+    assert error_body(ApiFormat.OPENAI, busy)["error"]["type"] == "server_error"
+    assert error_body(ApiFormat.ANTHROPIC, busy)["error"]["type"] == "overloaded_error"
+    assert stream_error(ApiFormat.OPENAI, busy).startswith(b'data: {"error":')
+    assert stream_error(ApiFormat.ANTHROPIC, busy).startswith(b"event: error\ndata: ")
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "must be a JSON object"),
+    (b"\xff\xfe", "not valid JSON"),
+])
+def test_parse_body_refuses_what_is_not_a_json_object(raw: bytes, message: str) -> None:
+    with pytest.raises(GatewayError, match=message) as caught:
+        parse_body(raw)
+    assert caught.value.failure.status == 400
+
+
+def test_resolve_by_name_or_by_the_model_one_profile_serves() -> None:
+    profiles = [profile(1, "Fast", "mlx-community/a"), profile(2, "Slow", "mlx-community/b"),
+                profile(3, "Slow copy", "mlx-community/b"), profile(4, "Local", "/m/c")]
+    assert resolve_profile(profiles, "fast").id == 1
+    assert resolve_profile(profiles, " slow  copy ").id == 3
+    assert resolve_profile(profiles, "mlx-community/a").id == 1
+    assert resolve_profile(profiles, "/m/c").id == 4
+    with pytest.raises(NotFound, match="2 profiles serve 'mlx-community/b'.*'Slow', 'Slow copy'"):
+        resolve_profile(profiles, "mlx-community/b")
+    with pytest.raises(NotFound, match="GET /v1/models lists them"):
+        resolve_profile(profiles, "gpt-4o")
+
+
+def test_model_list_in_both_formats() -> None:
+    profiles = [profile(1, "a"), profile(2, "b")]
+    snap = ServerSnapshot(profile=profiles[0], state=ServerState.READY, state_since=0.0,
+                          model_path=MODEL_PATH)
+    openai = model_list(ApiFormat.OPENAI, profiles, {1: snap})
+    assert openai["object"] == "list"
+    assert [(m["id"], m["state"]) for m in openai["data"]] == [("a", "ready"), ("b", "stopped")]
+    assert openai["data"][0]["created"] == 1735787045
+    anthropic = model_list(ApiFormat.ANTHROPIC, profiles, {})
+    assert anthropic["first_id"] == "a" and anthropic["last_id"] == "b"
+    assert anthropic["data"][1] == {"type": "model", "id": "b", "display_name": "b",
+                                    "created_at": "2025-01-02T03:04:05+00:00"}
+
+
+def test_thinking_switch() -> None:
+    assert with_thinking_switch({}, {"thinking": {"type": "enabled", "budget_tokens": 9}}) == {
+        "chat_template_kwargs": {"enable_thinking": True}}
+    assert with_thinking_switch({"chat_template_kwargs": {"x": 1}},
+                                {"thinking": {"type": "disabled"}}) == {
+        "chat_template_kwargs": {"x": 1, "enable_thinking": False}}
+    assert with_thinking_switch({}, {}) == {}
+
+
+def mlx_chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> ChatChunk:
+    """A chunk as mlx_lm writes it (json.dumps with its default separators)."""
+    payload = {"id": "c1", "object": "chat.completion.chunk", "model": MODEL_PATH,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+               if usage is None else []}
+    if usage is not None:
+        payload["usage"] = usage
+    text = json.dumps(payload)
+    return parse_chunk(json.loads(text), text)
+
+
+USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+
+
+def stream() -> Iterator[ChatChunk]:
+    yield mlx_chunk({"role": "assistant", "reasoning": "hmm"})
+    yield mlx_chunk({"content": "Hi"})
+    yield mlx_chunk({}, finish="stop")
+    yield mlx_chunk({}, usage=USAGE)
+
+
+def decoded(pieces: Iterator[bytes]) -> list[dict]:
+    out = []
+    for piece in pieces:
+        assert piece.startswith(b"data: ") and piece.endswith(b"\n\n")
+        out.append(json.loads(piece[6:]))
+    return out
+
+
+def test_openai_stream_passes_chunks_through_and_hides_usage_unless_asked() -> None:
+    renamer = ModelRenamer(MODEL_PATH, "tiny")
+    hidden = decoded(openai_events(stream(), renamer, include_usage=False))
+    assert len(hidden) == 3 and all("usage" not in c for c in hidden)
+    assert {c["model"] for c in hidden} == {"tiny"}
+    assert hidden[0]["choices"][0]["delta"]["reasoning"] == "hmm"
+    shown = decoded(openai_events(stream(), renamer, include_usage=True))
+    assert shown[-1]["usage"] == USAGE and shown[-1]["model"] == "tiny"
+
+
+def test_renamer_handles_compact_json_and_unknown_text() -> None:
+    renamer = ModelRenamer(MODEL_PATH, 'say "hi"')
+    assert json.loads(renamer.text(json.dumps({"model": MODEL_PATH}, separators=(",", ":"))))[
+        "model"] == 'say "hi"'
+    assert json.loads(renamer.text('{"model": "something else", "x": 1}')) == {
+        "model": 'say "hi"', "x": 1}
+    assert renamer.text('{"x": 1}') == '{"x": 1}'
+
+
+def test_anthropic_stream_is_the_documented_event_sequence() -> None:
+    pieces = b"".join(anthropic_events(stream(), "tiny")).decode()
+    events = []
+    message, buffers = None, {}
+    for block in pieces.strip().split("\n\n"):
+        name_line, data_line = block.split("\n")
+        data = json.loads(data_line.removeprefix("data: "))
+        assert name_line == f"event: {data['type']}"
+        events.append(data["type"])
+        message = accumulate_event(event=data, current_snapshot=message, json_bufs=buffers)
+    assert events == ["message_start", "content_block_start", "content_block_delta",
+                      "content_block_delta", "content_block_stop", "content_block_start",
+                      "content_block_delta", "content_block_stop", "message_delta",
+                      "message_stop"]
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[1].text == "Hi" and message.stop_reason == "end_turn"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (7, 3)
+
+
+def test_prometheus_text() -> None:
+    profiles = [profile(1, 'odd "name"\\x'), profile(2, "idle")]
+    metrics = MetricsStore()
+    metrics.record(RequestStats(profile_id=1, finished_at=1.0, duration_s=1.0, ttft_s=0.2,
+                                tokens_per_s=50.0, prompt_tokens=10, completion_tokens=11))
+    metrics.record(RequestStats(profile_id=1, finished_at=2.0, duration_s=1.0, ttft_s=None,
+                                tokens_per_s=None, prompt_tokens=None, completion_tokens=None,
+                                ok=False))
+    snap = ServerSnapshot(profile=profiles[0], state=ServerState.READY, state_since=0.0,
+                          model_path=MODEL_PATH)
+    text = render(profiles, {1: snap}, metrics.all(), {2: OnDemandStats(starts=3, evictions=1)})
+    label = 'profile="odd \\"name\\"\\\\x"'
+    assert escape_label('odd "name"\\x') == 'odd \\"name\\"\\\\x'
+    lines = set(text.splitlines())
+    for expected in (
+        f"mlx_manager_server_up{{{label}}} 1", 'mlx_manager_server_up{profile="idle"} 0',
+        f"mlx_manager_requests_total{{{label}}} 2",
+        f"mlx_manager_failed_requests_total{{{label}}} 1",
+        f"mlx_manager_prompt_tokens_total{{{label}}} 10",
+        f"mlx_manager_completion_tokens_total{{{label}}} 11",
+        f"mlx_manager_decode_tokens_total{{{label}}} 10",
+        f"mlx_manager_decode_seconds_total{{{label}}} 0.2",
+        f"mlx_manager_last_tokens_per_second{{{label}}} 50.0",
+        f'mlx_manager_time_to_first_token_seconds_bucket{{{label},le="0.1"}} 0',
+        f'mlx_manager_time_to_first_token_seconds_bucket{{{label},le="0.25"}} 1',
+        f'mlx_manager_time_to_first_token_seconds_bucket{{{label},le="+Inf"}} 1',
+        f"mlx_manager_time_to_first_token_seconds_count{{{label}}} 1",
+        'mlx_manager_gateway_starts_total{profile="idle"} 3',
+        'mlx_manager_gateway_evictions_total{profile="idle"} 1',
+        "# TYPE mlx_manager_time_to_first_token_seconds histogram",
+    ):
+        assert expected in lines, expected
+    # No request yet: no "last" figures at all (unknown is not 0).
+    assert not any(line.startswith("mlx_manager_last_tokens_per_second{profile=\"idle\"")
+                   for line in lines)
+    assert 'mlx_manager_requests_total{profile="idle"} 0' in lines
+
+
+class _Blocks:
+    """What sse_data reads from: httpx.Response.iter_bytes()."""
+
+    def __init__(self, *blocks: bytes) -> None:
+        self.blocks = blocks
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        yield from self.blocks
+
+
+def test_sse_data_reassembles_lines_across_reads_and_skips_comments() -> None:
+    from manager.inference import sse_data
+
+    stream = _Blocks(b": keepalive 1/9\n\n", b'data: {"a":', b' 1}\r\n\r\ndata: {"b": 2}\n',
+                     b"\ndata: [DONE]")
+    assert list(sse_data(stream, min_interval_s=0)) == ['{"a": 1}', '{"b": 2}', "[DONE]"]
+    # Paced reading hands on everything that was read, in order.
+    assert list(sse_data(stream, min_interval_s=0.001)) == ['{"a": 1}', '{"b": 2}', "[DONE]"]
