@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 import sys
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from manager.cli import build_parser, run_command, settings_from_args
+from manager.profiles import port_is_free
 from manager.services import Services
 from manager.settings import Settings
 
@@ -72,16 +72,6 @@ def configure_logging(level: str = "info") -> None:
     # may carry a token.
     for noisy in ("httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def start_share_link(settings: Settings) -> None:
