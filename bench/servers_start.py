@@ -10,6 +10,7 @@ Run: .venv/bin/python -m bench.servers_start [--runs 5]
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import socket
@@ -27,6 +28,7 @@ from manager.store import Store
 from manager.supervisor import Supervisor
 
 GOAL = 1.10
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -51,8 +53,9 @@ def by_hand(model: Path) -> float:
                     if answer.content.strip() and \
                             answer.json().get("usage", {}).get("completion_tokens", 0) >= 1:
                         return time.perf_counter() - started
-                except httpx.HTTPError:
-                    pass
+                except httpx.HTTPError as exc:
+                    # Not up yet; the timeout of the caller's run bounds the wait.
+                    log.debug("server not ready yet: %s", exc)
                 time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

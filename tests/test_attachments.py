@@ -275,15 +275,18 @@ def vision_server(tiny_models: dict[str, Path],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
+        last_error: Exception | None = None
         while True:
             assert process.poll() is None, log.read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlx_vlm server never loaded the model"
+            assert time.monotonic() < deadline, (
+                f"mlx_vlm server never loaded the model (last error: {last_error!r})")
             try:
                 health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
                 if health.status_code == 200 and health.json().get("loaded_model") == model:
                     break
-            except httpx.TransportError:
-                pass
+            except httpx.TransportError as exc:
+                # Not listening yet: keep polling until the deadline above.
+                last_error = exc
             time.sleep(0.1)
         yield VisionServer(f"http://127.0.0.1:{port}", model, log)
     finally:

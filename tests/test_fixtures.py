@@ -356,15 +356,18 @@ def test_vision_model_through_real_mlx_vlm_server(
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
     ):
         deadline = time.monotonic() + 60
+        last_error: Exception | None = None
         while True:
             assert proc.poll() is None, _output(proc)
-            assert time.monotonic() < deadline, "mlx_vlm server never loaded the model"
+            assert time.monotonic() < deadline, (
+                f"mlx_vlm server never loaded the model (last error: {last_error!r})")
             try:
                 health = client.get("/health")
                 if health.status_code == 200 and health.json().get("loaded_model") == model:
                     break
-            except httpx.TransportError:
-                pass
+            except httpx.TransportError as exc:
+                # Not listening yet: keep polling until the deadline above.
+                last_error = exc
             time.sleep(0.1)
         content = [
             {"type": "text", "text": "What is this?"},
