@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from manager import cli_servers
@@ -37,6 +37,25 @@ def _serve_flags(parser: argparse.ArgumentParser, default: object) -> None:
                         choices=["debug", "info", "warning", "error"], help="default info")
 
 
+ActionAdder = Callable[[str, str], argparse.ArgumentParser]
+
+
+def command_group(sub: argparse._SubParsersAction, name: str, help_text: str,
+                  dest: str) -> ActionAdder:
+    """A subcommand with actions (`users add`, `profiles rm`, ...); returns the function that
+    adds one action. `--data-dir` is accepted at every level of the command."""
+    group = sub.add_parser(name, help=help_text)
+    _data_dir_flag(group, argparse.SUPPRESS)
+    actions = group.add_subparsers(dest=dest, metavar="ACTION", required=True)
+
+    def action(action_name: str, action_help: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(action_name, help=action_help)
+        _data_dir_flag(parser, argparse.SUPPRESS)
+        return parser
+
+    return action
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlx-manager",
@@ -51,15 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir_flag(serve, argparse.SUPPRESS)
     _serve_flags(serve, argparse.SUPPRESS)
 
-    users = sub.add_parser("users", help="manage accounts on this machine")
-    _data_dir_flag(users, argparse.SUPPRESS)
-    users_sub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
-
-    def action(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser = users_sub.add_parser(name, help=help_text)
-        _data_dir_flag(parser, argparse.SUPPRESS)
-        return parser
-
+    action = command_group(sub, "users", "manage accounts on this machine", "users_command")
     action("list", "list accounts with role and status")
     add = action("add", "create an active account")
     add.add_argument("email")
@@ -71,14 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--password-stdin", action="store_true",
                        help="read the password from standard input instead of a prompt")
 
-    keys = sub.add_parser("keys", help="API keys for the OpenAI/Anthropic endpoint")
-    _data_dir_flag(keys, argparse.SUPPRESS)
-    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    create_key = keys_sub.add_parser("create", help="print a new key for an account")
-    _data_dir_flag(create_key, argparse.SUPPRESS)
+    key_action = command_group(sub, "keys", "API keys for the OpenAI/Anthropic endpoint",
+                               "keys_command")
+    create_key = key_action("create", "print a new key for an account")
     create_key.add_argument("email")
     create_key.add_argument("--name", default="", help="a label to tell keys apart")
-    cli_servers.add_commands(sub, _data_dir_flag)
+    cli_servers.add_commands(sub, command_group, _data_dir_flag)
     return parser
 
 

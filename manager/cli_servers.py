@@ -28,16 +28,12 @@ _FLAG_OF_FIELD = {
 }
 
 
-def add_commands(sub: argparse._SubParsersAction, data_dir_flag: Callable[..., None]) -> None:
+def add_commands(sub: argparse._SubParsersAction,
+                 command_group: Callable[..., Callable[[str, str], argparse.ArgumentParser]],
+                 data_dir_flag: Callable[..., None]) -> None:
     """Adds `profiles` and `status` to the top-level subcommands."""
-    profiles = sub.add_parser("profiles", help="list, add and remove server profiles")
-    data_dir_flag(profiles, argparse.SUPPRESS)
-    actions = profiles.add_subparsers(dest="profiles_command", metavar="ACTION", required=True)
-
-    def action(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser = actions.add_parser(name, help=help_text)
-        data_dir_flag(parser, argparse.SUPPRESS)
-        return parser
+    action = command_group(sub, "profiles", "list, add and remove server profiles",
+                           "profiles_command")
 
     action("list", "list profiles")
     add = action("add", "create a profile (the same checks as the Profiles tab)")
