@@ -229,14 +229,16 @@ def main() -> int:
             base = f"http://127.0.0.1:{port}"
             auth = {"Authorization": f"Bearer {key}"}
             deadline = time.monotonic() + 60
+            last_error: Exception | None = None
             while True:
                 try:
                     if httpx.get(base + "/login", timeout=2).status_code == 200:
                         break
-                except httpx.HTTPError:
-                    pass
+                except httpx.HTTPError as exc:
+                    # Not listening yet; give up at the deadline with the last error.
+                    last_error = exc
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the dashboard did not start")
+                    raise RuntimeError(f"the dashboard did not start ({last_error!r})")
                 time.sleep(0.2)
             body = {"messages": PROMPT, "max_tokens": args.tokens, "stream": True,
                     "stream_options": {"include_usage": True}}
