@@ -13,8 +13,8 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from manager.cli import build_parser, run_command, settings_from_args
-from manager.profiles import port_is_free
+from manager.cli.main import build_parser, run_command, settings_from_args
+from manager.servers.profiles import port_is_free
 from manager.services import Services
 from manager.settings import Settings
 
@@ -35,8 +35,8 @@ def create_app(services: Services) -> FastAPI:
 
     from components.dashboard import build_dashboard
     from components.views import DASHBOARD_CSS
-    from manager.gateway import build_gateway_router, gateway_auth
-    from manager.web_auth import SessionGate, build_auth_router, current_user
+    from manager.api.gateway import build_gateway_router, gateway_auth
+    from manager.api.login import SessionGate, build_auth_router, current_user
 
     app = FastAPI(title="MLX Model Manager")
     app.include_router(
@@ -102,7 +102,7 @@ def serve(settings: Settings, log_level: str = "info") -> int:
         log.error("Port %s on %s is already in use. Pick another with --port.",
                   settings.port, settings.host)
         return 1
-    from manager.supervisor import install_exit_hooks
+    from manager.servers.supervisor import install_exit_hooks
 
     services = Services.create(settings)
     # Model servers outlive the dashboard on purpose: the next start adopts them.

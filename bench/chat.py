@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from manager.capabilities import Capabilities
-from manager.chat import SAVE_EVERY_S, ChatEngine, ChatOptions
-from manager.chat_history import NewMessage
-from manager.profiles import Backend, Profile
+from manager.chat.engine import SAVE_EVERY_S, ChatEngine, ChatOptions
+from manager.chat.history import NewMessage
+from manager.models.capabilities import Capabilities
+from manager.servers.profiles import Backend, Profile
 from manager.services import Services
 from manager.settings import Settings
 
@@ -64,7 +64,9 @@ def main() -> int:
 
             cold, warm = [], []
             for _ in range(ROUNDS):
-                engine = ChatEngine.from_services(services)  # an empty cache
+                engine = ChatEngine(chats=services.chats, inference=services.inference,  # empty cache
+                                    tools=services.tools, supervisor=services.supervisor,
+                                    profiles=services.profiles)
                 started = time.perf_counter()
                 engine.openai_messages(messages, profile, caps, options)
                 cold.append(time.perf_counter() - started)

@@ -190,7 +190,7 @@ async def requests_per_s(url: str, headers: dict[str, str], clients: int = 32,
 
 def prepare(root: Path, tokens: int) -> tuple[str, int, Path]:
     """A data dir with an admin, a key and a profile for the tiny model."""
-    from manager.profiles import ProfileSpec
+    from manager.servers.profiles import ProfileSpec
     from manager.services import Services
     from manager.settings import Settings
     from tests.fixtures.tiny_models import make_text_model
@@ -283,8 +283,8 @@ def stop_leftovers(data_dir: Path) -> None:
     """The dashboard leaves its model servers running (the next start adopts them)."""
     import psutil
 
+    from manager.servers.supervisor import live_process, read_records
     from manager.store import Store
-    from manager.supervisor import live_process, read_records
 
     for record in read_records(Store(data_dir / "manager.db")):
         proc = live_process(record)

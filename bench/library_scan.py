@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from manager.library import Library
+from manager.models.library import Library
 from manager.store import Store
 
 TEMPLATE = (

@@ -18,15 +18,15 @@ from pathlib import Path
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+from manager.chat.tools import PROJECT_ROOT, McpToolbox
 from manager.store import Store
-from manager.tools import PROJECT_ROOT, McpToolbox
 
 CALLS = 30
 FRESH_CALLS = 5
 
 
 async def _fresh_session_call(errlog_path: Path) -> float:
-    params = StdioServerParameters(command=sys.executable, args=["-m", "manager.mcp_builtin"],
+    params = StdioServerParameters(command=sys.executable, args=["-m", "manager.chat.mcp_builtin"],
                                    cwd=str(PROJECT_ROOT))
     started = time.perf_counter()
     with errlog_path.open("a") as errlog:

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from manager.inference import MetricsStore
-from manager.monitor import STEADY_INTERVAL_S, Monitor
-from manager.profiles import ProfileService, ProfileSpec
+from manager.servers.inference import MetricsStore
+from manager.servers.monitor import STEADY_INTERVAL_S, Monitor
+from manager.servers.profiles import ProfileService, ProfileSpec
+from manager.servers.supervisor import Supervisor
 from manager.store import Store
-from manager.supervisor import Supervisor
 
 GOAL_MS = 5.0
 GOAL_CORE_PERCENT = 1.0

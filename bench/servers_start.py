@@ -23,9 +23,9 @@ from pathlib import Path
 
 import httpx
 
-from manager.profiles import ProfileService, ProfileSpec
+from manager.servers.profiles import ProfileService, ProfileSpec
+from manager.servers.supervisor import Supervisor
 from manager.store import Store
-from manager.supervisor import Supervisor
 
 GOAL = 1.10
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import gradio as gr
 
 from components.session import TabLoader, user_of
-from manager.auth import Role, User
+from manager.accounts.auth import Role, User
 from manager.errors import ManagerError
 from manager.services import Services
 

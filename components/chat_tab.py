@@ -25,23 +25,22 @@ import gradio as gr
 
 from components.chat_view import CHAT_LIST_CSS, TurnView, chat_list_html, chatbot_messages
 from components.session import TabLoader, user_of
-from manager.auth import User
-from manager.chat import (
+from manager.accounts.auth import User
+from manager.chat.engine import (
     DEFAULT_MAX_TOOL_ROUNDS,
     MAX_FRAMES,
     MAX_TOOL_ROUNDS,
-    ChatEngine,
     ChatEvent,
     ChatEventKind,
     ChatOptions,
     VideoMode,
 )
-from manager.chat_history import Chat
+from manager.chat.history import Chat
+from manager.chat.tools import ServerKind, parse_args
 from manager.errors import ManagerError, ValidationError
-from manager.profiles import Profile
+from manager.servers.profiles import Profile
+from manager.servers.supervisor import ACTIVE_STATES, ServerSnapshot, ServerState
 from manager.services import Services
-from manager.supervisor import ACTIVE_STATES, ServerSnapshot, ServerState
-from manager.tools import ServerKind, parse_args
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +159,7 @@ def _export_name(title: str, suffix: str) -> str:
 
 
 def build(services: Services) -> TabLoader:
-    engine = ChatEngine.from_services(services)
+    engine = services.chat_engine
     chats = services.chats
 
     # -- layout ---------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from manager.chat import NOT_RUN, AnswerStats, ChatEvent, ChatEventKind, ToolCall
-from manager.chat_history import Attachment, ChatSummary, Message
+from manager.chat.engine import NOT_RUN, AnswerStats, ChatEvent, ChatEventKind, ToolCall
+from manager.chat.history import Attachment, ChatSummary, Message
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 import gradio as gr
 
 from components.session import TabLoader, user_of
-from manager.api_keys import ApiKey
-from manager.auth import User
+from manager.accounts.api_keys import ApiKey
+from manager.accounts.auth import User
 from manager.errors import ManagerError
 from manager.services import Services
 

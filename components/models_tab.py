@@ -22,11 +22,12 @@ from components.views import (
     remote_tile_html,
     tile_list_html,
 )
-from manager.auth import User
-from manager.capabilities import fit, human_bytes, memory_budget_bytes
-from manager.downloads import DownloadView
+from manager.accounts.auth import User
 from manager.errors import ManagerError, PermissionDenied, ValidationError
-from manager.hub import (
+from manager.models.capabilities import fit, human_bytes, memory_budget_bytes
+from manager.models.downloads import DownloadView
+from manager.models.filters import ModelFilter
+from manager.models.hub import (
     KNOWN_AUTHORS,
     PAGE_SIZE,
     RemoteDetails,
@@ -34,7 +35,6 @@ from manager.hub import (
     SearchQuery,
     SearchSession,
 )
-from manager.model_filter import ModelFilter
 from manager.services import Services
 
 log = logging.getLogger(__name__)

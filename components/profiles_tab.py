@@ -1,7 +1,7 @@
 """The Profiles tab: create, edit, duplicate and delete server profiles.
 
 Any active user may create and duplicate profiles; editing and deleting is for admins
-and the profile's creator (checked in manager.profiles). A rejected value is shown
+and the profile's creator (checked in manager.servers.profiles). A rejected value is shown
 on its own field (the field's info line turns into the message) and in the status.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 import gradio as gr
 
 from components.session import TabLoader, user_of
-from manager.auth import User
+from manager.accounts.auth import User
 from manager.errors import ManagerError, ValidationError
-from manager.profiles import Backend, Profile, ProfileSpec, cached_repo_ids, can_edit
+from manager.servers.profiles import Backend, Profile, ProfileSpec, cached_repo_ids, can_edit
 from manager.services import Services
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ import gradio as gr
 from components.session import TabLoader, user_of
 from components.views import server_tile_html, server_tiles_html
 from manager.errors import ManagerError, ValidationError
+from manager.servers.supervisor import ServerState
 from manager.services import Services
-from manager.supervisor import ServerState
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from manager.auth import User
+from manager.accounts.auth import User
 from manager.errors import ManagerError
 from manager.services import Services
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import html
 
-from manager.auth import User
-from manager.capabilities import Capabilities, Fit, FitLevel, human_bytes
-from manager.downloads import DownloadView
-from manager.hub import RemoteDetails, RemoteModel
-from manager.inference import ServerMetrics
-from manager.library import LocalModel
-from manager.monitor import ResourceSample
-from manager.supervisor import ServerSnapshot, ServerState
+from manager.accounts.auth import User
+from manager.models.capabilities import Capabilities, Fit, FitLevel, human_bytes
+from manager.models.downloads import DownloadView
+from manager.models.hub import RemoteDetails, RemoteModel
+from manager.models.library import LocalModel
+from manager.servers.inference import ServerMetrics
+from manager.servers.monitor import ResourceSample
+from manager.servers.supervisor import ServerSnapshot, ServerState
 
 
 def header_html(user: User | None, pending: int) -> str:

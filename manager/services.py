@@ -5,20 +5,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from manager.api_keys import ApiKeyService
-from manager.auth import AuthService, load_or_create_secret
-from manager.chat_history import ChatHistory
-from manager.downloads import DownloadManager
-from manager.hub import HubClient, HubConfig
-from manager.inference import InferenceClient, MetricsStore
-from manager.library import Library
-from manager.monitor import Monitor
-from manager.on_demand import OnDemand
-from manager.profiles import ProfileService
+from manager.accounts.api_keys import ApiKeyService
+from manager.accounts.auth import AuthService, load_or_create_secret
+from manager.chat.engine import ChatEngine
+from manager.chat.history import ChatHistory
+from manager.chat.tools import McpToolbox
+from manager.models.downloads import DownloadManager
+from manager.models.hub import HubClient, HubConfig
+from manager.models.library import Library
+from manager.servers.inference import InferenceClient, MetricsStore
+from manager.servers.monitor import Monitor
+from manager.servers.placement import OnDemand
+from manager.servers.profiles import ProfileService
+from manager.servers.supervisor import Supervisor
 from manager.settings import Settings
 from manager.store import Store
-from manager.supervisor import Supervisor
-from manager.tools import McpToolbox
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Services:
     inference: InferenceClient
     tools: McpToolbox
     on_demand: OnDemand
+    chat_engine: ChatEngine
 
     @classmethod
     def create(cls, settings: Settings, *, run_servers: bool = True) -> Services:
@@ -70,6 +72,8 @@ class Services:
         on_demand = OnDemand(supervisor, inference)  # the gateway's starts and evictions
         # Lazy: the built-in MCP server process starts on the first tool listing or call.
         tools = McpToolbox(store, logs_dir=settings.logs_dir)
+        chat_engine = ChatEngine(chats=chats, inference=inference, tools=tools,
+                                 supervisor=supervisor, profiles=profiles)
         if run_servers:
             # Adopt servers an earlier run left running, then clear logs nobody needs.
             supervisor.adopt_or_reap()
@@ -81,7 +85,7 @@ class Services:
         return cls(settings=settings, store=store, auth=auth, api_keys=api_keys, chats=chats,
                    hub=hub, library=library, downloads=downloads, profiles=profiles,
                    supervisor=supervisor, monitor=monitor, metrics=metrics, inference=inference,
-                   tools=tools, on_demand=on_demand)
+                   tools=tools, on_demand=on_demand, chat_engine=chat_engine)
 
     def close(self, *, keep_servers: bool = False) -> None:
         """Stop background work; safe to call twice. Model servers are stopped unless

@@ -11,11 +11,11 @@ from pathlib import Path
 import uvicorn
 from gradio_client import Client
 
-from manager.auth import User
-from manager.profiles import Profile, ProfileSpec
+from manager.accounts.auth import User
+from manager.api.login import SESSION_COOKIE
+from manager.servers.profiles import Profile, ProfileSpec
 from manager.services import Services
 from manager.settings import Settings
-from manager.web_auth import SESSION_COOKIE
 from tests.conftest import PASSWORD, LiveDashboard, free_port, run_uvicorn
 from tests.server_helpers import hf_home_env
 

@@ -13,9 +13,9 @@ import httpx
 import pytest
 import uvicorn
 
+from manager.api.login import SESSION_COOKIE
 from manager.services import Services
 from manager.settings import Settings
-from manager.web_auth import SESSION_COOKIE
 
 pytest_plugins = ["tests.fixtures.plugin"]
 

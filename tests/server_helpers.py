@@ -11,10 +11,10 @@ from pathlib import Path
 
 import psutil
 
-from manager.monitor import Monitor
-from manager.profiles import Profile, ProfileService, ProfileSpec
+from manager.servers.monitor import Monitor
+from manager.servers.profiles import Profile, ProfileService, ProfileSpec
+from manager.servers.supervisor import Clock, Supervisor
 from manager.store import Store
-from manager.supervisor import Clock, Supervisor
 from tests.conftest import free_port
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 
-from manager.anthropic_api import (
+from manager.api.anthropic import (
     StreamTranslator,
     anthropic_error,
     from_openai_response,

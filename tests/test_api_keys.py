@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from manager.api_keys import KEY_PREFIX
-from manager.auth import User
+from manager.accounts.api_keys import KEY_PREFIX
+from manager.accounts.auth import User
 from manager.errors import NotFound, PermissionDenied, ValidationError
 from manager.services import Services
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from manager.attachments import (
+from manager.chat.attachments import (
     AttachmentError,
     AttachmentLimits,
     extract_frames,

@@ -10,7 +10,7 @@ import jwt
 import pytest
 from argon2 import PasswordHasher
 
-from manager.auth import AuthService, LoginLimiter, Role, Status, load_or_create_secret
+from manager.accounts.auth import AuthService, LoginLimiter, Role, Status, load_or_create_secret
 from manager.errors import (
     AccountNotActive,
     AuthenticationFailed,

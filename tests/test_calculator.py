@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from manager.calculator import (
+from manager.chat.calculator import (
     MAX_DIGITS,
     MAX_LENGTH,
     CalculatorError,

@@ -1,4 +1,4 @@
-"""Table-driven tests of manager.capabilities.
+"""Table-driven tests of manager.models.capabilities.
 
 Config rows are written from the public field names of each family (only the fields
 that matter); chat templates are short stand-ins in each family's style.
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from manager import capabilities as capmod
-from manager.capabilities import (
+from manager.models import capabilities as capmod
+from manager.models.capabilities import (
     DEFAULT_FIT_CONTEXT_TOKENS,
     Capabilities,
     Fit,

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from manager.attachments import AttachmentError
-from manager.auth import User
-from manager.capabilities import Capabilities
-from manager.chat import (
+from manager.accounts.auth import User
+from manager.chat.attachments import AttachmentError
+from manager.chat.engine import (
     NOT_RUN,
     AnswerStats,
     ChatEngine,
@@ -28,14 +27,15 @@ from manager.chat import (
     VideoMode,
     uses_native_video,
 )
-from manager.chat_history import NewMessage
+from manager.chat.history import NewMessage
+from manager.chat.mcp_builtin import SAMPLE_NOTE
 from manager.errors import ValidationError
-from manager.inference import InferenceClient
-from manager.mcp_builtin import SAMPLE_NOTE
-from manager.profiles import Backend, Profile, ProfileSpec
+from manager.models.capabilities import Capabilities
+from manager.servers.inference import InferenceClient
+from manager.servers.profiles import Backend, Profile, ProfileSpec
+from manager.servers.supervisor import ServerState
 from manager.services import Services
 from manager.settings import Settings
-from manager.supervisor import ServerState
 from tests.conftest import PASSWORD, free_port
 from tests.server_helpers import hf_home_env, wait_for
 
@@ -93,7 +93,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
             for profile in profiles.values():
                 services.supervisor.wait_ready(profile.id, 120)
             alice = services.auth.register("alice@example.com", PASSWORD)
-            yield ChatEnv(services, ChatEngine.from_services(services), profiles, alice)
+            yield ChatEnv(services, services.chat_engine, profiles, alice)
         finally:
             services.close()
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from manager.profiles import ProfileSpec
-from manager.web_auth import SESSION_COOKIE
+from manager.api.login import SESSION_COOKIE
+from manager.servers.profiles import ProfileSpec
 from tests.chat_helpers import ChatDashboard, chat_dashboard
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]

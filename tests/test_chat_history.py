@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from manager.auth import User
-from manager.chat_history import ChatHistory, NewMessage, title_from
+from manager.accounts.auth import User
+from manager.chat.history import ChatHistory, NewMessage, title_from
 from manager.errors import NotFound, ValidationError
 from manager.services import Services
 from manager.settings import Settings

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from gradio_client import Client
 
-from manager.chat_history import NewMessage
-from manager.profiles import ProfileSpec
-from manager.supervisor import ServerState
+from manager.chat.history import NewMessage
+from manager.servers.profiles import ProfileSpec
+from manager.servers.supervisor import ServerState
 from tests.chat_helpers import ChatDashboard, chat_dashboard
 from tests.conftest import free_port
 

@@ -12,8 +12,15 @@ from components.chat_view import (
     chatbot_messages,
     fenced,
 )
-from manager.chat import NOT_RUN, AnswerStats, ChatEvent, ChatEventKind, ToolCall, ToolOutcome
-from manager.chat_history import Attachment, ChatSummary, Message
+from manager.chat.engine import (
+    NOT_RUN,
+    AnswerStats,
+    ChatEvent,
+    ChatEventKind,
+    ToolCall,
+    ToolOutcome,
+)
+from manager.chat.history import Attachment, ChatSummary, Message
 
 K = ChatEventKind
 CALL = ToolCall("call_1", "get_weather", '{"city": "Paris"}')

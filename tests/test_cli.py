@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from manager.auth import Role, Status
-from manager.cli import build_parser, settings_from_args
+from manager.accounts.auth import Role, Status
+from manager.cli.main import build_parser, settings_from_args
 from manager.services import Services
 from manager.settings import Settings
 from tests.conftest import free_port

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from manager.cli import build_parser, run_command, settings_from_args
+from manager.cli.main import build_parser, run_command, settings_from_args
+from manager.servers.supervisor import ServerState
 from manager.services import Services
 from manager.settings import Settings
-from manager.supervisor import ServerState
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +73,7 @@ def test_status_prints_what_the_dashboard_runs(tmp_path: Path, tiny_models: dict
     settings = Settings(data_dir=tmp_path / "data", port=free_port())
     services = Services.create(settings)
     try:
-        from manager.profiles import ProfileSpec
+        from manager.servers.profiles import ProfileSpec
 
         profile = services.profiles.create(None, ProfileSpec(
             name="served", model=str(tiny_models["text"]), port=free_port()))

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants, scan_cache_dir, snapshot_download
 
-from manager.downloads import DiskFull, DownloadManager, DownloadStatus, DownloadView
 from manager.errors import Conflict
-from manager.hub import GatedRepo, HubClient, HubConfig, NoMLXWeights, RepoNotFound
+from manager.models.downloads import DiskFull, DownloadManager, DownloadStatus, DownloadView
+from manager.models.hub import GatedRepo, HubClient, HubConfig, NoMLXWeights, RepoNotFound
 from manager.services import Services
 from manager.settings import Settings
 from manager.store import Store

@@ -26,11 +26,11 @@ import httpx
 import openai
 import pytest
 
-from manager.profiles import Profile, ProfileSpec
+from manager.api.login import SESSION_COOKIE
+from manager.servers.profiles import Profile, ProfileSpec
+from manager.servers.supervisor import ACTIVE_STATES, ServerState
 from manager.services import Services
 from manager.settings import Settings
-from manager.supervisor import ACTIVE_STATES, ServerState
-from manager.web_auth import SESSION_COOKIE
 from tests.conftest import PASSWORD, free_port, run_uvicorn
 from tests.server_helpers import OffsetClock, hf_home_env, make_broken_model, wait_for
 
@@ -324,7 +324,7 @@ def test_anthropic_tool_use_round_trip(gw: Gateway) -> None:
 
 def test_two_requests_for_a_stopped_profile_share_one_start_with_keepalives(
         gw: Gateway, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="manager.supervisor")
+    caplog.set_level(logging.INFO, logger="manager.servers.supervisor")
     assert gw.state("jit") is ServerState.STOPPED
     barrier = threading.Barrier(2)
 
@@ -453,8 +453,8 @@ def test_a_loading_model_is_waited_for_but_only_so_long(gw: Gateway) -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from manager.gateway import build_gateway_router, gateway_auth
-    from manager.web_auth import SessionGate
+    from manager.api.gateway import build_gateway_router, gateway_auth
+    from manager.api.login import SessionGate
 
     impatient = FastAPI()
     impatient.include_router(build_gateway_router(gw.services, wait_ready_s=0.2))

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 
-from manager.errors import ManagerError, NotFound, ValidationError
-from manager.gateway_format import (
+from manager.api.prometheus import escape_label, render
+from manager.api.wire import (
     ApiFormat,
     Failure,
     GatewayError,
@@ -27,11 +27,17 @@ from manager.gateway_format import (
     stream_error,
     with_thinking_switch,
 )
-from manager.inference import ChatChunk, InferenceError, MetricsStore, RequestStats, parse_chunk
-from manager.on_demand import InsufficientMemory, OnDemandStats, StartFailed
-from manager.profiles import Backend, Profile
-from manager.prometheus import escape_label, render
-from manager.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
+from manager.errors import ManagerError, NotFound, ValidationError
+from manager.servers.inference import (
+    ChatChunk,
+    InferenceError,
+    MetricsStore,
+    RequestStats,
+    parse_chunk,
+)
+from manager.servers.placement import InsufficientMemory, OnDemandStats, StartFailed
+from manager.servers.profiles import Backend, Profile
+from manager.servers.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
 
 MODEL_PATH = "/models/tiny qwen"
 
@@ -278,7 +284,7 @@ class _Blocks:
 
 
 def test_sse_data_reassembles_lines_across_reads_and_skips_comments() -> None:
-    from manager.inference import sse_data
+    from manager.servers.inference import sse_data
 
     stream = _Blocks(b": keepalive 1/9\n\n", b'data: {"a":', b' 1}\r\n\r\ndata: {"b": 2}\n',
                      b"\ndata: [DONE]")

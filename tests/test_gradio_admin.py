@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 from gradio_client import Client
 
-from manager.auth import Role, Status
-from manager.web_auth import SESSION_COOKIE
+from manager.accounts.auth import Role, Status
+from manager.api.login import SESSION_COOKIE
 from tests.conftest import LiveDashboard
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from manager.hub import (
+from manager.models.hub import (
     GatedRepo,
     HubClient,
     HubConfig,

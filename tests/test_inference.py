@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from manager.inference import (
+from manager.servers.inference import (
     ChatChunk,
     InferenceClient,
     MetricsStore,
@@ -16,8 +16,8 @@ from manager.inference import (
     prepare_body,
     with_system_prompt,
 )
-from manager.profiles import Backend, Profile
-from manager.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
+from manager.servers.profiles import Backend, Profile
+from manager.servers.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
 from tests.server_helpers import ServerEnv, hf_home_env, server_env
 
 PIRATE = "You are a pirate. Answer every question like a pirate would, with many arrs."

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from manager.web_auth import SESSION_COOKIE
+from manager.api.login import SESSION_COOKIE
 from tests.conftest import LiveDashboard
 
 TABLE_HAS = "text => document.querySelector('#keys-table').textContent.includes(text)"

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from manager import library as library_module
-from manager.auth import AuthService, User
-from manager.downloads import DownloadManager, DownloadStatus
+from manager.accounts.auth import AuthService, User
 from manager.errors import Conflict, PermissionDenied, ValidationError
-from manager.hub import HubClient, HubConfig
-from manager.library import Library
+from manager.models import library as library_module
+from manager.models.downloads import DownloadManager, DownloadStatus
+from manager.models.hub import HubClient, HubConfig
+from manager.models.library import Library
 from manager.store import Store
 from tests.conftest import PASSWORD
 from tests.fixtures.local_hub import LocalHub

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from manager.errors import Conflict
-from manager.profiles import ProfileSpec
+from manager.servers.profiles import ProfileSpec
 from manager.services import Services
 from tests.conftest import free_port
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
-from manager.downloads import DownloadStatus
+from manager.models.downloads import DownloadStatus
 from manager.settings import Settings
 from tests.conftest import LiveDashboard, free_port
 from tests.fixtures.local_hub import LocalHub

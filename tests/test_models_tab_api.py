@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
-from manager.downloads import DownloadStatus
+from manager.api.login import SESSION_COOKIE
+from manager.models.downloads import DownloadStatus
 from manager.settings import Settings
-from manager.web_auth import SESSION_COOKIE
 from tests.conftest import LiveDashboard, free_port
 from tests.fixtures.local_hub import LocalHub
 

@@ -15,12 +15,12 @@ from components.views import (
     model_badges_html,
     remote_tile_html,
 )
-from manager.capabilities import Capabilities, Fit, FitLevel, fit
-from manager.downloads import DownloadStatus, DownloadView
 from manager.errors import ValidationError
-from manager.hub import RemoteDetails, RemoteModel
-from manager.library import LocalModel
-from manager.model_filter import GB, ModelFilter
+from manager.models.capabilities import Capabilities, Fit, FitLevel, fit
+from manager.models.downloads import DownloadStatus, DownloadView
+from manager.models.filters import GB, ModelFilter
+from manager.models.hub import RemoteDetails, RemoteModel
+from manager.models.library import LocalModel
 
 QWEN = Capabilities(architecture="qwen3", context_length=32768, quant_bits=4,
                     quant_group_size=64, quant_method="affine", parameter_count=600_000_000,

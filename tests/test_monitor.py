@@ -11,9 +11,9 @@ import httpx
 import psutil
 import pytest
 
-from manager.monitor import Monitor, parse_ioreg_utilization
-from manager.profiles import Profile
-from manager.supervisor import ServerState
+from manager.servers.monitor import Monitor, parse_ioreg_utilization
+from manager.servers.profiles import Profile
+from manager.servers.supervisor import ServerState
 from tests.server_helpers import ServerEnv, hf_home_env, server_env, wait_for
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from manager.errors import Conflict, PermissionDenied, ValidationError
-from manager.profiles import (
+from manager.servers.profiles import (
     Backend,
     ProfileSpec,
     cached_repo_ids,

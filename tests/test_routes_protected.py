@@ -13,8 +13,8 @@ import httpx
 import pytest
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from manager.gateway_format import ApiFormat, api_format, is_gateway_path
-from manager.web_auth import PUBLIC_PATHS, SESSION_COOKIE
+from manager.api.login import PUBLIC_PATHS, SESSION_COOKIE
+from manager.api.wire import ApiFormat, api_format, is_gateway_path
 from tests.conftest import LiveDashboard
 
 PARAM = re.compile(r"\{[^}]+\}")

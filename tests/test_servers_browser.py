@@ -8,9 +8,9 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from manager.profiles import ProfileSpec
-from manager.supervisor import ServerState
-from manager.web_auth import SESSION_COOKIE
+from manager.api.login import SESSION_COOKIE
+from manager.servers.profiles import ProfileSpec
+from manager.servers.supervisor import ServerState
 from tests.conftest import LiveDashboard, free_port
 from tests.server_helpers import wait_for
 

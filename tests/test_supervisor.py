@@ -18,10 +18,8 @@ import psutil
 import pytest
 
 from manager.errors import ValidationError
-from manager.profiles import Backend, Profile, port_is_free
-from manager.services import Services
-from manager.settings import Settings
-from manager.supervisor import (
+from manager.servers.profiles import Backend, Profile, port_is_free
+from manager.servers.supervisor import (
     MAX_QUICK_FAILURES,
     ServerLoading,
     ServerNotReady,
@@ -29,6 +27,8 @@ from manager.supervisor import (
     build_command,
     read_records,
 )
+from manager.services import Services
+from manager.settings import Settings
 from tests.conftest import free_port
 from tests.server_helpers import (
     ServerEnv,
@@ -309,7 +309,7 @@ def test_signal_handlers_run_the_cleanup(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import os, signal, time
         from pathlib import Path
-        from manager.supervisor import install_exit_hooks
+        from manager.servers.supervisor import install_exit_hooks
         install_exit_hooks(lambda: Path({str(marker)!r}).write_text("yes"))
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
@@ -337,7 +337,7 @@ def test_build_command_uses_an_argv_list_for_both_backends() -> None:
 
 
 def _spec(name: str, model: Path) -> object:
-    from manager.profiles import ProfileSpec
+    from manager.servers.profiles import ProfileSpec
 
     return ProfileSpec(name=name, model=str(model), port=free_port())
 

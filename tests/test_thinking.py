@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from manager.thinking import (
+from manager.chat.thinking import (
     TAG_PAIRS,
     EventKind,
     ThinkingEvent,

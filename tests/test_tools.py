@@ -19,17 +19,17 @@ from pathlib import Path
 import psutil
 import pytest
 
-from manager.auth import AuthService, User
-from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
-from manager.mcp_builtin import SAMPLE_NOTE, sample_weather
-from manager.store import Store
-from manager.tools import (
+from manager.accounts.auth import AuthService, User
+from manager.chat.mcp_builtin import SAMPLE_NOTE, sample_weather
+from manager.chat.tools import (
     PROJECT_ROOT,
     CallStatus,
     McpToolbox,
     ServerKind,
     parse_args,
 )
+from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from manager.store import Store
 from tests.conftest import PASSWORD, free_port
 
 EXTRA_SERVER = textwrap.dedent('''
@@ -121,7 +121,7 @@ def _start_http_builtin(port: int, log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "manager.mcp_builtin", "--transport", "streamable-http",
+            [sys.executable, "-m", "manager.chat.mcp_builtin", "--transport", "streamable-http",
              "--port", str(port)],
             cwd=PROJECT_ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
             stderr=log_file,
@@ -346,7 +346,7 @@ class FakeClock:
 
 def test_servers_that_fail_to_start_say_why_and_are_not_retried_at_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="manager.tools")
+    caplog.set_level(logging.DEBUG, logger="manager.chat.tools")
     starts = tmp_path / "broken-starts.txt"
     broken = tmp_path / "broken_server.py"
     broken.write_text(BROKEN_SERVER)
@@ -416,7 +416,7 @@ def test_the_builtin_server_is_listed_first_for_admins(tmp_path: Path) -> None:
     try:
         servers = made.toolbox.servers(made.admin)
         assert [(s.name, s.builtin, s.id) for s in servers] == [("builtin", True, None)]
-        assert servers[0].target.endswith("-m manager.mcp_builtin")
+        assert servers[0].target.endswith("-m manager.chat.mcp_builtin")
     finally:
         made.toolbox.close()
 
@@ -483,7 +483,7 @@ def _builtin_children() -> set[int]:
     found = set()
     for child in psutil.Process().children():
         try:
-            if "manager.mcp_builtin" in " ".join(child.cmdline()) and \
+            if "manager.chat.mcp_builtin" in " ".join(child.cmdline()) and \
                     child.status() != psutil.STATUS_ZOMBIE:
                 found.add(child.pid)
         except psutil.NoSuchProcess:

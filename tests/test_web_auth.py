@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from manager.web_auth import SESSION_COOKIE, safe_next
+from manager.api.login import SESSION_COOKIE, safe_next
 from tests.conftest import PASSWORD, LiveDashboard
 
 

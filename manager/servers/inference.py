@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from manager.errors import ManagerError
-from manager.supervisor import ServerSnapshot, Supervisor
+from manager.servers.supervisor import ServerSnapshot, Supervisor
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from manager.inference import TTFT_BUCKETS_S, ServerMetrics
-from manager.on_demand import OnDemandStats
-from manager.profiles import Profile
-from manager.supervisor import ServerSnapshot, ServerState
+from manager.servers.inference import TTFT_BUCKETS_S, ServerMetrics
+from manager.servers.placement import OnDemandStats
+from manager.servers.profiles import Profile
+from manager.servers.supervisor import ServerSnapshot, ServerState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PREFIX = "mlx_manager_"

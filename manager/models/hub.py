@@ -34,9 +34,9 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from manager import capabilities
-from manager.capabilities import Capabilities
 from manager.errors import ManagerError, NotFound, PermissionDenied, ValidationError
+from manager.models import capabilities
+from manager.models.capabilities import Capabilities
 from manager.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from manager.capabilities import (
+from manager.errors import Conflict, ManagerError
+from manager.models.capabilities import (
     WEIGHTS_OVERHEAD_PERCENT,
     detect,
     fit,
@@ -32,10 +33,9 @@ from manager.capabilities import (
     is_apple_silicon,
     memory_budget_bytes,
 )
-from manager.errors import Conflict, ManagerError
-from manager.inference import InferenceClient
-from manager.profiles import Profile, resolve_model
-from manager.supervisor import ACTIVE_STATES, ServerSnapshot, ServerState, Supervisor
+from manager.servers.inference import InferenceClient
+from manager.servers.profiles import Profile, resolve_model
+from manager.servers.supervisor import ACTIVE_STATES, ServerSnapshot, ServerState, Supervisor
 
 log = logging.getLogger(__name__)
 

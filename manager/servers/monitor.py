@@ -28,7 +28,7 @@ import psutil
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from manager.supervisor import LOG_TAIL_LINES, Clock, Supervisor, read_tail
+from manager.servers.supervisor import LOG_TAIL_LINES, Clock, Supervisor, read_tail
 
 log = logging.getLogger(__name__)
 

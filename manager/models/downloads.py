@@ -35,9 +35,9 @@ from huggingface_hub.file_download import http_get, repo_folder_name
 from huggingface_hub.utils import build_hf_headers
 from huggingface_hub.utils import tqdm as hf_tqdm
 
-from manager.capabilities import human_bytes
 from manager.errors import Conflict, ManagerError, NotFound, ValidationError
-from manager.hub import NETWORK_ERRORS, DownloadPlan, HubClient, PlannedFile
+from manager.models.capabilities import human_bytes
+from manager.models.hub import NETWORK_ERRORS, DownloadPlan, HubClient, PlannedFile
 from manager.store import Store, utc_now
 
 log = logging.getLogger(__name__)

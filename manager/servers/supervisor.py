@@ -42,7 +42,7 @@ import httpx
 import psutil
 
 from manager.errors import Conflict, ManagerError, NotFound, ValidationError
-from manager.profiles import Backend, Profile, ProfileService, port_is_free, resolve_model
+from manager.servers.profiles import Backend, Profile, ProfileService, port_is_free, resolve_model
 from manager.store import Store, utc_now
 
 log = logging.getLogger(__name__)

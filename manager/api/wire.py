@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from manager.anthropic_api import StreamTranslator, anthropic_error, sse
+from manager.api.anthropic import StreamTranslator, anthropic_error, sse
 from manager.errors import ManagerError, NotFound, PermissionDenied, ValidationError
-from manager.inference import ChatChunk, InferenceError
-from manager.on_demand import InsufficientMemory, StartFailed
-from manager.profiles import Profile
-from manager.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
+from manager.servers.inference import ChatChunk, InferenceError
+from manager.servers.placement import InsufficientMemory, StartFailed
+from manager.servers.profiles import Profile
+from manager.servers.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
 
 log = logging.getLogger(__name__)
 

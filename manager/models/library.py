@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from manager import capabilities
-from manager.auth import User
-from manager.capabilities import Capabilities
+from manager.accounts.auth import User
 from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from manager.models import capabilities
+from manager.models.capabilities import Capabilities
 from manager.store import Store, utc_now
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from manager.auth import AuthService, User
+from manager.accounts.auth import AuthService, User
 from manager.errors import AccountNotActive, AuthenticationFailed, ManagerError, RateLimited
 
 log = logging.getLogger(__name__)

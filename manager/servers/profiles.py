@@ -22,9 +22,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from manager.auth import User
-from manager.capabilities import Capabilities, detect
+from manager.accounts.auth import User
 from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from manager.models.capabilities import Capabilities, detect
 from manager.store import Store, utc_now
 
 log = logging.getLogger(__name__)

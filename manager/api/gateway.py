@@ -44,11 +44,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import HTTPConnection
 
-from manager import prometheus
-from manager.anthropic_api import from_openai_response, to_openai_request
-from manager.auth import User
-from manager.errors import ValidationError
-from manager.gateway_format import (
+from manager.accounts.auth import User
+from manager.api import prometheus
+from manager.api.anthropic import from_openai_response, to_openai_request
+from manager.api.login import ExtraAuth
+from manager.api.wire import (
     ApiFormat,
     Failure,
     GatewayError,
@@ -69,10 +69,10 @@ from manager.gateway_format import (
     stream_error,
     with_thinking_switch,
 )
-from manager.profiles import Backend, Profile
+from manager.errors import ValidationError
+from manager.servers.profiles import Backend, Profile
+from manager.servers.supervisor import ServerLoading, ServerSnapshot, ServerState
 from manager.services import Services
-from manager.supervisor import ServerLoading, ServerSnapshot, ServerState
-from manager.web_auth import ExtraAuth
 
 log = logging.getLogger(__name__)
 

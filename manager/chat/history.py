@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from manager.auth import User
+from manager.accounts.auth import User
 from manager.errors import NotFound, ValidationError
 from manager.store import Store
 

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from manager.capabilities import human_bytes
 from manager.errors import ValidationError
-from manager.profiles import Backend, ProfileSpec
+from manager.models.capabilities import human_bytes
+from manager.servers.profiles import Backend, ProfileSpec
+from manager.servers.supervisor import ServerState, live_process, read_records, tree_memory_bytes
 from manager.services import Services
-from manager.supervisor import ServerState, live_process, read_records, tree_memory_bytes
 
 _FLAG_OF_FIELD = {
     "name": "NAME", "model": "--model", "port": "--port", "host": "--host",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from manager.capabilities import Capabilities, Fit, FitLevel
+from manager.models.capabilities import Capabilities, Fit, FitLevel
 
 GB = 1024**3
 

@@ -2,8 +2,8 @@
 
 Run it as its own process (the dashboard does, over stdio):
 
-    python -m manager.mcp_builtin                       # stdio (default)
-    python -m manager.mcp_builtin --transport streamable-http --port 8931
+    python -m manager.chat.mcp_builtin                       # stdio (default)
+    python -m manager.chat.mcp_builtin --transport streamable-http --port 8931
 
 The weather is SAMPLE DATA: figures derived from a SHA-256 of the city name, so a
 city always gets the same weather, on every run and machine, and it says so.
@@ -22,7 +22,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
-from manager.calculator import CalculatorError, evaluate
+from manager.chat.calculator import CalculatorError, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def build_server() -> MCPServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m manager.mcp_builtin",
+    parser = argparse.ArgumentParser(prog="python -m manager.chat.mcp_builtin",
                                      description="The built-in MCP server (weather, calculator).")
     parser.add_argument("--transport", choices=("stdio", "streamable-http"), default="stdio")
     parser.add_argument("--host", default="127.0.0.1")

@@ -1,7 +1,7 @@
 """MCP tools for the chat: the built-in server plus admin-configured servers, as one toolbox.
 
 `McpToolbox` connects with the official `mcp` client to the built-in server (started
-as a stdio child process: `python -m manager.mcp_builtin`) and to each enabled extra
+as a stdio child process: `python -m manager.chat.mcp_builtin`) and to each enabled extra
 server (a stdio command with args, or a streamable-HTTP URL) stored in SQLite. It
 lists their tools as OpenAI `tools` definitions and runs a tool call by name.
 
@@ -48,14 +48,14 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, CallToolResult, TextContent
 from mcp_types import Tool as McpTool
 
-from manager.auth import User
+from manager.accounts.auth import User
 from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from manager.store import Store, utc_now
 
 log = logging.getLogger(__name__)
 
 BUILTIN_NAME = "builtin"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 MAX_ARGS = 64
 MAX_FIELD = 2000
@@ -102,7 +102,7 @@ class McpServerConfig:
 def builtin_server_config() -> McpServerConfig:
     return McpServerConfig(
         name=BUILTIN_NAME, kind=ServerKind.STDIO, command=sys.executable,
-        args=("-m", "manager.mcp_builtin"), builtin=True, cwd=str(PROJECT_ROOT),
+        args=("-m", "manager.chat.mcp_builtin"), builtin=True, cwd=str(PROJECT_ROOT),
     )
 
 

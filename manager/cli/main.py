@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from manager import cli_servers
+from manager.cli import servers as cli_servers
 from manager.errors import ManagerError
 from manager.services import Services
 from manager.settings import DATA_DIR_ENV, DEFAULT_HOST, DEFAULT_PORT, Settings

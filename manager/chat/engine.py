@@ -34,9 +34,10 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from manager.attachments import (
+from manager.accounts.auth import User
+from manager.chat.attachments import (
     DEFAULT_LIMITS,
     AttachmentError,
     AttachmentLimits,
@@ -46,19 +47,15 @@ from manager.attachments import (
     prepare_image,
     probe_video,
 )
-from manager.auth import User
-from manager.capabilities import Capabilities, detect
-from manager.chat_history import ChatHistory, ChatSummary, Message, NewMessage
+from manager.chat.history import ChatHistory, ChatSummary, Message, NewMessage
+from manager.chat.thinking import EventKind as ThinkingKind
+from manager.chat.thinking import ThinkingEvent, ThinkingParser
+from manager.chat.tools import McpToolbox, ToolResult
 from manager.errors import ManagerError, ValidationError
-from manager.inference import InferenceClient, RequestStats
-from manager.profiles import Backend, Profile, ProfileService, resolve_model
-from manager.supervisor import Supervisor
-from manager.thinking import EventKind as ThinkingKind
-from manager.thinking import ThinkingEvent, ThinkingParser
-from manager.tools import McpToolbox, ToolResult
-
-if TYPE_CHECKING:
-    from manager.services import Services
+from manager.models.capabilities import Capabilities, detect
+from manager.servers.inference import InferenceClient, RequestStats
+from manager.servers.profiles import Backend, Profile, ProfileService, resolve_model
+from manager.servers.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -372,11 +369,6 @@ class ChatEngine:
         # Chats with a turn in progress (chat id -> count), so Stop can wait for the save.
         self._turns = threading.Condition()
         self._running: dict[int, int] = {}
-
-    @classmethod
-    def from_services(cls, services: Services) -> ChatEngine:
-        return cls(chats=services.chats, inference=services.inference, tools=services.tools,
-                   supervisor=services.supervisor, profiles=services.profiles)
 
     # -- public ---------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from manager.auth import AuthService, User
+from manager.accounts.auth import AuthService, User
 from manager.errors import NotFound, PermissionDenied, ValidationError
 from manager.store import Store, utc_now
 

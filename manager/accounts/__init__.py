@@ -1,0 +1,1 @@
+"""Who may do what: users, sessions, API keys and the one permission check."""

@@ -1,0 +1,1 @@
+"""Chat: turns with thinking, attachments, history and MCP tools."""

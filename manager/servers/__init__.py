@@ -1,0 +1,1 @@
+"""Model servers: profiles, the lifecycle state machine, processes, monitoring, inference."""
