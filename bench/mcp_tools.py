@@ -18,7 +18,8 @@ from pathlib import Path
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from manager.chat.tools import PROJECT_ROOT, McpToolbox
+from manager.chat.mcp_config import PROJECT_ROOT
+from manager.chat.tools import McpToolbox
 from manager.store import Store
 
 CALLS = 30

@@ -36,7 +36,7 @@ from manager.chat.engine import (
     VideoMode,
 )
 from manager.chat.history import Chat
-from manager.chat.tools import ServerKind, parse_args
+from manager.chat.mcp_config import ServerKind, parse_args
 from manager.errors import ManagerError, ValidationError
 from manager.servers.profiles import Profile
 from manager.servers.supervisor import ACTIVE_STATES, ServerSnapshot, ServerState

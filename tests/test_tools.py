@@ -21,13 +21,9 @@ import pytest
 
 from manager.accounts.auth import AuthService, User
 from manager.chat.mcp_builtin import SAMPLE_NOTE, sample_weather
-from manager.chat.tools import (
-    PROJECT_ROOT,
-    CallStatus,
-    McpToolbox,
-    ServerKind,
-    parse_args,
-)
+from manager.chat.mcp_config import PROJECT_ROOT, ServerKind, parse_args
+from manager.chat.tools import McpToolbox
+from manager.chat.toolset import CallStatus
 from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from manager.store import Store
 from tests.conftest import PASSWORD, free_port

@@ -50,7 +50,8 @@ from manager.chat.attachments import (
 from manager.chat.history import ChatHistory, ChatSummary, Message, NewMessage
 from manager.chat.thinking import EventKind as ThinkingKind
 from manager.chat.thinking import ThinkingEvent, ThinkingParser
-from manager.chat.tools import McpToolbox, ToolResult
+from manager.chat.tools import McpToolbox
+from manager.chat.toolset import ToolResult
 from manager.errors import ManagerError, ValidationError
 from manager.models.capabilities import Capabilities, detect
 from manager.servers.inference import InferenceClient, RequestStats
