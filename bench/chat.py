@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from manager.chat.engine import SAVE_EVERY_S, ChatEngine, ChatOptions
+from manager.chat.engine import SAVE_EVERY_S, ChatEngine
+from manager.chat.events import ChatOptions
 from manager.chat.history import NewMessage
 from manager.models.capabilities import Capabilities
 from manager.servers.profiles import Backend, Profile

@@ -26,7 +26,7 @@ import gradio as gr
 from components.chat_view import CHAT_LIST_CSS, TurnView, chat_list_html, chatbot_messages
 from components.session import TabLoader, user_of
 from manager.accounts.auth import User
-from manager.chat.engine import (
+from manager.chat.events import (
     DEFAULT_MAX_TOOL_ROUNDS,
     MAX_FRAMES,
     MAX_TOOL_ROUNDS,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from manager.chat.engine import NOT_RUN, AnswerStats, ChatEvent, ChatEventKind, ToolCall
+from manager.chat.events import NOT_RUN, AnswerStats, ChatEvent, ChatEventKind, ToolCall
 from manager.chat.history import Attachment, ChatSummary, Message
 
 log = logging.getLogger(__name__)

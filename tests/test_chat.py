@@ -16,19 +16,18 @@ from PIL import Image
 
 from manager.accounts.auth import User
 from manager.chat.attachments import AttachmentError
-from manager.chat.engine import (
+from manager.chat.engine import ChatEngine
+from manager.chat.events import (
     NOT_RUN,
     AnswerStats,
-    ChatEngine,
     ChatEvent,
     ChatEventKind,
     ChatOptions,
-    ToolCallCollector,
     VideoMode,
-    uses_native_video,
 )
 from manager.chat.history import NewMessage
 from manager.chat.mcp_builtin import SAMPLE_NOTE
+from manager.chat.requests import ToolCallCollector, uses_native_video
 from manager.errors import ValidationError
 from manager.models.capabilities import Capabilities
 from manager.servers.inference import InferenceClient

@@ -12,7 +12,7 @@ from components.chat_view import (
     chatbot_messages,
     fenced,
 )
-from manager.chat.engine import (
+from manager.chat.events import (
     NOT_RUN,
     AnswerStats,
     ChatEvent,

@@ -22,47 +22,56 @@ updated in place while it grows; each tool result as it completes.
 
 from __future__ import annotations
 
-import json
 import logging
-import mimetypes
 import threading
 import time
-import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from manager.accounts.auth import User
 from manager.chat.attachments import (
-    DEFAULT_LIMITS,
     AttachmentError,
-    AttachmentLimits,
     extract_frames,
     frame_parts,
     native_video_part,
     prepare_image,
     probe_video,
 )
+from manager.chat.events import (
+    DEFAULT_OPTIONS,
+    NOT_RUN,
+    AnswerStats,
+    AttachmentKind,
+    ChatEvent,
+    ChatEventKind,
+    ChatOptions,
+    PreparedMessage,
+    ToolCall,
+    ToolOutcome,
+)
 from manager.chat.history import ChatHistory, ChatSummary, Message, NewMessage
+from manager.chat.requests import (
+    Draft,
+    assistant_openai,
+    attachment_kind,
+    frames_note,
+    native_note,
+    uses_native_video,
+)
 from manager.chat.thinking import EventKind as ThinkingKind
-from manager.chat.thinking import ThinkingEvent, ThinkingParser
+from manager.chat.thinking import ThinkingEvent
 from manager.chat.tools import McpToolbox
-from manager.chat.toolset import ToolResult
 from manager.errors import ManagerError, ValidationError
 from manager.models.capabilities import Capabilities, detect
 from manager.servers.inference import InferenceClient, RequestStats
-from manager.servers.profiles import Backend, Profile, ProfileService, resolve_model
+from manager.servers.profiles import Profile, ProfileService, resolve_model
 from manager.servers.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_TOOL_ROUNDS = 5
-MAX_TOOL_ROUNDS = 50
-MAX_FRAMES = 64
 MAX_TEXT = 100_000
 #: A growing answer is written to SQLite at most this often (and once more at the end).
 SAVE_EVERY_S = 1.0
@@ -70,287 +79,7 @@ SAVE_EVERY_S = 1.0
 PART_CACHE_SIZE = 32
 
 
-class VideoMode(str, Enum):
-    AUTO = "auto"  # native video where the model and server read it, frames otherwise
-    FRAMES = "frames"  # always frames as images
-    NATIVE = "native"  # always the video itself (refused where it cannot work)
-
-
-class AttachmentKind(str, Enum):
-    IMAGE = "image"
-    VIDEO = "video"
-
-
-@dataclass(frozen=True)
-class ChatOptions:
-    tools: bool = True
-    max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
-    max_frames: int = DEFAULT_LIMITS.max_frames
-    video_mode: VideoMode = VideoMode.AUTO
-    limits: AttachmentLimits = DEFAULT_LIMITS
-    #: Seconds one tool call may take; None = the toolbox default.
-    tool_timeout: float | None = None
-
-    def checked(self) -> ChatOptions:
-        if not 1 <= self.max_tool_rounds <= MAX_TOOL_ROUNDS:
-            raise ValidationError(f"Max tool rounds must be between 1 and {MAX_TOOL_ROUNDS}.",
-                                  "max_tool_rounds")
-        if not 1 <= self.max_frames <= MAX_FRAMES:
-            raise ValidationError(f"Video frames must be between 1 and {MAX_FRAMES}.",
-                                  "max_frames")
-        return self
-
-
-class ChatEventKind(str, Enum):
-    USER = "user"  # the user's message was saved (`message`)
-    NOTE = "note"  # something worth saying that is not the model's (`text`; `message`
-    # when it is saved with the user's message, else with the reply that follows)
-    ROUND = "round"  # a request to the model starts (`round`, from 1)
-    THINKING_STARTED = "thinking_started"
-    THINKING = "thinking"  # thinking text delta
-    THINKING_ENDED = "thinking_ended"  # `seconds` thought so far; `finished` False if cut off
-    RECLASSIFIED = "reclassified"  # the answer so far (`text`) was thinking: move it
-    ANSWER = "answer"  # answer text delta
-    TOOL_STARTED = "tool_started"  # `call`
-    TOOL_FINISHED = "tool_finished"  # `call`, `outcome`
-    STATS = "stats"  # `stats` of the request that just ended
-    SAVED = "saved"  # an assistant or tool message was saved (`message`)
-    ERROR = "error"  # the turn ended early (`text` says why)
-    DONE = "done"  # the turn is over (also after an error)
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    id: str
-    name: str
-    arguments: str  # JSON text, as the model wrote it
-
-    def openai(self) -> dict[str, Any]:
-        return {"id": self.id, "type": "function",
-                "function": {"name": self.name, "arguments": self.arguments}}
-
-    @classmethod
-    def from_openai(cls, call: Mapping[str, Any]) -> ToolCall:
-        function = call.get("function") or {}
-        arguments = function.get("arguments")
-        if not isinstance(arguments, str):
-            arguments = json.dumps(arguments if arguments is not None else {})
-        return cls(id=str(call.get("id") or ""), name=str(function.get("name") or ""),
-                   arguments=arguments)
-
-
-NOT_RUN = "not_run"
-
-
-@dataclass(frozen=True)
-class ToolOutcome:
-    """What became of one tool call: a CallStatus value, or NOT_RUN at the round limit."""
-
-    status: str
-    text: str
-    seconds: float | None = None
-    server: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @classmethod
-    def of(cls, result: ToolResult) -> ToolOutcome:
-        return cls(result.status.value, result.text, result.seconds, result.server)
-
-
-@dataclass(frozen=True)
-class AnswerStats:
-    """Token figures of one request, as the inference client measured them."""
-
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    tokens_per_s: float | None = None
-    ttft_s: float | None = None
-    duration_s: float | None = None
-
-    @classmethod
-    def of(cls, stats: RequestStats) -> AnswerStats:
-        return cls(stats.prompt_tokens, stats.completion_tokens, stats.tokens_per_s,
-                   stats.ttft_s, stats.duration_s)
-
-    def meta(self) -> dict[str, Any]:
-        return {"prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "tokens_per_s": self.tokens_per_s, "ttft_s": self.ttft_s,
-                "duration_s": self.duration_s}
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any] | None) -> AnswerStats | None:
-        if not isinstance(meta, Mapping):
-            return None
-        return cls(*(meta.get(k) for k in ("prompt_tokens", "completion_tokens",
-                                           "tokens_per_s", "ttft_s", "duration_s")))
-
-    def label(self) -> str:
-        """"12 prompt + 20 answer tokens · 340.2 tokens/s · first token 0.05 s"; n/a if unknown."""
-        def count(n: int | None) -> str:
-            return "n/a" if n is None else str(n)
-
-        rate = "n/a" if self.tokens_per_s is None else f"{self.tokens_per_s:.1f}"
-        ttft = "n/a" if self.ttft_s is None else f"{self.ttft_s:.2f} s"
-        return (f"{count(self.prompt_tokens)} prompt + {count(self.completion_tokens)} answer "
-                f"tokens · {rate} tokens/s · first token {ttft}")
-
-
-@dataclass(frozen=True)
-class ChatEvent:
-    kind: ChatEventKind
-    text: str = ""
-    seconds: float | None = None
-    finished: bool = True
-    round: int = 0
-    call: ToolCall | None = None
-    outcome: ToolOutcome | None = None
-    stats: AnswerStats | None = None
-    message: Message | None = None
-
-
-@dataclass(frozen=True)
-class PreparedMessage:
-    """A user message that passed the checks, ready to be saved and sent."""
-
-    profile: Profile
-    text: str
-    attachments: tuple[Path, ...]
-    kinds: tuple[AttachmentKind, ...]
-    notes: tuple[str, ...]
-    #: Parts made while checking (None for a native video); reused once the files are saved.
-    parts: tuple[tuple[dict[str, Any], ...] | None, ...] = field(default=(), repr=False)
-
-
-# --- pure helpers ------------------------------------------------------------------------
-
-
-def attachment_kind(path: Path, name: str | None = None) -> AttachmentKind:
-    """Image or video, from the name's type; an unknown name is tried as an image first."""
-    mime = mimetypes.guess_type(name or path.name)[0] or ""
-    if mime.startswith("video/"):
-        return AttachmentKind.VIDEO
-    if mime.startswith("image/"):
-        return AttachmentKind.IMAGE
-    try:
-        probe_video(path, DEFAULT_LIMITS, name=name)
-    except AttachmentError as exc:
-        log.debug("%s is not a video (%s): checked as an image", name or path.name, exc.message)
-        return AttachmentKind.IMAGE  # prepare_image then says what is wrong with it
-    return AttachmentKind.VIDEO
-
-
-def uses_native_video(caps: Capabilities, profile: Profile, mode: VideoMode) -> bool:
-    """Whether a video goes to the server as itself (mlx_vlm reads it) or as frames."""
-    native_possible = caps.video and profile.backend is Backend.MLX_VLM
-    if mode is VideoMode.NATIVE:
-        if not native_possible:
-            raise AttachmentError(
-                f"{profile.name} cannot read a video itself (that needs a video model served "
-                "by mlx_vlm); send it as frames instead.")
-        return True
-    return mode is VideoMode.AUTO and native_possible
-
-
-def frames_note(count: int, name: str) -> str:
-    return f"{count} frame{'s' if count != 1 else ''} sent from {name} (evenly spaced)."
-
-
-def native_note(name: str) -> str:
-    return f"{name} sent as a video (the model reads it natively)."
-
-
-class ToolCallCollector:
-    """Tool calls of one streamed reply. Servers send each call whole (mlx_lm) or in
-    pieces keyed by `index` (the OpenAI way): pieces of the same index are joined."""
-
-    def __init__(self) -> None:
-        self._calls: list[dict[str, Any]] = []
-        self._by_index: dict[int, dict[str, Any]] = {}
-
-    def add(self, deltas: Sequence[Mapping[str, Any]]) -> None:
-        for delta in deltas:
-            function = delta.get("function") or {}
-            index = delta.get("index")
-            entry = self._by_index.get(index) if isinstance(index, int) else None
-            if entry is None:
-                entry = {"id": delta.get("id") or "", "name": function.get("name") or "",
-                         "arguments": function.get("arguments")}
-                self._calls.append(entry)
-                if isinstance(index, int):
-                    self._by_index[index] = entry
-                continue
-            entry["id"] = entry["id"] or delta.get("id") or ""
-            entry["name"] = entry["name"] or function.get("name") or ""
-            piece = function.get("arguments")
-            if isinstance(piece, str) and isinstance(entry["arguments"], str):
-                entry["arguments"] += piece
-            elif piece is not None:
-                entry["arguments"] = piece
-
-    def calls(self) -> list[ToolCall]:
-        out = []
-        for entry in self._calls:
-            arguments = entry["arguments"]
-            if not isinstance(arguments, str):
-                arguments = json.dumps(arguments if arguments is not None else {})
-            out.append(ToolCall(id=entry["id"] or f"call_{uuid.uuid4().hex[:12]}",
-                                name=entry["name"], arguments=arguments))
-        return out
-
-
-def _assistant_openai(message: Message) -> dict[str, Any] | None:
-    """A stored assistant reply as the model should see it again (None: nothing to send)."""
-    if not message.content and not message.tool_calls:
-        return None  # e.g. only an error was recorded
-    out: dict[str, Any] = {"role": "assistant", "content": message.content}
-    if message.tool_calls:
-        out["tool_calls"] = [ToolCall.from_openai(c).openai() for c in message.tool_calls]
-    return out
-
-
 # --- the engine ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Draft:
-    """The assistant reply being streamed, and where it is saved."""
-
-    profile: Profile
-    round: int
-    notes: list[str] = field(default_factory=list)
-    parser: ThinkingParser = field(default_factory=ThinkingParser)
-    calls: ToolCallCollector = field(default_factory=ToolCallCollector)
-    stats: AnswerStats | None = None
-    error: str | None = None
-    stopped: bool = False
-    thinking_cut: bool = False  # the stream stopped inside thinking
-    reasoning_field: bool = False  # the server sent thinking in its own field
-    finish_reason: str | None = None
-    message_id: int | None = None
-    saved_at: float = 0.0
-
-    def new_message(self) -> NewMessage:
-        meta: dict[str, Any] = {"profile": self.profile.name, "model": self.profile.model,
-                                "round": self.round}
-        if self.notes:
-            meta["notes"] = list(self.notes)
-        if self.stats is not None:
-            meta.update(self.stats.meta())
-        if self.error:
-            meta["error"] = self.error
-        if self.stopped:
-            meta["stopped"] = True
-        if self.thinking_cut:
-            meta["thinking_unfinished"] = True
-        thinking = self.parser.thinking or None
-        return NewMessage(
-            role="assistant", content=self.parser.answer, thinking=thinking,
-            thinking_seconds=self.parser.thinking_seconds if thinking else None,
-            tool_calls=[c.openai() for c in self.calls.calls()], meta=meta)
 
 
 class ChatEngine:
@@ -384,7 +113,7 @@ class ChatEngine:
         return detect(Path(model_dir) if model_dir else resolve_model(profile.model))
 
     def prepare(self, profile_id: int, text: str, attachments: Sequence[Path | str],
-                options: ChatOptions = ChatOptions()) -> PreparedMessage:
+                options: ChatOptions = DEFAULT_OPTIONS) -> PreparedMessage:
         """Check a new message before anything is sent or saved; raises ValidationError
         (AttachmentError for files) with a message saying what to change."""
         options = options.checked()
@@ -414,7 +143,7 @@ class ChatEngine:
         return PreparedMessage(profile, text, paths, kinds, tuple(notes), tuple(parts))
 
     def send(self, owner: User, chat_id: int, prepared: PreparedMessage,
-             options: ChatOptions = ChatOptions()) -> Iterator[ChatEvent]:
+             options: ChatOptions = DEFAULT_OPTIONS) -> Iterator[ChatEvent]:
         """Save the user's message, then answer it (events as they happen)."""
         options = options.checked()
         chat = self._chats.get(owner, chat_id)  # the owner check, before anything is saved
@@ -433,7 +162,7 @@ class ChatEngine:
                                 (*chat.messages, user_message), options)
 
     def turn(self, owner: User, chat_id: int, profile_id: int, text: str,
-             attachments: Sequence[Path | str] = (), options: ChatOptions = ChatOptions()
+             attachments: Sequence[Path | str] = (), options: ChatOptions = DEFAULT_OPTIONS
              ) -> Iterator[ChatEvent]:
         """prepare + send; a refused message ends in an ERROR event and nothing is saved."""
         try:
@@ -446,7 +175,7 @@ class ChatEngine:
         yield from self.send(owner, chat_id, prepared, options)
 
     def retry(self, owner: User, chat_id: int, profile_id: int,
-              options: ChatOptions = ChatOptions()) -> Iterator[ChatEvent]:
+              options: ChatOptions = DEFAULT_OPTIONS) -> Iterator[ChatEvent]:
         """Drop everything after the last user message and answer it again."""
         options = options.checked()
         profile = self._profiles.get(profile_id)
@@ -483,7 +212,7 @@ class ChatEngine:
             elif message.role == "system":
                 out.append({"role": "system", "content": message.content})
             elif message.role == "assistant":
-                entry = _assistant_openai(message)
+                entry = assistant_openai(message)
                 if entry is None:
                     continue
                 out.append(entry)
@@ -622,7 +351,7 @@ class ChatEngine:
         number = 0
         while True:
             number += 1
-            draft = _Draft(profile, number, notes=notes if number == 1 else [])
+            draft = Draft(profile, number, notes=notes if number == 1 else [])
             yield ChatEvent(ChatEventKind.ROUND, round=number)
             yield from self._stream_round(owner, chat_id, draft, messages, tools)
             if draft.error:
@@ -671,7 +400,7 @@ class ChatEngine:
                     "to let it go on, or turn tools off.")
         return None
 
-    def _stream_round(self, owner: User, chat_id: int, draft: _Draft,
+    def _stream_round(self, owner: User, chat_id: int, draft: Draft,
                       messages: list[dict[str, Any]], tools: list[dict[str, Any]]
                       ) -> Iterator[ChatEvent]:
         body: dict[str, Any] = {"messages": messages}
@@ -721,7 +450,7 @@ class ChatEngine:
         if message is not None:
             yield ChatEvent(ChatEventKind.SAVED, message=message, round=draft.round)
 
-    def _thinking_event(self, event: ThinkingEvent, draft: _Draft) -> ChatEvent:
+    def _thinking_event(self, event: ThinkingEvent, draft: Draft) -> ChatEvent:
         kinds = {
             ThinkingKind.THINKING: ChatEventKind.THINKING,
             ThinkingKind.ANSWER: ChatEventKind.ANSWER,
@@ -742,7 +471,7 @@ class ChatEngine:
         return ChatEvent(kinds[event.kind], text=event.text, seconds=seconds,
                          finished=finished, round=draft.round)
 
-    def _save(self, owner: User, chat_id: int, draft: _Draft, *, force: bool = False
+    def _save(self, owner: User, chat_id: int, draft: Draft, *, force: bool = False
               ) -> Message | None:
         """Add the reply on its first save, then update it in place (throttled unless forced)."""
         now = self._clock()
@@ -770,7 +499,7 @@ class ChatEngine:
 
     def _fail(self, owner: User, chat_id: int, profile: Profile, message: str
               ) -> Iterator[ChatEvent]:
-        draft = _Draft(profile, 1, error=message)
+        draft = Draft(profile, 1, error=message)
         self._save(owner, chat_id, draft, force=True)
         yield ChatEvent(ChatEventKind.ERROR, text=message)
         yield ChatEvent(ChatEventKind.DONE)
