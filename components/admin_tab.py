@@ -10,9 +10,8 @@ from collections.abc import Callable
 
 import gradio as gr
 
-from components.session import TabLoader, user_of
+from components.session import TabLoader, handler
 from manager.accounts.auth import Role, User
-from manager.errors import ManagerError
 from manager.services import Services
 
 log = logging.getLogger(__name__)
@@ -66,8 +65,8 @@ def build(services: Services) -> TabLoader:
         users = auth.list_users(actor)
         return user_rows(users), gr.Dropdown(choices=user_choices(users))
 
-    def load(request: gr.Request) -> tuple:
-        actor = user_of(services, request)
+    @handler(services, "admin tab load")
+    def load(actor: User) -> tuple:
         if not actor.is_admin:
             return [], gr.Dropdown(choices=[])
         return snapshot(actor)
@@ -91,19 +90,15 @@ def build(services: Services) -> TabLoader:
         return "Account deleted."
 
     def run(name: str) -> Callable[..., tuple]:
-        def handler(user_id: int | str | None, password: str, request: gr.Request) -> tuple:
-            actor = user_of(services, request)
+        @handler(services, f"admin action {name}")
+        def on_action(actor: User, user_id: int | str | None, password: str) -> tuple:
             if user_id is None or not str(user_id).isdigit():
                 raise gr.Error("Pick an account first.")
-            try:
-                message = actions[name](actor, int(user_id), password or "")
-            except ManagerError as exc:
-                log.info("admin action %s by %s refused: %s", name, actor.email, exc.message)
-                raise gr.Error(exc.message) from exc
+            message = actions[name](actor, int(user_id), password or "")
             rows, dropdown = snapshot(actor)
             return rows, dropdown, message, ""
 
-        return handler
+        return on_action
 
     outputs = [table, target, result, temp_password]
     for name, button in (("approve", approve), ("reject", reject), ("enable", enable),

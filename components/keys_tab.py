@@ -14,10 +14,9 @@ from typing import Any
 
 import gradio as gr
 
-from components.session import TabLoader, user_of
+from components.session import TabLoader, handler
 from manager.accounts.api_keys import ApiKey
 from manager.accounts.auth import User
-from manager.errors import ManagerError
 from manager.services import Services
 
 log = logging.getLogger(__name__)
@@ -131,44 +130,32 @@ def build(services: Services) -> TabLoader:
         profiles = services.profiles.list()
         return profiles[0].name if profiles else EXAMPLE_MODEL
 
-    def load(request: gr.Request) -> tuple:
-        actor = user_of(services, request)
+    @handler(services, "keys tab load")
+    def load(actor: User, request: gr.Request) -> tuple:
         url = base_url(request, fallback)
         rows, dropdown = listing(actor, False)
         return (url, rows, dropdown, gr.Checkbox(visible=actor.is_admin, value=False),
                 snippets_markdown(url, example_model()), gr.Textbox(value="", visible=False))
 
-    def on_list(show_all: bool, request: gr.Request) -> tuple:
-        actor = user_of(services, request)
-        try:
-            rows, dropdown = listing(actor, show_all)
-        except ManagerError as exc:
-            log.info("key list by %s refused: %s", actor.email, exc.message)
-            raise gr.Error(exc.message) from exc
+    @handler(services, "key list")
+    def on_list(actor: User, show_all: bool) -> tuple:
+        rows, dropdown = listing(actor, show_all)
         return rows, dropdown, gr.Textbox(value="", visible=False)
 
-    def on_create(label: str, show_all: bool, request: gr.Request) -> tuple:
-        actor = user_of(services, request)
-        try:
-            new = keys.create(actor, label or "")
-            rows, dropdown = listing(actor, show_all)
-        except ManagerError as exc:
-            log.info("key creation by %s refused: %s", actor.email, exc.message)
-            raise gr.Error(exc.message) from exc
+    @handler(services, "key creation")
+    def on_create(actor: User, label: str, show_all: bool) -> tuple:
+        new = keys.create(actor, label or "")
+        rows, dropdown = listing(actor, show_all)
         message = (f"Key **{new.key.name}** created. Copy it from the box above now: only "
                    "its first characters are kept in view after this.")
         return gr.Textbox(value=new.secret, visible=True), rows, dropdown, message, ""
 
-    def on_revoke(key_id: int | str | None, show_all: bool, request: gr.Request) -> tuple:
-        actor = user_of(services, request)
+    @handler(services, "key revocation")
+    def on_revoke(actor: User, key_id: int | str | None, show_all: bool) -> tuple:
         if key_id is None or not str(key_id).strip().isdigit():
             raise gr.Error("Pick a key to revoke first.")
-        try:
-            revoked = keys.revoke(actor, int(str(key_id).strip()))
-            rows, dropdown = listing(actor, show_all)
-        except ManagerError as exc:
-            log.info("key revocation by %s refused: %s", actor.email, exc.message)
-            raise gr.Error(exc.message) from exc
+        revoked = keys.revoke(actor, int(str(key_id).strip()))
+        rows, dropdown = listing(actor, show_all)
         message = (f"Key **{revoked.name}** ({revoked.hint}…) of {revoked.owner_email} is "
                    "revoked: requests with it are refused from now on.")
         return rows, dropdown, message, gr.Textbox(value="", visible=False)

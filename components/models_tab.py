@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import gradio as gr
 
-from components.session import TabLoader, user_of
+from components.session import TabLoader, handler
 from components.views import (
     download_tile_html,
     local_tile_html,
@@ -23,7 +23,7 @@ from components.views import (
     tile_list_html,
 )
 from manager.accounts.auth import User
-from manager.errors import ManagerError, PermissionDenied, ValidationError
+from manager.errors import PermissionDenied, ValidationError
 from manager.models.capabilities import fit, human_bytes, memory_budget_bytes
 from manager.models.downloads import DownloadView
 from manager.models.filters import ModelFilter
@@ -213,27 +213,23 @@ def build(services: Services) -> TabLoader:
         return gr.Button(visible=which == REMOTE and not exhausted)
 
     # ---- search and filters -----------------------------------------------------------------
-    def run_search(which: str, text_v: str, author_v: str, sort_v: str, mlx_v: bool,
-                   filt: ModelFilter, request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "search")
+    def run_search(user: User, which: str, text_v: str, author_v: str, sort_v: str,
+                   mlx_v: bool, filt: ModelFilter) -> tuple:
         filt = replace(filt or ModelFilter(), text=(text_v or "").strip())
         items: list[RemoteItem] = []
         sess = None
         if which == REMOTE:
             typed = filt.text
-            try:
-                if typed.count("/") == 1 and " " not in typed:
-                    # A typed org/name: that repo, or a clear reason why it cannot be shown.
-                    model = hub.lookup(typed)
-                    items = [RemoteItem(model, hub.details(model))]
-                else:
-                    sess = hub.search(SearchQuery(
-                        text=typed, author="" if author_v == ANY_AUTHOR else (author_v or ""),
-                        mlx_only=bool(mlx_v), sort=sort_v or "downloads"))
-                    items = _fetch_page(sess)
-            except ManagerError as exc:
-                log.info("search %r by %s failed: %s", typed, user.email, exc.message)
-                raise gr.Error(exc.message) from exc
+            if typed.count("/") == 1 and " " not in typed:
+                # A typed org/name: that repo, or a clear reason why it cannot be shown.
+                model = hub.lookup(typed)
+                items = [RemoteItem(model, hub.details(model))]
+            else:
+                sess = hub.search(SearchQuery(
+                    text=typed, author="" if author_v == ANY_AUTHOR else (author_v or ""),
+                    mlx_only=bool(mlx_v), sort=sort_v or "downloads"))
+                items = _fetch_page(sess)
         dl, lst, sig = render(user, which, filt, items)
         return dl, lst, sig, sess, items, more_visible(which, sess), filt, ""
 
@@ -241,28 +237,21 @@ def build(services: Services) -> TabLoader:
         page = sess.next_page(PAGE_SIZE)
         return [RemoteItem(m, d) for m, d in zip(page, hub.details_many(page), strict=True)]
 
-    def more(which: str, sess: SearchSession | None, items: list[RemoteItem],
-             filt: ModelFilter, request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "loading more models")
+    def more(user: User, which: str, sess: SearchSession | None, items: list[RemoteItem],
+             filt: ModelFilter) -> tuple:
         if sess is None:
             raise gr.Error("Search first.")
-        try:
-            items = [*items, *_fetch_page(sess)]
-        except ManagerError as exc:
-            raise gr.Error(exc.message) from exc
+        items = [*items, *_fetch_page(sess)]
         dl, lst, sig = render(user, which, filt, items)
         return dl, lst, sig, items, more_visible(which, sess)
 
-    def on_filters(which: str, items: list[RemoteItem], filt: ModelFilter, arch_v: str,
-                   mm: bool, vid: bool, tl: bool, th: bool, bits_v: str | None,
-                   mn: float | None, mx: float | None, fits_v: str | None,
-                   request: gr.Request) -> tuple:
-        user = user_of(services, request)
-        try:
-            new = build_filter((filt or ModelFilter()).text, arch_v, mm, vid, tl, th, bits_v,
-                               mn, mx, fits_v)
-        except ManagerError as exc:
-            raise gr.Error(exc.message) from exc
+    @handler(services, "filters")
+    def on_filters(user: User, which: str, items: list[RemoteItem], filt: ModelFilter,
+                   arch_v: str, mm: bool, vid: bool, tl: bool, th: bool, bits_v: str | None,
+                   mn: float | None, mx: float | None, fits_v: str | None) -> tuple:
+        new = build_filter((filt or ModelFilter()).text, arch_v, mm, vid, tl, th, bits_v,
+                           mn, mx, fits_v)
         return (*render(user, which, new, items), new)
 
     # ---- actions ---------------------------------------------------------------------------
@@ -286,53 +275,39 @@ def build(services: Services) -> TabLoader:
             return f"Deleted {deleted.name}."
         raise ValidationError(f"Unknown action {action!r}.")
 
-    def on_tile(which: str, items: list[RemoteItem], filt: ModelFilter, evt: gr.EventData,
-                request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "models tile action")
+    def on_tile(user: User, which: str, items: list[RemoteItem], filt: ModelFilter,
+                evt: gr.EventData) -> tuple:
         data = getattr(evt, "_data", None) or {}
         action, target = str(data.get("action", "")), str(data.get("target", ""))
-        try:
-            if action == "delete":
-                # Deleting is final: it takes a second, explicit click.
-                model = library.find(target)
-                dl, lst, sig = render(user, which, filt, items)
-                question = (f"**Delete {model.name}** ({human_bytes(model.size_bytes)}) from "
-                            "this machine? Its files are removed for good.")
-                return dl, lst, sig, gr.Row(visible=True), question, target, ""
-            message = act(user, action, target)
-        except ManagerError as exc:
-            log.info("models action %s on %s by %s refused: %s", action, target, user.email,
-                     exc.message)
-            raise gr.Error(exc.message) from exc
+        if action == "delete":
+            # Deleting is final: it takes a second, explicit click.
+            model = library.find(target)
+            dl, lst, sig = render(user, which, filt, items)
+            question = (f"**Delete {model.name}** ({human_bytes(model.size_bytes)}) from "
+                        "this machine? Its files are removed for good.")
+            return dl, lst, sig, gr.Row(visible=True), question, target, ""
+        message = act(user, action, target)
         dl, lst, sig = render(user, which, filt, items)
         return dl, lst, sig, gr.Row(visible=False), "", "", message
 
-    def on_api(action: str, target: str, request: gr.Request) -> str:
-        user = user_of(services, request)
-        try:
-            return act(user, (action or "").strip(), (target or "").strip())
-        except ManagerError as exc:
-            log.info("models api %s on %s by %s refused: %s", action, target, user.email,
-                     exc.message)
-            raise gr.Error(exc.message) from exc
+    @handler(services, "models action")
+    def on_api(user: User, action: str, target: str) -> str:
+        return act(user, (action or "").strip(), (target or "").strip())
 
-    def on_confirm(which: str, items: list[RemoteItem], filt: ModelFilter, target: str,
-                   request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "model delete")
+    def on_confirm(user: User, which: str, items: list[RemoteItem], filt: ModelFilter,
+                   target: str) -> tuple:
         if not target:
             raise gr.Error("Nothing to delete.")
-        try:
-            message = act(user, "delete", target)
-        except ManagerError as exc:
-            log.info("delete of %s by %s refused: %s", target, user.email, exc.message)
-            raise gr.Error(exc.message) from exc
+        message = act(user, "delete", target)
         dl, lst, sig = render(user, which, filt, items)
         return dl, lst, sig, gr.Row(visible=False), "", message
 
     # ---- timer: snapshot only -------------------------------------------------------------
-    def tick(which: str, items: list[RemoteItem], filt: ModelFilter, last: tuple | None,
-             request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "models tick")
+    def tick(user: User, which: str, items: list[RemoteItem], filt: ModelFilter,
+             last: tuple | None) -> tuple:
         views = downloads.snapshot()
         sig = signature(views)
         dl = downloads_part(user, views)
@@ -347,22 +322,16 @@ def build(services: Services) -> TabLoader:
         lines = "\n".join(f"- `{f.path}`" for f in listed) or "_No extra folders._"
         return lines, gr.Dropdown(choices=[(str(f.path), f.id) for f in listed], value=None)
 
-    def on_add_folder(path: str, request: gr.Request) -> tuple:
-        user = user_of(services, request)
-        try:
-            folder = library.add_folder(user, path)
-        except ManagerError as exc:
-            raise gr.Error(exc.message) from exc
+    @handler(services, "adding a model folder")
+    def on_add_folder(user: User, path: str) -> tuple:
+        folder = library.add_folder(user, path)
         return (*folders_view(), "", f"Added {folder.path}.")
 
-    def on_remove_folder(folder_id: int | None, request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "removing a model folder")
+    def on_remove_folder(user: User, folder_id: int | None) -> tuple:
         if folder_id is None:
             raise gr.Error("Pick a folder first.")
-        try:
-            library.remove_folder(user, int(folder_id))
-        except ManagerError as exc:
-            raise gr.Error(exc.message) from exc
+        library.remove_folder(user, int(folder_id))
         return (*folders_view(), "Folder removed from the list (its files are untouched).")
 
     # ---- wiring ---------------------------------------------------------------------------
@@ -393,8 +362,8 @@ def build(services: Services) -> TabLoader:
     remove_folder.click(on_remove_folder, folder_pick, [folders_md, folder_pick, status],
                         api_name="models_remove_folder")
 
-    def load(request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "models tab load")
+    def load(user: User) -> tuple:
         dl, lst, sig = render(user, LOCAL, ModelFilter(), [])
         folder_lines, picker = folders_view() if user.is_admin else ("", gr.Dropdown())
         return dl, lst, sig, gr.Accordion(visible=user.is_admin), folder_lines, picker

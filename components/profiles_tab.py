@@ -13,9 +13,9 @@ from typing import Any
 
 import gradio as gr
 
-from components.session import TabLoader, user_of
+from components.session import TabLoader, handler, warn
 from manager.accounts.auth import User
-from manager.errors import ManagerError, ValidationError
+from manager.errors import ValidationError
 from manager.servers.profiles import Backend, Profile, ProfileSpec, cached_repo_ids, can_edit
 from manager.services import Services
 
@@ -197,23 +197,20 @@ def build(services: Services) -> TabLoader:
                                                elem_classes=[]))
         return (*listing(selected), message, *updates)
 
-    def load(request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "profiles tab load")
+    def load(user: User) -> tuple:
         return show(NEW, user)
 
-    def on_pick(selected: str | None, request: gr.Request) -> tuple:
-        user = user_of(services, request)
-        try:
-            return show(selected, user)
-        except ManagerError as exc:
-            raise gr.Error(exc.message) from exc
+    @handler(services, "picking a profile")
+    def on_pick(user: User, selected: str | None) -> tuple:
+        return show(selected, user)
 
-    def on_save(selected: str | None, name: str, description: str, model: str, backend: str,
-                host: str, port: float | None, context: float | None, max_tokens: float | None,
-                temperature: float | None, top_p: float | None, thinking: str,
-                system_prompt: str, auto_start: bool, auto_restart: bool, idle: float | None,
-                request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "saving a profile")
+    def on_save(user: User, selected: str | None, name: str, description: str, model: str,
+                backend: str, host: str, port: float | None, context: float | None,
+                max_tokens: float | None, temperature: float | None, top_p: float | None,
+                thinking: str, system_prompt: str, auto_start: bool, auto_restart: bool,
+                idle: float | None) -> tuple:
         values = (name, description, model, backend, host, port, context, max_tokens,
                   temperature, top_p, thinking, system_prompt, auto_start, auto_restart, idle)
         try:
@@ -228,37 +225,29 @@ def build(services: Services) -> TabLoader:
                 if snap is not None and snap.state.value in ("starting", "ready"):
                     message += " Restart its server to apply the changes."
         except ValidationError as exc:
-            log.info("profile not saved for %s: %s (%s)", user.email, exc.message, exc.field)
-            gr.Warning(exc.message)
+            # Shown on its field; the form stays as typed.
+            warn(exc, f"saving profile field {exc.field} by {user.email}")
             return (gr.skip(), gr.skip(), f"⚠ {exc.message}", *field_infos(exc))
-        except ManagerError as exc:
-            raise gr.Error(exc.message) from exc
         return show(str(profile.id), user, message)
 
-    def on_duplicate(selected: str | None, request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "duplicating a profile")
+    def on_duplicate(user: User, selected: str | None) -> tuple:
         if not selected or selected == NEW:
             raise gr.Error("Pick a profile to duplicate first.")
-        try:
-            copy = profiles.duplicate(user, int(selected))
-        except ManagerError as exc:
-            raise gr.Error(exc.message) from exc
+        copy = profiles.duplicate(user, int(selected))
         return show(str(copy.id), user, f"Created **{copy.name}**, a copy you can change.")
 
-    def on_delete(selected: str | None, request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "deleting a profile")
+    def on_delete(user: User, selected: str | None) -> tuple:
         if not selected or selected == NEW:
             raise gr.Error("Pick a profile to delete first.")
-        try:
-            profile = profiles.get(int(selected))
-            profiles.delete(user, profile.id)
-            services.supervisor.forget(profile.id)
-        except ManagerError as exc:
-            raise gr.Error(exc.message) from exc
+        profile = profiles.get(int(selected))
+        profiles.delete(user, profile.id)
+        services.supervisor.forget(profile.id)
         return (*show(NEW, user, f"Deleted **{profile.name}**."), gr.Row(visible=False))
 
-    def ask_delete(selected: str | None, request: gr.Request) -> Any:
-        user_of(services, request)
+    @handler(services, "asking to delete a profile")
+    def ask_delete(_user: User, selected: str | None) -> Any:
         if not selected or selected == NEW:
             raise gr.Error("Pick a profile to delete first.")
         return gr.Row(visible=True)

@@ -14,9 +14,9 @@ from typing import Any
 
 import gradio as gr
 
-from components.session import TabLoader, user_of
+from components.session import TabLoader, refusals, user_of
 from components.views import server_tile_html, server_tiles_html
-from manager.errors import ManagerError, ValidationError
+from manager.errors import ValidationError
 from manager.servers.supervisor import ServerState
 from manager.services import Services
 
@@ -105,7 +105,7 @@ def build(services: Services) -> TabLoader:
         return (render_tiles(services), *timer_for(current))
 
     def run(action: str, target: str, user_email: str) -> str:
-        try:
+        with refusals(f"server {action} of {target!r} by {user_email}"):
             profile_id = services.profiles.find(target).id
             if action == "start":
                 snap = supervisor.start(profile_id, by=user_email)
@@ -118,10 +118,6 @@ def build(services: Services) -> TabLoader:
                 message = f"Restarting {snap.profile.name}…"
             else:
                 raise ValidationError(f"Unknown action {action!r}.")
-        except ManagerError as exc:
-            log.info("server %s of %r by %s refused: %s", action, target, user_email,
-                     exc.message)
-            raise gr.Error(exc.message) from exc
         monitor.touch()
         return message
 
