@@ -296,7 +296,7 @@ def build(services: Services) -> TabLoader:
                 chat_id: int | None) -> str:
         if profile is None:
             return chat_list_html([], None)
-        found = chats.list(user, server=profile.name, search=search_text or "")
+        found = chats.list(user, profile.id, search=search_text or "")
         return chat_list_html(found, chat_id, search=search_text or "", server=profile.name)
 
     def read_chat(user: User, chat_id: Any) -> Chat:
@@ -318,16 +318,18 @@ def build(services: Services) -> TabLoader:
     def opened(user: User, chat: Chat, search_text: str) -> tuple:
         """Outputs of showing a chat: chatbot, current, title, sidebar, and its server
         (a chat goes on with the server it was started with)."""
-        profile = _profile_named(chat.summary.server)
+        profile = _profile_of_chat(chat.summary.profile_id)
         return (chatbot_messages(chat.messages), chat.id, chat.summary.title,
                 sidebar(user, profile, search_text, chat.id), server_update(profile),
                 status_markdown(services, profile))
 
-    def _profile_named(name: str) -> Profile | None:
+    def _profile_of_chat(profile_id: int | None) -> Profile | None:
+        if profile_id is None:
+            return None
         try:
-            return services.profiles.get_by_name(name)
+            return services.profiles.get(profile_id)
         except ManagerError:
-            log.info("chat server %r has no profile any more", name)
+            log.info("chat profile %s is gone", profile_id)
             return None
 
     # -- loading and picking --------------------------------------------------------------
@@ -335,12 +337,12 @@ def build(services: Services) -> TabLoader:
     def load(request: gr.Request) -> tuple:
         user = user_of(services, request)
         recent = chats.list(user)
-        profile = _profile_named(recent[0].server) if recent else None
+        profile = _profile_of_chat(recent[0].profile_id) if recent else None
         if profile is None:
             profile = next((p for p in services.profiles.list()
                             if _state(services, p) is ServerState.READY), None)
         chat_view, chat_id, chat_title = [], None, ""
-        if profile is not None and recent and recent[0].server == profile.name:
+        if profile is not None and recent and recent[0].profile_id == profile.id:
             chat = chats.get(user, recent[0].id)
             chat_view, chat_id, chat_title = (chatbot_messages(chat.messages), chat.id,
                                               chat.summary.title)

@@ -209,6 +209,17 @@ def _create_mcp_servers(db: Database) -> None:
     )
 
 
+def _chats_reference_profiles_by_id(db: Database) -> None:
+    # Chats named their profile; a rename hid them. The id survives a rename; the old
+    # `server` column keeps the name a chat was started with, for chats whose profile is
+    # gone (a deleted profile leaves its chats, without a server).
+    db.execute("ALTER TABLE chats ADD COLUMN profile_id INTEGER"
+               " REFERENCES profiles(id) ON DELETE SET NULL")
+    db.execute("UPDATE chats SET profile_id = (SELECT p.id FROM profiles p"
+               " WHERE p.name = chats.server COLLATE NOCASE)")
+    db.execute("CREATE INDEX chats_owner_profile ON chats(user_id, profile_id, updated_at)")
+
+
 # Append only: a migration that has shipped is never edited or reordered.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_users", _create_users),
@@ -217,6 +228,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0004_models_downloads_library", _create_models_tables),
     Migration("0005_chat_history", _create_chat_history),
     Migration("0006_tools_mcp_servers", _create_mcp_servers),
+    Migration("0007_chats_profile_id", _chats_reference_profiles_by_id),
 )
 
 

@@ -94,7 +94,7 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
         assert "/gradio_api/file=" in image.get_attribute("src")
         page.wait_for_selector("#chat-list .mm-chat-active:has-text('2 messages')",
                                timeout=60_000)
-        (saved,) = dash.services.chats.list(alice, server="eyes")
+        (saved,) = dash.services.chats.list(alice, dash.profiles["eyes"].id)
         user_message = dash.services.chats.get(alice, saved.id).messages[0]
         assert [a.name for a in user_message.attachments] == ["blue.png"]
 
@@ -105,7 +105,7 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
         page.click("#chat-stop")
         page.wait_for_selector(f"{BOT} :text('Stopped before the answer was complete.')",
                                timeout=30_000)
-        (stopped,) = dash.services.chats.list(alice, server="chatter")
+        (stopped,) = dash.services.chats.list(alice, dash.profiles["chatter"].id)
         answer = dash.services.chats.get(alice, stopped.id).messages[-1]
         assert answer.meta["stopped"] is True and answer.content
         assert answer.meta.get("completion_tokens") is None or \
@@ -141,7 +141,7 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
         page.wait_for_selector("#chat-list .mm-chat-active:has-text('8 messages')",
                                timeout=60_000)
         assert page.locator(f"{BOT} :text('It is sunny in Paris.')").count() == 2
-        (weather_chat,) = dash.services.chats.list(alice, server="weather")
+        (weather_chat,) = dash.services.chats.list(alice, dash.profiles["weather"].id)
         assert weather_chat.message_count == 8
 
         # Switching server shows that server's chats only.
@@ -155,12 +155,12 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
         # Delete takes a confirmation; then the chat and its files are gone.
         page.click("#chat-delete")
         page.click("#chat-cancel-delete")
-        assert dash.services.chats.list(alice, server="weather")
+        assert dash.services.chats.list(alice, dash.profiles["weather"].id)
         page.click("#chat-delete")
         page.click("#chat-confirm-delete")
         page.wait_for_selector("#chat-list:has-text('No chats with weather yet')",
                                timeout=10_000)
-        assert dash.services.chats.list(alice, server="weather") == []
+        assert dash.services.chats.list(alice, dash.profiles["weather"].id) == []
         assert page.locator(f"{BOT} :text('It is sunny in Paris.')").count() == 0
     finally:
         context.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,10 @@ import pytest
 from manager.accounts.auth import User
 from manager.chat.history import ChatHistory, NewMessage, title_from
 from manager.errors import NotFound, ValidationError
+from manager.servers.profiles import Profile, ProfileSpec
 from manager.services import Services
 from manager.settings import Settings
+from manager.store import MIGRATIONS, Store
 
 PW = "correct horse battery"
 
@@ -86,25 +89,67 @@ def test_a_new_app_on_the_same_data_dir_sees_the_chat(
     again.close()
 
 
+def _profile(services: Services, name: str, model: Path) -> Profile:
+    return services.profiles.create(None, ProfileSpec(name=name, model=str(model)))
+
+
 def test_lists_are_per_server_newest_first_and_searchable(
-    history: ChatHistory, alice: User
+    history: ChatHistory, alice: User, services: Services, tiny_models: dict[str, Path]
 ) -> None:
-    one = history.create(alice, "qwen")
+    qwen = _profile(services, "qwen", tiny_models["text"]).id
+    vision = _profile(services, "vision", tiny_models["vision"]).id
+    one = history.create(alice, "qwen", profile_id=qwen)
     history.add_message(alice, one.id, NewMessage("user", "tell me about llamas"))
-    two = history.create(alice, "qwen")
+    two = history.create(alice, "qwen", profile_id=qwen)
     history.add_message(alice, two.id, NewMessage("user", "100% sure_thing?"))
-    other = history.create(alice, "vision")
+    other = history.create(alice, "vision", profile_id=vision)
     history.add_message(alice, other.id, NewMessage("user", "describe the image"))
     history.add_message(alice, one.id, NewMessage("assistant", "Llamas are camelids."))
-    assert [c.id for c in history.list(alice, "qwen")] == [one.id, two.id]
-    assert [c.id for c in history.list(alice, "vision")] == [other.id]
+    assert [c.id for c in history.list(alice, qwen)] == [one.id, two.id]
+    assert [c.id for c in history.list(alice, vision)] == [other.id]
     assert {c.id for c in history.list(alice)} == {one.id, two.id, other.id}
-    assert [c.id for c in history.list(alice, "qwen", search="camelid")] == [one.id]
-    assert [c.id for c in history.list(alice, "qwen", search="100%")] == [two.id]
-    assert [c.id for c in history.list(alice, "qwen", search="sure_")] == [two.id]
-    assert [c.id for c in history.list(alice, "qwen", search="%")] == [two.id]
+    assert [c.id for c in history.list(alice, qwen, search="camelid")] == [one.id]
+    assert [c.id for c in history.list(alice, qwen, search="100%")] == [two.id]
+    assert [c.id for c in history.list(alice, qwen, search="sure_")] == [two.id]
+    assert [c.id for c in history.list(alice, qwen, search="%")] == [two.id]
     # Wildcards are literal: "l%s" would match "llamas" if % were a LIKE wildcard.
-    assert history.list(alice, "qwen", search="l%s") == []
+    assert history.list(alice, qwen, search="l%s") == []
+
+
+def test_a_renamed_profile_keeps_its_chats_under_its_new_name(
+    alice: User, services: Services, tiny_models: dict[str, Path]
+) -> None:
+    profile = _profile(services, "qwen", tiny_models["text"])
+    chat = services.chat_engine.start_chat(alice, profile)
+    services.profiles.update(None, profile.id, replace(profile.spec(), name="Qwen tiny"))
+    listed = services.chats.list(alice, profile.id)
+    assert [(c.id, c.server) for c in listed] == [(chat.id, "Qwen tiny")]
+    assert services.chats.get(alice, chat.id).summary.server == "Qwen tiny"
+    # A profile that is deleted leaves its chats, with the name they last showed.
+    services.profiles.delete(None, profile.id)
+    (left,) = services.chats.list(alice)
+    assert left.id == chat.id and left.profile_id is None and left.server == "qwen"
+
+
+def test_the_migration_points_existing_chats_at_their_profiles_by_name(
+    tmp_path: Path
+) -> None:
+    path = tmp_path / "old.db"
+    before = next(i for i, m in enumerate(MIGRATIONS) if m.name == "0007_chats_profile_id")
+    old = Store(path, MIGRATIONS[:before])
+    with old.connect() as db:
+        db.execute("INSERT INTO users (id, email, password_hash, role, status, created_at)"
+                   " VALUES (1, 'a@example.com', 'x', 'admin', 'active', 'now')")
+        db.execute("INSERT INTO profiles (id, name, model, backend, host, port, created_at,"
+                   " updated_at) VALUES (7, 'Qwen', 'm', 'mlx_lm', '127.0.0.1', 8100, 'now',"
+                   " 'now')")
+        for chat_id, server in ((1, "Qwen"), (2, "qwen"), (3, "gone")):
+            db.execute("INSERT INTO chats (id, user_id, server, title, created_at, updated_at)"
+                       " VALUES (?, 1, ?, 't', 'now', 'now')", [chat_id, server])
+    assert Store(path).migrate() == []  # opening it applied the new migration already
+    with Store(path).connect() as db:
+        rows = {r["id"]: r["profile_id"] for r in db.query("SELECT id, profile_id FROM chats")}
+    assert rows == {1: 7, 2: 7, 3: None}
 
 
 def test_rename_keeps_the_title_and_rejects_empty(history: ChatHistory, alice: User) -> None:

@@ -70,7 +70,7 @@ def test_a_chat_streams_thinking_tools_and_answer_and_is_saved(dash: ChatDashboa
     assert tool_panel["metadata"]["status"] == "done"
     assert "Sample data" in str(tool_panel["content"]) and "Paris" in str(tool_panel["content"])
     alice = dash.user(ALICE)
-    (chat,) = dash.services.chats.list(alice, server="weather")
+    (chat,) = dash.services.chats.list(alice, dash.profiles["weather"].id)
     saved = dash.services.chats.get(alice, chat.id)
     assert [m.role for m in saved.messages] == ["user", "assistant", "tool", "assistant"]
     # Retry answers the last message again, in place of the old answer.

@@ -104,7 +104,8 @@ class ChatEngine:
 
     def start_chat(self, owner: User, profile: Profile) -> ChatSummary:
         """A new, empty chat on this profile's server."""
-        return self._chats.create(owner, profile.name, model=profile.model)
+        return self._chats.create(owner, profile.name, model=profile.model,
+                                  profile_id=profile.id)
 
     def capabilities(self, profile: Profile) -> Capabilities:
         """What the profile's model can do, read from its files."""

@@ -1,5 +1,9 @@
 """Saved chats: per user and per server, with thinking, tool calls, attachments and timings.
 
+A chat points at its server's profile by id, so renaming the profile keeps its chats
+(they show the profile's current name); the name it was started with stays for chats
+whose profile was deleted.
+
 Every read and write names the owner in its SQL, so a chat id from another user's
 browser finds nothing: the answer is the same "not found" as for an id that never existed.
 """
@@ -73,11 +77,12 @@ class Message:
 class ChatSummary:
     id: int
     title: str
-    server: str
+    server: str  # the profile's current name (the name at creation if it is gone)
     model: str
     created_at: str
     updated_at: str
     message_count: int
+    profile_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,14 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+# A chat's row, its profile's current name and its message count.
+_SUMMARY_SQL = (
+    "SELECT chats.*, coalesce(p.name, chats.server) AS server_name,"
+    " (SELECT count(*) FROM chat_messages m WHERE m.chat_id = chats.id) AS message_count"
+    " FROM chats LEFT JOIN profiles p ON p.id = chats.profile_id"
+)
+
+
 def _like(term: str) -> str:
     escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
@@ -118,35 +131,36 @@ class ChatHistory:
 
     # --- chats -------------------------------------------------------------------------
 
-    def create(self, owner: User, server: str, model: str = "", title: str = "") -> ChatSummary:
+    def create(self, owner: User, server: str, model: str = "", title: str = "", *,
+               profile_id: int | None = None) -> ChatSummary:
+        """A new chat on the server of profile `profile_id`, currently named `server`."""
         now = utc_now()
         with self._store.connect() as db:
             db.execute(
-                "INSERT INTO chats (user_id, server, model, title, custom_title, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [owner.id, server, model, title.strip()[:MAX_TITLE] or "New chat",
+                "INSERT INTO chats (user_id, server, profile_id, model, title, custom_title,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [owner.id, server, profile_id, model, title.strip()[:MAX_TITLE] or "New chat",
                  1 if title.strip() else 0, now, now],
             )
             chat_id = next(db.query("SELECT last_insert_rowid() AS id"))["id"]
         return self._summary(owner, chat_id)
 
-    def list(self, owner: User, server: str | None = None, search: str = "") -> list[ChatSummary]:
-        """The owner's chats, newest first, for one server (or all), matching `search`."""
-        sql = [
-            "SELECT chats.*, (SELECT count(*) FROM chat_messages m WHERE m.chat_id = chats.id)"
-            " AS message_count FROM chats WHERE user_id = ?"
-        ]
+    def list(self, owner: User, profile_id: int | None = None,
+             search: str = "") -> list[ChatSummary]:
+        """The owner's chats, newest first, for one profile's server (or all), matching
+        `search`."""
+        sql = [_SUMMARY_SQL, "WHERE chats.user_id = ?"]
         params: list[Any] = [owner.id]
-        if server is not None:
-            sql.append("AND server = ?")
-            params.append(server)
+        if profile_id is not None:
+            sql.append("AND chats.profile_id = ?")
+            params.append(profile_id)
         if search.strip():
             sql.append(
-                "AND (title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM chat_messages m"
+                "AND (chats.title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM chat_messages m"
                 " WHERE m.chat_id = chats.id AND m.content LIKE ? ESCAPE '\\'))"
             )
             params += [_like(search.strip())] * 2
-        sql.append("ORDER BY updated_at DESC, id DESC")
+        sql.append("ORDER BY chats.updated_at DESC, chats.id DESC")
         with self._store.connect() as db:
             return [self._to_summary(row) for row in db.query(" ".join(sql), params)]
 
@@ -292,10 +306,8 @@ class ChatHistory:
 
     def _summary(self, owner: User, chat_id: int) -> ChatSummary:
         with self._store.connect() as db:
-            rows = list(db.query(
-                "SELECT chats.*, (SELECT count(*) FROM chat_messages m WHERE m.chat_id ="
-                " chats.id) AS message_count FROM chats WHERE id = ? AND user_id = ?",
-                [chat_id, owner.id]))
+            rows = list(db.query(f"{_SUMMARY_SQL} WHERE chats.id = ? AND chats.user_id = ?",
+                                 [chat_id, owner.id]))
         if not rows:
             raise NotFound("That chat does not exist.")
         return self._to_summary(rows[0])
@@ -306,9 +318,10 @@ class ChatHistory:
 
     @staticmethod
     def _to_summary(row: dict[str, Any]) -> ChatSummary:
-        return ChatSummary(id=row["id"], title=row["title"], server=row["server"],
+        return ChatSummary(id=row["id"], title=row["title"], server=row["server_name"],
                            model=row["model"], created_at=row["created_at"],
-                           updated_at=row["updated_at"], message_count=row["message_count"])
+                           updated_at=row["updated_at"], message_count=row["message_count"],
+                           profile_id=row["profile_id"])
 
     @staticmethod
     def _to_attachment(row: dict[str, Any]) -> Attachment:

@@ -1,0 +1,72 @@
+"""The Profiles tab through gradio_client with real session cookies: a rejected field comes
+back on that field, a refusal comes back as the domain's message, and a renamed profile
+keeps its chats in the Chat tab's list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gradio_client import Client
+
+from manager.api.login import SESSION_COOKIE
+from manager.servers.profiles import ProfileSpec
+from tests.conftest import LiveDashboard
+
+ALICE, BOB = "alice@example.com", "bob@example.com"
+
+
+def client_for(dashboard: LiveDashboard, email: str) -> Client:
+    cookie = dashboard.session_cookie(email)
+    return Client(dashboard.url, headers={"Cookie": f"{SESSION_COOKIE}={cookie}"},
+                  verbose=False)
+
+
+def form(selected: str, name: str, model: Path, port: Any = None) -> tuple:
+    """The Save inputs: pick, then the fields in the tab's order."""
+    return (selected, name, "", str(model), "auto", "127.0.0.1", port, None, None, None,
+            None, "default", "", False, False, None)
+
+
+@pytest.fixture
+def people(dashboard: LiveDashboard) -> None:
+    auth = dashboard.services.auth
+    for email in (ALICE, BOB):
+        dashboard.register(email)
+    admin = auth.get_by_email(ALICE)
+    auth.approve(admin, auth.get_by_email(BOB).id)
+
+
+def test_a_bad_field_is_shown_on_it_and_a_refusal_keeps_its_message(
+        dashboard: LiveDashboard, people: None, tiny_models: dict[str, Path]) -> None:
+    bob = client_for(dashboard, BOB)
+    out = bob.predict(*form("new", "tiny", tiny_models["text"], port=80),
+                      api_name="/profile_save")
+    status, port_field = out[2], out[3 + 5]
+    assert status.startswith("⚠ Port must be between")
+    assert "Port must be between" in port_field["info"]
+    assert dashboard.services.profiles.list() == []
+    alice = dashboard.services.auth.get_by_email(ALICE)
+    mine = dashboard.services.profiles.create(alice, ProfileSpec(
+        name="alices", model=str(tiny_models["text"])))
+    with pytest.raises(Exception, match="alices"):
+        bob.predict(str(mine.id), api_name="/profile_delete")
+    assert [p.name for p in dashboard.services.profiles.list()] == ["alices"]
+
+
+def test_a_renamed_profile_keeps_its_chats_in_the_chat_list(
+        dashboard: LiveDashboard, people: None, tiny_models: dict[str, Path]) -> None:
+    services = dashboard.services
+    alice = services.auth.get_by_email(ALICE)
+    profile = services.profiles.create(alice, ProfileSpec(name="qwen",
+                                                          model=str(tiny_models["text"])))
+    chat = services.chat_engine.start_chat(alice, profile)
+    services.chats.rename(alice, chat.id, "Llama facts")
+    client = client_for(dashboard, ALICE)
+    assert "Llama facts" in client.predict(profile.id, "", api_name="/chat_list")
+    saved = client.predict(*form(str(profile.id), "Qwen tiny", tiny_models["text"],
+                                 port=profile.port), api_name="/profile_save")
+    assert saved[2] == "Saved **Qwen tiny**."
+    sidebar = client.predict(profile.id, "", api_name="/chat_list")
+    assert "Llama facts" in sidebar and "No chats with" not in sidebar
