@@ -11,6 +11,7 @@ import secrets
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from manager.cli.main import build_parser, run_command, settings_from_args
@@ -37,6 +38,7 @@ def create_app(services: Services) -> FastAPI:
     from components.views import DASHBOARD_CSS
     from manager.api.gateway import build_gateway_router, gateway_auth
     from manager.api.login import SessionGate, build_auth_router, current_user
+    from manager.api.uploads import UploadedFilesOnly
 
     app = FastAPI(title="MLX Model Manager")
     app.include_router(
@@ -49,16 +51,28 @@ def create_app(services: Services) -> FastAPI:
         user = current_user(request)
         return user.email if user is not None else None
 
+    settings = services.settings
+    dashboard = build_dashboard(services)
     app = gr.mount_gradio_app(
         app,
-        build_dashboard(services),
+        dashboard,
         path="/",
         auth_dependency=gradio_user,
         css=DASHBOARD_CSS,
         max_file_size=MAX_UPLOAD,
-        allowed_paths=[str(services.settings.uploads_dir)],
+        allowed_paths=[str(settings.uploads_dir)],
+        blocked_paths=[str(settings.db_path), f"{settings.db_path}-wal",
+                       f"{settings.db_path}-shm", str(settings.secret_path),
+                       str(settings.logs_dir)],
         footer_links=[],
     )
+    # Gradio checks the files a request names (uploads only) and the files it serves
+    # (allowed/blocked paths) only after launch(), which a mounted app never runs.
+    dashboard.has_launched = True
+    # Added before the gate, so it runs inside it: refuses requests naming files that
+    # were not uploaded here, before Gradio opens them (RECIPES.md section 6).
+    app.add_middleware(UploadedFilesOnly,
+                       upload_roots=[Path(gr.utils.get_upload_folder())])
     app.add_middleware(SessionGate, auth=services.auth, extra_auth=gateway_auth(services))
     return app
 

@@ -26,6 +26,7 @@ import gradio as gr
 from components.chat_view import CHAT_LIST_CSS, TurnView, chat_list_html, chatbot_messages
 from components.session import TabLoader, user_of
 from manager.accounts.auth import User
+from manager.chat.attachments import uploaded_file
 from manager.chat.events import (
     DEFAULT_MAX_TOOL_ROUNDS,
     MAX_FRAMES,
@@ -132,14 +133,15 @@ def status_markdown(services: Services, profile: Profile | None, *, started: boo
 
 
 def _files_of(box: Any) -> tuple[str, list[Path]]:
-    """Text and attachment paths from a MultimodalTextbox value."""
+    """Text and attachment paths from a MultimodalTextbox value; every path must be in
+    Gradio's upload folder (raises NotUploaded before anything opens it)."""
     if not isinstance(box, dict):
         return (box or "") if isinstance(box, str) else "", []
     files = []
     for item in box.get("files") or []:
         path = item.get("path") if isinstance(item, dict) else item
         if path:
-            files.append(Path(str(path)))
+            files.append(uploaded_file(str(path), [gr.utils.get_upload_folder()]))
     return str(box.get("text") or ""), files
 
 
@@ -423,8 +425,8 @@ def build(services: Services) -> TabLoader:
         user = user_of(services, request)
         profile = profile_of(ref)
         options = options_of(tools, rounds, frames, video)
-        text, files = _files_of(box_value)
         try:
+            text, files = _files_of(box_value)
             prepared = engine.prepare(profile.id, text, files, options)
             chat = chats.get(user, int(chat_id)) if chat_id is not None else None
             summary = chat.summary if chat is not None else engine.start_chat(user, profile)

@@ -19,8 +19,10 @@ import base64
 import io
 import logging
 import math
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import cv2
@@ -62,6 +64,10 @@ class AttachmentError(ValidationError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, field="attachment")
+
+
+class NotUploaded(AttachmentError):
+    """A file named by a request that did not arrive through this dashboard's upload."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,34 @@ def human_duration(seconds: float) -> str:
         return f"{seconds:.1f} s" if seconds < 10 else f"{whole} s"
     minutes, secs = divmod(whole, 60)
     return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+
+
+# -- where attachments may come from ------------------------------------------------
+
+
+def uploaded_file(path: Path | str, roots: Iterable[Path | str]) -> Path:
+    """The real path of `path` if it lies inside one of `roots` (the upload folders) once
+    symlinks are resolved; raises NotUploaded otherwise.
+
+    Nothing is opened here, only names are resolved, so a request naming the database
+    or a device is refused before anything touches it. URLs are never uploads.
+    """
+    text = str(path)
+    label = PurePath(text).name or "The file"
+    if not text or "://" in text or text.startswith("data:") or "\0" in text:
+        raise NotUploaded(_not_uploaded(label))
+    real = Path(os.path.realpath(text))
+    for root in roots:
+        real_root = Path(os.path.realpath(root))
+        if real != real_root and real.is_relative_to(real_root):
+            return real
+    log.warning("refused a file that was not uploaded here: %s (resolves to %s)", text, real)
+    raise NotUploaded(_not_uploaded(label))
+
+
+def _not_uploaded(label: str) -> str:
+    return (f"{label} was not uploaded through this dashboard, so it cannot be used. "
+            "Attach it again with the upload button or by dropping it on the message box.")
 
 
 # -- images -------------------------------------------------------------------------
