@@ -31,9 +31,9 @@ from manager.chat.events import (
     DEFAULT_MAX_TOOL_ROUNDS,
     MAX_FRAMES,
     MAX_TOOL_ROUNDS,
-    ChatEvent,
     ChatEventKind,
     ChatOptions,
+    EventStream,
     VideoMode,
 )
 from manager.chat.history import Chat
@@ -400,7 +400,7 @@ def build(services: Services) -> TabLoader:
 
     # -- chatting ----------------------------------------------------------------------------
 
-    def stream(user: User, chat_id: int, history: Sequence[Any], events: Iterator[ChatEvent],
+    def stream(user: User, chat_id: int, history: Sequence[Any], events: EventStream,
                search_text: str, profile: Profile) -> Iterator[tuple]:
         """Push the turn to the page as it happens, then show exactly what was saved."""
         view = TurnView(history)

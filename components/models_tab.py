@@ -158,7 +158,8 @@ def build(services: Services) -> TabLoader:
     timer = gr.Timer(TICK_S)
 
     filt_state = gr.State(ModelFilter())
-    filter_boxes = [arch, multimodal, video, tools, thinking, bits, min_gb, max_gb, fits]
+    filter_boxes: list[gr.Textbox | gr.Checkbox | gr.Dropdown | gr.Number] = [
+        arch, multimodal, video, tools, thinking, bits, min_gb, max_gb, fits]
 
     # ---- rendering (pure formatting + warm library scan) ------------------------------------
     def can_control(user: User, download: DownloadView) -> bool:
@@ -181,8 +182,8 @@ def build(services: Services) -> TabLoader:
                     continue
                 caps = item.details.caps if item.details else None
                 model_fit = fit(caps, None, budget) if caps else None
-                if caps is not None and not filt.matches(item.model.repo_id, caps, model_fit,
-                                                         item.details.total_bytes):
+                if caps is not None and item.details is not None and not filt.matches(
+                        item.model.repo_id, caps, model_fit, item.details.total_bytes):
                     continue
                 tiles.append(remote_tile_html(item.model, item.details, model_fit,
                                               on_machine=item.model.repo_id in on_machine))

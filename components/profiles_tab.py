@@ -186,7 +186,7 @@ def build(services: Services) -> TabLoader:
         if profile is not None and not can_edit(user, profile) and not message:
             message = ("You can use this profile but not change it; **Duplicate** makes "
                        "your own copy.")
-        updates = []
+        updates: list[gr.components.Component] = []
         for definition, component, value in zip(FIELDS, fields, values, strict=True):
             if component is model:
                 # Downloaded models, read when the form is shown (a folder path also works).

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -46,7 +47,7 @@ class Settings:
         base = cls()
         if env.get(DATA_DIR_ENV):
             base = replace(base, data_dir=Path(env[DATA_DIR_ENV]))
-        given = {k: v for k, v in overrides.items() if v is not None}
+        given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in given:
             given["data_dir"] = Path(str(given["data_dir"]))
         settings = replace(base, **given)

@@ -236,6 +236,13 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def inserted_id(cursor: sqlite3.Cursor) -> int:
+    """The rowid an INSERT just added (sqlite3 types lastrowid as optional)."""
+    if cursor.lastrowid is None:
+        raise RuntimeError("the INSERT added no row")
+    return cursor.lastrowid
+
+
 class Store:
     """Opens short-lived connections to one SQLite file; safe to share across threads."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +18,7 @@ from typing import Any
 
 from manager.api.anthropic import StreamTranslator, anthropic_error, sse
 from manager.errors import ManagerError, NotFound, PermissionDenied, ValidationError
-from manager.servers.inference import ChatChunk, InferenceError
+from manager.servers.inference import ChunkStream, InferenceError
 from manager.servers.placement import InsufficientMemory, StartFailed
 from manager.servers.profiles import Profile
 from manager.servers.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
@@ -261,8 +261,8 @@ class ModelRenamer:
         return json.dumps(self.payload(payload), ensure_ascii=False)
 
 
-def openai_events(chunks: Iterator[ChatChunk], renamer: ModelRenamer, *,
-                  include_usage: bool) -> Iterator[bytes]:
+def openai_events(chunks: ChunkStream, renamer: ModelRenamer, *,
+                  include_usage: bool) -> Generator[bytes, None, None]:
     """The server's chunks as SSE lines for an OpenAI client, passed through as sent.
     The usage chunk (always asked of the server, for metering) reaches only clients
     that asked for it with stream_options.include_usage."""
@@ -279,7 +279,7 @@ def openai_events(chunks: Iterator[ChatChunk], renamer: ModelRenamer, *,
             yield b"data: " + text.encode() + b"\n\n"
 
 
-def anthropic_events(chunks: Iterator[ChatChunk], model: str) -> Iterator[bytes]:
+def anthropic_events(chunks: ChunkStream, model: str) -> Generator[bytes, None, None]:
     """The server's chunks as the Anthropic event sequence (see StreamTranslator)."""
     translator = StreamTranslator(model)
     with closing(chunks):

@@ -185,7 +185,7 @@ def _too_big(digits: float) -> CalculatorError:
 
 
 def _eval(node: ast.AST) -> int | float:
-    if isinstance(node, ast.Constant):
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
         return node.value
     if isinstance(node, ast.UnaryOp):
         operand = _eval(node.operand)

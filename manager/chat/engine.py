@@ -48,6 +48,7 @@ from manager.chat.events import (
     ChatEvent,
     ChatEventKind,
     ChatOptions,
+    EventStream,
     PreparedMessage,
     ToolCall,
     ToolOutcome,
@@ -144,7 +145,7 @@ class ChatEngine:
         return PreparedMessage(profile, text, paths, kinds, tuple(notes), tuple(parts))
 
     def send(self, owner: User, chat_id: int, prepared: PreparedMessage,
-             options: ChatOptions = DEFAULT_OPTIONS) -> Iterator[ChatEvent]:
+             options: ChatOptions = DEFAULT_OPTIONS) -> EventStream:
         """Save the user's message, then answer it (events as they happen)."""
         options = options.checked()
         chat = self._chats.get(owner, chat_id)  # the owner check, before anything is saved
@@ -164,7 +165,7 @@ class ChatEngine:
 
     def turn(self, owner: User, chat_id: int, profile_id: int, text: str,
              attachments: Sequence[Path | str] = (), options: ChatOptions = DEFAULT_OPTIONS
-             ) -> Iterator[ChatEvent]:
+             ) -> EventStream:
         """prepare + send; a refused message ends in an ERROR event and nothing is saved."""
         try:
             prepared = self.prepare(profile_id, text, attachments, options)
@@ -176,7 +177,7 @@ class ChatEngine:
         yield from self.send(owner, chat_id, prepared, options)
 
     def retry(self, owner: User, chat_id: int, profile_id: int,
-              options: ChatOptions = DEFAULT_OPTIONS) -> Iterator[ChatEvent]:
+              options: ChatOptions = DEFAULT_OPTIONS) -> EventStream:
         """Drop everything after the last user message and answer it again."""
         options = options.checked()
         profile = self._profiles.get(profile_id)

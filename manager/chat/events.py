@@ -4,7 +4,7 @@ outcomes, answer statistics and the stream of events."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -166,6 +166,10 @@ class ChatEvent:
     outcome: ToolOutcome | None = None
     stats: AnswerStats | None = None
     message: Message | None = None
+
+
+# A generator, not just an iterator: the chat tab closes it to stop a turn early.
+EventStream = Generator[ChatEvent, None, None]
 
 
 @dataclass(frozen=True)

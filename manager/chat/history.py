@@ -15,6 +15,7 @@ import logging
 import mimetypes
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -329,7 +330,7 @@ class ChatHistory:
                           mime=row["mime"], size=row["size"])
 
     @staticmethod
-    def _to_message(row: dict[str, Any], attachments: list[Attachment]) -> Message:
+    def _to_message(row: dict[str, Any], attachments: Sequence[Attachment]) -> Message:
         return Message(
             id=row["id"], chat_id=row["chat_id"], position=row["position"], role=row["role"],
             content=row["content"], thinking=row["thinking"],

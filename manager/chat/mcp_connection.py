@@ -142,7 +142,7 @@ class McpConnection:
 
     def _transport(self, stack: AsyncExitStack) -> Any:
         config = self.config
-        if config.kind is ServerKind.HTTP:
+        if config.kind is ServerKind.HTTP or self.log_path is None:  # None only for HTTP
             return config.url
         self._logs_dir.mkdir(parents=True, exist_ok=True)
         errlog = stack.enter_context(open(self.log_path, "a", encoding="utf-8"))
@@ -187,8 +187,8 @@ def seconds_text(value: float) -> str:
 def first_leaf(exc: BaseException) -> BaseException:
     """The first real error inside (nested) exception groups."""
     # Duck-typed: BaseExceptionGroup is not a builtin on Python 3.10.
-    while getattr(exc, "exceptions", None):
-        exc = exc.exceptions[0]
+    while inner := getattr(exc, "exceptions", None):
+        exc = inner[0]
     return exc
 
 

@@ -58,7 +58,7 @@ from manager.chat.mcp_connection import (
 )
 from manager.chat.toolset import CallStatus, ServerProblem, ToolResult, Toolset, ToolSpec
 from manager.errors import Conflict, NotFound, PermissionDenied
-from manager.store import Store, utc_now
+from manager.store import Store, inserted_id, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class McpToolbox:
                 [config.name, config.kind.value, config.command, json.dumps(list(config.args)),
                  config.url, int(config.enabled), actor.id, now, now],
             )
-            server_id = cursor.lastrowid
+            server_id = inserted_id(cursor)
         log.info("MCP server %s (%s) added by user %s", config.name, config.kind.value, actor.id)
         return self._stored_config(server_id)
 

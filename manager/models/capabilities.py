@@ -34,7 +34,7 @@ from collections import ChainMap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import psutil
 
@@ -909,7 +909,7 @@ def _templates_from_tokenizer_config(tok_config: Mapping[str, Any] | None) -> li
     return []
 
 
-def _is_markup(token: Any) -> bool:
+def _is_markup(token: Any) -> TypeGuard[str]:
     return (
         isinstance(token, str)
         and 2 < len(token) <= _MAX_MARKUP_TOKEN_CHARS

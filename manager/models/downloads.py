@@ -38,7 +38,7 @@ from huggingface_hub.utils import tqdm as hf_tqdm
 from manager.errors import Conflict, ManagerError, NotFound, ValidationError
 from manager.models.capabilities import human_bytes
 from manager.models.hub import NETWORK_ERRORS, DownloadPlan, HubClient, PlannedFile
-from manager.store import Store, utc_now
+from manager.store import Store, inserted_id, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,9 @@ class _FileProgress(hf_tqdm):
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs["disable"] = True
         super().__init__(*args, **kwargs)
-        initial = kwargs.get("initial") or 0
-        self._mm_manager._file_started(self._mm_job, self._mm_path, int(initial))  # type: ignore[arg-type]
+        initial = kwargs.get("initial")
+        self._mm_manager._file_started(self._mm_job, self._mm_path,
+                                       int(initial) if isinstance(initial, (int, float)) else 0)
 
     def update(self, n: float | None = 1) -> bool | None:
         self._mm_manager._advance(self._mm_job, self._mm_path, int(n or 0))
@@ -258,7 +259,7 @@ class DownloadManager:
                     "created_by, created_at, updated_at) VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
                     [repo_id, plan.revision, DownloadStatus.QUEUED.value, plan.total_bytes,
                      user_id, now, now])
-                job_id = int(cursor.lastrowid)
+                job_id = inserted_id(cursor)
             job = _Job(job_id, repo_id, DownloadStatus.QUEUED, plan.revision, plan.total_bytes,
                        user_id)
             job.base_bytes = self._bytes_on_disk(plan)
@@ -421,7 +422,7 @@ class DownloadManager:
                 with self._lock:
                     # Stop the sibling transfers; keep a pause/cancel asked for meanwhile.
                     job.stop = job.stop or "abort"
-        errors = [f.exception() for f in futures if f.exception() is not None]
+        errors = [e for f in futures if (e := f.exception()) is not None]
         if not errors:
             return
         # A pause/cancel of the user wins over the "abort" echoes in other files.

@@ -21,7 +21,7 @@ from manager.accounts.auth import User
 from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from manager.models import capabilities
 from manager.models.capabilities import Capabilities
-from manager.store import Store, utc_now
+from manager.store import Store, inserted_id, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class Library:
                 raise Conflict(f"{folder} is already in the list.")
             cursor = db.execute("INSERT INTO model_folders (path, added_by, added_at) "
                                 "VALUES (?, ?, ?)", [str(folder), actor.id, now])
-            folder_id = int(cursor.lastrowid)
+            folder_id = inserted_id(cursor)
         log.info("%s added model folder %s", actor.email, folder)
         return ModelFolder(folder_id, folder, now)
 

@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -86,6 +86,10 @@ class ChatChunk:
     @property
     def has_output(self) -> bool:
         return bool(self.content or self.reasoning or self.tool_calls)
+
+
+# A generator, not just an iterator: closing it early drops the upstream connection.
+ChunkStream = Generator[ChatChunk, None, None]
 
 
 @dataclass(frozen=True)
@@ -330,7 +334,7 @@ class InferenceClient:
     def stream_chat(self, profile_id: int, body: Mapping[str, Any], *,
                     wait_s: float | None = None,
                     on_stats: Callable[[RequestStats], None] | None = None,
-                    on_open: Callable[[], None] | None = None) -> Iterator[ChatChunk]:
+                    on_open: Callable[[], None] | None = None) -> ChunkStream:
         """Chunks as the server sends them; the last one carries `usage`. `on_stats`
         receives the request's measured figures when the stream ends (the chat shows them);
         `on_open` is called once the server accepted the request, before the prompt is
@@ -339,7 +343,7 @@ class InferenceClient:
 
     def stream_completion(self, profile_id: int, body: Mapping[str, Any], *,
                           wait_s: float | None = None,
-                          on_open: Callable[[], None] | None = None) -> Iterator[ChatChunk]:
+                          on_open: Callable[[], None] | None = None) -> ChunkStream:
         """A legacy completion (`prompt`), streamed; the text is in `content`."""
         return self._stream(profile_id, body, COMPLETIONS_PATH, wait_s, on_open=on_open)
 
@@ -357,7 +361,7 @@ class InferenceClient:
     def _stream(self, profile_id: int, body: Mapping[str, Any], path: str,
                 wait_s: float | None,
                 on_stats: Callable[[RequestStats], None] | None = None, *,
-                on_open: Callable[[], None] | None = None) -> Iterator[ChatChunk]:
+                on_open: Callable[[], None] | None = None) -> ChunkStream:
         snap = self.ready_server(profile_id, wait_s)
         payload = prepare_body(snap, body, stream=True, completion=path == COMPLETIONS_PATH)
         url = snap.base_url + path

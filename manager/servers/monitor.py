@@ -156,7 +156,7 @@ class MacGpu:
 def detect_gpu(clock: Clock) -> GpuReader | None:
     """NVML when pynvml imports and a device exists; ioreg on macOS; else None ("n/a")."""
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         pynvml = None
     if pynvml is not None:
@@ -309,13 +309,13 @@ class Monitor:
                 partial[profile_id] = (None, None)
                 continue
             try:
-                rss, cpu, pids = tree.sample()
+                rss_now, cpu_now, pids = tree.sample()
             except psutil.Error as exc:
                 log.debug("server of profile %s gone while sampling: %s", profile_id, exc)
                 partial[profile_id] = (None, None)
                 continue
             # The first cpu_percent() of a process has nothing to compare with.
-            partial[profile_id] = (rss, cpu if tree.samples > 1 else None)
+            partial[profile_id] = (rss_now, cpu_now if tree.samples > 1 else None)
             pids_of[profile_id] = pids
         snaps = {s.profile_id: s for s in self._supervisor.snapshots()}
         tails = {pid: read_tail(snaps[pid].log_path, lines=LOG_TAIL_LINES)

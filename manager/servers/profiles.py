@@ -25,7 +25,7 @@ from typing import Any
 from manager.accounts.auth import User
 from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from manager.models.capabilities import Capabilities, detect
-from manager.store import Store, utc_now
+from manager.store import Store, inserted_id, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ class ProfileService:
                     f"updated_at) VALUES ({placeholders}, ?, ?, ?)",
                     [*_row_values(cleaned), actor.id if actor else None, now, now],
                 )
-                profile_id = cursor.lastrowid
+                profile_id = inserted_id(cursor)
         except sqlite3.IntegrityError as exc:
             log.info("profile %r not created: %s", cleaned.name, exc)
             raise ValidationError(f"A profile named {cleaned.name!r} already exists.",

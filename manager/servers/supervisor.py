@@ -992,7 +992,9 @@ class Supervisor:
 
     def _idle(self, server: _Server, now: float) -> bool:
         minutes = server.profile.idle_timeout_minutes
-        return bool(minutes) and server.in_flight == 0 and \
+        if not minutes:
+            return False
+        return server.in_flight == 0 and \
             now - server.last_activity > minutes * 60
 
     # -- internals: bookkeeping ------------------------------------------------------------
