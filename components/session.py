@@ -92,7 +92,7 @@ def handler(services: Services, what: str = "") -> Callable[
             def streaming(*args: Any) -> Any:
                 user = user_of(services, args[-1])
                 with refusals(f"{label} by {user.email}"):
-                    yield from fn(user, *args[:keep])  # type: ignore[misc]
+                    yield from fn(user, *args[:keep])  # type: ignore[call-arg]
             wrapper: Callable[..., Any] = streaming
         else:
             @functools.wraps(fn)
