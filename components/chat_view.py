@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from components.inert_markdown import inert_markdown
 from manager.chat.events import NOT_RUN, AnswerStats, ChatEvent, ChatEventKind, ToolCall
 from manager.chat.history import Attachment, ChatSummary, Message
 
@@ -93,7 +94,7 @@ def _user_message(message: Shown) -> list[dict[str, Any]]:
         {"path": str(a.path), "orig_name": a.name, "mime_type": a.mime}
         for a in message.attachments
     ]
-    text = message.content
+    text = inert_markdown(message.content)
     notes = [f"*ℹ️ {html.escape(n)}*" for n in message.meta.get("notes", [])]
     if notes:
         text = "\n\n".join([t for t in (text, *notes) if t])
@@ -148,11 +149,11 @@ def _assistant_messages(message: Shown, results: Mapping[str, Shown]) -> list[di
                 seconds, unfinished=bool(meta.get("thinking_unfinished"))), "status": "done"}
             if seconds is not None:
                 metadata["duration"] = round(seconds, 2)
-        out.append({"role": "assistant", "content": message.thinking or "",
+        out.append({"role": "assistant", "content": inert_markdown(message.thinking or ""),
                     "metadata": metadata})
     finished_empty = not live and not message.tool_calls and not meta.get("error")
     if message.content.strip() or finished_empty:
-        text = message.content if message.content.strip() else EMPTY_ANSWER
+        text = inert_markdown(message.content) if message.content.strip() else EMPTY_ANSWER
         stats = "" if live else stats_line(meta)
         if stats:
             text = f"{text}\n\n{stats}"
@@ -163,7 +164,7 @@ def _assistant_messages(message: Shown, results: Mapping[str, Shown]) -> list[di
     error = meta.get("error")
     if error:
         icon = "⏹️" if meta.get("stopped") else "⚠️"
-        out.append({"role": "assistant", "content": f"{icon} {error}"})
+        out.append({"role": "assistant", "content": f"{icon} {inert_markdown(error)}"})
     return out
 
 
@@ -183,7 +184,8 @@ def chatbot_messages(messages: Sequence[Shown]) -> list[dict[str, Any]]:
                             str(message.meta.get("arguments", "{}")))
             out.append(_tool_panel(call, message, False))
         elif message.role == "system":
-            out.append({"role": "assistant", "content": f"*System: {message.content}*"})
+            out.append({"role": "assistant",
+                        "content": f"*System: {inert_markdown(message.content)}*"})
     return out
 
 
