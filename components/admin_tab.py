@@ -1,4 +1,5 @@
-"""The Admin tab: approve, reject, disable, delete, promote and reset accounts.
+"""The Admin tab: approve, reject, disable, delete, promote and reset accounts; below
+them, the MCP servers the chat's tools come from (components/mcp_admin.py).
 
 Every button resolves the acting user on the server; the tab being hidden is not the check.
 """
@@ -7,9 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import gradio as gr
 
+from components import mcp_admin
 from components.session import TabLoader, handler
 from manager.accounts.auth import Role, User
 from manager.services import Services
@@ -65,7 +68,7 @@ def build(services: Services) -> TabLoader:
         users = auth.list_users(actor)
         return user_rows(users), gr.Dropdown(choices=user_choices(users))
 
-    @handler(services, "admin tab load")
+    @handler(services, "admin account list")
     def load(actor: User) -> tuple:
         if not actor.is_admin:
             return [], gr.Dropdown(choices=[])
@@ -113,4 +116,11 @@ def build(services: Services) -> TabLoader:
     ).then(
         lambda: gr.Row(visible=False), None, confirm_row
     )
-    return TabLoader(load, [table, target])
+    mcp = mcp_admin.build(services)
+
+    @handler(services, "admin tab load")
+    def load_all(_actor: User, request: gr.Request) -> dict[Any, Any]:
+        rows, dropdown = load(request)
+        return {table: rows, target: dropdown, **mcp.fn(request)}
+
+    return TabLoader(load_all, [table, target, *mcp.outputs])

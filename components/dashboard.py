@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 
-from components import admin_tab, chat_tab, keys_tab, models_tab, profiles_tab, servers_tab
+from components import admin_tab, chat, keys_tab, models_tab, profiles_tab, servers_tab
 from components.session import user_of
 from components.views import admin_tab_label, header_html
 from manager.services import Services
@@ -23,7 +25,7 @@ def build_dashboard(services: Services) -> gr.Blocks:
             with gr.Tab("Servers", id="servers"):
                 load_servers = servers_tab.build(services)
             with gr.Tab("Chat", id="chat"):
-                load_chat = chat_tab.build(services)
+                load_chat = chat.build(services)
             with gr.Tab("API keys", id="keys"):
                 load_keys = keys_tab.build(services)
             with gr.Tab("Admin", id="admin", visible=False, elem_id="admin-tab") as admin:
@@ -35,8 +37,9 @@ def build_dashboard(services: Services) -> gr.Blocks:
             tab = gr.Tab(visible=user.is_admin, label=admin_tab_label(pending))
             return header_html(user, pending), tab
 
-        def on_open(request: gr.Request) -> tuple:
-            return (*refresh_shell(request), *load_admin.fn(request))
+        def on_open(request: gr.Request) -> dict[Any, Any]:
+            shown_header, shown_tab = refresh_shell(request)
+            return {header: shown_header, admin: shown_tab, **load_admin.fn(request)}
 
         demo.load(on_open, None, [header, admin, *load_admin.outputs])
         demo.load(load_models.fn, None, load_models.outputs)

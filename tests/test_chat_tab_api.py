@@ -1,6 +1,6 @@
 """The Chat tab's endpoints through gradio_client with real sessions and a real model server:
-a chat streams and is saved; owners are checked on every endpoint; MCP settings are
-admin-only; a dashboard restart brings the chat back and it goes on."""
+a chat streams and is saved; owners are checked on every endpoint; a dashboard restart
+brings the chat back and it goes on. (MCP settings live in the Admin tab: test_gradio_admin.)"""
 
 from __future__ import annotations
 
@@ -138,30 +138,6 @@ def test_rename_export_and_delete_a_chat(dash: ChatDashboard, tmp_path: Path) ->
     client.predict(weather.id, "", api_name="/chat_delete")
     assert chat.id not in [c.id for c in dash.services.chats.list(alice)]
     assert not (dash.services.settings.uploads_dir / "chats" / str(chat.id)).exists()
-
-
-def test_mcp_servers_are_admin_only(dash: ChatDashboard) -> None:
-    admin = dash.client(ALICE)
-    rows, _pick, _ = admin.predict(api_name="/mcp_servers")
-    builtin = next(r for r in rows["data"] if r[1] == "builtin")
-    assert "get_weather" in builtin[5] and "calculator" in builtin[5]
-    rows, _pick, message = admin.predict("nowhere", "http", "", "", "http://127.0.0.1:9/mcp",
-                                         api_name="/mcp_add")
-    assert message == "Added the MCP server **nowhere**."
-    added = next(r for r in rows["data"] if r[1] == "nowhere")
-    assert added[4] == "yes" and "Could not connect" in added[5]
-    rows, _pick, message = admin.predict(added[0], api_name="/mcp_disable")
-    assert message == "**nowhere** is off."
-    bob = dash.client(BOB)
-    for endpoint, args in (("/mcp_servers", ()), ("/mcp_enable", (added[0],)),
-                           ("/mcp_remove", (added[0],)),
-                           ("/mcp_add", ("mine", "stdio", "python", "-V", ""))):
-        with pytest.raises(Exception, match="Only an administrator can manage MCP servers"):
-            bob.predict(*args, api_name=endpoint)
-    admin.predict(added[0], api_name="/mcp_remove")
-    assert [c.name for c in dash.services.tools.servers(dash.user(ALICE))] == ["builtin"]
-    listed = bob.predict(api_name="/chat_tools")
-    assert "**get_weather** (builtin)" in listed and "**calculator** (builtin)" in listed
 
 
 def test_a_dashboard_restart_brings_the_chat_back_and_it_goes_on(dash: ChatDashboard) -> None:

@@ -94,3 +94,30 @@ def test_a_disabled_users_client_stops_working(
     admin.predict(people["bob"], "", api_name="/admin_disable")
     with pytest.raises(Exception):  # noqa: B017 - the gate answers 401, the client raises
         bob.predict(api_name="/admin_users")
+
+
+def test_mcp_servers_are_managed_in_the_admin_tab_by_admins_only(
+    dashboard: LiveDashboard, people: dict[str, int]
+) -> None:
+    admin = client_for(dashboard, "alice@example.com")
+    rows, _pick, _ = admin.predict(api_name="/mcp_servers")
+    builtin = next(r for r in rows["data"] if r[1] == "builtin")
+    assert "get_weather" in builtin[5] and "calculator" in builtin[5]
+    rows, _pick, message = admin.predict("nowhere", "http", "", "", "http://127.0.0.1:9/mcp",
+                                         api_name="/mcp_add")
+    assert message == "Added the MCP server **nowhere**."
+    added = next(r for r in rows["data"] if r[1] == "nowhere")
+    assert added[4] == "yes" and "Could not connect" in added[5]
+    rows, _pick, message = admin.predict(added[0], api_name="/mcp_disable")
+    assert message == "**nowhere** is off."
+    bob = client_for(dashboard, "bob@example.com")
+    for endpoint, args in (("/mcp_servers", ()), ("/mcp_enable", (added[0],)),
+                           ("/mcp_remove", (added[0],)),
+                           ("/mcp_add", ("mine", "stdio", "python", "-V", ""))):
+        with pytest.raises(Exception, match="Only an administrator can manage MCP servers"):
+            bob.predict(*args, api_name=endpoint)
+    admin.predict(added[0], api_name="/mcp_remove")
+    alice = dashboard.services.auth.get_by_email("alice@example.com")
+    assert [c.name for c in dashboard.services.tools.servers(alice)] == ["builtin"]
+    listed = bob.predict(api_name="/chat_tools")
+    assert "**get_weather** (builtin)" in listed and "**calculator** (builtin)" in listed

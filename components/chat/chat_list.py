@@ -1,0 +1,75 @@
+"""The Chat tab's sidebar: the signed-in user's chats with the picked server, searching
+them, opening one, starting a new one, renaming and deleting (with a confirmation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from components.chat.page import ChatPage
+from components.session import handler
+from manager.accounts.auth import User
+
+
+def wire(page: ChatPage) -> None:
+    services, ui = page.services, page.ui
+    chats = services.chats
+
+    @handler(services, "chat list")
+    def list_chats(user: User, ref: Any, search_text: str, chat_id: int | None) -> str:
+        return page.sidebar(user, page.maybe_profile(ref), search_text, chat_id)
+
+    @handler(services, "opening a chat")
+    def open_chat(user: User, chat_ref: Any, search_text: str) -> dict[Any, Any]:
+        return page.opened(user, page.read_chat(user, chat_ref), search_text)
+
+    @handler(services, "opening a chat from the list")
+    def open_from_list(user: User, search_text: str, evt: gr.EventData) -> dict[Any, Any]:
+        data = getattr(evt, "_data", None) or {}
+        return page.opened(user, page.read_chat(user, data.get("chat")), search_text)
+
+    @handler(services, "starting a new chat")
+    def start_new(user: User, ref: Any, search_text: str) -> dict[Any, Any]:
+        return page.emptied(user, page.maybe_profile(ref), search_text)
+
+    @handler(services, "renaming a chat")
+    def rename_chat(user: User, chat_id: int | None, new_title: str, ref: Any,
+                    search_text: str) -> dict[Any, Any]:
+        chat = page.read_chat(user, chat_id)
+        summary = chats.rename(user, chat.id, new_title or "")
+        gr.Info(f"Renamed to “{summary.title}”.")
+        return {ui.title: summary.title,
+                ui.chat_list: page.sidebar(user, page.maybe_profile(ref), search_text, chat.id)}
+
+    @handler(services, "deleting a chat")
+    def delete_chat(user: User, chat_id: int | None, ref: Any,
+                    search_text: str) -> dict[Any, Any]:
+        chat = page.read_chat(user, chat_id)
+        chats.delete(user, chat.id)
+        gr.Info(f"Deleted “{chat.summary.title}”.")
+        return {**page.emptied(user, page.maybe_profile(ref), search_text),
+                ui.confirm_row: gr.Row(visible=False)}
+
+    ui.search.input(list_chats, [ui.server, ui.search, ui.current], ui.chat_list,
+                    trigger_mode="always_last", show_progress="hidden", api_name="chat_list")
+    open_outputs = [ui.chatbot, ui.current, ui.title, ui.chat_list, ui.server,
+                    ui.server_status]
+    ui.chat_list.click(open_from_list, ui.search, open_outputs, api_visibility="private")
+    ui.api_open.click(open_chat, [ui.api_chat_id, ui.search], open_outputs,
+                      api_name="chat_open")
+    new_outputs = [ui.chatbot, ui.current, ui.title, ui.chat_list]
+    ui.new_chat.click(start_new, [ui.server, ui.search], new_outputs, api_name="chat_new")
+    ui.clear.click(start_new, [ui.server, ui.search], new_outputs, api_name="chat_clear")
+    # The Chatbot's own trash icon: the same as Clear (the saved chat stays in the list).
+    ui.chatbot.clear(start_new, [ui.server, ui.search], new_outputs, api_visibility="private")
+
+    ui.rename.click(rename_chat, [ui.current, ui.title, ui.server, ui.search],
+                    [ui.title, ui.chat_list], api_name="chat_rename")
+    ui.delete.click(lambda: gr.Row(visible=True), None, ui.confirm_row,
+                    api_visibility="private")
+    ui.cancel_delete.click(lambda: gr.Row(visible=False), None, ui.confirm_row,
+                           api_visibility="private")
+    ui.confirm_delete.click(delete_chat, [ui.current, ui.server, ui.search],
+                            [ui.chatbot, ui.current, ui.title, ui.chat_list, ui.confirm_row],
+                            api_name="chat_delete")

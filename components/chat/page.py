@@ -1,0 +1,92 @@
+"""Lookups every part of the Chat tab shares: the picked profile, the open chat (always
+read with the signed-in user as owner), and the sidebar listing for a profile."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from components.chat.layout import ChatUI
+from components.chat.status import server_choices, server_state, status_markdown
+from components.chat_view import chat_list_html, chatbot_messages
+from components.session import refusals
+from manager.accounts.auth import User
+from manager.chat.history import Chat
+from manager.errors import NotFound
+from manager.servers.profiles import Profile
+from manager.servers.supervisor import ServerState
+from manager.services import Services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChatPage:
+    services: Services
+    ui: ChatUI
+
+    def profile_of(self, ref: Any) -> Profile:
+        """The profile a page value names (its id, or a name typed into the picker)."""
+        if ref is None or str(ref).strip() == "":
+            raise gr.Error("Pick a server first.")
+        with refusals(f"server {ref!r}"):
+            return self.services.profiles.find(ref if isinstance(ref, int)
+                                               else str(ref).strip())
+
+    def maybe_profile(self, ref: Any) -> Profile | None:
+        if ref is None or str(ref).strip() == "":
+            return None
+        return self.profile_of(ref)
+
+    def profile_of_chat(self, profile_id: int | None) -> Profile | None:
+        """A chat's profile, or None when it was deleted since."""
+        if profile_id is None:
+            return None
+        try:
+            return self.services.profiles.get(profile_id)
+        except NotFound:
+            log.info("chat profile %s is gone", profile_id)
+            return None
+
+    def read_chat(self, user: User, chat_id: Any) -> Chat:
+        if chat_id is None or not str(chat_id).strip().isdigit():
+            raise gr.Error("Open a chat first.")
+        with refusals(f"chat {chat_id!r} for {user.email}"):
+            return self.services.chats.get(user, int(str(chat_id).strip()))
+
+    def sidebar(self, user: User, profile: Profile | None, search_text: str,
+                chat_id: int | None) -> str:
+        if profile is None:
+            return chat_list_html([], None)
+        found = self.services.chats.list(user, profile.id, search=search_text or "")
+        return chat_list_html(found, chat_id, search=search_text or "", server=profile.name)
+
+    def server_update(self, profile: Profile | None) -> Any:
+        return gr.Dropdown(choices=server_choices(self.services),
+                           value=profile.id if profile is not None else None)
+
+    def timer_for(self, profile: Profile | None) -> gr.Timer:
+        starting = (profile is not None
+                    and server_state(self.services, profile) is ServerState.STARTING)
+        return gr.Timer(active=starting)
+
+    def opened(self, user: User, chat: Chat, search_text: str) -> dict[Any, Any]:
+        """Showing a chat: its messages, title and sidebar, and its server (a chat goes on
+        with the server it was started with)."""
+        ui = self.ui
+        profile = self.profile_of_chat(chat.summary.profile_id)
+        return {ui.chatbot: chatbot_messages(chat.messages), ui.current: chat.id,
+                ui.title: chat.summary.title,
+                ui.chat_list: self.sidebar(user, profile, search_text, chat.id),
+                ui.server: self.server_update(profile),
+                ui.server_status: status_markdown(self.services, profile)}
+
+    def emptied(self, user: User, profile: Profile | None, search_text: str
+                ) -> dict[Any, Any]:
+        """No chat open (a new one starts with the next message)."""
+        ui = self.ui
+        return {ui.chatbot: [], ui.current: None, ui.title: "",
+                ui.chat_list: self.sidebar(user, profile, search_text, None)}

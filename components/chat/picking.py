@@ -1,0 +1,76 @@
+"""Picking a server in the Chat tab: what a page shows when it opens, starting a profile
+that is not running, and following its status until it is ready."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+
+from components.chat.page import ChatPage
+from components.chat.status import server_choices, server_state, status_markdown
+from components.chat_view import chatbot_messages
+from components.session import handler
+from manager.accounts.auth import User
+from manager.servers.supervisor import ACTIVE_STATES, ServerState
+
+log = logging.getLogger(__name__)
+
+
+def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
+    """Connects the picker's events; returns the page-open loader and its outputs."""
+    services, ui = page.services, page.ui
+
+    @handler(services, "chat tab load")
+    def load(user: User) -> dict[Any, Any]:
+        recent = services.chats.list(user)
+        profile = page.profile_of_chat(recent[0].profile_id) if recent else None
+        if profile is None:
+            profile = next((p for p in services.profiles.list()
+                            if server_state(services, p) is ServerState.READY), None)
+        shown: dict[Any, Any] = {ui.chatbot: [], ui.current: None, ui.title: ""}
+        if profile is not None and recent and recent[0].profile_id == profile.id:
+            chat = services.chats.get(user, recent[0].id)
+            shown = {ui.chatbot: chatbot_messages(chat.messages), ui.current: chat.id,
+                     ui.title: chat.summary.title}
+        return {**shown, ui.server: page.server_update(profile),
+                ui.server_status: status_markdown(services, profile),
+                ui.chat_list: page.sidebar(user, profile, "", shown[ui.current]),
+                ui.status_timer: page.timer_for(profile)}
+
+    @handler(services, "picking a chat server")
+    def pick_server(user: User, ref: Any, search_text: str) -> dict[Any, Any]:
+        profile = page.profile_of(ref)
+        started = False
+        if server_state(services, profile) not in ACTIVE_STATES:
+            services.supervisor.start(profile.id, by=user.email)
+            started = True
+            log.info("%s started %s from the chat tab", user.email, profile.name)
+        return {**page.emptied(user, profile, search_text),
+                ui.server: page.server_update(profile),
+                ui.server_status: status_markdown(services, profile, started=started),
+                ui.status_timer: page.timer_for(profile)}
+
+    @handler(services, "chat server status")
+    def poll_status(_user: User, ref: Any) -> dict[Any, Any]:
+        profile = page.maybe_profile(ref)
+        if profile is not None and server_state(services, profile) is ServerState.STARTING:
+            return {ui.server_status: status_markdown(services, profile, started=True),
+                    ui.status_timer: page.timer_for(profile)}
+        return {ui.server_status: status_markdown(services, profile),
+                ui.status_timer: page.timer_for(profile), ui.server: page.server_update(profile)}
+
+    @handler(services, "chat server list")
+    def refresh_servers(_user: User, ref: Any) -> Any:
+        return gr.Dropdown(choices=server_choices(services))
+
+    ui.server.select(pick_server, [ui.server, ui.search],
+                     [ui.server, ui.server_status, ui.chat_list, ui.chatbot, ui.current,
+                      ui.title, ui.status_timer], api_name="chat_pick_server")
+    ui.server.focus(refresh_servers, ui.server, ui.server, show_progress="hidden",
+                    api_visibility="private")
+    ui.status_timer.tick(poll_status, ui.server, [ui.server_status, ui.status_timer, ui.server],
+                         show_progress="hidden", api_visibility="private")
+    return load, [ui.server, ui.server_status, ui.chat_list, ui.chatbot, ui.current, ui.title,
+                  ui.status_timer]

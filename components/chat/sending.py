@@ -1,0 +1,157 @@
+"""Sending in the Chat tab: a message (with attachments) or a retry streams the answer to
+the page as it happens (thinking and tool panels included), Stop keeps what was said."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from typing import Any
+
+import gradio as gr
+
+from components.chat.attachments import message_parts
+from components.chat.page import ChatPage
+from components.chat.status import server_state, status_markdown
+from components.chat_view import TurnView, chatbot_messages
+from components.session import handler
+from manager.accounts.auth import User
+from manager.chat.events import (
+    DEFAULT_MAX_TOOL_ROUNDS,
+    ChatEventKind,
+    ChatOptions,
+    EventStream,
+    VideoMode,
+)
+from manager.errors import ValidationError
+from manager.servers.profiles import Profile
+from manager.servers.supervisor import ACTIVE_STATES
+
+log = logging.getLogger(__name__)
+
+#: How often a streaming answer is pushed to the page (structural events go at once).
+PUSH_EVERY_S = 0.08
+#: How long Stop waits for the stopped generation to save its partial answer.
+STOP_WAIT_S = 10.0
+#: Generations that may stream at the same time (each waits on its own server).
+CHAT_CONCURRENCY = 16
+_STRUCTURAL = frozenset({
+    ChatEventKind.USER, ChatEventKind.ROUND, ChatEventKind.THINKING_STARTED,
+    ChatEventKind.THINKING_ENDED, ChatEventKind.TOOL_STARTED, ChatEventKind.TOOL_FINISHED,
+    ChatEventKind.ERROR, ChatEventKind.DONE,
+})
+
+
+def options_of(tools: bool, rounds: float | None, frames: float | None,
+               video: str | None) -> ChatOptions:
+    """The Options accordion's values, checked (a gr.Error names what is wrong)."""
+    try:
+        return ChatOptions(
+            tools=bool(tools),
+            max_tool_rounds=int(rounds if rounds is not None else DEFAULT_MAX_TOOL_ROUNDS),
+            max_frames=int(frames if frames is not None else ChatOptions().max_frames),
+            video_mode=VideoMode(video or VideoMode.AUTO.value)).checked()
+    except ValueError as exc:  # ValidationError, or an unknown video mode
+        message = exc.message if isinstance(exc, ValidationError) else \
+            "Pick how videos are sent: auto or frames."
+        log.info("chat options refused: %s", exc)
+        raise gr.Error(message) from exc
+
+
+def wire(page: ChatPage) -> None:
+    services, ui = page.services, page.ui
+    engine, chats = services.chat_engine, services.chats
+
+    def stream(user: User, chat_id: int, history: Sequence[Any], events: EventStream,
+               search_text: str, profile: Profile) -> Iterator[dict[Any, Any]]:
+        """Push the turn to the page as it happens, then show exactly what was saved."""
+        view = TurnView(history)
+        pushed = 0.0
+        with closing(events):
+            for event in events:
+                view.apply(event)
+                now = time.monotonic()
+                if event.kind in _STRUCTURAL or now - pushed >= PUSH_EVERY_S:
+                    pushed = now
+                    yield {ui.chatbot: view.messages()}
+        chat = chats.get(user, chat_id)
+        yield {ui.chatbot: chatbot_messages(chat.messages), ui.title: chat.summary.title,
+               ui.chat_list: page.sidebar(user, profile, search_text, chat_id),
+               ui.server_status: status_markdown(services, profile)}
+
+    @handler(services, "sending a chat message")
+    def send(user: User, box_value: Any, ref: Any, chat_id: int | None, tools: bool,
+             rounds: float, frames: float, video: str, search_text: str
+             ) -> Iterator[dict[Any, Any]]:
+        profile = page.profile_of(ref)
+        options = options_of(tools, rounds, frames, video)
+        # A refusal here sends and saves nothing; the box keeps the message to fix it.
+        text, files = message_parts(box_value)
+        prepared = engine.prepare(profile.id, text, files, options)
+        chat = chats.get(user, int(chat_id)) if chat_id is not None else None
+        summary = chat.summary if chat is not None else engine.start_chat(user, profile)
+        started = server_state(services, profile) not in ACTIVE_STATES
+        if started:
+            # A stopped or failed server is started; the message waits for it.
+            services.supervisor.start(profile.id, by=user.email)
+        history = list(chat.messages) if chat is not None else []
+        first = {ui.chatbot: chatbot_messages(history), ui.current: summary.id,
+                 ui.box: gr.MultimodalTextbox(value=None), ui.title: summary.title,
+                 ui.chat_list: page.sidebar(user, profile, search_text, summary.id)}
+        if started:
+            first[ui.server_status] = status_markdown(services, profile, started=True)
+        yield first
+        yield from stream(user, summary.id, history,
+                          engine.send(user, summary.id, prepared, options), search_text,
+                          profile)
+
+    @handler(services, "retrying a chat turn")
+    def retry_turn(user: User, ref: Any, chat_id: int | None, tools: bool, rounds: float,
+                   frames: float, video: str, search_text: str) -> Iterator[dict[Any, Any]]:
+        profile = page.profile_of(ref)
+        options = options_of(tools, rounds, frames, video)
+        if chat_id is None:
+            raise gr.Error("Nothing to retry yet: send a message first.")
+        chat = page.read_chat(user, chat_id)
+        last_user = next((m for m in reversed(chat.messages) if m.role == "user"), None)
+        if last_user is None:
+            raise gr.Error("Nothing to retry yet: send a message first.")
+        history = [m for m in chat.messages if m.position <= last_user.position]
+        yield from stream(user, chat.id, history,
+                          engine.retry(user, chat.id, profile.id, options), search_text,
+                          profile)
+
+    @handler(services, "stopping a chat turn")
+    def after_stop(user: User, chat_id: int | None) -> Any:
+        """Show what was saved when the user stopped (the partial answer, marked)."""
+        if chat_id is None:
+            return gr.skip()
+        chat = page.read_chat(user, chat_id)
+        # Gradio closes the stopped generation right after this event starts; it saves
+        # the partial answer as it closes.
+        if not engine.wait_idle(chat.id, STOP_WAIT_S):
+            log.warning("chat %s still answering %.0f s after Stop", chat.id, STOP_WAIT_S)
+        return chatbot_messages(page.read_chat(user, chat.id).messages)
+
+    @handler(services, "listing chat tools")
+    def list_tools(_user: User) -> str:
+        toolset = services.tools.toolset()
+        lines = [f"- **{t.name}** ({t.server}): {t.description}" for t in toolset.tools]
+        lines += [f"- ⚠️ MCP server *{p.server}*: {p.message}" for p in toolset.problems]
+        return "\n".join(lines) or "No tools are available."
+
+    sent = ui.box.submit(send, [ui.box, ui.server, ui.current, *ui.options],
+                         [ui.chatbot, ui.current, ui.box, ui.title, ui.chat_list,
+                          ui.server_status],
+                         api_name="chat_send", concurrency_limit=CHAT_CONCURRENCY,
+                         show_progress="minimal")
+    retried = ui.retry.click(retry_turn, [ui.server, ui.current, *ui.options],
+                             [ui.chatbot, ui.title, ui.chat_list, ui.server_status],
+                             api_name="chat_retry", concurrency_limit=CHAT_CONCURRENCY,
+                             show_progress="minimal")
+    # The page sends the cancel once the click's own event is done: keep that event empty,
+    # then show what the stopped turn saved.
+    ui.stop.click(None, None, None, cancels=[sent, retried]).then(
+        after_stop, ui.current, ui.chatbot, api_name="chat_stop")
+    ui.show_tools.click(list_tools, None, ui.tools_md, api_name="chat_tools")
