@@ -64,6 +64,9 @@ def test_first_admin_approves_then_disables_a_colleague(
         badge.wait_for(timeout=30_000)
         assert badge.inner_text().strip() == "1"
         admin.get_by_role("tab", name=re.compile("Admin")).click()
+        # The MCP servers panel lives in the Admin tab (and nowhere in the Chat tab).
+        admin.wait_for_selector("#admin-mcp #mcp-table", state="visible", timeout=30_000)
+        assert admin.locator("#chat-mcp").count() == 0
         pick_account(admin, "bob@example.com")
         admin.click("#admin-approve")
         admin.wait_for_selector("#admin-result :text('Approved bob@example.com.')")
