@@ -24,7 +24,6 @@ from manager.chat.events import (
     EventStream,
     VideoMode,
 )
-from manager.errors import ValidationError
 from manager.servers.profiles import Profile
 from manager.servers.supervisor import ACTIVE_STATES
 
@@ -45,18 +44,17 @@ _STRUCTURAL = frozenset({
 
 def options_of(tools: bool, rounds: float | None, frames: float | None,
                video: str | None) -> ChatOptions:
-    """The Options accordion's values, checked (a gr.Error names what is wrong)."""
+    """The Options accordion's values, checked (a ValidationError names what is wrong)."""
     try:
-        return ChatOptions(
-            tools=bool(tools),
-            max_tool_rounds=int(rounds if rounds is not None else DEFAULT_MAX_TOOL_ROUNDS),
-            max_frames=int(frames if frames is not None else ChatOptions().max_frames),
-            video_mode=VideoMode(video or VideoMode.AUTO.value)).checked()
-    except ValueError as exc:  # ValidationError, or an unknown video mode
-        message = exc.message if isinstance(exc, ValidationError) else \
-            "Pick how videos are sent: auto or frames."
+        mode = VideoMode(video or VideoMode.AUTO.value)
+    except ValueError as exc:
         log.info("chat options refused: %s", exc)
-        raise gr.Error(message) from exc
+        raise gr.Error("Pick how videos are sent: auto or frames.") from exc
+    return ChatOptions(
+        tools=bool(tools),
+        max_tool_rounds=int(rounds if rounds is not None else DEFAULT_MAX_TOOL_ROUNDS),
+        max_frames=int(frames if frames is not None else ChatOptions().max_frames),
+        video_mode=mode).checked()
 
 
 def wire(page: ChatPage) -> None:
