@@ -12,6 +12,13 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DATA_DIR_ENV = "MLX_MANAGER_DATA_DIR"
 SESSION_DAYS = 7
+#: Largest request body the gateway (/v1) reads; larger ones get 413 unread.
+GATEWAY_MAX_BODY_BYTES = 32 * 1024 * 1024
+#: Gateway requests one API key may have in flight at once, and start per minute.
+GATEWAY_CONCURRENT_PER_KEY = 8
+GATEWAY_REQUESTS_PER_MINUTE = 120
+#: Largest image (decoded) the gateway passes to a model server.
+GATEWAY_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 
 
 def _default_data_dir() -> Path:
@@ -36,6 +43,14 @@ class Settings:
     hf_token: str | None = field(default=None, repr=False)
     hf_cache_dir: Path | None = None
     max_downloads: int = 2
+    # Gateway limits (/v1): body size, per-API-key concurrency and rate.
+    gateway_max_body_bytes: int = GATEWAY_MAX_BODY_BYTES
+    gateway_concurrent_per_key: int = GATEWAY_CONCURRENT_PER_KEY
+    gateway_requests_per_minute: int = GATEWAY_REQUESTS_PER_MINUTE
+    gateway_max_image_bytes: int = GATEWAY_MAX_IMAGE_BYTES
+    # Image URLs (http/https) in gateway requests are fetched by the gateway itself
+    # only when an admin turns this on, and never from loopback or private addresses.
+    gateway_remote_images: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

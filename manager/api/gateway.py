@@ -13,13 +13,19 @@ so a session cookie never opens them, and attaches the user of the API key
 (`Authorization: Bearer` or `x-api-key`) or None; every route here refuses None with
 401 in its API's own error format.
 
+Limits (manager/api/limits.py, schema.py, images.py): the body is read up to a cap
+(413), each API key has a concurrency and a per-minute limit (429 + Retry-After), the
+body's shape is checked field by field (400 naming the field), max_tokens is capped by
+the profile and the model's context, images become data the gateway checked itself,
+and a client that leaves aborts its model server request at once (servers/abort.py).
+
 Every request goes through manager/inference.py (metering, the profile's defaults and
 system prompt). A stopped profile is started on demand (manager/on_demand.py) and
 waited for (bounded); streaming requests then get SSE comments as keepalives.
 
 Threads: the blocking part of a request (name lookup, start, wait, the server's
 stream) runs in one worker thread; stream pieces reach the event loop through a
-`_Pipe` and are written in batches. A stream's status line goes out once the server
+`Pipe` and are written in batches. A stream's status line goes out once the server
 accepted the request (or, for a model still loading, with the first keepalive), so
 errors before that (unknown model, bad request, no memory) get their own HTTP status;
 later ones end the stream with an error event in the API's format.
@@ -33,7 +39,6 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
@@ -47,7 +52,17 @@ from starlette.requests import HTTPConnection
 from manager.accounts.auth import User
 from manager.api import prometheus
 from manager.api.anthropic import from_openai_response, to_openai_request
+from manager.api.images import MediaGate
+from manager.api.limits import KeyLimiter, cap_max_tokens, read_body, token_limit
 from manager.api.login import ExtraAuth
+from manager.api.relay import END, OPEN, Item, Loading, Once, Open, Pipe
+from manager.api.schema import (
+    Checker,
+    check_chat,
+    check_completion,
+    check_messages,
+    check_values,
+)
 from manager.api.wire import (
     ApiFormat,
     Failure,
@@ -69,8 +84,10 @@ from manager.api.wire import (
     stream_error,
     with_thinking_switch,
 )
-from manager.errors import ValidationError
-from manager.servers.profiles import Backend, Profile
+from manager.errors import ManagerError, ValidationError
+from manager.models.capabilities import detect
+from manager.servers.abort import Abort
+from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile, resolve_model
 from manager.servers.supervisor import ServerLoading, ServerSnapshot, ServerState
 from manager.services import Services
 
@@ -87,6 +104,7 @@ _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _KEEPALIVE = b": keepalive\n\n"
 _STATE_KEY = "api_user"
+_KEY_ID = "api_key_id"
 
 
 class Kind(enum.Enum):
@@ -94,6 +112,11 @@ class Kind(enum.Enum):
     COMPLETION = "completion"
     MESSAGES = "messages"
     COUNT_TOKENS = "count_tokens"
+
+
+_CHECKS: dict[Kind, Checker] = {Kind.CHAT: check_chat, Kind.COMPLETION: check_completion,
+                                Kind.MESSAGES: check_messages,
+                                Kind.COUNT_TOKENS: check_messages}
 
 
 @dataclass(frozen=True)
@@ -109,83 +132,18 @@ class _Job:
             else ApiFormat.OPENAI
 
 
-@dataclass(frozen=True)
-class _Loading:
-    message: str
-
-
-class _Open:
-    """The server accepted the request: the client's status line can go out now,
-    while the prompt is processed (as it would from the server itself)."""
-
-
-_OPEN = _Open()
-
-
-class _End:
-    pass
-
-
-_END = _End()
-_Item = bytes | _Loading | _Open | Failure | _End
-
-
-class _Pipe:
-    """Pieces from a worker thread to the event loop: a deque, and a wake-up call only
-    when the loop is waiting for one (pieces that arrive meanwhile ride along).
-    `cancelled` tells the worker that nobody listens any more (the client left)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._items: deque[_Item] = deque()
-        self._lock = threading.Lock()
-        self._waiter: asyncio.Future[None] | None = None
-        self.cancelled = threading.Event()
-
-    def put(self, item: _Item) -> None:
-        """From the worker thread."""
-        with self._lock:
-            self._items.append(item)
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            try:
-                self._loop.call_soon_threadsafe(_wake, waiter)
-            except RuntimeError as exc:  # the event loop is closed: the app stopped
-                log.debug("gateway stream dropped at shutdown: %s", exc)
-                self.cancelled.set()
-
-    async def get(self, timeout: float | None) -> list[_Item]:
-        """Everything that arrived, waiting for at least one item; [] after `timeout`."""
-        with self._lock:
-            if self._items:
-                items = list(self._items)
-                self._items.clear()
-                return items
-            waiter = self._waiter = self._loop.create_future()
-        try:
-            if timeout is None:
-                await waiter
-            else:
-                await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
-            return []
-        finally:
-            with self._lock:
-                if self._waiter is waiter:
-                    self._waiter = None
-        with self._lock:
-            items = list(self._items)
-            self._items.clear()
-        return items
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 def api_user(conn: HTTPConnection) -> User | None:
     return conn.scope.get("state", {}).get(_STATE_KEY)
+
+
+def api_key_id(conn: HTTPConnection) -> int | None:
+    return conn.scope.get("state", {}).get(_KEY_ID)
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns once the client closed its connection (the body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        continue
 
 
 def gateway_auth(services: Services) -> ExtraAuth:
@@ -214,7 +172,9 @@ def gateway_auth(services: Services) -> ExtraAuth:
             task = asyncio.ensure_future(to_thread.run_sync(touch, found.key_id))
             pending.add(task)
             task.add_done_callback(pending.discard)
-        conn.scope.setdefault("state", {})[_STATE_KEY] = found.user if found else None
+        state = conn.scope.setdefault("state", {})
+        state[_STATE_KEY] = found.user if found else None
+        state[_KEY_ID] = found.key_id if found else None
         return True
 
     return claim
@@ -243,6 +203,14 @@ class Gateway:
         self._wait_ready_s = wait_ready_s
         self._limiter = limiter or CapacityLimiter(MAX_CONCURRENT)
         self._tasks: set[asyncio.Future[Any]] = set()
+        settings = services.settings
+        self._max_body = settings.gateway_max_body_bytes
+        self._keys = KeyLimiter(settings.gateway_concurrent_per_key,
+                                settings.gateway_requests_per_minute)
+        self._media = MediaGate(max_bytes=settings.gateway_max_image_bytes,
+                                allow_remote=settings.gateway_remote_images)
+        self._contexts: dict[str, int | None] = {}
+        self._contexts_lock = threading.Lock()
 
     # -- entry points (event loop) ----------------------------------------------------------
 
@@ -262,19 +230,44 @@ class Gateway:
     async def serve(self, request: Request, kind: Kind) -> Response:
         fmt = api_format(request.url.path)
         user = api_user(request)
-        if user is None:
+        key_id = api_key_id(request)
+        if user is None or key_id is None:
             return error_response(fmt, _refusal(request))
+        refused = self._keys.admit(key_id)
+        if refused is not None:
+            return error_response(fmt, refused)
+        release = Once(partial(self._keys.release, key_id))
         try:
-            body = parse_body(await request.body())
-            job = _Job(kind, user, requested_model(body), body)
-        except GatewayError as exc:
-            return error_response(fmt, exc.failure)
-        if body.get("stream") and kind is not Kind.COUNT_TOKENS:
-            return await self._stream(job)
+            try:
+                body = parse_body(await read_body(request, self._max_body))
+                check_values(body)
+                job = _Job(kind, user, requested_model(body), body)
+                _CHECKS[kind](body)
+            except GatewayError as exc:
+                return error_response(fmt, exc.failure)
+            if body.get("stream") and kind is not Kind.COUNT_TOKENS:
+                return await self._stream(job, release)
+            return await self._answer_unless_gone(request, job)
+        finally:
+            if not release.handed_over:
+                release()
+
+    async def _answer_unless_gone(self, request: Request, job: _Job) -> Response:
+        """The whole answer; a client that leaves first aborts the model's request."""
+        abort = Abort()
+        work = asyncio.ensure_future(to_thread.run_sync(self._answer, job, abort,
+                                                        limiter=self._limiter))
+        gone = asyncio.ensure_future(_client_gone(request))
         try:
-            payload = await to_thread.run_sync(self._answer, job, limiter=self._limiter)
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():
+                abort.set()
+        try:
+            payload = await work
         except Exception as exc:  # noqa: BLE001 - every failure is answered in the API's format
-            return error_response(fmt, failure_for(exc))
+            return error_response(job.fmt, failure_for(exc))
         return Response(payload, media_type="application/json")
 
     async def metrics(self, request: Request) -> Response:
@@ -299,12 +292,15 @@ class Gateway:
             "serves /v1/models, /v1/chat/completions, /v1/completions and /v1/messages.",
             "unknown_endpoint"))
 
-    async def _stream(self, job: _Job) -> Response:
-        pipe = _Pipe(asyncio.get_running_loop())
+    async def _stream(self, job: _Job, release: Once) -> Response:
+        pipe = Pipe(asyncio.get_running_loop())
         task = asyncio.ensure_future(to_thread.run_sync(
             self._produce, job, pipe, limiter=self._limiter, abandon_on_cancel=True))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # The key's slot is held until the worker is done with the model server.
+        release.handed_over = True
+        task.add_done_callback(lambda _: release())
         try:
             first = await pipe.get(FIRST_PIECE_WAIT_S)
         except asyncio.CancelledError:
@@ -320,7 +316,7 @@ class Gateway:
         return StreamingResponse(self._relay(pipe, first, job.fmt),
                                  media_type="text/event-stream", headers=_SSE_HEADERS)
 
-    async def _relay(self, pipe: _Pipe, items: list[_Item], fmt: ApiFormat
+    async def _relay(self, pipe: Pipe, items: list[Item], fmt: ApiFormat
                      ) -> AsyncIterator[bytes]:
         flowing = False
         try:
@@ -331,15 +327,15 @@ class Gateway:
                     if isinstance(item, bytes):
                         out.append(item)
                         flowing = True
-                    elif isinstance(item, _Open):
+                    elif isinstance(item, Open):
                         continue
-                    elif isinstance(item, _Loading):
+                    elif isinstance(item, Loading):
                         out.append(f": {item.message}\n\n".encode())
                     elif isinstance(item, Failure):
                         out.append(stream_error(fmt, item))
                         done = True
                         break
-                    else:  # _End
+                    else:  # End
                         if fmt is ApiFormat.OPENAI:
                             out.append(b"data: [DONE]\n\n")
                         done = True
@@ -379,14 +375,14 @@ class Gateway:
                                "requests: use /v1/chat/completions.", "unsupported_endpoint")
         return profile
 
-    def _ready(self, profile: Profile, job: _Job, pipe: _Pipe | None) -> ServerSnapshot:
+    def _ready(self, profile: Profile, job: _Job, pipe: Pipe | None) -> ServerSnapshot:
         """Start the profile's server if needed and wait (bounded) until it is READY;
         a stream hears that it waits (its first keepalive comment)."""
         services = self._services
         started = services.on_demand.ensure_started(profile, by=f"gateway ({job.user.email})")
         snap = services.supervisor.snapshot(profile.id)
         if pipe is not None and (snap is None or snap.state is not ServerState.READY):
-            pipe.put(_Loading(f"{profile.name} is {'starting' if started else 'loading'}"))
+            pipe.put(Loading(f"{profile.name} is {'starting' if started else 'loading'}"))
         deadline = time.monotonic() + self._wait_ready_s
         while True:
             remaining = deadline - time.monotonic()
@@ -397,32 +393,54 @@ class Gateway:
                 if remaining <= 1.0 or (pipe is not None and pipe.cancelled.is_set()):
                     raise
 
-    @staticmethod
-    def _upstream_body(profile: Profile, job: _Job) -> dict[str, Any]:
-        """The OpenAI request to send, checked before any server is started for it."""
+    def _upstream_body(self, profile: Profile, job: _Job) -> dict[str, Any]:
+        """The OpenAI request to send, checked before any server is started for it:
+        max_tokens capped, images turned into data the gateway checked itself."""
         body = job.body
         if job.kind in (Kind.MESSAGES, Kind.COUNT_TOKENS):
             if job.kind is Kind.COUNT_TOKENS:
                 body = {**body, "max_tokens": 1, "stream": False}
-            return with_thinking_switch(to_openai_request(body, profile.name), body)
-        if job.kind is Kind.COMPLETION:
+            body = with_thinking_switch(to_openai_request(body, profile.name), body)
+        elif job.kind is Kind.COMPLETION:
             if not isinstance(body.get("prompt"), (str, list)):
-                raise ValidationError("prompt: a string (or a list of them) is required")
+                raise ValidationError("prompt: a string (or a list of them) is required",
+                                      "prompt")
         elif not isinstance(body.get("messages"), list) or not body["messages"]:
-            raise ValidationError("messages: a non-empty list is required")
+            raise ValidationError("messages: a non-empty list is required", "messages")
+        body = cap_max_tokens(body, token_limit(profile.max_tokens, self._context(profile),
+                                                fallback=MAX_TOKENS_LIMIT))
+        if job.kind is not Kind.COMPLETION:
+            body["messages"] = self._media.messages(body["messages"])
         return body
 
-    def _produce(self, job: _Job, pipe: _Pipe) -> None:
+    def _context(self, profile: Profile) -> int | None:
+        """The profile's context length, else the model's own (read once per model)."""
+        if profile.context_length:
+            return profile.context_length
+        with self._contexts_lock:
+            if profile.model in self._contexts:
+                return self._contexts[profile.model]
+        try:
+            context = detect(resolve_model(profile.model)).context_length
+        except ManagerError as exc:
+            log.info("context length of %s unknown: %s", profile.name, exc.message)
+            context = None
+        with self._contexts_lock:
+            self._contexts[profile.model] = context
+        return context
+
+    def _produce(self, job: _Job, pipe: Pipe) -> None:
         inference = self._services.inference
         try:
             profile = self._profile(job)
             body = self._upstream_body(profile, job)
             with self._services.on_demand.lease(profile.id):
                 snap = self._ready(profile, job, pipe)
-                opened = partial(pipe.put, _OPEN)
+                opened = partial(pipe.put, OPEN)
                 stream = inference.stream_completion if job.kind is Kind.COMPLETION \
                     else inference.stream_chat
-                chunks = stream(profile.id, body, wait_s=0, on_open=opened)
+                chunks = stream(profile.id, body, wait_s=0, on_open=opened,
+                                abort=pipe.cancelled)
                 if job.kind is Kind.MESSAGES:
                     pieces = anthropic_events(chunks, profile.name)
                 else:
@@ -436,20 +454,20 @@ class Gateway:
                         pieces.close()
                         return
                     pipe.put(piece)
-            pipe.put(_END)
+            pipe.put(END)
         except Exception as exc:  # noqa: BLE001 - every failure is answered in the API's format
             pipe.put(failure_for(exc))
 
-    def _answer(self, job: _Job) -> bytes:
+    def _answer(self, job: _Job, abort: Abort) -> bytes:
         inference = self._services.inference
         profile = self._profile(job)
         body = self._upstream_body(profile, job)
         with self._services.on_demand.lease(profile.id):
             snap = self._ready(profile, job, None)
             if job.kind is Kind.COMPLETION:
-                result = inference.complete(profile.id, body, wait_s=0)
+                result = inference.complete(profile.id, body, wait_s=0, abort=abort)
             else:
-                result = inference.chat(profile.id, body, wait_s=0)
+                result = inference.chat(profile.id, body, wait_s=0, abort=abort)
         if job.kind is Kind.COUNT_TOKENS:
             # The server counts: the prompt tokens of a 1-token answer (templates, tools
             # and the profile's system prompt included, as in the real request).

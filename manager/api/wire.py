@@ -37,6 +37,8 @@ _OPENAI_TYPES = {
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
 }
 
 
@@ -82,6 +84,8 @@ class Failure:
     code: str
     retry: bool = False
     retry_after_s: int | None = None
+    #: The request field at fault, when there is one (OpenAI's `param`).
+    param: str | None = None
 
     def headers(self) -> dict[str, str]:
         out = {"x-should-retry": "true" if self.retry else "false"}
@@ -93,15 +97,16 @@ class Failure:
 class GatewayError(ManagerError):
     """A refusal decided by the gateway itself (no key, bad JSON, wrong endpoint...)."""
 
-    def __init__(self, status: int, message: str, code: str) -> None:
+    def __init__(self, status: int, message: str, code: str, *,
+                 param: str | None = None) -> None:
         super().__init__(message)
-        self.failure = Failure(status, message, code)
+        self.failure = Failure(status, message, code, param=param)
 
 
 def openai_error(failure: Failure) -> dict[str, Any]:
     kind = _OPENAI_TYPES.get(failure.status, "server_error" if failure.status >= 500
                              else "invalid_request_error")
-    return {"error": {"message": failure.message, "type": kind, "param": None,
+    return {"error": {"message": failure.message, "type": kind, "param": failure.param,
                       "code": failure.code}}
 
 
@@ -125,7 +130,7 @@ def failure_for(exc: BaseException) -> Failure:
     if isinstance(exc, NotFound):
         return Failure(404, exc.message, "model_not_found")
     if isinstance(exc, ValidationError):
-        return Failure(400, exc.message, "invalid_request")
+        return Failure(400, exc.message, "invalid_request", param=exc.field)
     if isinstance(exc, PermissionDenied):
         return Failure(403, exc.message, "permission_denied")
     if isinstance(exc, InsufficientMemory):
@@ -155,12 +160,15 @@ def dumps(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
+def parse_body(raw: bytes | bytearray) -> dict[str, Any]:
     """The JSON object of a request body, or a 400 GatewayError saying what is wrong."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise GatewayError(400, f"The request body is not valid JSON: {exc}.",
+                           "invalid_json") from exc
+    except RecursionError as exc:
+        raise GatewayError(400, "The request body is nested too deeply.",
                            "invalid_json") from exc
     if not isinstance(body, dict):
         raise GatewayError(400, "The request body must be a JSON object.", "invalid_json")

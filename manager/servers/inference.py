@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from manager.errors import ManagerError
+from manager.servers.abort import Abort
 from manager.servers.supervisor import ServerSnapshot, Supervisor
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,10 @@ class InferenceError(ManagerError):
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class RequestAborted(InferenceError):
+    """The request was ended on purpose (its client went away) through an `Abort`."""
 
 
 @dataclass(frozen=True)
@@ -303,12 +308,17 @@ class InferenceClient:
         self._supervisor = supervisor
         self.metrics = metrics
         self._wait_ready_s = wait_ready_s
-        self._http = httpx.Client(timeout=httpx.Timeout(read_timeout_s, connect=5.0))
+        timeout = httpx.Timeout(read_timeout_s, connect=5.0)
+        self._http = httpx.Client(timeout=timeout)
+        # Abortable requests: one connection each, see Abort.
+        self._http_own = httpx.Client(timeout=timeout,
+                                      limits=httpx.Limits(max_keepalive_connections=0))
         self._lock = threading.Lock()
         self._in_flight: dict[int, int] = {}
 
     def close(self) -> None:
         self._http.close()
+        self._http_own.close()
 
     def ready_server(self, profile_id: int, wait_s: float | None = None) -> ServerSnapshot:
         """The READY server of a profile (waits while it loads; see Supervisor.wait_ready)."""
@@ -334,34 +344,58 @@ class InferenceClient:
     def stream_chat(self, profile_id: int, body: Mapping[str, Any], *,
                     wait_s: float | None = None,
                     on_stats: Callable[[RequestStats], None] | None = None,
-                    on_open: Callable[[], None] | None = None) -> ChunkStream:
+                    on_open: Callable[[], None] | None = None,
+                    abort: Abort | None = None) -> ChunkStream:
         """Chunks as the server sends them; the last one carries `usage`. `on_stats`
         receives the request's measured figures when the stream ends (the chat shows them);
         `on_open` is called once the server accepted the request, before the prompt is
-        processed (the gateway sends its client the status line then)."""
-        return self._stream(profile_id, body, CHAT_PATH, wait_s, on_stats, on_open=on_open)
+        processed (the gateway sends its client the status line then). Setting `abort`
+        ends the request at once (RequestAborted)."""
+        return self._stream(profile_id, body, CHAT_PATH, wait_s, on_stats, on_open=on_open,
+                            abort=abort)
 
     def stream_completion(self, profile_id: int, body: Mapping[str, Any], *,
                           wait_s: float | None = None,
-                          on_open: Callable[[], None] | None = None) -> ChunkStream:
+                          on_open: Callable[[], None] | None = None,
+                          abort: Abort | None = None) -> ChunkStream:
         """A legacy completion (`prompt`), streamed; the text is in `content`."""
-        return self._stream(profile_id, body, COMPLETIONS_PATH, wait_s, on_open=on_open)
+        return self._stream(profile_id, body, COMPLETIONS_PATH, wait_s, on_open=on_open,
+                            abort=abort)
 
-    def chat(self, profile_id: int, body: Mapping[str, Any], *, wait_s: float | None = None
-             ) -> ChatResult:
+    def chat(self, profile_id: int, body: Mapping[str, Any], *, wait_s: float | None = None,
+             abort: Abort | None = None) -> ChatResult:
         """One whole answer. Without streaming there is no time to first token; tokens/s
         is then completion tokens over the whole request (prefill included)."""
-        return self._once(profile_id, body, CHAT_PATH, wait_s)
+        return self._once(profile_id, body, CHAT_PATH, wait_s, abort)
 
     def complete(self, profile_id: int, body: Mapping[str, Any], *,
-                 wait_s: float | None = None) -> ChatResult:
+                 wait_s: float | None = None, abort: Abort | None = None) -> ChatResult:
         """A legacy completion (`prompt`) in one answer; the text is in `content`."""
-        return self._once(profile_id, body, COMPLETIONS_PATH, wait_s)
+        return self._once(profile_id, body, COMPLETIONS_PATH, wait_s, abort)
+
+    def _client(self, abort: Abort | None) -> tuple[httpx.Client, dict[str, Any]]:
+        """The client and request extensions for a request, abortable or not."""
+        if abort is None:
+            return self._http, {}
+        if abort.is_set():
+            raise RequestAborted("The request was cancelled before it was sent.")
+        return self._http_own, {"trace": abort.trace}
+
+    @staticmethod
+    def _failed(snap: ServerSnapshot, exc: httpx.HTTPError, abort: Abort | None
+                ) -> InferenceError:
+        if abort is not None and abort.is_set():
+            log.info("request to %s cancelled: its client went away", snap.profile.name)
+            return RequestAborted(f"The request to {snap.profile.name} was cancelled.")
+        log.warning("request to %s failed: %s", snap.profile.name, exc)
+        return InferenceError(f"{snap.profile.name} stopped answering ({exc}). It may have "
+                              "crashed: see the Servers tab.")
 
     def _stream(self, profile_id: int, body: Mapping[str, Any], path: str,
                 wait_s: float | None,
                 on_stats: Callable[[RequestStats], None] | None = None, *,
-                on_open: Callable[[], None] | None = None) -> ChunkStream:
+                on_open: Callable[[], None] | None = None,
+                abort: Abort | None = None) -> ChunkStream:
         snap = self.ready_server(profile_id, wait_s)
         payload = prepare_body(snap, body, stream=True, completion=path == COMPLETIONS_PATH)
         url = snap.base_url + path
@@ -369,9 +403,12 @@ class InferenceClient:
         first_at = last_at = None
         usage: Usage | None = None
         ok = False
+        http, extensions = self._client(abort)
         try:
             with self._busy(profile_id), \
-                    self._http.stream("POST", url, json=payload) as response:
+                    http.stream("POST", url, json=payload, extensions=extensions) as response:
+                if abort is not None and "network_stream" in response.extensions:
+                    abort.attach(response.extensions["network_stream"])
                 if response.status_code >= 400:
                     response.read()
                     raise InferenceError(f"{snap.profile.name} refused the request: "
@@ -395,6 +432,9 @@ class InferenceClient:
                         usage = chunk.usage
                     yield chunk
                 if not ok:
+                    if abort is not None and abort.is_set():
+                        raise RequestAborted(f"The request to {snap.profile.name} was "
+                                             "cancelled.")
                     # Both servers end a stream with [DONE]; they speak HTTP/1.0, so a
                     # server that dies mid-answer looks like a normal end of the body.
                     log.warning("stream from %s ended without [DONE]", snap.profile.name)
@@ -402,9 +442,7 @@ class InferenceClient:
                                          "of its reply. It may have crashed: see the Servers "
                                          "tab.")
         except httpx.HTTPError as exc:
-            log.warning("request to %s failed: %s", snap.profile.name, exc)
-            raise InferenceError(f"{snap.profile.name} stopped answering ({exc}). It may have "
-                                 "crashed: see the Servers tab.") from exc
+            raise self._failed(snap, exc, abort) from exc
         finally:
             completion = usage.completion_tokens if usage else None
             stats = RequestStats(
@@ -419,14 +457,15 @@ class InferenceClient:
                 on_stats(stats)
 
     def _once(self, profile_id: int, body: Mapping[str, Any], path: str,
-              wait_s: float | None) -> ChatResult:
+              wait_s: float | None, abort: Abort | None = None) -> ChatResult:
         snap = self.ready_server(profile_id, wait_s)
         payload = prepare_body(snap, body, stream=False, completion=path == COMPLETIONS_PATH)
         started = time.perf_counter()
         ok, usage, parsed = False, None, ChatChunk()
+        http, extensions = self._client(abort)
         try:
             with self._busy(profile_id):
-                response = self._http.post(snap.base_url + path, json=payload)
+                response = http.post(snap.base_url + path, json=payload, extensions=extensions)
             if response.status_code >= 400:
                 raise InferenceError(f"{snap.profile.name} refused the request: "
                                      f"{_error_message(response)}", response.status_code)
@@ -437,9 +476,7 @@ class InferenceClient:
                                      response.status_code) from exc
             usage, ok = parsed.usage, True
         except httpx.HTTPError as exc:
-            log.warning("request to %s failed: %s", snap.profile.name, exc)
-            raise InferenceError(f"{snap.profile.name} stopped answering ({exc}). It may have "
-                                 "crashed: see the Servers tab.") from exc
+            raise self._failed(snap, exc, abort) from exc
         finally:
             duration = time.perf_counter() - started
             completion = usage.completion_tokens if usage else None

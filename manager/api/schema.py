@@ -1,0 +1,323 @@
+"""The shape of gateway requests, checked before anything acts on them.
+
+Every refusal is a 400 that names the field (`messages[0].content`, `temperature`),
+so a malformed body never reaches code that would fail on it (a 500). Only the
+fields the gateway or the model servers read are checked; unknown fields pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from manager.api.wire import GatewayError
+
+#: JSON nested deeper than this is refused (tool schemas stay far below it).
+MAX_DEPTH = 100
+OPENAI_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+ANTHROPIC_ROLES = ("user", "assistant")
+
+
+def invalid(field: str, problem: str) -> GatewayError:
+    return GatewayError(400, f"{field}: {problem}", "invalid_request", param=field)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def check_values(body: Any) -> None:
+    """Every string is valid Unicode (no lone surrogates, which cannot be sent on) and
+    every number finite (JSON has no NaN, though Python's parser accepts it)."""
+    stack: list[tuple[Any, str, int]] = [(body, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise invalid(path or "body", f"nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, str):
+            _check_text(value, path or "body")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise invalid(path or "body", f"{value} is not a number JSON allows")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, path or "body")
+                stack.append((item, _join(path, key), depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, _join(path, i), depth + 1) for i, item in enumerate(value))
+
+
+def _check_text(text: str, field: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid(field, "contains a lone surrogate (\\ud800-\\udfff), which is not "
+                      "valid Unicode") from None
+
+
+# --- field checks ----------------------------------------------------------------------
+
+
+def _get(body: Mapping[str, Any], field: str, kinds: tuple[type, ...], what: str) -> Any:
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in kinds:
+        raise invalid(field, f"must be {what}, not {_kind(value)}")
+    if not isinstance(value, kinds):
+        raise invalid(field, f"must be {what}, not {_kind(value)}")
+    return value
+
+
+def _number(body: Mapping[str, Any], field: str, low: float | None = None,
+            high: float | None = None) -> None:
+    value = _get(body, field, (int, float), "a number")
+    if value is None:
+        return
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low:g} and {high:g}" if low is not None and high is not None \
+            else f"at least {low:g}" if low is not None else f"at most {high:g}"
+        raise invalid(field, f"must be {bounds}, not {value:g}")
+
+
+def _whole(body: Mapping[str, Any], field: str, low: int) -> None:
+    """A whole number (1e12 arrives as a float and is fine: the gateway caps it)."""
+    value = _get(body, field, (int, float), "a whole number")
+    if value is None:
+        return
+    if isinstance(value, float) and not value.is_integer():
+        raise invalid(field, f"must be a whole number, not {value:g}")
+    if value < low:
+        raise invalid(field, f"must be at least {low}, not {value:g}")
+
+
+def _flag(body: Mapping[str, Any], field: str) -> None:
+    _get(body, field, (bool,), "true or false")
+
+
+def _text_or_texts(body: Mapping[str, Any], field: str) -> None:
+    value = body.get(field)
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise invalid(field, "must be a string or a list of strings")
+
+
+def _objects(value: Any, field: str, *, allow_empty: bool = True) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise invalid(field, f"must be a list, not {_kind(value)}")
+    if not value and not allow_empty:
+        raise invalid(field, "must not be empty")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise invalid(f"{field}[{i}]", f"must be an object, not {_kind(item)}")
+    return value
+
+
+def _sampling(body: Mapping[str, Any]) -> None:
+    _number(body, "temperature", 0, 100)
+    _number(body, "top_p", 0, 1)
+    _number(body, "min_p", 0, 1)
+    _whole(body, "top_k", -1)
+    for field in ("presence_penalty", "frequency_penalty"):
+        _number(body, field, -100, 100)
+    _number(body, "repetition_penalty", 0, 100)
+    _whole(body, "seed", -(2 ** 63))
+    _flag(body, "stream")
+
+
+def _path_fields(body: Mapping[str, Any]) -> None:
+    """Fields that make a model server read local files or load other models."""
+    for field in ("adapters", "adapter_path", "draft_model"):
+        if body.get(field) is not None:
+            raise invalid(field, "is not accepted by this gateway (it names files on the "
+                          "server); the profile decides the model")
+
+
+def _stream_options(body: Mapping[str, Any]) -> None:
+    options = _get(body, "stream_options", (dict,), "an object")
+    if options is not None and options.get("include_usage") is not None \
+            and not isinstance(options["include_usage"], bool):
+        raise invalid("stream_options.include_usage", "must be true or false")
+
+
+# --- OpenAI ------------------------------------------------------------------------------
+
+
+def _openai_content(value: Any, field: str) -> None:
+    if value is None or isinstance(value, str):
+        return
+    for i, part in enumerate(_objects(value, field)):
+        where = f"{field}[{i}]"
+        kind = part.get("type")
+        if not isinstance(kind, str):
+            raise invalid(f"{where}.type", "must be a string such as 'text' or 'image_url'")
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise invalid(f"{where}.text", "must be a string")
+
+
+def _tool_calls(value: Any, field: str) -> None:
+    if value is None:
+        return
+    for i, call in enumerate(_objects(value, field)):
+        function = call.get("function")
+        if not isinstance(function, dict):
+            raise invalid(f"{field}[{i}].function", "must be an object")
+        if not isinstance(function.get("name"), str):
+            raise invalid(f"{field}[{i}].function.name", "must be a string")
+        arguments = function.get("arguments")
+        if arguments is not None and not isinstance(arguments, (str, dict)):
+            raise invalid(f"{field}[{i}].function.arguments", "must be a JSON string")
+
+
+def _openai_tools(body: Mapping[str, Any]) -> None:
+    tools = body.get("tools")
+    if tools is not None:
+        for i, tool in enumerate(_objects(tools, "tools")):
+            function = tool.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise invalid(f"tools[{i}].function.name", "must be a string")
+            params = function.get("parameters")
+            if params is not None and not isinstance(params, dict):
+                raise invalid(f"tools[{i}].function.parameters", "must be an object")
+    choice = body.get("tool_choice")
+    if choice is not None and not isinstance(choice, (str, dict)):
+        raise invalid("tool_choice", f"must be a string or an object, not {_kind(choice)}")
+
+
+def _common(body: Mapping[str, Any]) -> None:
+    _whole(body, "max_tokens", 1)
+    _whole(body, "max_completion_tokens", 1)
+    _sampling(body)
+    _text_or_texts(body, "stop")
+    _stream_options(body)
+    _path_fields(body)
+    _whole(body, "n", 1)
+    _get(body, "logit_bias", (dict,), "an object")
+    _flag(body, "logprobs")
+    _whole(body, "top_logprobs", 0)
+
+
+def check_chat(body: Mapping[str, Any]) -> None:
+    """An OpenAI chat completions request."""
+    messages = _objects(body.get("messages"), "messages", allow_empty=False)
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in OPENAI_ROLES:
+            raise invalid(f"messages[{i}].role",
+                          f"must be one of {', '.join(OPENAI_ROLES)}, not {role!r}"[:200])
+        _openai_content(message.get("content"), f"messages[{i}].content")
+        _tool_calls(message.get("tool_calls"), f"messages[{i}].tool_calls")
+        for field in ("name", "tool_call_id"):
+            if message.get(field) is not None and not isinstance(message[field], str):
+                raise invalid(f"messages[{i}].{field}", "must be a string")
+    _common(body)
+    _openai_tools(body)
+    _get(body, "response_format", (dict,), "an object")
+    _get(body, "chat_template_kwargs", (dict,), "an object")
+
+
+def check_completion(body: Mapping[str, Any]) -> None:
+    """An OpenAI legacy completions request (a prompt)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        if not prompt or not all(isinstance(p, str) for p in prompt):
+            raise invalid("prompt", "must be a string or a non-empty list of strings")
+    elif not isinstance(prompt, str):
+        raise invalid("prompt", f"must be a string, not {_kind(prompt)}")
+    _common(body)
+
+
+# --- Anthropic ---------------------------------------------------------------------------
+
+
+def _blocks(value: Any, field: str, *, text_only: bool = False) -> None:
+    if isinstance(value, str):
+        return
+    for i, block in enumerate(_objects(value, field)):
+        where = f"{field}[{i}]"
+        kind = block.get("type")
+        if not isinstance(kind, str):
+            raise invalid(f"{where}.type", "must be a string such as 'text' or 'image'")
+        if kind == "text" and not isinstance(block.get("text"), str):
+            raise invalid(f"{where}.text", "must be a string")
+        if text_only:
+            continue
+        if kind == "image":
+            source = block.get("source")
+            if not isinstance(source, dict):
+                raise invalid(f"{where}.source", "must be an object")
+            for name in ("type", "media_type", "data", "url"):
+                if source.get(name) is not None and not isinstance(source[name], str):
+                    raise invalid(f"{where}.source.{name}", "must be a string")
+        elif kind == "tool_use":
+            for name in ("id", "name"):
+                if block.get(name) is not None and not isinstance(block[name], str):
+                    raise invalid(f"{where}.{name}", "must be a string")
+            if block.get("input") is not None and not isinstance(block["input"], dict):
+                raise invalid(f"{where}.input", "must be an object")
+        elif kind == "tool_result":
+            if block.get("tool_use_id") is not None \
+                    and not isinstance(block["tool_use_id"], str):
+                raise invalid(f"{where}.tool_use_id", "must be a string")
+            content = block.get("content")
+            if content is not None:
+                _blocks(content, f"{where}.content", text_only=True)
+
+
+def check_messages(body: Mapping[str, Any]) -> None:
+    """An Anthropic Messages request (or a count_tokens one, which has no max_tokens)."""
+    messages = _objects(body.get("messages"), "messages", allow_empty=False)
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ANTHROPIC_ROLES:
+            raise invalid(f"messages[{i}].role",
+                          f"must be 'user' or 'assistant', not {role!r}"[:200])
+        content = message.get("content")
+        if not isinstance(content, (str, list)):
+            raise invalid(f"messages[{i}].content",
+                          f"must be a string or a list of blocks, not {_kind(content)}")
+        _blocks(content, f"messages[{i}].content", text_only=role == "system")
+    system = body.get("system")
+    if system is not None:
+        _blocks(system, "system", text_only=True)
+    _whole(body, "max_tokens", 1)
+    _sampling(body)
+    _text_or_texts(body, "stop_sequences")
+    _path_fields(body)
+    tools = body.get("tools")
+    if tools is not None:
+        for i, tool in enumerate(_objects(tools, "tools")):
+            if not isinstance(tool.get("name"), str):
+                raise invalid(f"tools[{i}].name", "must be a string")
+            schema = tool.get("input_schema")
+            if schema is not None and not isinstance(schema, dict):
+                raise invalid(f"tools[{i}].input_schema", "must be an object")
+    choice = _get(body, "tool_choice", (dict,), "an object")
+    if choice is not None and choice.get("name") is not None \
+            and not isinstance(choice["name"], str):
+        raise invalid("tool_choice.name", "must be a string")
+    _get(body, "thinking", (dict,), "an object")
+    _get(body, "metadata", (dict,), "an object")
+
+
+Checker = Callable[[Mapping[str, Any]], None]
