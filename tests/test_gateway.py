@@ -96,6 +96,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
             "broken": ("broken", {}),
             "crasher": ("text", {}),
             "slowpoke": ("text_4bit", {}),
+            "long": ("text", {}),
+            "short-context": ("text", {"context_length": 8}),
+            "never": ("text", {}),
         }
         models = {**tiny_models,
                   "broken": make_broken_model(root / "broken", tiny_models["text"])}
@@ -486,13 +489,19 @@ def test_a_server_that_dies_mid_answer_ends_the_stream_with_an_error(gw: Gateway
     assert caught.value.status_code in (502, 503)  # dead, or already marked failed
 
 
+def _server_log(gw: Gateway, name: str) -> str:
+    snap = gw.services.supervisor.snapshot(gw.profiles[name].id)
+    return Path(snap.log_path).read_text(errors="replace") if snap and snap.log_path else ""
+
+
 def test_a_client_that_leaves_mid_stream_stops_the_generation(gw: Gateway) -> None:
-    pid = gw.profiles["text"].id
-    gw.openai().completions.create(model="text", prompt="warm up", max_tokens=2)
+    pid = gw.profiles["long"].id
+    gw.openai().completions.create(model="long", prompt="warm up", max_tokens=2)
     before = gw.services.metrics.get(pid)
+    assert "BrokenPipeError" not in _server_log(gw, "long")
     with httpx.stream("POST", gw.url + "/v1/chat/completions", timeout=60,
                       headers={"Authorization": f"Bearer {gw.admin_key}"},
-                      json={"model": "text", "messages": HI, "stream": True,
+                      json={"model": "long", "messages": HI, "stream": True,
                             "max_tokens": 3000}) as answer:
         for line in answer.iter_lines():
             if line.startswith("data: {"):
@@ -502,8 +511,109 @@ def test_a_client_that_leaves_mid_stream_stops_the_generation(gw: Gateway) -> No
     # Cut short (not a whole 3000-token answer): recorded as a request that did not finish.
     assert after.requests == before.requests + 1
     assert after.failed_requests == before.failed_requests + 1
-    assert gw.openai().completions.create(model="text", prompt="still there?",
+    # The server itself stopped generating: its next write found the connection closed.
+    assert wait_for(lambda: "BrokenPipeError" in _server_log(gw, "long")
+                    or "ConnectionResetError" in _server_log(gw, "long"), 60)
+    assert gw.openai().completions.create(model="long", prompt="still there?",
                                           max_tokens=2).usage.completion_tokens >= 1
+
+
+# --- limits ----------------------------------------------------------------------------
+
+
+def test_a_huge_max_tokens_is_capped_by_the_profile_and_the_context(gw: Gateway) -> None:
+    headers = {"Authorization": f"Bearer {gw.admin_key}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=gw.url, timeout=120, headers=headers) as client:
+        # JSON's 1e12 (a float): before, it reached the server as asked.
+        raw = b'{"model": "text", "messages": [{"role": "user", "content": "Hi"}], ' \
+              b'"max_tokens": 1e12}'
+        answer = client.post("/v1/chat/completions", content=raw)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["usage"]["completion_tokens"] <= 16  # the profile's max_tokens
+        newer = client.post("/v1/chat/completions", json={
+            "model": "short-context", "messages": HI, "max_completion_tokens": 10 ** 12})
+        assert newer.status_code == 200, newer.text
+        assert newer.json()["usage"]["completion_tokens"] <= 8  # the profile's context
+        assert newer.json()["choices"][0]["finish_reason"] == "length"
+    message = gw.anthropic().messages.create(model="short-context", max_tokens=10 ** 12,
+                                             messages=HI)
+    assert message.usage.output_tokens <= 8 and message.stop_reason == "max_tokens"
+
+
+def test_a_key_over_its_concurrency_limit_gets_429_with_retry_after(gw: Gateway) -> None:
+    from dataclasses import replace
+
+    from fastapi import FastAPI
+
+    from manager.api.gateway import build_gateway_router, gateway_auth
+    from manager.api.login import SessionGate
+
+    services = replace(gw.services, settings=replace(gw.services.settings,
+                                                     gateway_concurrent_per_key=1))
+    app = FastAPI()
+    app.include_router(build_gateway_router(services))
+    app.add_middleware(SessionGate, auth=services.auth, extra_auth=gateway_auth(services))
+    port = free_port()
+    server, thread = run_uvicorn(app, port)
+    url = f"http://127.0.0.1:{port}"
+    short = {"model": "long", "messages": HI, "max_tokens": 2}
+
+    def ask(key: str) -> httpx.Response:
+        return httpx.post(url + "/v1/chat/completions", json=short, timeout=120,
+                          headers={"Authorization": f"Bearer {key}"})
+
+    try:
+        with httpx.stream("POST", url + "/v1/chat/completions", timeout=120,
+                          headers={"Authorization": f"Bearer {gw.admin_key}"},
+                          json={**short, "stream": True, "max_tokens": 3000}) as first:
+            lines = first.iter_lines()  # kept: a closed iterator would close the stream
+            for line in lines:
+                if line.startswith("data: {"):
+                    break
+            refused = ask(gw.admin_key)
+            assert refused.status_code == 429
+            assert refused.json()["error"]["code"] == "too_many_concurrent_requests"
+            assert refused.headers["retry-after"] == "1"
+            assert ask(gw.bob_key).status_code == 200  # another key is not held up
+        # The slot frees once the first request's model request has ended.
+        assert wait_for(lambda: ask(gw.admin_key).status_code == 200, 60)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def test_malformed_bodies_for_a_real_profile_are_400_not_500(gw: Gateway) -> None:
+    headers = {"Authorization": f"Bearer {gw.admin_key}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=gw.url, timeout=60, headers=headers) as client:
+        for raw, field in (
+                (b'{"model": "never", "messages": [1]}', "messages[0]"),
+                (b'{"model": "never", "messages": [{"role": "user", "content": "Hi"}], '
+                 b'"temperature": NaN}', "temperature"),
+                (b'{"model": "never", "messages": [{"role": "user", "content": "\\ud800"}]}',
+                 "messages[0].content")):
+            answer = client.post("/v1/chat/completions", content=raw)
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["error"]["param"] == field
+    assert gw.state("never") is ServerState.STOPPED
+
+
+def test_an_image_url_to_a_loopback_listener_is_refused_unfetched(gw: Gateway) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/cat.png"
+        with pytest.raises(openai.BadRequestError, match="not fetched") as caught:
+            gw.openai().chat.completions.create(model="vision", max_tokens=4, messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": "What is this?"}]}])
+        assert caught.value.param == "messages[0].content[0].image_url"
+        with pytest.raises(anthropic.BadRequestError, match="not fetched"):
+            gw.anthropic().messages.create(model="vision", max_tokens=4, messages=[
+                {"role": "user", "content": [{"type": "image",
+                                              "source": {"type": "url", "url": url}}]}])
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody ever connected
 
 
 # --- metering --------------------------------------------------------------------------
