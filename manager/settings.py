@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from manager.errors import ValidationError
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DATA_DIR_ENV = "MLX_MANAGER_DATA_DIR"
@@ -19,6 +21,32 @@ GATEWAY_CONCURRENT_PER_KEY = 8
 GATEWAY_REQUESTS_PER_MINUTE = 120
 #: Largest image (decoded) the gateway passes to a model server.
 GATEWAY_MAX_IMAGE_BYTES = 20 * 1024 * 1024
+
+
+#: Gateway limits an admin sets in the environment (MLX_MANAGER_GATEWAY_...).
+_GATEWAY_ENV = {
+    "MLX_MANAGER_GATEWAY_MAX_BODY_BYTES": "gateway_max_body_bytes",
+    "MLX_MANAGER_GATEWAY_CONCURRENT_PER_KEY": "gateway_concurrent_per_key",
+    "MLX_MANAGER_GATEWAY_REQUESTS_PER_MINUTE": "gateway_requests_per_minute",
+    "MLX_MANAGER_GATEWAY_MAX_IMAGE_BYTES": "gateway_max_image_bytes",
+}
+REMOTE_IMAGES_ENV = "MLX_MANAGER_GATEWAY_REMOTE_IMAGES"
+
+
+def _gateway_env(env: Mapping[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name, field_name in _GATEWAY_ENV.items():
+        value = env.get(name, "").strip()
+        if value:
+            try:
+                out[field_name] = int(value)
+            except ValueError:
+                raise ValidationError(f"{name} must be a whole number, not {value!r}.",
+                                      field_name) from None
+    remote = env.get(REMOTE_IMAGES_ENV, "").strip().lower()
+    if remote:
+        out["gateway_remote_images"] = remote in ("1", "true", "yes", "on")
+    return out
 
 
 def _default_data_dir() -> Path:
@@ -62,6 +90,7 @@ class Settings:
         base = cls()
         if env.get(DATA_DIR_ENV):
             base = replace(base, data_dir=Path(env[DATA_DIR_ENV]))
+        base = replace(base, **_gateway_env(env))
         given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in given:
             given["data_dir"] = Path(str(given["data_dir"]))

@@ -518,6 +518,25 @@ def test_a_client_that_leaves_mid_stream_stops_the_generation(gw: Gateway) -> No
                                           max_tokens=2).usage.completion_tokens >= 1
 
 
+def test_a_client_that_leaves_before_a_whole_answer_aborts_the_model_request(gw: Gateway
+                                                                           ) -> None:
+    pid = gw.profiles["long"].id
+    gw.openai().completions.create(model="long", prompt="warm up", max_tokens=2)
+    before = gw.services.metrics.get(pid)
+    body = json.dumps({"model": "long", "messages": HI, "max_tokens": 3000}).encode()
+    port = int(gw.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+                       b"Authorization: Bearer " + gw.admin_key.encode() + b"\r\n"
+                       b"Content-Type: application/json\r\n"
+                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert wait_for(lambda: gw.services.inference.in_flight(pid) == 1, 60)
+    # The gateway noticed the closed connection and ended its request to the server.
+    assert wait_for(lambda: gw.services.inference.in_flight(pid) == 0, 60)
+    after = gw.services.metrics.get(pid)
+    assert after.failed_requests == before.failed_requests + 1
+
+
 # --- limits ----------------------------------------------------------------------------
 
 

@@ -529,3 +529,21 @@ def test_fetched_images_become_data_and_redirects_are_checked(listener: _Listene
     finally:
         served.close()
     assert not listener.was_contacted()
+
+
+def test_gateway_limits_from_the_environment() -> None:
+    from manager.errors import ValidationError
+
+    settings = Settings.from_env({"MLX_MANAGER_GATEWAY_REMOTE_IMAGES": "1",
+                                  "MLX_MANAGER_GATEWAY_REQUESTS_PER_MINUTE": "0",
+                                  "MLX_MANAGER_GATEWAY_MAX_BODY_BYTES": "1000"})
+    assert settings.gateway_remote_images is True
+    assert settings.gateway_requests_per_minute == 0
+    assert settings.gateway_max_body_bytes == 1000
+    defaults = Settings.from_env({})
+    assert defaults.gateway_remote_images is False
+    assert defaults.gateway_max_body_bytes == 32 * 1024 * 1024
+    assert (defaults.gateway_concurrent_per_key, defaults.gateway_requests_per_minute) \
+        == (8, 120)
+    with pytest.raises(ValidationError, match="whole number"):
+        Settings.from_env({"MLX_MANAGER_GATEWAY_CONCURRENT_PER_KEY": "many"})

@@ -149,8 +149,10 @@ def to_openai_request(body: Mapping[str, Any], model: str) -> dict[str, Any]:
     if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
         raise ValidationError("messages: a non-empty list is required")
     max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, float) and max_tokens.is_integer():
+        max_tokens = int(max_tokens)  # JSON's 1e12; the gateway caps it
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise ValidationError("max_tokens: a positive integer is required")
+        raise ValidationError("max_tokens: a positive integer is required", "max_tokens")
     out: list[dict[str, Any]] = []
     system = _text_of(body.get("system"))
     if system:
