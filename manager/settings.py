@@ -33,8 +33,8 @@ _GATEWAY_ENV = {
 REMOTE_IMAGES_ENV = "MLX_MANAGER_GATEWAY_REMOTE_IMAGES"
 
 
-def _gateway_env(env: Mapping[str, str]) -> dict[str, object]:
-    out: dict[str, object] = {}
+def _gateway_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for name, field_name in _GATEWAY_ENV.items():
         value = env.get(name, "").strip()
         if value:
