@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from manager.cli.instance import DataDirBusy, hold_data_dir
 from manager.cli.main import build_parser, run_command, settings_from_args
 from manager.servers.profiles import port_is_free
 from manager.services import Services
@@ -110,12 +111,22 @@ def start_share_link(settings: Settings) -> None:
 
 
 def serve(settings: Settings, log_level: str = "info") -> int:
-    import uvicorn
-
     if not port_is_free(settings.host, settings.port):
         log.error("Port %s on %s is already in use. Pick another with --port.",
                   settings.port, settings.host)
         return 1
+    try:
+        # One dashboard per data dir; `restore` takes the same lock.
+        with hold_data_dir(settings.data_dir, f"a dashboard on port {settings.port}"):
+            return _serve(settings, log_level)
+    except DataDirBusy as exc:
+        log.error("%s", exc.message)
+        return 1
+
+
+def _serve(settings: Settings, log_level: str) -> int:
+    import uvicorn
+
     from manager.servers.supervisor import install_exit_hooks
 
     services = Services.create(settings)

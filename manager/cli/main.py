@@ -12,7 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from manager.cli import backup as cli_backup
 from manager.cli import servers as cli_servers
+from manager.cli import service as cli_service
 from manager.errors import ManagerError
 from manager.services import Services
 from manager.settings import DATA_DIR_ENV, DEFAULT_HOST, DEFAULT_PORT, Settings
@@ -88,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     create_key.add_argument("email")
     create_key.add_argument("--name", default="", help="a label to tell keys apart")
     cli_servers.add_commands(sub, command_group, _data_dir_flag)
+    cli_service.add_commands(sub, command_group)
+    cli_backup.add_commands(sub, _data_dir_flag)
     return parser
 
 
@@ -119,6 +123,11 @@ def run_command(
 ) -> int:
     """Run a non-serving subcommand; returns the process exit code."""
     try:
+        # These work on files, never through the services (restore replaces the database).
+        if args.command == "service":
+            return cli_service.run(args, settings, out)
+        if args.command in ("backup", "restore"):
+            return cli_backup.run(args, settings, out)
         # Commands never adopt, start or sample the servers a dashboard runs.
         services = Services.create(settings, run_servers=False)
         if args.command in ("profiles", "status"):
