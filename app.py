@@ -127,7 +127,7 @@ def serve(settings: Settings, log_level: str = "info") -> int:
 def _serve(settings: Settings, log_level: str) -> int:
     import uvicorn
 
-    from manager.servers.supervisor import install_exit_hooks
+    from manager.servers.process import install_exit_hooks
 
     services = Services.create(settings)
     # Model servers outlive the dashboard on purpose: the next start adopts them.

@@ -283,7 +283,8 @@ def stop_leftovers(data_dir: Path) -> None:
     """The dashboard leaves its model servers running (the next start adopts them)."""
     import psutil
 
-    from manager.servers.supervisor import live_process, read_records
+    from manager.servers.process import live_process
+    from manager.servers.records import read_records
     from manager.store import Store
 
     for record in read_records(Store(data_dir / "manager.db")):

@@ -54,8 +54,9 @@ def main() -> int:
         os.environ["HF_HOME"] = str(root / "hf_home")
         model = make_text_model(root / "model")
         store = Store(root / "manager.db")
-        profiles = ProfileService(store)
-        supervisor = Supervisor(store, profiles, root / "logs")
+        hub_cache = root / "hf_home" / "hub"
+        profiles = ProfileService(store, hub_cache=hub_cache)
+        supervisor = Supervisor(store, profiles, root / "logs", hub_cache=hub_cache)
         try:
             ids = [profiles.create(None, ProfileSpec(name=f"s{i}", model=str(model),
                                                      port=free_port())).id for i in range(4)]
@@ -72,7 +73,7 @@ def main() -> int:
             # Baseline: the cheapest thing a tick could do, reading the snapshots.
             baseline = cpu_ms_per_call(supervisor.snapshots, args.samples)
             sample = cpu_ms_per_call(monitor.tick, args.samples)
-            render = cpu_ms_per_call(lambda: render_tiles(services), args.samples)
+            render = cpu_ms_per_call(lambda: render_tiles(services, None), args.samples)
         finally:
             supervisor.close(keep_servers=False)
     core = sample / (STEADY_INTERVAL_S * 1000) * 100

@@ -83,8 +83,9 @@ def main() -> int:
         (root / "hf_home" / "hub").mkdir(parents=True)
         model = make_text_model(root / "model")
         store = Store(root / "manager.db")
-        profiles = ProfileService(store)
-        supervisor = Supervisor(store, profiles, root / "logs")
+        hub_cache = root / "hf_home" / "hub"
+        profiles = ProfileService(store, hub_cache=hub_cache)
+        supervisor = Supervisor(store, profiles, root / "logs", hub_cache=hub_cache)
         profile = profiles.create(None, ProfileSpec(name="bench", model=str(model),
                                                     port=free_port()))
         by_hand(model)  # warm the page cache for both sides

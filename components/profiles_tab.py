@@ -16,7 +16,7 @@ import gradio as gr
 from components.session import TabLoader, handler, warn
 from manager.accounts.auth import User
 from manager.errors import ValidationError
-from manager.servers.profiles import Backend, Profile, ProfileSpec, cached_repo_ids, can_edit
+from manager.servers.profiles import Backend, Profile, ProfileSpec, can_edit
 from manager.services import Services
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def build(services: Services) -> TabLoader:
         for definition, component, value in zip(FIELDS, fields, values, strict=True):
             if component is model:
                 # Downloaded models, read when the form is shown (a folder path also works).
-                updates.append(gr.Dropdown(value=value, choices=cached_repo_ids(),
+                updates.append(gr.Dropdown(value=value, choices=profiles.cached_repo_ids(),
                                            info=definition.info, elem_classes=[]))
             else:
                 updates.append(type(component)(value=value, info=definition.info,

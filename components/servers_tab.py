@@ -2,8 +2,9 @@
 
 Ticks only format the monitor's last snapshot (no sampling here) and tell the monitor
 a tab is watching (`touch`). The tile HTML is diffed by Gradio, so the page and the
-log boxes keep their scroll positions (SERVER-03). Any active user may start, stop
-and restart servers; every handler checks the signed-in user on the server.
+log boxes keep their scroll positions (SERVER-03). Every start, stop and restart goes
+through the placement (the one start policy: rights, memory budget, one start at a
+time); a tile shows Stop and Restart only to those the domain allows to use them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import gradio as gr
 
 from components.session import TabLoader, refusals, user_of
 from components.views import server_tile_html, server_tiles_html
+from manager.accounts.auth import User
+from manager.accounts.permissions import Action, allowed
 from manager.errors import ValidationError
 from manager.servers.supervisor import ServerState
 from manager.services import Services
@@ -34,14 +37,16 @@ element.addEventListener('click', (event) => {
 """
 
 
-def render_tiles(services: Services) -> str:
+def render_tiles(services: Services, user: User | None) -> str:
     """All tiles from the last snapshot (the monitor samples; this only formats)."""
     now = time.time()
-    monitor, metrics = services.monitor, services.metrics
+    monitor, metrics, supervisor = services.monitor, services.metrics, services.supervisor
     tiles = [
         server_tile_html(snap, monitor.latest(snap.profile_id), metrics.get(snap.profile_id),
-                         monitor.log_tail(snap.profile_id), now, monitor.gpu_label)
-        for snap in services.supervisor.snapshots() if snap.state is not ServerState.STOPPED
+                         monitor.log_tail(snap.profile_id), now, monitor.gpu_label,
+                         can_control=allowed(user, Action.SERVER_STOP,
+                                             supervisor.owners(snap.profile_id)))
+        for snap in supervisor.snapshots() if snap.state is not ServerState.STOPPED
     ]
     return server_tiles_html(tiles)
 
@@ -71,7 +76,7 @@ def profile_choices(services: Services) -> list[str]:
 
 
 def build(services: Services) -> TabLoader:
-    supervisor, monitor = services.supervisor, services.monitor
+    supervisor, monitor, placement = services.supervisor, services.monitor, services.placement
     gr.Markdown("### Servers")
     with gr.Row(equal_height=True):
         profile = gr.Dropdown(label="Profile", choices=[], filterable=True, scale=4,
@@ -100,21 +105,21 @@ def build(services: Services) -> TabLoader:
         return gr.Timer(value=wanted), wanted
 
     def tick(current: float, request: gr.Request) -> tuple:
-        user_of(services, request)
+        user = user_of(services, request)
         monitor.touch()
-        return (render_tiles(services), *timer_for(current))
+        return (render_tiles(services, user), *timer_for(current))
 
-    def run(action: str, target: str, user_email: str) -> str:
-        with refusals(f"server {action} of {target!r} by {user_email}"):
+    def run(action: str, target: str, user: User) -> str:
+        with refusals(f"server {action} of {target!r} by {user.email}"):
             profile_id = services.profiles.find(target).id
             if action == "start":
-                snap = supervisor.start(profile_id, by=user_email)
+                snap = placement.start(user, profile_id)
                 message = f"Starting {snap.profile.name} on port {snap.profile.port}…"
             elif action == "stop":
-                snap = supervisor.stop(profile_id, by=user_email)
+                snap = placement.stop(user, profile_id)
                 message = f"{snap.profile.name} stopped."
             elif action == "restart":
-                snap = supervisor.restart(profile_id, by=user_email)
+                snap = placement.restart(user, profile_id)
                 message = f"Restarting {snap.profile.name}…"
             else:
                 raise ValidationError(f"Unknown action {action!r}.")
@@ -125,24 +130,24 @@ def build(services: Services) -> TabLoader:
         user = user_of(services, request)
         if not name:
             raise gr.Error("Pick a profile first.")
-        message = run("start", name, user.email)
-        return (message, render_tiles(services), *timer_for(current))
+        message = run("start", name, user)
+        return (message, render_tiles(services, user), *timer_for(current))
 
     def on_tile(current: float, evt: gr.EventData, request: gr.Request) -> tuple:
         user = user_of(services, request)
         data = getattr(evt, "_data", None) or {}
-        message = run(str(data.get("action", "")), str(data.get("target", "")), user.email)
-        return (message, render_tiles(services), *timer_for(current))
+        message = run(str(data.get("action", "")), str(data.get("target", "")), user)
+        return (message, render_tiles(services, user), *timer_for(current))
 
     def on_api(action: str, target: str, current: float, request: gr.Request) -> tuple:
         user = user_of(services, request)
-        message = run((action or "").strip(), (target or "").strip(), user.email)
-        return (message, render_tiles(services), *timer_for(current))
+        message = run((action or "").strip(), (target or "").strip(), user)
+        return (message, render_tiles(services, user), *timer_for(current))
 
     def load(request: gr.Request) -> tuple:
-        user_of(services, request)
+        user = user_of(services, request)
         monitor.touch()
-        return gr.Dropdown(choices=profile_choices(services)), render_tiles(services)
+        return gr.Dropdown(choices=profile_choices(services)), render_tiles(services, user)
 
     def refresh_choices(request: gr.Request) -> Any:
         user_of(services, request)

@@ -11,6 +11,7 @@ from manager.models.hub import RemoteDetails, RemoteModel
 from manager.models.library import LocalModel
 from manager.servers.inference import ServerMetrics
 from manager.servers.monitor import ResourceSample
+from manager.servers.states import FAILED_STATES
 from manager.servers.supervisor import ServerSnapshot, ServerState
 
 
@@ -284,8 +285,9 @@ def _gib(n: int | None) -> str:
 
 def server_tile_html(snap: ServerSnapshot, sample: ResourceSample | None,
                      metrics: ServerMetrics | None, log_tail: str, now: float,
-                     gpu_label: str = "GPU") -> str:
-    """One server: state, gauges (memory, CPU, GPU), speed, actions, and its log tail."""
+                     gpu_label: str = "GPU", *, can_control: bool = True) -> str:
+    """One server: state, gauges (memory, CPU, GPU), speed, actions, and its log tail.
+    Stop, Restart and Dismiss show only when `can_control` (the domain's `allowed`)."""
     pid = snap.profile_id
     state = snap.state
     label = state.label
@@ -293,6 +295,8 @@ def server_tile_html(snap: ServerSnapshot, sample: ResourceSample | None,
         label = f"Starting… {duration_label(now - snap.state_since)}"
     elif state is ServerState.STOPPING:
         label = "Stopping…"
+    elif state is ServerState.BACKOFF and snap.restart_at is not None:
+        label = f"Restarting in {duration_label(max(0.0, snap.restart_at - now))}"
     if snap.adopted and state is ServerState.READY:
         label += " (adopted)"
     live = state in (ServerState.STARTING, ServerState.READY, ServerState.STOPPING)
@@ -324,24 +328,26 @@ def server_tile_html(snap: ServerSnapshot, sample: ResourceSample | None,
     stats_html = "".join(f"<div><dt>{_e(k)}</dt><dd data-stat='{_e(k)}'>{_e(v)}</dd></div>"
                          for k, v in stats)
     problem = ""
-    if state is ServerState.FAILED:
+    if state in FAILED_STATES:
         tail = snap.failure_tail or log_tail
         problem = (f"<div class='mm-srv-reason'>{_e(snap.reason)}</div>"
                    + (f"<pre class='mm-srv-tail'>{_e(tail)}</pre>" if tail else ""))
     elif snap.reason and state is ServerState.STOPPED:
         problem = f"<div class='mm-srv-note'>{_e(snap.reason)}</div>"
-    if state in (ServerState.STARTING, ServerState.READY):
+    if state is ServerState.STOPPED:
+        actions = _button("start", pid, "Start", kind="mm-primary")
+    elif not can_control:
+        actions = ""
+    elif state in (ServerState.STARTING, ServerState.READY):
         actions = (_button("stop", pid, "Stop", kind="mm-danger")
                    + _button("restart", pid, "Restart"))
     elif state is ServerState.STOPPING:
         actions = _button("stop", pid, "Stop", disabled=True) + _button("restart", pid,
                                                                          "Restart", disabled=True)
-    elif state is ServerState.FAILED:
+    else:  # BACKOFF, FAILED
         actions = (_button("restart", pid, "Restart", kind="mm-primary")
                    + _button("stop", pid, "Dismiss"))
-    else:
-        actions = _button("start", pid, "Start", kind="mm-primary")
-    logs = snap.failure_tail if state is ServerState.FAILED and not log_tail else log_tail
+    logs = snap.failure_tail if state in FAILED_STATES and not log_tail else log_tail
     model_name = snap.profile.model.rstrip("/").rsplit("/", 2)
     model_label = "/".join(model_name[-2:]) if not snap.profile.model.startswith(("/", "~", ".")) \
         else model_name[-1]

@@ -15,9 +15,10 @@ from manager.models.hub import HubClient, HubConfig
 from manager.models.library import Library
 from manager.servers.inference import InferenceClient, MetricsStore
 from manager.servers.monitor import Monitor
-from manager.servers.placement import OnDemand
+from manager.servers.placement import Placement
 from manager.servers.profiles import ProfileService
-from manager.servers.supervisor import Supervisor
+from manager.servers.states import ServerState
+from manager.servers.supervisor import Supervisor, Transition
 from manager.settings import Settings
 from manager.store import Store
 
@@ -40,7 +41,7 @@ class Services:
     metrics: MetricsStore
     inference: InferenceClient
     tools: McpToolbox
-    on_demand: OnDemand
+    placement: Placement
     chat_engine: ChatEngine
 
     @classmethod
@@ -56,20 +57,25 @@ class Services:
         )
         api_keys = ApiKeyService(store, auth)
         chats = ChatHistory(store, settings.uploads_dir)
+        hub_cache = settings.hub_cache  # the one HF cache folder, read once here
         hub = HubClient(HubConfig.from_settings(settings))
-        library = Library(store, hub.config.cache_dir)
-        downloads = DownloadManager(store, hub, cache_dir=hub.config.cache_dir,
+        library = Library(store, hub_cache)
+        downloads = DownloadManager(store, hub, cache_dir=hub_cache,
                                     max_concurrent=settings.max_downloads)
-        profiles = ProfileService(store)
-        supervisor = Supervisor(
-            store, profiles, settings.logs_dir,
-            on_start=lambda profile, model_dir: library.touch(profile.model),
-        )
+        profiles = ProfileService(store, hub_cache=hub_cache)
+        supervisor = Supervisor(store, profiles, settings.logs_dir, hub_cache=hub_cache)
+
+        def record_use(change: Transition) -> None:
+            if change.new is ServerState.STARTING:
+                library.touch(change.profile.model)  # the Models tab's "last used"
+
+        supervisor.subscribe(record_use)
         library.set_in_use_check(supervisor.uses_model)
         monitor = Monitor(supervisor)
         metrics = MetricsStore()
         inference = InferenceClient(supervisor, metrics)
-        on_demand = OnDemand(supervisor, inference)  # the gateway's starts and evictions
+        # THE start policy (budget, single flight, eviction): every start goes through it.
+        placement = Placement(supervisor, profiles)
         # Lazy: the built-in MCP server process starts on the first tool listing or call.
         tools = McpToolbox(store, logs_dir=settings.logs_dir)
         chat_engine = ChatEngine(chats=chats, inference=inference, tools=tools,
@@ -78,14 +84,14 @@ class Services:
             # Adopt servers an earlier run left running, then clear logs nobody needs.
             supervisor.adopt_or_reap()
             supervisor.cleanup_logs()
-            supervisor.auto_start()
+            placement.auto_start()
             monitor.start()
             # Downloads that were running when the dashboard stopped continue now.
             downloads.start_workers()
         return cls(settings=settings, store=store, auth=auth, api_keys=api_keys, chats=chats,
                    hub=hub, library=library, downloads=downloads, profiles=profiles,
                    supervisor=supervisor, monitor=monitor, metrics=metrics, inference=inference,
-                   tools=tools, on_demand=on_demand, chat_engine=chat_engine)
+                   tools=tools, placement=placement, chat_engine=chat_engine)
 
     def close(self, *, keep_servers: bool = False) -> None:
         """Stop background work; safe to call twice. Model servers are stopped unless

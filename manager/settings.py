@@ -54,6 +54,15 @@ def _default_data_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "data"
 
 
+def hub_cache_from_env(env: Mapping[str, str]) -> Path:
+    """The HF hub cache huggingface_hub uses with this environment."""
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    home = env.get("HF_HOME") or os.path.join(
+        env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the services need to know about where and how to run."""
@@ -96,6 +105,16 @@ class Settings:
             given["data_dir"] = Path(str(given["data_dir"]))
         settings = replace(base, **given)
         return replace(settings, data_dir=settings.data_dir.expanduser().resolve())
+
+    @property
+    def hub_cache(self) -> Path:
+        """THE Hugging Face hub cache: downloads go there, repo ids resolve there and
+        model servers get it as HF_HUB_CACHE. `hf_cache_dir` when set, else what
+        huggingface_hub itself would use: HF_HUB_CACHE, else HF_HOME/hub, else
+        $XDG_CACHE_HOME (or ~/.cache)/huggingface/hub (read when asked)."""
+        if self.hf_cache_dir is not None:
+            return Path(self.hf_cache_dir).expanduser()
+        return hub_cache_from_env(os.environ)
 
     @property
     def db_path(self) -> Path:

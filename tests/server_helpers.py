@@ -12,8 +12,10 @@ from pathlib import Path
 import psutil
 
 from manager.servers.monitor import Monitor
+from manager.servers.placement import Placement
 from manager.servers.profiles import Profile, ProfileService, ProfileSpec
 from manager.servers.supervisor import Clock, Supervisor
+from manager.settings import hub_cache_from_env
 from manager.store import Store
 from tests.conftest import free_port
 
@@ -96,7 +98,8 @@ def all_gone(pids: list[int]) -> bool:
 
 @dataclass
 class ServerEnv:
-    """A store, profiles, a supervisor and a monitor (not scheduled: tests tick it)."""
+    """A store, profiles, a supervisor, its placement and a monitor (not scheduled:
+    tests tick it)."""
 
     root: Path
     store: Store
@@ -104,6 +107,7 @@ class ServerEnv:
     supervisor: Supervisor
     monitor: Monitor
     clock: OffsetClock
+    placement: Placement
 
     def profile(self, name: str, model: Path | str, **fields: object) -> Profile:
         spec = ProfileSpec(name=name, model=str(model), port=fields.pop("port", free_port()),
@@ -118,10 +122,12 @@ class ServerEnv:
 def server_env(root: Path, **supervisor_args: object) -> ServerEnv:
     root.mkdir(parents=True, exist_ok=True)
     store = Store(root / "manager.db")
-    profiles = ProfileService(store)
+    hub_cache = hub_cache_from_env(os.environ)  # as Settings.hub_cache would say
+    profiles = ProfileService(store, hub_cache=hub_cache)
     clock = OffsetClock()
-    supervisor = Supervisor(store, profiles, root / "logs", clock=clock,
+    supervisor = Supervisor(store, profiles, root / "logs", clock=clock, hub_cache=hub_cache,
                             **supervisor_args)  # type: ignore[arg-type]
     supervisor.adopt_or_reap()
     monitor = Monitor(supervisor, detect_gpu_reader=False)
-    return ServerEnv(root, store, profiles, supervisor, monitor, clock)
+    return ServerEnv(root, store, profiles, supervisor, monitor, clock,
+                     Placement(supervisor, profiles))

@@ -356,7 +356,7 @@ def test_two_requests_for_a_stopped_profile_share_one_start_with_keepalives(
     assert any(line.startswith("data: {") for line in lines)
     starts = [r for r in caplog.records if "server jit: stopped -> starting" in r.getMessage()]
     assert len(starts) == 1
-    assert gw.services.on_demand.stats()[gw.profiles["jit"].id].starts == 1
+    assert gw.services.placement.stats()[gw.profiles["jit"].id].starts == 1
     assert "gateway (bob@example.com)" in starts[0].getMessage()
 
 
@@ -372,17 +372,17 @@ def test_idle_servers_stop_after_the_profile_timeout_and_start_again(gw: Gateway
     snap = gw.services.supervisor.snapshot(gw.profiles["napper"].id)
     assert "idle for 1 min" in snap.reason
     assert client.chat.completions.create(model="napper", messages=HI).usage.completion_tokens
-    assert gw.services.on_demand.stats()[gw.profiles["napper"].id].starts == 2
+    assert gw.services.placement.stats()[gw.profiles["napper"].id].starts == 2
 
 
 def test_eviction_of_the_least_recently_used_idle_server_and_503_when_it_cannot_fit(
         gw: Gateway) -> None:
-    supervisor, on_demand = gw.services.supervisor, gw.services.on_demand
+    supervisor, placement = gw.services.supervisor, gw.services.placement
     for snap in supervisor.snapshots():  # only this test's servers from here on
         if snap.state in ACTIVE_STATES:
             supervisor.stop(snap.profile_id)
     names = ("evict-a", "evict-b", "jit", "by-hand")
-    need = {name: on_demand.need_bytes(gw.profiles[name]) for name in names}
+    need = {name: placement.need_bytes(gw.profiles[name]) for name in names}
     assert all(n and n > 0 for n in need.values()), need
     client = gw.openai()
 
@@ -393,18 +393,18 @@ def test_eviction_of_the_least_recently_used_idle_server_and_503_when_it_cannot_
         ask("evict-a")
         ask("evict-b")
         ask("evict-a")  # evict-b is now the least recently used
-        on_demand.set_budget(need["evict-a"] + need["evict-b"] + need["jit"] - 1)
+        placement.set_budget(need["evict-a"] + need["evict-b"] + need["jit"] - 1)
         ask("jit")
         assert gw.state("evict-b") is ServerState.STOPPED
         assert gw.state("evict-a") is ServerState.READY
         snap = supervisor.snapshot(gw.profiles["evict-b"].id)
         assert "to make room for jit" in snap.reason
-        assert on_demand.stats()[gw.profiles["evict-b"].id].evictions == 1
+        assert placement.stats()[gw.profiles["evict-b"].id].evictions == 1
         # A server someone started by hand is never stopped by the gateway. With it
         # running, evict-b fits only if by-hand stops: so nothing is stopped at all.
         supervisor.start(gw.profiles["by-hand"].id, by="alice@example.com")
         supervisor.wait_ready(gw.profiles["by-hand"].id, 90)
-        on_demand.set_budget(need["by-hand"] + need["evict-b"] - 1)
+        placement.set_budget(need["by-hand"] + need["evict-b"] - 1)
         with pytest.raises(openai.InternalServerError) as caught:
             ask("evict-b")
         assert caught.value.status_code == 503
@@ -413,11 +413,11 @@ def test_eviction_of_the_least_recently_used_idle_server_and_503_when_it_cannot_
         assert gw.state("evict-a") is ServerState.READY
         assert gw.state("jit") is ServerState.READY
         assert gw.state("evict-b") is ServerState.STOPPED
-        on_demand.set_budget(need["evict-b"] - 1)
+        placement.set_budget(need["evict-b"] - 1)
         with pytest.raises(anthropic.InternalServerError, match="more than the whole budget"):
             gw.anthropic().messages.create(model="evict-b", max_tokens=5, messages=HI)
     finally:
-        on_demand.set_budget(None)
+        placement.set_budget(None)
         supervisor.stop(gw.profiles["by-hand"].id)
 
 
@@ -472,7 +472,7 @@ def test_a_loading_model_is_waited_for_but_only_so_long(gw: Gateway) -> None:
     assert answer.headers["retry-after"] == "5" and answer.headers["x-should-retry"] == "true"
     # The start goes on; with the normal bound the same request waits and is answered.
     assert gw.openai().chat.completions.create(model="slowpoke", messages=HI).choices
-    assert gw.services.on_demand.stats()[gw.profiles["slowpoke"].id].starts == 1
+    assert gw.services.placement.stats()[gw.profiles["slowpoke"].id].starts == 1
 
 
 def test_a_server_that_dies_mid_answer_ends_the_stream_with_an_error(gw: Gateway) -> None:
@@ -506,7 +506,7 @@ def test_a_client_that_leaves_mid_stream_stops_the_generation(gw: Gateway) -> No
         for line in answer.iter_lines():
             if line.startswith("data: {"):
                 break
-    assert wait_for(lambda: gw.services.inference.in_flight(pid) == 0, 30)
+    assert wait_for(lambda: gw.services.supervisor.activity(pid).leases == 0, 30)
     after = gw.services.metrics.get(pid)
     # Cut short (not a whole 3000-token answer): recorded as a request that did not finish.
     assert after.requests == before.requests + 1

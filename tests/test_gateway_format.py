@@ -35,7 +35,7 @@ from manager.servers.inference import (
     RequestStats,
     parse_chunk,
 )
-from manager.servers.placement import InsufficientMemory, OnDemandStats, StartFailed
+from manager.servers.placement import InsufficientMemory, PlacementStats, StartFailed
 from manager.servers.profiles import Backend, Profile
 from manager.servers.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
 
@@ -245,7 +245,7 @@ def test_prometheus_text() -> None:
                                 ok=False))
     snap = ServerSnapshot(profile=profiles[0], state=ServerState.READY, state_since=0.0,
                           model_path=MODEL_PATH)
-    text = render(profiles, {1: snap}, metrics.all(), {2: OnDemandStats(starts=3, evictions=1)})
+    text = render(profiles, {1: snap}, metrics.all(), {2: PlacementStats(starts=3, evictions=1)})
     label = 'profile="odd \\"name\\"\\\\x"'
     assert escape_label('odd "name"\\x') == 'odd \\"name\\"\\\\x'
     lines = set(text.splitlines())

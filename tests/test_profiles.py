@@ -116,8 +116,9 @@ def test_a_downloaded_repo_id_resolves_to_its_snapshot(hf_home: Path,
     shutil.copytree(tiny_models["text"], snapshot)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("abc123")
-    assert resolve_model("mlx-community/tiny-qwen3") == snapshot
-    assert cached_repo_ids() == ["mlx-community/tiny-qwen3"]
+    assert resolve_model("mlx-community/tiny-qwen3", hf_home / "hub") == snapshot
+    assert cached_repo_ids(hf_home / "hub") == ["mlx-community/tiny-qwen3"]
+    assert services.profiles.cached_repo_ids() == ["mlx-community/tiny-qwen3"]
     profile = services.profiles.create(None, spec("mlx-community/tiny-qwen3"))
     assert profile.model == "mlx-community/tiny-qwen3" and profile.backend is Backend.MLX_LM
 

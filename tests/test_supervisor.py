@@ -18,14 +18,15 @@ import psutil
 import pytest
 
 from manager.errors import ValidationError
+from manager.servers.process import build_command
 from manager.servers.profiles import Backend, Profile, port_is_free
+from manager.servers.records import read_records
+from manager.servers.states import FAILED_STATES
 from manager.servers.supervisor import (
     MAX_QUICK_FAILURES,
     ServerLoading,
     ServerNotReady,
     ServerState,
-    build_command,
-    read_records,
 )
 from manager.services import Services
 from manager.settings import Settings
@@ -196,23 +197,54 @@ def test_auto_restart_backs_off_and_gives_up(tmp_path: Path, tiny_models: dict[s
         profile = env.profile("flaky", tiny_models["text"], auto_restart=True)
         env.supervisor.start(profile.id)
         for attempt in range(1, MAX_QUICK_FAILURES + 1):
-            assert wait_for(
-                lambda: env.supervisor.snapshot(profile.id).state is ServerState.FAILED, 10)
+            gave_up = attempt == MAX_QUICK_FAILURES
+            # BACKOFF while a restart is due; FAILED (FATAL) once it gives up.
+            expected = ServerState.FATAL if gave_up else ServerState.BACKOFF
+            assert wait_for(lambda want=expected: env.supervisor.snapshot(profile.id).state
+                            is want, 10)
             snap = env.supervisor.snapshot(profile.id)
             assert "exit code 1" in snap.reason
-            if attempt < MAX_QUICK_FAILURES:
+            assert "mlx-manager" in snap.failure_tail  # the log tail, in both states
+            if not gave_up:
                 assert "Restarting in" in snap.reason and snap.restart_at is not None
                 assert env.supervisor.transitional()
                 env.monitor.tick()  # not due yet: nothing happens
-                assert env.supervisor.snapshot(profile.id).state is ServerState.FAILED
+                assert env.supervisor.snapshot(profile.id).state is ServerState.BACKOFF
                 env.clock.advance(120)
                 env.monitor.tick()
         snap = env.supervisor.snapshot(profile.id)
         assert f"Gave up restarting after {MAX_QUICK_FAILURES} failures" in snap.reason
-        assert snap.restart_at is None
+        assert snap.restart_at is None and not env.supervisor.transitional()
         env.clock.advance(600)
         env.monitor.tick()
         assert env.supervisor.snapshot(profile.id).state is ServerState.FAILED
+        record = next(r for r in read_records(env.store) if r.profile_id == profile.id)
+        assert record.state is ServerState.FAILED
+    finally:
+        env.close()
+
+
+def test_without_auto_restart_a_crash_is_failed_at_once_and_a_backoff_can_be_dismissed(
+        tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    env = server_env(tmp_path / "data", python="/bin/false")
+    try:
+        once = env.profile("once", tiny_models["text"])
+        env.supervisor.start(once.id)
+        assert wait_for(lambda: env.supervisor.snapshot(once.id).state in FAILED_STATES, 10)
+        snap = env.supervisor.snapshot(once.id)
+        assert snap.state is ServerState.FAILED and snap.restart_at is None
+        assert "Restarting" not in snap.reason
+        flaky = env.profile("flaky", tiny_models["text"], auto_restart=True)
+        env.supervisor.start(flaky.id)
+        assert wait_for(lambda: env.supervisor.snapshot(flaky.id).state
+                        is ServerState.BACKOFF, 10)
+        record = next(r for r in read_records(env.store) if r.profile_id == flaky.id)
+        assert record.state is ServerState.BACKOFF  # stored as "backoff"
+        # Dismissing a server that backs off cancels its restart.
+        assert env.supervisor.stop(flaky.id).state is ServerState.STOPPED
+        env.clock.advance(120)
+        env.monitor.tick()
+        assert env.supervisor.snapshot(flaky.id).state is ServerState.STOPPED
     finally:
         env.close()
 
@@ -226,7 +258,7 @@ def test_idle_timeout_stops_a_server(tmp_path: Path, tiny_models: dict[str, Path
             pid = env.supervisor.wait_ready(profile.id, 90).pid
             env.monitor.tick()
             assert env.supervisor.snapshot(profile.id).state is ServerState.READY
-            with env.supervisor.in_use(profile.id):  # a request in flight: never idle
+            with env.supervisor.lease(profile.id):  # a request in flight: never idle
                 env.clock.advance(120)
                 env.monitor.tick()
                 assert env.supervisor.snapshot(profile.id).state is ServerState.READY
@@ -309,7 +341,7 @@ def test_signal_handlers_run_the_cleanup(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import os, signal, time
         from pathlib import Path
-        from manager.servers.supervisor import install_exit_hooks
+        from manager.servers.process import install_exit_hooks
         install_exit_hooks(lambda: Path({str(marker)!r}).write_text("yes"))
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)

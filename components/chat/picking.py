@@ -44,7 +44,7 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
         profile = page.profile_of(ref)
         started = False
         if server_state(services, profile) not in ACTIVE_STATES:
-            services.supervisor.start(profile.id, by=user.email)
+            services.placement.start(user, profile.id)
             started = True
             log.info("%s started %s from the chat tab", user.email, profile.name)
         return {**page.emptied(user, profile, search_text),

@@ -92,7 +92,7 @@ def wire(page: ChatPage) -> None:
         started = server_state(services, profile) not in ACTIVE_STATES
         if started:
             # A stopped or failed server is started; the message waits for it.
-            services.supervisor.start(profile.id, by=user.email)
+            services.placement.start(user, profile.id)
         history = list(chat.messages) if chat is not None else []
         first = {ui.chatbot: chatbot_messages(history), ui.current: summary.id,
                  ui.box: gr.MultimodalTextbox(value=None), ui.title: summary.title,

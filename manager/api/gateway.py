@@ -20,8 +20,8 @@ the profile and the model's context, images become data the gateway checked itse
 and a client that leaves aborts its model server request at once (servers/abort.py).
 
 Every request goes through manager/inference.py (metering, the profile's defaults and
-system prompt). A stopped profile is started on demand (manager/on_demand.py) and
-waited for (bounded); streaming requests then get SSE comments as keepalives.
+system prompt). A stopped profile is started on demand (manager/servers/placement.py)
+and waited for (bounded, on the supervisor's Condition); streaming requests then get SSE comments as keepalives.
 
 Threads: the blocking part of a request (name lookup, start, wait, the server's
 stream) runs in one worker thread; stream pieces reach the event loop through a
@@ -38,7 +38,6 @@ import enum
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
@@ -87,8 +86,8 @@ from manager.api.wire import (
 from manager.errors import ManagerError, ValidationError
 from manager.models.capabilities import detect
 from manager.servers.abort import Abort
-from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile, resolve_model
-from manager.servers.supervisor import ServerLoading, ServerSnapshot, ServerState
+from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile
+from manager.servers.supervisor import ServerSnapshot, ServerState
 from manager.services import Services
 
 log = logging.getLogger(__name__)
@@ -366,7 +365,7 @@ class Gateway:
         return prometheus.render(
             services.profiles.list(),
             {s.profile_id: s for s in services.supervisor.snapshots()},
-            services.metrics.all(), services.on_demand.stats())
+            services.metrics.all(), services.placement.stats())
 
     def _profile(self, job: _Job) -> Profile:
         profile = resolve_profile(self._services.profiles.list(), job.model)
@@ -378,20 +377,14 @@ class Gateway:
     def _ready(self, profile: Profile, job: _Job, pipe: Pipe | None) -> ServerSnapshot:
         """Start the profile's server if needed and wait (bounded) until it is READY;
         a stream hears that it waits (its first keepalive comment)."""
-        services = self._services
-        started = services.on_demand.ensure_started(profile, by=f"gateway ({job.user.email})")
-        snap = services.supervisor.snapshot(profile.id)
+        placement = self._services.placement
+        started = placement.ensure_started(job.user, profile, by=f"gateway ({job.user.email})")
+        snap = self._services.supervisor.snapshot(profile.id)
         if pipe is not None and (snap is None or snap.state is not ServerState.READY):
             pipe.put(Loading(f"{profile.name} is {'starting' if started else 'loading'}"))
-        deadline = time.monotonic() + self._wait_ready_s
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                return services.inference.ready_server(profile.id, max(0.0, min(1.0, remaining)))
-            except ServerLoading:
-                # Slices of a second, so a client that left stops the wait.
-                if remaining <= 1.0 or (pipe is not None and pipe.cancelled.is_set()):
-                    raise
+        # Woken by the server's transition, or at once when the client goes away.
+        return placement.wait_ready(profile.id, self._wait_ready_s,
+                                    pipe.cancelled if pipe is not None else None)
 
     def _upstream_body(self, profile: Profile, job: _Job) -> dict[str, Any]:
         """The OpenAI request to send, checked before any server is started for it:
@@ -421,7 +414,7 @@ class Gateway:
             if profile.model in self._contexts:
                 return self._contexts[profile.model]
         try:
-            context = detect(resolve_model(profile.model)).context_length
+            context = detect(self._services.profiles.resolve_model(profile.model)).context_length
         except ManagerError as exc:
             log.info("context length of %s unknown: %s", profile.name, exc.message)
             context = None
@@ -434,7 +427,7 @@ class Gateway:
         try:
             profile = self._profile(job)
             body = self._upstream_body(profile, job)
-            with self._services.on_demand.lease(profile.id):
+            with self._services.placement.lease(profile.id):
                 snap = self._ready(profile, job, pipe)
                 opened = partial(pipe.put, OPEN)
                 stream = inference.stream_completion if job.kind is Kind.COMPLETION \
@@ -462,7 +455,7 @@ class Gateway:
         inference = self._services.inference
         profile = self._profile(job)
         body = self._upstream_body(profile, job)
-        with self._services.on_demand.lease(profile.id):
+        with self._services.placement.lease(profile.id):
             snap = self._ready(profile, job, None)
             if job.kind is Kind.COMPLETION:
                 result = inference.complete(profile.id, body, wait_s=0, abort=abort)

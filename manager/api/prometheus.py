@@ -1,6 +1,6 @@
 """The gateway's /metrics page: per-profile request figures in Prometheus text format.
 
-A pure function of snapshots (MetricsStore, supervisor, on-demand counters), so the
+A pure function of snapshots (MetricsStore, supervisor, placement counters), so the
 exposition format is tested without a server. Unknown figures (no request yet) are
 left out rather than written as 0.
 """
@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from manager.servers.inference import TTFT_BUCKETS_S, ServerMetrics
-from manager.servers.placement import OnDemandStats
+from manager.servers.placement import PlacementStats
 from manager.servers.profiles import Profile
 from manager.servers.supervisor import ServerSnapshot, ServerState
 
@@ -75,7 +75,7 @@ _EVICTIONS = _Family("gateway_evictions_total", "counter",
 
 def render(profiles: Sequence[Profile], snapshots: Mapping[int, ServerSnapshot],
            metrics: Mapping[int, ServerMetrics],
-           on_demand: Mapping[int, OnDemandStats]) -> str:
+           placement: Mapping[int, PlacementStats]) -> str:
     """The exposition text for every profile (label `profile` = its name)."""
     labels = {p.id: f'profile="{escape_label(p.name)}"' for p in profiles}
     lines: list[str] = []
@@ -107,6 +107,6 @@ def render(profiles: Sequence[Profile], snapshots: Mapping[int, ServerSnapshot],
     for family, attribute in ((_STARTS, "starts"), (_EVICTIONS, "evictions")):
         lines += _header(family)
         for profile in profiles:
-            value = getattr(on_demand.get(profile.id) or OnDemandStats(), attribute)
+            value = getattr(placement.get(profile.id) or PlacementStats(), attribute)
             lines.append(f"{_PREFIX}{family.name}{{{labels[profile.id]}}} {value}")
     return "\n".join(lines) + "\n"

@@ -68,7 +68,7 @@ from manager.chat.tools import McpToolbox
 from manager.errors import ManagerError, ValidationError
 from manager.models.capabilities import Capabilities, detect
 from manager.servers.inference import InferenceClient, RequestStats
-from manager.servers.profiles import Profile, ProfileService, resolve_model
+from manager.servers.profiles import Profile, ProfileService
 from manager.servers.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ class ChatEngine:
         """What the profile's model can do, read from its files."""
         snap = self._supervisor.snapshot(profile.id)
         model_dir = snap.model_path if snap is not None and snap.model_path else ""
-        return detect(Path(model_dir) if model_dir else resolve_model(profile.model))
+        return detect(Path(model_dir) if model_dir
+                      else self._profiles.resolve_model(profile.model))
 
     def prepare(self, profile_id: int, text: str, attachments: Sequence[Path | str],
                 options: ChatOptions = DEFAULT_OPTIONS) -> PreparedMessage:

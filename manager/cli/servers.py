@@ -15,8 +15,10 @@ from typing import TextIO
 
 from manager.errors import ValidationError
 from manager.models.capabilities import human_bytes
+from manager.servers.process import live_process, tree_memory_bytes
 from manager.servers.profiles import Backend, ProfileSpec
-from manager.servers.supervisor import ServerState, live_process, read_records, tree_memory_bytes
+from manager.servers.records import read_records
+from manager.servers.states import FAILED_STATES, ServerState
 from manager.services import Services
 
 _FLAG_OF_FIELD = {
@@ -111,9 +113,9 @@ def _status(services: Services, out: TextIO) -> int:
     now = time.time()
     rows = [["PROFILE", "STATE", "PID", "PORT", "UPTIME", "MEMORY"]]
     for record in records:
-        proc = live_process(record) if record.state is not ServerState.FAILED else None
+        proc = live_process(record) if record.state not in FAILED_STATES else None
         state = record.state.value
-        if record.state is not ServerState.FAILED and proc is None:
+        if record.state not in FAILED_STATES and proc is None:
             state = f"gone (was {state})"
         memory = tree_memory_bytes(proc) if proc is not None else None
         uptime = format_duration(now - record.started_at) \

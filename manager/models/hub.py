@@ -101,9 +101,7 @@ class HubConfig:
                     or constants.ENDPOINT).rstrip("/")
         # get_token() reads HF_TOKEN and the token file `huggingface-cli login` writes.
         token = settings.hf_token or get_token()
-        cache = settings.hf_cache_dir or Path(os.environ.get("HF_HUB_CACHE")
-                                              or constants.HF_HUB_CACHE)
-        return cls(endpoint=endpoint, token=token or None, cache_dir=Path(cache).expanduser())
+        return cls(endpoint=endpoint, token=token or None, cache_dir=settings.hub_cache)
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,20 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from manager.servers.snapshot import CancelEvent
+
 log = logging.getLogger(__name__)
 
 
-class Abort(threading.Event):
+class Abort(CancelEvent):
     """Ends a request from another thread at once: `set()` shuts down the request's
     connection to the model server. The thread reading the answer wakes up at once, and
     the server stops generating the next time it writes (mlx_lm checks the connection
     only then), instead of finishing a long answer nobody reads (RECIPES 6).
 
     Requests that carry one use connections of their own (no keep-alive), so the
-    connection seen opening is the one the request travels on.
+    connection seen opening is the one the request travels on. As a CancelEvent it also
+    wakes a wait for the server to load (Supervisor.wait_for).
     """
 
     def __init__(self) -> None:

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -313,8 +313,6 @@ class InferenceClient:
         # Abortable requests: one connection each, see Abort.
         self._http_own = httpx.Client(timeout=timeout,
                                       limits=httpx.Limits(max_keepalive_connections=0))
-        self._lock = threading.Lock()
-        self._in_flight: dict[int, int] = {}
 
     def close(self) -> None:
         self._http.close()
@@ -325,21 +323,9 @@ class InferenceClient:
         return self._supervisor.wait_ready(
             profile_id, self._wait_ready_s if wait_s is None else wait_s)
 
-    def in_flight(self, profile_id: int) -> int:
-        """Requests to this profile's server that are being answered right now."""
-        with self._lock:
-            return self._in_flight.get(profile_id, 0)
-
-    @contextmanager
-    def _busy(self, profile_id: int) -> Iterator[None]:
-        with self._lock:
-            self._in_flight[profile_id] = self._in_flight.get(profile_id, 0) + 1
-        try:
-            with self._supervisor.in_use(profile_id):
-                yield
-        finally:
-            with self._lock:
-                self._in_flight[profile_id] -= 1
+    def _busy(self, profile_id: int) -> AbstractContextManager[None]:
+        # The supervisor's one lease count: idle stop and eviction leave the server be.
+        return self._supervisor.lease(profile_id)
 
     def stream_chat(self, profile_id: int, body: Mapping[str, Any], *,
                     wait_s: float | None = None,

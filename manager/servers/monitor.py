@@ -28,7 +28,9 @@ import psutil
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from manager.servers.supervisor import LOG_TAIL_LINES, Clock, Supervisor, read_tail
+from manager.servers.logs import LOG_TAIL_LINES, read_tail
+from manager.servers.snapshot import Clock
+from manager.servers.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

@@ -1,29 +1,36 @@
-"""Servers started on demand by the gateway: one start per profile, memory budget, LRU.
+"""THE start policy: every start of a model server comes through here.
 
-A gateway request for a profile whose server is stopped (or failed) starts it here.
-Concurrent requests for the same profile share that one start: starts go one at a
-time under a lock, and each re-checks the server's state once it holds the lock.
+The Servers tab, the chat tab, the gateway and auto-start at boot all call
+`Placement.start` / `ensure_started` (stop and restart too, so the rights are checked
+in one place), never the supervisor directly. Three rules apply to every start:
 
-Before a start, the model's memory estimate (capabilities.fit: weights + KV cache at
-the profile's context length) is checked against the budget. When the servers that
-run would leave too little, the least recently used idle servers that the gateway
-itself started are stopped first, oldest use first; servers someone started by hand
-and servers with a request in flight are never stopped. When it still does not fit,
-`InsufficientMemory` says why (the gateway answers 503).
+- Rights: any active user may start a server; stopping and restarting are for the
+  profile's owner, whoever started that run, and admins (checked by the supervisor).
+- Single flight: starts go one at a time under a lock, and each re-checks the
+  server's state once it holds the lock, so concurrent requests share one start. A
+  start that finds the server stopping waits for it (on the supervisor's Condition).
+- Memory budget: the model's estimate (capabilities.fit: weights + KV cache at the
+  profile's context length) must fit beside the servers that hold memory (running,
+  or backing off before a restart). When it does not, the least recently used idle
+  servers that were started on demand (by the gateway) are stopped first, oldest use
+  first; servers started by a person or by auto-start, and servers with a lease held
+  (a request in flight), are never stopped. When it still does not fit,
+  `InsufficientMemory` says why (the gateway answers 503, the tabs show it).
 
-Idle timeouts are the supervisor's job (its reconcile pass stops any server idle for
-longer than its profile's idle timeout, whoever started it).
+Idle timeouts are the supervisor's job; both read the one lease count per server
+(Supervisor.lease / activity).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from manager.accounts.auth import User
+from manager.accounts.permissions import Action, Owned, require
 from manager.errors import Conflict, ManagerError
 from manager.models.capabilities import (
     WEIGHTS_OVERHEAD_PERCENT,
@@ -33,14 +40,15 @@ from manager.models.capabilities import (
     is_apple_silicon,
     memory_budget_bytes,
 )
-from manager.servers.inference import InferenceClient
-from manager.servers.profiles import Profile, resolve_model
-from manager.servers.supervisor import ACTIVE_STATES, ServerSnapshot, ServerState, Supervisor
+from manager.servers.profiles import Profile, ProfileService
+from manager.servers.states import PLACED_STATES, ServerState
+from manager.servers.supervisor import MANAGER, CancelEvent, ServerSnapshot, Supervisor
 
 log = logging.getLogger(__name__)
 
 #: How long a start waits for a server that is stopping (an idle stop, an eviction).
 STOPPING_WAIT_S = 30.0
+_UNDERWAY = (ServerState.STARTING, ServerState.READY)
 
 
 class InsufficientMemory(ManagerError):
@@ -52,8 +60,8 @@ class StartFailed(ManagerError):
 
 
 @dataclass(frozen=True)
-class OnDemandStats:
-    """Per profile, since the dashboard started: starts and evictions by the gateway."""
+class PlacementStats:
+    """Per profile, since the dashboard started: on-demand starts and evictions."""
 
     starts: int = 0
     evictions: int = 0
@@ -67,35 +75,21 @@ def system_capacity(in_use_bytes: int) -> int:
     return budget if is_apple_silicon() else budget + in_use_bytes
 
 
-def estimate_bytes(profile: Profile) -> int | None:
-    """Memory the profile's model needs (weights + KV cache at its context), None if unknown."""
-    caps = detect(resolve_model(profile.model))
-    verdict = fit(caps, profile.context_length, 1 << 62)  # the budget only sets the level
-    if verdict.needed_bytes is not None:
-        return verdict.needed_bytes
-    # KV size unknown: the weights (with fit's overhead) are still a lower bound.
-    if caps.weights_bytes is None:
-        return None
-    return caps.weights_bytes * WEIGHTS_OVERHEAD_PERCENT // 100
+class Placement:
+    """Starts servers (for people, the gateway and auto-start) within the memory budget."""
 
-
-class OnDemand:
-    """Starts servers for gateway requests and keeps them within the memory budget."""
-
-    def __init__(self, supervisor: Supervisor, inference: InferenceClient, *,
+    def __init__(self, supervisor: Supervisor, profiles: ProfileService, *,
                  capacity: Callable[[int], int] = system_capacity,
-                 estimate: Callable[[Profile], int | None] = estimate_bytes) -> None:
+                 estimate: Callable[[Profile], int | None] | None = None) -> None:
         self._supervisor = supervisor
-        self._inference = inference
+        self._profiles = profiles
         self._capacity = capacity
-        self._estimate = estimate
+        self._estimate = estimate or self.estimate_bytes
         self._lock = threading.Lock()  # guards the dicts below
         self._start_lock = threading.Lock()  # one budget check + start at a time
-        #: profile id -> started_at of the server run this gateway started.
-        self._started: dict[int, float | None] = {}
-        self._leases: dict[int, int] = {}
-        self._last_used: dict[int, float] = {}
-        self._stats: dict[int, OnDemandStats] = {}
+        #: profile id -> started_at of the run started on demand (evictable).
+        self._on_demand: dict[int, float | None] = {}
+        self._stats: dict[int, PlacementStats] = {}
         self._estimates: dict[tuple[str, int | None], int | None] = {}
         self._fixed_budget: int | None = None
 
@@ -106,15 +100,26 @@ class OnDemand:
         with self._lock:
             self._fixed_budget = total_bytes
 
-    def stats(self) -> dict[int, OnDemandStats]:
+    def stats(self) -> dict[int, PlacementStats]:
         with self._lock:
             return dict(self._stats)
 
-    def started_by_gateway(self, snap: ServerSnapshot) -> bool:
+    def started_on_demand(self, snap: ServerSnapshot) -> bool:
         """Is this server run one the gateway started (and not restarted by someone)?"""
         with self._lock:
-            return snap.profile_id in self._started and \
-                self._started[snap.profile_id] == snap.started_at
+            return snap.profile_id in self._on_demand and \
+                self._on_demand[snap.profile_id] == snap.started_at
+
+    def estimate_bytes(self, profile: Profile) -> int | None:
+        """Memory the profile's model needs (weights + KV cache at its context)."""
+        caps = detect(self._profiles.resolve_model(profile.model))
+        verdict = fit(caps, profile.context_length, 1 << 62)  # the budget only sets the level
+        if verdict.needed_bytes is not None:
+            return verdict.needed_bytes
+        # KV size unknown: the weights (with fit's overhead) are still a lower bound.
+        if caps.weights_bytes is None:
+            return None
+        return caps.weights_bytes * WEIGHTS_OVERHEAD_PERCENT // 100
 
     def need_bytes(self, profile: Profile) -> int | None:
         key = (profile.model, profile.context_length)
@@ -130,64 +135,102 @@ class OnDemand:
             self._estimates[key] = need
         return need
 
-    # -- requests -------------------------------------------------------------------------
+    # -- starts, stops, leases ----------------------------------------------------------------
 
-    @contextmanager
-    def lease(self, profile_id: int) -> Iterator[None]:
-        """Held for a whole gateway request: its server counts as in use (never evicted)
-        and as just used (LRU) from the start to the end of the request."""
-        with self._lock:
-            self._leases[profile_id] = self._leases.get(profile_id, 0) + 1
-            self._last_used[profile_id] = time.monotonic()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._leases[profile_id] -= 1
-                self._last_used[profile_id] = time.monotonic()
+    def start(self, actor: User | None, profile_id: int, *, by: str | None = None
+              ) -> ServerSnapshot:
+        """A start someone asked for (Servers tab, chat tab, auto-start): within the
+        budget, never evicted later. Conflict when it is already starting or ready."""
+        profile = self._profiles.get(profile_id)
+        require(actor, Action.SERVER_START, Owned.by(profile.owner_id))
+        with self._start_lock:
+            snap = self._wait_while_stopping(profile)
+            if snap is not None and snap.state in _UNDERWAY:
+                raise Conflict(f"{profile.name} is already {snap.state.value}.")
+            self._make_room(profile)
+            return self._supervisor.start(profile.id, actor=actor, by=by)
 
-    def ensure_started(self, profile: Profile, *, by: str) -> bool:
-        """Start the profile's server unless it is starting or ready; True when this call
-        started it. Does not wait for readiness (see InferenceClient.ready_server)."""
+    def ensure_started(self, actor: User | None, profile: Profile, *, by: str | None = None
+                       ) -> bool:
+        """Start the profile's server for a request unless it is starting or ready; True
+        when this call started it. The run counts as on demand (evictable once idle).
+        Does not wait for readiness (see wait_ready)."""
+        require(actor, Action.SERVER_START, Owned.by(profile.owner_id))
         snap = self._supervisor.snapshot(profile.id)
-        if snap is not None and snap.state in (ServerState.READY, ServerState.STARTING):
+        if snap is not None and snap.state in _UNDERWAY:
             return False
         with self._start_lock:
             # Another request may have started it while this one waited for the lock.
-            snap = self._wait_while_stopping(profile.id)
-            if snap is not None and snap.state in (ServerState.READY, ServerState.STARTING):
+            snap = self._wait_while_stopping(profile)
+            if snap is not None and snap.state in _UNDERWAY:
                 return False
             self._make_room(profile)
             try:
-                started = self._supervisor.start(profile.id, by=by)
-            except Conflict as exc:
-                snap = self._supervisor.snapshot(profile.id)
-                if snap is not None and snap.state in (ServerState.READY, ServerState.STARTING):
-                    log.info("on-demand start of %s: %s", profile.name, exc.message)
-                    return False  # started meanwhile from the Servers tab
-                # Another profile's server holds the port, for instance.
-                raise StartFailed(f"Could not start {profile.name}: {exc.message}") from exc
+                started = self._supervisor.start(profile.id, actor=actor, by=by)
             except ManagerError as exc:
                 raise StartFailed(f"Could not start {profile.name}: {exc.message}") from exc
             with self._lock:
-                self._started[profile.id] = started.started_at
-                old = self._stats.get(profile.id, OnDemandStats())
-                self._stats[profile.id] = OnDemandStats(old.starts + 1, old.evictions)
+                self._on_demand[profile.id] = started.started_at
+                old = self._stats.get(profile.id, PlacementStats())
+                self._stats[profile.id] = PlacementStats(old.starts + 1, old.evictions)
             log.info("started %s on demand for %s", profile.name, by)
             return True
 
+    def stop(self, actor: User | None, profile_id: int, *, by: str | None = None
+             ) -> ServerSnapshot:
+        """Stop (or dismiss a failed) server: its owners and admins only."""
+        return self._supervisor.stop(profile_id, actor=actor, by=by)
+
+    def restart(self, actor: User | None, profile_id: int, *, by: str | None = None
+                ) -> ServerSnapshot:
+        """Stop it if it runs, then start it again through the budget."""
+        require(actor, Action.SERVER_RESTART, self._supervisor.owners(profile_id))
+        who = by or (actor.email if actor is not None else MANAGER)
+        snap = self._supervisor.snapshot(profile_id)
+        if snap is not None and snap.state is not ServerState.STOPPED:
+            # The rights were checked above: the stop itself runs as the manager.
+            self._supervisor.stop(profile_id, by=who, reason=f"restart requested by {who}")
+        return self.start(actor, profile_id, by=by)
+
+    def auto_start(self) -> list[str]:
+        """Start every auto-start profile that is not running; returns their names. A
+        profile that cannot start is shown FAILED with the reason."""
+        started = []
+        for profile in self._profiles.list():
+            if not profile.auto_start:
+                continue
+            snap = self._supervisor.snapshot(profile.id)
+            if snap is not None and snap.state in PLACED_STATES:
+                continue
+            try:
+                self.start(None, profile.id, by="auto-start")
+                started.append(profile.name)
+            except ManagerError as exc:
+                log.warning("auto-start of %s failed: %s", profile.name, exc.message)
+                self._supervisor.fail_to_start(profile.id, f"Auto-start failed: {exc.message}")
+        return started
+
+    def lease(self, profile_id: int) -> AbstractContextManager[None]:
+        """The supervisor's one lease count: held for a whole request (never evicted,
+        never idle, and just used for the LRU order)."""
+        return self._supervisor.lease(profile_id)
+
+    def wait_ready(self, profile_id: int, timeout: float,
+                   cancel: CancelEvent | None = None) -> ServerSnapshot:
+        """Wait (on the supervisor's Condition) until the server is READY; see
+        Supervisor.wait_ready for what it raises."""
+        return self._supervisor.wait_ready(profile_id, timeout, cancel)
+
     # -- internals ------------------------------------------------------------------------
 
-    def _wait_while_stopping(self, profile_id: int) -> ServerSnapshot | None:
-        deadline = time.monotonic() + STOPPING_WAIT_S
-        while True:
-            snap = self._supervisor.snapshot(profile_id)
-            if snap is None or snap.state is not ServerState.STOPPING:
-                return snap
-            if time.monotonic() > deadline:
-                raise StartFailed(f"{snap.profile.name} is still stopping after "
-                                  f"{STOPPING_WAIT_S:g} s. Try again in a moment.")
-            time.sleep(0.05)
+    def _wait_while_stopping(self, profile: Profile) -> ServerSnapshot | None:
+        snap = self._supervisor.wait_for(
+            profile.id, lambda s: s is None or s.state is not ServerState.STOPPING,
+            STOPPING_WAIT_S)
+        if snap is not None and snap.state is ServerState.STOPPING:
+            raise StartFailed(f"{profile.name} is still stopping after {STOPPING_WAIT_S:g} s. "
+                              "Try again in a moment.")
+        return snap
 
     def _make_room(self, profile: Profile) -> None:
         need = self.need_bytes(profile)
@@ -197,7 +240,7 @@ class OnDemand:
             return
         while True:
             running = [s for s in self._supervisor.snapshots()
-                       if s.state in ACTIVE_STATES and s.profile_id != profile.id]
+                       if s.state in PLACED_STATES and s.profile_id != profile.id]
             held = {s.profile_id: self.need_bytes(s.profile) or 0 for s in running}
             in_use = sum(held.values())
             with self._lock:
@@ -219,37 +262,36 @@ class OnDemand:
                 raise InsufficientMemory(
                     f"{profile.name} needs about {human_bytes(need)} of memory but only "
                     f"{human_bytes(max(0, capacity - in_use))} of the {human_bytes(capacity)} "
-                    f"budget is free, and the gateway may only stop idle servers it started "
-                    f"itself. Running: {kept}. Stop one on the Servers tab and try again.")
+                    f"budget is free, and only idle servers the gateway started may be "
+                    f"stopped to make room. Running: {kept}. Stop one on the Servers tab "
+                    "and try again.")
             self._evict(candidates[0], profile)
 
     def _evictable(self, snap: ServerSnapshot) -> bool:
-        with self._lock:
-            leased = self._leases.get(snap.profile_id, 0) > 0
-        return (snap.state is ServerState.READY and self.started_by_gateway(snap)
-                and not leased and self._inference.in_flight(snap.profile_id) == 0)
+        return (snap.state is ServerState.READY and self.started_on_demand(snap)
+                and self._supervisor.activity(snap.profile_id).leases == 0)
 
     def _why_kept(self, snap: ServerSnapshot) -> str:
-        if not self.started_by_gateway(snap):
+        if not self.started_on_demand(snap):
             return "started by hand"
         if snap.state is not ServerState.READY:
             return snap.state.value
         return "busy" if not self._evictable(snap) else "idle"
 
     def _eviction_candidates(self, running: list[ServerSnapshot]) -> list[ServerSnapshot]:
-        """Idle servers the gateway started, least recently used first."""
+        """Idle servers started on demand, least recently used first."""
         candidates = [s for s in running if self._evictable(s)]
-        with self._lock:
-            return sorted(candidates, key=lambda s: self._last_used.get(s.profile_id, 0.0))
+        return sorted(candidates,
+                      key=lambda s: self._supervisor.activity(s.profile_id).last_used)
 
     def _evict(self, victim: ServerSnapshot, newcomer: Profile) -> None:
         reason = f"stopped to make room for {newcomer.name} (least recently used)"
         log.info("evicting %s: %s", victim.profile.name, reason)
         try:
-            self._supervisor.stop(victim.profile_id, by="gateway", reason=reason)
+            self._supervisor.stop(victim.profile_id, by="placement", reason=reason)
         except ManagerError as exc:
             log.info("eviction of %s skipped: %s", victim.profile.name, exc.message)
         with self._lock:
-            old = self._stats.get(victim.profile_id, OnDemandStats())
-            self._stats[victim.profile_id] = OnDemandStats(old.starts, old.evictions + 1)
-            self._started.pop(victim.profile_id, None)
+            old = self._stats.get(victim.profile_id, PlacementStats())
+            self._stats[victim.profile_id] = PlacementStats(old.starts, old.evictions + 1)
+            self._on_demand.pop(victim.profile_id, None)

@@ -132,16 +132,9 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, read at call time (tests and users may move it)."""
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def cached_snapshot(repo_id: str, cache_dir: Path | None = None) -> Path | None:
+def cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
     """The local snapshot folder of a downloaded repo (refs/main, else the newest)."""
-    folder = (cache_dir or hub_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+    folder = cache_dir / ("models--" + repo_id.replace("/", "--"))
     snapshots = folder / "snapshots"
     if not snapshots.is_dir():
         return None
@@ -154,9 +147,9 @@ def cached_snapshot(repo_id: str, cache_dir: Path | None = None) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def cached_repo_ids(cache_dir: Path | None = None) -> list[str]:
-    """Repo ids of the models in the HF cache that have a usable snapshot."""
-    root = cache_dir or hub_cache_dir()
+def cached_repo_ids(cache_dir: Path) -> list[str]:
+    """Repo ids of the models in the HF cache (Settings.hub_cache) with a usable snapshot."""
+    root = cache_dir
     if not root.is_dir():
         return []
     repos = []
@@ -168,8 +161,9 @@ def cached_repo_ids(cache_dir: Path | None = None) -> list[str]:
     return repos
 
 
-def resolve_model(model: str) -> Path:
-    """A model folder from a path or the repo id of a downloaded model."""
+def resolve_model(model: str, cache_dir: Path) -> Path:
+    """A model folder from a path or the repo id of a model downloaded to `cache_dir`
+    (the HF hub cache: Settings.hub_cache)."""
     text = (model or "").strip()
     if not text:
         raise ValidationError("Pick a model: a folder path or a downloaded repo id.", "model")
@@ -180,7 +174,7 @@ def resolve_model(model: str) -> Path:
                 f"{text} has no config.json: it does not look like a model folder.", "model")
         return path.resolve()
     if _REPO_ID.fullmatch(text) and not text.startswith((".", "/", "~")):
-        snapshot = cached_snapshot(text)
+        snapshot = cached_snapshot(text, cache_dir)
         if snapshot is not None:
             return snapshot
         raise ValidationError(
@@ -215,6 +209,7 @@ def validate(
     spec: ProfileSpec,
     *,
     others: Iterable[Profile],
+    hub_cache: Path,
     current_port: int | None = None,
     is_free: Callable[[str, int], bool] = port_is_free,
 ) -> tuple[ProfileSpec, Capabilities]:
@@ -237,7 +232,7 @@ def validate(
     if len(spec.system_prompt or "") > MAX_SYSTEM_PROMPT:
         raise ValidationError(f"Keep the system prompt under {MAX_SYSTEM_PROMPT} characters.",
                               "system_prompt")
-    model_dir = resolve_model(spec.model)
+    model_dir = resolve_model(spec.model, hub_cache)
     caps = detect(model_dir)
     host = _check_host(spec.host)
     port = spec.port
@@ -335,10 +330,18 @@ class ProfileService:
     """CRUD over the profiles table. Reads go to SQLite each time, so changes made by
     `mlx-manager profiles ...` show up in a running dashboard."""
 
-    def __init__(self, store: Store, *, is_free: Callable[[str, int], bool] = port_is_free
-                 ) -> None:
+    def __init__(self, store: Store, *, hub_cache: Path,
+                 is_free: Callable[[str, int], bool] = port_is_free) -> None:
         self._store = store
+        self.hub_cache = hub_cache  # Settings.hub_cache: where repo ids are looked up
         self._is_free = is_free
+
+    def resolve_model(self, model: str) -> Path:
+        """The folder of a profile's model: a path, or a repo id in the hub cache."""
+        return resolve_model(model, self.hub_cache)
+
+    def cached_repo_ids(self) -> list[str]:
+        return cached_repo_ids(self.hub_cache)
 
     def list(self) -> list[Profile]:
         # The gateway resolves a model name on every request: a long-lived read
@@ -375,7 +378,8 @@ class ProfileService:
         return suggest_port(host, self.list(), is_free=self._is_free)
 
     def create(self, actor: User | None, spec: ProfileSpec) -> Profile:
-        cleaned, _ = validate(spec, others=self.list(), is_free=self._is_free)
+        cleaned, _ = validate(spec, others=self.list(), hub_cache=self.hub_cache,
+                              is_free=self._is_free)
         now = utc_now()
         placeholders = ", ".join("?" for _ in _COLUMNS)
         try:
@@ -397,7 +401,8 @@ class ProfileService:
         current = self.get(profile_id)
         self._require_edit(actor, current)
         others = [p for p in self.list() if p.id != profile_id]
-        cleaned, _ = validate(spec, others=others, current_port=current.port,
+        cleaned, _ = validate(spec, others=others, hub_cache=self.hub_cache,
+                              current_port=current.port,
                               is_free=self._is_free)
         assignments = ", ".join(f"{c} = ?" for c in _COLUMNS)
         try:

@@ -1,0 +1,77 @@
+"""The servers table: what the dashboard last recorded about each profile's server.
+
+`mlx-manager status` reads it, and a restarted dashboard finds (and adopts) the
+servers an earlier run left behind from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass
+
+from manager.servers.states import ServerState
+from manager.store import Store, utc_now
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """A row of the servers table."""
+
+    profile_id: int
+    profile_name: str
+    state: ServerState
+    pid: int | None
+    create_time: float | None
+    cmdline: tuple[str, ...]
+    host: str | None
+    port: int | None
+    started_at: float | None
+    exit_code: int | None
+    reason: str
+    log_path: str | None
+
+
+def read_records(store: Store) -> list[ServerRecord]:
+    with store.connect() as db:
+        rows = list(db.query(
+            "SELECT s.*, p.name AS profile_name FROM servers s "
+            "JOIN profiles p ON p.id = s.profile_id ORDER BY p.name COLLATE NOCASE"))
+    records = []
+    for row in rows:
+        try:
+            cmdline = tuple(json.loads(row["cmdline"] or "[]"))
+        except json.JSONDecodeError as exc:
+            log.warning("bad command line recorded for profile %s: %s", row["profile_id"], exc)
+            cmdline = ()
+        records.append(ServerRecord(
+            profile_id=row["profile_id"], profile_name=row["profile_name"],
+            state=ServerState(row["state"]), pid=row["pid"], create_time=row["create_time"],
+            cmdline=cmdline, host=row["host"], port=row["port"], started_at=row["started_at"],
+            exit_code=row["exit_code"], reason=row["reason"] or "", log_path=row["log_path"]))
+    return records
+
+
+def write_record(store: Store, record: ServerRecord) -> None:
+    """Insert or replace the row of the record's profile (profile_name is not stored)."""
+    row = [record.profile_id, record.state.value, record.pid, record.create_time,
+           json.dumps(list(record.cmdline)), record.host, record.port, record.log_path,
+           record.started_at, record.exit_code, record.reason, utc_now()]
+    try:
+        with store.connect() as db:
+            db.execute(
+                "INSERT INTO servers (profile_id, state, pid, create_time, cmdline, host, "
+                "port, log_path, started_at, exit_code, reason, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(profile_id) DO UPDATE SET state = excluded.state, "
+                "pid = excluded.pid, create_time = excluded.create_time, "
+                "cmdline = excluded.cmdline, host = excluded.host, port = excluded.port, "
+                "log_path = excluded.log_path, started_at = excluded.started_at, "
+                "exit_code = excluded.exit_code, reason = excluded.reason, "
+                "updated_at = excluded.updated_at", row)
+    except sqlite3.IntegrityError as exc:
+        # The profile was deleted meanwhile: nothing left to record against.
+        log.info("not recording server of deleted profile %s: %s", record.profile_id, exc)
