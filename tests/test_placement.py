@@ -1,0 +1,216 @@
+"""The one start policy: every start goes through Placement (rights, budget, single
+flight), waits sleep on the supervisor's Condition, and the server states are a table.
+
+The servers here are real processes that never become ready: a stand-in "python" that
+sleeps whatever it is asked to run (a model server would only add load time)."""
+
+from __future__ import annotations
+
+import ast
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from manager.accounts.auth import User
+from manager.errors import Conflict, PermissionDenied
+from manager.servers.placement import InsufficientMemory, Placement
+from manager.servers.profiles import Profile, ProfileSpec
+from manager.servers.states import (
+    ACTIVE_STATES,
+    ALLOWED,
+    FAILED_STATES,
+    PLACED_STATES,
+    ServerState,
+    can_move,
+)
+from manager.servers.supervisor import (
+    CancelEvent,
+    ServerLoading,
+    ServerSnapshot,
+    Supervisor,
+    Transition,
+)
+from manager.services import Services
+from manager.settings import Settings
+from tests.conftest import PASSWORD, free_port
+from tests.server_helpers import all_gone
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class World:
+    services: Services
+    supervisor: Supervisor
+    placement: Placement
+    admin: User
+    bob: User
+    carol: User
+
+    def profile(self, name: str, model: Path, owner: User | None) -> Profile:
+        return self.services.profiles.create(owner, ProfileSpec(
+            name=name, model=str(model), port=free_port()))
+
+
+@pytest.fixture
+def world(tmp_path: Path, tiny_models: dict[str, Path]) -> Iterator[World]:
+    sleeper = tmp_path / "sleepy-python"
+    sleeper.write_text("#!/bin/sh\nexec sleep 600\n")
+    sleeper.chmod(0o755)
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(),
+                        hf_cache_dir=tmp_path / "hf" / "hub")
+    services = Services.create(settings, run_servers=False)
+    supervisor = Supervisor(services.store, services.profiles, settings.logs_dir,
+                            hub_cache=settings.hub_cache, python=str(sleeper), stop_grace_s=5)
+    auth = services.auth
+    admin = auth.register("alice@example.com", PASSWORD)
+    bob = auth.approve(admin, auth.register("bob@example.com", PASSWORD).id)
+    carol = auth.approve(admin, auth.register("carol@example.com", PASSWORD).id)
+    yield World(services, supervisor, Placement(supervisor, services.profiles), admin, bob,
+                carol)
+    supervisor.close(keep_servers=False)
+    services.close()
+
+
+def test_the_state_table_is_supervisord_shaped() -> None:
+    assert ServerState.FATAL is ServerState.FAILED and ServerState.FATAL.value == "failed"
+    assert ServerState("backoff") is ServerState.BACKOFF
+    assert set(ALLOWED) == set(ServerState)
+    assert FAILED_STATES == {ServerState.BACKOFF, ServerState.FAILED}
+    assert not ACTIVE_STATES & FAILED_STATES
+    assert PLACED_STATES == ACTIVE_STATES | {ServerState.BACKOFF}
+    moves = {(old, new) for old in ServerState for new in ServerState if can_move(old, new)}
+    assert (ServerState.STARTING, ServerState.BACKOFF) in moves
+    assert (ServerState.BACKOFF, ServerState.STARTING) in moves  # the due restart
+    assert (ServerState.BACKOFF, ServerState.STOPPED) in moves  # dismissed
+    assert (ServerState.FAILED, ServerState.BACKOFF) not in moves  # gave up is final
+    assert (ServerState.STOPPING, ServerState.STARTING) not in moves
+    assert all(not can_move(ServerState.STOPPING, new) for new in ServerState
+               if new is not ServerState.STOPPED)
+
+
+def _calls_on_the_supervisor(path: Path) -> list[str]:
+    """`<...>.supervisor.start/stop/restart/auto_start(...)` calls in a source file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in ("start", "stop", "restart", "auto_start") \
+                and isinstance(node.func.value, ast.Attribute) \
+                and node.func.value.attr in ("supervisor", "_supervisor"):
+            where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+            found.append(f"{where}:{node.lineno} {node.func.attr}")
+    return found
+
+
+def test_every_start_outside_the_servers_package_goes_through_placement(tmp_path: Path
+                                                                        ) -> None:
+    sources = [ROOT / "app.py", *sorted((ROOT / "components").rglob("*.py")),
+               *sorted((ROOT / "manager").rglob("*.py"))]
+    offenders = [hit for path in sources if path.parent != ROOT / "manager" / "servers"
+                 for hit in _calls_on_the_supervisor(path)]
+    assert offenders == []
+    # The detector does see such calls.
+    sample = tmp_path / "sample.py"
+    sample.write_text("services.supervisor.start(1)\nself._supervisor.stop(2)\n"
+                      "services.placement.start(None, 1)\n")
+    assert [hit.split()[-1] for hit in _calls_on_the_supervisor(sample)] == ["start", "stop"]
+
+
+def test_concurrent_starts_share_one_spawn(world: World, tiny_models: dict[str, Path]
+                                           ) -> None:
+    profile = world.profile("shared", tiny_models["text"], world.bob)
+    starts: list[Transition] = []
+    world.supervisor.subscribe(
+        lambda change: starts.append(change) if change.new is ServerState.STARTING else None)
+    barrier = threading.Barrier(6)
+    results: list[bool] = []
+
+    def request() -> None:
+        barrier.wait()
+        results.append(world.placement.ensure_started(world.carol, profile, by="gateway"))
+
+    threads = [threading.Thread(target=request) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(results) == [False] * 5 + [True]
+    assert [(c.profile.id, c.old) for c in starts] == [(profile.id, ServerState.STOPPED)]
+    assert world.placement.stats()[profile.id].starts == 1
+    # An explicit start of a server that is already starting is refused, not repeated.
+    with pytest.raises(Conflict, match="already starting"):
+        world.placement.start(world.bob, profile.id)
+    assert len(starts) == 1
+
+
+def test_a_start_beyond_the_budget_is_refused_before_anything_runs(
+        world: World, tiny_models: dict[str, Path]) -> None:
+    profile = world.profile("too big", tiny_models["text"], world.bob)
+    need = world.placement.need_bytes(profile)
+    assert need is not None and need > 0
+    world.placement.set_budget(need - 1)
+    with pytest.raises(InsufficientMemory, match="more than the whole budget"):
+        world.placement.start(world.bob, profile.id)
+    assert world.supervisor.snapshot(profile.id) is None
+    # Auto-start goes through the same policy and shows why it did not start.
+    world.services.profiles.update(None, profile.id, replace(profile.spec(), auto_start=True))
+    assert world.placement.auto_start() == []
+    snap = world.supervisor.snapshot(profile.id)
+    assert snap.state is ServerState.FAILED and "Auto-start failed" in snap.reason
+    world.placement.set_budget(None)
+    assert world.placement.start(world.bob, profile.id).state is ServerState.STARTING
+
+
+def test_waits_wake_on_a_transition_and_on_cancel(world: World,
+                                                  tiny_models: dict[str, Path]) -> None:
+    profile = world.profile("waited", tiny_models["text"], world.bob)
+    pid = world.placement.start(world.bob, profile.id).pid
+    outcome: dict[str, object] = {}
+    cancel = CancelEvent()
+
+    def wait_ready() -> None:
+        try:
+            world.placement.wait_ready(profile.id, 600, cancel)
+        except ServerLoading as exc:
+            outcome["ready"] = exc.message
+
+    def wait_stopped() -> None:
+        outcome["stopped"] = world.supervisor.wait_for(
+            profile.id, lambda s: s is not None and s.state is ServerState.STOPPED, 600)
+
+    waiters = [threading.Thread(target=wait_ready), threading.Thread(target=wait_stopped)]
+    for waiter in waiters:
+        waiter.start()
+    # Nothing else would end the first wait for ten minutes: the cancel wakes it.
+    cancel.set()
+    waiters[0].join(60)
+    assert not waiters[0].is_alive() and "still loading" in str(outcome["ready"])
+    assert waiters[1].is_alive()  # the server still starts
+    world.placement.stop(world.bob, profile.id)
+    waiters[1].join(60)
+    assert not waiters[1].is_alive()
+    stopped = outcome["stopped"]
+    assert isinstance(stopped, ServerSnapshot) and stopped.state is ServerState.STOPPED
+    assert all_gone([pid])
+
+
+def test_only_owners_and_admins_stop_or_restart_a_server(world: World,
+                                                         tiny_models: dict[str, Path]
+                                                         ) -> None:
+    profile = world.profile("carol's", tiny_models["text"], world.carol)
+    world.placement.start(world.carol, profile.id)
+    with pytest.raises(PermissionDenied, match="owner or an administrator may stop"):
+        world.placement.stop(world.bob, profile.id)
+    with pytest.raises(PermissionDenied, match="may restart"):
+        world.placement.restart(world.bob, profile.id)
+    with pytest.raises(PermissionDenied):
+        world.supervisor.stop(profile.id, actor=world.bob)
+    assert world.supervisor.snapshot(profile.id).state is ServerState.STARTING
+    assert world.placement.restart(world.carol, profile.id).state is ServerState.STARTING
+    assert world.placement.stop(world.admin, profile.id).state is ServerState.STOPPED
+    # Whoever started a run may stop it too (bob starts carol's profile).
+    world.placement.start(world.bob, profile.id)
+    assert world.placement.stop(world.bob, profile.id).state is ServerState.STOPPED
