@@ -530,9 +530,11 @@ def test_a_client_that_leaves_before_a_whole_answer_aborts_the_model_request(gw:
                        b"Authorization: Bearer " + gw.admin_key.encode() + b"\r\n"
                        b"Content-Type: application/json\r\n"
                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        assert wait_for(lambda: gw.services.inference.in_flight(pid) == 1, 60)
+        # Two leases: the gateway's for the request, the inference client's for the
+        # request to the model server (open now).
+        assert wait_for(lambda: gw.services.supervisor.activity(pid).leases == 2, 60)
     # The gateway noticed the closed connection and ended its request to the server.
-    assert wait_for(lambda: gw.services.inference.in_flight(pid) == 0, 60)
+    assert wait_for(lambda: gw.services.supervisor.activity(pid).leases == 0, 60)
     after = gw.services.metrics.get(pid)
     assert after.failed_requests == before.failed_requests + 1
 

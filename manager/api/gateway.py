@@ -414,7 +414,8 @@ class Gateway:
             if profile.model in self._contexts:
                 return self._contexts[profile.model]
         try:
-            context = detect(self._services.profiles.resolve_model(profile.model)).context_length
+            model_dir = self._services.profiles.resolve_model(profile.model)
+            context = detect(model_dir).context_length
         except ManagerError as exc:
             log.info("context length of %s unknown: %s", profile.name, exc.message)
             context = None
