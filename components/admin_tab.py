@@ -15,6 +15,7 @@ import gradio as gr
 from components import mcp_admin
 from components.session import TabLoader, handler
 from manager.accounts.auth import Role, User
+from manager.accounts.permissions import Action, allowed
 from manager.services import Services
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def build(services: Services) -> TabLoader:
 
     @handler(services, "admin account list")
     def load(actor: User) -> tuple:
-        if not actor.is_admin:
+        if not allowed(actor, Action.MANAGE_USERS):
             return [], gr.Dropdown(choices=[])
         return snapshot(actor)
 

@@ -17,6 +17,7 @@ import gradio as gr
 from components.session import TabLoader, handler
 from manager.accounts.api_keys import ApiKey
 from manager.accounts.auth import User
+from manager.accounts.permissions import Action, allowed
 from manager.services import Services
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def build(services: Services) -> TabLoader:
     def load(actor: User, request: gr.Request) -> tuple:
         url = base_url(request, fallback)
         rows, dropdown = listing(actor, False)
-        return (url, rows, dropdown, gr.Checkbox(visible=actor.is_admin, value=False),
+        return (url, rows, dropdown, gr.Checkbox(visible=allowed(actor, Action.VIEW_ALL), value=False),
                 snippets_markdown(url, example_model()), gr.Textbox(value="", visible=False))
 
     @handler(services, "key list")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from manager.accounts.api_keys import KEY_PREFIX
-from manager.accounts.auth import User
+from manager.accounts.auth import Role, User
 from manager.errors import NotFound, PermissionDenied, ValidationError
 from manager.services import Services
 
@@ -76,6 +76,21 @@ def test_users_see_and_revoke_only_their_own_keys(
         services.api_keys.revoke(people["carol"], bob_key.key.id)
     with pytest.raises(PermissionDenied):
         services.api_keys.list_for(people["carol"], everyone=True)
+    assert services.api_keys.authenticate(bob_key.secret) is not None
+
+
+def test_a_demoted_admin_loses_key_rights_even_with_an_old_user_object(
+    services: Services, people: dict[str, User]
+) -> None:
+    bob_key = services.api_keys.create(people["bob"])
+    dave = services.auth.set_role(people["alice"], people["carol"].id, Role.ADMIN)
+    assert services.api_keys.list_for(dave, everyone=True)
+    services.auth.set_role(people["alice"], dave.id, Role.USER)
+    # `dave` still says admin; the service asks the database.
+    with pytest.raises(PermissionDenied, match="Only an administrator"):
+        services.api_keys.list_for(dave, everyone=True)
+    with pytest.raises(PermissionDenied, match="Only its owner or an administrator"):
+        services.api_keys.revoke(dave, bob_key.key.id)
     assert services.api_keys.authenticate(bob_key.secret) is not None
 
 

@@ -54,7 +54,7 @@ def test_a_non_admin_calling_admin_endpoints_is_refused(
     client = client_for(dashboard, "bob@example.com")
     for api, target in (("/admin_approve", "carol"), ("/admin_promote", "bob"),
                         ("/admin_disable", "alice"), ("/admin_delete", "carol")):
-        with pytest.raises(Exception, match="Only an administrator can do that"):
+        with pytest.raises(Exception, match="Only an administrator may manage accounts"):
             client.predict(people[target], "", api_name=api)
     assert auth.get(people["carol"]).status is Status.PENDING
     assert auth.get(people["bob"]).role is Role.USER
@@ -114,7 +114,7 @@ def test_mcp_servers_are_managed_in_the_admin_tab_by_admins_only(
     for endpoint, args in (("/mcp_servers", ()), ("/mcp_enable", (added[0],)),
                            ("/mcp_remove", (added[0],)),
                            ("/mcp_add", ("mine", "stdio", "python", "-V", ""))):
-        with pytest.raises(Exception, match="Only an administrator can manage MCP servers"):
+        with pytest.raises(Exception, match="Only an administrator may manage MCP servers"):
             bob.predict(*args, api_name=endpoint)
     admin.predict(added[0], api_name="/mcp_remove")
     alice = dashboard.services.auth.get_by_email("alice@example.com")

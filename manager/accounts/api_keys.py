@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from manager.accounts.auth import AuthService, User
+from manager.accounts.permissions import Action, Owned, require
 from manager.errors import NotFound, PermissionDenied, ValidationError
 from manager.store import Store, utc_now
 
@@ -113,7 +114,7 @@ class ApiKeyService:
     def list_for(self, actor: User, *, everyone: bool = False) -> list[ApiKey]:
         """The actor's own keys; with everyone=True (admins only) every user's keys."""
         if everyone:
-            self._require_admin(actor)
+            require(self._fresh(actor), Action.VIEW_ALL)
             sql, params = _SELECT + " ORDER BY api_keys.id DESC", []
         else:
             sql, params = _SELECT + " WHERE user_id = ? ORDER BY api_keys.id DESC", [actor.id]
@@ -122,8 +123,7 @@ class ApiKeyService:
 
     def revoke(self, actor: User, key_id: int) -> ApiKey:
         key = self._get(key_id)
-        if key.user_id != actor.id:
-            self._require_admin(actor)
+        require(self._fresh(actor), Action.KEY_REVOKE, Owned.by(key.user_id))
         if key.revoked_at is None:
             with self._store.connect() as db:
                 db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [utc_now(), key_id])
@@ -171,7 +171,10 @@ class ApiKeyService:
             raise NotFound("That API key does not exist.")
         return ApiKey.from_row(rows[0])
 
-    def _require_admin(self, actor: User) -> None:
+    def _fresh(self, actor: User) -> User:
+        """The actor as the database knows it now: a demotion or a disabled account counts
+        at once, not when the session ends."""
         fresh = self._auth.get(actor.id)
-        if fresh is None or not fresh.is_admin:
-            raise PermissionDenied("Only an administrator can see or revoke other people's keys.")
+        if fresh is None:
+            raise PermissionDenied("Your account no longer exists.")
+        return fresh

@@ -19,6 +19,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from email_validator import EmailNotValidError, validate_email
 
+from manager.accounts.permissions import Action, require
 from manager.errors import (
     AccountNotActive,
     AuthenticationFailed,
@@ -72,6 +73,10 @@ class User:
     @property
     def is_admin(self) -> bool:
         return self.role is Role.ADMIN and self.status is Status.ACTIVE
+
+    @property
+    def is_active(self) -> bool:
+        return self.status is Status.ACTIVE
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> User:
@@ -395,9 +400,11 @@ class AuthService:
         return user
 
     def _require_admin(self, actor: User) -> None:
+        # Re-read: an admin demoted or disabled a moment ago has lost the right already.
         fresh = self.get(actor.id)
-        if fresh is None or not fresh.is_admin:
-            raise PermissionDenied("Only an administrator can do that.")
+        if fresh is None:
+            raise PermissionDenied("Your account no longer exists.")
+        require(fresh, Action.MANAGE_USERS)
 
     def _keep_an_admin(self, target: User, verb: str) -> None:
         if not target.is_admin:

@@ -9,9 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
-from manager.accounts.auth import Status, User
 from manager.errors import PermissionDenied
+
+if TYPE_CHECKING:
+    # Types only: auth's services call require(), so this module must not import auth.
+    from manager.accounts.auth import User
 
 
 class Action(str, Enum):
@@ -93,7 +97,7 @@ def allowed(actor: User | None, action: Action, resource: Owned = NOBODY) -> boo
     idle stop, the CLI run by the machine's owner), which may do anything."""
     if actor is None:
         return True
-    if actor.status is not Status.ACTIVE:
+    if not actor.is_active:
         return False
     if actor.is_admin:
         return True
@@ -108,7 +112,7 @@ def require(actor: User | None, action: Action, resource: Owned = NOBODY) -> Non
     """Raise PermissionDenied with a message a person can act on, unless allowed."""
     if allowed(actor, action, resource):
         return
-    if actor is not None and actor.status is not Status.ACTIVE:
+    if actor is not None and not actor.is_active:
         raise PermissionDenied("Your account is not active.")
     who = "Only an administrator" if action in ADMIN_ONLY else \
         "Only its owner or an administrator"

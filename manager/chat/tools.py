@@ -39,6 +39,7 @@ from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 from mcp_types import Tool as McpTool
 
 from manager.accounts.auth import User
+from manager.accounts.permissions import Action, require
 from manager.chat.mcp_config import (
     MAX_FIELD,
     McpServerConfig,
@@ -57,7 +58,7 @@ from manager.chat.mcp_connection import (
     short_error,
 )
 from manager.chat.toolset import CallStatus, ServerProblem, ToolResult, Toolset, ToolSpec
-from manager.errors import Conflict, NotFound, PermissionDenied
+from manager.errors import Conflict, NotFound
 from manager.store import Store, inserted_id, utc_now
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ class McpToolbox:
 
     def servers(self, actor: User) -> list[McpServerConfig]:
         """The built-in server (read only) and every configured extra server."""
-        _require_admin(actor)
+        require(actor, Action.MANAGE_TOOLS)
         extras = self._stored_configs()
         return ([self._builtin] if self._builtin else []) + extras
 
@@ -196,7 +197,7 @@ class McpToolbox:
         url: str | None = None,
         enabled: bool = True,
     ) -> McpServerConfig:
-        _require_admin(actor)
+        require(actor, Action.MANAGE_TOOLS)
         config = validated_config(name, kind, command, args, url, enabled)
         now = utc_now()
         with self._store.connect(immediate=True) as db:
@@ -224,7 +225,7 @@ class McpToolbox:
         enabled: bool | None = None,
     ) -> McpServerConfig:
         """Change a server; fields left None keep their value. The session is reopened."""
-        _require_admin(actor)
+        require(actor, Action.MANAGE_TOOLS)
         old = self._stored_config(server_id)
         config = validated_config(
             name if name is not None else old.name, old.kind,
@@ -253,7 +254,7 @@ class McpToolbox:
         return self.update_server(actor, server_id, enabled=enabled)
 
     def remove_server(self, actor: User, server_id: int) -> None:
-        _require_admin(actor)
+        require(actor, Action.MANAGE_TOOLS)
         old = self._stored_config(server_id)
         with self._store.connect() as db:
             db.execute("DELETE FROM mcp_servers WHERE id = ?", [server_id])
@@ -434,10 +435,6 @@ class McpToolbox:
 
 # -- helpers ---------------------------------------------------------------------------
 
-
-def _require_admin(actor: User) -> None:
-    if not actor.is_admin:
-        raise PermissionDenied("Only an administrator can manage MCP servers.")
 
 
 def _exposed_name(server: str, tool: str, taken: set[str]) -> str:
