@@ -69,7 +69,7 @@ def managed(hub: LocalHub, cache: Path, db: Path) -> float:
     manager.start_workers()
     try:
         started = time.perf_counter()
-        view = manager.start(REPO, user_id=None)
+        view = manager.start(None, REPO)
         done = manager.wait(view.id, timeout=600)
         elapsed = time.perf_counter() - started
     finally:

@@ -23,7 +23,8 @@ from components.views import (
     tile_list_html,
 )
 from manager.accounts.auth import User
-from manager.errors import PermissionDenied, ValidationError
+from manager.accounts.permissions import Action, Owned, allowed
+from manager.errors import ValidationError
 from manager.models.capabilities import fit, human_bytes, memory_budget_bytes
 from manager.models.downloads import DownloadView
 from manager.models.filters import ModelFilter
@@ -163,7 +164,7 @@ def build(services: Services) -> TabLoader:
 
     # ---- rendering (pure formatting + warm library scan) ------------------------------------
     def can_control(user: User, download: DownloadView) -> bool:
-        return user.is_admin or download.created_by in (None, user.id)
+        return allowed(user, Action.DOWNLOAD_CONTROL, Owned.by(download.created_by))
 
     def downloads_part(user: User, views: list[DownloadView]) -> str:
         tiles = [download_tile_html(v, can_control=can_control(user, v)) for v in views]
@@ -195,7 +196,7 @@ def build(services: Services) -> TabLoader:
             model_fit = fit(model.caps, None, budget)
             if not filt.matches(model.name, model.caps, model_fit, model.size_bytes):
                 continue
-            may_delete = user.is_admin or user.id in downloads.downloaded_by(model.name)
+            may_delete = allowed(user, Action.MODEL_DELETE, library.owners(model))
             tiles.append(local_tile_html(model, model_fit, can_delete=may_delete))
         return tile_list_html(tiles, "No local models match. Download one from the "
                                      "Hugging Face view.")
@@ -258,21 +259,17 @@ def build(services: Services) -> TabLoader:
     # ---- actions ---------------------------------------------------------------------------
     def act(user: User, action: str, target: str) -> str:
         if action == "download":
-            started = downloads.start(target, user.id)
+            started = downloads.start(user, target)
             return f"Downloading {started.repo_id}."
         if action in ("pause", "resume", "cancel"):
             if not target.isdigit():
                 raise ValidationError("Which download? The id is missing.")
-            job_id = int(target)
-            if not can_control(user, downloads.get(job_id)):
-                raise PermissionDenied("Only whoever started this download (or an admin) "
-                                       "can change it.")
-            changed = getattr(downloads, action)(job_id)
+            control = {"pause": downloads.pause, "resume": downloads.resume,
+                       "cancel": downloads.cancel}[action]
+            changed = control(user, int(target))
             return f"{changed.repo_id}: {action} requested."
         if action == "delete":
-            model = library.find(target)
-            may = user.is_admin or user.id in downloads.downloaded_by(model.name)
-            deleted = library.delete(user, target, may_delete=may)
+            deleted = library.delete(user, target)
             return f"Deleted {deleted.name}."
         raise ValidationError(f"Unknown action {action!r}.")
 
@@ -366,8 +363,9 @@ def build(services: Services) -> TabLoader:
     @handler(services, "models tab load")
     def load(user: User) -> tuple:
         dl, lst, sig = render(user, LOCAL, ModelFilter(), [])
-        folder_lines, picker = folders_view() if user.is_admin else ("", gr.Dropdown())
-        return dl, lst, sig, gr.Accordion(visible=user.is_admin), folder_lines, picker
+        may_manage = allowed(user, Action.MANAGE_FOLDERS)
+        folder_lines, picker = folders_view() if may_manage else ("", gr.Dropdown())
+        return dl, lst, sig, gr.Accordion(visible=may_manage), folder_lines, picker
 
     return TabLoader(load, [downloads_html, list_html, shown, folders_box, folders_md,
                             folder_pick])

@@ -59,9 +59,10 @@ class Services:
         chats = ChatHistory(store, settings.uploads_dir)
         hub_cache = settings.hub_cache  # the one HF cache folder, read once here
         hub = HubClient(HubConfig.from_settings(settings))
-        library = Library(store, hub_cache)
         downloads = DownloadManager(store, hub, cache_dir=hub_cache,
                                     max_concurrent=settings.max_downloads)
+        # Whoever downloaded a model may delete it: the library asks the downloads.
+        library = Library(store, hub_cache, downloaded_by=downloads.downloaded_by)
         profiles = ProfileService(store, hub_cache=hub_cache)
         supervisor = Supervisor(store, profiles, settings.logs_dir, hub_cache=hub_cache)
 

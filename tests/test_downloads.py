@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants, scan_cache_dir, snapshot_download
 
-from manager.errors import Conflict
+from manager.accounts.auth import AuthService
+from manager.errors import Conflict, PermissionDenied
 from manager.models.downloads import DiskFull, DownloadManager, DownloadStatus, DownloadView
 from manager.models.hub import GatedRepo, HubClient, HubConfig, NoMLXWeights, RepoNotFound
 from manager.services import Services
 from manager.settings import Settings
 from manager.store import Store
-from tests.conftest import free_port
+from tests.conftest import PASSWORD, free_port
 from tests.fixtures.local_hub import DEFAULT_TOKEN, NO_ACCESS_TOKEN, LocalHub
 
 BIG = "mlx-community/big-qwen3"
@@ -86,8 +87,9 @@ def partials(cache: Path, repo_id: str) -> list[Path]:
 
 def test_download_lands_in_the_hf_cache_where_other_tools_see_it(
         manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str) -> None:
-    view = manager.start(big_repo, user_id=7)
-    assert view.status is DownloadStatus.QUEUED and view.created_by == 7
+    alice = AuthService(manager.store, b"k" * 32).add_user("alice@example.com", PASSWORD)
+    view = manager.start(alice, big_repo)
+    assert view.status is DownloadStatus.QUEUED and view.created_by == alice.id
     done = manager.wait(view.id, 30)
     assert done.status is DownloadStatus.DONE, done.error
     assert done.bytes_done == done.bytes_total
@@ -101,13 +103,37 @@ def test_download_lands_in_the_hf_cache_where_other_tools_see_it(
                              allow_patterns=["*.json", "*.safetensors"]) == str(snapshot)
     assert big_repo in {r.repo_id for r in scan_cache_dir(cache).repos}
     assert manager.snapshot() == []  # finished downloads leave the list
-    assert manager.downloaded_by(big_repo) == {7}
+    assert manager.downloaded_by(big_repo) == {alice.id}
+
+
+def test_only_the_downloader_and_admins_control_a_download(
+        manager: DownloadManager, hub: LocalHub, big_repo: str, small_chunks: None) -> None:
+    auth = AuthService(manager.store, b"k" * 32)
+    admin = auth.add_user("admin@example.com", PASSWORD, admin=True)
+    alice = auth.add_user("alice@example.com", PASSWORD)
+    bob = auth.add_user("bob@example.com", PASSWORD)
+    pending = auth.register("pending@example.com", PASSWORD)
+    with pytest.raises(PermissionDenied, match="not active"):
+        manager.start(pending, big_repo)
+    hub.throttle_bytes_per_sec = 400_000
+    view = manager.start(alice, big_repo)
+    for control in (manager.pause, manager.resume, manager.cancel):
+        with pytest.raises(PermissionDenied, match="Only its owner or an administrator"):
+            control(bob, view.id)
+    assert manager.get(view.id).status is not DownloadStatus.CANCELLED  # bob changed nothing
+    manager.pause(admin, view.id)
+    assert manager.wait(view.id, 30).status is DownloadStatus.PAUSED
+    with pytest.raises(PermissionDenied):
+        manager.resume(bob, view.id)
+    manager.resume(alice, view.id)
+    manager.cancel(alice, view.id)
+    assert manager.wait(view.id, 30).status is DownloadStatus.CANCELLED
 
 
 def test_progress_is_reported_per_chunk_with_speed_and_eta(
         manager: DownloadManager, hub: LocalHub, big_repo: str, small_chunks: None) -> None:
     hub.throttle_bytes_per_sec = 1_500_000
-    view = manager.start(big_repo, user_id=None)
+    view = manager.start(None, big_repo)
     seen: list[DownloadView] = []
     while True:
         current = manager.get(view.id)
@@ -128,9 +154,9 @@ def test_pause_keeps_the_partial_file_and_resume_sends_a_range_request(
         manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str,
         small_chunks: None) -> None:
     hub.throttle_bytes_per_sec = 400_000
-    view = manager.start(big_repo, user_id=None)
+    view = manager.start(None, big_repo)
     wait_bytes(manager, view.id, 200_000)
-    manager.pause(view.id)
+    manager.pause(None, view.id)
     paused = manager.wait(view.id, 30)
     assert paused.status is DownloadStatus.PAUSED
     [partial] = partials(cache, big_repo)
@@ -139,7 +165,7 @@ def test_pause_keeps_the_partial_file_and_resume_sends_a_range_request(
     assert not (storage(cache, big_repo) / "snapshots").exists()  # no half model visible
     hub.throttle_bytes_per_sec = None
     hub.clear_requests()
-    manager.resume(view.id)
+    manager.resume(None, view.id)
     done = manager.wait(view.id, 30)
     assert done.status is DownloadStatus.DONE, done.error
     ranges = [r.range for r in hub.requests if r.path.endswith("/" + WEIGHTS)]
@@ -153,21 +179,21 @@ def test_cancel_removes_the_partial_files(manager: DownloadManager, hub: LocalHu
                                           cache: Path, big_repo: str,
                                           small_chunks: None) -> None:
     hub.throttle_bytes_per_sec = 400_000
-    view = manager.start(big_repo, user_id=None)
+    view = manager.start(None, big_repo)
     wait_bytes(manager, view.id, 100_000)
     assert partials(cache, big_repo)
-    manager.cancel(view.id)
+    manager.cancel(None, view.id)
     cancelled = manager.wait(view.id, 30)
     assert cancelled.status is DownloadStatus.CANCELLED
     assert not storage(cache, big_repo).exists()
     assert manager.snapshot() == []
     # Cancelling a paused download cleans up at once, too.
-    again = manager.start(big_repo, user_id=None)
+    again = manager.start(None, big_repo)
     wait_bytes(manager, again.id, 100_000)
-    manager.pause(again.id)
+    manager.pause(None, again.id)
     manager.wait(again.id, 30)
     assert partials(cache, big_repo)
-    assert manager.cancel(again.id).status is DownloadStatus.CANCELLED
+    assert manager.cancel(None, again.id).status is DownloadStatus.CANCELLED
     assert not storage(cache, big_repo).exists()
 
 
@@ -177,7 +203,7 @@ def test_an_unfinished_download_resumes_after_a_restart(
                         hf_cache_dir=cache)
     hub.throttle_bytes_per_sec = 400_000
     first = Services.create(settings)
-    view = first.downloads.start(big_repo, user_id=None)
+    view = first.downloads.start(None, big_repo)
     wait_bytes(first.downloads, view.id, 150_000)
     first.close()  # the dashboard stops mid-transfer
     [partial] = partials(cache, big_repo)
@@ -202,7 +228,7 @@ def test_a_connection_dropped_mid_file_is_resumed_with_a_range_request(
         small_chunks: None) -> None:
     # huggingface_hub retries by itself from the last whole chunk it wrote.
     hub.drop_after_bytes(big_repo, WEIGHTS, 300_000)
-    done = manager.wait(manager.start(big_repo, user_id=None).id, 60)
+    done = manager.wait(manager.start(None, big_repo).id, 60)
     assert done.status is DownloadStatus.DONE, done.error
     ranges = [r.range for r in hub.requests if r.path.endswith("/" + WEIGHTS)]
     assert ranges[0] is None and ranges[-1] is not None
@@ -216,7 +242,7 @@ def test_a_lost_connection_fails_clearly_and_resumes_later(
         small_chunks: None) -> None:
     """Every attempt is cut: FAILED with a message, partial kept, Resume finishes."""
     hub.throttle_bytes_per_sec = 600_000
-    view = manager.start(big_repo, user_id=None)
+    view = manager.start(None, big_repo)
     wait_bytes(manager, view.id, 100_000)
     cutting = threading.Event()
 
@@ -231,9 +257,9 @@ def test_a_lost_connection_fails_clearly_and_resumes_later(
     cutter.start()
     try:
         # huggingface_hub retries 5 times (1 s apart) without progress, then gives up.
-        manager.pause(view.id)
+        manager.pause(None, view.id)
         manager.wait(view.id, 30)
-        manager.resume(view.id)
+        manager.resume(None, view.id)
         failed = manager.wait(view.id, 60)
     finally:
         cutting.set()
@@ -245,7 +271,7 @@ def test_a_lost_connection_fails_clearly_and_resumes_later(
     assert not (storage(cache, big_repo) / "snapshots").exists()
     hub.throttle_bytes_per_sec = None
     hub.clear_requests()
-    manager.resume(view.id)  # (one armed cut may remain: huggingface_hub retries past it)
+    manager.resume(None, view.id)  # (one armed cut may remain: huggingface_hub retries past it)
     done = manager.wait(view.id, 30)
     assert done.status is DownloadStatus.DONE, done.error
     assert any(r.range for r in hub.requests if r.path.endswith("/" + WEIGHTS))
@@ -256,7 +282,7 @@ def test_free_disk_space_is_checked_before_starting(tmp_path: Path, hub: LocalHu
     tight = make_manager(tmp_path, hub, cache, free_space=lambda _: 1_000_000)
     try:
         with pytest.raises(DiskFull, match="needs 1.4 MB more, 976.6 KB is free"):
-            tight.start(big_repo, user_id=None)
+            tight.start(None, big_repo)
         assert tight.snapshot() == []
         assert not storage(cache, big_repo).exists()
     finally:
@@ -267,12 +293,12 @@ def test_a_disk_filling_up_before_a_resume_fails_resumable(
         manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str,
         small_chunks: None) -> None:
     hub.throttle_bytes_per_sec = 600_000
-    view = manager.start(big_repo, user_id=None)
+    view = manager.start(None, big_repo)
     wait_bytes(manager, view.id, 100_000)
-    manager.pause(view.id)
+    manager.pause(None, view.id)
     manager.wait(view.id, 30)
     manager.free_space = lambda _: 50_000  # another program filled the disk meanwhile
-    manager.resume(view.id)
+    manager.resume(None, view.id)
     failed = manager.wait(view.id, 30)
     assert failed.status is DownloadStatus.FAILED and failed.status.resumable
     assert "Not enough disk space" in failed.error
@@ -282,16 +308,16 @@ def test_a_disk_filling_up_before_a_resume_fails_resumable(
 def test_bad_requests_get_clear_errors(manager: DownloadManager, hub_repos: dict[str, str],
                                        big_repo: str, hub: LocalHub) -> None:
     with pytest.raises(RepoNotFound, match="not found"):
-        manager.start("acme/does-not-exist", user_id=None)
+        manager.start(None, "acme/does-not-exist")
     with pytest.raises(NoMLXWeights):
-        manager.start(hub_repos["no_mlx"], user_id=None)
+        manager.start(None, hub_repos["no_mlx"])
     with pytest.raises(GatedRepo, match="gated"):
-        manager.start(hub_repos["gated"], user_id=None)
+        manager.start(None, hub_repos["gated"])
     hub.throttle_bytes_per_sec = 200_000
-    view = manager.start(big_repo, user_id=None)
+    view = manager.start(None, big_repo)
     with pytest.raises(Conflict, match="already in the download list"):
-        manager.start(big_repo, user_id=None)
-    manager.cancel(view.id)
+        manager.start(None, big_repo)
+    manager.cancel(None, view.id)
     manager.wait(view.id, 30)
 
 
@@ -299,14 +325,14 @@ def test_gated_repo_with_a_token(tmp_path: Path, hub: LocalHub, cache: Path,
                                  hub_repos: dict[str, str]) -> None:
     outsider = make_manager(tmp_path / "a", hub, cache, token=NO_ACCESS_TOKEN)
     try:
-        failed = outsider.wait(outsider.start(hub_repos["gated"], user_id=None).id, 30)
+        failed = outsider.wait(outsider.start(None, hub_repos["gated"]).id, 30)
         assert failed.status is DownloadStatus.FAILED
         assert "gated and the token has no access" in failed.error
     finally:
         outsider.close()
     member = make_manager(tmp_path / "b", hub, cache, token=DEFAULT_TOKEN)
     try:
-        done = member.wait(member.start(hub_repos["gated"], user_id=None).id, 30)
+        done = member.wait(member.start(None, hub_repos["gated"]).id, 30)
         assert done.status is DownloadStatus.DONE, done.error
     finally:
         member.close()
@@ -316,7 +342,7 @@ def test_several_downloads_run_at_once_within_the_limit(
         manager: DownloadManager, hub: LocalHub, hub_repos: dict[str, str],
         small_chunks: None) -> None:
     hub.throttle_bytes_per_sec = 1_000_000
-    views = [manager.start(hub_repos[n], user_id=None)
+    views = [manager.start(None, hub_repos[n])
              for n in ("text", "thinking", "tools", "vision")]
     peak = 0
     while any(manager.get(v.id).status.active for v in views):

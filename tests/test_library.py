@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from manager.accounts.auth import AuthService, User
+from manager.accounts.permissions import Action, allowed
 from manager.errors import Conflict, PermissionDenied, ValidationError
 from manager.models import library as library_module
 from manager.models.downloads import DownloadManager, DownloadStatus
@@ -34,19 +35,22 @@ def people(store: Store, tmp_path: Path) -> dict[str, User]:
     admin = auth.register("admin@example.com", PASSWORD)
     bob = auth.register("bob@example.com", PASSWORD)
     auth.approve(admin, bob.id)
-    return {"admin": auth.get(admin.id), "bob": auth.get(bob.id)}
+    carol = auth.add_user("carol@example.com", PASSWORD)
+    return {"admin": auth.get(admin.id), "bob": auth.get(bob.id), "carol": carol}
 
 
 @pytest.fixture
-def downloaded(store: Store, hub: LocalHub, hf_home: Path,
-               hub_repos: dict[str, str]) -> Iterator[Path]:
-    """The tiny models fetched through the download manager into a fresh HF cache."""
+def downloaded(store: Store, hub: LocalHub, hf_home: Path, hub_repos: dict[str, str],
+               people: dict[str, User]) -> Iterator[Path]:
+    """The tiny models fetched through the download manager into a fresh HF cache
+    (the tools model by bob, the others by the manager itself)."""
     cache = hf_home / "hub"
     manager = DownloadManager(store, HubClient(HubConfig(hub.url, None, cache)),
                               cache_dir=cache, max_concurrent=3)
     manager.start_workers()
     try:
-        views = [manager.start(hub_repos[name], user_id=None) for name in TINY]
+        views = [manager.start(people["bob"] if name == "tools" else None, hub_repos[name])
+                 for name in TINY]
         for view in views:
             assert manager.wait(view.id, 60).status is DownloadStatus.DONE
     finally:
@@ -93,21 +97,32 @@ def test_touch_records_last_use_by_path_or_repo_id(store: Store, downloaded: Pat
     assert after[hub_repos["tools"]].last_used is None
 
 
-def test_delete_rules(store: Store, downloaded: Path, hub_repos: dict[str, str],
-                      people: dict[str, User]) -> None:
+def test_delete_rules(store: Store, downloaded: Path, hub: LocalHub,
+                      hub_repos: dict[str, str], people: dict[str, User]) -> None:
     running: set[str] = set()
-    library = Library(store, downloaded, is_in_use=lambda p: p in running)
-    [model] = [m for m in library.scan() if m.name == hub_repos["tools"]]
+    downloads = DownloadManager(store, HubClient(HubConfig(hub.url, None, downloaded)),
+                                cache_dir=downloaded)
+    library = Library(store, downloaded, is_in_use=lambda p: p in running,
+                      downloaded_by=downloads.downloaded_by)
+    models = {m.name: m for m in library.scan()}
+    tools, text = models[hub_repos["tools"]], models[hub_repos["text"]]
+    # The library decides from who downloaded the model, not from what the caller says.
+    assert allowed(people["bob"], Action.MODEL_DELETE, library.owners(tools))
+    assert not allowed(people["carol"], Action.MODEL_DELETE, library.owners(tools))
+    with pytest.raises(PermissionDenied, match="Only its owner or an administrator"):
+        library.delete(people["carol"], str(tools.path))
     with pytest.raises(PermissionDenied):
-        library.delete(people["bob"], str(model.path), may_delete=False)
-    running.add(str(model.path))
+        library.delete(people["bob"], str(text.path))  # the manager downloaded that one
+    assert tools.path.exists() and text.path.exists()
+    running.add(str(tools.path))
     with pytest.raises(Conflict, match="used by a running server"):
-        library.delete(people["admin"], str(model.path), may_delete=True)
-    assert model.path.exists()
+        library.delete(people["bob"], str(tools.path))
+    assert tools.path.exists()
     running.clear()
-    library.delete(people["admin"], str(model.path), may_delete=True)
-    assert not model.path.parent.parent.exists()  # the whole models--org--name folder
-    assert hub_repos["tools"] not in {m.name for m in library.scan()}
+    library.delete(people["bob"], str(tools.path))
+    assert not tools.path.parent.parent.exists()  # the whole models--org--name folder
+    library.delete(people["admin"], str(text.path))
+    assert {hub_repos["tools"], hub_repos["text"]}.isdisjoint(m.name for m in library.scan())
 
 
 def test_extra_folders_in_lm_studio_layout(store: Store, tmp_path: Path,

@@ -32,12 +32,12 @@ def test_a_running_model_cannot_be_deleted_and_its_use_is_recorded(
     services.supervisor.wait_ready(profile.id, 90)
     assert services.supervisor.uses_model(str(model.path))
     with pytest.raises(Conflict, match="used by a running server"):
-        services.library.delete(admin, str(model.path), may_delete=True)
+        services.library.delete(admin, str(model.path))
     assert folder.exists()
     services.library.invalidate()
     used = next(m for m in services.library.scan() if str(m.path) == str(model.path))
     assert used.last_used is not None
     services.supervisor.stop(profile.id)
     assert not services.supervisor.uses_model(str(model.path))
-    services.library.delete(admin, str(model.path), may_delete=True)
+    services.library.delete(admin, str(model.path))
     assert not folder.exists()

@@ -10,6 +10,7 @@ import pytest
 from gradio_client import Client
 
 from manager.api.login import SESSION_COOKIE
+from manager.errors import PermissionDenied
 from manager.models.downloads import DownloadStatus
 from manager.settings import Settings
 from tests.conftest import LiveDashboard, free_port
@@ -55,16 +56,24 @@ def test_download_control_and_delete_are_checked_per_user(
     assert bob.predict("download", repo, api_name="/models_action") == f"Downloading {repo}."
     [view] = services.downloads.snapshot()
     assert view.created_by == services.auth.get_by_email("bob@example.com").id
-    with pytest.raises(Exception, match="Only whoever started this download"):
-        carol.predict("pause", str(view.id), api_name="/models_action")
+    carol_user = services.auth.get_by_email("carol@example.com")
+    for action in ("pause", "cancel"):
+        with pytest.raises(Exception, match="Only its owner or an administrator may control"):
+            carol.predict(action, str(view.id), api_name="/models_action")
+        # The domain refuses on its own, whatever page or client asks.
+        with pytest.raises(PermissionDenied):
+            getattr(services.downloads, action)(carol_user, view.id)
+    assert services.downloads.get(view.id).status is not DownloadStatus.CANCELLED
     with pytest.raises(Exception, match="already in the download list"):
         carol.predict("download", repo, api_name="/models_action")
     hub.throttle_bytes_per_sec = None
     assert services.downloads.wait(view.id, 30).status is DownloadStatus.DONE
 
     [model] = services.library.scan()
-    with pytest.raises(Exception, match="Only an administrator"):
+    with pytest.raises(Exception, match="Only its owner or an administrator may delete"):
         carol.predict("delete", str(model.path), api_name="/models_action")
+    with pytest.raises(PermissionDenied):
+        services.library.delete(carol_user, str(model.path))
     assert model.path.exists()
     # Whoever downloaded it may delete it.
     assert bob.predict("delete", str(model.path), api_name="/models_action") == \
@@ -78,7 +87,7 @@ def test_only_an_admin_adds_model_folders(dashboard: LiveDashboard, people: Call
                                           tmp_path: Path) -> None:
     folder = tmp_path / "lmstudio"
     folder.mkdir()
-    with pytest.raises(Exception, match="Only an administrator can add model folders"):
+    with pytest.raises(Exception, match="Only an administrator may manage model folders"):
         people("bob@example.com").predict(str(folder),
                                                          api_name="/models_add_folder")
     assert dashboard.services.library.folders() == []

@@ -35,6 +35,8 @@ from huggingface_hub.file_download import http_get, repo_folder_name
 from huggingface_hub.utils import build_hf_headers
 from huggingface_hub.utils import tqdm as hf_tqdm
 
+from manager.accounts.auth import User
+from manager.accounts.permissions import Action, Owned, require
 from manager.errors import Conflict, ManagerError, NotFound, ValidationError
 from manager.models.capabilities import human_bytes
 from manager.models.hub import NETWORK_ERRORS, DownloadPlan, HubClient, PlannedFile
@@ -237,8 +239,11 @@ class DownloadManager:
                 log.warning("download worker %s did not stop in time", worker.name)
 
     # -- actions ----------------------------------------------------------------------
-    def start(self, repo_id: str, user_id: int | None) -> DownloadView:
-        """Plan (hub calls), check disk space, then queue. Raises ManagerError subclasses."""
+    def start(self, actor: User | None, repo_id: str) -> DownloadView:
+        """Plan (hub calls), check disk space, then queue. Raises ManagerError subclasses.
+        The download belongs to `actor` (None: the manager itself, e.g. the CLI)."""
+        require(actor, Action.MODEL_DOWNLOAD)
+        user_id = actor.id if actor is not None else None
         repo_id = repo_id.strip()
         self._ensure_workers()
         with self._lock:
@@ -270,9 +275,9 @@ class DownloadManager:
         self._queue.put(job_id)
         return view
 
-    def pause(self, job_id: int) -> DownloadView:
+    def pause(self, actor: User | None, job_id: int) -> DownloadView:
         with self._lock:
-            job = self._job(job_id)
+            job = self._controlled(actor, job_id)
             if job.status is DownloadStatus.RUNNING:
                 job.stop = "pause"
             elif job.status is DownloadStatus.QUEUED:
@@ -282,11 +287,11 @@ class DownloadManager:
                                       f"({job.repo_id} is {job.status.value}).")
             return self._view(job)
 
-    def resume(self, job_id: int) -> DownloadView:
+    def resume(self, actor: User | None, job_id: int) -> DownloadView:
         self._ensure_workers()
         with self._lock:
             self._check_open()
-            job = self._job(job_id)
+            job = self._controlled(actor, job_id)
             if not job.status.resumable:
                 raise ValidationError(f"{job.repo_id} is {job.status.value}; only a paused or "
                                       "failed download can be resumed.")
@@ -296,10 +301,10 @@ class DownloadManager:
         self._queue.put(job_id)
         return view
 
-    def cancel(self, job_id: int) -> DownloadView:
+    def cancel(self, actor: User | None, job_id: int) -> DownloadView:
         """Stop and remove the partial files. A running transfer cleans up in its thread."""
         with self._lock:
-            job = self._job(job_id)
+            job = self._controlled(actor, job_id)
             if job.status.finished:
                 raise ValidationError(f"{job.repo_id} is already {job.status.value}.")
             if job.status is DownloadStatus.RUNNING:
@@ -328,10 +333,6 @@ class DownloadManager:
                             "status = ? AND created_by IS NOT NULL",
                             [repo_id, DownloadStatus.DONE.value])
             return {int(r["created_by"]) for r in rows}
-
-    def owner(self, job_id: int) -> int | None:
-        with self._lock:
-            return self._job(job_id).created_by
 
     def wait(self, job_id: int, timeout: float = 60.0,
              until: Callable[[DownloadView], bool] | None = None) -> DownloadView:
@@ -573,6 +574,12 @@ class DownloadManager:
         job = self._jobs.get(int(job_id))
         if job is None:
             raise NotFound(f"Download {job_id} does not exist (it may have finished).")
+        return job
+
+    def _controlled(self, actor: User | None, job_id: int) -> _Job:
+        """The job, if `actor` may pause, resume or cancel it (caller holds the lock)."""
+        job = self._job(job_id)
+        require(actor, Action.DOWNLOAD_CONTROL, Owned.by(job.created_by))
         return job
 
     def _unfinished_for(self, repo_id: str) -> _Job | None:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from manager.accounts.auth import User
-from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from manager.accounts.permissions import Action, Owned, require
+from manager.errors import Conflict, NotFound, ValidationError
 from manager.models import capabilities
 from manager.models.capabilities import Capabilities
 from manager.store import Store, inserted_id, utc_now
@@ -31,10 +32,16 @@ _WATCHED_FILES = ("config.json", "tokenizer_config.json", "chat_template.jinja")
 
 #: `is_in_use(path) -> bool`: is a running server using this model folder (or repo id)?
 InUseCheck = Callable[[str], bool]
+#: `downloaded_by(repo_id) -> user ids`: who downloaded this repo through the dashboard.
+DownloadersLookup = Callable[[str], set[int]]
 
 
 def _never_in_use(_: str) -> bool:
     return False
+
+
+def _nobody(_: str) -> set[int]:
+    return set()
 
 
 @dataclass(frozen=True)
@@ -75,11 +82,13 @@ class Library:
     """Scans, caches, records last use, deletes (never a model a running server uses)."""
 
     def __init__(self, store: Store, cache_dir: Path,
-                 is_in_use: InUseCheck = _never_in_use) -> None:
+                 is_in_use: InUseCheck = _never_in_use,
+                 downloaded_by: DownloadersLookup = _nobody) -> None:
         self.store = store
         # Resolved once so paths handed out match the keys `touch()` records.
         self.cache_dir = Path(cache_dir).expanduser().resolve()
         self._is_in_use = is_in_use
+        self._downloaded_by = downloaded_by
         self._lock = threading.Lock()
         self._parsed: dict[str, _Parsed] = {}
 
@@ -194,12 +203,18 @@ class Library:
                     for r in db.query("SELECT model, last_used_at FROM model_usage")}
 
     # -- delete ---------------------------------------------------------------------------
-    def delete(self, actor: User, path: str, *, may_delete: bool) -> LocalModel:
-        """Delete a model's files. Refused while a running server uses it."""
-        if not may_delete:
-            raise PermissionDenied("Only an administrator (or whoever downloaded it) can "
-                                   "delete a model.")
+    def owners(self, model: LocalModel) -> Owned:
+        """Who may delete a model besides admins: every user who downloaded it here.
+        Models in an admin's extra folders were put there by hand, so only admins."""
+        if model.source != "hf_cache":
+            return Owned.by()
+        return Owned.by_any(self._downloaded_by(model.name))
+
+    def delete(self, actor: User | None, path: str) -> LocalModel:
+        """Delete a model's files (admins and whoever downloaded it). Refused while a
+        running server uses it."""
         model = self.find(path)
+        require(actor, Action.MODEL_DELETE, self.owners(model))
         with self._lock:
             in_use = self._is_in_use
         if in_use(str(model.path)) or in_use(model.name):
@@ -210,7 +225,8 @@ class Library:
             target = model.path.parent.parent
             if target.parent.resolve() != self.cache_dir.resolve():
                 raise ValidationError("That folder is not inside the Hugging Face cache.")
-        log.info("%s deletes model %s at %s", actor.email, model.name, target)
+        log.info("%s deletes model %s at %s", actor.email if actor else "the manager",
+                 model.name, target)
         shutil.rmtree(target)
         with self.store.connect() as db:
             db.execute("DELETE FROM model_usage WHERE model IN (?, ?)",
@@ -226,8 +242,7 @@ class Library:
         return [ModelFolder(r["id"], Path(r["path"]), r["added_at"]) for r in rows]
 
     def add_folder(self, actor: User, path: str) -> ModelFolder:
-        if not actor.is_admin:
-            raise PermissionDenied("Only an administrator can add model folders.")
+        require(actor, Action.MANAGE_FOLDERS)
         text = (path or "").strip()
         if not text:
             raise ValidationError("Type the path of a folder that holds models.", field="path")
@@ -250,8 +265,7 @@ class Library:
 
     def remove_folder(self, actor: User, folder_id: int) -> None:
         """Forget a folder (its files stay where they are)."""
-        if not actor.is_admin:
-            raise PermissionDenied("Only an administrator can change model folders.")
+        require(actor, Action.MANAGE_FOLDERS)
         with self.store.connect() as db:
             cursor = db.execute("DELETE FROM model_folders WHERE id = ?", [int(folder_id)])
             if cursor.rowcount == 0:
