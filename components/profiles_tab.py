@@ -15,8 +15,9 @@ import gradio as gr
 
 from components.session import TabLoader, handler, warn
 from manager.accounts.auth import User
+from manager.accounts.permissions import Action, allowed
 from manager.errors import ValidationError
-from manager.servers.profiles import Backend, Profile, ProfileSpec, can_edit
+from manager.servers.profiles import Backend, Profile, ProfileSpec
 from manager.services import Services
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ NEW = "new"
 AUTO = "auto"
 THINKING_CHOICES = [("model default", "default"), ("on", "on"), ("off", "off")]
 COLUMNS = ["Name", "Model", "Backend", "Address", "Auto-start", "Description"]
+LOCAL_ONLY = "This machine only; an administrator can open a server to the LAN."
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,8 @@ def build(services: Services) -> TabLoader:
         selected = selected or NEW
         profile = None if selected == NEW else profiles.get(int(selected))
         values = form_values(profile, profiles.suggest_port() if profile is None else None)
-        if profile is not None and not can_edit(user, profile) and not message:
+        if profile is not None and not allowed(user, Action.PROFILE_EDIT, profile.owners) \
+                and not message:
             message = ("You can use this profile but not change it; **Duplicate** makes "
                        "your own copy.")
         updates: list[gr.components.Component] = []
@@ -192,6 +195,9 @@ def build(services: Services) -> TabLoader:
                 # Downloaded models, read when the form is shown (a folder path also works).
                 updates.append(gr.Dropdown(value=value, choices=profiles.cached_repo_ids(),
                                            info=definition.info, elem_classes=[]))
+            elif component is host and not allowed(user, Action.BIND_NETWORK):
+                updates.append(gr.Textbox(value=value, interactive=False, info=LOCAL_ONLY,
+                                          elem_classes=[]))
             else:
                 updates.append(type(component)(value=value, info=definition.info,
                                                elem_classes=[]))

@@ -220,6 +220,17 @@ def _chats_reference_profiles_by_id(db: Database) -> None:
     db.execute("CREATE INDEX chats_owner_profile ON chats(user_id, profile_id, updated_at)")
 
 
+def _add_profile_server_keys(db: Database) -> None:
+    # A model server reachable from the network gets its own API key (mlx_vlm has one).
+    db.execute("ALTER TABLE profiles ADD COLUMN server_key TEXT")
+    # Profiles already bound beyond loopback get theirs now (one random key per row).
+    db.execute(
+        "UPDATE profiles SET server_key = lower(hex(randomblob(32))) "
+        "WHERE backend = 'mlx_vlm' AND host NOT IN ('localhost', '::1') "
+        "AND host NOT LIKE '127.%'"
+    )
+
+
 # Append only: a migration that has shipped is never edited or reordered.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_users", _create_users),
@@ -229,6 +240,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0005_chat_history", _create_chat_history),
     Migration("0006_tools_mcp_servers", _create_mcp_servers),
     Migration("0007_chats_profile_id", _chats_reference_profiles_by_id),
+    Migration("0008_profile_server_keys", _add_profile_server_keys),
 )
 
 

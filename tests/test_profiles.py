@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from manager.accounts.auth import User
 from manager.errors import Conflict, PermissionDenied, ValidationError
 from manager.servers.profiles import (
     Backend,
     ProfileSpec,
     cached_repo_ids,
     copy_name,
+    is_loopback,
     resolve_model,
     suggest_port,
 )
@@ -41,9 +43,10 @@ def plain_model(tmp_path: Path, source: Path) -> Path:
     return dest
 
 
-def field_error(services: Services, value: ProfileSpec) -> ValidationError:
+def field_error(services: Services, value: ProfileSpec,
+                actor: User | None = None) -> ValidationError:
     with pytest.raises(ValidationError) as caught:
-        services.profiles.create(None, value)
+        services.profiles.create(actor, value)
     return caught.value
 
 
@@ -190,3 +193,58 @@ def test_profiles_survive_as_json_friendly_rows(services: Services,
     assert json.loads(json.dumps(row))["thinking"] == 0
     again = services.profiles.get(made.id)
     assert (again.thinking, again.temperature, again.idle_timeout_minutes) == (False, 0.7, 15)
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.8.9.10", True), ("localhost", True), ("::1", True),
+    ("0.0.0.0", False), ("::", False), ("192.168.1.20", False), ("10.0.0.1", False),
+])
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_only_admins_bind_a_profile_beyond_loopback(services: Services,
+                                                    tiny_models: dict[str, Path]) -> None:
+    auth = services.auth
+    admin = auth.register("admin@example.com", PASSWORD)
+    alice = auth.add_user("alice@example.com", PASSWORD)
+    vision = tiny_models["vision"]
+    with pytest.raises(PermissionDenied, match="Only an administrator may make a server"):
+        services.profiles.create(alice, spec(vision, name="lan", host="0.0.0.0"))
+    assert services.profiles.list() == []
+    # Loopback in any spelling is anyone's.
+    local = services.profiles.create(alice, spec(vision, name="local", host="127.0.0.2"))
+    services.profiles.create(alice, spec(vision, name="named", host="localhost"))
+    assert local.server_key is None and local.server_env() == {} and local.auth_headers() == {}
+    with pytest.raises(PermissionDenied, match="Only an administrator may make a server"):
+        services.profiles.update(alice, local.id, replace(local.spec(), host="0.0.0.0"))
+    assert services.profiles.get(local.id).host == "127.0.0.2"
+
+    lan = services.profiles.create(admin, spec(vision, name="lan", host="0.0.0.0"))
+    assert lan.backend is Backend.MLX_VLM and lan.server_key
+    assert lan.server_key not in repr(lan)
+    assert lan.server_env() == {"MLX_VLM_SERVER_API_KEY": lan.server_key}
+    assert lan.auth_headers() == {"Authorization": f"Bearer {lan.server_key}"}
+    # An admin may open alice's profile to the LAN; it then gets a key of its own.
+    opened = services.profiles.update(admin, local.id, replace(local.spec(), host="0.0.0.0"))
+    assert opened.server_key and opened.server_key != lan.server_key
+    # Alice may still take it back to loopback; the key stays (a server may expect it).
+    back = services.profiles.update(alice, local.id, replace(opened.spec(), host="127.0.0.1"))
+    assert back.server_key == opened.server_key
+    # A copy made by alice stays on this machine; an admin's copy gets a new key.
+    alices_copy = services.profiles.duplicate(alice, lan.id)
+    assert alices_copy.host == "127.0.0.1" and alices_copy.server_key is None
+    admins_copy = services.profiles.duplicate(admin, lan.id)
+    assert admins_copy.host == "0.0.0.0" and admins_copy.server_key not in (None,
+                                                                             lan.server_key)
+
+
+def test_a_backend_without_an_api_key_is_never_bound_beyond_loopback(
+        services: Services, tiny_models: dict[str, Path]) -> None:
+    admin = services.auth.register("admin@example.com", PASSWORD)
+    for actor in (admin, None):
+        error = field_error(services, spec(tiny_models["text"], host="0.0.0.0"), actor)
+        assert error.field == "host"
+        assert "mlx_lm's server has no API key option" in error.message
+        assert "would let anyone on the network use it" in error.message
+    assert services.profiles.list() == []

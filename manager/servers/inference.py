@@ -392,7 +392,8 @@ class InferenceClient:
         http, extensions = self._client(abort)
         try:
             with self._busy(profile_id), \
-                    http.stream("POST", url, json=payload, extensions=extensions) as response:
+                    http.stream("POST", url, json=payload, extensions=extensions,
+                                headers=snap.profile.auth_headers()) as response:
                 if abort is not None and "network_stream" in response.extensions:
                     abort.attach(response.extensions["network_stream"])
                 if response.status_code >= 400:
@@ -451,7 +452,8 @@ class InferenceClient:
         http, extensions = self._client(abort)
         try:
             with self._busy(profile_id):
-                response = http.post(snap.base_url + path, json=payload, extensions=extensions)
+                response = http.post(snap.base_url + path, json=payload, extensions=extensions,
+                                     headers=snap.profile.auth_headers())
             if response.status_code >= 400:
                 raise InferenceError(f"{snap.profile.name} refused the request: "
                                      f"{_error_message(response)}", response.status_code)

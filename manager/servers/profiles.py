@@ -3,9 +3,12 @@
 A profile is validated as a whole before it is stored; each problem raises a
 ValidationError naming the form field, so the tab can show it next to that field.
 
-Who may do what (checked here, whatever the page shows):
+Who may do what (checked here through accounts.permissions, whatever the page shows):
 - any active user may create a profile and duplicate one (the copy is theirs);
 - a profile can be edited or deleted by an admin and by the user who created it;
+- only an admin may bind a profile to anything but loopback. Such a server is reachable
+  from other machines, so it gets its own API key (`server_key`, kept in SQLite, never
+  logged or put on argv) where its backend has one; a backend without one is refused;
 - `actor=None` is the machine owner at the command line (`mlx-manager profiles ...`).
 """
 
@@ -15,14 +18,16 @@ import enum
 import ipaddress
 import logging
 import re
+import secrets
 import socket
 import sqlite3
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from manager.accounts.auth import User
+from manager.accounts.permissions import Action, Owned, allowed, require
 from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from manager.models.capabilities import Capabilities, detect
 from manager.store import Store, inserted_id, utc_now
@@ -46,6 +51,12 @@ class Backend(str, enum.Enum):
 
     MLX_LM = "mlx_lm"
     MLX_VLM = "mlx_vlm"
+
+    @property
+    def api_key_env(self) -> str | None:
+        """The environment variable through which this server takes an API key (the
+        twin of mlx_vlm.server's --api-key), or None: `mlx_lm server` has no such option."""
+        return "MLX_VLM_SERVER_API_KEY" if self is Backend.MLX_VLM else None
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,22 @@ class Profile:
     owner_id: int | None = None
     created_at: str = ""
     updated_at: str = ""
+    #: The model server's own API key (profiles reachable from the network); a secret.
+    server_key: str | None = field(default=None, repr=False)
+
+    @property
+    def owners(self) -> Owned:
+        return Owned.by(self.owner_id)
+
+    def server_env(self) -> dict[str, str]:
+        """Environment for the model server: its API key, if it has one. Passed by
+        environment, not argv, so it never shows in `ps`, the log header or SQLite."""
+        env_name = self.backend.api_key_env
+        return {env_name: self.server_key} if env_name and self.server_key else {}
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers for the manager's own requests to this profile's server."""
+        return {"Authorization": f"Bearer {self.server_key}"} if self.server_key else {}
 
     def spec(self) -> ProfileSpec:
         """The editable fields, e.g. to change one with dataclasses.replace()."""
@@ -113,6 +140,7 @@ class Profile:
             auto_restart=bool(row["auto_restart"]),
             idle_timeout_minutes=row["idle_timeout_minutes"], owner_id=row["owner_id"],
             created_at=row["created_at"], updated_at=row["updated_at"],
+            server_key=row.get("server_key"),
         )
 
 
@@ -190,6 +218,16 @@ def backend_for(caps: Capabilities) -> Backend:
 def _check_range(value: float | None, low: float, high: float, field: str, label: str) -> None:
     if value is not None and not low <= value <= high:
         raise ValidationError(f"{label} must be between {low:g} and {high:g}.", field)
+
+
+def is_loopback(host: str) -> bool:
+    """Reachable only from this machine: localhost, 127.0.0.0/8 or ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_host(host: str) -> str:
@@ -303,10 +341,6 @@ def copy_name(name: str, taken: Iterable[str]) -> str:
     raise Conflict("Too many copies of this profile already.")
 
 
-def can_edit(actor: User | None, profile: Profile) -> bool:
-    return actor is None or actor.is_admin or profile.owner_id == actor.id
-
-
 # --- storage -----------------------------------------------------------------------------
 
 _COLUMNS = ("name", "description", "model", "backend", "host", "port", "context_length",
@@ -378,16 +412,18 @@ class ProfileService:
         return suggest_port(host, self.list(), is_free=self._is_free)
 
     def create(self, actor: User | None, spec: ProfileSpec) -> Profile:
+        require(actor, Action.PROFILE_CREATE)
         cleaned, _ = validate(spec, others=self.list(), hub_cache=self.hub_cache,
                               is_free=self._is_free)
+        key = _network_key(actor, cleaned, None)
         now = utc_now()
         placeholders = ", ".join("?" for _ in _COLUMNS)
         try:
             with self._store.connect(immediate=True) as db:
                 cursor = db.execute(
-                    f"INSERT INTO profiles ({', '.join(_COLUMNS)}, owner_id, created_at, "
-                    f"updated_at) VALUES ({placeholders}, ?, ?, ?)",
-                    [*_row_values(cleaned), actor.id if actor else None, now, now],
+                    f"INSERT INTO profiles ({', '.join(_COLUMNS)}, server_key, owner_id, "
+                    f"created_at, updated_at) VALUES ({placeholders}, ?, ?, ?, ?)",
+                    [*_row_values(cleaned), key, actor.id if actor else None, now, now],
                 )
                 profile_id = inserted_id(cursor)
         except sqlite3.IntegrityError as exc:
@@ -399,16 +435,17 @@ class ProfileService:
 
     def update(self, actor: User | None, profile_id: int, spec: ProfileSpec) -> Profile:
         current = self.get(profile_id)
-        self._require_edit(actor, current)
+        self._require_owner(actor, Action.PROFILE_EDIT, current)
         others = [p for p in self.list() if p.id != profile_id]
         cleaned, _ = validate(spec, others=others, hub_cache=self.hub_cache,
                               current_port=current.port,
                               is_free=self._is_free)
+        key = _network_key(actor, cleaned, current.server_key)
         assignments = ", ".join(f"{c} = ?" for c in _COLUMNS)
         try:
             with self._store.connect(immediate=True) as db:
-                db.execute(f"UPDATE profiles SET {assignments}, updated_at = ? WHERE id = ?",
-                           [*_row_values(cleaned), utc_now(), profile_id])
+                db.execute(f"UPDATE profiles SET {assignments}, server_key = ?, updated_at = ? "
+                           "WHERE id = ?", [*_row_values(cleaned), key, utc_now(), profile_id])
         except sqlite3.IntegrityError as exc:
             log.info("profile %s not updated: %s", profile_id, exc)
             raise ValidationError(f"A profile named {cleaned.name!r} already exists.",
@@ -421,13 +458,16 @@ class ProfileService:
         source = self.get(profile_id)
         profiles = self.list()
         new_name = name or copy_name(source.name, [p.name for p in profiles])
-        spec = replace(source.spec(), name=new_name, auto_start=False,
-                       port=suggest_port(source.host, profiles, is_free=self._is_free))
+        # Anyone may copy a LAN profile; the copy stays on this machine unless an admin
+        # makes it (a copy gets its own server key, never the original's).
+        host = source.host if allowed(actor, Action.BIND_NETWORK) else DEFAULT_HOST
+        spec = replace(source.spec(), name=new_name, auto_start=False, host=host,
+                       port=suggest_port(host, profiles, is_free=self._is_free))
         return self.create(actor, spec)
 
     def delete(self, actor: User | None, profile_id: int) -> None:
         profile = self.get(profile_id)
-        self._require_edit(actor, profile)
+        self._require_owner(actor, Action.PROFILE_DELETE, profile)
         marks = ", ".join("?" for _ in _ACTIVE_SERVER_STATES)
         with self._store.connect(immediate=True) as db:
             running = list(db.query(
@@ -439,9 +479,27 @@ class ProfileService:
             db.execute("DELETE FROM profiles WHERE id = ?", [profile_id])
         log.info("profile %r deleted by %s", profile.name, actor.email if actor else "cli")
 
-    def _require_edit(self, actor: User | None, profile: Profile) -> None:
-        if not can_edit(actor, profile):
+    @staticmethod
+    def _require_owner(actor: User | None, action: Action, profile: Profile) -> None:
+        if actor is not None and actor.is_active and not allowed(actor, action, profile.owners):
+            # The rule is permissions'; the message points at the way out.
             raise PermissionDenied(
                 f"Only an admin or the person who created {profile.name!r} can change it. "
                 "Duplicate it to make your own version.")
+        require(actor, action, profile.owners)
+
+
+def _network_key(actor: User | None, cleaned: ProfileSpec, current: str | None) -> str | None:
+    """The server key a profile keeps after this change. A key, once made, is kept even
+    if the profile returns to loopback: a running server may still expect it."""
+    if is_loopback(cleaned.host):
+        return current
+    require(actor, Action.BIND_NETWORK)
+    backend = cleaned.backend or Backend.MLX_LM
+    if backend.api_key_env is None:
+        raise ValidationError(
+            f"{backend.value}'s server has no API key option, so binding it to {cleaned.host} "
+            "would let anyone on the network use it. Keep 127.0.0.1: other machines reach "
+            "it through this dashboard's API with a key.", "host")
+    return current or secrets.token_urlsafe(32)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import httpx
@@ -59,6 +59,8 @@ class Target:
     base_url: str
     backend: Backend
     model_path: str
+    #: The server's API key header, when it has one (profiles reachable from the LAN).
+    headers: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Monotonic(Protocol):
@@ -76,7 +78,8 @@ def probe(http: httpx.Client, target: Target, timeout: float) -> tuple[Probe, st
         url = target.base_url + "/v1/completions"
         body = {"model": target.model_path, "prompt": "Hi", "max_tokens": 1}
     try:
-        response = http.post(url, json=body, timeout=httpx.Timeout(timeout, connect=2.0))
+        response = http.post(url, json=body, headers=dict(target.headers),
+                             timeout=httpx.Timeout(timeout, connect=2.0))
     except httpx.HTTPError as exc:
         log.debug("readiness probe of %s: %s", target.name, exc)
         return Probe.NOT_YET, str(exc)

@@ -410,6 +410,7 @@ class Supervisor:
         path = log_path(self.logs_dir, profile.id, self.clock.time())
         try:
             env = child_env(self._hub_cache)
+            env.update(profile.server_env())  # its API key, if any: never on argv
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             remove_logs(self.logs_dir, profile.id)
             popen, create_time = spawn(argv, path, env, self.logs_dir, by=by)
@@ -465,7 +466,7 @@ class Supervisor:
         with self._lock:
             snap = self._snap(server)
         target = readiness.Target(snap.profile.name, snap.base_url, snap.profile.backend,
-                                  snap.model_path)
+                                  snap.model_path, snap.profile.auth_headers())
 
         def check() -> readiness.Outcome | None:
             with self._lock:
