@@ -56,17 +56,22 @@ def test_download_control_and_delete_are_checked_per_user(
     assert bob.predict("download", repo, api_name="/models_action") == f"Downloading {repo}."
     [view] = services.downloads.snapshot()
     assert view.created_by == services.auth.get_by_email("bob@example.com").id
+    # Paused, it stays in the list however fast the transfer would have been.
+    assert bob.predict("pause", str(view.id), api_name="/models_action").endswith(
+        "pause requested.")
+    assert services.downloads.wait(view.id, 30).status is DownloadStatus.PAUSED
     carol_user = services.auth.get_by_email("carol@example.com")
-    for action in ("pause", "cancel"):
+    for action in ("resume", "cancel"):
         with pytest.raises(Exception, match="Only its owner or an administrator may control"):
             carol.predict(action, str(view.id), api_name="/models_action")
         # The domain refuses on its own, whatever page or client asks.
         with pytest.raises(PermissionDenied):
             getattr(services.downloads, action)(carol_user, view.id)
-    assert services.downloads.get(view.id).status is not DownloadStatus.CANCELLED
+    assert services.downloads.get(view.id).status is DownloadStatus.PAUSED
     with pytest.raises(Exception, match="already in the download list"):
         carol.predict("download", repo, api_name="/models_action")
     hub.throttle_bytes_per_sec = None
+    bob.predict("resume", str(view.id), api_name="/models_action")
     assert services.downloads.wait(view.id, 30).status is DownloadStatus.DONE
 
     [model] = services.library.scan()
