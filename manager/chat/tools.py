@@ -436,7 +436,6 @@ class McpToolbox:
 # -- helpers ---------------------------------------------------------------------------
 
 
-
 def _exposed_name(server: str, tool: str, taken: set[str]) -> str:
     """The tool's own name when free, else `server__tool`; always a valid OpenAI function
     name (^[A-Za-z0-9_-]{1,64}$)."""
