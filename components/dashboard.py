@@ -9,6 +9,7 @@ import gradio as gr
 from components import admin_tab, chat, keys_tab, models_tab, profiles_tab, servers_tab
 from components.session import user_of
 from components.views import admin_tab_label, header_html
+from manager.accounts.permissions import Action, allowed
 from manager.services import Services
 
 BADGE_REFRESH_S = 15
@@ -33,8 +34,9 @@ def build_dashboard(services: Services) -> gr.Blocks:
 
         def refresh_shell(request: gr.Request) -> tuple:
             user = user_of(services, request)
-            pending = services.auth.pending_count() if user.is_admin else 0
-            tab = gr.Tab(visible=user.is_admin, label=admin_tab_label(pending))
+            may_admin = allowed(user, Action.MANAGE_USERS)
+            pending = services.auth.pending_count() if may_admin else 0
+            tab = gr.Tab(visible=may_admin, label=admin_tab_label(pending))
             return header_html(user, pending), tab
 
         def on_open(request: gr.Request) -> dict[Any, Any]:
