@@ -23,7 +23,7 @@ def test_a_lan_vision_server_wants_its_key_and_the_manager_sends_it(
         name="lan", model=str(tiny_models["vision"]), host="0.0.0.0", port=free_port()))
     key = profile.server_key
     assert key
-    services.supervisor.start(profile.id, by=admin.email)
+    services.placement.start(admin, profile.id)
     # READY means the readiness probe's 1-token completion got through: it sent the key.
     ready = services.supervisor.wait_ready(profile.id, 120)
     body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
@@ -47,4 +47,4 @@ def test_a_lan_vision_server_wants_its_key_and_the_manager_sends_it(
         rows = list(db.query("SELECT cmdline, log_path FROM servers WHERE profile_id = ?",
                              [profile.id]))
     assert rows and all(key not in (r["cmdline"] or "") for r in rows)
-    services.supervisor.stop(profile.id)
+    services.placement.stop(admin, profile.id)
