@@ -4,8 +4,8 @@ The states and the moves between them are drawn in manager/servers/states.py. Ev
 change goes through `Supervisor._transition`, which checks the move, logs it, records
 it in SQLite (for `mlx-manager status` and a restarted dashboard), wakes everyone
 waiting on the supervisor's Condition and queues a `Transition` for the subscribers,
-who hear it once the lock is released. Waits (`wait_for`, `wait_ready`) sleep on that
-Condition: a change wakes them, nothing polls.
+who hear it once the lock is released. The queries and the waits (`wait_for`,
+`wait_ready`, which sleep on that Condition) are the read side in registry.py.
 
 The supervisor keeps the one activity count of each server (`lease`): the idle
 timeout and the placement's evictions both read it. Who may start, stop or restart is
@@ -21,8 +21,6 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -32,8 +30,6 @@ from manager.accounts.auth import User
 from manager.accounts.permissions import Action, Owned, require
 from manager.errors import Conflict, ManagerError, NotFound, ValidationError
 from manager.servers import readiness
-from manager.servers.events import Announcer, Listener
-from manager.servers.leases import Leases
 from manager.servers.logs import (
     LOG_MAX_BYTES,
     cap_log,
@@ -54,6 +50,7 @@ from manager.servers.process import (
 )
 from manager.servers.profiles import Profile, ProfileService, port_is_free
 from manager.servers.records import ServerRecord, read_records, write_record
+from manager.servers.registry import ServerRegistry
 from manager.servers.run import MAX_QUICK_FAILURES, ServerRun
 from manager.servers.snapshot import (
     Activity,
@@ -63,14 +60,11 @@ from manager.servers.snapshot import (
     ServerNotReady,
     ServerSnapshot,
     Transition,
-    ready_or_raise,
-    uses_model,
 )
 from manager.servers.states import (
     ACTIVE_STATES,
     FAILED_STATES,
     STARTABLE_STATES,
-    TRANSITIONAL_STATES,
     ServerState,
     can_move,
 )
@@ -90,120 +84,27 @@ def _who(actor: User | None, by: str | None) -> str:
     return by or (actor.email if actor is not None else MANAGER)
 
 
-class Supervisor:
+class Supervisor(ServerRegistry):
     """Runs one model server per profile. Thread-safe; one instance per dashboard."""
 
     def __init__(self, store: Store, profiles: ProfileService, logs_dir: Path, *,
                  hub_cache: Path, clock: Clock | None = None, python: str = sys.executable,
                  stop_grace_s: float = STOP_GRACE_S, start_timeout_s: float = START_TIMEOUT_S,
                  log_max_bytes: int = LOG_MAX_BYTES) -> None:
+        super().__init__(profiles, clock)
         self._store = store
-        self._profiles = profiles
         self.logs_dir = logs_dir
         self._hub_cache = hub_cache  # the dashboard's (Settings.hub_cache): children share it
-        self.clock = clock or Clock()
         self._python = python
         self._stop_grace_s = stop_grace_s
         self._start_timeout_s = start_timeout_s
         self._log_max_bytes = log_max_bytes
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._servers: dict[int, ServerRun] = {}
-        self._events = Announcer(self._changed)
         self._changing = self._events.changing
-        #: The one activity count per server (idle stop here, evictions in placement).
-        self.leases = Leases(lambda: self.clock.monotonic())
-        self._closed = False
         # Only a dashboard that took charge (adopt_or_reap) may delete logs at close: a
         # CLI command must not touch the logs of servers a dashboard runs.
         self._in_charge = False
         self._wake = threading.Event()  # set at close: readiness watches stop pausing
         self._http = httpx.Client(timeout=httpx.Timeout(30.0, connect=2.0))
-
-    # -- queries ---------------------------------------------------------------------------
-
-    def snapshot(self, profile_id: int) -> ServerSnapshot | None:
-        with self._lock:
-            server = self._servers.get(profile_id)
-            return self._snap(server) if server is not None else None
-
-    def snapshots(self) -> list[ServerSnapshot]:
-        """Every server this dashboard knows, stopped ones included, by profile name."""
-        with self._lock:
-            snaps = [self._snap(s) for s in self._servers.values()]
-        return sorted(snaps, key=lambda s: (s.profile.name.casefold(), s.profile_id))
-
-    def live_processes(self) -> list[tuple[int, int, float]]:
-        """(profile_id, pid, create_time) of every server process that should be alive."""
-        with self._lock:
-            return [(s.profile.id, s.pid, s.create_time or 0.0) for s in self._servers.values()
-                    if s.state in ACTIVE_STATES and s.pid is not None]
-
-    def transitional(self) -> bool:
-        """True while a server starts, stops or waits for an auto-restart."""
-        with self._lock:
-            return any(s.state in TRANSITIONAL_STATES for s in self._servers.values())
-
-    def uses_model(self, path_or_repo: str) -> bool:
-        """Is a server that runs (or will run again) using this model?"""
-        return uses_model(self.snapshots(), path_or_repo)
-
-    def owners(self, profile_id: int) -> Owned:
-        """Who counts as owning a profile's server: the profile's creator and whoever
-        started the current run (when a person did)."""
-        with self._lock:
-            server = self._servers.get(profile_id)
-            if server is not None:
-                return Owned.by(server.profile.owner_id, server.started_by)
-        return Owned.by(self._profiles.get(profile_id).owner_id)
-
-    # -- waiting ---------------------------------------------------------------------------
-
-    def wait_for(self, profile_id: int, done: Callable[[ServerSnapshot | None], bool],
-                 timeout: float, cancel: threading.Event | None = None
-                 ) -> ServerSnapshot | None:
-        """Sleep on the Condition until `done(snapshot)` holds, `timeout` s pass, `cancel`
-        is set (a CancelEvent wakes the wait at once) or the supervisor closes. Returns
-        the snapshot of that moment; the caller reads what happened from it."""
-        forget_hook = cancel.on_set(self._wake_waiters) if isinstance(cancel, CancelEvent) \
-            else None
-        try:
-            with self._changed:
-                self._changed.wait_for(
-                    lambda: self._closed or (cancel is not None and cancel.is_set())
-                    or done(self._snap_of(profile_id)), max(0.0, timeout))
-                return self._snap_of(profile_id)
-        finally:
-            if forget_hook is not None:
-                forget_hook()
-
-    def wait_ready(self, profile_id: int, timeout: float,
-                   cancel: threading.Event | None = None) -> ServerSnapshot:
-        """The snapshot of a READY server, waiting up to `timeout` s while it loads.
-
-        Raises ServerLoading when it is still loading after that (or the wait was
-        cancelled), ServerNotReady when it is stopped, stopping or failed.
-        """
-        snap = self.wait_for(profile_id, lambda s: s is None or s.state is not
-                             ServerState.STARTING, timeout, cancel)
-        return ready_or_raise(snap, self._name(profile_id), self.clock.time())
-
-    # -- activity: the one lease count per server --------------------------------------------
-
-    def lease(self, profile_id: int) -> AbstractContextManager[None]:
-        """Held while a request uses the profile's server (a chat turn; a gateway request
-        from before its start to its last byte): never idle-stopped nor evicted then."""
-        return self.leases.lease(profile_id)
-
-    def activity(self, profile_id: int) -> Activity:
-        return self.leases.of(profile_id)
-
-    # -- subscribers -------------------------------------------------------------------------
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call `listener` with every transition, in order, outside the supervisor's
-        lock (it may query or command the supervisor). Returns the unsubscribe call."""
-        return self._events.subscribe(listener)
 
     # -- commands -----------------------------------------------------------------------
 
@@ -559,23 +460,5 @@ class Supervisor:
         self._persist(server)
         self._events.queue(Transition(server.profile, old, new, reason, server.state_since))
 
-    def _wake_waiters(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
-
     def _persist(self, server: ServerRun) -> None:
         write_record(self._store, server.record())
-
-    def _snap_of(self, profile_id: int) -> ServerSnapshot | None:
-        server = self._servers.get(profile_id)
-        return self._snap(server) if server is not None else None
-
-    def _snap(self, server: ServerRun) -> ServerSnapshot:
-        return server.snapshot(self.clock)
-
-    def _name(self, profile_id: int) -> str:
-        try:
-            return self._profiles.get(profile_id).name
-        except NotFound:
-            return f"Profile {profile_id}"
-
