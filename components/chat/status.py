@@ -10,7 +10,7 @@ from manager.services import Services
 
 _STATE_ICONS = {ServerState.READY: "🟢", ServerState.STARTING: "⏳",
                 ServerState.STOPPING: "⏳", ServerState.FAILED: "🔴",
-                ServerState.STOPPED: "⚪"}
+                ServerState.BACKOFF: "🟠", ServerState.STOPPED: "⚪"}
 
 
 def server_state(services: Services, profile: Profile) -> ServerState:
@@ -49,6 +49,9 @@ def status_markdown(services: Services, profile: Profile | None, *, started: boo
     if state is ServerState.FAILED:
         reason = snap.reason if snap is not None else ""
         return f"{icon} {name} failed: {reason} Pick it again to restart it."
+    if state is ServerState.BACKOFF:  # the reason says when it restarts by itself
+        reason = snap.reason if snap is not None else ""
+        return f"{icon} {name} failed: {reason} Pick it again to restart it now."
     if state is ServerState.STOPPING:
         return f"{icon} {name} is stopping."
     return f"{icon} {name} is stopped."
