@@ -523,6 +523,8 @@ def test_a_client_that_leaves_before_a_whole_answer_aborts_the_model_request(gw:
     pid = gw.profiles["long"].id
     gw.openai().completions.create(model="long", prompt="warm up", max_tokens=2)
     before = gw.services.metrics.get(pid)
+    broken = _server_log(gw, "long").count("BrokenPipeError") \
+        + _server_log(gw, "long").count("ConnectionResetError")
     body = json.dumps({"model": "long", "messages": HI, "max_tokens": 3000}).encode()
     port = int(gw.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as client:
@@ -533,10 +535,40 @@ def test_a_client_that_leaves_before_a_whole_answer_aborts_the_model_request(gw:
         # Two leases: the gateway's for the request, the inference client's for the
         # request to the model server (open now).
         assert wait_for(lambda: gw.services.supervisor.activity(pid).leases == 2, 60)
-    # The gateway noticed the closed connection and ended its request to the server.
+    # The gateway noticed the closed connection and ended its request to the server,
+    # which stopped generating (it was asked for a stream: mlx_lm notices a closed
+    # connection only when it writes, and a whole answer is written at the end).
     assert wait_for(lambda: gw.services.supervisor.activity(pid).leases == 0, 60)
     after = gw.services.metrics.get(pid)
     assert after.failed_requests == before.failed_requests + 1
+    assert wait_for(lambda: _server_log(gw, "long").count("BrokenPipeError")
+                    + _server_log(gw, "long").count("ConnectionResetError") > broken, 60)
+
+
+def test_a_whole_answer_read_as_a_stream_is_the_answer_the_server_sends_whole(gw: Gateway
+                                                                             ) -> None:
+    from manager.servers.abort import Abort
+
+    ask = [{"role": "system", "content": "Be brief."},
+           {"role": "user", "content": "Weather in Paris?"}]
+    for name, extra in (("thinker", {}), ("tools", {"tools": [WEATHER_TOOL_OPENAI]})):
+        gw.openai().chat.completions.create(model=name, messages=HI, max_tokens=2)  # started
+        pid = gw.profiles[name].id
+        snap = gw.services.supervisor.snapshot(pid)
+        whole = httpx.post(snap.base_url + "/v1/chat/completions", timeout=60, json={
+            "model": snap.model_path, "messages": ask, "max_tokens": 64, **extra}).json()
+        read = gw.services.inference.chat(pid, {"messages": ask, "max_tokens": 64, **extra},
+                                          abort=Abort()).raw
+
+        def same(answer: dict) -> tuple:
+            message = dict(answer["choices"][0]["message"])
+            calls = [{k: v for k, v in c.items() if k != "id"}
+                     for c in message.pop("tool_calls", [])]
+            usage = {k: answer["usage"][k] for k in ("prompt_tokens", "completion_tokens")}
+            return (message, calls, answer["choices"][0]["finish_reason"], usage,
+                    answer["object"])
+
+        assert same(read) == same(whole), name
 
 
 # --- limits ----------------------------------------------------------------------------

@@ -29,6 +29,8 @@ import httpx
 
 from manager.errors import ManagerError
 from manager.servers.abort import Abort
+from manager.servers.assemble import whole_response
+from manager.servers.profiles import Backend
 from manager.servers.supervisor import ServerSnapshot, Supervisor
 
 log = logging.getLogger(__name__)
@@ -443,9 +445,22 @@ class InferenceClient:
             if on_stats is not None:
                 on_stats(stats)
 
+    def _once_streamed(self, profile_id: int, body: Mapping[str, Any], path: str,
+                       abort: Abort) -> ChatResult:
+        """A whole answer read as a stream, so that `abort` stops mlx_lm at its next
+        token (see manager/servers/assemble.py)."""
+        measured: list[RequestStats] = []
+        raw = whole_response(chunk.raw for chunk in self._stream(
+            profile_id, body, path, 0, measured.append, abort=abort))
+        parsed = parse_chunk(raw)
+        return ChatResult(parsed.content, parsed.reasoning, parsed.tool_calls,
+                          parsed.finish_reason, parsed.usage, measured[0], raw)
+
     def _once(self, profile_id: int, body: Mapping[str, Any], path: str,
               wait_s: float | None, abort: Abort | None = None) -> ChatResult:
         snap = self.ready_server(profile_id, wait_s)
+        if abort is not None and snap.profile.backend is Backend.MLX_LM:
+            return self._once_streamed(profile_id, body, path, abort)
         payload = prepare_body(snap, body, stream=False, completion=path == COMPLETIONS_PATH)
         started = time.perf_counter()
         ok, usage, parsed = False, None, ChatChunk()
