@@ -461,6 +461,11 @@ def test_a_valid_data_url_passes_with_its_real_type() -> None:
                  {"type": "input_audio", "input_audio": {"data": "/etc/hosts.wav"}}):
         with pytest.raises(GatewayError):
             gate.messages([{"role": "user", "content": [part]}])
+    # "/tmp/abcdefg" is valid base64, and a path to mlx_vlm: audio goes on as a data: URL.
+    audio = gate.messages([{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "/tmp/abcdefg", "format": "wav"}}]}])
+    assert audio[0]["content"][0]["input_audio"] == {
+        "data": "data:audio/wav;base64,/tmp/abcdefg", "format": "wav"}
 
 
 @pytest.mark.parametrize(("address", "reason"), [

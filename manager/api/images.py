@@ -143,12 +143,18 @@ class MediaGate:
         if kind == "input_audio":
             audio = part.get("input_audio")
             data = audio.get("data") if isinstance(audio, Mapping) else None
+            where = f"{field}.input_audio.data"
             if not isinstance(data, str):
-                raise invalid(f"{field}.input_audio.data", "must be base64 audio data")
+                raise invalid(where, "must be base64 audio data")
+            media = "audio/wav"
             if data.startswith("data:"):
-                _, data = _data_url_payload(data, f"{field}.input_audio.data", "audio")
-            _decode_base64(data, f"{field}.input_audio.data", self._max_bytes)
-            return part
+                declared, data = _data_url_payload(data, where, "audio")
+                media = declared if declared.startswith("audio/") else media
+            decoded = _decode_base64(data.strip(), where, self._max_bytes)
+            # Always as a data: URL: mlx_vlm reads plain base64 that looks like a path
+            # ("/tmp/abcd" is valid base64) as a file name.
+            return {**part, "input_audio": {
+                **audio, "data": f"data:{media};base64,{base64.b64encode(decoded).decode()}"}}
         if kind in _VIDEO_TYPES:
             value = part.get("video") or part.get("video_url")
             url = value.get("url") if isinstance(value, Mapping) else value
