@@ -342,6 +342,29 @@ def test_fuzzed_bodies_never_get_a_5xx(api: Api, body: dict[str, Any], path: str
         assert answer.json()["error"]["message"]
 
 
+@settings(max_examples=150, deadline=None)
+@given(body=_BODY)
+def test_fuzzed_bodies_that_pass_the_checks_convert_or_get_400(body: dict[str, Any]) -> None:
+    """What runs after the profile lookup (which the request fuzz stops at: no profile
+    'nope'): Anthropic conversion, the max_tokens cap and the media checks."""
+    from manager.api.anthropic import to_openai_request
+    from manager.api.schema import check_chat, check_messages, check_values
+    from manager.errors import ValidationError
+
+    gate = MediaGate(max_bytes=1024, allow_remote=False)
+    for check in (check_chat, check_messages):
+        try:
+            check_values(body)
+            check(body)
+            request = to_openai_request(body, "m") if check is check_messages else body
+            gate.messages(cap_max_tokens(request, 64)["messages"])
+            json.dumps(request, allow_nan=False).encode()  # what is sent upstream
+        except GatewayError as exc:
+            assert exc.failure.status == 400
+        except ValidationError as exc:
+            assert exc.message
+
+
 # --- max_tokens --------------------------------------------------------------------------
 
 
