@@ -142,8 +142,10 @@ class MediaGate:
             return {"type": "image_url", "image_url": image}
         if kind == "input_audio":
             audio = part.get("input_audio")
-            data = audio.get("data") if isinstance(audio, Mapping) else None
             where = f"{field}.input_audio.data"
+            if not isinstance(audio, Mapping):
+                raise invalid(where, "must be base64 audio data")
+            data = audio.get("data")
             if not isinstance(data, str):
                 raise invalid(where, "must be base64 audio data")
             media = "audio/wav"
