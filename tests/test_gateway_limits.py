@@ -342,7 +342,7 @@ def test_fuzzed_bodies_never_get_a_5xx(api: Api, body: dict[str, Any], path: str
         assert answer.json()["error"]["message"]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(body=_BODY)
 def test_fuzzed_bodies_that_pass_the_checks_convert_or_get_400(body: dict[str, Any]) -> None:
     """What runs after the profile lookup (which the request fuzz stops at: no profile
