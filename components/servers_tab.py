@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from components.session import TabLoader, refusals, user_of
+from components.session import TabLoader, handler
 from components.views import server_tile_html, server_tiles_html
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, allowed
@@ -104,57 +104,57 @@ def build(services: Services) -> TabLoader:
             return gr.skip(), current
         return gr.Timer(value=wanted), wanted
 
-    def tick(current: float, request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "servers tick")
+    def tick(user: User, current: float) -> tuple:
         monitor.touch()
         return (render_tiles(services, user), *timer_for(current))
 
     def run(action: str, target: str, user: User) -> str:
-        with refusals(f"server {action} of {target!r} by {user.email}"):
-            profile_id = services.profiles.find(target).id
-            if action == "start":
-                snap = placement.start(user, profile_id)
-                message = f"Starting {snap.profile.name} on port {snap.profile.port}…"
-            elif action == "stop":
-                snap = placement.stop(user, profile_id)
-                message = f"{snap.profile.name} stopped."
-            elif action == "restart":
-                snap = placement.restart(user, profile_id)
-                message = f"Restarting {snap.profile.name}…"
-            else:
-                raise ValidationError(f"Unknown action {action!r}.")
+        """One server action; a refusal reaches the page through the calling handler."""
+        profile_id = services.profiles.find(target).id
+        if action == "start":
+            snap = placement.start(user, profile_id)
+            message = f"Starting {snap.profile.name} on port {snap.profile.port}…"
+        elif action == "stop":
+            snap = placement.stop(user, profile_id)
+            message = f"{snap.profile.name} stopped."
+        elif action == "restart":
+            snap = placement.restart(user, profile_id)
+            message = f"Restarting {snap.profile.name}…"
+        else:
+            raise ValidationError(f"Unknown action {action!r}.")
         monitor.touch()
         return message
 
-    def on_start(name: str | None, current: float, request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "server start")
+    def on_start(user: User, name: str | None, current: float) -> tuple:
         if not name:
             raise gr.Error("Pick a profile first.")
         message = run("start", name, user)
         return (message, render_tiles(services, user), *timer_for(current))
 
-    def on_tile(current: float, evt: gr.EventData, request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "server tile action")
+    def on_tile(user: User, current: float, evt: gr.EventData) -> tuple:
         data = getattr(evt, "_data", None) or {}
         message = run(str(data.get("action", "")), str(data.get("target", "")), user)
         return (message, render_tiles(services, user), *timer_for(current))
 
-    def on_api(action: str, target: str, current: float, request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "server action")
+    def on_api(user: User, action: str, target: str, current: float) -> tuple:
         message = run((action or "").strip(), (target or "").strip(), user)
         return (message, render_tiles(services, user), *timer_for(current))
 
-    def load(request: gr.Request) -> tuple:
-        user = user_of(services, request)
+    @handler(services, "servers tab load")
+    def load(user: User) -> tuple:
         monitor.touch()
         return gr.Dropdown(choices=profile_choices(services)), render_tiles(services, user)
 
-    def refresh_choices(request: gr.Request) -> Any:
-        user_of(services, request)
+    @handler(services, "server profile list")
+    def refresh_choices(_user: User) -> Any:
         return gr.Dropdown(choices=profile_choices(services))
 
-    def chart_update(request: gr.Request) -> Any:
-        user_of(services, request)
+    @handler(services, "server chart")
+    def chart_update(_user: User) -> Any:
         return history_figure(services)
 
     outputs = [status, tiles, timer, interval]
