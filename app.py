@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from manager.cli.instance import DataDirBusy, hold_data_dir
 from manager.cli.main import build_parser, run_command, settings_from_args
-from manager.servers.profiles import port_is_free
+from manager.net import port_is_free
 from manager.services import Services
 from manager.settings import Settings
 

@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,16 +39,12 @@ from pathlib import Path
 import httpx
 import psutil
 
+from manager.net import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 TTFT_GOAL_MS = 2.0
 RATE_GOAL = 0.97
 PROMPT = [{"role": "user", "content": "Tell me a long story about a quick brown fox."}]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from manager.net import free_port
 from manager.servers.inference import MetricsStore
 from manager.servers.monitor import STEADY_INTERVAL_S, Monitor
 from manager.servers.profiles import ProfileService, ProfileSpec
@@ -27,12 +27,6 @@ from manager.store import Store
 
 GOAL_MS = 5.0
 GOAL_CORE_PERCENT = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cpu_ms_per_call(fn: object, n: int) -> float:

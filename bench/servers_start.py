@@ -13,7 +13,6 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,18 +22,13 @@ from pathlib import Path
 
 import httpx
 
+from manager.net import free_port
 from manager.servers.profiles import ProfileService, ProfileSpec
 from manager.servers.supervisor import Supervisor
 from manager.store import Store
 
 GOAL = 1.10
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def by_hand(model: Path) -> float:

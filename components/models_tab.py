@@ -25,7 +25,7 @@ from components.views import (
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, Owned, allowed
 from manager.errors import ValidationError
-from manager.models.capabilities import fit, human_bytes, memory_budget_bytes
+from manager.models.capabilities import fit, memory_budget_bytes
 from manager.models.downloads import DownloadView
 from manager.models.filters import ModelFilter
 from manager.models.hub import (
@@ -37,6 +37,7 @@ from manager.models.hub import (
     SearchSession,
 )
 from manager.services import Services
+from manager.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,7 @@ def build(services: Services) -> TabLoader:
             # Deleting is final: it takes a second, explicit click.
             model = library.find(target)
             dl, lst, sig = render(user, which, filt, items)
-            question = (f"**Delete {model.name}** ({human_bytes(model.size_bytes)}) from "
+            question = (f"**Delete {model.name}** ({format_bytes(model.size_bytes)}) from "
                         "this machine? Its files are removed for good.")
             return dl, lst, sig, gr.Row(visible=True), question, target, ""
         message = act(user, action, target)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 
 from manager.accounts.auth import User
-from manager.models.capabilities import Capabilities, Fit, FitLevel, human_bytes
+from manager.models.capabilities import WEIGHTS_OVERHEAD_PERCENT, Capabilities, Fit, FitLevel
 from manager.models.downloads import DownloadView
 from manager.models.hub import RemoteDetails, RemoteModel
 from manager.models.library import LocalModel
@@ -13,6 +13,7 @@ from manager.servers.inference import ServerMetrics
 from manager.servers.monitor import ResourceSample
 from manager.servers.states import FAILED_STATES
 from manager.servers.supervisor import ServerSnapshot, ServerState
+from manager.units import format_bytes, format_duration
 
 
 def header_html(user: User | None, pending: int) -> str:
@@ -87,15 +88,37 @@ def params_label(count: int | None) -> str | None:
     return str(count)
 
 
-def duration_label(seconds: float | None) -> str:
-    if seconds is None:
-        return "n/a"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+FIT_COLORS = {FitLevel.FITS: "green", FitLevel.TIGHT: "amber", FitLevel.TOO_BIG: "red"}
+
+
+def fit_color(level: FitLevel) -> str:
+    """The badge colour of a fit level: green, amber, red, or grey when unknown."""
+    return FIT_COLORS.get(level, "grey")
+
+
+def fit_tooltip(fit: Fit) -> str:
+    """One sentence that says what the fit estimate adds up and what it means."""
+    budget = format_bytes(fit.budget_bytes) if fit.budget_bytes > 0 else "n/a"
+    ctx = f"{fit.context_tokens:,} tokens" if fit.context_tokens is not None else "n/a"
+    if fit.weights_bytes is None:
+        return f"Model size unknown: cannot tell whether it fits in {budget}."
+    weights = format_bytes(fit.weights_bytes)
+    if fit.budget_bytes <= 0:
+        return f"Weights {weights}; memory budget unknown."
+    if fit.kv_bytes is None:
+        if fit.level is FitLevel.TOO_BIG:
+            return (f"Needs more than {format_bytes(fit.needed_bytes)} (weights {weights}, "
+                    f"KV cache unknown): too big for {budget}.")
+        return (f"Weights {weights}; KV cache size for {ctx} unknown: cannot tell "
+                f"whether it fits in {budget}.")
+    verdict = {
+        FitLevel.FITS: "fits",
+        FitLevel.TIGHT: "tight fit",
+        FitLevel.TOO_BIG: "too big",
+    }.get(fit.level, "unknown")
+    return (f"Needs about {format_bytes(fit.needed_bytes)} (weights {weights} + "
+            f"{WEIGHTS_OVERHEAD_PERCENT - 100} % overhead, KV cache "
+            f"{format_bytes(fit.kv_bytes)} at {ctx}) of {budget} usable: {verdict}.")
 
 
 def model_badges_html(caps: Capabilities, fit: Fit | None) -> str:
@@ -118,12 +141,12 @@ def model_badges_html(caps: Capabilities, fit: Fit | None) -> str:
         chip("thinking", "thinking", "Thinks before answering")
     chip("quant", caps.quantization_label, "Quantization or weight dtype")
     size_parts = [p for p in (params_label(caps.parameter_count),
-                              human_bytes(caps.weights_bytes) if caps.weights_bytes else None) if p]
+                              format_bytes(caps.weights_bytes) if caps.weights_bytes else None) if p]
     chip("size", " · ".join(size_parts) or "size n/a", "Parameters · weights on disk")
     if fit is not None:
         label = {FitLevel.FITS: "fits in memory", FitLevel.TIGHT: "tight fit",
                  FitLevel.TOO_BIG: "too big", FitLevel.UNKNOWN: "fit n/a"}[fit.level]
-        chip(f"fit-{fit.level.color}", label, fit.tooltip)
+        chip(f"fit-{fit_color(fit.level)}", label, fit_tooltip(fit))
     if caps.guessed:
         chip("guessed", "guessed", "; ".join(caps.notes) or "Guessed from the name and tags")
     return f"<div class='mm-badges'>{''.join(chips)}</div>"
@@ -140,7 +163,7 @@ def remote_tile_html(model: RemoteModel, details: RemoteDetails | None, fit: Fit
                      *, on_machine: bool = False) -> str:
     """A Hugging Face search hit. Never a progress bar (MODELS-03)."""
     updated = model.last_modified.strftime("%Y-%m-%d") if model.last_modified else "n/a"
-    size = human_bytes(details.total_bytes) if details is not None else "n/a"
+    size = format_bytes(details.total_bytes) if details is not None else "n/a"
     meta = (f"<span title='Downloads'>⬇ {_count(model.downloads)}</span>"
             f"<span title='Likes'>♥ {_count(model.likes)}</span>"
             f"<span title='Last update'>updated {_e(updated)}</span>"
@@ -164,7 +187,7 @@ def local_tile_html(model: LocalModel, fit: Fit | None, *, can_delete: bool) -> 
     """A model on this machine, with Delete (confirmed in the tab)."""
     used = model.last_used or "never"
     source = "HF cache" if model.source == "hf_cache" else model.source
-    meta = (f"<span title='Size on disk'>{_e(human_bytes(model.size_bytes))}</span>"
+    meta = (f"<span title='Size on disk'>{_e(format_bytes(model.size_bytes))}</span>"
             f"<span title='Last used by a server'>last used {_e(used)}</span>"
             f"<span title='{_e(model.path)}'>{_e(source)}</span>")
     problem = ""
@@ -184,12 +207,12 @@ def download_tile_html(view: DownloadView, *, can_control: bool) -> str:
     fraction = view.fraction
     percent = f"{fraction * 100:.0f} %" if fraction is not None else "n/a"
     width = f"{fraction * 100:.1f}" if fraction is not None else "0"
-    speed = f"{human_bytes(int(view.speed_bps))}/s" if view.speed_bps is not None else "n/a"
-    figures = (f"<span class='mm-dl-bytes'>{_e(human_bytes(view.bytes_done))} / "
-               f"{_e(human_bytes(view.bytes_total))}</span>"
+    speed = f"{format_bytes(int(view.speed_bps))}/s" if view.speed_bps is not None else "n/a"
+    figures = (f"<span class='mm-dl-bytes'>{_e(format_bytes(view.bytes_done))} / "
+               f"{_e(format_bytes(view.bytes_total))}</span>"
                f"<span class='mm-dl-percent'>{percent}</span>"
                f"<span class='mm-dl-speed'>{_e(speed)}</span>"
-               f"<span class='mm-dl-eta'>ETA {_e(duration_label(view.eta_seconds))}</span>")
+               f"<span class='mm-dl-eta'>ETA {_e(format_duration(view.eta_seconds))}</span>")
     buttons = ""
     if can_control:
         if view.status.active:
@@ -279,10 +302,6 @@ def gauge_html(label: str, fraction: float | None, value: str, detail: str = "")
             f"<div class='mm-gauge-detail'>{_e(detail)}</div></div>")
 
 
-def _gib(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / 1024 ** 3:.2f} GB"
-
-
 def server_tile_html(snap: ServerSnapshot, sample: ResourceSample | None,
                      metrics: ServerMetrics | None, log_tail: str, now: float,
                      gpu_label: str = "GPU", *, can_control: bool = True) -> str:
@@ -292,18 +311,18 @@ def server_tile_html(snap: ServerSnapshot, sample: ResourceSample | None,
     state = snap.state
     label = state.label
     if state is ServerState.STARTING:
-        label = f"Starting… {duration_label(now - snap.state_since)}"
+        label = f"Starting… {format_duration(now - snap.state_since)}"
     elif state is ServerState.STOPPING:
         label = "Stopping…"
     elif state is ServerState.BACKOFF and snap.restart_at is not None:
-        label = f"Restarting in {duration_label(max(0.0, snap.restart_at - now))}"
+        label = f"Restarting in {format_duration(snap.restart_at - now)}"
     if snap.adopted and state is ServerState.READY:
         label += " (adopted)"
     live = state in (ServerState.STARTING, ServerState.READY, ServerState.STOPPING)
     sample = sample if live else None
     memory_fraction = sample.memory_fraction if sample else None
-    memory = gauge_html("Memory", memory_fraction, _gib(sample.memory_bytes if sample else None),
-                        f"of {_gib(sample.memory_total_bytes)}" if sample else "")
+    memory = gauge_html("Memory", memory_fraction, format_bytes(sample.memory_bytes if sample else None),
+                        f"of {format_bytes(sample.memory_total_bytes)}" if sample else "")
     cpu = sample.cpu_machine_percent if sample else None
     cpu_gauge = gauge_html(
         "CPU", None if cpu is None else cpu / 100, "n/a" if cpu is None else f"{cpu:.0f}%",
@@ -312,12 +331,12 @@ def server_tile_html(snap: ServerSnapshot, sample: ResourceSample | None,
     gpu = sample.gpu_percent if sample else None
     gpu_gauge = gauge_html(gpu_label, None if gpu is None else gpu / 100,
                            "n/a" if gpu is None else f"{gpu:.0f}%",
-                           _gib(sample.gpu_memory_bytes) if sample and sample.gpu_memory_bytes
+                           format_bytes(sample.gpu_memory_bytes) if sample and sample.gpu_memory_bytes
                            else "")
     uptime = snap.uptime_s(now)
     rate = metrics.last_tokens_per_s if metrics else None
     stats = [
-        ("Uptime", duration_label(uptime) if uptime is not None else "n/a"),
+        ("Uptime", format_duration(uptime) if uptime is not None else "n/a"),
         ("Address", f"{snap.profile.host}:{snap.profile.port}"),
         ("PID", str(snap.pid) if snap.pid else "n/a"),
         ("Backend", snap.profile.backend.value),

@@ -8,10 +8,11 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlite_utils import Database
+
+from manager.clock import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +243,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0007_chats_profile_id", _chats_reference_profiles_by_id),
     Migration("0008_profile_server_keys", _add_profile_server_keys),
 )
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def inserted_id(cursor: sqlite3.Cursor) -> int:

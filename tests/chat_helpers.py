@@ -13,10 +13,11 @@ from gradio_client import Client
 
 from manager.accounts.auth import User
 from manager.api.login import SESSION_COOKIE
+from manager.net import free_port
 from manager.servers.profiles import Profile, ProfileSpec
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import PASSWORD, LiveDashboard, free_port, run_uvicorn
+from tests.conftest import PASSWORD, LiveDashboard, run_uvicorn
 from tests.server_helpers import hf_home_env
 
 

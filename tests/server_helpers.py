@@ -11,13 +11,13 @@ from pathlib import Path
 
 import psutil
 
+from manager.net import free_port
 from manager.servers.monitor import Monitor
 from manager.servers.placement import Placement
 from manager.servers.profiles import Profile, ProfileService, ProfileSpec
 from manager.servers.supervisor import Clock, Supervisor
 from manager.settings import hub_cache_from_env
 from manager.store import Store
-from tests.conftest import free_port
 
 
 class OffsetClock(Clock):

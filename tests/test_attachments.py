@@ -30,7 +30,7 @@ from manager.chat.attachments import (
     probe_video,
 )
 from manager.errors import ValidationError
-from tests.conftest import free_port
+from manager.net import free_port
 
 # Frame i of a generated video is one flat color that encodes i in two channels with
 # 32 levels between codes, so codec and JPEG rounding cannot turn one index into another.
@@ -156,8 +156,8 @@ def _corrupt_middle(data: bytes) -> bytes:
 def test_too_large_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "big.png"
     path.write_bytes(_png_bytes())
-    with pytest.raises(AttachmentError, match=r"big.png is too large \(\d+ KB\); "
-                                              r"the limit for an image is 1000 bytes"):
+    with pytest.raises(AttachmentError, match=r"big.png is too large \(\d+\.\d KB\); "
+                                              r"the limit for an image is 1000 B"):
         prepare_image(path, AttachmentLimits(max_image_bytes=1000))
 
 
@@ -219,7 +219,7 @@ def test_short_clip_gives_every_frame_once(tmp_path: Path) -> None:
 def test_video_too_long_is_refused(tmp_path: Path) -> None:
     path = make_video(tmp_path / "long.avi", 40)  # 4 s at 10 fps
     with pytest.raises(AttachmentError,
-                       match=r"long.avi is too long \(4.0 s\); the limit is 2.0 s"):
+                       match=r"long.avi is too long \(4 s\); the limit is 2 s"):
         probe_video(path, AttachmentLimits(max_video_seconds=2))
     with pytest.raises(AttachmentError, match="too long"):
         extract_frames(path, 4, 64, AttachmentLimits(max_video_seconds=2))

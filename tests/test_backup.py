@@ -20,9 +20,10 @@ from manager.chat.history import NewMessage
 from manager.cli.backup import backup, inspect_database, restore
 from manager.cli.instance import DataDirBusy, hold_data_dir
 from manager.errors import ManagerError
+from manager.net import free_port
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import PASSWORD, free_port
+from tests.conftest import PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
 

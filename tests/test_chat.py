@@ -30,12 +30,13 @@ from manager.chat.mcp_builtin import SAMPLE_NOTE
 from manager.chat.requests import ToolCallCollector, uses_native_video
 from manager.errors import ValidationError
 from manager.models.capabilities import Capabilities
+from manager.net import free_port
 from manager.servers.inference import InferenceClient
 from manager.servers.profiles import Backend, Profile, ProfileSpec
 from manager.servers.supervisor import ServerState
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import PASSWORD, free_port
+from tests.conftest import PASSWORD
 from tests.server_helpers import hf_home_env, wait_for
 
 K = ChatEventKind

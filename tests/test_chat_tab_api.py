@@ -13,10 +13,10 @@ import pytest
 from gradio_client import Client
 
 from manager.chat.history import NewMessage
+from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
 from manager.servers.supervisor import ServerState
 from tests.chat_helpers import ChatDashboard, chat_dashboard
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ import pytest
 
 from manager.accounts.auth import Role, Status
 from manager.cli.main import build_parser, settings_from_args
+from manager.net import free_port
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSOLE_SCRIPT = Path(sys.executable).parent / "mlx-manager"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from manager.cli.main import build_parser, run_command, settings_from_args
+from manager.net import free_port
 from manager.servers.supervisor import ServerState
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,10 +17,11 @@ from manager.accounts.auth import AuthService
 from manager.errors import Conflict, PermissionDenied
 from manager.models.downloads import DiskFull, DownloadManager, DownloadStatus, DownloadView
 from manager.models.hub import GatedRepo, HubClient, HubConfig, NoMLXWeights, RepoNotFound
+from manager.net import free_port
 from manager.services import Services
 from manager.settings import Settings
 from manager.store import Store
-from tests.conftest import PASSWORD, free_port
+from tests.conftest import PASSWORD
 from tests.fixtures.local_hub import DEFAULT_TOKEN, NO_ACCESS_TOKEN, LocalHub
 
 BIG = "mlx-community/big-qwen3"

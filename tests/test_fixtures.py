@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from manager.net import free_port
 from tests.fixtures.local_hub import NO_ACCESS_TOKEN, LocalHub
 from tests.fixtures.tiny_models import (
     AFTER_TOOL_TRIGGER,
@@ -48,12 +48,6 @@ WEATHER_TOOL = {
         },
     },
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

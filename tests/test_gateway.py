@@ -27,11 +27,12 @@ import openai
 import pytest
 
 from manager.api.login import SESSION_COOKIE
+from manager.net import free_port
 from manager.servers.profiles import Profile, ProfileSpec
 from manager.servers.supervisor import ACTIVE_STATES, ServerState
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import PASSWORD, free_port, run_uvicorn
+from tests.conftest import PASSWORD, run_uvicorn
 from tests.server_helpers import OffsetClock, hf_home_env, make_broken_model, wait_for
 
 pytestmark = pytest.mark.slow

@@ -28,11 +28,12 @@ from hypothesis import strategies as st
 from manager.api.images import MediaGate, address_refusal, image_type
 from manager.api.limits import KeyLimiter, cap_max_tokens, token_limit
 from manager.api.wire import GatewayError
+from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
 from manager.servers.supervisor import ServerState
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import PASSWORD, free_port, run_uvicorn
+from tests.conftest import PASSWORD, run_uvicorn
 
 HI = [{"role": "user", "content": "Hi"}]
 

@@ -15,7 +15,7 @@ import pytest
 
 from components.chat_view import chatbot_messages
 from components.inert_markdown import inert_markdown
-from tests.conftest import free_port
+from manager.net import free_port
 from tests.test_chat_view import message
 
 CASES = [

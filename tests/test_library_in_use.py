@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from manager.errors import Conflict
+from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
 from manager.services import Services
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 PW = "correct horse battery"

@@ -8,8 +8,9 @@ import pytest
 from huggingface_hub import constants
 
 from manager.models.downloads import DownloadStatus
+from manager.net import free_port
 from manager.settings import Settings
-from tests.conftest import LiveDashboard, free_port
+from tests.conftest import LiveDashboard
 from tests.fixtures.local_hub import LocalHub
 from tests.test_browser_accounts import register
 

@@ -10,7 +10,8 @@ import pytest
 from components.views import (
     context_label,
     download_tile_html,
-    duration_label,
+    fit_color,
+    fit_tooltip,
     local_tile_html,
     model_badges_html,
     remote_tile_html,
@@ -39,6 +40,31 @@ def test_fit_badge_colour_and_tooltip_numbers(level: FitLevel, css: str) -> None
     html = model_badges_html(QWEN, verdict)
     assert f"mm-chip-{css}" in html
     assert "Needs about 400.0 MB" in html and "8,192 tokens" in html
+
+
+def test_fit_levels_have_colours() -> None:
+    assert [fit_color(level) for level in FitLevel] == ["green", "amber", "red", "grey"]
+
+
+def sized(weights: int | None, kv_per_token: int | None = 1) -> Capabilities:
+    return Capabilities(weights_bytes=weights, kv_bytes_per_token=kv_per_token,
+                        context_length=100_000)
+
+
+@pytest.mark.parametrize(("verdict", "words"), [
+    (fit(sized(GB), 0, GB), ["too big", "1.0 GB"]),
+    (fit(sized(GB), 0, GB + GB // 10), ["tight", "1.1 GB usable"]),
+    (fit(sized(350 * 1024**2, 4096), None, 12 * GB), ["fits", "12.0 GB", "8,192 tokens",
+                                                     "KV cache 32.0 MB"]),
+    (fit(sized(None), None, GB), ["Model size unknown"]),
+    (fit(sized(2 * GB, None), None, GB), ["Needs more than 2.1 GB", "KV cache unknown"]),
+    (fit(sized(GB, None), None, 2 * GB), ["KV cache size for 8,192 tokens unknown"]),
+    (fit(sized(GB), None, 0), ["memory budget unknown"]),
+])
+def test_fit_tooltip_says_what_the_estimate_adds_up(verdict: Fit, words: list[str]) -> None:
+    tip = fit_tooltip(verdict)
+    for word in words:
+        assert word in tip, tip
 
 
 def test_badges_show_every_capability_and_the_guessed_marker() -> None:
@@ -91,12 +117,6 @@ def test_blocked_and_local_tiles() -> None:
                                                (128000, "128K"), (40960, "40K"), (1500, "1,500")])
 def test_context_label(tokens: int | None, label: str) -> None:
     assert context_label(tokens) == label
-
-
-@pytest.mark.parametrize(("seconds", "label"), [(None, "n/a"), (5.4, "5 s"),
-                                                (125, "2 min 05 s"), (7260, "2 h 01 min")])
-def test_duration_label(seconds: float | None, label: str) -> None:
-    assert duration_label(seconds) == label
 
 
 BUDGET = 16 * GB

@@ -9,9 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
 from manager.services import Services
-from tests.conftest import PASSWORD, free_port
+from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.slow
 

@@ -16,6 +16,7 @@ import pytest
 
 from manager.accounts.auth import User
 from manager.errors import Conflict, PermissionDenied
+from manager.net import free_port
 from manager.servers.placement import InsufficientMemory, Placement
 from manager.servers.profiles import Profile, ProfileSpec
 from manager.servers.states import (
@@ -35,7 +36,7 @@ from manager.servers.supervisor import (
 )
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import PASSWORD, free_port
+from tests.conftest import PASSWORD
 from tests.server_helpers import all_gone
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,6 +12,7 @@ import pytest
 
 from manager.accounts.auth import User
 from manager.errors import Conflict, PermissionDenied, ValidationError
+from manager.net import free_port
 from manager.servers.profiles import (
     Backend,
     ProfileSpec,
@@ -22,7 +23,7 @@ from manager.servers.profiles import (
     suggest_port,
 )
 from manager.services import Services
-from tests.conftest import PASSWORD, free_port
+from tests.conftest import PASSWORD
 
 
 def spec(model: Path | str, **fields: object) -> ProfileSpec:

@@ -9,9 +9,10 @@ import pytest
 from gradio_client import Client
 
 from manager.api.login import SESSION_COOKIE
+from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
 from manager.servers.supervisor import ServerState
-from tests.conftest import LiveDashboard, free_port
+from tests.conftest import LiveDashboard
 from tests.server_helpers import wait_for
 
 pytestmark = [pytest.mark.slow]

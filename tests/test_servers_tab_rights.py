@@ -10,9 +10,10 @@ from gradio_client import Client
 
 from components.servers_tab import render_tiles
 from manager.api.login import SESSION_COOKIE
+from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
 from manager.servers.supervisor import ServerState
-from tests.conftest import LiveDashboard, free_port
+from tests.conftest import LiveDashboard
 from tests.server_helpers import wait_for
 
 pytestmark = [pytest.mark.slow]

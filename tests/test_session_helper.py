@@ -14,8 +14,9 @@ from gradio_client import Client
 from components.session import handler, refusals
 from manager.accounts.auth import User
 from manager.errors import NotFound, ValidationError
+from manager.net import free_port
 from manager.services import Services
-from tests.conftest import free_port, run_uvicorn
+from tests.conftest import run_uvicorn
 
 PW = "correct horse battery"
 

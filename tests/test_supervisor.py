@@ -18,8 +18,9 @@ import psutil
 import pytest
 
 from manager.errors import ValidationError
+from manager.net import free_port, port_is_free
 from manager.servers.process import build_command
-from manager.servers.profiles import Backend, Profile, port_is_free
+from manager.servers.profiles import Backend, Profile
 from manager.servers.records import read_records
 from manager.servers.states import FAILED_STATES
 from manager.servers.supervisor import (
@@ -30,7 +31,6 @@ from manager.servers.supervisor import (
 )
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import free_port
 from tests.server_helpers import (
     ServerEnv,
     all_gone,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from manager.chat.thinking import (
-    TAG_PAIRS,
     EventKind,
     ThinkingEvent,
     ThinkingParser,
     reasoning_of,
     split_thinking,
 )
+from manager.markup import THINKING_TAGS
 
 
 class FakeClock:
@@ -118,10 +118,10 @@ def test_table(chunks: list[T], started: bool, thinking: str, answer: str,
         assert ends[-1].finished is (not unfinished)
 
 
-SPLIT_TEXTS = [f"{pair.open}Let me think{pair.close}The answer" for pair in TAG_PAIRS]
+SPLIT_TEXTS = [f"{pair.open}Let me think{pair.close}The answer" for pair in THINKING_TAGS]
 
 
-@pytest.mark.parametrize("text", SPLIT_TEXTS, ids=[pair.open for pair in TAG_PAIRS])
+@pytest.mark.parametrize("text", SPLIT_TEXTS, ids=[pair.open for pair in THINKING_TAGS])
 def test_every_split_position_of_a_tag_across_two_chunks(text: str) -> None:
     for cut in range(len(text) + 1):
         parser, events = run([(text[:cut], None), (text[cut:], None)])

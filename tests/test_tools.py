@@ -25,8 +25,9 @@ from manager.chat.mcp_config import PROJECT_ROOT, ServerKind, parse_args
 from manager.chat.tools import McpToolbox
 from manager.chat.toolset import CallStatus
 from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from manager.net import free_port
 from manager.store import Store
-from tests.conftest import PASSWORD, free_port
+from tests.conftest import PASSWORD
 
 EXTRA_SERVER = textwrap.dedent('''
     """A small MCP server for tests: tools that work, raise, hang and die."""

@@ -25,9 +25,10 @@ from PIL import Image
 
 from manager.api.login import SESSION_COOKIE
 from manager.chat.attachments import NotUploaded, uploaded_file
+from manager.net import free_port
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import LiveDashboard, free_port, run_uvicorn
+from tests.conftest import LiveDashboard, run_uvicorn
 from tests.file_watch import OpenWatch
 
 USER = "mallory@example.com"

@@ -15,8 +15,9 @@ from typing import Any
 
 from manager.accounts.auth import AuthService, User
 from manager.accounts.permissions import Action, Owned, require
+from manager.clock import utc_now
 from manager.errors import NotFound, PermissionDenied, ValidationError
-from manager.store import Store, utc_now
+from manager.store import Store
 
 log = logging.getLogger(__name__)
 

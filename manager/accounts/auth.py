@@ -20,6 +20,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from email_validator import EmailNotValidError, validate_email
 
 from manager.accounts.permissions import Action, require
+from manager.clock import utc_now
 from manager.errors import (
     AccountNotActive,
     AuthenticationFailed,
@@ -29,7 +30,7 @@ from manager.errors import (
     RateLimited,
     ValidationError,
 )
-from manager.store import Store, utc_now
+from manager.store import Store
 
 log = logging.getLogger(__name__)
 

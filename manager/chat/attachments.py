@@ -30,10 +30,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from manager.errors import ValidationError
+from manager.units import MIB, format_bytes, format_duration
 
 log = logging.getLogger(__name__)
 
-MB = 1024 * 1024
 
 # Pillow format name -> MIME type of the formats a chat may carry.
 IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp",
@@ -47,10 +47,10 @@ _FRAME_JPEG_QUALITY = 85
 
 @dataclass(frozen=True)
 class AttachmentLimits:
-    max_image_bytes: int = 20 * MB
+    max_image_bytes: int = 20 * MIB
     max_image_pixels: int = 40_000_000  # 40 megapixels, checked before decoding
     image_max_side: int = 2048  # larger images are scaled down to this
-    max_video_bytes: int = 200 * MB
+    max_video_bytes: int = 200 * MIB
     max_video_seconds: float = 600.0
     max_frames: int = 8
     frame_max_side: int = 768
@@ -104,22 +104,6 @@ class VideoInfo:
 
 def image_part(url: str) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
-
-
-def human_size(size: int) -> str:
-    if size >= MB:
-        return f"{size / MB:.1f} MB"
-    if size >= 1024:
-        return f"{size / 1024:.0f} KB"
-    return f"{size} bytes"
-
-
-def human_duration(seconds: float) -> str:
-    whole = int(round(seconds))
-    if whole < 60:
-        return f"{seconds:.1f} s" if seconds < 10 else f"{whole} s"
-    minutes, secs = divmod(whole, 60)
-    return f"{minutes} min {secs} s" if secs else f"{minutes} min"
 
 
 # -- where attachments may come from ------------------------------------------------
@@ -242,8 +226,8 @@ def _checked_size(path: Path, label: str, limit: int, kind: str) -> int:
         raise AttachmentError(f"{label} is empty.")
     if size > limit:
         raise AttachmentError(
-            f"{label} is too large ({human_size(size)}); the limit for {kind} is "
-            f"{human_size(limit)}."
+            f"{label} is too large ({format_bytes(size)}); the limit for {kind} is "
+            f"{format_bytes(limit)}."
         )
     return size
 
@@ -282,10 +266,10 @@ def probe_video(
     too_long = (duration is not None and duration > limits.max_video_seconds) or (
         frame_count > max_frames)
     if too_long:
-        shown = human_duration(duration) if duration is not None else f"{frame_count} frames"
+        shown = format_duration(duration) if duration is not None else f"{frame_count} frames"
         raise AttachmentError(
             f"{label} is too long ({shown}); the limit is "
-            f"{human_duration(limits.max_video_seconds)}."
+            f"{format_duration(limits.max_video_seconds)}."
         )
     return VideoInfo(path=path, name=label, size_bytes=size, width=width, height=height,
                      fps=fps, frame_count=frame_count, duration_seconds=duration)

@@ -17,11 +17,11 @@ import shutil
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from manager.accounts.auth import User
+from manager.clock import utc_now
 from manager.errors import NotFound, ValidationError
 from manager.store import Store
 
@@ -105,11 +105,6 @@ def title_from(text: str) -> str:
     if len(title) > TITLE_CHARS:
         title = title[:TITLE_CHARS].rsplit(" ", 1)[0]
     return title if title == " ".join(words) else title + "…"
-
-
-def utc_now() -> str:
-    # Microseconds: two messages in the same second must still sort newest first.
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 # A chat's row, its profile's current name and its message count.

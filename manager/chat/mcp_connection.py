@@ -20,6 +20,7 @@ from mcp_types import CONNECTION_CLOSED, CallToolResult, TextContent
 from mcp_types import Tool as McpTool
 
 from manager.chat.mcp_config import McpServerConfig, ServerKind, loggable_target, safe_url
+from manager.units import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class McpConnection:
             if scope.cancelled_caught and not ready.done():
                 ready.set_result(
                     f"The MCP server '{self.config.name}' did not answer within "
-                    f"{seconds_text(self._connect_timeout)} of starting.")
+                    f"{format_duration(self._connect_timeout)} of starting.")
         except Exception as exc:  # any failure to connect becomes a message; logged below
             self._broken = True
             if ready.done():
@@ -178,10 +179,6 @@ def result_text(result: CallToolResult) -> str:
     if not parts and result.structured_content is not None:
         parts.append(json.dumps(result.structured_content, ensure_ascii=False))
     return "\n".join(parts)
-
-
-def seconds_text(value: float) -> str:
-    return f"{value:g} s"
 
 
 def first_leaf(exc: BaseException) -> BaseException:

@@ -8,9 +8,10 @@ arrives with no opening one (the answer so far was thinking all along). Call
 `finish()` at the end of the stream: a stream that stops inside thinking is flushed
 as thinking and its end marked unfinished.
 
-Inline markup understood: <think>...</think>, <thinking>...</thinking>,
-<reasoning>...</reasoning> and [THINK]...[/THINK]. A tag may be split across
-chunks at any character: only a tail that could still become a tag is held back.
+Inline markup understood: every pair of `manager.markup.THINKING_TAGS` (<think>,
+<thinking>, <reasoning>, [THINK], ...), the same vocabulary capability detection
+reads. A tag may be split across chunks at any character: only a tail that could
+still become a tag is held back.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from manager.markup import THINKING_TAGS, TagPair
 
 
 class EventKind(str, Enum):
@@ -43,19 +46,6 @@ class ThinkingEvent:
     finished: bool = True
 
 
-@dataclass(frozen=True)
-class TagPair:
-    open: str
-    close: str
-
-
-TAG_PAIRS: tuple[TagPair, ...] = (
-    TagPair("<think>", "</think>"),
-    TagPair("<thinking>", "</thinking>"),
-    TagPair("<reasoning>", "</reasoning>"),
-    TagPair("[THINK]", "[/THINK]"),
-)
-
 _OUTSIDE = "outside"
 _INLINE = "inline"  # inside an inline tag pair
 _FIELD = "field"  # inside reasoning the server sends in its own field
@@ -68,7 +58,7 @@ class ThinkingParser:
         self,
         *,
         started_in_thinking: bool = False,
-        tag_pairs: tuple[TagPair, ...] = TAG_PAIRS,
+        tag_pairs: tuple[TagPair, ...] = THINKING_TAGS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`started_in_thinking`: the chat template already opened the first pair's

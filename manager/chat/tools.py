@@ -54,12 +54,13 @@ from manager.chat.mcp_connection import (
     McpConnection,
     log_tail,
     result_text,
-    seconds_text,
     short_error,
 )
 from manager.chat.toolset import CallStatus, ServerProblem, ToolResult, Toolset, ToolSpec
+from manager.clock import utc_now
 from manager.errors import Conflict, NotFound
-from manager.store import Store, inserted_id, utc_now
+from manager.store import Store, inserted_id
+from manager.units import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +398,7 @@ class McpToolbox:
             if exc.code == REQUEST_TIMEOUT:
                 return CallStatus.TIMEOUT, (
                     f"The tool '{tool}' on the MCP server '{config.name}' did not answer "
-                    f"within {seconds_text(timeout)}.")
+                    f"within {format_duration(timeout)}.")
             if exc.code == CONNECTION_CLOSED:
                 tail = log_tail(connection.log_path) if connection.log_path else ""
                 return CallStatus.UNAVAILABLE, (
@@ -481,4 +482,4 @@ def _parse_arguments(name: str, arguments: str | Mapping[str, Any] | None
 
 def _timeout_message(spec: ToolSpec, limit: float) -> str:
     return (f"The tool '{spec.tool}' on the MCP server '{spec.server}' did not answer "
-            f"within {seconds_text(limit)}.")
+            f"within {format_duration(limit)}.")

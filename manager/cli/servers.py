@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from manager.errors import ValidationError
-from manager.models.capabilities import human_bytes
 from manager.servers.process import live_process, tree_memory_bytes
 from manager.servers.profiles import Backend, ProfileSpec
 from manager.servers.records import read_records
 from manager.servers.states import FAILED_STATES, ServerState
 from manager.services import Services
+from manager.units import format_bytes, format_duration
 
 _FLAG_OF_FIELD = {
     "name": "NAME", "model": "--model", "port": "--port", "host": "--host",
@@ -122,24 +122,13 @@ def _status(services: Services, out: TextIO) -> int:
             if proc is not None and record.started_at else "-"
         rows.append([record.profile_name, state, str(record.pid or "-"),
                      str(record.port or "-"), uptime,
-                     human_bytes(memory) if memory is not None else "n/a"])
+                     format_bytes(memory) if memory is not None else "n/a"])
     _say(out, table(rows))
     return 0
 
 
 def _say(out: TextIO, text: str) -> None:
     out.write(text + "\n")
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:

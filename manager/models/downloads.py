@@ -37,10 +37,11 @@ from huggingface_hub.utils import tqdm as hf_tqdm
 
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, Owned, require
+from manager.clock import utc_now
 from manager.errors import Conflict, ManagerError, NotFound, ValidationError
-from manager.models.capabilities import human_bytes
 from manager.models.hub import NETWORK_ERRORS, DownloadPlan, HubClient, PlannedFile
-from manager.store import Store, inserted_id, utc_now
+from manager.store import Store, inserted_id
+from manager.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ class DownloadManager:
             self._jobs[job_id] = job
             view = self._view(job)
             self._changed.notify_all()
-        log.info("download %s of %s queued (%s)", job_id, repo_id, human_bytes(plan.total_bytes))
+        log.info("download %s of %s queued (%s)", job_id, repo_id, format_bytes(plan.total_bytes))
         self._queue.put(job_id)
         return view
 
@@ -486,7 +487,7 @@ class DownloadManager:
             with self._lock:
                 self._set_status(job, DownloadStatus.PAUSED)
             log.info("download %s of %s paused at %s", job.id, job.repo_id,
-                     human_bytes(job.done))
+                     format_bytes(job.done))
 
     def _fail(self, job: _Job, message: str, exc: BaseException) -> None:
         log.warning("download %s of %s failed: %s (%s: %s)", job.id, job.repo_id, message,
@@ -518,7 +519,7 @@ class DownloadManager:
         free = self.free_space(self.cache_dir)
         if needed > free:
             raise DiskFull(f"Not enough disk space for {plan.repo_id}: it needs "
-                           f"{human_bytes(needed)} more, {human_bytes(free)} is free in "
+                           f"{format_bytes(needed)} more, {format_bytes(free)} is free in "
                            f"{self.cache_dir}. Free some space and try again.")
 
     def _link_snapshot(self, plan: DownloadPlan) -> None:
@@ -626,9 +627,9 @@ def _links(snapshots: Path) -> list[Path]:
 def _network_message(exc: BaseException, done: int) -> str:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return (f"The disk is full. Free some space, then press Resume: the "
-                f"{human_bytes(done)} already fetched are kept.")
+                f"{format_bytes(done)} already fetched are kept.")
     if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
         return ("A file arrived with the wrong size (the connection was cut?). Press Resume to "
                 "fetch the rest.")
     return (f"Lost the connection to Hugging Face ({type(exc).__name__}). The "
-            f"{human_bytes(done)} already fetched are kept: press Resume to continue.")
+            f"{format_bytes(done)} already fetched are kept: press Resume to continue.")

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, Owned, require
+from manager.clock import utc_now
 from manager.errors import Conflict, NotFound, ValidationError
 from manager.models import capabilities
 from manager.models.capabilities import Capabilities
-from manager.store import Store, inserted_id, utc_now
+from manager.store import Store, inserted_id
 
 log = logging.getLogger(__name__)
 

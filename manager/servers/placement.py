@@ -36,13 +36,13 @@ from manager.models.capabilities import (
     WEIGHTS_OVERHEAD_PERCENT,
     detect,
     fit,
-    human_bytes,
     is_apple_silicon,
     memory_budget_bytes,
 )
 from manager.servers.profiles import Profile, ProfileService
 from manager.servers.states import PLACED_STATES, ServerState
 from manager.servers.supervisor import MANAGER, CancelEvent, ServerSnapshot, Supervisor
+from manager.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -250,18 +250,18 @@ class Placement:
                 return
             if need > capacity:
                 raise InsufficientMemory(
-                    f"{profile.name} needs about {human_bytes(need)} of memory, more than the "
-                    f"whole budget of {human_bytes(capacity)}. Use a smaller (more quantised) "
+                    f"{profile.name} needs about {format_bytes(need)} of memory, more than the "
+                    f"whole budget of {format_bytes(capacity)}. Use a smaller (more quantised) "
                     "model or a shorter context length in its profile.")
             candidates = self._eviction_candidates(running)
             freeable = sum(held[s.profile_id] for s in candidates)
             if not candidates or in_use - freeable + need > capacity:
                 # Stopping what may be stopped would not be enough: stop nothing.
-                kept = ", ".join(f"{s.profile.name} (~{human_bytes(held[s.profile_id])}, "
+                kept = ", ".join(f"{s.profile.name} (~{format_bytes(held[s.profile_id])}, "
                                  f"{self._why_kept(s)})" for s in running)
                 raise InsufficientMemory(
-                    f"{profile.name} needs about {human_bytes(need)} of memory but only "
-                    f"{human_bytes(max(0, capacity - in_use))} of the {human_bytes(capacity)} "
+                    f"{profile.name} needs about {format_bytes(need)} of memory but only "
+                    f"{format_bytes(max(0, capacity - in_use))} of the {format_bytes(capacity)} "
                     f"budget is free, and only idle servers the gateway started may be "
                     f"stopped to make room. Running: {kept}. Stop one on the Servers tab "
                     "and try again.")

@@ -19,7 +19,6 @@ import ipaddress
 import logging
 import re
 import secrets
-import socket
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
@@ -28,9 +27,11 @@ from typing import Any
 
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, Owned, allowed, require
+from manager.clock import utc_now
 from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from manager.models.capabilities import Capabilities, detect
-from manager.store import Store, inserted_id, utc_now
+from manager.net import port_is_free
+from manager.store import Store, inserted_id
 
 log = logging.getLogger(__name__)
 
@@ -145,19 +146,6 @@ class Profile:
 
 
 # --- pure helpers ----------------------------------------------------------------------
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """True when nothing listens on host:port now (SO_REUSEADDR ignores TIME_WAIT)."""
-    bind_host = "" if host in ("0.0.0.0", "::") else host
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((bind_host, port))
-        except OSError:
-            return False
-    return True
 
 
 def cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:

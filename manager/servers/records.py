@@ -11,8 +11,9 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 
+from manager.clock import utc_now
 from manager.servers.states import ServerState
-from manager.store import Store, utc_now
+from manager.store import Store
 
 log = logging.getLogger(__name__)
 

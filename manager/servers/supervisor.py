@@ -29,6 +29,7 @@ import psutil
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, Owned, require
 from manager.errors import Conflict, ManagerError, NotFound, ValidationError
+from manager.net import port_is_free
 from manager.servers import readiness
 from manager.servers.logs import (
     LOG_MAX_BYTES,
@@ -48,7 +49,7 @@ from manager.servers.process import (
     spawn,
     terminate,
 )
-from manager.servers.profiles import Profile, ProfileService, port_is_free
+from manager.servers.profiles import Profile, ProfileService
 from manager.servers.records import ServerRecord, read_records, write_record
 from manager.servers.registry import ServerRegistry
 from manager.servers.run import MAX_QUICK_FAILURES, ServerRun
