@@ -18,7 +18,7 @@ from manager.accounts.auth import User
 from manager.errors import Conflict, PermissionDenied
 from manager.net import free_port
 from manager.servers.placement import InsufficientMemory, Placement
-from manager.servers.profiles import Profile, ProfileSpec
+from manager.servers.profiles import Backend, Profile, ProfileSpec
 from manager.servers.states import (
     ACTIVE_STATES,
     ALLOWED,
@@ -215,3 +215,37 @@ def test_only_owners_and_admins_stop_or_restart_a_server(world: World,
     # Whoever started a run may stop it too (bob starts carol's profile).
     world.placement.start(world.bob, profile.id)
     assert world.placement.stop(world.bob, profile.id).state is ServerState.STOPPED
+
+
+def test_a_tile_shows_backoff_and_only_allowed_actions() -> None:
+    from components.views import server_tile_html
+
+    profile = Profile(id=7, name="flaky", model="m", backend=Backend.MLX_LM,
+                      host="127.0.0.1", port=9001)
+    snap = ServerSnapshot(profile=profile, state=ServerState.BACKOFF, state_since=0.0,
+                          model_path="", reason="The server exited with exit code 1. "
+                          "Restarting in 4 s.", failure_tail="Traceback: boom",
+                          restart_at=104.0)
+    tile = server_tile_html(snap, None, None, "", 100.0)
+    assert "Restarting in 4" in tile and "Traceback: boom" in tile
+    assert "data-action='restart'" in tile and "data-action='stop'" in tile  # Dismiss
+    bare = server_tile_html(snap, None, None, "", 100.0, can_control=False)
+    assert "data-action=" not in bare and "Traceback: boom" in bare
+
+
+def test_a_server_backing_off_when_the_dashboard_stopped_restarts_after_it_starts(
+        world: World, tiny_models: dict[str, Path]) -> None:
+    flaky = world.services.profiles.create(None, ProfileSpec(
+        name="flaky", model=str(tiny_models["text"]), port=free_port(), auto_restart=True))
+    plain = world.profile("plain", tiny_models["text"], world.bob)
+    with world.services.store.connect() as db:
+        for profile_id in (flaky.id, plain.id):
+            db.execute("INSERT INTO servers (profile_id, state, reason, updated_at) "
+                       "VALUES (?, 'backoff', 'The server exited. Restarting in 2 s.', 'x')",
+                       [profile_id])
+    world.supervisor.adopt_or_reap()
+    assert world.supervisor.snapshot(flaky.id).state is ServerState.BACKOFF
+    # A profile that no longer asks for restarts is failed for good instead.
+    assert world.supervisor.snapshot(plain.id).state is ServerState.FAILED
+    assert world.supervisor.reconcile()  # the restart was due: it starts now
+    assert world.supervisor.snapshot(flaky.id).state is ServerState.STARTING
