@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import gradio as gr
 
@@ -206,10 +207,12 @@ def build(services: Services) -> TabLoader:
         return tuple(sorted((v.id, v.status.value) for v in views))
 
     def render(user: User, which: str, filt: ModelFilter,
-               items: list[RemoteItem]) -> tuple[str, str, tuple]:
+               items: list[RemoteItem]) -> dict[Any, Any]:
+        """The downloads strip, the list of tiles and the downloads' signature."""
         views = downloads.snapshot()
-        return (downloads_part(user, views), list_part(user, which, filt, items, views),
-                signature(views))
+        return {downloads_html: downloads_part(user, views),
+                list_html: list_part(user, which, filt, items, views),
+                shown: signature(views)}
 
     def more_visible(which: str, sess: object) -> gr.Button:
         exhausted = getattr(sess, "exhausted", True)
@@ -218,7 +221,7 @@ def build(services: Services) -> TabLoader:
     # ---- search and filters -----------------------------------------------------------------
     @handler(services, "search")
     def run_search(user: User, which: str, text_v: str, author_v: str, sort_v: str,
-                   mlx_v: bool, filt: ModelFilter) -> tuple:
+                   mlx_v: bool, filt: ModelFilter) -> dict[Any, Any]:
         filt = replace(filt or ModelFilter(), text=(text_v or "").strip())
         items: list[RemoteItem] = []
         sess = None
@@ -233,8 +236,8 @@ def build(services: Services) -> TabLoader:
                     text=typed, author="" if author_v == ANY_AUTHOR else (author_v or ""),
                     mlx_only=bool(mlx_v), sort=sort_v or "downloads"))
                 items = _fetch_page(sess)
-        dl, lst, sig = render(user, which, filt, items)
-        return dl, lst, sig, sess, items, more_visible(which, sess), filt, ""
+        return {**render(user, which, filt, items), session: sess, remote: items,
+                load_more: more_visible(which, sess), filt_state: filt, status: ""}
 
     def _fetch_page(sess: SearchSession) -> list[RemoteItem]:
         page = sess.next_page(PAGE_SIZE)
@@ -242,20 +245,21 @@ def build(services: Services) -> TabLoader:
 
     @handler(services, "loading more models")
     def more(user: User, which: str, sess: SearchSession | None, items: list[RemoteItem],
-             filt: ModelFilter) -> tuple:
+             filt: ModelFilter) -> dict[Any, Any]:
         if sess is None:
             raise gr.Error("Search first.")
         items = [*items, *_fetch_page(sess)]
-        dl, lst, sig = render(user, which, filt, items)
-        return dl, lst, sig, items, more_visible(which, sess)
+        return {**render(user, which, filt, items), remote: items,
+                load_more: more_visible(which, sess)}
 
     @handler(services, "filters")
     def on_filters(user: User, which: str, items: list[RemoteItem], filt: ModelFilter,
                    arch_v: str, mm: bool, vid: bool, tl: bool, th: bool, bits_v: str | None,
-                   mn: float | None, mx: float | None, fits_v: str | None) -> tuple:
+                   mn: float | None, mx: float | None, fits_v: str | None
+                   ) -> dict[Any, Any]:
         new = build_filter((filt or ModelFilter()).text, arch_v, mm, vid, tl, th, bits_v,
                            mn, mx, fits_v)
-        return (*render(user, which, new, items), new)
+        return {**render(user, which, new, items), filt_state: new}
 
     # ---- actions ---------------------------------------------------------------------------
     def act(user: User, action: str, target: str) -> str:
@@ -276,19 +280,19 @@ def build(services: Services) -> TabLoader:
 
     @handler(services, "models tile action")
     def on_tile(user: User, which: str, items: list[RemoteItem], filt: ModelFilter,
-                evt: gr.EventData) -> tuple:
+                evt: gr.EventData) -> dict[Any, Any]:
         data = getattr(evt, "_data", None) or {}
         action, target = str(data.get("action", "")), str(data.get("target", ""))
         if action == "delete":
             # Deleting is final: it takes a second, explicit click.
             model = library.find(target)
-            dl, lst, sig = render(user, which, filt, items)
             question = (f"**Delete {model.name}** ({format_bytes(model.size_bytes)}) from "
                         "this machine? Its files are removed for good.")
-            return dl, lst, sig, gr.Row(visible=True), question, target, ""
+            return {**render(user, which, filt, items), confirm_row: gr.Row(visible=True),
+                    confirm_text: question, pending_delete: target, status: ""}
         message = act(user, action, target)
-        dl, lst, sig = render(user, which, filt, items)
-        return dl, lst, sig, gr.Row(visible=False), "", "", message
+        return {**render(user, which, filt, items), confirm_row: gr.Row(visible=False),
+                confirm_text: "", pending_delete: "", status: message}
 
     @handler(services, "models action")
     def on_api(user: User, action: str, target: str) -> str:
@@ -296,12 +300,12 @@ def build(services: Services) -> TabLoader:
 
     @handler(services, "model delete")
     def on_confirm(user: User, which: str, items: list[RemoteItem], filt: ModelFilter,
-                   target: str) -> tuple:
+                   target: str) -> dict[Any, Any]:
         if not target:
             raise gr.Error("Nothing to delete.")
         message = act(user, "delete", target)
-        dl, lst, sig = render(user, which, filt, items)
-        return dl, lst, sig, gr.Row(visible=False), "", message
+        return {**render(user, which, filt, items), confirm_row: gr.Row(visible=False),
+                pending_delete: "", status: message}
 
     # ---- timer: snapshot only -------------------------------------------------------------
     @handler(services, "models tick")
@@ -362,11 +366,12 @@ def build(services: Services) -> TabLoader:
                         api_name="models_remove_folder")
 
     @handler(services, "models tab load")
-    def load(user: User) -> tuple:
-        dl, lst, sig = render(user, LOCAL, ModelFilter(), [])
+    def load(user: User) -> dict[Any, Any]:
         may_manage = allowed(user, Action.MANAGE_FOLDERS)
         folder_lines, picker = folders_view() if may_manage else ("", gr.Dropdown())
-        return dl, lst, sig, gr.Accordion(visible=may_manage), folder_lines, picker
+        return {**render(user, LOCAL, ModelFilter(), []),
+                folders_box: gr.Accordion(visible=may_manage), folders_md: folder_lines,
+                folder_pick: picker}
 
     return TabLoader(load, [downloads_html, list_html, shown, folders_box, folders_md,
                             folder_pick])
