@@ -294,10 +294,12 @@ class Gateway:
     async def _stream(self, job: _Job, release: Once) -> Response:
         pipe = Pipe(asyncio.get_running_loop())
         task = asyncio.ensure_future(to_thread.run_sync(
-            self._produce, job, pipe, limiter=self._limiter, abandon_on_cancel=True))
+            self._produce, job, pipe, release, limiter=self._limiter,
+            abandon_on_cancel=True))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        # The key's slot is held until the worker is done with the model server.
+        # The key's slot is held until the worker is done with the model server (it
+        # releases it before the stream's last piece; this is for a worker that never ran).
         release.handed_over = True
         task.add_done_callback(lambda _: release())
         try:
@@ -423,7 +425,7 @@ class Gateway:
             self._contexts[profile.model] = context
         return context
 
-    def _produce(self, job: _Job, pipe: Pipe) -> None:
+    def _produce(self, job: _Job, pipe: Pipe, release: Once) -> None:
         inference = self._services.inference
         try:
             profile = self._profile(job)
@@ -448,9 +450,12 @@ class Gateway:
                         pieces.close()
                         return
                     pipe.put(piece)
-            pipe.put(END)
+            last: Item = END
         except Exception as exc:  # noqa: BLE001 - every failure is answered in the API's format
-            pipe.put(failure_for(exc))
+            last = failure_for(exc)
+        # Free the key's slot first: a client may send its next request on the last piece.
+        release()
+        pipe.put(last)
 
     def _answer(self, job: _Job, abort: Abort) -> bytes:
         inference = self._services.inference
