@@ -631,6 +631,13 @@ def test_a_key_over_its_concurrency_limit_gets_429_with_retry_after(gw: Gateway)
             assert ask(gw.bob_key).status_code == 200  # another key is not held up
         # The slot frees once the first request's model request has ended.
         assert wait_for(lambda: ask(gw.admin_key).status_code == 200, 60)
+        # A stream frees it before its last piece: the next request right after is in.
+        for _ in range(3):
+            with httpx.stream("POST", url + "/v1/chat/completions", timeout=120,
+                              headers={"Authorization": f"Bearer {gw.admin_key}"},
+                              json={**short, "stream": True}) as done:
+                assert done.read().endswith(b"data: [DONE]\n\n")
+            assert ask(gw.admin_key).status_code == 200
     finally:
         server.should_exit = True
         thread.join(timeout=15)
