@@ -29,7 +29,8 @@ from pathlib import Path  # noqa: E402
 
 from huggingface_hub import snapshot_download  # noqa: E402
 
-from manager.models.downloads import DownloadManager, DownloadStatus  # noqa: E402
+from manager.models.download_types import DownloadStatus
+from manager.models.downloads import DownloadManager  # noqa: E402
 from manager.models.hub import MLX_PATTERNS, HubClient, HubConfig  # noqa: E402
 from manager.store import Store  # noqa: E402
 from tests.fixtures.local_hub import LocalHub  # noqa: E402

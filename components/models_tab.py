@@ -27,7 +27,7 @@ from manager.accounts.auth import User
 from manager.accounts.permissions import Action, Owned, allowed
 from manager.errors import ValidationError
 from manager.models.capabilities import fit, memory_budget_bytes
-from manager.models.downloads import DownloadView
+from manager.models.download_types import DownloadView
 from manager.models.filters import ModelFilter
 from manager.models.hub import (
     KNOWN_AUTHORS,

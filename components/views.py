@@ -6,7 +6,7 @@ import html
 
 from manager.accounts.auth import User
 from manager.models.capabilities import WEIGHTS_OVERHEAD_PERCENT, Capabilities, Fit, FitLevel
-from manager.models.downloads import DownloadView
+from manager.models.download_types import DownloadView
 from manager.models.hub import RemoteDetails, RemoteModel
 from manager.models.library import LocalModel
 from manager.servers.inference import ServerMetrics

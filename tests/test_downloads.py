@@ -15,7 +15,8 @@ from huggingface_hub import constants, scan_cache_dir, snapshot_download
 
 from manager.accounts.auth import AuthService
 from manager.errors import Conflict, PermissionDenied
-from manager.models.downloads import DiskFull, DownloadManager, DownloadStatus, DownloadView
+from manager.models.download_types import DiskFull, DownloadStatus, DownloadView
+from manager.models.downloads import DownloadManager
 from manager.models.hub import GatedRepo, HubClient, HubConfig, NoMLXWeights, RepoNotFound
 from manager.net import free_port
 from manager.services import Services
@@ -298,7 +299,7 @@ def test_a_disk_filling_up_before_a_resume_fails_resumable(
     wait_bytes(manager, view.id, 100_000)
     manager.pause(None, view.id)
     manager.wait(view.id, 30)
-    manager.free_space = lambda _: 50_000  # another program filled the disk meanwhile
+    manager.cache.free_space = lambda _: 50_000  # another program filled the disk meanwhile
     manager.resume(None, view.id)
     failed = manager.wait(view.id, 30)
     assert failed.status is DownloadStatus.FAILED and failed.status.resumable

@@ -14,7 +14,8 @@ from manager.accounts.auth import AuthService, User
 from manager.accounts.permissions import Action, allowed
 from manager.errors import Conflict, PermissionDenied, ValidationError
 from manager.models import library as library_module
-from manager.models.downloads import DownloadManager, DownloadStatus
+from manager.models.download_types import DownloadStatus
+from manager.models.downloads import DownloadManager
 from manager.models.hub import HubClient, HubConfig
 from manager.models.library import Library
 from manager.store import Store

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
-from manager.models.downloads import DownloadStatus
+from manager.models.download_types import DownloadStatus
 from manager.net import free_port
 from manager.settings import Settings
 from tests.conftest import LiveDashboard

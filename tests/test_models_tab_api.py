@@ -11,7 +11,7 @@ from gradio_client import Client
 
 from manager.api.login import SESSION_COOKIE
 from manager.errors import PermissionDenied
-from manager.models.downloads import DownloadStatus
+from manager.models.download_types import DownloadStatus
 from manager.net import free_port
 from manager.settings import Settings
 from tests.conftest import LiveDashboard

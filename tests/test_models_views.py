@@ -18,7 +18,7 @@ from components.views import (
 )
 from manager.errors import ValidationError
 from manager.models.capabilities import Capabilities, Fit, FitLevel, fit
-from manager.models.downloads import DownloadStatus, DownloadView
+from manager.models.download_types import DownloadStatus, DownloadView
 from manager.models.filters import GB, ModelFilter
 from manager.models.hub import RemoteDetails, RemoteModel
 from manager.models.library import LocalModel

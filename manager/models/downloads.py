@@ -15,23 +15,18 @@ is kept in memory behind one lock and read by `snapshot()` (what UI timers call)
 
 from __future__ import annotations
 
-import enum
-import errno
 import logging
 import os
 import queue
-import shutil
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import hf_hub_url
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-from huggingface_hub.file_download import http_get, repo_folder_name
+from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers
 from huggingface_hub.utils import tqdm as hf_tqdm
 
@@ -39,6 +34,14 @@ from manager.accounts.auth import User
 from manager.accounts.permissions import Action, Owned, require
 from manager.clock import utc_now
 from manager.errors import Conflict, ManagerError, NotFound, ValidationError
+from manager.models.download_types import (
+    DownloadStatus,
+    DownloadView,
+    Job,
+    Stopped,
+    network_message,
+)
+from manager.models.hf_cache import PARTIAL_SUFFIX, CacheFolder, default_free_space
 from manager.models.hub import NETWORK_ERRORS, DownloadPlan, HubClient, PlannedFile
 from manager.store import Store, inserted_id
 from manager.units import format_bytes
@@ -48,89 +51,6 @@ log = logging.getLogger(__name__)
 FILE_WORKERS = 8  # files of one download fetched at once, as snapshot_download does
 _SPEED_WINDOW_S = 5.0
 _SAMPLE_EVERY_S = 0.2
-_PARTIAL_SUFFIX = ".incomplete"
-
-
-class DownloadStatus(enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    PAUSED = "paused"
-    FAILED = "failed"
-    DONE = "done"
-    CANCELLED = "cancelled"
-
-    @property
-    def active(self) -> bool:
-        return self in (DownloadStatus.QUEUED, DownloadStatus.RUNNING)
-
-    @property
-    def resumable(self) -> bool:
-        return self in (DownloadStatus.PAUSED, DownloadStatus.FAILED)
-
-    @property
-    def finished(self) -> bool:
-        return self in (DownloadStatus.DONE, DownloadStatus.CANCELLED)
-
-
-class DiskFull(ManagerError):
-    pass
-
-
-@dataclass(frozen=True)
-class DownloadView:
-    """A download as the UI shows it. speed/eta None = unknown ("n/a")."""
-
-    id: int
-    repo_id: str
-    status: DownloadStatus
-    bytes_done: int
-    bytes_total: int | None
-    speed_bps: float | None = None
-    eta_seconds: float | None = None
-    error: str | None = None
-    created_by: int | None = None
-    revision: str | None = None
-
-    @property
-    def fraction(self) -> float | None:
-        if not self.bytes_total:
-            return None
-        return min(1.0, self.bytes_done / self.bytes_total)
-
-
-class _Stopped(Exception):
-    """Raised inside a transfer (from the progress hook) to stop it between chunks."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass
-class _Job:
-    id: int
-    repo_id: str
-    status: DownloadStatus
-    revision: str | None
-    bytes_total: int | None
-    created_by: int | None
-    error: str | None = None
-    base_bytes: int = 0  # files already complete when this run started
-    file_bytes: dict[str, int] = field(default_factory=dict)
-    stop: str | None = None  # "pause", "cancel", "shutdown" or "abort"
-    samples: deque = field(default_factory=deque)
-
-    @property
-    def done(self) -> int:
-        return self.base_bytes + sum(self.file_bytes.values())
-
-
-def default_free_space(path: Path) -> int:
-    """Free bytes on the disk holding `path` (or its nearest existing parent)."""
-    probe = Path(path)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
 
 
 class _FileProgress(hf_tqdm):
@@ -141,7 +61,7 @@ class _FileProgress(hf_tqdm):
     """
 
     _mm_manager: DownloadManager
-    _mm_job: _Job
+    _mm_job: Job
     _mm_path: str
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -176,12 +96,12 @@ class DownloadManager:
         self.cache_dir = Path(cache_dir)
         self.max_concurrent = max(1, max_concurrent)
         self.file_workers = max(1, file_workers)
-        self.free_space = free_space
+        self.cache = CacheFolder(self.cache_dir, free_space)
         self.on_finished = on_finished
         self.clock = clock
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._jobs: dict[int, _Job] = {}
+        self._jobs: dict[int, Job] = {}
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._workers: list[threading.Thread] = []
         self._closed = False
@@ -202,7 +122,7 @@ class DownloadManager:
                 if status.active:
                     status = DownloadStatus.QUEUED
                     requeue.append(row["id"])
-                self._jobs[row["id"]] = _Job(row["id"], row["repo_id"], status, row["revision"],
+                self._jobs[row["id"]] = Job(row["id"], row["repo_id"], status, row["revision"],
                                              row["bytes_total"], row["created_by"], row["error"],
                                              base_bytes=row["bytes_done"] or 0)
             for index in range(self.max_concurrent):
@@ -253,7 +173,7 @@ class DownloadManager:
         if busy is not None:
             raise Conflict(f"{repo_id} is already in the download list ({busy.status.value}).")
         plan = self.hub.plan(repo_id)
-        self._check_disk(plan)
+        self.cache.check_disk(plan)
         now = utc_now()
         with self._lock:
             if (busy := self._unfinished_for(repo_id)) is not None:
@@ -266,9 +186,9 @@ class DownloadManager:
                     [repo_id, plan.revision, DownloadStatus.QUEUED.value, plan.total_bytes,
                      user_id, now, now])
                 job_id = inserted_id(cursor)
-            job = _Job(job_id, repo_id, DownloadStatus.QUEUED, plan.revision, plan.total_bytes,
+            job = Job(job_id, repo_id, DownloadStatus.QUEUED, plan.revision, plan.total_bytes,
                        user_id)
-            job.base_bytes = self._bytes_on_disk(plan)
+            job.base_bytes = self.cache.bytes_on_disk(plan)
             self._jobs[job_id] = job
             view = self._view(job)
             self._changed.notify_all()
@@ -313,7 +233,7 @@ class DownloadManager:
                 return self._view(job)
             self._set_status(job, DownloadStatus.CANCELLED)
             view = self._view(job)
-        self._discard_partials(job.repo_id)
+        self.cache.discard_partials(job.repo_id)
         return view
 
     # -- reading ------------------------------------------------------------------------
@@ -366,17 +286,17 @@ class DownloadManager:
                 self._set_status(job, DownloadStatus.RUNNING)
             self._run(job)
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: Job) -> None:
         try:
             plan = self.hub.plan(job.repo_id, revision=job.revision)
             with self._lock:
                 job.revision = plan.revision
                 job.bytes_total = plan.total_bytes
-                job.base_bytes = self._bytes_on_disk(plan, partials=False)
-            self._check_disk(plan)
+                job.base_bytes = self.cache.bytes_on_disk(plan, partials=False)
+            self.cache.check_disk(plan)
             self._fetch_all(job, plan)
-            self._link_snapshot(plan)
-        except _Stopped as stop:
+            self.cache.link_snapshot(plan)
+        except Stopped as stop:
             self._stopped(job, stop.reason)
             return
         except ManagerError as exc:
@@ -394,7 +314,7 @@ class DownloadManager:
                        "Partial files are kept: press Resume to try again.", exc)
             return
         except NETWORK_ERRORS as exc:
-            self._fail(job, _network_message(exc, job.done), exc)
+            self._fail(job, network_message(exc, job.done), exc)
             return
         except Exception as exc:  # noqa: BLE001 - a worker must never die silently
             log.exception("download %s of %s failed unexpectedly", job.id, job.repo_id)
@@ -411,8 +331,8 @@ class DownloadManager:
         if self.on_finished is not None:
             self.on_finished(job.repo_id)
 
-    def _fetch_all(self, job: _Job, plan: DownloadPlan) -> None:
-        pending = [f for f in plan.files if not self._blob(plan, f).exists()]
+    def _fetch_all(self, job: Job, plan: DownloadPlan) -> None:
+        pending = [f for f in plan.files if not self.cache.blob(plan, f).exists()]
         if not pending:
             return
         with ThreadPoolExecutor(max_workers=min(self.file_workers, len(pending)),
@@ -428,13 +348,13 @@ class DownloadManager:
         if not errors:
             return
         # A pause/cancel of the user wins over the "abort" echoes in other files.
-        stops = [e for e in errors if isinstance(e, _Stopped) and e.reason != "abort"]
-        real = [e for e in errors if not isinstance(e, _Stopped)]
+        stops = [e for e in errors if isinstance(e, Stopped) and e.reason != "abort"]
+        real = [e for e in errors if not isinstance(e, Stopped)]
         raise (real[0] if real and not stops else stops[0] if stops else errors[0])
 
-    def _fetch_file(self, job: _Job, plan: DownloadPlan, planned: PlannedFile) -> None:
-        blob = self._blob(plan, planned)
-        partial = blob.with_name(planned.etag + _PARTIAL_SUFFIX)
+    def _fetch_file(self, job: Job, plan: DownloadPlan, planned: PlannedFile) -> None:
+        blob = self.cache.blob(plan, planned)
+        partial = blob.with_name(planned.etag + PARTIAL_SUFFIX)
         blob.parent.mkdir(parents=True, exist_ok=True)
         url = hf_hub_url(plan.repo_id, planned.path, revision=plan.revision,
                          endpoint=self.hub.config.endpoint)
@@ -454,14 +374,14 @@ class DownloadManager:
         os.replace(partial, blob)
 
     # -- progress hooks (called from transfer threads) ------------------------------------
-    def _file_started(self, job: _Job, path: str, initial: int) -> None:
+    def _file_started(self, job: Job, path: str, initial: int) -> None:
         with self._lock:
             job.file_bytes[path] = initial
 
-    def _advance(self, job: _Job, path: str, n: int) -> None:
+    def _advance(self, job: Job, path: str, n: int) -> None:
         with self._lock:
             if job.stop is not None:
-                raise _Stopped(job.stop)
+                raise Stopped(job.stop)
             job.file_bytes[path] = job.file_bytes.get(path, 0) + n
             now = self.clock()
             if not job.samples or now - job.samples[-1][0] >= _SAMPLE_EVERY_S:
@@ -471,9 +391,9 @@ class DownloadManager:
                 self._changed.notify_all()
 
     # -- outcomes ---------------------------------------------------------------------------
-    def _stopped(self, job: _Job, reason: str) -> None:
+    def _stopped(self, job: Job, reason: str) -> None:
         if reason == "cancel":
-            self._discard_partials(job.repo_id)
+            self.cache.discard_partials(job.repo_id)
             with self._lock:
                 self._set_status(job, DownloadStatus.CANCELLED)
             log.info("download %s of %s cancelled; partial files removed", job.id, job.repo_id)
@@ -489,105 +409,38 @@ class DownloadManager:
             log.info("download %s of %s paused at %s", job.id, job.repo_id,
                      format_bytes(job.done))
 
-    def _fail(self, job: _Job, message: str, exc: BaseException) -> None:
+    def _fail(self, job: Job, message: str, exc: BaseException) -> None:
         log.warning("download %s of %s failed: %s (%s: %s)", job.id, job.repo_id, message,
                     type(exc).__name__, exc)
         with self._lock:
             job.error = message
             self._set_status(job, DownloadStatus.FAILED)
 
-    # -- files ------------------------------------------------------------------------------
     def storage(self, repo_id: str) -> Path:
-        return self.cache_dir / repo_folder_name(repo_id=repo_id, repo_type="model")
-
-    def _blob(self, plan: DownloadPlan, planned: PlannedFile) -> Path:
-        return self.storage(plan.repo_id) / "blobs" / planned.etag
-
-    def _bytes_on_disk(self, plan: DownloadPlan, partials: bool = True) -> int:
-        total = 0
-        for planned in plan.files:
-            blob = self._blob(plan, planned)
-            if blob.exists():
-                total += planned.size
-            elif partials:
-                partial = blob.with_name(planned.etag + _PARTIAL_SUFFIX)
-                total += min(partial.stat().st_size, planned.size) if partial.exists() else 0
-        return total
-
-    def _check_disk(self, plan: DownloadPlan) -> None:
-        needed = plan.total_bytes - self._bytes_on_disk(plan)
-        free = self.free_space(self.cache_dir)
-        if needed > free:
-            raise DiskFull(f"Not enough disk space for {plan.repo_id}: it needs "
-                           f"{format_bytes(needed)} more, {format_bytes(free)} is free in "
-                           f"{self.cache_dir}. Free some space and try again.")
-
-    def _link_snapshot(self, plan: DownloadPlan) -> None:
-        """Make the snapshot visible only now that every file is complete."""
-        storage = self.storage(plan.repo_id)
-        snapshots = storage / "snapshots"
-        final = snapshots / plan.revision
-        building = final if final.exists() else snapshots / f".{plan.revision}.building"
-        for planned in plan.files:
-            link = building / planned.path
-            link.parent.mkdir(parents=True, exist_ok=True)
-            target = os.path.relpath(self._blob(plan, planned), link.parent)
-            if link.is_symlink() and os.readlink(link) == target:
-                continue
-            temp = link.with_name(f".{link.name}.link")
-            temp.unlink(missing_ok=True)
-            os.symlink(target, temp)
-            os.replace(temp, link)
-        if building != final:
-            os.replace(building, final)
-        refs = storage / "refs"
-        refs.mkdir(parents=True, exist_ok=True)
-        temp_ref = refs / ".main.tmp"
-        temp_ref.write_text(plan.revision)
-        os.replace(temp_ref, refs / "main")
-
-    def _discard_partials(self, repo_id: str) -> None:
-        """Remove our partial files and blobs no snapshot uses; the folder if left empty."""
-        storage = self.storage(repo_id)
-        blobs = storage / "blobs"
-        if not blobs.is_dir():
-            return
-        used = {Path(os.path.realpath(p)).name for p in _links(storage / "snapshots")}
-        for entry in blobs.iterdir():
-            name = entry.name
-            ours_partial = name.endswith(_PARTIAL_SUFFIX) and name.count(".") == 1
-            if ours_partial or (not name.endswith(_PARTIAL_SUFFIX) and name not in used):
-                entry.unlink(missing_ok=True)
-        building = [p for p in (storage / "snapshots").glob(".*.building")] \
-            if (storage / "snapshots").is_dir() else []
-        for path in building:
-            shutil.rmtree(path, ignore_errors=True)
-        if not any(blobs.iterdir()) and not any(_links(storage / "snapshots")):
-            shutil.rmtree(storage, ignore_errors=True)
-            log.info("removed %s (nothing of it was complete)", storage)
+        return self.cache.storage(repo_id)
 
     # -- state ------------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
             raise ManagerError("The dashboard is shutting down; try again after it restarts.")
 
-    def _job(self, job_id: int) -> _Job:
+    def _job(self, job_id: int) -> Job:
         job = self._jobs.get(int(job_id))
         if job is None:
             raise NotFound(f"Download {job_id} does not exist (it may have finished).")
         return job
 
-    def _controlled(self, actor: User | None, job_id: int) -> _Job:
+    def _controlled(self, actor: User | None, job_id: int) -> Job:
         """The job, if `actor` may pause, resume or cancel it (caller holds the lock)."""
         job = self._job(job_id)
         require(actor, Action.DOWNLOAD_CONTROL, Owned.by(job.created_by))
         return job
 
-    def _unfinished_for(self, repo_id: str) -> _Job | None:
+    def _unfinished_for(self, repo_id: str) -> Job | None:
         return next((j for j in self._jobs.values()
                      if j.repo_id == repo_id and not j.status.finished), None)
 
-    def _set_status(self, job: _Job, status: DownloadStatus) -> None:
+    def _set_status(self, job: Job, status: DownloadStatus) -> None:
         """Every status change goes through here (caller holds the lock)."""
         if job.status is not status:
             log.info("download %s of %s: %s -> %s", job.id, job.repo_id, job.status.value,
@@ -596,7 +449,7 @@ class DownloadManager:
         self._persist(job)
         self._changed.notify_all()
 
-    def _persist(self, job: _Job) -> None:
+    def _persist(self, job: Job) -> None:
         now = utc_now()
         finished = now if job.status.finished else None
         with self.store.connect() as db:
@@ -606,7 +459,7 @@ class DownloadManager:
                 [job.status.value, job.revision, job.done, job.bytes_total, job.error, now,
                  finished, job.id])
 
-    def _view(self, job: _Job) -> DownloadView:
+    def _view(self, job: Job) -> DownloadView:
         speed = eta = None
         if job.status is DownloadStatus.RUNNING and len(job.samples) >= 2:
             (t0, b0), (t1, b1) = job.samples[0], job.samples[-1]
@@ -616,20 +469,3 @@ class DownloadManager:
                     eta = max(0.0, (job.bytes_total - job.done) / speed)
         return DownloadView(job.id, job.repo_id, job.status, job.done, job.bytes_total, speed,
                             eta, job.error, job.created_by, job.revision)
-
-
-def _links(snapshots: Path) -> list[Path]:
-    if not snapshots.is_dir():
-        return []
-    return [p for p in snapshots.rglob("*") if p.is_symlink()]
-
-
-def _network_message(exc: BaseException, done: int) -> str:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return (f"The disk is full. Free some space, then press Resume: the "
-                f"{format_bytes(done)} already fetched are kept.")
-    if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
-        return ("A file arrived with the wrong size (the connection was cut?). Press Resume to "
-                "fetch the rest.")
-    return (f"Lost the connection to Hugging Face ({type(exc).__name__}). The "
-            f"{format_bytes(done)} already fetched are kept: press Resume to continue.")
