@@ -10,6 +10,7 @@ import gradio as gr
 
 from components.session import TabLoader, handler
 from manager.accounts.auth import User
+from manager.accounts.permissions import Action, allowed
 from manager.chat.mcp_config import ServerKind, parse_args
 from manager.services import Services
 
@@ -70,7 +71,7 @@ def build(services: Services) -> TabLoader:
 
     @handler(services, "MCP servers panel load")
     def load(actor: User) -> dict[Any, Any]:
-        if not actor.is_admin:
+        if not allowed(actor, Action.MANAGE_TOOLS):
             return {table: [], pick: gr.Dropdown(choices=[])}
         return listing(actor, list_tools=False)
 
