@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from argon2 import PasswordHasher
+
 from manager.accounts.api_keys import ApiKeyService
 from manager.accounts.auth import AuthService, load_or_create_secret
 from manager.chat.engine import ChatEngine
@@ -45,15 +47,18 @@ class Services:
     chat_engine: ChatEngine
 
     @classmethod
-    def create(cls, settings: Settings, *, run_servers: bool = True) -> Services:
+    def create(cls, settings: Settings, *, run_servers: bool = True,
+               hasher: PasswordHasher | None = None) -> Services:
         """All services. run_servers=False (CLI commands) reads and edits the same data
-        without adopting, starting or sampling the servers a dashboard runs."""
+        without adopting, starting or sampling the servers a dashboard runs. `hasher`:
+        argon2's defaults unless given (tests pass a cheap one: hashing dominates them)."""
         settings.ensure_dirs()
         store = Store(settings.db_path)
         auth = AuthService(
             store,
             load_or_create_secret(settings.secret_path),
             session_days=settings.session_days,
+            hasher=hasher,
         )
         api_keys = ApiKeyService(store, auth)
         chats = ChatHistory(store, settings.uploads_dir)

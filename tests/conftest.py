@@ -1,21 +1,25 @@
-"""Shared fixtures: real SQLite in tmp dirs, a live dashboard on a free port, a real browser."""
+"""Shared fixtures: real SQLite in tmp dirs, light services, the real app in-process or on a
+free port, a real browser."""
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from argon2 import PasswordHasher
 
 from manager.api.login import SESSION_COOKIE
 from manager.net import free_port
 from manager.services import Services
 from manager.settings import Settings
+from tests.waits import wait_for
 
 pytest_plugins = ["tests.fixtures.plugin"]
 
@@ -25,6 +29,9 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 PASSWORD = "correct horse battery"
+# Real argon2id at its cheapest settings: argon2's defaults cost ~0.1-1 s a hash and
+# hashing then dominates every test that registers or signs in.
+TEST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
 @pytest.fixture
@@ -34,17 +41,42 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def services(settings: Settings) -> Iterator[Services]:
-    created = Services.create(settings)
+    """Light services: nothing adopted, auto-started, sampled or resumed in the background
+    (what a test that starts a server asks for, it starts itself)."""
+    created = Services.create(settings, run_servers=False, hasher=TEST_HASHER)
     yield created
     created.close()
+
+
+class InProcessTransport(httpx.BaseTransport):
+    """A sync httpx transport into the ASGI app (httpx.ASGITransport on an event loop
+    thread): the real app and middleware, no socket, no uvicorn. Bodies are read whole,
+    so it suits request/response routes, not streams a test reads as they arrive."""
+
+    def __init__(self, app: Any, portal: BlockingPortal) -> None:
+        self._asgi = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+        self._portal = portal
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        return self._portal.call(self._send, request)
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        response = await self._asgi.handle_async_request(request)
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
+        return httpx.Response(response.status_code, headers=response.headers,
+                              stream=httpx.ByteStream(raw), extensions=response.extensions)
 
 
 @dataclass
 class LiveDashboard:
     url: str
     services: Services
+    transport: httpx.BaseTransport | None = None  # None: a real socket at `url`
 
-    def client(self, **kwargs: object) -> httpx.Client:
+    def client(self, **kwargs: Any) -> httpx.Client:
+        if self.transport is not None:
+            kwargs.setdefault("transport", self.transport)
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
     def register(self, email: str, password: str = PASSWORD) -> httpx.Response:
@@ -72,22 +104,38 @@ def run_uvicorn(app: object, port: int) -> tuple[uvicorn.Server, threading.Threa
                                            timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the dashboard did not start")
-        time.sleep(0.05)
+    wait_for(lambda: server.started or not thread.is_alive(), 30, "uvicorn to start")
+    if not server.started:
+        raise RuntimeError("the dashboard did not start")
     return server, thread
 
 
 @pytest.fixture
 def dashboard(services: Services) -> Iterator[LiveDashboard]:
+    """The real app on a real socket: for gradio_client, browsers and streams."""
     from app import create_app
 
     server, thread = run_uvicorn(create_app(services), services.settings.port)
     yield LiveDashboard(f"http://127.0.0.1:{services.settings.port}", services)
     server.should_exit = True
     thread.join(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def asgi_portal() -> Iterator[BlockingPortal]:
+    """One event loop thread that in-process requests run on."""
+    with start_blocking_portal() as portal:
+        yield portal
+
+
+@pytest.fixture
+def app_dashboard(services: Services, asgi_portal: BlockingPortal) -> LiveDashboard:
+    """The real app built by app.create_app, called in-process over httpx.ASGITransport:
+    for route tests that need no socket."""
+    from app import create_app
+
+    return LiveDashboard("http://testserver", services,
+                         InProcessTransport(create_app(services), asgi_portal))
 
 
 @pytest.fixture(scope="session")

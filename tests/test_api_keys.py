@@ -112,12 +112,10 @@ def test_bad_names_and_unknown_ids_get_clear_errors(services: Services,
     assert services.api_keys.create(people["bob"], "   ").key.name == "default"
 
 
-def test_cli_keys_create_prints_a_working_key(tmp_path) -> None:  # noqa: ANN001
-    from manager.settings import Settings
+def test_cli_keys_create_prints_a_working_key(services: Services) -> None:
     from tests.test_cli import run_cli
 
-    data = tmp_path / "data"
-    services = Services.create(Settings(data_dir=data))
+    data = services.settings.data_dir
     services.auth.register("alice@example.com", PW)
     result = run_cli("keys", "create", "alice@example.com", "--name", "scripts", data_dir=data)
     assert result.returncode == 0, result.stderr

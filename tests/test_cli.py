@@ -2,30 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import subprocess
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from manager.accounts.auth import Role, Status
-from manager.cli.main import build_parser, settings_from_args
+from manager.cli.main import build_parser, run_command, settings_from_args
 from manager.net import free_port
 from manager.services import Services
 from manager.settings import Settings
+from tests.conftest import TEST_HASHER
+from tests.waits import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSOLE_SCRIPT = Path(sys.executable).parent / "mlx-manager"
 
 
-def run_cli(*args: str, stdin: str = "", data_dir: Path | None = None) -> subprocess.CompletedProcess:
-    argv = [sys.executable, str(ROOT / "app.py"), *args]
-    if data_dir is not None:
-        argv[2:2] = ["--data-dir", str(data_dir)]
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120,
-                          cwd=ROOT)
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, stdin: str = "", data_dir: Path | None = None) -> CliResult:
+    """A command as `mlx-manager` runs it (the same parser and command code), in-process:
+    a new interpreter per call would cost seconds of imports. test_console_script_* and
+    the serve test cover the real process."""
+    argv = [*(["--data-dir", str(data_dir)] if data_dir is not None else []), *args]
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            parsed = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help and usage errors end in argparse
+        return CliResult(int(exc.code or 0), out.getvalue(), err.getvalue())
+    code = run_command(parsed, settings_from_args(parsed), stdin=io.StringIO(stdin), out=out,
+                       err=err)
+    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def test_help_lists_the_dashboard_flags() -> None:
@@ -74,7 +94,7 @@ def test_users_add_list_and_reset_password(tmp_path: Path) -> None:
     lines = listing.stdout.splitlines()
     assert lines[0].split() == ["EMAIL", "ROLE", "STATUS", "CREATED", "LAST", "LOGIN"]
     assert any(line.startswith("root@example.com") and " admin " in line for line in lines)
-    services = Services.create(Settings(data_dir=data))
+    services = Services.create(Settings(data_dir=data), run_servers=False, hasher=TEST_HASHER)
     root = services.auth.get_by_email("root@example.com")
     old_token = services.auth.issue_session(root)
     reset = run_cli("users", "reset-password", "root@example.com", "--password-stdin",
@@ -83,6 +103,7 @@ def test_users_add_list_and_reset_password(tmp_path: Path) -> None:
     assert services.auth.user_for_session(old_token) is None
     assert services.auth.authenticate("root@example.com", "brand-new-password", "cli").role \
         is Role.ADMIN
+    services.close()
 
 
 @pytest.mark.parametrize(
@@ -106,12 +127,13 @@ def test_cli_errors_are_clear_and_exit_nonzero(
 
 def test_users_add_admin_flag_makes_an_admin(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    services = Services.create(Settings(data_dir=data))
+    services = Services.create(Settings(data_dir=data), run_servers=False, hasher=TEST_HASHER)
     services.auth.register("first@example.com", "first-password")
     run_cli("users", "add", "ops@example.com", "--admin", "--password-stdin",
             stdin="ops-password\n", data_dir=data)
     ops = services.auth.get_by_email("ops@example.com")
     assert (ops.role, ops.status) == (Role.ADMIN, Status.ACTIVE)
+    services.close()
 
 
 def _start(*args: str, data_dir: Path) -> subprocess.Popen:
@@ -121,30 +143,24 @@ def _start(*args: str, data_dir: Path) -> subprocess.Popen:
     )
 
 
-def _wait_for(url: str, proc: subprocess.Popen, seconds: float = 60) -> httpx.Response:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"dashboard exited early:\n{proc.stdout.read()}")
-        try:
-            return httpx.get(url, timeout=2)
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer in {seconds}s")
+def _answer(url: str, proc: subprocess.Popen) -> httpx.Response:
+    if proc.poll() is not None:
+        raise AssertionError(f"dashboard exited early:\n{proc.stdout.read()}")
+    return httpx.get(url, timeout=2)
 
 
+@pytest.mark.slow  # starts the whole dashboard as a process
 def test_serve_with_share_offline_warns_and_keeps_running(tmp_path: Path) -> None:
     port = free_port()
     proc = _start("serve", "--port", str(port), "--share", data_dir=tmp_path / "data")
     try:
-        assert _wait_for(f"http://127.0.0.1:{port}/login", proc).status_code == 200
-        deadline = time.monotonic() + 60
+        url = f"http://127.0.0.1:{port}/login"
+        assert wait_for(lambda: _answer(url, proc), 60, f"{url} to answer",
+                        ignoring=(httpx.TransportError,)).status_code == 200
+        # Lines until the share link's outcome (readline blocks until the process says more).
         lines: list[str] = []
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if "share link" in line:
-                break
+        while not lines or ("share link" not in lines[-1] and lines[-1]):
+            lines.append(proc.stdout.readline())
         assert any("Could not create a share link" in line for line in lines), lines
         assert httpx.get(f"http://127.0.0.1:{port}/login", timeout=5).status_code == 200
         assert (tmp_path / "data" / "manager.db").exists()
@@ -153,13 +169,15 @@ def test_serve_with_share_offline_warns_and_keeps_running(tmp_path: Path) -> Non
         proc.wait(timeout=30)
 
 
-def test_a_port_in_use_gets_a_clear_message(tmp_path: Path) -> None:
+def test_a_port_in_use_gets_a_clear_message(tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
     import socket
 
-    with socket.socket() as taken:
+    from app import main
+
+    with socket.socket() as taken, caplog.at_level(logging.ERROR):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_cli("--port", str(port), data_dir=tmp_path / "data")
-    assert result.returncode == 1
-    assert f"Port {port} on 127.0.0.1 is already in use" in result.stderr
+        assert main(["--port", str(port), "--data-dir", str(tmp_path / "data")]) == 1
+    assert f"Port {port} on 127.0.0.1 is already in use" in caplog.text

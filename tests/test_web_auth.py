@@ -8,6 +8,12 @@ from manager.api.login import SESSION_COOKIE, safe_next
 from tests.conftest import PASSWORD, LiveDashboard
 
 
+@pytest.fixture
+def dashboard(app_dashboard: LiveDashboard) -> LiveDashboard:
+    """These routes need no socket: the real app, in-process (httpx.ASGITransport)."""
+    return app_dashboard
+
+
 def _set_cookie(response) -> str:  # noqa: ANN001 - an httpx.Response
     return response.headers.get("set-cookie", "")
 
