@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +34,6 @@ class OffsetClock(Clock):
 
     def time(self) -> float:
         return time.time() + self.offset
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 60.0, every: float = 0.05) -> bool:
-    """Poll until predicate() is truthy; False after `timeout` (the test then fails)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return bool(predicate())
 
 
 @contextmanager

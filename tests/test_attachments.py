@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from manager.chat.attachments import (
 )
 from manager.errors import ValidationError
 from manager.net import free_port
+from tests.waits import wait_for
 
 # Frame i of a generated video is one flat color that encodes i in two channels with
 # 32 levels between codes, so codec and JPEG rounding cannot turn one index into another.
@@ -274,20 +274,13 @@ def vision_server(tiny_models: dict[str, Path],
              "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        last_error: Exception | None = None
-        while True:
+        def loaded() -> bool:
             assert process.poll() is None, log.read_text()[-2000:]
-            assert time.monotonic() < deadline, (
-                f"mlx_vlm server never loaded the model (last error: {last_error!r})")
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                if health.status_code == 200 and health.json().get("loaded_model") == model:
-                    break
-            except httpx.TransportError as exc:
-                # Not listening yet: keep polling until the deadline above.
-                last_error = exc
-            time.sleep(0.1)
+            health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+            return health.status_code == 200 and health.json().get("loaded_model") == model
+
+        wait_for(loaded, 90, "the mlx_vlm server to load the model",
+                 ignoring=(httpx.TransportError,))
         yield VisionServer(f"http://127.0.0.1:{port}", model, log)
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -37,7 +37,8 @@ from manager.servers.supervisor import ServerState
 from manager.services import Services
 from manager.settings import Settings
 from tests.conftest import PASSWORD
-from tests.server_helpers import hf_home_env, wait_for
+from tests.server_helpers import hf_home_env
+from tests.waits import wait_for
 
 K = ChatEventKind
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from manager.settings import Settings
 from manager.store import Store
 from tests.conftest import PASSWORD
 from tests.fixtures.local_hub import DEFAULT_TOKEN, NO_ACCESS_TOKEN, LocalHub
+from tests.waits import wait_for
 
 BIG = "mlx-community/big-qwen3"
 WEIGHTS = "model.safetensors"
@@ -137,12 +137,13 @@ def test_progress_is_reported_per_chunk_with_speed_and_eta(
     hub.throttle_bytes_per_sec = 1_500_000
     view = manager.start(None, big_repo)
     seen: list[DownloadView] = []
-    while True:
-        current = manager.get(view.id)
-        seen.append(current)
-        if not current.status.active:
-            break
-        time.sleep(0.05)
+
+    def finished() -> bool:
+        seen.append(manager.get(view.id))
+        return not seen[-1].status.active
+
+    wait_for(finished, 60, "the download to finish")
+    current = seen[-1]
     assert current.status is DownloadStatus.DONE
     done_values = [v.bytes_done for v in seen]
     assert done_values == sorted(done_values)
@@ -249,9 +250,8 @@ def test_a_lost_connection_fails_clearly_and_resumes_later(
     cutting = threading.Event()
 
     def cut_every_attempt() -> None:
-        while not cutting.is_set():
+        while not cutting.wait(0.02):  # re-arm the cut for every reconnect until told to stop
             hub.drop_after_bytes(big_repo, WEIGHTS, 0)
-            time.sleep(0.02)
 
     cutter = threading.Thread(target=cut_every_attempt, daemon=True)
     hub.drop_after_bytes(big_repo, WEIGHTS, 0)
@@ -346,10 +346,14 @@ def test_several_downloads_run_at_once_within_the_limit(
     hub.throttle_bytes_per_sec = 1_000_000
     views = [manager.start(None, hub_repos[n])
              for n in ("text", "thinking", "tools", "vision")]
-    peak = 0
-    while any(manager.get(v.id).status.active for v in views):
-        running = sum(manager.get(v.id).status is DownloadStatus.RUNNING for v in views)
-        peak = max(peak, running)
-        time.sleep(0.02)
+    peaks = [0]
+
+    def all_finished() -> bool:
+        statuses = [manager.get(v.id).status for v in views]
+        peaks.append(sum(s is DownloadStatus.RUNNING for s in statuses))
+        return not any(s.active for s in statuses)
+
+    wait_for(all_finished, 120, "the four downloads to finish")
+    peak = max(peaks)
     assert peak == 2  # max_concurrent
     assert all(manager.get(v.id).status is DownloadStatus.DONE for v in views)

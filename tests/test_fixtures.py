@@ -34,6 +34,7 @@ from tests.fixtures.tiny_models import (
     TOOL_SCRIPT,
     make_scripted_model,
 )
+from tests.waits import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 WEATHER_TOOL = {
@@ -269,18 +270,13 @@ def test_scripted_model_through_real_mlx_lm_server(
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
     ):
         # Ready means a real 1-token completion, not an open port.
-        deadline = time.monotonic() + 60
-        while True:
+        def completion() -> httpx.Response | None:
             assert proc.poll() is None, _output(proc)
-            assert time.monotonic() < deadline, "mlx_lm server never answered"
-            try:
-                ready = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1})
-            except httpx.TransportError:
-                time.sleep(0.1)
-                continue
-            if ready.status_code == 200:
-                break
-            time.sleep(0.1)
+            answer = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1})
+            return answer if answer.status_code == 200 else None
+
+        ready = wait_for(completion, 60, "the mlx_lm server to answer",
+                         ignoring=(httpx.TransportError,))
         assert ready.json()["usage"]["completion_tokens"] == 1
 
         messages: list[dict] = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -349,20 +345,13 @@ def test_vision_model_through_real_mlx_vlm_server(
         child(argv, env=dict(os.environ)) as proc,
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
     ):
-        deadline = time.monotonic() + 60
-        last_error: Exception | None = None
-        while True:
+        def loaded() -> bool:
             assert proc.poll() is None, _output(proc)
-            assert time.monotonic() < deadline, (
-                f"mlx_vlm server never loaded the model (last error: {last_error!r})")
-            try:
-                health = client.get("/health")
-                if health.status_code == 200 and health.json().get("loaded_model") == model:
-                    break
-            except httpx.TransportError as exc:
-                # Not listening yet: keep polling until the deadline above.
-                last_error = exc
-            time.sleep(0.1)
+            health = client.get("/health")
+            return health.status_code == 200 and health.json().get("loaded_model") == model
+
+        wait_for(loaded, 60, "the mlx_vlm server to load the model",
+                 ignoring=(httpx.TransportError,))
         content = [
             {"type": "text", "text": "What is this?"},
             {"type": "image_url", "image_url": {"url": image_url}},
@@ -548,14 +537,11 @@ def test_local_hub_runs_standalone(tiny_models: dict[str, Path]) -> None:
     argv = [sys.executable, "-m", "tests.fixtures.local_hub", "--port", str(port)]
     argv += ["--models", str(root), "--tiny"]
     with child(argv) as proc:
-        deadline = time.monotonic() + 30
-        while True:
+        def models() -> httpx.Response:
             assert proc.poll() is None, _output(proc)
-            assert time.monotonic() < deadline, "standalone hub never answered"
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/api/models", timeout=5)
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
+            return httpx.get(f"http://127.0.0.1:{port}/api/models", timeout=5)
+
+        response = wait_for(models, 30, "the standalone hub to answer",
+                            ignoring=(httpx.TransportError,))
         ids = {item["id"] for item in response.json()}
         assert {"mlx-community/tiny-qwen3-4bit", "mlx-community/tiny-qwen2-vl"} <= ids

@@ -33,7 +33,8 @@ from manager.servers.supervisor import ACTIVE_STATES, ServerState
 from manager.services import Services
 from manager.settings import Settings
 from tests.conftest import PASSWORD, run_uvicorn
-from tests.server_helpers import OffsetClock, hf_home_env, make_broken_model, wait_for
+from tests.server_helpers import OffsetClock, hf_home_env, make_broken_model
+from tests.waits import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,8 @@ import pytest
 from manager.servers.monitor import Monitor, parse_ioreg_utilization
 from manager.servers.profiles import Profile
 from manager.servers.supervisor import ServerState
-from tests.server_helpers import ServerEnv, hf_home_env, server_env, wait_for
+from tests.server_helpers import ServerEnv, hf_home_env, server_env
+from tests.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,7 @@ def test_cpu_is_above_zero_while_a_request_generates(env: ServerEnv, running: Pr
     try:
         assert busy.wait(60)
         env.monitor.sample_all()
-        time.sleep(0.5)
+        time.sleep(0.5)  # CPU percent is measured over time that passes between two samples
         env.monitor.sample_all()
         sample = env.monitor.latest(running.id)
     finally:

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,8 +38,8 @@ from tests.server_helpers import (
     make_broken_model,
     server_env,
     tree_pids,
-    wait_for,
 )
+from tests.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -379,7 +378,7 @@ def test_stop_during_start_and_a_second_stop(env: ServerEnv, tiny_models: dict[s
     profile = env.profile("stop early", tiny_models["text"])
     snap = env.supervisor.start(profile.id)
     pids = tree_pids(snap.pid)
-    time.sleep(0.2)
+    assert env.supervisor.snapshot(profile.id).state is ServerState.STARTING  # not ready yet
     assert env.supervisor.stop(profile.id).state is ServerState.STOPPED
     assert all_gone(pids)
     assert env.supervisor.snapshot(profile.id).state is ServerState.STOPPED

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from manager.net import free_port
 from manager.store import Store
 from tests.conftest import PASSWORD
+from tests.waits import wait_for
 
 EXTRA_SERVER = textwrap.dedent('''
     """A small MCP server for tests: tools that work, raise, hang and die."""
@@ -124,7 +124,7 @@ def _start_http_builtin(port: int, log_path: Path) -> subprocess.Popen[bytes]:
             stderr=log_file,
         )
     try:
-        _wait_for_port(port, process, time.monotonic() + 30)
+        wait_for(lambda: _listening(port, process), 30, "the HTTP MCP server to listen")
     except RuntimeError:
         _stop(process)
         raise
@@ -140,15 +140,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the HTTP MCP server exited with {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError("the HTTP MCP server did not start listening")
+def _listening(port: int, process: subprocess.Popen[bytes]) -> bool:
+    if process.poll() is not None:
+        raise RuntimeError(f"the HTTP MCP server exited with {process.returncode}")
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture(scope="module")

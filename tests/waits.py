@@ -9,7 +9,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 FIRST_PAUSE_S = 0.01
-LONGEST_PAUSE_S = 0.2
+LONGEST_PAUSE_S = 0.1
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "",
@@ -18,7 +18,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "",
 
     After `timeout` seconds an AssertionError names `what` (and the last error, for
     exceptions listed in `ignoring`, e.g. a connection refused while a server starts).
-    The pause between polls grows from 10 ms to 200 ms, so a quick condition is seen
+    The pause between polls grows from 10 ms to 100 ms, so a quick condition is seen
     quickly and a slow one costs little CPU.
     """
     deadline = time.monotonic() + timeout
