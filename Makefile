@@ -20,6 +20,11 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Everything that needs no model server and no browser (tests marked slow are left out).
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 

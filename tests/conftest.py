@@ -34,6 +34,13 @@ PASSWORD = "correct horse battery"
 TEST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A browser test is a slow test, whether or not it says so (make test-fast skips both)."""
+    for item in items:
+        if item.get_closest_marker("browser") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", port=free_port())
@@ -54,6 +61,7 @@ class InProcessTransport(httpx.BaseTransport):
     so it suits request/response routes, not streams a test reads as they arrive."""
 
     def __init__(self, app: Any, portal: BlockingPortal) -> None:
+        self.app = app
         self._asgi = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
         self._portal = portal
 
@@ -111,14 +119,20 @@ def run_uvicorn(app: object, port: int) -> tuple[uvicorn.Server, threading.Threa
 
 
 @pytest.fixture
-def dashboard(services: Services) -> Iterator[LiveDashboard]:
-    """The real app on a real socket: for gradio_client, browsers and streams."""
+def live_dashboard(services: Services) -> Iterator[LiveDashboard]:
+    """The real app on a real socket: for gradio_client, browsers, websockets, streams."""
     from app import create_app
 
     server, thread = run_uvicorn(create_app(services), services.settings.port)
     yield LiveDashboard(f"http://127.0.0.1:{services.settings.port}", services)
     server.should_exit = True
     thread.join(timeout=15)
+
+
+@pytest.fixture
+def dashboard(live_dashboard: LiveDashboard) -> LiveDashboard:
+    """The real app on a socket; a module of route tests overrides it with app_dashboard."""
+    return live_dashboard
 
 
 @pytest.fixture(scope="session")

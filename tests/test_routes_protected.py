@@ -11,11 +11,35 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from anyio.from_thread import BlockingPortal
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from manager.api.login import PUBLIC_PATHS, SESSION_COOKIE
 from manager.api.wire import ApiFormat, api_format, is_gateway_path
-from tests.conftest import LiveDashboard
+from manager.services import Services
+from manager.settings import Settings
+from tests.conftest import TEST_HASHER, InProcessTransport, LiveDashboard
+
+
+@pytest.fixture
+def dashboard(app_dashboard: LiveDashboard) -> LiveDashboard:
+    """These routes need no socket: the real app, in-process (httpx.ASGITransport)."""
+    return app_dashboard
+
+
+@pytest.fixture(scope="module")
+def anonymous(tmp_path_factory: pytest.TempPathFactory, asgi_portal: BlockingPortal
+              ) -> Iterator[LiveDashboard]:
+    """One in-process app for the tests that only knock without a session: they change
+    nothing, so they share it rather than build the whole app each."""
+    from app import create_app
+
+    services = Services.create(Settings(data_dir=tmp_path_factory.mktemp("anon") / "data"),
+                               run_servers=False, hasher=TEST_HASHER)
+    yield LiveDashboard("http://testserver", services,
+                        InProcessTransport(create_app(services), asgi_portal))
+    services.close()
+
 
 PARAM = re.compile(r"\{[^}]+\}")
 # Exactly these answer to API keys; anything else under /v1 would be a gap.
@@ -44,12 +68,10 @@ def concrete(path: str) -> str:
     return PARAM.sub("x", path) or "/"
 
 
-@pytest.fixture
-def app_routes(dashboard: LiveDashboard) -> list[tuple[str, frozenset[str]]]:
-    from app import create_app
-
-    # A second app object over the same services: its route table is what is served.
-    routes = sorted(set(walk(create_app(dashboard.services).routes)))
+@pytest.fixture(scope="module")
+def app_routes(anonymous: LiveDashboard) -> list[tuple[str, frozenset[str]]]:
+    assert isinstance(anonymous.transport, InProcessTransport)
+    routes = sorted(set(walk(anonymous.transport.app.routes)))
     assert len(routes) > 40, "the walk should reach Gradio's own routes"
     assert any(path.startswith("/gradio_api/") for path, _ in routes)
     return routes
@@ -74,10 +96,10 @@ def test_the_gateway_routes_are_exactly_the_expected_ones(
 
 
 def test_no_route_answers_2xx_without_a_session(
-    dashboard: LiveDashboard, app_routes: list[tuple[str, frozenset[str]]]
+    anonymous: LiveDashboard, app_routes: list[tuple[str, frozenset[str]]]
 ) -> None:
     checked = gateway_checked = 0
-    with dashboard.client(follow_redirects=False) as client:
+    with anonymous.client(follow_redirects=False) as client:
         for path, methods in app_routes:
             url = concrete(path)
             for method in sorted(methods - {"HEAD", "OPTIONS", "WEBSOCKET"}):
@@ -129,8 +151,8 @@ def test_a_session_does_not_open_the_gateway_and_a_key_does_not_open_the_dashboa
      "/openapi.json", "/gradio_api/upload", "/theme.css", "/gradio_api/queue/data",
      "/gradio_api/heartbeat/abc", "/does-not-exist", "/login/../config", "/LOGIN"],
 )
-def test_known_gradio_gaps_are_closed(dashboard: LiveDashboard, path: str) -> None:
-    with dashboard.client(follow_redirects=False) as client:
+def test_known_gradio_gaps_are_closed(anonymous: LiveDashboard, path: str) -> None:
+    with anonymous.client(follow_redirects=False) as client:
         for method in ("GET", "POST"):
             response = client.request(method, path)
             assert response.status_code == 401, (method, path, response.status_code)
@@ -149,14 +171,15 @@ def test_with_a_session_the_same_routes_work(dashboard: LiveDashboard) -> None:
         assert page.status_code == 200 and "gradio" in page.text.lower()
 
 
-def test_a_redirect_keeps_where_the_user_was_going(dashboard: LiveDashboard) -> None:
-    with dashboard.client(follow_redirects=False) as client:
+def test_a_redirect_keeps_where_the_user_was_going(anonymous: LiveDashboard) -> None:
+    with anonymous.client(follow_redirects=False) as client:
         response = client.get("/?tab=chat", headers={"Accept": "text/html"})
     assert response.headers["location"] == "/login?next=%2F%3Ftab%3Dchat"
 
 
-def test_websocket_upgrade_without_a_session_is_refused(dashboard: LiveDashboard) -> None:
+def test_websocket_upgrade_without_a_session_is_refused(live_dashboard: LiveDashboard) -> None:
+    # A real socket: only uvicorn turns the upgrade into a websocket scope.
     headers = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
-    response = httpx.get(dashboard.url + "/gradio_api/queue/join", headers=headers, timeout=10)
+    response = httpx.get(live_dashboard.url + "/gradio_api/queue/join", headers=headers, timeout=10)
     assert response.status_code in (401, 403)
