@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from manager.net import free_port
 from manager.services import Services
 from manager.settings import Settings
 from tests.conftest import PASSWORD
+from tests.waits import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,6 +162,7 @@ def test_restore_checks_the_file_before_touching_anything(services: Services,
     assert count(settings.db_path, "users") == 1
 
 
+@pytest.mark.slow  # starts the dashboard as a process
 def test_restore_refuses_while_a_dashboard_runs_on_the_data_dir(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     backup_file = tmp_path / "b.db"
@@ -197,13 +198,9 @@ def test_the_data_dir_lock_is_held_until_released(tmp_path: Path) -> None:
 
 
 def wait_until_answers(url: str, process: subprocess.Popen[bytes], seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    def answers() -> httpx.Response:
         if process.poll() is not None:
             raise AssertionError(f"the dashboard exited early ({process.returncode})")
-        try:
-            httpx.get(url, timeout=2)
-            return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer in {seconds} s")
+        return httpx.get(url, timeout=2)
+
+    wait_for(answers, seconds, f"{url} to answer", ignoring=(httpx.TransportError,))

@@ -14,7 +14,7 @@ from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
 from manager.servers.supervisor import ServerState
 from tests.conftest import LiveDashboard
-from tests.server_helpers import wait_for
+from tests.waits import wait_for
 
 pytestmark = [pytest.mark.slow]
 
