@@ -11,7 +11,6 @@ import secrets
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from manager.cli.instance import DataDirBusy, hold_data_dir
@@ -39,7 +38,6 @@ def create_app(services: Services) -> FastAPI:
     from components.views import DASHBOARD_CSS
     from manager.api.gateway import build_gateway_router, gateway_auth
     from manager.api.login import SessionGate, build_auth_router, current_user
-    from manager.api.uploads import UploadedFilesOnly
 
     app = FastAPI(title="MLX Model Manager")
     app.include_router(
@@ -67,13 +65,10 @@ def create_app(services: Services) -> FastAPI:
                        str(settings.logs_dir)],
         footer_links=[],
     )
-    # Gradio checks the files a request names (uploads only) and the files it serves
-    # (allowed/blocked paths) only after launch(), which a mounted app never runs.
+    # Gradio checks the files a request names (uploads only, symlinks resolved) and the
+    # files it serves (allowed/blocked paths) only after launch(), which a mounted app
+    # never runs (RECIPES.md section 6); without this any path a client posts is copied.
     dashboard.has_launched = True
-    # Added before the gate, so it runs inside it: refuses requests naming files that
-    # were not uploaded here, before Gradio opens them (RECIPES.md section 6).
-    app.add_middleware(UploadedFilesOnly,
-                       upload_roots=[Path(gr.utils.get_upload_folder())])
     app.add_middleware(SessionGate, auth=services.auth, extra_auth=gateway_auth(services))
     return app
 
