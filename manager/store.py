@@ -6,7 +6,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,9 @@ from sqlite_utils import Database
 from manager.clock import utc_now
 
 log = logging.getLogger(__name__)
+
+# How long a unit of work waits for another writer before "database is locked".
+BUSY_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -261,7 +264,7 @@ class Store:
         self._reader = threading.local()  # per-thread connections for read()
         path.parent.mkdir(parents=True, exist_ok=True)
         # WAL is a property of the file: set once, outside any transaction.
-        conn = sqlite3.connect(path, timeout=15)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
         finally:
@@ -269,16 +272,21 @@ class Store:
         self.migrate()
 
     @contextmanager
-    def connect(self, *, immediate: bool = False) -> Iterator[Database]:
+    def connect(self, *, immediate: bool = True) -> Iterator[Database]:
         """One unit of work: commits on success, rolls back on error, always closes.
 
-        `immediate` takes the write lock up front, for read-then-write steps that must
-        not interleave with another writer (e.g. "is this the first user?").
+        Write units take the write lock at BEGIN (`BEGIN IMMEDIATE`), waiting up to the
+        busy timeout for it: a deferred transaction that reads and then writes fails at
+        once with SQLITE_BUSY when another writer committed in between, and busy_timeout
+        does not retry that. `immediate=False` (or reading()) is for units that only read:
+        they run concurrently with writers and cannot write (query_only).
         """
-        conn = sqlite3.connect(self.path, timeout=15, isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=15000")
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            if not immediate:
+                conn.execute("PRAGMA query_only=ON")
             conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
             try:
                 yield Database(conn)
@@ -290,6 +298,10 @@ class Store:
         finally:
             conn.close()
 
+    def reading(self) -> AbstractContextManager[Database]:
+        """A read-only unit of work: one consistent snapshot, never blocks writers."""
+        return self.connect(immediate=False)
+
     def read(self) -> Database:
         """For hot read paths (the gateway checks a key and a model name per request):
         this thread's own long-lived connection in autocommit mode, so each query sees
@@ -297,8 +309,8 @@ class Store:
         through connect(), which keeps its transaction."""
         db = getattr(self._reader, "db", None)
         if db is None:
-            conn = sqlite3.connect(self.path, timeout=15, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout=15000")
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA query_only=ON")
             db = self._reader.db = Database(conn)
         return db

@@ -119,7 +119,7 @@ class ApiKeyService:
             sql, params = _SELECT + " ORDER BY api_keys.id DESC", []
         else:
             sql, params = _SELECT + " WHERE user_id = ? ORDER BY api_keys.id DESC", [actor.id]
-        with self._store.connect() as db:
+        with self._store.reading() as db:
             return [ApiKey.from_row(row) for row in db.query(sql, params)]
 
     def revoke(self, actor: User, key_id: int) -> ApiKey:
@@ -166,7 +166,7 @@ class ApiKeyService:
         return found.user
 
     def _get(self, key_id: int) -> ApiKey:
-        with self._store.connect() as db:
+        with self._store.reading() as db:
             rows = list(db.query(_SELECT + " WHERE api_keys.id = ?", [key_id]))
         if not rows:
             raise NotFound("That API key does not exist.")

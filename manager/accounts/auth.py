@@ -18,6 +18,7 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from email_validator import EmailNotValidError, validate_email
+from sqlite_utils import Database
 
 from manager.accounts.permissions import Action, require
 from manager.clock import utc_now
@@ -202,12 +203,12 @@ class AuthService:
     # --- reading ---------------------------------------------------------------------
 
     def get(self, user_id: int) -> User | None:
-        with self._store.connect() as db:
+        with self._store.reading() as db:
             rows = list(db.query("SELECT * FROM users WHERE id = ?", [user_id]))
         return User.from_row(rows[0]) if rows else None
 
     def get_by_email(self, email: str) -> User | None:
-        with self._store.connect() as db:
+        with self._store.reading() as db:
             rows = list(db.query("SELECT * FROM users WHERE email = ?", [email.strip().lower()]))
         return User.from_row(rows[0]) if rows else None
 
@@ -217,12 +218,12 @@ class AuthService:
 
     def all_users(self) -> list[User]:
         """For the local CLI, which runs with the machine owner's rights."""
-        with self._store.connect() as db:
+        with self._store.reading() as db:
             rows = db.query("SELECT * FROM users ORDER BY created_at, id")
             return [User.from_row(row) for row in rows]
 
     def pending_count(self) -> int:
-        with self._store.connect() as db:
+        with self._store.reading() as db:
             row = next(db.query("SELECT count(*) AS n FROM users WHERE status = ?", ["pending"]))
         return int(row["n"])
 
@@ -263,7 +264,7 @@ class AuthService:
         """Check a login; raises with one message for wrong password and unknown email."""
         key = email.strip().lower()
         self._limiter.check(key, client)
-        with self._store.connect() as db:
+        with self._store.reading() as db:
             rows = list(db.query("SELECT * FROM users WHERE email = ?", [key]))
         stored_hash = rows[0]["password_hash"] if rows else self._dummy_hash
         try:
@@ -279,10 +280,11 @@ class AuthService:
         self._limiter.clear(key)
         if user.status is not Status.ACTIVE:
             raise AccountNotActive(_INACTIVE_MESSAGES[user.status])
+        updates: dict[str, Any] = {"last_login_at": utc_now()}
+        if self._hasher.check_needs_rehash(stored_hash):
+            # Hashed before the write unit: argon2 must not hold the write lock.
+            updates["password_hash"] = self._hasher.hash(password)
         with self._store.connect() as db:
-            updates: dict[str, Any] = {"last_login_at": utc_now()}
-            if self._hasher.check_needs_rehash(stored_hash):
-                updates["password_hash"] = self._hasher.hash(password)
             db.table("users").update(user.id, updates)
         return user
 
@@ -342,15 +344,14 @@ class AuthService:
     def set_role(self, actor: User, user_id: int, role: Role) -> User:
         self._require_admin(actor)
         target = self._target(user_id)
-        if role is Role.USER:
-            self._keep_an_admin(target, "demote")
-        return self._update(target, {"role": role.value}, revoke=role is Role.USER)
+        return self._update(target, {"role": role.value}, revoke=role is Role.USER,
+                            keep_admin="demote" if role is Role.USER else None)
 
     def delete(self, actor: User, user_id: int) -> None:
         self._require_admin(actor)
         target = self._target(user_id)
-        self._keep_an_admin(target, "delete")
-        with self._store.connect(immediate=True) as db:
+        with self._store.connect() as db:
+            self._keep_an_admin(db, target.id, "delete")
             db.execute("DELETE FROM users WHERE id = ?", [target.id])
         log.info("account %s deleted by %s", target.email, actor.email)
 
@@ -374,21 +375,25 @@ class AuthService:
     def _set_status(self, actor: User, user_id: int, status: Status) -> User:
         self._require_admin(actor)
         target = self._target(user_id)
-        if status is not Status.ACTIVE:
-            self._keep_an_admin(target, "disable")
         updates: dict[str, Any] = {"status": status.value}
         if status is Status.ACTIVE and target.approved_at is None:
             updates["approved_at"] = utc_now()
-        user = self._update(target, updates, revoke=status is not Status.ACTIVE)
+        user = self._update(target, updates, revoke=status is not Status.ACTIVE,
+                            keep_admin=None if status is Status.ACTIVE else "disable")
         log.info("account %s is now %s (by %s)", target.email, status.value, actor.email)
         return user
 
-    def _update(self, target: User, updates: dict[str, Any], *, revoke: bool) -> User:
+    def _update(self, target: User, updates: dict[str, Any], *, revoke: bool,
+                keep_admin: str | None = None) -> User:
         with self._store.connect() as db:
-            if revoke:
-                # A new token version ends every session issued before this change.
-                updates = {**updates, "token_version": target.token_version + 1}
+            if keep_admin is not None:
+                self._keep_an_admin(db, target.id, keep_admin)
             db.table("users").update(target.id, updates)
+            if revoke:
+                # A new token version ends every session issued before this change
+                # (incremented in SQL: another change may have bumped it meanwhile).
+                db.execute("UPDATE users SET token_version = token_version + 1 WHERE id = ?",
+                           [target.id])
         user = self.get(target.id)
         if user is None:
             raise NotFound("That account no longer exists.")
@@ -407,12 +412,12 @@ class AuthService:
             raise PermissionDenied("Your account no longer exists.")
         require(fresh, Action.MANAGE_USERS)
 
-    def _keep_an_admin(self, target: User, verb: str) -> None:
-        if not target.is_admin:
-            return
-        with self._store.connect() as db:
-            row = next(db.query(
-                "SELECT count(*) AS n FROM users WHERE role = 'admin' AND status = 'active'"
-            ))
-        if row["n"] <= 1:
+    @staticmethod
+    def _keep_an_admin(db: Database, user_id: int, verb: str) -> None:
+        """Inside the write unit that changes the user, so two admins demoting each
+        other at once cannot both pass the check."""
+        row = next(db.query(
+            "SELECT count(*) AS n, coalesce(sum(id = ?), 0) AS target FROM users"
+            " WHERE role = 'admin' AND status = 'active'", [user_id]))
+        if row["target"] and row["n"] <= 1:
             raise ValidationError(f"You cannot {verb} the last active administrator.")

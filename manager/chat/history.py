@@ -157,12 +157,12 @@ class ChatHistory:
             )
             params += [_like(search.strip())] * 2
         sql.append("ORDER BY chats.updated_at DESC, chats.id DESC")
-        with self._store.connect() as db:
+        with self._store.reading() as db:
             return [self._to_summary(row) for row in db.query(" ".join(sql), params)]
 
     def get(self, owner: User, chat_id: int) -> Chat:
         summary = self._summary(owner, chat_id)
-        with self._store.connect() as db:
+        with self._store.reading() as db:
             rows = list(db.query(
                 "SELECT * FROM chat_messages WHERE chat_id = ? ORDER BY position", [chat_id]))
             files = list(db.query(
@@ -301,7 +301,7 @@ class ChatHistory:
                                   [chat_id]))["custom_title"])
 
     def _summary(self, owner: User, chat_id: int) -> ChatSummary:
-        with self._store.connect() as db:
+        with self._store.reading() as db:
             rows = list(db.query(f"{_SUMMARY_SQL} WHERE chats.id = ? AND chats.user_id = ?",
                                  [chat_id, owner.id]))
         if not rows:

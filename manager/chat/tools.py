@@ -294,12 +294,12 @@ class McpToolbox:
         return next((c for c in self._active_configs() if c.name == name), None)
 
     def _stored_configs(self) -> list[McpServerConfig]:
-        with self._store.connect() as db:
+        with self._store.reading() as db:
             rows = list(db.query("SELECT * FROM mcp_servers ORDER BY id"))
         return [config_from_row(row) for row in rows]
 
     def _stored_config(self, server_id: int) -> McpServerConfig:
-        with self._store.connect() as db:
+        with self._store.reading() as db:
             row = next(db.query("SELECT * FROM mcp_servers WHERE id = ?", [server_id]), None)
         if row is None:
             raise NotFound("That MCP server no longer exists.")

@@ -112,7 +112,7 @@ class DownloadManager:
         with self._lock:
             if self._workers or self._closed:
                 return
-            with self.store.connect() as db:
+            with self.store.reading() as db:
                 rows = list(db.query(
                     "SELECT * FROM downloads WHERE status NOT IN (?, ?) ORDER BY id",
                     [DownloadStatus.DONE.value, DownloadStatus.CANCELLED.value]))
@@ -249,7 +249,7 @@ class DownloadManager:
 
     def downloaded_by(self, repo_id: str) -> set[int]:
         """Users who downloaded this repo through the dashboard (they may delete it)."""
-        with self.store.connect() as db:
+        with self.store.reading() as db:
             rows = db.query("SELECT DISTINCT created_by FROM downloads WHERE repo_id = ? AND "
                             "status = ? AND created_by IS NOT NULL",
                             [repo_id, DownloadStatus.DONE.value])

@@ -199,7 +199,7 @@ class Library:
                        [key, now])
 
     def _usage(self) -> dict[str, str]:
-        with self.store.connect() as db:
+        with self.store.reading() as db:
             return {r["model"]: r["last_used_at"]
                     for r in db.query("SELECT model, last_used_at FROM model_usage")}
 
@@ -238,7 +238,7 @@ class Library:
 
     # -- extra folders (admin) ---------------------------------------------------------------
     def folders(self) -> list[ModelFolder]:
-        with self.store.connect() as db:
+        with self.store.reading() as db:
             rows = list(db.query("SELECT id, path, added_at FROM model_folders ORDER BY id"))
         return [ModelFolder(r["id"], Path(r["path"]), r["added_at"]) for r in rows]
 

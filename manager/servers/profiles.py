@@ -372,14 +372,14 @@ class ProfileService:
         return [Profile.from_row(r) for r in rows]
 
     def get(self, profile_id: int) -> Profile:
-        with self._store.connect() as db:
+        with self._store.reading() as db:
             rows = list(db.query("SELECT * FROM profiles WHERE id = ?", [profile_id]))
         if not rows:
             raise NotFound("That profile no longer exists.")
         return Profile.from_row(rows[0])
 
     def get_by_name(self, name: str) -> Profile:
-        with self._store.connect() as db:
+        with self._store.reading() as db:
             rows = list(db.query("SELECT * FROM profiles WHERE name = ? COLLATE NOCASE",
                                  [" ".join((name or "").split())]))
         if not rows:

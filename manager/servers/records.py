@@ -37,7 +37,7 @@ class ServerRecord:
 
 
 def read_records(store: Store) -> list[ServerRecord]:
-    with store.connect() as db:
+    with store.reading() as db:
         rows = list(db.query(
             "SELECT s.*, p.name AS profile_name FROM servers s "
             "JOIN profiles p ON p.id = s.profile_id ORDER BY p.name COLLATE NOCASE"))
