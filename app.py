@@ -33,11 +33,13 @@ def create_app(services: Services) -> FastAPI:
     # Imported here so `mlx-manager users ...` answers without loading Gradio (~3 s).
     import gradio as gr
     from fastapi import FastAPI, Request
+    from starlette.middleware.cors import CORSMiddleware
 
     from components.dashboard import build_dashboard
     from components.views import DASHBOARD_CSS
     from manager.api.gateway import build_gateway_router, gateway_auth
-    from manager.api.login import SessionGate, build_auth_router, current_user
+    from manager.api.login import build_auth_router
+    from manager.api.session_gate import SessionGate, current_user
 
     app = FastAPI(title="MLX Model Manager")
     app.include_router(
@@ -70,6 +72,17 @@ def create_app(services: Services) -> FastAPI:
     # never runs (RECIPES.md section 6); without this any path a client posts is copied.
     dashboard.has_launched = True
     app.add_middleware(SessionGate, auth=services.auth, extra_auth=gateway_auth(services))
+    # Outermost, so a preflight from a listed origin is answered before the gate. Gradio
+    # adds its own CORS (every localhost origin, or any origin when reached by a LAN
+    # address) unless the parent app has a CORSMiddleware: with no origins listed this
+    # one allows none.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(services.settings.cors_origins),
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["*"],
+        allow_credentials=False,
+    )
     return app
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from components import mcp_admin
+from components import mcp_admin, sessions_panel
 from components.session import TabLoader, handler
 from manager.accounts.auth import Role, User
 from manager.accounts.permissions import Action, allowed
@@ -56,6 +56,7 @@ def build(services: Services) -> TabLoader:
         promote = gr.Button("Make admin", elem_id="admin-promote")
         demote = gr.Button("Make user", elem_id="admin-demote")
         reset = gr.Button("Reset password", elem_id="admin-reset")
+        signout = gr.Button("Sign out everywhere", elem_id="admin-signout")
         delete = gr.Button("Delete…", variant="stop", elem_id="admin-delete")
     # Deleting is final, so it takes a second, explicit click.
     with gr.Row(visible=False) as confirm_row:
@@ -87,6 +88,7 @@ def build(services: Services) -> TabLoader:
             "their sessions were ended."
         ),
         "delete": lambda a, uid, _: _delete(a, uid),
+        "signout": lambda a, uid, _: f"Ended {auth.sign_out_everywhere(a, uid)} session(s).",
     }
 
     def _delete(actor: User, uid: int) -> str:
@@ -107,7 +109,7 @@ def build(services: Services) -> TabLoader:
     outputs = [table, target, result, temp_password]
     for name, button in (("approve", approve), ("reject", reject), ("enable", enable),
                          ("disable", disable), ("promote", promote), ("demote", demote),
-                         ("reset", reset)):
+                         ("reset", reset), ("signout", signout)):
         button.click(run(name), [target, temp_password], outputs, api_name=f"admin_{name}")
     refresh.click(load, None, [table, target], api_name="admin_users")
     delete.click(lambda: gr.Row(visible=True), None, confirm_row)
@@ -118,10 +120,11 @@ def build(services: Services) -> TabLoader:
         lambda: gr.Row(visible=False), None, confirm_row
     )
     mcp = mcp_admin.build(services)
+    sessions = sessions_panel.build(services)
 
     @handler(services, "admin tab load")
     def load_all(_actor: User, request: gr.Request) -> dict[Any, Any]:
         rows, dropdown = load(request)
-        return {table: rows, target: dropdown, **mcp.fn(request)}
+        return {table: rows, target: dropdown, **mcp.fn(request), **sessions.fn(request)}
 
-    return TabLoader(load_all, [table, target, *mcp.outputs])
+    return TabLoader(load_all, [table, target, *mcp.outputs, *sessions.outputs])

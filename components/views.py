@@ -37,6 +37,10 @@ def header_html(user: User | None, pending: int) -> str:
         f" <small class='mm-role'>{role}</small></span>"
         "<form method='post' action='/logout' class='mm-logout'>"
         "<button type='submit' id='logout-button'>Log out</button></form>"
+        "<form method='post' action='/logout' class='mm-logout'>"
+        "<input type='hidden' name='everywhere' value='1'>"
+        "<button type='submit' id='logout-everywhere-button' title='End every session of "
+        "this account, on every device'>Log out everywhere</button></form>"
         "</div>"
     )
 

@@ -9,6 +9,7 @@ from argon2 import PasswordHasher
 
 from manager.accounts.api_keys import ApiKeyService
 from manager.accounts.auth import AuthService, load_or_create_secret
+from manager.accounts.limits import RegistrationLimiter
 from manager.chat.engine import ChatEngine
 from manager.chat.history import ChatHistory
 from manager.chat.tools import McpToolbox
@@ -59,6 +60,7 @@ class Services:
             load_or_create_secret(settings.secret_path),
             session_days=settings.session_days,
             hasher=hasher,
+            registrations=RegistrationLimiter(settings.registrations_per_hour),
         )
         api_keys = ApiKeyService(store, auth)
         chats = ChatHistory(store, settings.uploads_dir)

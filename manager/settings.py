@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from manager.errors import ValidationError
 
@@ -49,6 +50,20 @@ def _gateway_env(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def normalize_origins(origins: Iterable[str]) -> tuple[str, ...]:
+    """'https://Example.com:8443/' -> 'https://example.com:8443'; refuses anything that is
+    not an http(s) origin (a path, a wildcard), so a typo cannot open CORS wide."""
+    cleaned = []
+    for origin in origins:
+        parts = urlsplit(origin.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc or \
+                parts.path not in ("", "/") or parts.query or "*" in parts.netloc:
+            raise ValidationError(f"{origin!r} is not an origin like https://host:port.",
+                                  "cors_origins")
+        cleaned.append(f"{parts.scheme}://{parts.netloc.lower()}")
+    return tuple(cleaned)
+
+
 def _default_data_dir() -> Path:
     # data/ beside app.py, so `make run` keeps everything inside the checkout.
     return Path(__file__).resolve().parent.parent / "data"
@@ -88,6 +103,11 @@ class Settings:
     # Image URLs (http/https) in gateway requests are fetched by the gateway itself
     # only when an admin turns this on, and never from loopback or private addresses.
     gateway_remote_images: bool = False
+    # Browser origins (scheme://host[:port]) allowed to call the dashboard and /v1 from
+    # their pages (CORS); none unless an admin lists them.
+    cors_origins: tuple[str, ...] = ()
+    # Account registrations accepted from one client address per hour.
+    registrations_per_hour: int = 5
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -103,6 +123,9 @@ class Settings:
         given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in given:
             given["data_dir"] = Path(str(given["data_dir"]))
+        origins = given.get("cors_origins")
+        if isinstance(origins, (list, tuple)):
+            given["cors_origins"] = normalize_origins(str(o) for o in origins)
         settings = replace(base, **given)
         return replace(settings, data_dir=settings.data_dir.expanduser().resolve())
 

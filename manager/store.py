@@ -235,6 +235,25 @@ def _add_profile_server_keys(db: Database) -> None:
     )
 
 
+def _create_sessions(db: Database) -> None:
+    # One row per sign-in, named by the `sid` claim of its cookie (manager.accounts.sessions).
+    db.execute(
+        """
+        CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            created_at TEXT NOT NULL,
+            last_seen_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            user_agent TEXT NOT NULL DEFAULT '',
+            address TEXT NOT NULL DEFAULT '',
+            revoked_at TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX sessions_user ON sessions(user_id, revoked_at)")
+
+
 # Append only: a migration that has shipped is never edited or reordered.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_users", _create_users),
@@ -245,6 +264,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0006_tools_mcp_servers", _create_mcp_servers),
     Migration("0007_chats_profile_id", _chats_reference_profiles_by_id),
     Migration("0008_profile_server_keys", _add_profile_server_keys),
+    Migration("0009_sessions", _create_sessions),
 )
 
 

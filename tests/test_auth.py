@@ -10,7 +10,8 @@ import jwt
 import pytest
 from argon2 import PasswordHasher
 
-from manager.accounts.auth import AuthService, LoginLimiter, Role, Status, load_or_create_secret
+from manager.accounts.auth import AuthService, Role, Status, load_or_create_secret
+from manager.accounts.limits import LoginLimiter, RegistrationLimiter
 from manager.errors import (
     AccountNotActive,
     AuthenticationFailed,
@@ -41,7 +42,7 @@ def clock() -> Clock:
 @pytest.fixture
 def auth(tmp_path: Path, clock: Clock) -> AuthService:
     store = Store(tmp_path / "manager.db")
-    limiter = LoginLimiter(per_email=3, per_client=5, window_s=600, clock=clock)
+    limiter = LoginLimiter(free_per_account=3, free_per_address=5, clock=clock)
     return AuthService(store, b"k" * 32, limiter=limiter, clock=clock)
 
 
@@ -95,16 +96,56 @@ def test_wrong_password_and_unknown_email_get_the_same_answer(auth: AuthService)
     assert wrong.value.message == unknown.value.message
 
 
-def test_failed_logins_are_limited_per_email(auth: AuthService, clock: Clock) -> None:
+def test_failures_slow_the_source_down_with_a_growing_delay(
+    auth: AuthService, clock: Clock
+) -> None:
     auth.register("alice@example.com", PW)
-    for n in range(3):
+    for _ in range(3):  # free
         with pytest.raises(AuthenticationFailed):
-            auth.authenticate("alice@example.com", "bad", f"10.0.0.{n}")
-    # Even the right password is refused while the email is locked.
-    with pytest.raises(RateLimited, match="Too many failed sign-in attempts"):
-        auth.authenticate("alice@example.com", PW, "10.0.0.9")
-    clock.now += 601
-    assert auth.authenticate("alice@example.com", PW, "10.0.0.9").email == "alice@example.com"
+            auth.authenticate("alice@example.com", "bad-password", "10.0.0.1")
+    waits = []
+    for _ in range(4):
+        with pytest.raises(RateLimited, match="Too many failed sign-in attempts") as limited:
+            auth.authenticate("alice@example.com", PW, "10.0.0.1")
+        waits.append(limited.value.retry_after)
+        clock.now += limited.value.retry_after
+        with pytest.raises(AuthenticationFailed):
+            auth.authenticate("alice@example.com", "bad-password", "10.0.0.1")
+    assert waits == [1.0, 2.0, 4.0, 8.0]
+    # A delay, never a lock: once it has passed, the right password works.
+    with pytest.raises(RateLimited):
+        auth.authenticate("alice@example.com", PW, "10.0.0.1")
+    clock.now += 16
+    assert auth.authenticate("alice@example.com", PW, "10.0.0.1").email == "alice@example.com"
+
+
+def test_an_attacker_elsewhere_cannot_lock_the_owner_out(auth: AuthService,
+                                                         clock: Clock) -> None:
+    auth.register("alice@example.com", PW)
+    for _ in range(50):
+        with pytest.raises(AuthenticationFailed):
+            auth.authenticate("alice@example.com", "guess-guess", "10.6.6.6")
+        clock.now += 0.1
+    assert auth.authenticate("alice@example.com", PW, "10.0.0.2").email == "alice@example.com"
+
+
+def test_a_known_browser_is_not_slowed_by_failures_on_its_own_address(
+    auth: AuthService,
+) -> None:
+    alice = auth.register("alice@example.com", PW)
+    bob = auth.approve(alice, auth.register("bob@example.com", PW).id)
+    alices_browser = auth.issue_device(alice)
+    for _ in range(30):  # someone behind the same address
+        with pytest.raises(AuthenticationFailed):
+            auth.authenticate("alice@example.com", "guess-guess", "10.0.0.2")
+    with pytest.raises(RateLimited):
+        auth.authenticate("alice@example.com", PW, "10.0.0.2")
+    # Another account's device cookie, or a forged one, is no way around the delay.
+    for stranger in (auth.issue_device(bob), "forged.device.cookie"):
+        with pytest.raises(RateLimited):
+            auth.authenticate("alice@example.com", PW, "10.0.0.2", device=stranger)
+    assert auth.authenticate("alice@example.com", PW, "10.0.0.2",
+                             device=alices_browser).id == alice.id
 
 
 def test_failed_logins_are_limited_per_client_address(auth: AuthService) -> None:
@@ -116,6 +157,21 @@ def test_failed_logins_are_limited_per_client_address(auth: AuthService) -> None
     with pytest.raises(AuthenticationFailed) as other:
         auth.authenticate("someone-else@example.com", "bad", "10.1.1.1")
     assert not isinstance(other.value, RateLimited)
+
+
+def test_registrations_are_limited_per_address(tmp_path: Path, clock: Clock) -> None:
+    auth = AuthService(Store(tmp_path / "manager.db"), b"k" * 32,
+                       registrations=RegistrationLimiter(2, window_s=3600, clock=clock))
+    auth.register("a@example.com", PW, client="10.0.0.5")
+    auth.register("b@example.com", PW, client="10.0.0.5")
+    with pytest.raises(RateLimited, match="Too many registrations from this address"):
+        auth.register("c@example.com", PW, client="10.0.0.5")
+    # Typos are not counted; other addresses and, later, this one may register.
+    with pytest.raises(ValidationError):
+        auth.register("not-an-email", PW, client="10.0.0.6")
+    auth.register("d@example.com", PW, client="10.0.0.6")
+    clock.now += 3600
+    auth.register("c@example.com", PW, client="10.0.0.5")
 
 
 def test_session_token_is_hs256_with_seven_day_expiry(auth: AuthService, clock: Clock) -> None:
@@ -136,6 +192,8 @@ def test_session_token_is_hs256_with_seven_day_expiry(auth: AuthService, clock: 
     "token",
     ["", "garbage", jwt.encode({"sub": "1", "ver": 1, "exp": 4_000_000_000}, b"x" * 32,
                                algorithm="HS256"),
+     # Signed with the right key but from before sessions had records: no `sid`.
+     jwt.encode({"sub": "1", "ver": 1, "exp": 4_000_000_000}, b"k" * 32, algorithm="HS256"),
      jwt.encode({"sub": "1", "ver": 1, "exp": 4_000_000_000}, None, algorithm="none")],
 )
 def test_forged_or_malformed_tokens_are_refused(auth: AuthService, token: str) -> None:

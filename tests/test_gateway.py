@@ -459,7 +459,7 @@ def test_a_loading_model_is_waited_for_but_only_so_long(gw: Gateway) -> None:
     from fastapi.testclient import TestClient
 
     from manager.api.gateway import build_gateway_router, gateway_auth
-    from manager.api.login import SessionGate
+    from manager.api.session_gate import SessionGate
 
     impatient = FastAPI()
     impatient.include_router(build_gateway_router(gw.services, wait_ready_s=0.2))

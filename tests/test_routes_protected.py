@@ -14,7 +14,7 @@ import pytest
 from anyio.from_thread import BlockingPortal
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from manager.api.login import PUBLIC_PATHS, SESSION_COOKIE
+from manager.api.session_gate import PUBLIC_PATHS, SESSION_COOKIE
 from manager.api.wire import ApiFormat, api_format, is_gateway_path
 from manager.services import Services
 from manager.settings import Settings

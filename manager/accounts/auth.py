@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -20,7 +18,9 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from email_validator import EmailNotValidError, validate_email
 from sqlite_utils import Database
 
-from manager.accounts.permissions import Action, require
+from manager.accounts.limits import LoginLimiter, RegistrationLimiter
+from manager.accounts.permissions import Action, Owned, require
+from manager.accounts.sessions import SessionRecord, SessionStore
 from manager.clock import utc_now
 from manager.errors import (
     AccountNotActive,
@@ -28,7 +28,6 @@ from manager.errors import (
     Conflict,
     NotFound,
     PermissionDenied,
-    RateLimited,
     ValidationError,
 )
 from manager.store import Store
@@ -40,6 +39,8 @@ MAX_PASSWORD = 128
 JWT_ALGORITHM = "HS256"
 SECRET_BYTES = 48
 BAD_CREDENTIALS = "Wrong email or password."
+# How long a browser stays "known" to the login throttle after signing in.
+DEVICE_SECONDS = 365 * 86400
 
 
 class Role(str, Enum):
@@ -130,54 +131,6 @@ def check_password_rules(password: str) -> None:
         )
 
 
-class LoginLimiter:
-    """Counts failed logins per email and per client address in a sliding window."""
-
-    def __init__(
-        self,
-        *,
-        per_email: int = 5,
-        per_client: int = 20,
-        window_s: float = 900.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._limits = {"email": per_email, "client": per_client}
-        self._window = window_s
-        self._clock = clock
-        self._failures: dict[tuple[str, str], deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
-        times = self._failures.setdefault(key, deque())
-        while times and now - times[0] > self._window:
-            times.popleft()
-        return times
-
-    def check(self, email: str, client: str) -> None:
-        now = self._clock()
-        with self._lock:
-            for kind, value in (("email", email), ("client", client)):
-                times = self._recent((kind, value), now)
-                if len(times) >= self._limits[kind]:
-                    wait = self._window - (now - times[0])
-                    minutes = max(1, round(wait / 60))
-                    raise RateLimited(
-                        f"Too many failed sign-in attempts. Try again in about {minutes} "
-                        f"minute{'s' if minutes != 1 else ''}.",
-                        retry_after=wait,
-                    )
-
-    def record_failure(self, email: str, client: str) -> None:
-        now = self._clock()
-        with self._lock:
-            self._recent(("email", email), now).append(now)
-            self._recent(("client", client), now).append(now)
-
-    def clear(self, email: str) -> None:
-        with self._lock:
-            self._failures.pop(("email", email), None)
-
-
 class AuthService:
     """Everything about accounts. Actor-taking methods check the actor's rights themselves."""
 
@@ -188,6 +141,7 @@ class AuthService:
         *,
         session_days: int = 7,
         limiter: LoginLimiter | None = None,
+        registrations: RegistrationLimiter | None = None,
         hasher: PasswordHasher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -195,6 +149,8 @@ class AuthService:
         self._secret = secret
         self.session_seconds = session_days * 86400
         self._limiter = limiter or LoginLimiter()
+        self._registrations = registrations or RegistrationLimiter()
+        self.sessions = SessionStore(store, clock)
         self._hasher = hasher or PasswordHasher()
         self._clock = clock
         # Verifying against a real hash for unknown emails keeps both answers equally slow.
@@ -229,8 +185,13 @@ class AuthService:
 
     # --- registration and login ------------------------------------------------------
 
-    def register(self, email: str, password: str) -> User:
-        """The first account becomes an active admin; later ones wait for approval."""
+    def register(self, email: str, password: str, client: str | None = None) -> User:
+        """The first account becomes an active admin; later ones wait for approval.
+        `client` (the address asking) counts against the registrations-per-address limit."""
+        if client is not None:
+            normalize_email(email)
+            check_password_rules(password)
+            self._registrations.hit(client)
         return self._create(email, password, admin=False, active=False)
 
     def add_user(self, email: str, password: str, *, admin: bool = False) -> User:
@@ -260,24 +221,28 @@ class AuthService:
             raise NotFound("The new account could not be read back.")
         return user
 
-    def authenticate(self, email: str, password: str, client: str) -> User:
-        """Check a login; raises with one message for wrong password and unknown email."""
+    def authenticate(self, email: str, password: str, client: str,
+                     device: str | None = None) -> User:
+        """Check a login; raises with one message for wrong password and unknown email.
+        `device` is the browser's device cookie: a browser that signed in to this account
+        before is throttled on its own, apart from failures elsewhere on its address."""
         key = email.strip().lower()
-        self._limiter.check(key, client)
         with self._store.reading() as db:
             rows = list(db.query("SELECT * FROM users WHERE email = ?", [key]))
+        known = self._device_of(device, rows[0]["id"]) if rows else None
+        self._limiter.check(key, client, known)
         stored_hash = rows[0]["password_hash"] if rows else self._dummy_hash
         try:
             self._hasher.verify(stored_hash, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
-            self._limiter.record_failure(key, client)
+            self._limiter.record_failure(key, client, known)
             log.info("failed login for %s from %s", key, client)
             raise AuthenticationFailed(BAD_CREDENTIALS) from None
         if not rows:
             # Only reachable if someone guessed the random dummy password.
             raise AuthenticationFailed(BAD_CREDENTIALS)
         user = User.from_row(rows[0])
-        self._limiter.clear(key)
+        self._limiter.record_success(key, client, known)
         if user.status is not Status.ACTIVE:
             raise AccountNotActive(_INACTIVE_MESSAGES[user.status])
         updates: dict[str, Any] = {"last_login_at": utc_now()}
@@ -290,29 +255,21 @@ class AuthService:
 
     # --- sessions --------------------------------------------------------------------
 
-    def issue_session(self, user: User) -> str:
+    def issue_session(self, user: User, *, user_agent: str = "", address: str = "") -> str:
+        """A signed cookie value naming a new server-side session record."""
+        record = self.sessions.create(user.id, lifetime_s=self.session_seconds,
+                                      user_agent=user_agent, address=address)
         now = int(self._clock())
-        claims = {"sub": str(user.id), "ver": user.token_version, "iat": now,
-                  "exp": now + self.session_seconds}
+        claims = {"sub": str(user.id), "ver": user.token_version, "sid": record.id,
+                  "iat": now, "exp": now + self.session_seconds}
         return jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM)
 
     def user_for_session(self, token: str | None) -> User | None:
-        """The active user a session token belongs to, or None. Checked on every request."""
-        if not token:
-            return None
-        try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=[JWT_ALGORITHM],
-                options={"require": ["exp", "sub", "ver"], "verify_exp": False,
-                         "verify_iat": False},
-            )
-        except jwt.InvalidTokenError as exc:
-            log.debug("rejected session token: %s", exc)
-            return None
+        """The active user a live session token belongs to, or None. Checked on every
+        request: the signature, expiry, account status and version, and the session row."""
+        claims = self._claims(token, ("exp", "sub", "ver", "sid"))
         # Expiry is checked against our clock (a seam for tests), not the wall clock.
-        if int(claims["exp"]) <= self._clock():
+        if claims is None or int(claims["exp"]) <= self._clock():
             return None
         try:
             user = self.get(int(claims["sub"]))
@@ -322,7 +279,65 @@ class AuthService:
             return None
         if user.token_version != claims["ver"]:
             return None
+        if not self.sessions.is_live(str(claims["sid"]), user.id):
+            return None
         return user
+
+    def sign_out(self, token: str | None) -> None:
+        """Ends the session this cookie names (a no-op for a forged or unknown one)."""
+        claims = self._claims(token, ("sid",))
+        if claims is not None and self.sessions.revoke(str(claims["sid"])):
+            log.info("session of user %s ended by signing out", claims.get("sub"))
+
+    def sign_out_everywhere(self, actor: User, user_id: int) -> int:
+        """Ends every session of a user: their own, or anyone's for an admin."""
+        self._require_self_or_admin(actor, user_id)
+        count = self.sessions.revoke_all(user_id)
+        log.info("%s ended all %d sessions of user %s", actor.email, count, user_id)
+        return count
+
+    def list_sessions(self, actor: User, *, everyone: bool = False) -> list[SessionRecord]:
+        """The actor's live sessions; with everyone=True (admins only) all of them."""
+        if everyone:
+            require(self._fresh(actor), Action.VIEW_ALL)
+            return self.sessions.active()
+        return self.sessions.active(actor.id)
+
+    def revoke_session(self, actor: User, session_id: str) -> None:
+        record = self.sessions.get(session_id)
+        if record is None:
+            raise NotFound("That session does not exist.")
+        self._require_self_or_admin(actor, record.user_id)
+        self.sessions.revoke(session_id)
+        log.info("session of %s ended by %s", record.email, actor.email)
+
+    def issue_device(self, user: User) -> str:
+        """A long-lived cookie value marking this browser as one that signed in to this
+        account; the login throttle treats it apart from its address."""
+        now = int(self._clock())
+        claims = {"typ": "device", "sub": str(user.id), "dev": secrets.token_urlsafe(12),
+                  "iat": now, "exp": now + DEVICE_SECONDS}
+        return jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM)
+
+    def _device_of(self, token: str | None, user_id: int) -> str | None:
+        claims = self._claims(token, ("typ", "sub", "dev", "exp"))
+        if claims is None or claims["typ"] != "device" or claims["sub"] != str(user_id):
+            return None
+        if int(claims["exp"]) <= self._clock():
+            return None
+        return str(claims["dev"])
+
+    def _claims(self, token: str | None, required: tuple[str, ...]) -> dict[str, Any] | None:
+        """A token's claims if our key signed it (expiry is left to the caller's clock)."""
+        if not token:
+            return None
+        try:
+            return jwt.decode(token, self._secret, algorithms=[JWT_ALGORITHM],
+                              options={"require": list(required), "verify_exp": False,
+                                       "verify_iat": False})
+        except jwt.InvalidTokenError as exc:
+            log.debug("rejected token: %s", exc)
+            return None
 
     # --- administration --------------------------------------------------------------
 
@@ -411,6 +426,16 @@ class AuthService:
         if fresh is None:
             raise PermissionDenied("Your account no longer exists.")
         require(fresh, Action.MANAGE_USERS)
+
+    def _require_self_or_admin(self, actor: User, user_id: int) -> None:
+        """Ending sessions: the user's own, or anyone's for an admin."""
+        require(self._fresh(actor), Action.SESSION_REVOKE, Owned.by(user_id))
+
+    def _fresh(self, actor: User) -> User:
+        fresh = self.get(actor.id)
+        if fresh is None:
+            raise PermissionDenied("Your account no longer exists.")
+        return fresh
 
     @staticmethod
     def _keep_an_admin(db: Database, user_id: int, verb: str) -> None:

@@ -53,7 +53,6 @@ from manager.api import prometheus
 from manager.api.anthropic import from_openai_response, to_openai_request
 from manager.api.images import MediaGate
 from manager.api.limits import KeyLimiter, cap_max_tokens, read_body, token_limit
-from manager.api.login import ExtraAuth
 from manager.api.relay import END, OPEN, Item, Loading, Once, Open, Pipe
 from manager.api.schema import (
     Checker,
@@ -62,6 +61,7 @@ from manager.api.schema import (
     check_messages,
     check_values,
 )
+from manager.api.session_gate import ExtraAuth
 from manager.api.wire import (
     ApiFormat,
     Failure,

@@ -1,32 +1,32 @@
-"""The HTTP side of accounts: login/register/logout pages and the gate in front of every route.
+"""The HTTP side of accounts: sign-in, registration and sign-out pages and their routes.
 
-Gradio's own auth leaves many routes open (see RECIPES.md section 5), so a pure ASGI
-middleware sits in front of the whole app and lets through only an explicit public list.
+The gate that guards every other route is manager.api.session_gate.
 """
 
 from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
-from anyio import to_thread
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from manager.accounts.auth import AuthService, User
-from manager.errors import AccountNotActive, AuthenticationFailed, ManagerError, RateLimited
+from manager.accounts.auth import DEVICE_SECONDS, AuthService, User
+from manager.api.session_gate import SESSION_COOKIE
+from manager.errors import (
+    AccountNotActive,
+    AuthenticationFailed,
+    Conflict,
+    ManagerError,
+    RateLimited,
+)
 
 log = logging.getLogger(__name__)
 
-SESSION_COOKIE = "mlxm_session"
-PUBLIC_PATHS = frozenset({"/login", "/register", "/logout", "/favicon.ico"})
-
-# Another authenticator (e.g. API keys for the gateway) can claim a request first.
-ExtraAuth = Callable[[HTTPConnection], Awaitable[bool]]
+DEVICE_COOKIE = "mlxm_device"
+REGISTERED = ("If this address can be registered, your account now waits for an "
+              "administrator's approval. You can sign in once it is approved.")
 
 
 def safe_next(target: str | None) -> str:
@@ -41,59 +41,6 @@ def safe_next(target: str | None) -> str:
 
 def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
-
-
-class SessionGate:
-    """ASGI middleware: every request needs a live session unless its path is public."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        auth: AuthService,
-        public_paths: Iterable[str] = PUBLIC_PATHS,
-        extra_auth: ExtraAuth | None = None,
-    ) -> None:
-        self.app = app
-        self.auth = auth
-        self.public_paths = frozenset(public_paths)
-        self.extra_auth = extra_auth
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in self.public_paths:
-            await self.app(scope, receive, send)
-            return
-        conn = HTTPConnection(scope)
-        if self.extra_auth is not None and await self.extra_auth(conn):
-            await self.app(scope, receive, send)
-            return
-        token = conn.cookies.get(SESSION_COOKIE)
-        user = await to_thread.run_sync(self.auth.user_for_session, token) if token else None
-        if user is not None:
-            scope.setdefault("state", {})["user"] = user
-            await self.app(scope, receive, send)
-            return
-        await self._refuse(scope, conn, receive, send)
-
-    async def _refuse(self, scope: Scope, conn: HTTPConnection, receive: Receive,
-                      send: Send) -> None:
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        method = scope.get("method", "GET")
-        wants_page = "text/html" in conn.headers.get("accept", "")
-        response: Response
-        if method in ("GET", "HEAD") and wants_page:
-            target = scope["path"] + (f"?{scope['query_string'].decode()}"
-                                      if scope.get("query_string") else "")
-            response = RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
-        else:
-            response = JSONResponse({"detail": "Sign in first."}, status_code=401)
-        await response(scope, receive, send)
-
-
-def current_user(request: Request) -> User | None:
-    """The user the gate attached to this request (None on public routes)."""
-    return request.scope.get("state", {}).get("user")
 
 
 # --- pages -------------------------------------------------------------------------------
@@ -169,17 +116,37 @@ def register_page(error: str | None = None, email: str = "", status: int = 200) 
 
 
 def pending_page() -> HTMLResponse:
+    # The same answer whether or not the email was already taken: the page must not tell
+    # a stranger which addresses have accounts.
     body = (
         "<h1>Almost there</h1>"
-        "<div class='msg info' role='status'>Your account was created and is waiting for an "
-        "administrator's approval. You can sign in once it is approved.</div>"
+        f"<div class='msg info' role='status'>{html.escape(REGISTERED)}</div>"
         "<p class='alt'><a href='/login'>Back to sign in</a></p>"
     )
     return _page("Waiting for approval", body)
 
 
+def logout_page(error: str | None = None, status: int = 200) -> HTMLResponse:
+    """GET /logout only asks: signing out is a same-origin POST, so a link on another
+    site cannot sign anyone out."""
+    body = (
+        "<h1>Sign out</h1>"
+        f"{_message(error, 'error')}"
+        "<form method='post' action='/logout'>"
+        "<button type='submit' id='logout-confirm'>Sign out</button></form>"
+        "<form method='post' action='/logout'>"
+        "<input type='hidden' name='everywhere' value='1'>"
+        "<button type='submit' id='logout-everywhere'>Sign out on every device</button></form>"
+        "<p class='alt'><a href='/'>Back to the dashboard</a></p>"
+    )
+    return _page("Sign out", body, status)
+
+
 def _same_origin(request: Request) -> bool:
-    """Refuse cross-site form posts (login CSRF); browsers always send Origin on POST."""
+    """Refuse cross-site form posts (login CSRF, forced sign-out); browsers send Origin
+    on every POST, and Sec-Fetch-Site where they support it."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return False
     origin = request.headers.get("origin")
     if not origin or origin == "null":
         return origin is None
@@ -189,16 +156,15 @@ def _same_origin(request: Request) -> bool:
 def build_auth_router(auth: AuthService, *, secure_cookies: bool = False) -> APIRouter:
     router = APIRouter()
 
-    def set_session(response: Response, user: User) -> None:
-        response.set_cookie(
-            SESSION_COOKIE,
-            auth.issue_session(user),
-            max_age=auth.session_seconds,
-            httponly=True,
-            samesite="lax",
-            secure=secure_cookies,
-            path="/",
-        )
+    def set_cookies(response: Response, request: Request, user: User) -> None:
+        token = auth.issue_session(user, user_agent=request.headers.get("user-agent", ""),
+                                   address=client_address(request))
+        response.set_cookie(SESSION_COOKIE, token, max_age=auth.session_seconds,
+                            httponly=True, samesite="lax", secure=secure_cookies, path="/")
+        # Marks this browser as one that knows the password (see LoginLimiter).
+        response.set_cookie(DEVICE_COOKIE, auth.issue_device(user), max_age=DEVICE_SECONDS,
+                            httponly=True, samesite="strict", secure=secure_cookies,
+                            path="/login")
 
     @router.get("/login", include_in_schema=False)
     def login_form(request: Request, next: str = "/") -> Response:  # noqa: A002
@@ -217,15 +183,18 @@ def build_auth_router(auth: AuthService, *, secure_cookies: bool = False) -> API
         if not _same_origin(request):
             return login_page(target, error="This form was sent from another site.", status=403)
         try:
-            user = auth.authenticate(email, password, client_address(request))
+            user = auth.authenticate(email, password, client_address(request),
+                                     device=request.cookies.get(DEVICE_COOKIE))
         except RateLimited as exc:
-            return login_page(target, error=exc.message, email=email, status=429)
+            page = login_page(target, error=exc.message, email=email, status=429)
+            page.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+            return page
         except AccountNotActive as exc:
             return login_page(target, info=exc.message, email=email, status=403)
         except AuthenticationFailed as exc:
             return login_page(target, error=exc.message, email=email, status=401)
         response = RedirectResponse(target, status_code=303)
-        set_session(response, user)
+        set_cookies(response, request, user)
         log.info("signed in: %s", user.email)
         return response
 
@@ -245,21 +214,40 @@ def build_auth_router(auth: AuthService, *, secure_cookies: bool = False) -> API
         if password != confirm:
             return register_page("The two passwords differ.", email, status=400)
         try:
-            user = auth.register(email, password)
+            user = auth.register(email, password, client=client_address(request))
+        except Conflict:
+            # Taken: answered exactly like a new registration waiting for approval.
+            return pending_page()
+        except RateLimited as exc:
+            page = register_page(exc.message, email, status=429)
+            page.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+            return page
         except ManagerError as exc:
             return register_page(exc.message, email, status=400)
         if not user.is_admin:
             return pending_page()
         response = RedirectResponse("/", status_code=303)
-        set_session(response, user)
+        set_cookies(response, request, user)
         return response
 
-    def logout(request: Request) -> Response:
+    @router.get("/logout", include_in_schema=False)
+    def logout_form() -> Response:
+        return logout_page()
+
+    @router.post("/logout", include_in_schema=False)
+    def logout(request: Request, everywhere: str = Form("")) -> Response:
+        if not _same_origin(request):
+            return logout_page("This form was sent from another site.", status=403)
+        token = request.cookies.get(SESSION_COOKIE)
+        user = auth.user_for_session(token)
+        if everywhere and user is not None:
+            auth.sign_out_everywhere(user, user.id)
+        else:
+            auth.sign_out(token)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
-    router.add_api_route("/logout", logout, methods=["GET", "POST"], include_in_schema=False)
     return router
 
 

@@ -15,9 +15,15 @@ from typing import TextIO
 from manager.cli import backup as cli_backup
 from manager.cli import servers as cli_servers
 from manager.cli import service as cli_service
-from manager.errors import ManagerError
+from manager.errors import ManagerError, ValidationError
 from manager.services import Services
-from manager.settings import DATA_DIR_ENV, DEFAULT_HOST, DEFAULT_PORT, Settings
+from manager.settings import (
+    DATA_DIR_ENV,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    Settings,
+    normalize_origins,
+)
 
 
 def _data_dir_flag(parser: argparse.ArgumentParser, default: object) -> None:
@@ -28,6 +34,13 @@ def _data_dir_flag(parser: argparse.ArgumentParser, default: object) -> None:
     )
 
 
+def _origin(text: str) -> str:
+    try:
+        return normalize_origins([text])[0]
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from exc
+
+
 def _serve_flags(parser: argparse.ArgumentParser, default: object) -> None:
     parser.add_argument("--host", default=default,
                         help=f"address to listen on (default {DEFAULT_HOST}; 0.0.0.0 = LAN)")
@@ -35,6 +48,13 @@ def _serve_flags(parser: argparse.ArgumentParser, default: object) -> None:
                         help=f"port to listen on (default {DEFAULT_PORT})")
     parser.add_argument("--share", action="store_true", default=default,
                         help="also ask Gradio for a temporary public share link")
+    parser.add_argument("--cors-origin", action="append", dest="cors_origins", default=default,
+                        metavar="ORIGIN", type=_origin,
+                        help="a browser origin (https://host:port) allowed to call the "
+                             "dashboard and /v1 from its pages; repeat for more (default none)")
+    parser.add_argument("--registrations-per-hour", type=int, default=default, metavar="N",
+                        help="account registrations accepted per client address per hour "
+                             "(default 5)")
     parser.add_argument("--log-level", default=default,
                         choices=["debug", "info", "warning", "error"], help="default info")
 
@@ -101,6 +121,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         share=getattr(args, "share", None),
+        cors_origins=getattr(args, "cors_origins", None),
+        registrations_per_hour=getattr(args, "registrations_per_hour", None),
     )
 
 
