@@ -163,3 +163,34 @@ def test_sign_out_everywhere_through_the_form(dashboard: LiveDashboard) -> None:
     for cookie, status in ((laptop, 401), (phone, 401), (bobs, 200)):
         with dashboard.client(cookies={SESSION_COOKIE: cookie}) as client:
             assert client.get("/config").status_code == status
+
+
+def test_the_admin_tab_lists_and_ends_sessions(dashboard: LiveDashboard) -> None:
+    from gradio_client import Client
+
+    auth = dashboard.services.auth
+    dashboard.register("alice@example.com")
+    dashboard.register("bob@example.com")
+    auth.approve(auth.get_by_email("alice@example.com"),
+                 auth.get_by_email("bob@example.com").id)
+    bobs = dashboard.session_cookie("bob@example.com")
+    admin = Client(dashboard.url, verbose=False, headers={
+        "Cookie": f"{SESSION_COOKIE}={dashboard.session_cookie('alice@example.com')}"})
+    rows, _ = admin.predict(api_name="/admin_sessions")
+    # Alice has two: registering signed her in, and so did the login above.
+    assert sorted(row[0] for row in rows["data"]) == [
+        "alice@example.com", "alice@example.com", "bob@example.com"]
+    assert {row[3] for row in rows["data"]} == {"127.0.0.1"}
+    # A user calling the admin endpoint directly sees nothing and ends nothing.
+    bob = Client(dashboard.url, verbose=False,
+                 headers={"Cookie": f"{SESSION_COOKIE}={bobs}"})
+    assert bob.predict(api_name="/admin_sessions")[0]["data"] == []
+    alices_id = auth.list_sessions(auth.get_by_email("alice@example.com"))[0].id
+    with pytest.raises(Exception, match="administrator"):
+        bob.predict(alices_id, api_name="/admin_end_session")
+    bobs_id = auth.list_sessions(auth.get_by_email("bob@example.com"))[0].id
+    rows, _, message = admin.predict(bobs_id, api_name="/admin_end_session")
+    assert message == "Session ended."
+    assert {row[0] for row in rows["data"]} == {"alice@example.com"}
+    with dashboard.client(cookies={SESSION_COOKIE: bobs}) as client:
+        assert client.get("/config").status_code == 401
