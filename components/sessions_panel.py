@@ -34,7 +34,9 @@ def build(services: Services) -> TabLoader:
     table = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="sessions-table",
                          wrap=True)
     with gr.Row():
-        target = gr.Dropdown(label="Session", choices=[], elem_id="session-target", scale=3)
+        # Choices arrive per page load; revoke_session re-checks the id and the rights.
+        target = gr.Dropdown(label="Session", choices=[], elem_id="session-target", scale=3,
+                             allow_custom_value=True)
         end = gr.Button("End session", variant="stop", elem_id="session-end", scale=1)
         refresh = gr.Button("Refresh", size="sm", elem_id="sessions-refresh", scale=1)
     result = gr.Markdown(elem_id="sessions-result")
