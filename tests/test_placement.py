@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from manager.accounts.auth import User
-from manager.errors import Conflict, PermissionDenied
+from manager.errors import Conflict, PermissionDenied, ValidationError
 from manager.net import free_port
 from manager.servers.placement import InsufficientMemory, Placement
 from manager.servers.profiles import Backend, Profile, ProfileSpec
@@ -249,3 +249,18 @@ def test_a_server_backing_off_when_the_dashboard_stopped_restarts_after_it_start
     assert world.supervisor.snapshot(plain.id).state is ServerState.FAILED
     assert world.supervisor.reconcile()  # the restart was due: it starts now
     assert world.supervisor.snapshot(flaky.id).state is ServerState.STARTING
+
+
+def test_a_legacy_network_profile_without_a_server_key_never_starts(
+        world: World, tiny_models: dict[str, Path]) -> None:
+    # Saved before network binds needed a key: mlx_lm on 0.0.0.0, no server key.
+    profile = world.profile("legacy lan", tiny_models["text"], world.bob)
+    with world.services.store.connect() as db:
+        db.execute("UPDATE profiles SET host = '0.0.0.0' WHERE id = ?", [profile.id])
+    legacy = world.services.profiles.get(profile.id)
+    assert legacy.host == "0.0.0.0" and legacy.server_key is None
+    with pytest.raises(ValidationError, match="no API key, so anyone on the network") as info:
+        world.placement.start(world.admin, profile.id)
+    assert info.value.field == "host"
+    assert world.supervisor.snapshot(profile.id) is None or \
+        world.supervisor.snapshot(profile.id).state is not ServerState.STARTING

@@ -477,6 +477,18 @@ class ProfileService:
         require(actor, action, profile.owners)
 
 
+def unguarded_exposure(profile: Profile) -> str | None:
+    """Why this profile must not start as it is, or None. A profile saved before network
+    binds needed a server key (or edited in SQLite) could still name 0.0.0.0 without one;
+    starting it would put a model server without any check on the network."""
+    if is_loopback(profile.host) or profile.server_key:
+        return None
+    return (f"{profile.name!r} is bound to {profile.host} but its server has no API key, so "
+            "anyone on the network could use it. Set its host to 127.0.0.1 (other machines "
+            "reach it through this dashboard's API with a key), or have an admin save it "
+            "again with a vision backend, which gets its own key.")
+
+
 def _network_key(actor: User | None, cleaned: ProfileSpec, current: str | None) -> str | None:
     """The server key a profile keeps after this change. A key, once made, is kept even
     if the profile returns to loopback: a running server may still expect it."""

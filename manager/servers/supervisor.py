@@ -49,7 +49,7 @@ from manager.servers.process import (
     spawn,
     terminate,
 )
-from manager.servers.profiles import Profile, ProfileService
+from manager.servers.profiles import Profile, ProfileService, unguarded_exposure
 from manager.servers.records import ServerRecord, read_records, write_record
 from manager.servers.registry import ServerRegistry
 from manager.servers.run import MAX_QUICK_FAILURES, ServerRun
@@ -289,6 +289,9 @@ class Supervisor(ServerRegistry):
             if clash is not None:
                 raise Conflict(f"Port {profile.port} is taken by the running server of "
                                f"{clash.profile.name!r}. Stop it or change the port.")
+            exposure = unguarded_exposure(profile)
+            if exposure is not None:
+                raise ValidationError(exposure, "host")
             if not port_is_free(profile.host, profile.port):
                 raise ValidationError(
                     f"Port {profile.port} on {profile.host} is already in use by another "
