@@ -37,7 +37,8 @@ def create_app(services: Services) -> FastAPI:
 
     from components.dashboard import build_dashboard
     from components.views import DASHBOARD_CSS
-    from manager.api.gateway import build_gateway_router, gateway_auth
+    from manager.api.gateway import build_gateway_router
+    from manager.api.key_auth import gateway_auth
     from manager.api.login import build_auth_router
     from manager.api.session_gate import SessionGate, current_user
 

@@ -458,7 +458,8 @@ def test_a_loading_model_is_waited_for_but_only_so_long(gw: Gateway) -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from manager.api.gateway import build_gateway_router, gateway_auth
+    from manager.api.gateway import build_gateway_router
+    from manager.api.key_auth import gateway_auth
     from manager.api.session_gate import SessionGate
 
     impatient = FastAPI()
@@ -600,7 +601,8 @@ def test_a_key_over_its_concurrency_limit_gets_429_with_retry_after(gw: Gateway)
 
     from fastapi import FastAPI
 
-    from manager.api.gateway import build_gateway_router, gateway_auth
+    from manager.api.gateway import build_gateway_router
+    from manager.api.key_auth import gateway_auth
     from manager.api.login import SessionGate
 
     services = replace(gw.services, settings=replace(gw.services.settings,

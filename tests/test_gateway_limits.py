@@ -88,7 +88,8 @@ class Api:
 def build_app(services: Services) -> Any:
     from fastapi import FastAPI
 
-    from manager.api.gateway import build_gateway_router, gateway_auth
+    from manager.api.gateway import build_gateway_router
+    from manager.api.key_auth import gateway_auth
     from manager.api.login import SessionGate
 
     app = FastAPI()

@@ -12,14 +12,13 @@ import pytest
 
 from manager.accounts.auth import User
 from manager.errors import Conflict, PermissionDenied, ValidationError
+from manager.models.hf_cache import cached_repo_ids, resolve_model
 from manager.net import free_port
 from manager.servers.profiles import (
     Backend,
     ProfileSpec,
-    cached_repo_ids,
     copy_name,
     is_loopback,
-    resolve_model,
     suggest_port,
 )
 from manager.services import Services

@@ -8,7 +8,7 @@
     POST /v1/messages/count_tokens   a 1-token request reading usage.prompt_tokens
     GET  /metrics                    Prometheus text (admin keys only)
 
-Auth: `gateway_auth` is the SessionGate's `extra_auth`. It claims every gateway path,
+Auth (manager/api/key_auth.py): `gateway_auth` is the SessionGate's `extra_auth`. It claims every gateway path,
 so a session cookie never opens them, and attaches the user of the API key
 (`Authorization: Bearer` or `x-api-key`) or None; every route here refuses None with
 401 in its API's own error format.
@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -46,12 +45,12 @@ from typing import Any
 from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.requests import HTTPConnection
 
 from manager.accounts.auth import User
 from manager.api import prometheus
 from manager.api.anthropic import from_openai_response, to_openai_request
 from manager.api.images import MediaGate
+from manager.api.key_auth import api_key_id, api_user, refusal
 from manager.api.limits import KeyLimiter, cap_max_tokens, read_body, token_limit
 from manager.api.relay import END, OPEN, Item, Loading, Once, Open, Pipe
 from manager.api.schema import (
@@ -61,7 +60,6 @@ from manager.api.schema import (
     check_messages,
     check_values,
 )
-from manager.api.session_gate import ExtraAuth
 from manager.api.wire import (
     ApiFormat,
     Failure,
@@ -69,11 +67,9 @@ from manager.api.wire import (
     ModelRenamer,
     anthropic_events,
     api_format,
-    api_key_from,
     dumps,
     error_body,
     failure_for,
-    is_gateway_path,
     model_entry,
     model_list,
     openai_events,
@@ -102,8 +98,6 @@ MAX_CONCURRENT = 256
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _KEEPALIVE = b": keepalive\n\n"
-_STATE_KEY = "api_user"
-_KEY_ID = "api_key_id"
 
 
 class Kind(enum.Enum):
@@ -131,61 +125,10 @@ class _Job:
             else ApiFormat.OPENAI
 
 
-def api_user(conn: HTTPConnection) -> User | None:
-    return conn.scope.get("state", {}).get(_STATE_KEY)
-
-
-def api_key_id(conn: HTTPConnection) -> int | None:
-    return conn.scope.get("state", {}).get(_KEY_ID)
-
-
 async def _client_gone(request: Request) -> None:
     """Returns once the client closed its connection (the body was read already)."""
     while (await request.receive())["type"] != "http.disconnect":
         continue
-
-
-def gateway_auth(services: Services) -> ExtraAuth:
-    """The SessionGate hook: claims gateway paths and attaches the API key's user.
-
-    The key is looked up on the event loop itself: one indexed SQLite read on a
-    long-lived connection (~10 us; WAL readers do not wait for writers) costs less
-    than a hop to a worker thread and back, and it runs on every request. The
-    last-used write, due at most once a minute per key, goes to a worker thread.
-    """
-    keys = services.api_keys
-    pending: set[asyncio.Future[Any]] = set()
-
-    def touch(key_id: int) -> None:
-        try:
-            keys.touch(key_id)
-        except sqlite3.Error as exc:
-            log.warning("could not record the use of API key %s: %s", key_id, exc)
-
-    async def claim(conn: HTTPConnection) -> bool:
-        if conn.scope["type"] != "http" or not is_gateway_path(conn.scope["path"]):
-            return False
-        secret = api_key_from(conn.headers)
-        found = keys.lookup(secret) if secret else None
-        if found is not None and found.touch_due:
-            task = asyncio.ensure_future(to_thread.run_sync(touch, found.key_id))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        state = conn.scope.setdefault("state", {})
-        state[_STATE_KEY] = found.user if found else None
-        state[_KEY_ID] = found.key_id if found else None
-        return True
-
-    return claim
-
-
-def _refusal(conn: HTTPConnection) -> Failure:
-    if api_key_from(conn.headers):
-        return Failure(401, "This API key is not valid: it was revoked, mistyped, or its "
-                       "account is disabled. Create a key on the dashboard's API keys tab.",
-                       "invalid_api_key")
-    return Failure(401, "Send an API key as 'Authorization: Bearer <key>' or 'x-api-key: "
-                   "<key>'. Create one on the dashboard's API keys tab.", "missing_api_key")
 
 
 def error_response(fmt: ApiFormat, failure: Failure) -> JSONResponse:
@@ -218,7 +161,7 @@ class Gateway:
             else ApiFormat.OPENAI
         user = api_user(request)
         if user is None:
-            return error_response(fmt, _refusal(request))
+            return error_response(fmt, refusal(request))
         try:
             payload = await to_thread.run_sync(self._model_payload, fmt, name,
                                                limiter=self._limiter)
@@ -231,7 +174,7 @@ class Gateway:
         user = api_user(request)
         key_id = api_key_id(request)
         if user is None or key_id is None:
-            return error_response(fmt, _refusal(request))
+            return error_response(fmt, refusal(request))
         refused = self._keys.admit(key_id)
         if refused is not None:
             return error_response(fmt, refused)
@@ -272,7 +215,7 @@ class Gateway:
     async def metrics(self, request: Request) -> Response:
         user = api_user(request)
         if user is None:
-            return error_response(ApiFormat.OPENAI, _refusal(request))
+            return error_response(ApiFormat.OPENAI, refusal(request))
         if not user.is_admin:
             return error_response(ApiFormat.OPENAI, Failure(
                 403, "Only an administrator's API key can read /metrics.", "admin_only"))
@@ -285,7 +228,7 @@ class Gateway:
     async def unknown(self, request: Request) -> Response:
         fmt = api_format(request.url.path)
         if api_user(request) is None:
-            return error_response(fmt, _refusal(request))
+            return error_response(fmt, refusal(request))
         return error_response(fmt, Failure(
             404, f"No such endpoint: {request.method} {request.url.path}. This gateway "
             "serves /v1/models, /v1/chat/completions, /v1/completions and /v1/messages.",

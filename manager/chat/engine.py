@@ -60,6 +60,7 @@ from manager.chat.requests import (
     attachment_kind,
     frames_note,
     native_note,
+    tool_refusal,
     uses_native_video,
 )
 from manager.chat.thinking import EventKind as ThinkingKind
@@ -365,7 +366,7 @@ class ChatEngine:
                 break
             assistant = {"role": "assistant", "content": draft.parser.answer,
                          "tool_calls": [c.openai() for c in calls]}
-            refusal = self._refusal(calls, options, rounds_run)
+            refusal = tool_refusal(calls, options, rounds_run)
             if refusal is not None:
                 reason, why = refusal
                 for call in calls:
@@ -385,23 +386,6 @@ class ChatEngine:
                                  "content": outcome.text})
             rounds_run += 1
         yield ChatEvent(ChatEventKind.DONE)
-
-    @staticmethod
-    def _refusal(calls: list[ToolCall], options: ChatOptions, rounds_run: int
-                 ) -> tuple[str, str] | None:
-        """(reason for the tool message, message for the user) when calls must not run."""
-        names = ", ".join(dict.fromkeys(c.name for c in calls))
-        if not options.tools:
-            return ("tools are turned off in this chat",
-                    f"The model asked for {names}, but tools are off, so nothing was run. "
-                    "Turn tools on to let it use them.")
-        if rounds_run >= options.max_tool_rounds:
-            rounds = options.max_tool_rounds
-            return ("the limit of tool rounds was reached",
-                    f"Stopped: the model still asked for tools ({names}) after {rounds} "
-                    f"round{'s' if rounds != 1 else ''}, the limit. Raise “Max tool rounds” "
-                    "to let it go on, or turn tools off.")
-        return None
 
     def _stream_round(self, owner: User, chat_id: int, draft: Draft,
                       messages: list[dict[str, Any]], tools: list[dict[str, Any]]

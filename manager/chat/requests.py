@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from manager.chat.attachments import DEFAULT_LIMITS, AttachmentError, probe_video
-from manager.chat.events import AnswerStats, AttachmentKind, ToolCall, VideoMode
+from manager.chat.events import AnswerStats, AttachmentKind, ChatOptions, ToolCall, VideoMode
 from manager.chat.history import Message, NewMessage
 from manager.chat.thinking import ThinkingParser
 from manager.models.capabilities import Capabilities
@@ -142,3 +142,20 @@ class Draft:
             role="assistant", content=self.parser.answer, thinking=thinking,
             thinking_seconds=self.parser.thinking_seconds if thinking else None,
             tool_calls=[c.openai() for c in self.calls.calls()], meta=meta)
+
+
+def tool_refusal(calls: list[ToolCall], options: ChatOptions, rounds_run: int
+             ) -> tuple[str, str] | None:
+    """(reason for the tool message, message for the user) when calls must not run."""
+    names = ", ".join(dict.fromkeys(c.name for c in calls))
+    if not options.tools:
+        return ("tools are turned off in this chat",
+                f"The model asked for {names}, but tools are off, so nothing was run. "
+                "Turn tools on to let it use them.")
+    if rounds_run >= options.max_tool_rounds:
+        rounds = options.max_tool_rounds
+        return ("the limit of tool rounds was reached",
+                f"Stopped: the model still asked for tools ({names}) after {rounds} "
+                f"round{'s' if rounds != 1 else ''}, the limit. Raise “Max tool rounds” "
+                "to let it go on, or turn tools off.")
+    return None

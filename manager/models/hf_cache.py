@@ -1,17 +1,20 @@
-"""Where a download lives in the standard Hugging Face cache: blobs named by etag,
+"""The standard Hugging Face cache: where a download lives (blobs named by etag,
 partial files that survive a pause, and a snapshot linked only once every file is
-complete (so mlx_lm and `scan_cache_dir` never see half a model)."""
+complete, so mlx_lm and `scan_cache_dir` never see half a model), and how a repo id
+or a folder resolves to a model folder."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from huggingface_hub.file_download import repo_folder_name
 
+from manager.errors import ValidationError
 from manager.models.download_types import DiskFull
 from manager.models.hub import DownloadPlan, PlannedFile
 from manager.units import format_bytes
@@ -19,6 +22,7 @@ from manager.units import format_bytes
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".incomplete"
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
 
 
 def default_free_space(path: Path) -> int:
@@ -111,3 +115,57 @@ def _links(snapshots: Path) -> list[Path]:
     if not snapshots.is_dir():
         return []
     return [p for p in snapshots.rglob("*") if p.is_symlink()]
+
+
+# -- finding a downloaded model ---------------------------------------------------------
+
+
+def cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
+    """The local snapshot folder of a downloaded repo (refs/main, else the newest)."""
+    folder = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    snapshots = folder / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    ref = folder / "refs" / "main"
+    if ref.is_file():
+        candidate = snapshots / ref.read_text(encoding="utf-8").strip()
+        if (candidate / "config.json").is_file():
+            return candidate
+    found = [p for p in snapshots.iterdir() if (p / "config.json").is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def cached_repo_ids(cache_dir: Path) -> list[str]:
+    """Repo ids of the models in the HF cache (Settings.hub_cache) with a usable snapshot."""
+    root = cache_dir
+    if not root.is_dir():
+        return []
+    repos = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("models--") and entry.is_dir():
+            repo_id = entry.name.removeprefix("models--").replace("--", "/", 1)
+            if cached_snapshot(repo_id, root) is not None:
+                repos.append(repo_id)
+    return repos
+
+
+def resolve_model(model: str, cache_dir: Path) -> Path:
+    """A model folder from a path or the repo id of a model downloaded to `cache_dir`
+    (the HF hub cache: Settings.hub_cache)."""
+    text = (model or "").strip()
+    if not text:
+        raise ValidationError("Pick a model: a folder path or a downloaded repo id.", "model")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValidationError(
+                f"{text} has no config.json: it does not look like a model folder.", "model")
+        return path.resolve()
+    if _REPO_ID.fullmatch(text) and not text.startswith((".", "/", "~")):
+        snapshot = cached_snapshot(text, cache_dir)
+        if snapshot is not None:
+            return snapshot
+        raise ValidationError(
+            f"{text} is not downloaded. Download it on the Models tab, or give a folder path.",
+            "model")
+    raise ValidationError(f"No model folder at {text}.", "model")

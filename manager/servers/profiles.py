@@ -30,6 +30,7 @@ from manager.accounts.permissions import Action, Owned, allowed, require
 from manager.clock import utc_now
 from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from manager.models.capabilities import Capabilities, detect
+from manager.models.hf_cache import cached_repo_ids, resolve_model
 from manager.net import port_is_free
 from manager.store import Store, inserted_id
 
@@ -44,7 +45,6 @@ MAX_DESCRIPTION = 4000
 MAX_SYSTEM_PROMPT = 32000
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_IDLE_MINUTES = 7 * 24 * 60
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
 
 
 class Backend(str, enum.Enum):
@@ -146,57 +146,6 @@ class Profile:
 
 
 # --- pure helpers ----------------------------------------------------------------------
-
-
-def cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
-    """The local snapshot folder of a downloaded repo (refs/main, else the newest)."""
-    folder = cache_dir / ("models--" + repo_id.replace("/", "--"))
-    snapshots = folder / "snapshots"
-    if not snapshots.is_dir():
-        return None
-    ref = folder / "refs" / "main"
-    if ref.is_file():
-        candidate = snapshots / ref.read_text(encoding="utf-8").strip()
-        if (candidate / "config.json").is_file():
-            return candidate
-    found = [p for p in snapshots.iterdir() if (p / "config.json").is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
-def cached_repo_ids(cache_dir: Path) -> list[str]:
-    """Repo ids of the models in the HF cache (Settings.hub_cache) with a usable snapshot."""
-    root = cache_dir
-    if not root.is_dir():
-        return []
-    repos = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("models--") and entry.is_dir():
-            repo_id = entry.name.removeprefix("models--").replace("--", "/", 1)
-            if cached_snapshot(repo_id, root) is not None:
-                repos.append(repo_id)
-    return repos
-
-
-def resolve_model(model: str, cache_dir: Path) -> Path:
-    """A model folder from a path or the repo id of a model downloaded to `cache_dir`
-    (the HF hub cache: Settings.hub_cache)."""
-    text = (model or "").strip()
-    if not text:
-        raise ValidationError("Pick a model: a folder path or a downloaded repo id.", "model")
-    path = Path(text).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValidationError(
-                f"{text} has no config.json: it does not look like a model folder.", "model")
-        return path.resolve()
-    if _REPO_ID.fullmatch(text) and not text.startswith((".", "/", "~")):
-        snapshot = cached_snapshot(text, cache_dir)
-        if snapshot is not None:
-            return snapshot
-        raise ValidationError(
-            f"{text} is not downloaded. Download it on the Models tab, or give a folder path.",
-            "model")
-    raise ValidationError(f"No model folder at {text}.", "model")
 
 
 def backend_for(caps: Capabilities) -> Backend:
