@@ -603,7 +603,7 @@ def test_a_key_over_its_concurrency_limit_gets_429_with_retry_after(gw: Gateway)
 
     from manager.api.gateway import build_gateway_router
     from manager.api.key_auth import gateway_auth
-    from manager.api.login import SessionGate
+    from manager.api.session_gate import SessionGate
 
     services = replace(gw.services, settings=replace(gw.services.settings,
                                                      gateway_concurrent_per_key=1))

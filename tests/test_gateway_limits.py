@@ -90,7 +90,7 @@ def build_app(services: Services) -> Any:
 
     from manager.api.gateway import build_gateway_router
     from manager.api.key_auth import gateway_auth
-    from manager.api.login import SessionGate
+    from manager.api.session_gate import SessionGate
 
     app = FastAPI()
     app.include_router(build_gateway_router(services))
