@@ -51,7 +51,8 @@ def test_first_admin_approves_then_disables_a_colleague(
 
         # A second user registers and cannot get in.
         register(bob, url, "bob@example.com")
-        bob.wait_for_selector("text=waiting for an administrator's approval")
+        # The same answer a taken address gets: it must not say which emails exist.
+        bob.wait_for_selector("text=waits for an administrator's approval")
         sign_in(bob, url, "bob@example.com")
         bob.wait_for_selector("text=waiting for an administrator's approval")
         assert "/login" in bob.url or bob.url.rstrip("/").endswith("/login")
