@@ -24,6 +24,7 @@ def test_start_watch_scroll_and_stop_in_the_browser(dashboard: LiveDashboard, br
                                                     hf_home: Path) -> None:  # noqa: ANN001
     dashboard.register("alice@example.com")
     services = dashboard.services
+    services.monitor.start()  # the light services fixture samples nothing on its own
     profile = services.profiles.create(None, ProfileSpec(
         name="Browser tiny", model=str(tiny_models["text"]), port=free_port()))
     context = browser.new_context(viewport={"width": 1100, "height": 650})
