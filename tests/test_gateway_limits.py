@@ -82,7 +82,9 @@ class Api:
                                              headers={"Content-Type": "application/json"})
                 return await client.post(path, json=body)
 
-        return self.loop.run_until_complete(go())
+        # On the loop's own thread: a Playwright session elsewhere in the run may hold a
+        # running loop on this one, and a second loop cannot run here then.
+        return asyncio.run_coroutine_threadsafe(go(), self.loop).result(timeout=120)
 
 
 def build_app(services: Services) -> Any:
@@ -96,6 +98,12 @@ def build_app(services: Services) -> Any:
     app.include_router(build_gateway_router(services))
     app.add_middleware(SessionGate, auth=services.auth, extra_auth=gateway_auth(services))
     return app
+
+
+def _loop_in_a_thread() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="gateway-limits-loop", daemon=True).start()
+    return loop
 
 
 @pytest.fixture(scope="module")
@@ -118,12 +126,12 @@ def make_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
         made[wanted] = Api(services, build_app(services),
                            services.api_keys.create(admin, "t").secret,
                            services.api_keys.create(admin, "other").secret,
-                           asyncio.new_event_loop())
+                           _loop_in_a_thread())
         return made[wanted]
 
     yield make
     for api in made.values():
-        api.loop.close()
+        api.loop.call_soon_threadsafe(api.loop.stop)
         api.services.close()
 
 
