@@ -34,6 +34,21 @@ PASSWORD = "correct horse battery"
 TEST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
+class Clock:
+    """A clock that stands still until a test moves `now`."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A browser test is a slow test, whether or not it says so (make test-fast skips both)."""
     for item in items:

@@ -22,21 +22,9 @@ from manager.errors import (
     ValidationError,
 )
 from manager.store import Store
+from tests.conftest import Clock
 
 PW = "correct horse battery"
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

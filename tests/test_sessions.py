@@ -6,34 +6,20 @@ from pathlib import Path
 
 import jwt
 import pytest
-from argon2 import PasswordHasher
 
 from manager.accounts.auth import AuthService, User
 from manager.api.login import SESSION_COOKIE
 from manager.errors import NotFound, PermissionDenied
 from manager.store import Store
-from tests.conftest import PASSWORD, LiveDashboard
+from tests.conftest import PASSWORD, TEST_HASHER, Clock, LiveDashboard
 
 PW = "correct horse battery"
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
 def auth(tmp_path: Path, clock: Clock) -> AuthService:
     return AuthService(Store(tmp_path / "manager.db"), b"k" * 32, clock=clock,
-                       hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+                       hasher=TEST_HASHER)
 
 
 @pytest.fixture
