@@ -12,6 +12,7 @@ from manager.accounts.auth import AuthService, load_or_create_secret
 from manager.accounts.limits import RegistrationLimiter
 from manager.chat.engine import ChatEngine
 from manager.chat.history import ChatHistory
+from manager.chat.toolcheck import ToolCheck
 from manager.chat.tools import McpToolbox
 from manager.models.downloads import DownloadManager
 from manager.models.hub import HubClient, HubConfig
@@ -46,6 +47,7 @@ class Services:
     tools: McpToolbox
     placement: Placement
     chat_engine: ChatEngine
+    tool_check: ToolCheck
 
     @classmethod
     def create(cls, settings: Settings, *, run_servers: bool = True,
@@ -88,6 +90,8 @@ class Services:
         tools = McpToolbox(store, logs_dir=settings.logs_dir)
         chat_engine = ChatEngine(chats=chats, inference=inference, tools=tools,
                                  supervisor=supervisor, profiles=profiles)
+        tool_check = ToolCheck(store=store, supervisor=supervisor, profiles=profiles,
+                               placement=placement, tools=tools, metrics=metrics)
         if run_servers:
             # Adopt servers an earlier run left running, then clear logs nobody needs.
             supervisor.adopt_or_reap()
@@ -99,7 +103,8 @@ class Services:
         return cls(settings=settings, store=store, auth=auth, api_keys=api_keys, chats=chats,
                    hub=hub, library=library, downloads=downloads, profiles=profiles,
                    supervisor=supervisor, monitor=monitor, metrics=metrics, inference=inference,
-                   tools=tools, placement=placement, chat_engine=chat_engine)
+                   tools=tools, placement=placement, chat_engine=chat_engine,
+                   tool_check=tool_check)
 
     def close(self, *, keep_servers: bool = False) -> None:
         """Stop background work; safe to call twice. Model servers are stopped unless

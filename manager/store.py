@@ -254,6 +254,62 @@ def _create_sessions(db: Database) -> None:
     db.execute("CREATE INDEX sessions_user ON sessions(user_id, revoked_at)")
 
 
+def _create_tool_checks(db: Database) -> None:
+    # The tool-use check (manager.chat.toolcheck): admins' own scenarios, and every run
+    # with one row per scenario (history kept: a re-run after a profile change compares).
+    db.execute(
+        """
+        CREATE TABLE tool_check_scenarios (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            definition TEXT NOT NULL,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            created_by INTEGER REFERENCES users(id) ON DELETE SET NULL,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE tool_check_runs (
+            id INTEGER PRIMARY KEY,
+            profile_id INTEGER REFERENCES profiles(id) ON DELETE SET NULL,
+            profile_name TEXT NOT NULL,
+            model TEXT NOT NULL,
+            model_revision TEXT NOT NULL,
+            setup TEXT NOT NULL DEFAULT '{}',
+            user_id INTEGER REFERENCES users(id) ON DELETE SET NULL,
+            status TEXT NOT NULL,
+            score INTEGER NOT NULL DEFAULT 0,
+            total INTEGER NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX tool_check_runs_profile ON tool_check_runs(profile_id, id)")
+    db.execute("CREATE INDEX tool_check_runs_model ON tool_check_runs(model, id)")
+    db.execute(
+        """
+        CREATE TABLE tool_check_results (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES tool_check_runs(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            scenario TEXT NOT NULL,
+            title TEXT NOT NULL,
+            category TEXT NOT NULL,
+            status TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            latency_s REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            transcript TEXT NOT NULL DEFAULT '{}',
+            UNIQUE (run_id, position)
+        )
+        """
+    )
+
+
 # Append only: a migration that has shipped is never edited or reordered.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_users", _create_users),
@@ -265,6 +321,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0007_chats_profile_id", _chats_reference_profiles_by_id),
     Migration("0008_profile_server_keys", _add_profile_server_keys),
     Migration("0009_sessions", _create_sessions),
+    Migration("0010_tool_checks", _create_tool_checks),
 )
 
 

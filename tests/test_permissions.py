@@ -32,6 +32,8 @@ CASES = [
     (ADMIN, Action.MANAGE_USERS, Owned.by(), True),
     (ALICE, Action.MANAGE_USERS, Owned.by(), False),
     (ALICE, Action.BIND_NETWORK, ALICES, False),
+    (ALICE, Action.MANAGE_TOOL_CHECKS, Owned.by(), False),
+    (ADMIN, Action.MANAGE_TOOL_CHECKS, Owned.by(), True),
     (ALICE, Action.PROFILE_CREATE, Owned.by(), True),
     (ALICE, Action.SERVER_START, Owned.by(BOB.id), True),
     (ALICE, Action.SERVER_STOP, ALICES, True),

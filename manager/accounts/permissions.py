@@ -22,6 +22,7 @@ class Action(str, Enum):
     # Admin only.
     MANAGE_USERS = "users.manage"
     MANAGE_TOOLS = "tools.manage"  # MCP servers beyond the built-in one
+    MANAGE_TOOL_CHECKS = "toolcheck.manage"  # scenarios of the tool-use check
     MANAGE_FOLDERS = "library.folders"  # extra model folders
     MANAGE_SETTINGS = "settings.manage"
     VIEW_ALL = "everything.view"  # other users' keys, sessions, downloads
@@ -43,7 +44,7 @@ class Action(str, Enum):
 
 
 ADMIN_ONLY = frozenset({
-    Action.MANAGE_USERS, Action.MANAGE_TOOLS, Action.MANAGE_FOLDERS,
+    Action.MANAGE_USERS, Action.MANAGE_TOOLS, Action.MANAGE_TOOL_CHECKS, Action.MANAGE_FOLDERS,
     Action.MANAGE_SETTINGS, Action.VIEW_ALL, Action.BIND_NETWORK,
 })
 ANY_USER = frozenset({
@@ -53,6 +54,7 @@ ANY_USER = frozenset({
 _WHAT = {
     Action.MANAGE_USERS: "manage accounts",
     Action.MANAGE_TOOLS: "manage MCP servers",
+    Action.MANAGE_TOOL_CHECKS: "manage tool-check scenarios",
     Action.MANAGE_FOLDERS: "manage model folders",
     Action.MANAGE_SETTINGS: "change settings",
     Action.VIEW_ALL: "see other users' items",

@@ -357,7 +357,8 @@ class ChatEngine:
             number += 1
             draft = Draft(profile, number, notes=notes if number == 1 else [])
             yield ChatEvent(ChatEventKind.ROUND, round=number)
-            yield from self._stream_round(owner, chat_id, draft, messages, tools)
+            yield from self._stream_round(owner, chat_id, draft, messages, tools,
+                                          options.sampling())
             if draft.error:
                 yield ChatEvent(ChatEventKind.ERROR, text=draft.error, round=number)
                 break
@@ -388,9 +389,9 @@ class ChatEngine:
         yield ChatEvent(ChatEventKind.DONE)
 
     def _stream_round(self, owner: User, chat_id: int, draft: Draft,
-                      messages: list[dict[str, Any]], tools: list[dict[str, Any]]
-                      ) -> Iterator[ChatEvent]:
-        body: dict[str, Any] = {"messages": messages}
+                      messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                      sampling: dict[str, Any] | None = None) -> Iterator[ChatEvent]:
+        body: dict[str, Any] = {"messages": messages, **(sampling or {})}
         if tools:
             body["tools"] = tools
         received: list[RequestStats] = []

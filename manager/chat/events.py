@@ -42,6 +42,17 @@ class ChatOptions:
     limits: AttachmentLimits = DEFAULT_LIMITS
     #: Seconds one tool call may take; None = the toolbox default.
     tool_timeout: float | None = None
+    #: Sampling fixed for every request of the turn (None = the profile's default); the
+    #: tool-use check runs at temperature 0 with a fixed seed and a token cap.
+    temperature: float | None = None
+    seed: int | None = None
+    max_tokens: int | None = None
+
+    def sampling(self) -> dict[str, Any]:
+        """The request fields these options set."""
+        fixed = {"temperature": self.temperature, "seed": self.seed,
+                 "max_tokens": self.max_tokens}
+        return {k: v for k, v in fixed.items() if v is not None}
 
     def checked(self) -> ChatOptions:
         if not 1 <= self.max_tool_rounds <= MAX_TOOL_ROUNDS:
