@@ -12,6 +12,7 @@ from manager.accounts.auth import AuthService, load_or_create_secret
 from manager.accounts.limits import RegistrationLimiter
 from manager.chat.engine import ChatEngine
 from manager.chat.history import ChatHistory
+from manager.chat.stored_responses import ResponseStore
 from manager.chat.toolcheck import ToolCheck
 from manager.chat.tools import McpToolbox
 from manager.models.downloads import DownloadManager
@@ -48,6 +49,7 @@ class Services:
     placement: Placement
     chat_engine: ChatEngine
     tool_check: ToolCheck
+    responses: ResponseStore
 
     @classmethod
     def create(cls, settings: Settings, *, run_servers: bool = True,
@@ -92,6 +94,8 @@ class Services:
                                  supervisor=supervisor, profiles=profiles)
         tool_check = ToolCheck(store=store, supervisor=supervisor, profiles=profiles,
                                placement=placement, tools=tools, metrics=metrics)
+        # Responses API answers kept for previous_response_id, pruned as new ones arrive.
+        responses = ResponseStore(store, settings.responses_retention_days)
         if run_servers:
             # Adopt servers an earlier run left running, then clear logs nobody needs.
             supervisor.adopt_or_reap()
@@ -104,7 +108,7 @@ class Services:
                    hub=hub, library=library, downloads=downloads, profiles=profiles,
                    supervisor=supervisor, monitor=monitor, metrics=metrics, inference=inference,
                    tools=tools, placement=placement, chat_engine=chat_engine,
-                   tool_check=tool_check)
+                   tool_check=tool_check, responses=responses)
 
     def close(self, *, keep_servers: bool = False) -> None:
         """Stop background work; safe to call twice. Model servers are stopped unless

@@ -22,6 +22,8 @@ GATEWAY_CONCURRENT_PER_KEY = 8
 GATEWAY_REQUESTS_PER_MINUTE = 120
 #: Largest image (decoded) the gateway passes to a model server.
 GATEWAY_MAX_IMAGE_BYTES = 20 * 1024 * 1024
+#: Days a stored Responses API answer is kept for previous_response_id (0: none stored).
+RESPONSES_RETENTION_DAYS = 30
 
 
 #: Gateway limits an admin sets in the environment (MLX_MANAGER_GATEWAY_...).
@@ -30,6 +32,7 @@ _GATEWAY_ENV = {
     "MLX_MANAGER_GATEWAY_CONCURRENT_PER_KEY": "gateway_concurrent_per_key",
     "MLX_MANAGER_GATEWAY_REQUESTS_PER_MINUTE": "gateway_requests_per_minute",
     "MLX_MANAGER_GATEWAY_MAX_IMAGE_BYTES": "gateway_max_image_bytes",
+    "MLX_MANAGER_RESPONSES_RETENTION_DAYS": "responses_retention_days",
 }
 REMOTE_IMAGES_ENV = "MLX_MANAGER_GATEWAY_REMOTE_IMAGES"
 
@@ -103,6 +106,8 @@ class Settings:
     # Image URLs (http/https) in gateway requests are fetched by the gateway itself
     # only when an admin turns this on, and never from loopback or private addresses.
     gateway_remote_images: bool = False
+    # Responses API answers stored (store: true) are kept this many days; 0 stores none.
+    responses_retention_days: int = RESPONSES_RETENTION_DAYS
     # Browser origins (scheme://host[:port]) allowed to call the dashboard and /v1 from
     # their pages (CORS); none unless an admin lists them.
     cors_origins: tuple[str, ...] = ()

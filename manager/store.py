@@ -310,6 +310,25 @@ def _create_tool_checks(db: Database) -> None:
     )
 
 
+def _create_stored_responses(db: Database) -> None:
+    # Responses API answers kept for previous_response_id (manager.chat.stored_responses):
+    # the items before the response, its input items and the Response object, as JSON.
+    db.execute(
+        """
+        CREATE TABLE stored_responses (
+            id TEXT PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            model TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            history TEXT NOT NULL,
+            input TEXT NOT NULL,
+            response TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX stored_responses_created ON stored_responses(created_at)")
+
+
 # Append only: a migration that has shipped is never edited or reordered.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_users", _create_users),
@@ -322,6 +341,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0008_profile_server_keys", _add_profile_server_keys),
     Migration("0009_sessions", _create_sessions),
     Migration("0010_tool_checks", _create_tool_checks),
+    Migration("0011_stored_responses", _create_stored_responses),
 )
 
 

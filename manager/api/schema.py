@@ -320,4 +320,102 @@ def check_messages(body: Mapping[str, Any]) -> None:
     _get(body, "metadata", (dict,), "an object")
 
 
+# --- OpenAI Responses ----------------------------------------------------------------
+
+RESPONSES_ROLES = ("user", "assistant", "system", "developer")
+_UNSUPPORTED = {
+    "background": "background responses are not supported by this gateway; leave it out",
+    "conversation": "conversations are not supported by this gateway; use "
+                    "previous_response_id",
+    "prompt": "prompt templates are not supported by this gateway; send input",
+}
+
+
+def _text(body: Mapping[str, Any], field: str, where: str | None = None) -> None:
+    value = body.get(field)
+    if value is not None and not isinstance(value, str):
+        raise invalid(where or field, f"must be a string, not {_kind(value)}")
+
+
+def _response_item(item: Mapping[str, Any], where: str) -> None:
+    kind = item.get("type", "message")
+    if not isinstance(kind, str):
+        raise invalid(f"{where}.type", "must be a string such as 'message'")
+    if kind == "message":
+        role = item.get("role")
+        if role not in RESPONSES_ROLES:
+            raise invalid(f"{where}.role", f"must be one of {', '.join(RESPONSES_ROLES)}, "
+                          f"not {role!r}"[:200])
+        content = item.get("content")
+        if isinstance(content, str):
+            return
+        for i, part in enumerate(_objects(content, f"{where}.content")):
+            part_where = f"{where}.content[{i}]"
+            if not isinstance(part.get("type"), str):
+                raise invalid(f"{part_where}.type", "must be a string such as 'input_text'")
+            if part["type"] in ("input_text", "output_text") \
+                    and not isinstance(part.get("text"), str):
+                raise invalid(f"{part_where}.text", "must be a string")
+            _text(part, "image_url", f"{part_where}.image_url")
+    elif kind == "function_call":
+        for field in ("call_id", "name"):
+            if not isinstance(item.get(field), str):
+                raise invalid(f"{where}.{field}", "must be a string")
+        _text(item, "arguments", f"{where}.arguments")
+    elif kind == "function_call_output":
+        if not isinstance(item.get("call_id"), str):
+            raise invalid(f"{where}.call_id", "must be a string")
+        output = item.get("output")
+        if not isinstance(output, (str, list)):
+            raise invalid(f"{where}.output", f"must be a string, not {_kind(output)}")
+
+
+def check_responses(body: Mapping[str, Any]) -> None:
+    """An OpenAI Responses request."""
+    for field, why in _UNSUPPORTED.items():
+        if body.get(field) not in (None, False):
+            raise invalid(field, why)
+    value = body.get("input")
+    if isinstance(value, list):
+        for i, item in enumerate(_objects(value, "input", allow_empty=False)):
+            _response_item(item, f"input[{i}]")
+    elif not isinstance(value, str):
+        raise invalid("input", f"a string or a list of items is required, not {_kind(value)}")
+    for field in ("instructions", "previous_response_id", "truncation", "user"):
+        _text(body, field)
+    _whole(body, "max_output_tokens", 1)
+    _sampling(body)
+    _path_fields(body)
+    for field in ("store", "parallel_tool_calls"):
+        _flag(body, field)
+    include = body.get("include")
+    if include is not None and (not isinstance(include, list)
+                                or not all(isinstance(v, str) for v in include)):
+        raise invalid("include", "must be a list of strings")
+    for field in ("metadata", "text"):
+        _get(body, field, (dict,), "an object")
+    reasoning = _get(body, "reasoning", (dict,), "an object")
+    if reasoning is not None:
+        _text(reasoning, "effort", "reasoning.effort")
+    tools = body.get("tools")
+    if tools is not None:
+        for i, tool in enumerate(_objects(tools, "tools")):
+            if not isinstance(tool.get("type"), str):
+                raise invalid(f"tools[{i}].type", "must be a string such as 'function'")
+            if tool["type"] != "function":
+                continue  # a hosted tool: left out of the prompt, with a warning
+            if not isinstance(tool.get("name"), str) or not tool["name"]:
+                raise invalid(f"tools[{i}].name", "must be a non-empty string")
+            params = tool.get("parameters")
+            if params is not None and not isinstance(params, dict):
+                raise invalid(f"tools[{i}].parameters", "must be an object")
+    choice = body.get("tool_choice")
+    if isinstance(choice, str):
+        if choice not in ("none", "auto", "required"):
+            raise invalid("tool_choice", f"must be 'none', 'auto', 'required' or an object, "
+                          f"not {choice!r}"[:200])
+    elif choice is not None and not isinstance(choice, dict):
+        raise invalid("tool_choice", f"must be a string or an object, not {_kind(choice)}")
+
+
 Checker = Callable[[Mapping[str, Any]], None]

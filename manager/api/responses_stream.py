@@ -1,0 +1,256 @@
+"""Chat completion chunks -> the Responses API's streamed events.
+
+`ResponsesStream` is a small state machine (like anthropic.StreamTranslator): `feed`
+each chunk, `finish` at the end, or `fail` when the model server fails mid-way. The
+events follow the published sequence, each with a `sequence_number`:
+
+    response.created, response.in_progress
+    per output item: response.output_item.added, then
+      reasoning:     reasoning_summary_part.added, reasoning_summary_text.delta...,
+                     reasoning_summary_text.done, reasoning_summary_part.done
+      message:       content_part.added, output_text.delta..., output_text.done,
+                     content_part.done
+      function call: function_call_arguments.delta..., function_call_arguments.done
+    response.output_item.done
+    response.completed (or response.incomplete when max_output_tokens cut it short)
+
+and on failure `error` then `response.failed`. The openai SDK's `responses.stream()`
+accumulates exactly these into its final Response.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import closing
+from typing import Any
+
+from manager.api.responses import (
+    Item,
+    function_call_item,
+    message_item,
+    reasoning_item,
+    response_object,
+    status_of,
+    usage_object,
+)
+from manager.servers.inference import ChunkStream
+
+Event = dict[str, Any]
+
+
+def sse(event: Mapping[str, Any]) -> bytes:
+    """One event in the framing the openai SDK reads (`event:` names its type)."""
+    return (f"event: {event['type']}\ndata: "
+            f"{json.dumps(event, separators=(',', ':'), ensure_ascii=False)}\n\n").encode()
+
+
+class ResponsesStream:
+    """Turns chat completion chunks into Responses events; `response` is the Response
+    object as it stands (whole once `finish` returned)."""
+
+    def __init__(self, response_id: str, model: str, echo: Mapping[str, Any], *,
+                 created_at: float | None = None) -> None:
+        self.response_id = response_id
+        self.model = model
+        self.echo = dict(echo)
+        self.created_at = time.time() if created_at is None else created_at
+        self.output: list[Item] = []
+        self.response: dict[str, Any] = {}
+        self._seq = 0
+        self._started = False
+        self._open: Item | None = None  # the output item being streamed
+        self._text = ""  # the open item's text or arguments so far
+        self._tool_slot: int | None = None
+        self._finish_reason: str | None = None
+        self._usage = usage_object(0, 0)
+
+    # -- public ---------------------------------------------------------------------------
+
+    def start(self) -> Iterator[Event]:
+        self._started = True
+        self.response = self._snapshot("in_progress")
+        yield self._event("response.created", response=self.response)
+        yield self._event("response.in_progress", response=self.response)
+
+    def feed(self, chunk: Mapping[str, Any]) -> Iterator[Event]:
+        if not self._started:
+            yield from self.start()
+        usage = chunk.get("usage")
+        if isinstance(usage, Mapping):
+            self._usage = usage_object(int(usage.get("prompt_tokens") or 0),
+                                       int(usage.get("completion_tokens") or 0))
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            thinking = delta.get("reasoning") or delta.get("reasoning_content")
+            if thinking:
+                yield from self._append("reasoning", str(thinking))
+            if delta.get("content"):
+                yield from self._append("message", str(delta["content"]))
+            for call in delta.get("tool_calls") or []:
+                yield from self._tool_call(call)
+            if choice.get("finish_reason"):
+                self._finish_reason = choice["finish_reason"]
+
+    def finish(self) -> Iterator[Event]:
+        if not self._started:
+            yield from self.start()
+        yield from self._close()
+        status, reason = status_of(self._finish_reason)
+        self.response = self._snapshot(status, incomplete_reason=reason)
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        yield self._event(kind, response=self.response)
+
+    def fail(self, code: str, message: str) -> Iterator[Event]:
+        """The model server failed after the stream began: `error`, then the response
+        as it stood, failed (items that were open stay incomplete)."""
+        if not self._started:
+            yield from self.start()
+        if self._open is not None:
+            self.output.append({**self._finished(), "status": "incomplete"})
+            self._open = None
+        yield self._event("error", code=code, message=message, param=None)
+        # The Response's error code is one of OpenAI's few; the `error` event has ours.
+        self.response = self._snapshot("failed", error={"code": "server_error",
+                                                        "message": message})
+        yield self._event("response.failed", response=self.response)
+
+    # -- items ----------------------------------------------------------------------------
+
+    def _append(self, kind: str, text: str) -> Iterator[Event]:
+        if self._open is None or self._open["type"] != kind:
+            yield from self._close()
+            yield from self._begin(kind)
+        self._text += text
+        ids = self._ids()
+        if kind == "reasoning":
+            yield self._event("response.reasoning_summary_text.delta", **ids,
+                              summary_index=0, delta=text)
+        else:
+            yield self._event("response.output_text.delta", **ids, content_index=0,
+                              delta=text, logprobs=[])
+
+    def _tool_call(self, call: Mapping[str, Any]) -> Iterator[Event]:
+        function = call.get("function") or {}
+        slot = call.get("index", 0)
+        if self._open is None or self._open["type"] != "function_call" \
+                or self._tool_slot != slot or function.get("name"):
+            yield from self._close()
+            item = function_call_item({"id": call.get("id"),
+                                       "function": {"name": function.get("name"),
+                                                    "arguments": ""}})
+            yield from self._begin("function_call", item)
+            self._tool_slot = slot
+        arguments = function.get("arguments")
+        if arguments:
+            text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+            self._text += text
+            yield self._event("response.function_call_arguments.delta", **self._ids(),
+                              delta=text)
+
+    def _begin(self, kind: str, item: Item | None = None) -> Iterator[Event]:
+        if item is None:
+            item = reasoning_item("") if kind == "reasoning" else message_item("")
+            item["summary" if kind == "reasoning" else "content"] = []
+        item["status"] = "in_progress"
+        self._open, self._text = item, ""
+        yield self._event("response.output_item.added", output_index=len(self.output),
+                          item=_copy(item))
+        ids = self._ids()
+        if kind == "reasoning":
+            yield self._event("response.reasoning_summary_part.added", **ids,
+                              summary_index=0, part={"type": "summary_text", "text": ""})
+        elif kind == "message":
+            yield self._event("response.content_part.added", **ids, content_index=0,
+                              part={"type": "output_text", "text": "", "annotations": [],
+                                    "logprobs": []})
+
+    def _close(self) -> Iterator[Event]:
+        item = self._open
+        if item is None:
+            return
+        ids, text = self._ids(), self._text
+        if item["type"] == "reasoning":
+            part = {"type": "summary_text", "text": text}
+            yield self._event("response.reasoning_summary_text.done", **ids, summary_index=0,
+                              text=text)
+            yield self._event("response.reasoning_summary_part.done", **ids,
+                              summary_index=0, part=part)
+        elif item["type"] == "message":
+            yield self._event("response.output_text.done", **ids, content_index=0, text=text,
+                              logprobs=[])
+            yield self._event("response.content_part.done", **ids, content_index=0,
+                              part=self._finished()["content"][0])
+        else:
+            yield self._event("response.function_call_arguments.done", **ids, arguments=text,
+                              name=item["name"])
+        done = self._finished()
+        yield self._event("response.output_item.done", output_index=ids["output_index"],
+                          item=done)
+        self.output.append(done)
+        self._open, self._text, self._tool_slot = None, "", None
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _finished(self) -> Item:
+        """The open item with its text, as output_item.done and the response carry it."""
+        item = self._open
+        if item is None:
+            raise RuntimeError("no output item is open")
+        if item["type"] == "reasoning":
+            return reasoning_item(self._text, item["id"])
+        if item["type"] == "message":
+            return message_item(self._text, item["id"])
+        return {**item, "arguments": self._text, "status": "completed"}
+
+    def _ids(self) -> dict[str, Any]:
+        if self._open is None:
+            raise RuntimeError("no output item is open")
+        return {"item_id": self._open["id"], "output_index": len(self.output)}
+
+    def _event(self, kind: str, **fields: Any) -> Event:
+        event = {"type": kind, "sequence_number": self._seq, **fields}
+        self._seq += 1
+        return event
+
+    def _snapshot(self, status: str, *, incomplete_reason: str | None = None,
+                  error: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        done = status in ("completed", "incomplete", "failed")
+        return response_object(
+            self.response_id, self.model, self.echo, created_at=self.created_at,
+            status=status, output=[_copy(item) for item in self.output],
+            usage=self._usage if done else None, error=error,
+            incomplete_reason=incomplete_reason)
+
+
+def _copy(item: Item) -> Item:
+    return json.loads(json.dumps(item))
+
+
+def responses_events(chunks: ChunkStream, stream: ResponsesStream, *,
+                     on_done: Callable[[dict[str, Any]], None],
+                     on_error: Callable[[BaseException], tuple[str, str]]
+                     ) -> Generator[bytes, None, None]:
+    """The server's chunks as Responses SSE bytes. Until the first chunk arrives any
+    failure propagates (the client still gets an HTTP status); after it, a failure
+    ends the stream with `error` and `response.failed`, as `on_error` names it.
+    `on_done` gets the finished response before its last event is sent (so a client
+    may continue from it at once)."""
+    with closing(chunks):
+        chunk_iter = iter(chunks)
+        first = next(chunk_iter, None)
+        try:
+            if first is not None:
+                yield b"".join(sse(e) for e in stream.feed(first.raw))
+            for chunk in chunk_iter:
+                events = b"".join(sse(e) for e in stream.feed(chunk.raw))
+                if events:
+                    yield events
+        except Exception as exc:  # noqa: BLE001 - told to the client in the stream's format
+            code, message = on_error(exc)
+            yield b"".join(sse(e) for e in stream.fail(code, message))
+            return
+    last = list(stream.finish())
+    on_done(stream.response)
+    yield b"".join(sse(e) for e in last)
