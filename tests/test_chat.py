@@ -3,6 +3,7 @@ the real built-in MCP server and real SQLite: thinking, tools, vision, video, fa
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -28,10 +30,11 @@ from manager.chat.events import (
 from manager.chat.history import NewMessage
 from manager.chat.mcp_builtin import SAMPLE_NOTE
 from manager.chat.requests import ToolCallCollector, uses_native_video
-from manager.errors import ValidationError
+from manager.errors import ManagerError, ValidationError
 from manager.models.capabilities import Capabilities
 from manager.net import free_port
-from manager.servers.inference import InferenceClient
+from manager.servers.failure_report import stream_error
+from manager.servers.inference import InferenceClient, sse_data
 from manager.servers.profiles import Backend, Profile, ProfileSpec
 from manager.servers.supervisor import ServerState
 from manager.services import Services
@@ -79,7 +82,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
                 "tool_loop": ProfileSpec(name="looper", model=str(tiny_models["tool_loop"])),
                 # Random weights: a short answer, whatever it says.
                 "vision": ProfileSpec(name="eyes", model=str(tiny_models["vision"]),
-                                      max_tokens=4),
+                                      max_tokens=4, system_prompt="Answer in one word."),
                 # Greedy decoding of random weights never stops early: a long answer to
                 # interrupt.
                 "text": ProfileSpec(name="chatter", model=str(tiny_models["text"]),
@@ -322,6 +325,66 @@ def test_a_video_goes_natively_or_as_the_configured_number_of_frames(
     assert "images=3 audio=0 videos=0" in env.server_log("vision")[log_before:]
     user = env.services.chats.get(env.alice, chat_id).messages[0]
     assert user.meta["notes"] == ["3 frames sent from clip.avi (evenly spaced)."]
+
+
+@pytest.mark.slow
+def test_a_video_with_a_system_prompt_is_answered_natively(env: ChatEnv, tmp_path: Path
+                                                           ) -> None:
+    """Issue 15 item 1: mlx_vlm fails (IndexError) on a video next to a system message;
+    the profile's system prompt now travels inside the user's turn."""
+    assert env.profiles["vision"].system_prompt
+    clip = make_video(tmp_path / "clip.avi", frames=8)
+    log_before = len(env.server_log("vision"))
+    _, events = env.run("vision", "What happens?", (clip,))
+    assert K.ERROR not in kinds(events), [e.text for e in events if e.kind is K.ERROR]
+    assert text_of(events, K.NOTE) == "clip.avi sent as a video (the model reads it natively)."
+    served = env.server_log("vision")[log_before:]
+    assert "images=0 audio=0 videos=1" in served and "IndexError" not in served
+
+
+@pytest.mark.slow
+def test_a_video_in_a_later_message_goes_as_frames_saying_why(env: ChatEnv, tmp_path: Path
+                                                              ) -> None:
+    clip = make_video(tmp_path / "later.avi", frames=8)
+    chat_id, first = env.run("vision", "Hello")
+    assert K.ERROR not in kinds(first)
+    log_before = len(env.server_log("vision"))
+    _, events = env.run("vision", "What happens?", (clip,), ChatOptions(max_frames=2),
+                        chat_id=chat_id)
+    assert K.ERROR not in kinds(events), [e.text for e in events if e.kind is K.ERROR]
+    note = text_of(events, K.NOTE)
+    assert note.startswith("2 frames sent from later.avi (evenly spaced). Not as a video: "
+                           "mlx_vlm reads a video itself only in a conversation's first "
+                           "message"), note
+    assert "images=2 audio=0 videos=0" in env.server_log("vision")[log_before:]
+    user = env.services.chats.get(env.alice, chat_id).messages[-2]
+    assert user.meta["notes"] == [note]
+
+
+@pytest.mark.slow
+def test_mlx_vlms_own_error_is_what_a_person_reads(env: ChatEnv, tmp_path: Path) -> None:
+    """The raw server still fails on a video in a two-message request (streamed: a 200,
+    then an error chunk); its words, not "may have crashed", reach the caller."""
+    snap = env.services.supervisor.snapshot(env.profiles["vision"].id)
+    clip = make_video(tmp_path / "raw.avi", frames=8)
+    video = {"type": "video_url", "video_url": {"url": str(clip)}}
+    body = {"model": snap.model_path, "max_tokens": 2, "stream": True, "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [video, {"type": "text", "text": "What?"}]}]}
+    with httpx.stream("POST", snap.base_url + "/v1/chat/completions", json=body,
+                      timeout=120) as response:
+        assert response.status_code == 200
+        said = [stream_error(json.loads(data)) for data in sse_data(response)]
+    assert said and said[-1] and "index 1 is out of bounds" in said[-1]
+    # Through the dashboard the same request is shaped to work, and a later turn with a
+    # video is refused in words a person can act on (the chat sends frames instead).
+    answer = env.services.inference.chat(env.profiles["vision"].id, {
+        "messages": body["messages"], "max_tokens": 2})
+    assert answer.stats.ok
+    with pytest.raises(ManagerError, match="only in a conversation's first message"):
+        env.services.inference.chat(env.profiles["vision"].id, {"max_tokens": 2, "messages": [
+            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+            body["messages"][1]]})
 
 
 @pytest.mark.slow

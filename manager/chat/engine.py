@@ -25,21 +25,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from manager.accounts.auth import User
-from manager.chat.attachments import (
-    AttachmentError,
-    extract_frames,
-    frame_parts,
-    native_video_part,
-    prepare_image,
-    probe_video,
-)
+from manager.chat.attachments import AttachmentError
 from manager.chat.events import (
     DEFAULT_OPTIONS,
     NOT_RUN,
@@ -52,16 +45,16 @@ from manager.chat.events import (
     PreparedMessage,
     ToolCall,
     ToolOutcome,
+    VideoMode,
 )
 from manager.chat.history import ChatHistory, ChatSummary, Message, NewMessage
+from manager.chat.message_parts import MessageMedia
 from manager.chat.requests import (
     Draft,
     assistant_openai,
     attachment_kind,
-    frames_note,
-    native_note,
+    native_video_fits,
     tool_refusal,
-    uses_native_video,
 )
 from manager.chat.thinking import EventKind as ThinkingKind
 from manager.chat.thinking import ThinkingEvent
@@ -77,8 +70,6 @@ log = logging.getLogger(__name__)
 MAX_TEXT = 100_000
 #: A growing answer is written to SQLite at most this often (and once more at the end).
 SAVE_EVERY_S = 1.0
-#: Prepared image / frame parts kept between turns (each turn re-sends the history).
-PART_CACHE_SIZE = 32
 
 
 # --- the engine ---------------------------------------------------------------------------
@@ -96,8 +87,7 @@ class ChatEngine:
         self._supervisor = supervisor
         self._profiles = profiles
         self._clock = clock
-        self._lock = threading.Lock()
-        self._parts: OrderedDict[tuple[Any, ...], list[dict[str, Any]]] = OrderedDict()
+        self._media = MessageMedia()
         # Chats with a turn in progress (chat id -> count), so Stop can wait for the save.
         self._turns = threading.Condition()
         self._running: dict[int, int] = {}
@@ -141,7 +131,7 @@ class ChatEngine:
                         f"{profile.name} runs a text-only model: it cannot read {what}, so "
                         f"{path.name} was not sent. Pick a vision model's server, or remove "
                         "the attachment.")
-                note, made = self._check_attachment(path, kind, caps, profile, options, text)
+                note, made = self._media.check(path, kind, caps, profile, options, text)
                 notes += note
                 parts.append(made)
         return PreparedMessage(profile, text, paths, kinds, tuple(notes), tuple(parts))
@@ -151,13 +141,16 @@ class ChatEngine:
         """Save the user's message, then answer it (events as they happen)."""
         options = options.checked()
         chat = self._chats.get(owner, chat_id)  # the owner check, before anything is saved
+        if not native_video_fits(chat.messages, adding=1):
+            prepared = self._media.frames_instead(
+                prepared, options, self.capabilities(prepared.profile))
         meta = {"notes": list(prepared.notes)} if prepared.notes else {}
         user_message = self._chats.add_message(
             owner, chat_id, NewMessage("user", prepared.text, meta=meta), prepared.attachments)
         for stored, kind, made in zip(user_message.attachments, prepared.kinds, prepared.parts,
                                       strict=False):
             if made is not None:
-                self._remember(self._part_key(stored.path, kind, options), list(made))
+                self._media.remember(stored.path, kind, options, list(made))
         yield ChatEvent(ChatEventKind.USER, message=user_message)
         for note in prepared.notes:
             # `message`: the note belongs to (and is saved with) the user's message.
@@ -212,7 +205,7 @@ class ChatEngine:
         for message in messages:
             if message.role == "user":
                 out.append({"role": "user",
-                            "content": self._user_content(message, profile, caps, options)})
+                            "content": self._media.user_content(message, profile, caps, options)})
             elif message.role == "system":
                 out.append({"role": "system", "content": message.content})
             elif message.role == "assistant":
@@ -231,89 +224,6 @@ class ChatEngine:
                 out.append({"role": "tool", "tool_call_id": message.tool_call_id,
                             "name": message.tool_name or "", "content": message.content})
         return out
-
-    # -- internals: attachments -------------------------------------------------------------
-
-    def _check_attachment(self, path: Path, kind: AttachmentKind, caps: Capabilities,
-                          profile: Profile, options: ChatOptions, text: str
-                          ) -> tuple[list[str], tuple[dict[str, Any], ...] | None]:
-        """(notes, parts) of a valid attachment; raises AttachmentError otherwise."""
-        if kind is AttachmentKind.IMAGE:
-            return [], (prepare_image(path, options.limits).part(),)
-        if uses_native_video(caps, profile, options.video_mode):
-            if not text.strip():
-                raise AttachmentError(
-                    f"Type a question to go with {path.name}: the server does not take a "
-                    "video without any text.")
-            probe_video(path, options.limits)
-            return [native_note(path.name)], None
-        frames = extract_frames(path, options.max_frames, options.limits.frame_max_side,
-                                options.limits)
-        return [frames_note(len(frames), path.name)], tuple(frame_parts(frames))
-
-    @staticmethod
-    def _part_key(path: Path, kind: AttachmentKind, options: ChatOptions) -> tuple[Any, ...]:
-        try:
-            stat = path.stat()
-        except OSError as exc:
-            raise AttachmentError(f"{path.name} is no longer on disk.") from exc
-        return (str(path), stat.st_size, stat.st_mtime_ns, kind, options.limits,
-                options.max_frames if kind is AttachmentKind.VIDEO else 0)
-
-    def _remember(self, key: tuple[Any, ...], parts: list[dict[str, Any]]) -> None:
-        with self._lock:
-            self._parts[key] = parts
-            self._parts.move_to_end(key)
-            while len(self._parts) > PART_CACHE_SIZE:
-                self._parts.popitem(last=False)
-
-    def _user_content(self, message: Message, profile: Profile, caps: Capabilities,
-                      options: ChatOptions) -> str | list[dict[str, Any]]:
-        if not message.attachments:
-            return message.content
-        parts: list[dict[str, Any]] = []
-        for attachment in message.attachments:
-            kind = (AttachmentKind.VIDEO if attachment.mime.startswith("video/")
-                    else AttachmentKind.IMAGE if attachment.mime.startswith("image/")
-                    else attachment_kind(attachment.path, attachment.name))
-            if not caps.multimodal:
-                # An earlier model of this profile could see; this one cannot.
-                parts.append({"type": "text",
-                              "text": f"[{attachment.name} not shown: this model reads text "
-                                      "only]"})
-                continue
-            try:
-                parts += self._parts_for(attachment.path, attachment.name, kind, caps, profile,
-                                         options)
-            except AttachmentError as exc:
-                log.info("attachment %s of message %s left out: %s", attachment.name,
-                         message.id, exc.message)
-                parts.append({"type": "text", "text": f"[{attachment.name} left out: "
-                                                      f"{exc.message}]"})
-        if message.content:
-            parts.append({"type": "text", "text": message.content})
-        return parts
-
-    def _parts_for(self, path: Path, name: str, kind: AttachmentKind, caps: Capabilities,
-                   profile: Profile, options: ChatOptions) -> list[dict[str, Any]]:
-        native = kind is AttachmentKind.VIDEO and uses_native_video(caps, profile,
-                                                                    options.video_mode)
-        if native:
-            return [native_video_part(path, options.limits, name=name)]
-        key = self._part_key(path, kind, options)
-        with self._lock:
-            cached = self._parts.get(key)
-            if cached is not None:
-                self._parts.move_to_end(key)
-                return cached
-        if kind is AttachmentKind.IMAGE:
-            parts = [prepare_image(path, options.limits, name=name).part()]
-        else:
-            parts = frame_parts(extract_frames(path, options.max_frames,
-                                               options.limits.frame_max_side, options.limits,
-                                               name=name))
-        self._remember(key, parts)
-        return parts
 
     # -- internals: answering ---------------------------------------------------------------
 
@@ -334,6 +244,8 @@ class ChatEngine:
                      history: Sequence[Message], options: ChatOptions
                      ) -> Iterator[ChatEvent]:
         notes: list[str] = []
+        if not native_video_fits(history):
+            options = replace(options, video_mode=VideoMode.FRAMES)
         try:
             caps = self.capabilities(profile)
             messages = self.openai_messages(history, profile, caps, options)

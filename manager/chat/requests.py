@@ -18,6 +18,7 @@ from manager.chat.history import Message, NewMessage
 from manager.chat.thinking import ThinkingParser
 from manager.models.capabilities import Capabilities
 from manager.servers.profiles import Backend, Profile
+from manager.servers.vlm_requests import ONE_MESSAGE_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,21 @@ def uses_native_video(caps: Capabilities, profile: Profile, mode: VideoMode) -> 
                 "by mlx_vlm); send it as frames instead.")
         return True
     return mode is VideoMode.AUTO and native_possible
+
+
+def native_video_fits(history: Sequence[Message], adding: int = 0) -> bool:
+    """Whether a video can go natively in a request built from `history` (plus `adding`
+    new user messages): mlx_vlm fails on a video in a request with more than one user or
+    plain assistant message (manager/servers/vlm_requests.py); tool calls and results
+    do not count."""
+    said = [m for m in history if m.role == "user"
+            or (m.role == "assistant" and not m.tool_calls)]
+    return len(said) + adding <= 1
+
+
+def frames_instead_note(frames: str) -> str:
+    """A frames note for a video that would have gone natively, saying why it did not."""
+    return f"{frames} Not as a video: {ONE_MESSAGE_ONLY}."
 
 
 def frames_note(count: int, name: str) -> str:

@@ -30,8 +30,10 @@ import httpx
 from manager.errors import ManagerError
 from manager.servers.abort import Abort
 from manager.servers.assemble import whole_response
+from manager.servers.failure_report import broken_answer, log_size, refusal, stream_error
 from manager.servers.profiles import Backend
 from manager.servers.supervisor import ServerSnapshot, Supervisor
+from manager.servers.vlm_requests import for_mlx_vlm
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +217,8 @@ def prepare_body(snap: ServerSnapshot, body: Mapping[str, Any], *, stream: bool,
     out = copy.deepcopy(dict(body))
     if not completion:
         out["messages"] = with_system_prompt(out.get("messages") or [], profile.system_prompt)
+        if profile.backend is Backend.MLX_VLM:
+            out["messages"] = for_mlx_vlm(out["messages"])
     # The server has one model; name it as it was loaded (mlx_vlm requires the field).
     out["model"] = snap.model_path
     if "max_tokens" not in out and "max_completion_tokens" not in out \
@@ -287,19 +291,6 @@ def decode_rate(completion_tokens: int | None, first_at: float | None, last_at: 
     return (completion_tokens - 1) / (last_at - first_at)
 
 
-def _error_message(response: httpx.Response) -> str:
-    try:
-        payload = response.json()
-    except ValueError:
-        return response.text[:300] or response.reason_phrase
-    if isinstance(payload, Mapping):
-        detail = payload.get("error") or payload.get("detail") or payload
-        if isinstance(detail, Mapping):
-            detail = detail.get("message") or detail
-        return str(detail)[:300]
-    return str(payload)[:300]
-
-
 # --- the client ---------------------------------------------------------------------------
 
 
@@ -370,14 +361,21 @@ class InferenceClient:
         return self._http_own, {"trace": abort.trace}
 
     @staticmethod
-    def _failed(snap: ServerSnapshot, exc: httpx.HTTPError, abort: Abort | None
-                ) -> InferenceError:
+    def _failed(snap: ServerSnapshot, exc: httpx.HTTPError, abort: Abort | None,
+                log_from: int = 0) -> InferenceError:
         if abort is not None and abort.is_set():
             log.info("request to %s cancelled: its client went away", snap.profile.name)
             return RequestAborted(f"The request to {snap.profile.name} was cancelled.")
-        log.warning("request to %s failed: %s", snap.profile.name, exc)
-        return InferenceError(f"{snap.profile.name} stopped answering ({exc}). It may have "
-                              "crashed: see the Servers tab.")
+        message = broken_answer(snap.profile.name, snap.pid, snap.log_path, log_from,
+                                f"the connection failed ({exc})")
+        log.warning("request to %s failed: %s", snap.profile.name, message)
+        return InferenceError(message)
+
+    @staticmethod
+    def _refused(snap: ServerSnapshot, response: httpx.Response, log_from: int
+                 ) -> InferenceError:
+        return InferenceError(refusal(snap.profile.name, response, snap.log_path, log_from),
+                              response.status_code)
 
     def _stream(self, profile_id: int, body: Mapping[str, Any], path: str,
                 wait_s: float | None,
@@ -387,6 +385,7 @@ class InferenceClient:
         snap = self.ready_server(profile_id, wait_s)
         payload = prepare_body(snap, body, stream=True, completion=path == COMPLETIONS_PATH)
         url = snap.base_url + path
+        log_from = log_size(snap.log_path)
         started = time.perf_counter()
         first_at = last_at = None
         usage: Usage | None = None
@@ -400,8 +399,7 @@ class InferenceClient:
                     abort.attach(response.extensions["network_stream"])
                 if response.status_code >= 400:
                     response.read()
-                    raise InferenceError(f"{snap.profile.name} refused the request: "
-                                         f"{_error_message(response)}", response.status_code)
+                    raise self._refused(snap, response, log_from)
                 if on_open is not None:
                     on_open()
                 for data in sse_data(response):
@@ -409,11 +407,16 @@ class InferenceClient:
                         ok = True
                         break
                     try:
-                        chunk = parse_chunk(json.loads(data), data)
+                        decoded = json.loads(data)
+                        chunk = parse_chunk(decoded, data)
                     except (ValueError, AttributeError) as exc:
                         log.warning("bad chunk from %s: %s (%r)", snap.profile.name, exc,
                                     data[:200])
                         continue
+                    error = stream_error(decoded)
+                    if error is not None:  # mlx_vlm's way to fail after the 200 header
+                        log.warning("%s failed while answering: %s", snap.profile.name, error)
+                        raise InferenceError(f"{snap.profile.name} could not answer: {error}")
                     if chunk.has_output:
                         last_at = time.perf_counter()
                         first_at = first_at or last_at
@@ -426,12 +429,13 @@ class InferenceClient:
                                              "cancelled.")
                     # Both servers end a stream with [DONE]; they speak HTTP/1.0, so a
                     # server that dies mid-answer looks like a normal end of the body.
-                    log.warning("stream from %s ended without [DONE]", snap.profile.name)
-                    raise InferenceError(f"{snap.profile.name} stopped answering in the middle "
-                                         "of its reply. It may have crashed: see the Servers "
-                                         "tab.")
+                    message = broken_answer(snap.profile.name, snap.pid, snap.log_path,
+                                            log_from, "its reply ended early")
+                    log.warning("stream from %s ended without [DONE]: %s", snap.profile.name,
+                                message)
+                    raise InferenceError(message)
         except httpx.HTTPError as exc:
-            raise self._failed(snap, exc, abort) from exc
+            raise self._failed(snap, exc, abort, log_from) from exc
         finally:
             completion = usage.completion_tokens if usage else None
             stats = RequestStats(
@@ -463,6 +467,7 @@ class InferenceClient:
             return self._once_streamed(profile_id, body, path, abort)
         payload = prepare_body(snap, body, stream=False, completion=path == COMPLETIONS_PATH)
         started = time.perf_counter()
+        log_from = log_size(snap.log_path)
         ok, usage, parsed = False, None, ChatChunk()
         http, extensions = self._client(abort)
         try:
@@ -470,8 +475,7 @@ class InferenceClient:
                 response = http.post(snap.base_url + path, json=payload, extensions=extensions,
                                      headers=snap.profile.auth_headers())
             if response.status_code >= 400:
-                raise InferenceError(f"{snap.profile.name} refused the request: "
-                                     f"{_error_message(response)}", response.status_code)
+                raise self._refused(snap, response, log_from)
             try:
                 parsed = parse_chunk(response.json())
             except (ValueError, AttributeError) as exc:
@@ -479,7 +483,7 @@ class InferenceClient:
                                      response.status_code) from exc
             usage, ok = parsed.usage, True
         except httpx.HTTPError as exc:
-            raise self._failed(snap, exc, abort) from exc
+            raise self._failed(snap, exc, abort, log_from) from exc
         finally:
             duration = time.perf_counter() - started
             completion = usage.completion_tokens if usage else None
