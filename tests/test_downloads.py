@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from huggingface_hub import constants, scan_cache_dir, snapshot_download
+from huggingface_hub import scan_cache_dir, snapshot_download
 
 from manager.accounts.auth import AuthService
 from manager.errors import Conflict, PermissionDenied
@@ -44,12 +44,6 @@ def big_repo(hub: LocalHub, tiny_models: dict[str, Path]) -> str:
     files["README.md"] = b"# not needed by MLX"
     hub.add_repo(BIG, files)
     return BIG
-
-
-@pytest.fixture
-def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    # http_get reads the chunk size at call time: per-chunk progress and quick stops.
-    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)
 
 
 def make_manager(store_dir: Path, hub: LocalHub, cache: Path, *, token: str | None = None,
@@ -109,7 +103,7 @@ def test_download_lands_in_the_hf_cache_where_other_tools_see_it(
 
 
 def test_only_the_downloader_and_admins_control_a_download(
-        manager: DownloadManager, hub: LocalHub, big_repo: str, small_chunks: None) -> None:
+        manager: DownloadManager, hub: LocalHub, big_repo: str) -> None:
     auth = AuthService(manager.store, b"k" * 32)
     admin = auth.add_user("admin@example.com", PASSWORD, admin=True)
     alice = auth.add_user("alice@example.com", PASSWORD)
@@ -133,7 +127,7 @@ def test_only_the_downloader_and_admins_control_a_download(
 
 
 def test_progress_is_reported_per_chunk_with_speed_and_eta(
-        manager: DownloadManager, hub: LocalHub, big_repo: str, small_chunks: None) -> None:
+        manager: DownloadManager, hub: LocalHub, big_repo: str) -> None:
     hub.throttle_bytes_per_sec = 1_500_000
     view = manager.start(None, big_repo)
     seen: list[DownloadView] = []
@@ -154,8 +148,7 @@ def test_progress_is_reported_per_chunk_with_speed_and_eta(
 
 
 def test_pause_keeps_the_partial_file_and_resume_sends_a_range_request(
-        manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str,
-        small_chunks: None) -> None:
+        manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str) -> None:
     hub.throttle_bytes_per_sec = 400_000
     view = manager.start(None, big_repo)
     wait_bytes(manager, view.id, 200_000)
@@ -178,9 +171,62 @@ def test_pause_keeps_the_partial_file_and_resume_sends_a_range_request(
     assert partials(cache, big_repo) == []
 
 
+SMALL = "mlx-community/small-qwen3"
+
+
+def test_a_small_file_shows_progress_and_speed_from_the_first_update(
+        manager: DownloadManager, hub: LocalHub, tiny_models: dict[str, Path]) -> None:
+    """Issue 15 item 2: a 500 KB model used to sit at 0 % and jump to 100 % (one 10 MiB
+    read), showing "n/a" for speed and ETA."""
+    files = {p.name: p.read_bytes() for p in tiny_models["text"].iterdir() if p.is_file()}
+    files[WEIGHTS] = fake_safetensors(500_000)
+    hub.add_repo(SMALL, files)
+    hub.throttle_bytes_per_sec = 300_000
+    view = manager.start(None, SMALL)
+    seen: list[DownloadView] = []
+
+    def record(current: DownloadView) -> bool:  # runs on every progress notification
+        seen.append(current)
+        return not current.status.active
+
+    assert manager.wait(view.id, 60, until=record).status is DownloadStatus.DONE
+    moving = [v for v in seen if v.status is DownloadStatus.RUNNING and v.bytes_done > 0]
+    partway = {v.bytes_done for v in moving if v.bytes_done < v.bytes_total}
+    assert len(partway) >= 5, f"progress should move in small steps: {sorted(partway)}"
+    assert min(partway) <= 256 * 1024
+    # Speed and time left from the first figure on, never "n/a" while bytes arrive.
+    assert all(v.speed_bps and v.eta_seconds is not None for v in moving)
+
+
+def test_pause_keeps_every_byte_received_and_resume_asks_only_for_the_rest(
+        manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str) -> None:
+    hub.throttle_bytes_per_sec = 300_000
+    view = manager.start(None, big_repo)
+    before_pause = wait_bytes(manager, view.id, 100_000)
+    manager.pause(None, view.id)
+    paused = manager.wait(view.id, 30)
+    assert paused.status is DownloadStatus.PAUSED
+    weights_blob = next(p for p in partials(cache, big_repo)
+                        if p.stat().st_size > 100_000)
+    kept = weights_blob.stat().st_size
+    # Everything counted before the pause is on disk (nothing thrown away) ...
+    assert before_pause.bytes_done <= paused.bytes_done
+    on_disk = sum(p.stat().st_size for p in partials(cache, big_repo)) + sum(
+        p.stat().st_size for p in (storage(cache, big_repo) / "blobs").iterdir()
+        if not p.name.endswith(".incomplete"))
+    assert paused.bytes_done == on_disk
+    # ... and the resume asks the hub for exactly the bytes not on disk.
+    hub.throttle_bytes_per_sec = None
+    hub.clear_requests()
+    manager.resume(None, view.id)
+    assert manager.wait(view.id, 30).status is DownloadStatus.DONE
+    ranges = [r.range for r in hub.requests
+              if r.method == "GET" and r.path.endswith("/" + WEIGHTS)]
+    assert ranges == [f"bytes={kept}-"]
+
+
 def test_cancel_removes_the_partial_files(manager: DownloadManager, hub: LocalHub,
-                                          cache: Path, big_repo: str,
-                                          small_chunks: None) -> None:
+                                          cache: Path, big_repo: str) -> None:
     hub.throttle_bytes_per_sec = 400_000
     view = manager.start(None, big_repo)
     wait_bytes(manager, view.id, 100_000)
@@ -201,7 +247,7 @@ def test_cancel_removes_the_partial_files(manager: DownloadManager, hub: LocalHu
 
 
 def test_an_unfinished_download_resumes_after_a_restart(
-        tmp_path: Path, hub: LocalHub, cache: Path, big_repo: str, small_chunks: None) -> None:
+        tmp_path: Path, hub: LocalHub, cache: Path, big_repo: str) -> None:
     settings = Settings(data_dir=tmp_path / "data", port=free_port(), hf_endpoint=hub.url,
                         hf_cache_dir=cache)
     hub.throttle_bytes_per_sec = 400_000
@@ -227,9 +273,8 @@ def test_an_unfinished_download_resumes_after_a_restart(
 
 
 def test_a_connection_dropped_mid_file_is_resumed_with_a_range_request(
-        manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str,
-        small_chunks: None) -> None:
-    # huggingface_hub retries by itself from the last whole chunk it wrote.
+        manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str) -> None:
+    # The transfer retries by itself from the bytes on disk.
     hub.drop_after_bytes(big_repo, WEIGHTS, 300_000)
     done = manager.wait(manager.start(None, big_repo).id, 60)
     assert done.status is DownloadStatus.DONE, done.error
@@ -241,8 +286,7 @@ def test_a_connection_dropped_mid_file_is_resumed_with_a_range_request(
 
 
 def test_a_lost_connection_fails_clearly_and_resumes_later(
-        manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str,
-        small_chunks: None) -> None:
+        manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str) -> None:
     """Every attempt is cut: FAILED with a message, partial kept, Resume finishes."""
     hub.throttle_bytes_per_sec = 600_000
     view = manager.start(None, big_repo)
@@ -258,7 +302,7 @@ def test_a_lost_connection_fails_clearly_and_resumes_later(
     # The running transfer is cut at its next reconnect; make the current one end too.
     cutter.start()
     try:
-        # huggingface_hub retries 5 times (1 s apart) without progress, then gives up.
+        # The transfer retries 5 times (1 s apart) without progress, then gives up.
         manager.pause(None, view.id)
         manager.wait(view.id, 30)
         manager.resume(None, view.id)
@@ -273,7 +317,7 @@ def test_a_lost_connection_fails_clearly_and_resumes_later(
     assert not (storage(cache, big_repo) / "snapshots").exists()
     hub.throttle_bytes_per_sec = None
     hub.clear_requests()
-    manager.resume(None, view.id)  # (one armed cut may remain: huggingface_hub retries past it)
+    manager.resume(None, view.id)  # (one armed cut may remain: the transfer retries past it)
     done = manager.wait(view.id, 30)
     assert done.status is DownloadStatus.DONE, done.error
     assert any(r.range for r in hub.requests if r.path.endswith("/" + WEIGHTS))
@@ -292,8 +336,7 @@ def test_free_disk_space_is_checked_before_starting(tmp_path: Path, hub: LocalHu
 
 
 def test_a_disk_filling_up_before_a_resume_fails_resumable(
-        manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str,
-        small_chunks: None) -> None:
+        manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str) -> None:
     hub.throttle_bytes_per_sec = 600_000
     view = manager.start(None, big_repo)
     wait_bytes(manager, view.id, 100_000)
@@ -341,8 +384,7 @@ def test_gated_repo_with_a_token(tmp_path: Path, hub: LocalHub, cache: Path,
 
 
 def test_several_downloads_run_at_once_within_the_limit(
-        manager: DownloadManager, hub: LocalHub, hub_repos: dict[str, str],
-        small_chunks: None) -> None:
+        manager: DownloadManager, hub: LocalHub, hub_repos: dict[str, str]) -> None:
     hub.throttle_bytes_per_sec = 1_000_000
     views = [manager.start(None, hub_repos[n])
              for n in ("text", "thinking", "tools", "vision")]

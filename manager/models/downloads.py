@@ -3,8 +3,9 @@
 Why not one `snapshot_download` call: huggingface_hub 2.x writes each file to a
 process-unique temporary name and deletes it when a transfer stops, so a stopped
 download could never continue. Here each file goes to `blobs/<etag>.incomplete`,
-which survives a pause, a lost connection or a dashboard restart; resuming sends a
-`Range` request (through huggingface_hub's own `http_get`). The snapshot folder and
+which survives a pause, a lost connection or a dashboard restart; each network read
+is written before it is counted, so a pause keeps every byte and resuming sends a
+`Range` request for exactly the rest (transfer.py). The snapshot folder and
 `refs/main` are written only when every file is complete, so other tools (mlx_lm,
 `scan_cache_dir`) never see a half model.
 
@@ -26,9 +27,7 @@ from pathlib import Path
 
 from huggingface_hub import hf_hub_url
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers
-from huggingface_hub.utils import tqdm as hf_tqdm
 
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, Owned, require
@@ -43,6 +42,7 @@ from manager.models.download_types import (
 )
 from manager.models.hf_cache import PARTIAL_SUFFIX, CacheFolder, default_free_space
 from manager.models.hub import NETWORK_ERRORS, DownloadPlan, HubClient, PlannedFile
+from manager.models.transfer import fetch_rest
 from manager.store import Store, inserted_id
 from manager.units import format_bytes
 
@@ -51,29 +51,6 @@ log = logging.getLogger(__name__)
 FILE_WORKERS = 8  # files of one download fetched at once, as snapshot_download does
 _SPEED_WINDOW_S = 5.0
 _SAMPLE_EVERY_S = 0.2
-
-
-class _FileProgress(hf_tqdm):
-    """Progress of one file, fed by huggingface_hub's http_get; reports to the manager.
-
-    Bars are never drawn (a dashboard has no terminal). Raising from update() is how a
-    pause or cancel stops the transfer between two chunks: the chunk is not written.
-    """
-
-    _mm_manager: DownloadManager
-    _mm_job: Job
-    _mm_path: str
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        kwargs["disable"] = True
-        super().__init__(*args, **kwargs)
-        initial = kwargs.get("initial")
-        self._mm_manager._file_started(self._mm_job, self._mm_path,
-                                       int(initial) if isinstance(initial, (int, float)) else 0)
-
-    def update(self, n: float | None = 1) -> bool | None:
-        self._mm_manager._advance(self._mm_job, self._mm_path, int(n or 0))
-        return super().update(n)
 
 
 class DownloadManager:
@@ -360,8 +337,6 @@ class DownloadManager:
                          endpoint=self.hub.config.endpoint)
         headers = build_hf_headers(token=self.hub.config.token,
                                    library_name="mlx-model-manager")
-        progress = type("FileProgress", (_FileProgress,),
-                        {"_mm_manager": self, "_mm_job": job, "_mm_path": planned.path})
         with open(partial, "ab") as fh:
             resume = fh.tell()
             if resume > planned.size:
@@ -369,26 +344,32 @@ class DownloadManager:
                 fh.truncate(0)
                 resume = 0
             self._file_started(job, planned.path, resume)
-            http_get(url, fh, resume_size=resume, headers=headers, expected_size=planned.size,
-                     displayed_filename=planned.path, tqdm_class=progress)
+            fetch_rest(url, fh, size=planned.size, headers=headers,
+                       on_bytes=lambda n: self._advance(job, planned.path, n))
         os.replace(partial, blob)
 
     # -- progress hooks (called from transfer threads) ------------------------------------
     def _file_started(self, job: Job, path: str, initial: int) -> None:
         with self._lock:
             job.file_bytes[path] = initial
+            if not job.samples:  # the speed's starting point: the first request
+                job.samples.append((self.clock(), job.done))
 
     def _advance(self, job: Job, path: str, n: int) -> None:
+        """`n` bytes of `path` are on disk. Raises Stopped after counting them when a
+        pause, cancel or shutdown was asked for: the transfer ends with nothing lost."""
         with self._lock:
-            if job.stop is not None:
-                raise Stopped(job.stop)
             job.file_bytes[path] = job.file_bytes.get(path, 0) + n
             now = self.clock()
-            if not job.samples or now - job.samples[-1][0] >= _SAMPLE_EVERY_S:
+            # The first figure at once (speed and ETA from the first update), then a
+            # sample per interval over a sliding window.
+            if len(job.samples) < 2 or now - job.samples[-1][0] >= _SAMPLE_EVERY_S:
                 job.samples.append((now, job.done))
                 while len(job.samples) > 2 and now - job.samples[0][0] > _SPEED_WINDOW_S:
                     job.samples.popleft()
-                self._changed.notify_all()
+            self._changed.notify_all()
+            if job.stop is not None:
+                raise Stopped(job.stop)
 
     # -- outcomes ---------------------------------------------------------------------------
     def _stopped(self, job: Job, reason: str) -> None:
@@ -463,7 +444,7 @@ class DownloadManager:
         speed = eta = None
         if job.status is DownloadStatus.RUNNING and len(job.samples) >= 2:
             (t0, b0), (t1, b1) = job.samples[0], job.samples[-1]
-            if t1 - t0 >= 0.5:
+            if t1 > t0 and b1 > b0:
                 speed = max(0.0, (b1 - b0) / (t1 - t0))
                 if speed > 0 and job.bytes_total:
                     eta = max(0.0, (job.bytes_total - job.done) / speed)
