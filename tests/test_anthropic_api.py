@@ -111,7 +111,14 @@ def test_requests_translate_to_openai(body: dict[str, Any], expected: dict[str, 
         ({"max_tokens": 5, "messages": []}, "non-empty list"),
         ({"max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
         ({"messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
-        ({"max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "role"),
+        ({"max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}, "role"),
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                            "data": "JVBERi0="}}]}]},
+         "application/pdf documents are not supported.*text source"),
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}}]}]},
+         "url documents are not supported"),
         ({"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "audio"}]}]},
          "unsupported content block type 'audio'"),
         ({"max_tokens": 5, "messages": [{"role": "user", "content": [
@@ -240,3 +247,41 @@ def test_sse_framing_and_errors() -> None:
     assert anthropic_error(404, "no such model") == {
         "type": "error", "error": {"type": "not_found_error", "message": "no such model"}}
     assert anthropic_error(502, "backend died")["error"]["type"] == "api_error"
+
+
+def test_system_entries_inside_messages_join_the_system_prompt_in_order() -> None:
+    body = {"max_tokens": 5, "system": "First.", "messages": [
+        {"role": "user", "content": "q1"},
+        {"role": "system", "content": "Second."},
+        {"role": "assistant", "content": "a1"},
+        {"role": "system", "content": [{"type": "text", "text": "Third."}]},
+        {"role": "user", "content": "q2"}]}
+    assert to_openai_request(body, "m")["messages"] == [
+        {"role": "system", "content": "First.\n\nSecond.\n\nThird."},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"}]
+    only_inside = {"max_tokens": 5, "messages": [{"role": "system", "content": "S"},
+                                                 {"role": "user", "content": "q"}]}
+    assert to_openai_request(only_inside, "m")["messages"][0] == {"role": "system",
+                                                                  "content": "S"}
+
+
+def test_text_documents_become_text_the_model_reads() -> None:
+    body = {"max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "document", "title": "Notes", "context": "From the wiki",
+         "source": {"type": "text", "media_type": "text/plain", "data": "Cats sleep a lot."}},
+        {"type": "document", "source": {"type": "content", "content": [
+            {"type": "text", "text": "Part one."}, {"type": "text", "text": "Part two."}]}},
+        {"type": "text", "text": "Summarise."}]}]}
+    assert to_openai_request(body, "m")["messages"] == [{"role": "user", "content": (
+        "Document: Notes\nFrom the wiki\n\nCats sleep a lot.\n\n"
+        "Document:\n\nPart one.\nPart two.\n\nSummarise.")}]
+
+
+def test_message_start_carries_the_prompt_count_known_before_the_stream() -> None:
+    translator = StreamTranslator("tiny", input_tokens=42)
+    events = list(translator.feed(_chunk({"content": "Hi"})))
+    events += list(translator.finish())
+    assert events[0][1]["message"]["usage"] == {"input_tokens": 42, "output_tokens": 0}
+    assert _accumulate(events).usage.input_tokens == 42

@@ -59,8 +59,39 @@ def _text_of(content: Any) -> str:
                 parts.append(str(block.get("text", "")))
             elif isinstance(block, Mapping) and block.get("type") == "image":
                 parts.append("[image omitted]")
+            elif isinstance(block, Mapping) and block.get("type") == "document":
+                parts.append(document_text(block))
         return "\n".join(parts)
     raise ValidationError("content must be a string or a list of content blocks")
+
+
+def document_text(block: Mapping[str, Any]) -> str:
+    """A `document` block as the text the model reads: its title, then its text.
+
+    Text sources (`{"type": "text", "data": ...}`) and content sources (text blocks)
+    are read; PDFs and other binary sources are refused, since the model servers
+    cannot read them.
+    """
+    source = block.get("source")
+    if not isinstance(source, Mapping):
+        raise ValidationError("document: source must be an object", "source")
+    kind = source.get("type")
+    if kind == "text":
+        text = str(source.get("data") or "")
+    elif kind == "content":
+        text = _text_of(source.get("content"))
+    else:
+        media = source.get("media_type") or kind
+        raise ValidationError(
+            f"document: {media!s} documents are not supported: the models here read text "
+            "only. Send the document's text as a text source ({\"type\": \"text\", "
+            "\"media_type\": \"text/plain\", \"data\": ...}).", "source")
+    title = block.get("title")
+    context = block.get("context")
+    head = [f"Document: {title}" if title else "Document:"]
+    if context:
+        head.append(str(context))
+    return "\n".join(head) + "\n\n" + text
 
 
 def _image_part(block: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,7 +110,8 @@ def _image_part(block: Mapping[str, Any]) -> dict[str, Any]:
 def _convert_message(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     role = message.get("role")
     if role not in ("user", "assistant"):
-        raise ValidationError(f"messages: role must be 'user' or 'assistant', not {role!r}")
+        raise ValidationError(f"messages: role must be 'user', 'assistant' or 'system', "
+                              f"not {role!r}")
     content = message.get("content")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
@@ -96,6 +128,9 @@ def _convert_message(message: Mapping[str, Any]) -> list[dict[str, Any]]:
             parts.append({"type": "text", "text": str(block.get("text", ""))})
         elif kind == "image":
             parts.append(_image_part(block))
+        elif kind == "document":
+            # Joined with the message's other text: keep the document apart.
+            parts.append({"type": "text", "text": document_text(block) + "\n\n"})
         elif kind == "tool_use":
             tool_calls.append({
                 "id": str(block.get("id") or f"toolu_{uuid.uuid4().hex[:24]}"),
@@ -154,13 +189,19 @@ def to_openai_request(body: Mapping[str, Any], model: str) -> dict[str, Any]:
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise ValidationError("max_tokens: a positive integer is required", "max_tokens")
     out: list[dict[str, Any]] = []
-    system = _text_of(body.get("system"))
-    if system:
-        out.append({"role": "system", "content": system})
+    # Agent clients put `system` entries inside `messages` too (mid-conversation
+    # instructions): all of them join the system prompt, in order.
+    systems = [_text_of(body.get("system"))]
     for message in messages:
         if not isinstance(message, Mapping):
             raise ValidationError("messages: each message must be an object")
-        out.extend(_convert_message(message))
+        if message.get("role") == "system":
+            systems.append(_text_of(message.get("content")))
+        else:
+            out.extend(_convert_message(message))
+    system = "\n\n".join(s for s in systems if s)
+    if system:
+        out.insert(0, {"role": "system", "content": system})
     request: dict[str, Any] = {"model": model, "messages": out, "max_tokens": max_tokens}
     for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"),
                          ("top_k", "top_k")):
@@ -253,6 +294,8 @@ class StreamTranslator:
 
     model: str
     message_id: str = field(default_factory=new_message_id)
+    #: The prompt's token count, known before the stream (message_start carries it).
+    input_tokens: int = 0
     _index: int = -1
     _open: str | None = None  # "thinking" | "text" | "tool_use"
     _tool_slot: int | None = None  # the OpenAI tool_calls index of the open tool block
@@ -266,7 +309,7 @@ class StreamTranslator:
         yield "message_start", {"type": "message_start", "message": {
             "id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
             "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
         }}
 
     def feed(self, chunk: Mapping[str, Any]) -> Iterator[Event]:
@@ -297,7 +340,8 @@ class StreamTranslator:
         yield "message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": self._stop_reason, "stop_sequence": None},
-            "usage": {"input_tokens": self._input_tokens, "output_tokens": self._output_tokens},
+            "usage": {"input_tokens": self._input_tokens or self.input_tokens,
+                      "output_tokens": self._output_tokens},
         }
         yield "message_stop", {"type": "message_stop"}
 

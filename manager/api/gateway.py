@@ -77,6 +77,7 @@ from manager.api.wire import (
     requested_model,
     resolve_profile,
     stream_error,
+    with_developer_as_system,
     with_thinking_switch,
 )
 from manager.errors import ManagerError, ValidationError
@@ -345,6 +346,8 @@ class Gateway:
                                       "prompt")
         elif not isinstance(body.get("messages"), list) or not body["messages"]:
             raise ValidationError("messages: a non-empty list is required", "messages")
+        else:
+            body = with_developer_as_system(dict(body))
         body = cap_max_tokens(body, token_limit(profile.max_tokens, self._context(profile),
                                                 fallback=MAX_TOKENS_LIMIT))
         if job.kind is not Kind.COMPLETION:

@@ -16,7 +16,7 @@ from manager.api.wire import GatewayError
 #: JSON nested deeper than this is refused (tool schemas stay far below it).
 MAX_DEPTH = 100
 OPENAI_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-ANTHROPIC_ROLES = ("user", "assistant")
+ANTHROPIC_ROLES = ("user", "assistant", "system")
 
 
 def invalid(field: str, problem: str) -> GatewayError:
@@ -260,9 +260,11 @@ def _blocks(value: Any, field: str, *, text_only: bool = False) -> None:
             raise invalid(f"{where}.type", "must be a string such as 'text' or 'image'")
         if kind == "text" and not isinstance(block.get("text"), str):
             raise invalid(f"{where}.text", "must be a string")
-        if text_only:
+        if text_only and kind != "document":
             continue
-        if kind == "image":
+        if kind == "document":
+            _document(block.get("source"), f"{where}.source")
+        elif kind == "image":
             source = block.get("source")
             if not isinstance(source, dict):
                 raise invalid(f"{where}.source", "must be an object")
@@ -284,6 +286,16 @@ def _blocks(value: Any, field: str, *, text_only: bool = False) -> None:
                 _blocks(content, f"{where}.content", text_only=True)
 
 
+def _document(source: Any, field: str) -> None:
+    if not isinstance(source, dict):
+        raise invalid(field, "must be an object")
+    for name in ("type", "media_type", "data", "url"):
+        if source.get(name) is not None and not isinstance(source[name], str):
+            raise invalid(f"{field}.{name}", "must be a string")
+    if source.get("type") == "content" and source.get("content") is not None:
+        _blocks(source["content"], f"{field}.content", text_only=True)
+
+
 def check_messages(body: Mapping[str, Any]) -> None:
     """An Anthropic Messages request (or a count_tokens one, which has no max_tokens)."""
     messages = _objects(body.get("messages"), "messages", allow_empty=False)
@@ -291,7 +303,7 @@ def check_messages(body: Mapping[str, Any]) -> None:
         role = message.get("role")
         if role not in ANTHROPIC_ROLES:
             raise invalid(f"messages[{i}].role",
-                          f"must be 'user' or 'assistant', not {role!r}"[:200])
+                          f"must be 'user', 'assistant' or 'system', not {role!r}"[:200])
         content = message.get("content")
         if not isinstance(content, (str, list)):
             raise invalid(f"messages[{i}].content",

@@ -211,6 +211,17 @@ def with_thinking_switch(request: dict[str, Any], body: Mapping[str, Any]) -> di
     return request
 
 
+def with_developer_as_system(request: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `developer` role as `system`: the chat templates know only `system`
+    and would drop a `developer` message without a word."""
+    messages = request.get("messages")
+    if isinstance(messages, list) and any(
+            isinstance(m, Mapping) and m.get("role") == "developer" for m in messages):
+        request["messages"] = [{**m, "role": "system"} if isinstance(m, Mapping)
+                               and m.get("role") == "developer" else m for m in messages]
+    return request
+
+
 # --- model list --------------------------------------------------------------------------
 
 
