@@ -30,7 +30,6 @@ from manager.api.ollama_wire import (
 )
 from manager.api.wire import GatewayError
 from manager.models.capabilities import Capabilities
-from manager.servers.inference import ChatChunk, Usage
 from manager.servers.profiles import Backend, Profile
 
 TEXT = Profile(id=1, name="tiny", model="/models/tiny", backend=Backend.MLX_LM,
@@ -210,6 +209,10 @@ class Ticks:
         return self.now
 
 
+def _delta(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
 def _stream(kind: str, stream: bool) -> tuple[list[dict[str, Any]], OllamaReply, Ticks]:
     ticks = Ticks()
     reply = OllamaReply(kind, "tiny", clock=ticks)
@@ -217,13 +220,14 @@ def _stream(kind: str, stream: bool) -> tuple[list[dict[str, Any]], OllamaReply,
     reply.ready()
     lines: list[dict[str, Any]] = []
     ticks.now += 200  # prompt processing
-    for chunk in (ChatChunk(reasoning="Need "), ChatChunk(reasoning="weather."),
-                  ChatChunk(content="Calling"),
-                  ChatChunk(tool_calls=({"index": 0, "id": "c1", "type": "function",
-                                         "function": {"name": "get_weather",
-                                                      "arguments": '{"city": "Paris"}'}},),
-                            finish_reason="tool_calls"),
-                  ChatChunk(usage=Usage(12, 7))):
+    for chunk in (_delta({"role": "assistant", "reasoning": "Need "}),
+                  _delta({"reasoning_content": "weather."}), _delta({"content": "Calling"}),
+                  _delta({"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+                                          "function": {"name": "get_weather",
+                                                       "arguments": '{"city": '}}]}),
+                  _delta({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+                         "tool_calls"),
+                  {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 7}}):
         lines += reply.feed(chunk, stream=stream)
         ticks.now += 100
     return lines, reply, ticks
@@ -242,9 +246,9 @@ def test_a_streamed_chat_reads_back_through_the_official_client() -> None:
     assert [p.done for p in parsed].count(True) == 1 and last.done
     assert last.done_reason == "stop"
     assert (last.prompt_eval_count, last.eval_count) == (12, 7)
-    # ns: 500 loading, 200 + 0 to the first token, then 4 more ticks of 100.
+    # ns: 500 loading, 200 to the first token, then 6 chunks 100 apart.
     assert (last.load_duration, last.prompt_eval_duration) == (500, 200)
-    assert last.eval_duration == 500 and last.total_duration == 1200
+    assert last.eval_duration == 600 and last.total_duration == 1300
 
 
 def test_a_whole_generate_answer_reads_back_through_the_official_client() -> None:
@@ -252,7 +256,7 @@ def test_a_whole_generate_answer_reads_back_through_the_official_client() -> Non
     assert lines == []
     answer = GenerateResponse(**json.loads(json.dumps(reply.whole())))
     assert (answer.response, answer.thinking, answer.done) == ("Calling", "Need weather.", True)
-    assert answer.eval_count == 7 and answer.total_duration == 1200
+    assert answer.eval_count == 7 and answer.total_duration == 1300
     loaded = OllamaReply(CHAT, "tiny").loaded("unload")
     assert ChatResponse(**loaded).done_reason == "unload"
 
@@ -272,3 +276,19 @@ def test_model_entries_read_back_through_the_official_client() -> None:
     assert shown.capabilities == ["completion", "tools", "thinking"]
     assert shown.modelinfo["qwen3.context_length"] == 4096
     assert "temperature" in shown.parameters and "num_predict" in shown.parameters
+
+
+def test_a_whole_openai_answer_becomes_one_ollama_answer() -> None:
+    ticks = Ticks()
+    reply = OllamaReply(CHAT, "tiny", clock=ticks)
+    ticks.now += 100
+    reply.ready()
+    ticks.now += 1_000
+    answer = ChatResponse(**reply.answered({
+        "choices": [{"finish_reason": "length", "message": {
+            "role": "assistant", "content": "It is", "reasoning": "Hmm."}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2}}, ttft_ns=400))
+    assert (answer.message.content, answer.message.thinking) == ("It is", "Hmm.")
+    assert answer.done_reason == "length" and answer.prompt_eval_count == 5
+    assert (answer.load_duration, answer.prompt_eval_duration, answer.eval_duration) == \
+        (100, 400, 600)

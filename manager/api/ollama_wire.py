@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from manager.models.capabilities import Capabilities
-from manager.servers.inference import ChatChunk
 from manager.servers.profiles import Profile
 
 log = logging.getLogger(__name__)
@@ -43,6 +42,10 @@ def timestamp(when: float | None = None) -> str:
     """RFC 3339 in UTC, as Ollama writes `created_at`."""
     moment = datetime.fromtimestamp(time.time() if when is None else when, timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _arguments(text: str) -> dict[str, Any]:
@@ -100,13 +103,24 @@ class OllamaReply:
         line["done"] = False
         return line
 
-    def _gather(self, chunk: ChatChunk) -> None:
-        if chunk.usage is not None:
-            self._prompt_tokens = chunk.usage.prompt_tokens
-            self._completion_tokens = chunk.usage.completion_tokens
-        if chunk.finish_reason:
-            self._finish = chunk.finish_reason
-        for call in chunk.tool_calls:
+    def _gather(self, chunk: Mapping[str, Any]) -> tuple[str, str]:
+        """Counts, the finish reason and tool calls of one chunk (a stream's delta or a
+        whole answer's message); returns its text and thinking."""
+        usage = chunk.get("usage")
+        if isinstance(usage, Mapping):
+            self._prompt_tokens = _count(usage.get("prompt_tokens"))
+            self._completion_tokens = _count(usage.get("completion_tokens"))
+        choices = chunk.get("choices") or []
+        choice = choices[0] if choices and isinstance(choices[0], Mapping) else {}
+        if choice.get("finish_reason"):
+            self._finish = str(choice["finish_reason"])
+        part = choice.get("delta") or choice.get("message") or {}
+        # mlx_lm sends `reasoning`, mlx_vlm `reasoning_content` too; completions `text`.
+        text = str(part.get("content") or choice.get("text") or "")
+        thinking = str(part.get("reasoning") or part.get("reasoning_content") or "")
+        for call in part.get("tool_calls") or ():
+            if not isinstance(call, Mapping):
+                continue
             index = call.get("index")
             if not isinstance(index, int):  # a whole call without an index: a new one
                 index = len(self._calls)
@@ -118,18 +132,29 @@ class OllamaReply:
             if arguments:
                 slot["arguments"] += arguments if isinstance(arguments, str) \
                     else json.dumps(arguments)
+        return text, thinking
 
-    def feed(self, chunk: ChatChunk, *, stream: bool = True) -> list[dict[str, Any]]:
-        self._gather(chunk)
-        if not (chunk.content or chunk.reasoning):
+    def feed(self, chunk: Mapping[str, Any], *, stream: bool = True) -> list[dict[str, Any]]:
+        """The lines to stream for one OpenAI chunk (none when `stream` is False: the
+        text is kept for `whole`)."""
+        text, thinking = self._gather(chunk)
+        if not (text or thinking):
             return []
         if self._first is None:
             self._first = self._clock()
         if not stream:
-            self._content.append(chunk.content)
-            self._thinking.append(chunk.reasoning)
+            self._content.append(text)
+            self._thinking.append(thinking)
             return []
-        return [self._line(chunk.content, chunk.reasoning)]
+        return [self._line(text, thinking)]
+
+    def answered(self, response: Mapping[str, Any], ttft_ns: int | None) -> dict[str, Any]:
+        """The whole answer from a whole OpenAI response; `ttft_ns` (when the server's
+        first token is known) splits prompt processing from generation."""
+        if ttft_ns is not None and self._ready is not None:
+            self._first = self._ready + ttft_ns
+        self.feed(response, stream=False)
+        return self.whole()
 
     def _tool_calls(self) -> list[dict[str, Any]]:
         calls = []
