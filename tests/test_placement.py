@@ -264,3 +264,38 @@ def test_a_legacy_network_profile_without_a_server_key_never_starts(
     assert info.value.field == "host"
     assert world.supervisor.snapshot(profile.id) is None or \
         world.supervisor.snapshot(profile.id).state is not ServerState.STARTING
+
+
+def test_keep_alive_is_heard_for_servers_the_gateway_loaded_or_the_caller_may_stop(
+        world: World, tiny_models: dict[str, Path]) -> None:
+    from tests.waits import wait_for
+
+    placement, supervisor = world.placement, world.supervisor
+    on_demand = world.profile("on-demand", tiny_models["text"], world.carol)
+    assert placement.keep_alive(world.bob, on_demand.id, 0)  # not running: unloaded already
+    placement.ensure_started(world.bob, on_demand, by="gateway")
+    assert placement.keep_alive(world.bob, on_demand.id, 300.0)
+    assert supervisor.idle_limit(on_demand.id) == 300.0
+    assert placement.keep_alive(world.bob, on_demand.id, -1.0)
+    assert supervisor.idle_limit(on_demand.id) is None  # never idle-stopped
+    # keep_alive 0 while another request uses the server: it stays.
+    with placement.lease(on_demand.id):
+        assert not placement.keep_alive(world.bob, on_demand.id, 0)
+    assert supervisor.snapshot(on_demand.id).state is ServerState.STARTING
+    assert placement.keep_alive(world.bob, on_demand.id, 0)
+    assert wait_for(lambda: supervisor.snapshot(on_demand.id).state is ServerState.STOPPED, 30)
+    assert "keep_alive 0 (bob@example.com)" in supervisor.snapshot(on_demand.id).reason
+    # The next run starts with the profile's idle timeout again (none here).
+    placement.ensure_started(world.bob, on_demand, by="gateway")
+    assert supervisor.idle_limit(on_demand.id) is None
+    placement.stop(world.admin, on_demand.id)
+
+    # Started by hand: only someone who may stop it is heard.
+    by_hand = world.profile("by-hand", tiny_models["text"], world.carol)
+    placement.start(world.carol, by_hand.id)
+    assert not placement.keep_alive(world.bob, by_hand.id, 60.0)
+    assert not placement.keep_alive(world.bob, by_hand.id, 0)
+    assert supervisor.idle_limit(by_hand.id) is None
+    assert supervisor.snapshot(by_hand.id).state is ServerState.STARTING
+    assert placement.keep_alive(world.carol, by_hand.id, 0)
+    assert wait_for(lambda: supervisor.snapshot(by_hand.id).state is ServerState.STOPPED, 30)

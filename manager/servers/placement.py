@@ -18,7 +18,9 @@ in one place), never the supervisor directly. Three rules apply to every start:
   `InsufficientMemory` says why (the gateway answers 503, the tabs show it).
 
 Idle timeouts are the supervisor's job; both read the one lease count per server
-(Supervisor.lease / activity).
+(Supervisor.lease / activity). A request may say how long the server it used stays
+loaded (`keep_alive`, Ollama's API): heard for servers the gateway started, or that the
+caller may stop.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from manager.accounts.auth import User
-from manager.accounts.permissions import Action, Owned, require
+from manager.accounts.permissions import Action, Owned, allowed, require
 from manager.errors import Conflict, ManagerError
 from manager.models.capabilities import (
     WEIGHTS_OVERHEAD_PERCENT,
@@ -209,6 +211,45 @@ class Placement:
                 log.warning("auto-start of %s failed: %s", profile.name, exc.message)
                 self._supervisor.fail_to_start(profile.id, f"Auto-start failed: {exc.message}")
         return started
+
+    def keep_alive(self, actor: User | None, profile_id: int, seconds: float | None) -> bool:
+        """A request's say in how long the server stays loaded (Ollama's keep_alive),
+        heard for a server the gateway started or one `actor` may stop: 0 stops it (in
+        the background) unless another request uses it; a duration replaces its idle
+        timeout for this run (negative: no idle stop). True when heard (0 and nothing
+        running: it is unloaded already)."""
+        if seconds is None:
+            return False
+        snap = self._supervisor.snapshot(profile_id)
+        if snap is None or snap.state not in _UNDERWAY:
+            return seconds == 0
+        if not (self.started_on_demand(snap) or allowed(
+                actor, Action.SERVER_STOP, self._supervisor.owners(profile_id))):
+            log.info("keep_alive of a request for %s not heard: it was started by hand",
+                     snap.profile.name)
+            return False
+        if seconds != 0:
+            return self._supervisor.set_idle_limit(profile_id, seconds)
+        if self._supervisor.activity(profile_id).leases:
+            log.info("%s stays loaded: another request uses it", snap.profile.name)
+            return False
+        who = actor.email if actor is not None else MANAGER
+        threading.Thread(target=self._unload, args=(snap, who), daemon=True,
+                         name=f"unload-{profile_id}").start()
+        return True
+
+    def _unload(self, snap: ServerSnapshot, who: str) -> None:
+        now = self._supervisor.snapshot(snap.profile_id)
+        if now is None or now.started_at != snap.started_at or now.state not in _UNDERWAY:
+            return
+        if self._supervisor.activity(snap.profile_id).leases:
+            log.info("%s stays loaded: another request uses it", snap.profile.name)
+            return
+        try:
+            self._supervisor.stop(snap.profile_id, by=who,
+                                  reason=f"unloaded after a request with keep_alive 0 ({who})")
+        except ManagerError as exc:
+            log.info("unload of %s skipped: %s", snap.profile.name, exc.message)
 
     def lease(self, profile_id: int) -> AbstractContextManager[None]:
         """The supervisor's one lease count: held for a whole request (never evicted,

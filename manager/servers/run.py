@@ -53,6 +53,9 @@ class ServerRun:
     generation: int = 0
     quick_failures: int = 0
     restart_due: float | None = None  # monotonic
+    #: Seconds without requests before an idle stop, set by a request for this run
+    #: (Ollama's keep_alive); None: the profile's idle timeout; negative: never.
+    idle_limit_s: float | None = None
 
     def spawned(self, popen: subprocess.Popen[bytes], create_time: float | None,
                 argv: list[str], model_dir: str, log_path: Path, clock: Clock) -> None:
@@ -62,6 +65,7 @@ class ServerRun:
         self.started_at, self.started_mono = clock.time(), clock.monotonic()
         self.ready_at = self.exit_code = None
         self.failure_tail, self.adopted = "", False
+        self.idle_limit_s = None
         self.generation += 1
 
     def adopt(self, record: ServerRecord, proc: psutil.Process, clock: Clock) -> None:
@@ -98,6 +102,13 @@ class ServerRun:
         backoff = min(BACKOFF_BASE_S * 2 ** (self.quick_failures - 1), BACKOFF_MAX_S)
         self.restart_due = now + backoff
         return ServerState.BACKOFF, f"{reason} Restarting in {backoff:g} s."
+
+    def idle_limit(self) -> float | None:
+        """Idle seconds before this run stops; None: never."""
+        if self.idle_limit_s is not None:
+            return self.idle_limit_s if self.idle_limit_s >= 0 else None
+        minutes = self.profile.idle_timeout_minutes
+        return minutes * 60.0 if minutes else None
 
     def snapshot(self, clock: Clock) -> ServerSnapshot:
         restart_at = None

@@ -204,9 +204,10 @@ class Supervisor(ServerRegistry):
         for server in due:
             self._auto_restart(server)
         for server in idle:
-            minutes = server.profile.idle_timeout_minutes
+            limit = server.idle_limit() or 0.0
+            idle_for = f"{limit / 60:g} min" if limit >= 60 else f"{limit:g} s"
             threading.Thread(target=self._stop_logged, name=f"idle-stop-{server.profile.id}",
-                             args=(server.profile.id, f"idle for {minutes} min"),
+                             args=(server.profile.id, f"idle for {idle_for}"),
                              daemon=True).start()
         return self.transitional()
 
@@ -443,12 +444,29 @@ class Supervisor(ServerRegistry):
         except ManagerError as exc:
             log.info("stop of profile %s (%s) skipped: %s", profile_id, reason, exc.message)
 
+    def set_idle_limit(self, profile_id: int, seconds: float | None) -> bool:
+        """Idle seconds before this run of the server stops (None: the profile's idle
+        timeout; negative: never). The next run starts with the profile's again.
+        False when the server is not running."""
+        with self._lock:
+            server = self._servers.get(profile_id)
+            if server is None or server.state not in ACTIVE_STATES:
+                return False
+            server.idle_limit_s = seconds
+            return True
+
+    def idle_limit(self, profile_id: int) -> float | None:
+        """Idle seconds before the running server stops; None: never."""
+        with self._lock:
+            server = self._servers.get(profile_id)
+            return server.idle_limit() if server is not None else None
+
     def _idle(self, server: ServerRun, now: float) -> bool:
-        minutes = server.profile.idle_timeout_minutes
-        if not minutes:
+        limit = server.idle_limit()
+        if limit is None:
             return False
         idle = self.leases.idle_for(server.profile.id, now)
-        return idle is not None and idle > minutes * 60
+        return idle is not None and idle > limit
 
     # -- internals: the one transition, and what it tells ------------------------------------
 
