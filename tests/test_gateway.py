@@ -708,3 +708,53 @@ def test_metrics_for_admin_keys_and_the_server_tiles_show_gateway_traffic(gw: Ga
     tile = server_tile_html(snap, None, metrics, "", time.time())
     assert f"<dd data-stat='Requests'>{metrics.requests:,}</dd>" in tile
     assert f"<dd data-stat='Tokens served'>{metrics.completion_tokens:,}</dd>" in tile
+
+
+# --- what agent clients send (issue 13) ------------------------------------------------
+
+
+def test_openai_developer_role_counts_as_a_system_message(gw: Gateway) -> None:
+    client = gw.openai()
+
+    def prompt_tokens(*first: dict[str, str]) -> int:
+        reply = client.chat.completions.create(model="text", max_tokens=1,
+                                               messages=[*first, *HI])
+        return reply.usage.prompt_tokens
+
+    developer = prompt_tokens({"role": "developer", "content": "Be brief."})
+    assert developer > prompt_tokens()  # it reached the template, not dropped
+    assert developer == prompt_tokens({"role": "system", "content": "Be brief."})
+
+
+def test_anthropic_system_entries_documents_and_unknown_beta_flags(gw: Gateway) -> None:
+    client = gw.anthropic()
+
+    def input_tokens(messages: list[dict[str, object]], **extra: object) -> int:
+        return client.messages.create(model="text", max_tokens=1, messages=messages,
+                                      **extra).usage.input_tokens  # type: ignore[arg-type]
+
+    # Agent clients put system entries inside messages: they join the system prompt.
+    top = input_tokens(HI, system="Be brief.")
+    assert input_tokens([{"role": "system", "content": "Be brief."}, *HI]) == top
+    later = [*HI, {"role": "assistant", "content": "Hello"},
+             {"role": "system", "content": "Now be kind."}, {"role": "user", "content": "Again"}]
+    assert input_tokens(later, system="Be brief.") > input_tokens(later[:2] + later[3:],
+                                                                  system="Be brief.")
+    # A text document is read; a PDF is refused, saying what to send instead.
+    ask = {"type": "text", "text": "Summarise."}
+    document = {"type": "document", "title": "Notes", "source": {
+        "type": "text", "media_type": "text/plain", "data": "Cats sleep a lot."}}
+    assert input_tokens([{"role": "user", "content": [document, ask]}]) > \
+        input_tokens([{"role": "user", "content": [ask]}])
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                          "data": "JVBERi0xLjQK"}}
+    with pytest.raises(anthropic.BadRequestError, match="application/pdf documents are not "
+                       "supported.*text source"):
+        input_tokens([{"role": "user", "content": [pdf, ask]}])
+    # Beta flags the gateway does not know are ignored (header, and ?beta=true).
+    assert input_tokens(HI, extra_headers={"anthropic-beta": "made-up-2099-01-01,other"}) \
+        == input_tokens(HI)
+    beta = client.beta.messages.create(model="text", max_tokens=1, messages=HI,
+                                       betas=["made-up-2099-01-01"])
+    assert beta.usage.input_tokens == input_tokens(HI)
+

@@ -59,6 +59,10 @@ def profile(pid: int, name: str, model: str = "mlx-community/tiny") -> Profile:
     ("/metrics/x", False, ApiFormat.OPENAI),
     ("/", False, ApiFormat.OPENAI),
     ("/gradio_api/info", False, ApiFormat.OPENAI),
+    ("/api/chat", True, ApiFormat.OLLAMA),
+    ("/api", True, ApiFormat.OLLAMA),
+    ("/api/blobs/sha256:00", True, ApiFormat.OLLAMA),
+    ("/apis", False, ApiFormat.OPENAI),
 ])
 def test_gateway_paths_and_their_format(path: str, gateway: bool, fmt: ApiFormat) -> None:
     assert is_gateway_path(path) is gateway
@@ -119,6 +123,8 @@ def test_error_bodies_in_each_format() -> None:
     assert error_body(ApiFormat.ANTHROPIC, busy)["error"]["type"] == "overloaded_error"
     assert stream_error(ApiFormat.OPENAI, busy).startswith(b'data: {"error":')
     assert stream_error(ApiFormat.ANTHROPIC, busy).startswith(b"event: error\ndata: ")
+    assert error_body(ApiFormat.OLLAMA, failure) == {"error": "No profile named 'x'."}
+    assert stream_error(ApiFormat.OLLAMA, busy) == b'{"error":"loading"}\n'
 
 
 @pytest.mark.parametrize(("raw", "message"), [

@@ -46,6 +46,10 @@ PARAM = re.compile(r"\{[^}]+\}")
 GATEWAY_ROUTES = {
     "/v1", "/v1/{rest:path}", "/v1/models", "/v1/models/{name:path}", "/v1/chat/completions",
     "/v1/completions", "/v1/messages", "/v1/messages/count_tokens", "/metrics",
+    # Ollama's API
+    "/api", "/api/{rest:path}", "/api/version", "/api/tags", "/api/ps", "/api/show",
+    "/api/chat", "/api/generate", "/api/pull", "/api/push", "/api/create", "/api/copy",
+    "/api/delete", "/api/blobs/{digest:path}",
 }
 
 
@@ -84,6 +88,8 @@ def assert_api_refusal(response: httpx.Response, url: str) -> None:
     if api_format(url) is ApiFormat.ANTHROPIC:
         assert body["type"] == "error", url
         assert body["error"]["type"] == "authentication_error", url
+    elif api_format(url) is ApiFormat.OLLAMA:
+        assert set(body) == {"error"} and "API key" in body["error"], url
     else:
         assert set(body["error"]) >= {"message", "type", "code"}, url
         assert body["error"]["code"] in ("missing_api_key", "invalid_api_key"), url

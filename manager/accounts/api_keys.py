@@ -66,6 +66,8 @@ class KeyMatch:
     user: User
     key_id: int
     touch_due: bool
+    #: The key's name (for logs: never the key itself).
+    name: str = ""
 
 
 def _digest(secret: str) -> str:
@@ -139,7 +141,8 @@ class ApiKeyService:
         if not secret or not secret.startswith(KEY_PREFIX):
             return None
         rows = list(self._store.read().query(
-            "SELECT users.*, api_keys.id AS key_id, api_keys.last_used_at AS key_used_at"
+            "SELECT users.*, api_keys.id AS key_id, api_keys.last_used_at AS key_used_at,"
+            " api_keys.name AS key_name"
             " FROM api_keys JOIN users ON users.id = api_keys.user_id"
             " WHERE api_keys.key_hash = ? AND api_keys.revoked_at IS NULL",
             [_digest(secret)],
@@ -149,7 +152,8 @@ class ApiKeyService:
         user = User.from_row(rows[0])
         if user.status.value != "active":
             return None
-        return KeyMatch(user, rows[0]["key_id"], _touch_due(rows[0]["key_used_at"], utc_now()))
+        return KeyMatch(user, rows[0]["key_id"], _touch_due(rows[0]["key_used_at"], utc_now()),
+                        rows[0]["key_name"] or "")
 
     def touch(self, key_id: int) -> None:
         """Record that a key was used now (last_used_at is kept to the minute)."""

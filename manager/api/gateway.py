@@ -52,6 +52,7 @@ from manager.api.anthropic import from_openai_response, to_openai_request
 from manager.api.images import MediaGate
 from manager.api.key_auth import api_key_id, api_user, refusal
 from manager.api.limits import KeyLimiter, cap_max_tokens, read_body, token_limit
+from manager.api.ollama_routes import OllamaRoutes, add_ollama_routes
 from manager.api.relay import END, OPEN, Item, Loading, Once, Open, Pipe
 from manager.api.schema import (
     Checker,
@@ -145,6 +146,7 @@ class Gateway:
         self._services = services
         self._wait_ready_s = wait_ready_s
         self._limiter = limiter or CapacityLimiter(MAX_CONCURRENT)
+        self.limiter = self._limiter  # shared with the /api routes (ollama_routes.py)
         self._tasks: set[asyncio.Future[Any]] = set()
         settings = services.settings
         self._max_body = settings.gateway_max_body_bytes
@@ -434,6 +436,7 @@ def build_gateway_router(services: Services, *, wait_ready_s: float = WAIT_READY
     """
     gateway = Gateway(services, wait_ready_s=wait_ready_s)
     router = APIRouter(include_in_schema=False)
+    add_ollama_routes(router, OllamaRoutes(services, gateway.limiter))
 
     async def list_models(request: Request) -> Response:
         return await gateway.models(request)

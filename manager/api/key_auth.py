@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 _STATE_KEY = "api_user"
 _KEY_ID = "api_key_id"
+_KEY_NAME = "api_key_name"
 
 
 def api_user(conn: HTTPConnection) -> User | None:
@@ -59,6 +60,7 @@ def gateway_auth(services: Services) -> ExtraAuth:
         state = conn.scope.setdefault("state", {})
         state[_STATE_KEY] = found.user if found else None
         state[_KEY_ID] = found.key_id if found else None
+        state[_KEY_NAME] = found.name if found else None
         return True
 
     return claim
@@ -71,3 +73,20 @@ def refusal(conn: HTTPConnection) -> Failure:
                        "invalid_api_key")
     return Failure(401, "Send an API key as 'Authorization: Bearer <key>' or 'x-api-key: "
                    "<key>'. Create one on the dashboard's API keys tab.", "missing_api_key")
+
+
+def key_label(conn: HTTPConnection) -> str:
+    """Whose key a request carried, for logs: the key's name and its owner, never the key."""
+    user = api_user(conn)
+    if user is not None:
+        name = conn.scope.get("state", {}).get(_KEY_NAME) or "unnamed"
+        return f"key {name!r} of {user.email}"
+    return "an invalid key" if api_key_from(conn.headers) else "no key"
+
+
+def log_refusal(conn: HTTPConnection, failure: Failure, model: str | None = None) -> None:
+    """One WARNING line for a gateway request that was refused or failed: who (the
+    key's name), the route, the model and the reason."""
+    log.warning("gateway %s %s refused with %s (%s, model %s): %s",
+                conn.scope.get("method", "GET"), conn.scope.get("path", "?"), failure.status,
+                key_label(conn), repr(model) if model else "not named", failure.message)

@@ -26,6 +26,8 @@ from manager.servers.supervisor import ServerLoading, ServerNotReady, ServerSnap
 log = logging.getLogger(__name__)
 
 GATEWAY_PREFIX = "/v1"
+#: Ollama's API (manager/api/ollama_routes.py).
+OLLAMA_PREFIX = "/api"
 METRICS_PATH = "/metrics"
 ANTHROPIC_PATHS = ("/v1/messages",)
 #: Seconds a client should wait before asking again for a model that is loading.
@@ -45,16 +47,23 @@ _OPENAI_TYPES = {
 class ApiFormat(str, enum.Enum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    OLLAMA = "ollama"
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
 
 
 def is_gateway_path(path: str) -> bool:
     """Paths that answer to API keys (and never to a session cookie)."""
-    return path == METRICS_PATH or path == GATEWAY_PREFIX or \
-        path.startswith(GATEWAY_PREFIX + "/")
+    return path == METRICS_PATH or _under(path, GATEWAY_PREFIX) or _under(path, OLLAMA_PREFIX)
 
 
 def api_format(path: str) -> ApiFormat:
-    """Anthropic's format for /v1/messages and below, OpenAI's for everything else."""
+    """Anthropic's format for /v1/messages and below, Ollama's for /api, OpenAI's for
+    everything else."""
+    if _under(path, OLLAMA_PREFIX):
+        return ApiFormat.OLLAMA
     for prefix in ANTHROPIC_PATHS:
         if path == prefix or path.startswith(prefix + "/"):
             return ApiFormat.ANTHROPIC
@@ -113,6 +122,8 @@ def openai_error(failure: Failure) -> dict[str, Any]:
 def error_body(fmt: ApiFormat, failure: Failure) -> dict[str, Any]:
     if fmt is ApiFormat.ANTHROPIC:
         return anthropic_error(failure.status, failure.message)
+    if fmt is ApiFormat.OLLAMA:
+        return {"error": failure.message}
     return openai_error(failure)
 
 
@@ -120,6 +131,8 @@ def stream_error(fmt: ApiFormat, failure: Failure) -> bytes:
     """An error after the stream began (status 200 already sent), as each SDK reads it."""
     if fmt is ApiFormat.ANTHROPIC:
         return sse("error", anthropic_error(failure.status, failure.message))
+    if fmt is ApiFormat.OLLAMA:  # one NDJSON line
+        return dumps({"error": failure.message}) + b"\n"
     return b"data: " + dumps(openai_error(failure)) + b"\n\n"
 
 
