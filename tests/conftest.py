@@ -3,8 +3,10 @@ free port, a real browser."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import uvicorn
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from argon2 import PasswordHasher
 
+from manager.accounts.limits import LoginLimiter, RegistrationLimiter
 from manager.api.login import SESSION_COOKIE
 from manager.net import free_port
 from manager.services import Services
@@ -165,6 +168,73 @@ def app_dashboard(services: Services, asgi_portal: BlockingPortal) -> LiveDashbo
 
     return LiveDashboard("http://testserver", services,
                          InProcessTransport(create_app(services), asgi_portal))
+
+
+class SharedApp:
+    """One built app for all the tests of a module: building it costs seconds (Gradio
+    makes its routes app three times), a test that uses it milliseconds.
+
+    `fresh()` hands it to the next test as new: the database back to the copy taken right
+    after it was created (users, sessions, keys, profiles, chats, seeded rows, id counters)
+    and new sign-in and registration limiters, the only account state kept in memory."""
+
+    def __init__(self, services: Services, app: Any) -> None:
+        self.services = services
+        self.app = app
+        self._pristine = sqlite3.connect(":memory:", check_same_thread=False)
+        with closing(sqlite3.connect(services.settings.db_path)) as live:
+            live.backup(self._pristine)
+
+    def fresh(self) -> Services:
+        with closing(sqlite3.connect(self.services.settings.db_path)) as live:
+            self._pristine.backup(live)
+        auth = self.services.auth
+        auth._limiter = LoginLimiter()
+        auth._registrations = RegistrationLimiter(self.services.settings.registrations_per_hour)
+        return self.services
+
+    def close(self) -> None:
+        self._pristine.close()
+        self.services.close()
+
+
+@pytest.fixture(scope="module")
+def module_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The settings of the app a module shares (a module overrides this to change them)."""
+    return Settings(data_dir=tmp_path_factory.mktemp("shared") / "data", port=free_port())
+
+
+@pytest.fixture(scope="module")
+def shared_app(module_settings: Settings) -> Iterator[SharedApp]:
+    from app import create_app
+
+    services = Services.create(module_settings, run_servers=False, hasher=TEST_HASHER)
+    shared = SharedApp(services, create_app(services))
+    yield shared
+    shared.close()
+
+
+@pytest.fixture
+def shared_app_dashboard(shared_app: SharedApp, asgi_portal: BlockingPortal) -> LiveDashboard:
+    """Like app_dashboard (in-process), but the module's one app, handed over as new."""
+    return LiveDashboard("http://testserver", shared_app.fresh(),
+                         InProcessTransport(shared_app.app, asgi_portal))
+
+
+@pytest.fixture(scope="module")
+def _shared_server(shared_app: SharedApp) -> Iterator[str]:
+    port = shared_app.services.settings.port
+    server, thread = run_uvicorn(shared_app.app, port)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=15)
+
+
+@pytest.fixture
+def shared_live_dashboard(shared_app: SharedApp, _shared_server: str) -> LiveDashboard:
+    """Like live_dashboard (a real socket, for gradio_client), but the module's one app,
+    handed over as new."""
+    return LiveDashboard(_shared_server, shared_app.fresh())
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,10 @@ from tests.conftest import PASSWORD, LiveDashboard
 
 
 @pytest.fixture
-def dashboard(app_dashboard: LiveDashboard) -> LiveDashboard:
-    """These routes need no socket: the real app, in-process (httpx.ASGITransport)."""
-    return app_dashboard
+def dashboard(shared_app_dashboard: LiveDashboard) -> LiveDashboard:
+    """These routes need no socket: the real app, in-process (httpx.ASGITransport), one
+    for the module, handed to each test as new."""
+    return shared_app_dashboard
 
 
 def _set_cookie(response) -> str:  # noqa: ANN001 - an httpx.Response
