@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from components import mcp_admin, sessions_panel
+from components import mcp_admin, sessions_panel, settings_panel
 from components.session import TabLoader, handler
 from manager.accounts.auth import Role, User
 from manager.accounts.permissions import Action, allowed
@@ -121,10 +121,13 @@ def build(services: Services) -> TabLoader:
     )
     mcp = mcp_admin.build(services)
     sessions = sessions_panel.build(services)
+    settings = settings_panel.build(services)
 
     @handler(services, "admin tab load")
     def load_all(_actor: User, request: gr.Request) -> dict[Any, Any]:
         rows, dropdown = load(request)
-        return {table: rows, target: dropdown, **mcp.fn(request), **sessions.fn(request)}
+        return {table: rows, target: dropdown, **mcp.fn(request), **sessions.fn(request),
+                **{settings.outputs[0]: settings.fn(request)}}
 
-    return TabLoader(load_all, [table, target, *mcp.outputs, *sessions.outputs])
+    return TabLoader(load_all, [table, target, *mcp.outputs, *sessions.outputs,
+                                *settings.outputs])

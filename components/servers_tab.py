@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 
 from components.session import TabLoader, handler
-from components.views import server_tile_html, server_tiles_html
+from components.views import server_tile_html, server_tiles_html, spare_line_html
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, allowed
 from manager.errors import ValidationError
@@ -48,7 +48,9 @@ def render_tiles(services: Services, user: User | None) -> str:
                                              supervisor.owners(snap.profile_id)))
         for snap in supervisor.snapshots() if snap.state is not ServerState.STOPPED
     ]
-    return server_tiles_html(tiles)
+    spares = supervisor.spares
+    spare_line = "" if spares is None else spare_line_html(spares.views(), spares.enabled)
+    return server_tiles_html(tiles) + spare_line
 
 
 def history_figure(services: Services) -> Any:

@@ -11,6 +11,7 @@ from manager.models.hub import RemoteDetails, RemoteModel
 from manager.models.library import LocalModel
 from manager.servers.inference import ServerMetrics
 from manager.servers.monitor import ResourceSample
+from manager.servers.spare import SpareView
 from manager.servers.states import FAILED_STATES
 from manager.servers.supervisor import ServerSnapshot, ServerState
 from manager.units import format_bytes, format_duration
@@ -397,7 +398,29 @@ def server_tiles_html(tiles: list[str]) -> str:
     return f"<div class='mm-srv-list'>{''.join(tiles)}</div>"
 
 
+def spare_line_html(spares: list[SpareView], enabled: bool) -> str:
+    """One line under the tiles: the warm spare interpreters and their memory."""
+    if not enabled:
+        return ("<div class='mm-spare' id='mm-spare'>Warm spare interpreter: off "
+                "(an admin can turn it on in the Admin tab).</div>")
+    if not spares:
+        return ("<div class='mm-spare' id='mm-spare'>Warm spare interpreter: none yet "
+                "(one starts for each backend in use).</div>")
+    parts = []
+    for spare in spares:
+        name = html.escape(spare.backend.value)
+        if spare.problem:
+            parts.append(f"{name}: not available ({html.escape(spare.problem)})")
+            continue
+        memory = "n/a" if spare.memory_bytes is None else format_bytes(spare.memory_bytes)
+        state = "ready" if spare.warm else "importing"
+        parts.append(f"{name} {state} (pid {spare.pid}, memory {memory})")
+    return ("<div class='mm-spare' id='mm-spare'>Warm spare interpreter: "
+            f"{'; '.join(parts)}</div>")
+
+
 SERVERS_CSS = """
+.mm-spare{font-size:.8rem;opacity:.75;margin-top:.5rem}
 .mm-srv-list{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:.75rem}
 .mm-srv{border:1px solid var(--border-color-primary);border-radius:12px;padding:.7rem .9rem;
 background:var(--block-background-fill);display:flex;flex-direction:column;gap:.5rem}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from argon2 import PasswordHasher
 
@@ -18,10 +20,12 @@ from manager.chat.tools import McpToolbox
 from manager.models.downloads import DownloadManager
 from manager.models.hub import HubClient, HubConfig
 from manager.models.library import Library
+from manager.saved_settings import SavedSettings
 from manager.servers.inference import InferenceClient, MetricsStore
 from manager.servers.monitor import Monitor
 from manager.servers.placement import Placement
 from manager.servers.profiles import ProfileService
+from manager.servers.spare import SparePool
 from manager.servers.states import ServerState
 from manager.servers.supervisor import Supervisor, Transition
 from manager.settings import Settings
@@ -75,7 +79,9 @@ class Services:
         # Whoever downloaded a model may delete it: the library asks the downloads.
         library = Library(store, hub_cache, downloaded_by=downloads.downloaded_by)
         profiles = ProfileService(store, hub_cache=hub_cache)
-        supervisor = Supervisor(store, profiles, settings.logs_dir, hub_cache=hub_cache)
+        spares = spare_pool(settings, store, hub_cache)
+        supervisor = Supervisor(store, profiles, settings.logs_dir, hub_cache=hub_cache,
+                                spares=spares)
 
         def record_use(change: Transition) -> None:
             if change.new is ServerState.STARTING:
@@ -101,6 +107,7 @@ class Services:
             supervisor.adopt_or_reap()
             supervisor.cleanup_logs()
             placement.auto_start()
+            spares.start({p.backend for p in profiles.list()})  # one per backend in use
             monitor.start()
             # Downloads that were running when the dashboard stopped continue now.
             downloads.start_workers()
@@ -119,3 +126,19 @@ class Services:
         self.tools.close()
         self.supervisor.close(keep_servers=keep_servers)
         log.debug("services closed")
+
+
+WARM_SPARE = "warm_spare"
+
+
+def spare_pool(settings: Settings, store: Store, hub_cache: Path) -> SparePool:
+    """The warm spare interpreters: on unless a flag, the environment or an admin's
+    saved choice says off (a flag or the environment wins, and the Admin tab says so)."""
+    saved = SavedSettings(store)
+    pinned = settings.warm_spare
+    enabled = pinned if pinned is not None else saved.get_bool(WARM_SPARE)
+    return SparePool(sys.executable, hub_cache, settings.logs_dir,
+                     enabled=True if enabled is None else enabled,
+                     pinned_by="" if pinned is None else
+                     "--warm-spare / --no-warm-spare or MLX_MANAGER_WARM_SPARE",
+                     save=lambda on: saved.set_bool(WARM_SPARE, on))

@@ -35,6 +35,9 @@ _GATEWAY_ENV = {
     "MLX_MANAGER_RESPONSES_RETENTION_DAYS": "responses_retention_days",
 }
 REMOTE_IMAGES_ENV = "MLX_MANAGER_GATEWAY_REMOTE_IMAGES"
+WARM_SPARE_ENV = "MLX_MANAGER_WARM_SPARE"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 def _gateway_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -49,8 +52,18 @@ def _gateway_env(env: Mapping[str, str]) -> dict[str, Any]:
                                       field_name) from None
     remote = env.get(REMOTE_IMAGES_ENV, "").strip().lower()
     if remote:
-        out["gateway_remote_images"] = remote in ("1", "true", "yes", "on")
+        out["gateway_remote_images"] = remote in _TRUE
     return out
+
+
+def _warm_spare_env(env: Mapping[str, str]) -> dict[str, Any]:
+    value = env.get(WARM_SPARE_ENV, "").strip().lower()
+    if not value:
+        return {}
+    if value not in _TRUE + _FALSE:
+        raise ValidationError(f"{WARM_SPARE_ENV} must be 1 or 0 (on or off), not {value!r}.",
+                              "warm_spare")
+    return {"warm_spare": value in _TRUE}
 
 
 def normalize_origins(origins: Iterable[str]) -> tuple[str, ...]:
@@ -113,6 +126,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # Account registrations accepted from one client address per hour.
     registrations_per_hour: int = 5
+    # Keep a warm spare interpreter (mlx_lm/mlx_vlm already imported) for the next
+    # server start. None: not set here, so the Admin tab's saved choice, else on.
+    warm_spare: bool | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -124,7 +140,7 @@ class Settings:
         base = cls()
         if env.get(DATA_DIR_ENV):
             base = replace(base, data_dir=Path(env[DATA_DIR_ENV]))
-        base = replace(base, **_gateway_env(env))
+        base = replace(base, **_gateway_env(env), **_warm_spare_env(env))
         given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in given:
             given["data_dir"] = Path(str(given["data_dir"]))

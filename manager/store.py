@@ -329,6 +329,23 @@ def _create_stored_responses(db: Database) -> None:
     db.execute("CREATE INDEX stored_responses_created ON stored_responses(created_at)")
 
 
+def _add_server_argv_and_settings(db: Database) -> None:
+    # A warm spare interpreter that became a server keeps its own command line (what
+    # adoption matches); the server's argv (its model) is recorded beside it.
+    db.execute("ALTER TABLE servers ADD COLUMN argv TEXT")
+    # Settings an admin changed in the dashboard (name -> JSON value); flags and
+    # environment variables still win for the run that sets them.
+    db.execute(
+        """
+        CREATE TABLE settings (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """
+    )
+
+
 # Append only: a migration that has shipped is never edited or reordered.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_users", _create_users),
@@ -342,6 +359,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0009_sessions", _create_sessions),
     Migration("0010_tool_checks", _create_tool_checks),
     Migration("0011_stored_responses", _create_stored_responses),
+    Migration("0012_server_argv_and_settings", _add_server_argv_and_settings),
 )
 
 

@@ -55,6 +55,10 @@ def _serve_flags(parser: argparse.ArgumentParser, default: object) -> None:
     parser.add_argument("--registrations-per-hour", type=int, default=default, metavar="N",
                         help="account registrations accepted per client address per hour "
                              "(default 5)")
+    parser.add_argument("--warm-spare", action=argparse.BooleanOptionalAction, default=default,
+                        help="keep a spare interpreter with mlx_lm/mlx_vlm imported, so "
+                             "server starts skip the imports (env MLX_MANAGER_WARM_SPARE; "
+                             "default: the Admin tab's choice, else on)")
     parser.add_argument("--log-level", default=default,
                         choices=["debug", "info", "warning", "error"], help="default info")
 
@@ -123,6 +127,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         share=getattr(args, "share", None),
         cors_origins=getattr(args, "cors_origins", None),
         registrations_per_hour=getattr(args, "registrations_per_hour", None),
+        warm_spare=getattr(args, "warm_spare", None),
     )
 
 

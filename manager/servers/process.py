@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 
@@ -33,12 +34,17 @@ STOP_GRACE_S = 10.0
 KILL_WAIT_S = 5.0
 
 
+def server_module(backend: Backend) -> str:
+    """The module `python -m` runs for a backend's server (a warm spare preloads it)."""
+    return "mlx_vlm.server" if backend is Backend.MLX_VLM else "mlx_lm"
+
+
 def build_command(profile: Profile, model_path: str, python: str = sys.executable) -> list[str]:
     """The argv of a model server for a profile (never run through a shell)."""
-    if profile.backend is Backend.MLX_VLM:
-        argv = [python, "-m", "mlx_vlm.server", "--model", model_path]
-    else:
-        argv = [python, "-m", "mlx_lm", "server", "--model", model_path]
+    argv = [python, "-m", server_module(profile.backend)]
+    if profile.backend is Backend.MLX_LM:
+        argv.append("server")
+    argv += ["--model", model_path]
     # mlx_vlm listens on 0.0.0.0 by default: always say where.
     argv += ["--host", profile.host, "--port", str(profile.port)]
     if profile.max_tokens is not None:
@@ -93,8 +99,7 @@ def spawn(argv: list[str], log_file: Path, env: Mapping[str, str], cwd: Path, *,
     says what runs and for whom). Returns the process and its create time (None when it
     is already gone). Raises OSError when it cannot be started."""
     with log_file.open("ab") as handle:
-        handle.write(f"# mlx-manager: {' '.join(argv)} (started by {by})\n".encode())
-        handle.flush()
+        write_header(handle, argv, by)
         popen = subprocess.Popen(  # noqa: S603 - argv list, no shell
             argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
             env=dict(env), start_new_session=True, close_fds=True, cwd=cwd)
@@ -104,6 +109,12 @@ def spawn(argv: list[str], log_file: Path, env: Mapping[str, str], cwd: Path, *,
         log.info("pid %s exited at once: %s", popen.pid, exc)
         create_time = None
     return popen, create_time
+
+
+def write_header(handle: BinaryIO, argv: list[str], by: str, how: str = "") -> None:
+    """The first line of a server's log: what runs and for whom."""
+    handle.write(f"# mlx-manager: {' '.join(argv)} (started by {by}{how})\n".encode())
+    handle.flush()
 
 
 def exit_status(popen: subprocess.Popen[bytes] | None, proc: psutil.Process | None

@@ -24,11 +24,9 @@ log = logging.getLogger(__name__)
 PROBE_ERRORS_BEFORE_FAIL = 3
 #: One probe waits at most this long for its answer (a big model's first token).
 PROBE_TIMEOUT_S = 300.0
-#: Refused connections cost nothing: probe briskly while a small model would be
-#: loading, gently after that (big models take minutes).
-BRISK_FOR_S = 15.0
-BRISK_PAUSE_S = 0.05
-GENTLE_PAUSE_S = 0.5
+#: Between attempts the watch sleeps until the server's log grows or its process ends
+#: (`ChildWatch`); this caps that sleep, for a server that binds without printing.
+QUIET_WAIT_S = 0.5
 
 
 class Probe(enum.Enum):
@@ -65,6 +63,10 @@ class Target:
 
 class Monotonic(Protocol):
     def monotonic(self) -> float: ...
+
+
+class Wakeup(Protocol):
+    def wait(self, timeout: float) -> None: ...
 
 
 def probe(http: httpx.Client, target: Target, timeout: float) -> tuple[Probe, str]:
@@ -106,15 +108,16 @@ def probe(http: httpx.Client, target: Target, timeout: float) -> tuple[Probe, st
 
 
 def watch(http: httpx.Client, target: Target, *, clock: Monotonic, timeout_s: float,
-          stop: threading.Event, check: Callable[[], Outcome | None]) -> Verdict:
+          stop: threading.Event, check: Callable[[], Outcome | None],
+          wakeup: Wakeup | None = None) -> Verdict:
     """Probe until the model answers, the server fails, or `timeout_s` passes.
 
     `check` runs before each probe and ends the watch when it returns an outcome (the
-    process exited, or the run is no longer wanted); `stop` (the supervisor closing)
-    ends the pauses between probes at once.
+    process exited, or the run is no longer wanted). Between probes the watch sleeps
+    on `wakeup` (the server's log grew, its process ended) at most QUIET_WAIT_S;
+    without one, on `stop` (the supervisor closing), which also ends the watch.
     """
-    begun = clock.monotonic()
-    deadline = begun + timeout_s
+    deadline = clock.monotonic() + timeout_s
     errors = 0
     while not stop.is_set():
         ended = check()
@@ -132,7 +135,9 @@ def watch(http: httpx.Client, target: Target, *, clock: Monotonic, timeout_s: fl
                 return Verdict(Outcome.NOT_LOADED, f"The model did not load: {detail}")
         else:
             errors = 0
-        # Nothing tells us when a child process starts listening: pause, then ask again.
-        stop.wait(BRISK_PAUSE_S if clock.monotonic() - begun < BRISK_FOR_S
-                  else GENTLE_PAUSE_S)
+        # The server prints when it listens (and why it failed): sleep until it writes.
+        if wakeup is not None:
+            wakeup.wait(QUIET_WAIT_S)
+        else:
+            stop.wait(QUIET_WAIT_S)
     return Verdict(Outcome.ABANDONED)

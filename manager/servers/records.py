@@ -34,6 +34,9 @@ class ServerRecord:
     exit_code: int | None
     reason: str
     log_path: str | None
+    #: The server's argv when it differs from the process's cmdline (a warm spare
+    #: became the server); empty otherwise.
+    argv: tuple[str, ...] = ()
 
 
 def read_records(store: Store) -> list[ServerRecord]:
@@ -43,35 +46,42 @@ def read_records(store: Store) -> list[ServerRecord]:
             "JOIN profiles p ON p.id = s.profile_id ORDER BY p.name COLLATE NOCASE"))
     records = []
     for row in rows:
-        try:
-            cmdline = tuple(json.loads(row["cmdline"] or "[]"))
-        except json.JSONDecodeError as exc:
-            log.warning("bad command line recorded for profile %s: %s", row["profile_id"], exc)
-            cmdline = ()
+        cmdline, argv = _strings(row, "cmdline"), _strings(row, "argv")
         records.append(ServerRecord(
             profile_id=row["profile_id"], profile_name=row["profile_name"],
             state=ServerState(row["state"]), pid=row["pid"], create_time=row["create_time"],
             cmdline=cmdline, host=row["host"], port=row["port"], started_at=row["started_at"],
-            exit_code=row["exit_code"], reason=row["reason"] or "", log_path=row["log_path"]))
+            exit_code=row["exit_code"], reason=row["reason"] or "", log_path=row["log_path"],
+            argv=argv))
     return records
+
+
+def _strings(row: dict, column: str) -> tuple[str, ...]:
+    try:
+        return tuple(json.loads(row[column] or "[]"))
+    except json.JSONDecodeError as exc:
+        log.warning("bad %s recorded for profile %s: %s", column, row["profile_id"], exc)
+        return ()
 
 
 def write_record(store: Store, record: ServerRecord) -> None:
     """Insert or replace the row of the record's profile (profile_name is not stored)."""
     row = [record.profile_id, record.state.value, record.pid, record.create_time,
            json.dumps(list(record.cmdline)), record.host, record.port, record.log_path,
-           record.started_at, record.exit_code, record.reason, utc_now()]
+           record.started_at, record.exit_code, record.reason,
+           json.dumps(list(record.argv)) if record.argv else None, utc_now()]
     try:
         with store.connect() as db:
             db.execute(
                 "INSERT INTO servers (profile_id, state, pid, create_time, cmdline, host, "
-                "port, log_path, started_at, exit_code, reason, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "port, log_path, started_at, exit_code, reason, argv, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(profile_id) DO UPDATE SET state = excluded.state, "
                 "pid = excluded.pid, create_time = excluded.create_time, "
                 "cmdline = excluded.cmdline, host = excluded.host, port = excluded.port, "
                 "log_path = excluded.log_path, started_at = excluded.started_at, "
                 "exit_code = excluded.exit_code, reason = excluded.reason, "
+                "argv = excluded.argv, "
                 "updated_at = excluded.updated_at", row)
     except sqlite3.IntegrityError as exc:
         # The profile was deleted meanwhile: nothing left to record against.

@@ -38,7 +38,9 @@ class ServerRun:
     proc: psutil.Process | None = None  # one it adopted
     pid: int | None = None
     create_time: float | None = None
-    cmdline: list[str] = field(default_factory=list)
+    cmdline: list[str] = field(default_factory=list)  # the process's, to recognise it
+    #: The server's own argv: the cmdline, unless a warm spare became the server.
+    argv: list[str] = field(default_factory=list)
     log_path: Path | None = None
     started_at: float | None = None
     started_mono: float | None = None
@@ -60,7 +62,8 @@ class ServerRun:
     def spawned(self, popen: subprocess.Popen[bytes], create_time: float | None,
                 argv: list[str], model_dir: str, log_path: Path, clock: Clock) -> None:
         self.popen, self.proc = popen, None
-        self.pid, self.create_time, self.cmdline = popen.pid, create_time, argv
+        self.pid, self.create_time, self.argv = popen.pid, create_time, argv
+        self.cmdline = [str(a) for a in popen.args] if isinstance(popen.args, list) else argv
         self.model_path, self.log_path = model_dir, log_path
         self.started_at, self.started_mono = clock.time(), clock.monotonic()
         self.ready_at = self.exit_code = None
@@ -71,8 +74,8 @@ class ServerRun:
     def adopt(self, record: ServerRecord, proc: psutil.Process, clock: Clock) -> None:
         self.proc, self.popen = proc, None
         self.pid, self.create_time = record.pid, record.create_time
-        self.cmdline = list(record.cmdline)
-        self.model_path = model_of_cmdline(record.cmdline)
+        self.cmdline, self.argv = list(record.cmdline), list(record.argv or record.cmdline)
+        self.model_path = model_of_cmdline(self.argv)
         self.log_path = Path(record.log_path) if record.log_path else None
         self.started_at = record.started_at
         # Monotonic time of a start in an earlier run is unknown: count from now.
@@ -82,7 +85,7 @@ class ServerRun:
 
     def restore_failure(self, record: ServerRecord) -> None:
         """What an earlier dashboard run recorded about this server's failure."""
-        self.model_path = model_of_cmdline(record.cmdline)
+        self.model_path = model_of_cmdline(record.argv or record.cmdline)
         self.log_path = Path(record.log_path) if record.log_path else None
         self.exit_code = record.exit_code
         self.failure_tail = read_tail(self.log_path)
@@ -126,6 +129,7 @@ class ServerRun:
         return ServerRecord(
             profile_id=self.profile.id, profile_name=self.profile.name, state=self.state,
             pid=self.pid, create_time=self.create_time, cmdline=tuple(self.cmdline),
+            argv=tuple(self.argv) if self.argv != self.cmdline else (),
             host=self.profile.host, port=self.profile.port, started_at=self.started_at,
             exit_code=self.exit_code, reason=self.reason,
             log_path=str(self.log_path) if self.log_path else None)

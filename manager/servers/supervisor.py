@@ -62,6 +62,7 @@ from manager.servers.snapshot import (
     ServerSnapshot,
     Transition,
 )
+from manager.servers.spare import SparePool
 from manager.servers.states import (
     ACTIVE_STATES,
     FAILED_STATES,
@@ -69,6 +70,7 @@ from manager.servers.states import (
     ServerState,
     can_move,
 )
+from manager.servers.wakeup import ChildWatch
 from manager.store import Store
 
 __all__ = ["MAX_QUICK_FAILURES", "Activity", "CancelEvent", "Clock", "ServerLoading",
@@ -91,7 +93,7 @@ class Supervisor(ServerRegistry):
     def __init__(self, store: Store, profiles: ProfileService, logs_dir: Path, *,
                  hub_cache: Path, clock: Clock | None = None, python: str = sys.executable,
                  stop_grace_s: float = STOP_GRACE_S, start_timeout_s: float = START_TIMEOUT_S,
-                 log_max_bytes: int = LOG_MAX_BYTES) -> None:
+                 log_max_bytes: int = LOG_MAX_BYTES, spares: SparePool | None = None) -> None:
         super().__init__(profiles, clock)
         self._store = store
         self.logs_dir = logs_dir
@@ -106,6 +108,8 @@ class Supervisor(ServerRegistry):
         self._in_charge = False
         self._wake = threading.Event()  # set at close: readiness watches stop pausing
         self._http = httpx.Client(timeout=httpx.Timeout(30.0, connect=2.0))
+        #: The warm spare interpreters the next starts are handed to (None: always spawn).
+        self.spares = spares
 
     # -- commands -----------------------------------------------------------------------
 
@@ -196,6 +200,8 @@ class Supervisor(ServerRegistry):
                         and now >= server.restart_due:
                     server.restart_due = None
                     due.append(server)
+        if self.spares is not None:
+            self.spares.sample()
         for path in logs:
             if cap_log(path, self._log_max_bytes):
                 log.info("trimmed log %s to its last %s bytes", path, self._log_max_bytes // 2)
@@ -270,6 +276,8 @@ class Supervisor(ServerRegistry):
             self._closed = True
             self._wake.set()
             self._changed.notify_all()
+        if self.spares is not None:
+            self.spares.close()
         if self._in_charge:
             self.cleanup_logs()
         self._http.close()
@@ -319,7 +327,9 @@ class Supervisor(ServerRegistry):
             env.update(profile.server_env())  # its API key, if any: never on argv
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             remove_logs(self.logs_dir, profile.id)
-            popen, create_time = spawn(argv, path, env, self.logs_dir, by=by)
+            handed = None if self.spares is None else self.spares.take(
+                profile.backend, argv, path, env, self.logs_dir, by=by)
+            popen, create_time = handed or spawn(argv, path, env, self.logs_dir, by=by)
         except OSError as exc:
             log.error("cannot spawn the server of %s: %s", profile.name, exc)
             server.log_path = path
@@ -328,7 +338,8 @@ class Supervisor(ServerRegistry):
             raise ManagerError(f"Could not start the server of {profile.name}: {exc}") from exc
         server.spawned(popen, create_time, argv, model_dir, path, self.clock)
         self.leases.touch(profile.id)
-        self._transition(server, ServerState.STARTING, f"started by {by} (pid {popen.pid})")
+        how = ", warm spare" if handed else ""
+        self._transition(server, ServerState.STARTING, f"started by {by} (pid {popen.pid}{how})")
         self._watch_readiness(server)
 
     def _auto_restart(self, server: ServerRun) -> None:
@@ -381,8 +392,20 @@ class Supervisor(ServerRegistry):
                 gone, _ = exit_status(server.popen, server.proc)
             return readiness.Outcome.GONE if gone else None
 
-        verdict = readiness.watch(self._http, target, clock=self.clock,
-                                  timeout_s=self._start_timeout_s, stop=self._wake, check=check)
+        with self._lock:
+            log_file, pid = server.log_path, server.pid
+        wakeup = ChildWatch(log_file, pid)  # the log grew or the process ended
+        try:
+            verdict = readiness.watch(self._http, target, clock=self.clock,
+                                      timeout_s=self._start_timeout_s, stop=self._wake,
+                                      check=check, wakeup=wakeup)
+        finally:
+            wakeup.close()
+        self._settle(server, generation, verdict)
+        if self.spares is not None:
+            self.spares.refill()  # the start settled: a replacement may import now
+
+    def _settle(self, server: ServerRun, generation: int, verdict: readiness.Verdict) -> None:
         outcome = verdict.outcome
         if outcome is readiness.Outcome.READY:
             with self._changing():
