@@ -121,3 +121,21 @@ def test_mcp_servers_are_managed_in_the_admin_tab_by_admins_only(
     assert [c.name for c in dashboard.services.tools.servers(alice)] == ["builtin"]
     listed = bob.predict(api_name="/chat_tools")
     assert "**get_weather** (builtin)" in listed and "**calculator** (builtin)" in listed
+
+
+def test_the_warm_spare_setting_is_an_admins_and_is_saved(
+    dashboard: LiveDashboard, people: dict[str, int]
+) -> None:
+    from manager.saved_settings import SavedSettings
+    from manager.services import WARM_SPARE
+
+    spares = dashboard.services.supervisor.spares
+    assert spares is not None and spares.enabled
+    with pytest.raises(Exception, match="Only an administrator may change settings"):
+        client_for(dashboard, "bob@example.com").predict(False, api_name="/admin_warm_spare")
+    assert spares.enabled
+    _, message = client_for(dashboard, "alice@example.com").predict(
+        False, api_name="/admin_warm_spare")
+    assert message == "Warm spare interpreter is off."
+    assert not spares.enabled
+    assert SavedSettings(dashboard.services.store).get_bool(WARM_SPARE) is False
