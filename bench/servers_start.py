@@ -100,7 +100,6 @@ class Dashboard:
         from manager.servers.profiles import Backend
 
         spares = self.services.supervisor.spares
-        assert spares is not None
         if spares.enabled != on:
             spares.switch(None, on)
         if on and not spares.wait_warm(Backend.MLX_LM, SPARE_WARM_S):

@@ -49,8 +49,7 @@ def render_tiles(services: Services, user: User | None) -> str:
         for snap in supervisor.snapshots() if snap.state is not ServerState.STOPPED
     ]
     spares = supervisor.spares
-    spare_line = "" if spares is None else spare_line_html(spares.views(), spares.enabled)
-    return server_tiles_html(tiles) + spare_line
+    return server_tiles_html(tiles) + spare_line_html(spares.views(), spares.enabled)
 
 
 def history_figure(services: Services) -> Any:

@@ -29,8 +29,6 @@ def build(services: Services) -> TabLoader:
     result = gr.Markdown(elem_id="settings-result")
 
     def shown() -> Any:
-        if spares is None:
-            return gr.Checkbox(value=False, interactive=False, info="Not available here.")
         if spares.pinned_by:
             return gr.Checkbox(value=spares.enabled, interactive=False,
                                info=f"{SPARE_INFO} Set for this run by {spares.pinned_by}.")
@@ -42,7 +40,7 @@ def build(services: Services) -> TabLoader:
 
     @handler(services, "changing the warm spare setting")
     def change(actor: User, on: bool) -> dict[Any, Any]:
-        if spares is None or spares.pinned_by:
+        if spares.pinned_by:
             raise gr.Error("This setting was fixed when the dashboard started.")
         spares.switch(actor, bool(on))
         state = "on" if spares.enabled else "off"

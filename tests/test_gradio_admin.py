@@ -130,7 +130,7 @@ def test_the_warm_spare_setting_is_an_admins_and_is_saved(
     from manager.services import WARM_SPARE
 
     spares = dashboard.services.supervisor.spares
-    assert spares is not None and spares.enabled
+    assert spares.enabled
     with pytest.raises(Exception, match="Only an administrator may change settings"):
         client_for(dashboard, "bob@example.com").predict(False, api_name="/admin_warm_spare")
     assert spares.enabled

@@ -53,7 +53,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerEnv]:
 
 @pytest.fixture(scope="module")
 def pool(env: ServerEnv) -> SparePool:
-    assert env.supervisor.spares is not None
     return env.supervisor.spares
 
 
@@ -198,7 +197,6 @@ def test_closing_the_services_ends_their_spare(tmp_path: Path,
     setup.close()
     services = Services.create(settings, hasher=TEST_HASHER)
     spares = services.supervisor.spares
-    assert spares is not None
     (view,) = spares.views()  # started for the profile's backend; no need to be warm
     assert view.pid is not None
     services.close()

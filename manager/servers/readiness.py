@@ -11,11 +11,13 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import httpx
 
 from manager.servers.profiles import Backend
+from manager.servers.wakeup import ChildWatch
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +61,13 @@ class Target:
     model_path: str
     #: The server's API key header, when it has one (profiles reachable from the LAN).
     headers: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: Its log and process: the watch sleeps until one of them changes.
+    log_path: str | None = None
+    pid: int | None = None
 
 
 class Monotonic(Protocol):
     def monotonic(self) -> float: ...
-
-
-class Wakeup(Protocol):
-    def wait(self, timeout: float) -> None: ...
 
 
 def probe(http: httpx.Client, target: Target, timeout: float) -> tuple[Probe, str]:
@@ -108,15 +109,24 @@ def probe(http: httpx.Client, target: Target, timeout: float) -> tuple[Probe, st
 
 
 def watch(http: httpx.Client, target: Target, *, clock: Monotonic, timeout_s: float,
-          stop: threading.Event, check: Callable[[], Outcome | None],
-          wakeup: Wakeup | None = None) -> Verdict:
+          stop: threading.Event, check: Callable[[], Outcome | None]) -> Verdict:
     """Probe until the model answers, the server fails, or `timeout_s` passes.
 
     `check` runs before each probe and ends the watch when it returns an outcome (the
     process exited, or the run is no longer wanted). Between probes the watch sleeps
-    on `wakeup` (the server's log grew, its process ended) at most QUIET_WAIT_S;
-    without one, on `stop` (the supervisor closing), which also ends the watch.
+    until the server's log grows or its process ends (at most QUIET_WAIT_S); `stop`
+    (the supervisor closing) ends it.
     """
+    events = ChildWatch(Path(target.log_path) if target.log_path else None, target.pid)
+    try:
+        return _watch(http, target, clock, timeout_s, stop, check, events)
+    finally:
+        events.close()
+
+
+def _watch(http: httpx.Client, target: Target, clock: Monotonic, timeout_s: float,
+           stop: threading.Event, check: Callable[[], Outcome | None], events: ChildWatch
+           ) -> Verdict:
     deadline = clock.monotonic() + timeout_s
     errors = 0
     while not stop.is_set():
@@ -136,8 +146,5 @@ def watch(http: httpx.Client, target: Target, *, clock: Monotonic, timeout_s: fl
         else:
             errors = 0
         # The server prints when it listens (and why it failed): sleep until it writes.
-        if wakeup is not None:
-            wakeup.wait(QUIET_WAIT_S)
-        else:
-            stop.wait(QUIET_WAIT_S)
+        events.wait(QUIET_WAIT_S)
     return Verdict(Outcome.ABANDONED)

@@ -70,7 +70,6 @@ from manager.servers.states import (
     ServerState,
     can_move,
 )
-from manager.servers.wakeup import ChildWatch
 from manager.store import Store
 
 __all__ = ["MAX_QUICK_FAILURES", "Activity", "CancelEvent", "Clock", "ServerLoading",
@@ -108,8 +107,9 @@ class Supervisor(ServerRegistry):
         self._in_charge = False
         self._wake = threading.Event()  # set at close: readiness watches stop pausing
         self._http = httpx.Client(timeout=httpx.Timeout(30.0, connect=2.0))
-        #: The warm spare interpreters the next starts are handed to (None: always spawn).
-        self.spares = spares
+        #: The warm spare interpreters the next starts are handed to; one that is never
+        #: started (the default, and the CLI's) hands nothing over.
+        self.spares = spares or SparePool(python, hub_cache, logs_dir, enabled=False)
 
     # -- commands -----------------------------------------------------------------------
 
@@ -200,8 +200,7 @@ class Supervisor(ServerRegistry):
                         and now >= server.restart_due:
                     server.restart_due = None
                     due.append(server)
-        if self.spares is not None:
-            self.spares.sample()
+        self.spares.sample()
         for path in logs:
             if cap_log(path, self._log_max_bytes):
                 log.info("trimmed log %s to its last %s bytes", path, self._log_max_bytes // 2)
@@ -276,8 +275,7 @@ class Supervisor(ServerRegistry):
             self._closed = True
             self._wake.set()
             self._changed.notify_all()
-        if self.spares is not None:
-            self.spares.close()
+        self.spares.close()
         if self._in_charge:
             self.cleanup_logs()
         self._http.close()
@@ -327,8 +325,7 @@ class Supervisor(ServerRegistry):
             env.update(profile.server_env())  # its API key, if any: never on argv
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             remove_logs(self.logs_dir, profile.id)
-            handed = None if self.spares is None else self.spares.take(
-                profile.backend, argv, path, env, self.logs_dir, by=by)
+            handed = self.spares.take(profile.backend, argv, path, env, self.logs_dir, by=by)
             popen, create_time = handed or spawn(argv, path, env, self.logs_dir, by=by)
         except OSError as exc:
             log.error("cannot spawn the server of %s: %s", profile.name, exc)
@@ -383,7 +380,8 @@ class Supervisor(ServerRegistry):
         with self._lock:
             snap = self._snap(server)
         target = readiness.Target(snap.profile.name, snap.base_url, snap.profile.backend,
-                                  snap.model_path, snap.profile.auth_headers())
+                                  snap.model_path, snap.profile.auth_headers(),
+                                  log_path=snap.log_path, pid=snap.pid)
 
         def check() -> readiness.Outcome | None:
             with self._lock:
@@ -392,18 +390,10 @@ class Supervisor(ServerRegistry):
                 gone, _ = exit_status(server.popen, server.proc)
             return readiness.Outcome.GONE if gone else None
 
-        with self._lock:
-            log_file, pid = server.log_path, server.pid
-        wakeup = ChildWatch(log_file, pid)  # the log grew or the process ended
-        try:
-            verdict = readiness.watch(self._http, target, clock=self.clock,
-                                      timeout_s=self._start_timeout_s, stop=self._wake,
-                                      check=check, wakeup=wakeup)
-        finally:
-            wakeup.close()
+        verdict = readiness.watch(self._http, target, clock=self.clock,
+                                  timeout_s=self._start_timeout_s, stop=self._wake, check=check)
         self._settle(server, generation, verdict)
-        if self.spares is not None:
-            self.spares.refill()  # the start settled: a replacement may import now
+        self.spares.refill()  # the start settled: a replacement may import now
 
     def _settle(self, server: ServerRun, generation: int, verdict: readiness.Verdict) -> None:
         outcome = verdict.outcome
