@@ -9,19 +9,18 @@ import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 
 from manager.api.prometheus import escape_label, render
+from manager.api.stream_formats import AnthropicFormat, OpenAIPassthrough
 from manager.api.wire import (
     ApiFormat,
     Failure,
     GatewayError,
     ModelRenamer,
-    anthropic_events,
     api_format,
     api_key_from,
     error_body,
     failure_for,
     is_gateway_path,
     model_list,
-    openai_events,
     parse_body,
     resolve_profile,
     stream_error,
@@ -29,14 +28,13 @@ from manager.api.wire import (
 )
 from manager.errors import ManagerError, NotFound, ValidationError
 from manager.servers.inference import (
-    ChatChunk,
     InferenceError,
     MetricsStore,
     RequestStats,
-    parse_chunk,
 )
 from manager.servers.placement import InsufficientMemory, PlacementStats, StartFailed
 from manager.servers.profiles import Backend, Profile
+from manager.servers.server_stream import Batch, split_events
 from manager.servers.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
 
 MODEL_PATH = "/models/tiny qwen"
@@ -174,43 +172,90 @@ def test_thinking_switch() -> None:
     assert with_thinking_switch({}, {}) == {}
 
 
-def mlx_chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> ChatChunk:
-    """A chunk as mlx_lm writes it (json.dumps with its default separators)."""
-    payload = {"id": "c1", "object": "chat.completion.chunk", "model": MODEL_PATH,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
-               if usage is None else []}
-    if usage is not None:
+def mlx_event(delta: dict, finish: str | None = None, usage: dict | None = None, *,
+              compact: bool = False) -> bytes:
+    """A chunk as mlx_lm writes it (json.dumps with its default separators), or as
+    mlx_vlm does (pydantic: compact, "usage": null in every chunk)."""
+    payload: dict = {"id": "c1", "object": "chat.completion.chunk", "model": MODEL_PATH,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+                     if usage is None else []}
+    if usage is not None or compact:
         payload["usage"] = usage
-    text = json.dumps(payload)
-    return parse_chunk(json.loads(text), text)
+    text = json.dumps(payload, separators=(",", ":") if compact else None,
+                      ensure_ascii=not compact)
+    return b"data: " + text.encode() + b"\n\n"
 
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 
 
-def stream() -> Iterator[ChatChunk]:
-    yield mlx_chunk({"role": "assistant", "reasoning": "hmm"})
-    yield mlx_chunk({"content": "Hi"})
-    yield mlx_chunk({}, finish="stop")
-    yield mlx_chunk({}, usage=USAGE)
+def server_bytes(compact: bool = False) -> bytes:
+    return (b": keepalive 1/2\n\n"
+            + mlx_event({"role": "assistant", "reasoning": "hmm"}, compact=compact)
+            + mlx_event({"content": "Hi"}, compact=compact)
+            + mlx_event({}, finish="stop", compact=compact)
+            + mlx_event({}, usage=USAGE, compact=compact) + b"data: [DONE]\n\n")
 
 
-def decoded(pieces: Iterator[bytes]) -> list[dict]:
-    out = []
-    for piece in pieces:
-        assert piece.startswith(b"data: ") and piece.endswith(b"\n\n")
-        out.append(json.loads(piece[6:]))
-    return out
+def batches(raw: bytes, cut: int) -> Iterator[Batch]:
+    """The server's bytes as `ServerStream.batches` cuts them: whole events per read."""
+    pending = b""
+    for start in range(0, len(raw), cut):
+        pending += raw[start:start + cut]
+        end = pending.rfind(b"\n\n")
+        if end < 0:
+            continue
+        events, usage_event, done = split_events(pending[:end + 2])
+        pending = pending[end + 2:]
+        if events or usage_event:
+            yield Batch(events, json.loads(usage_event) if usage_event else None, usage_event)
+        if done:
+            return
 
 
-def test_openai_stream_passes_chunks_through_and_hides_usage_unless_asked() -> None:
-    renamer = ModelRenamer(MODEL_PATH, "tiny")
-    hidden = decoded(openai_events(stream(), renamer, include_usage=False))
-    assert len(hidden) == 3 and all("usage" not in c for c in hidden)
-    assert {c["model"] for c in hidden} == {"tiny"}
+def relayed(fmt: OpenAIPassthrough | AnthropicFormat, raw: bytes, cut: int) -> bytes:
+    return fmt.start() + b"".join(fmt.batch(b) for b in batches(raw, cut)) + fmt.finish()
+
+
+def decoded(stream: bytes) -> list[dict]:
+    assert stream.endswith(b"data: [DONE]\n\n")
+    events = stream.split(b"\n\n")[:-2]
+    assert all(e.startswith(b"data: {") for e in events)
+    return [json.loads(e[6:]) for e in events]
+
+
+@pytest.mark.parametrize("compact", [False, True])
+@pytest.mark.parametrize("cut", [1, 7, 4096])
+def test_openai_stream_passes_chunks_through_and_hides_usage_unless_asked(
+        compact: bool, cut: int) -> None:
+    raw = server_bytes(compact)
+    hidden = decoded(relayed(OpenAIPassthrough("tïny", include_usage=False,
+                                               served=MODEL_PATH), raw, cut))
+    assert len(hidden) == 3 and all(not c.get("usage") for c in hidden)
+    assert {c["model"] for c in hidden} == {"tïny"}
     assert hidden[0]["choices"][0]["delta"]["reasoning"] == "hmm"
-    shown = decoded(openai_events(stream(), renamer, include_usage=True))
-    assert shown[-1]["usage"] == USAGE and shown[-1]["model"] == "tiny"
+    shown = decoded(relayed(OpenAIPassthrough("tïny", include_usage=True, served=MODEL_PATH),
+                            raw, cut))
+    assert shown[-1]["usage"] == USAGE and shown[-1]["model"] == "tïny"
+    assert shown[:-1] == hidden
+
+
+def test_passthrough_renames_a_model_field_written_another_way() -> None:
+    fmt = OpenAIPassthrough('say "hi"', include_usage=False, served=MODEL_PATH)
+    odd = b'data: {"model" : "' + MODEL_PATH.encode() + b'", "x": 1}\n\n'
+    assert decoded(fmt.batch(Batch(odd)) + fmt.finish()) == [{"model": 'say "hi"', "x": 1}]
+    # Text that only looks like the field inside a string is left as it is.
+    inner = mlx_event({"content": '"model": "' + MODEL_PATH + '"'})
+    assert json.loads(fmt.batch(Batch(inner))[6:])["choices"][0]["delta"]["content"] == \
+        '"model": "' + MODEL_PATH + '"'
+
+
+def test_split_events_keeps_data_and_sets_aside_usage_comments_and_done() -> None:
+    data = mlx_event({"content": "[DONE] \"usage\": {"})
+    assert split_events(data) == (data, b"", False)
+    usage = mlx_event({}, usage=USAGE)
+    assert split_events(b": ping\r\n\r\n" + data + usage + b"data: [DONE]\n\n") == (
+        data, usage[6:-2], True)
 
 
 def test_renamer_handles_compact_json_and_unknown_text() -> None:
@@ -222,8 +267,9 @@ def test_renamer_handles_compact_json_and_unknown_text() -> None:
     assert renamer.text('{"x": 1}') == '{"x": 1}'
 
 
-def test_anthropic_stream_is_the_documented_event_sequence() -> None:
-    pieces = b"".join(anthropic_events(stream(), "tiny")).decode()
+@pytest.mark.parametrize("cut", [5, 4096])
+def test_anthropic_stream_is_the_documented_event_sequence(cut: int) -> None:
+    pieces = relayed(AnthropicFormat("tiny"), server_bytes(), cut).decode()
     events = []
     message, buffers = None, {}
     for block in pieces.strip().split("\n\n"):

@@ -23,12 +23,14 @@ Every request goes through manager/inference.py (metering, the profile's default
 system prompt). A stopped profile is started on demand (manager/servers/placement.py)
 and waited for (bounded, on the supervisor's Condition); streaming requests then get SSE comments as keepalives.
 
-Threads: the blocking part of a request (name lookup, start, wait, the server's
-stream) runs in one worker thread; stream pieces reach the event loop through a
-`Pipe` and are written in batches. A stream's status line goes out once the server
-accepted the request (or, for a model still loading, with the first keepalive), so
-errors before that (unknown model, bad request, no memory) get their own HTTP status;
-later ones end the stream with an error event in the API's format.
+Streams (manager/api/relay.py, whose docstring is the contract a streaming route
+follows): everything up to the request to the model server runs on the event loop for a
+READY server, and the server's answer is read and relayed there too, as bytes for OpenAI
+clients and through a `StreamFormat` for the others. Only blocking work goes to a worker
+thread: a start on demand and the wait for it (the status line goes out at once with a
+keepalive comment), large bodies (image checks), and whole (non-streamed) answers. Errors
+before the status line get their own HTTP status; later ones end the stream with an error
+event in the API's format.
 """
 
 from __future__ import annotations
@@ -37,14 +39,15 @@ import asyncio
 import enum
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from manager.accounts.auth import User
 from manager.api import prometheus
@@ -53,7 +56,7 @@ from manager.api.images import MediaGate
 from manager.api.key_auth import api_key_id, api_user, refusal
 from manager.api.limits import KeyLimiter, cap_max_tokens, read_body, token_limit
 from manager.api.ollama_routes import OllamaRoutes, add_ollama_routes
-from manager.api.relay import END, OPEN, Item, Loading, Once, Open, Pipe
+from manager.api.relay import Loading, Once, RelayResponse
 from manager.api.schema import (
     Checker,
     check_chat,
@@ -61,23 +64,21 @@ from manager.api.schema import (
     check_messages,
     check_values,
 )
+from manager.api.stream_formats import AnthropicFormat, OpenAIPassthrough, StreamFormat
 from manager.api.wire import (
     ApiFormat,
     Failure,
     GatewayError,
     ModelRenamer,
-    anthropic_events,
     api_format,
     dumps,
     error_body,
     failure_for,
     model_entry,
     model_list,
-    openai_events,
     parse_body,
     requested_model,
     resolve_profile,
-    stream_error,
     with_developer_as_system,
     with_thinking_switch,
 )
@@ -85,6 +86,8 @@ from manager.errors import ManagerError, ValidationError
 from manager.models.capabilities import detect
 from manager.servers.abort import Abort
 from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile
+from manager.servers.server_stream import ServerStream
+from manager.servers.snapshot import CancelEvent
 from manager.servers.supervisor import ServerSnapshot, ServerState
 from manager.services import Services
 
@@ -92,14 +95,12 @@ log = logging.getLogger(__name__)
 
 #: How long a request waits for a model that is loading before answering 503.
 WAIT_READY_S = 300.0
-#: A stream's 200 status waits this long for the first piece (then keepalives flow).
-FIRST_PIECE_WAIT_S = 1.0
-KEEPALIVE_S = 5.0
-#: Worker threads for gateway requests (each holds one for its whole duration).
+#: Worker threads for blocking gateway work (a start, a wait, a whole answer).
 MAX_CONCURRENT = 256
+#: Bodies up to this size are checked on the event loop (text, small images); larger
+#: ones, and any when remote images may be fetched, in a worker thread.
+INLINE_BODY_BYTES = 64 * 1024
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_KEEPALIVE = b": keepalive\n\n"
 
 
 class Kind(enum.Enum):
@@ -120,6 +121,7 @@ class _Job:
     user: User
     model: str
     body: dict[str, Any]
+    size: int = 0  # bytes of the request body
 
     @property
     def fmt(self) -> ApiFormat:
@@ -131,6 +133,19 @@ async def _client_gone(request: Request) -> None:
     """Returns once the client closed its connection (the body was read already)."""
     while (await request.receive())["type"] != "http.disconnect":
         continue
+
+
+def _openai_format(job: _Job, profile: Profile) -> StreamFormat:
+    options = job.body.get("stream_options")
+    return OpenAIPassthrough(profile.name, include_usage=isinstance(options, dict)
+                             and bool(options.get("include_usage")))
+
+
+#: The stream format of each route that streams.
+_FORMATS: dict[Kind, Callable[[_Job, Profile], StreamFormat]] = {
+    Kind.CHAT: _openai_format, Kind.COMPLETION: _openai_format,
+    Kind.MESSAGES: lambda job, profile: AnthropicFormat(profile.name),
+}
 
 
 def error_response(fmt: ApiFormat, failure: Failure) -> JSONResponse:
@@ -182,19 +197,22 @@ class Gateway:
         if refused is not None:
             return error_response(fmt, refused)
         release = Once(partial(self._keys.release, key_id))
+        streaming = False
         try:
             try:
-                body = parse_body(await read_body(request, self._max_body))
+                raw = await read_body(request, self._max_body)
+                body = parse_body(raw)
                 check_values(body)
-                job = _Job(kind, user, requested_model(body), body)
+                job = _Job(kind, user, requested_model(body), body, len(raw))
                 _CHECKS[kind](body)
             except GatewayError as exc:
                 return error_response(fmt, exc.failure)
             if body.get("stream") and kind is not Kind.COUNT_TOKENS:
+                streaming = True  # the stream frees the key's slot (RelayResponse)
                 return await self._stream(job, release)
             return await self._answer_unless_gone(request, job)
         finally:
-            if not release.handed_over:
+            if not streaming:
                 release()
 
     async def _answer_unless_gone(self, request: Request, job: _Job) -> Response:
@@ -238,65 +256,42 @@ class Gateway:
             "unknown_endpoint"))
 
     async def _stream(self, job: _Job, release: Once) -> Response:
-        pipe = Pipe(asyncio.get_running_loop())
-        task = asyncio.ensure_future(to_thread.run_sync(
-            self._produce, job, pipe, release, limiter=self._limiter,
-            abandon_on_cancel=True))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        # The key's slot is held until the worker is done with the model server (it
-        # releases it before the stream's last piece; this is for a worker that never ran).
-        release.handed_over = True
-        task.add_done_callback(lambda _: release())
+        """A stream (see manager/api/relay.py for the contract)."""
+        held = ExitStack()
+        held.callback(release)
         try:
-            first = await pipe.get(FIRST_PIECE_WAIT_S)
-        except asyncio.CancelledError:
-            pipe.cancelled.set()
-            raise
-        # A failure before any piece (unknown model, a start that failed at once) still
-        # gets its own HTTP status.
-        for item in first:
-            if isinstance(item, bytes):
-                break
-            if isinstance(item, Failure):
-                return error_response(job.fmt, item)
-        return StreamingResponse(self._relay(pipe, first, job.fmt),
-                                 media_type="text/event-stream", headers=_SSE_HEADERS)
+            profile = self._profile(job)
+            if job.size <= INLINE_BODY_BYTES and not self._media.fetches_remote:
+                body = self._upstream_body(profile, job)
+            else:
+                body = await to_thread.run_sync(self._upstream_body, profile, job,
+                                                limiter=self._limiter)
+            fmt = _FORMATS[job.kind](job, profile)
+            held.enter_context(self._services.placement.lease(profile.id))
+            snap = self._services.supervisor.snapshot(profile.id)
+            connect = partial(self._connect, job, fmt, body)
+            if snap is not None and snap.state is ServerState.READY:
+                return RelayResponse(fmt, held, stream=await connect(snap))
+            started = await to_thread.run_sync(partial(
+                self._services.placement.ensure_started, job.user, profile,
+                by=f"gateway ({job.user.email})"), limiter=self._limiter)
+            return RelayResponse(fmt, held, loading=Loading(
+                f"{profile.name} is {'starting' if started else 'loading'}",
+                partial(self._wait_ready, profile), connect, self._limiter))
+        except Exception as exc:  # noqa: BLE001 - every failure is answered in the API's format
+            held.close()
+            return error_response(job.fmt, failure_for(exc))
 
-    async def _relay(self, pipe: Pipe, items: list[Item], fmt: ApiFormat
-                     ) -> AsyncIterator[bytes]:
-        flowing = False
-        try:
-            while True:
-                out: list[bytes] = []
-                done = False
-                for item in items:
-                    if isinstance(item, bytes):
-                        out.append(item)
-                        flowing = True
-                    elif isinstance(item, Open):
-                        continue
-                    elif isinstance(item, Loading):
-                        out.append(f": {item.message}\n\n".encode())
-                    elif isinstance(item, Failure):
-                        out.append(stream_error(fmt, item))
-                        done = True
-                        break
-                    else:  # End
-                        if fmt is ApiFormat.OPENAI:
-                            out.append(b"data: [DONE]\n\n")
-                        done = True
-                        break
-                if not items:
-                    out.append(_KEEPALIVE)
-                if out:
-                    yield out[0] if len(out) == 1 else b"".join(out)
-                if done:
-                    return
-                # Keepalives only until pieces flow: the server paces the rest.
-                items = await pipe.get(None if flowing else KEEPALIVE_S)
-        finally:
-            pipe.cancelled.set()
+    async def _connect(self, job: _Job, fmt: StreamFormat, body: dict[str, Any],
+                       snap: ServerSnapshot) -> ServerStream:
+        if isinstance(fmt, OpenAIPassthrough):
+            fmt.served_as(snap.model_path)
+        return await ServerStream.open(self._services.metrics, snap, body,
+                                       completion=job.kind is Kind.COMPLETION)
+
+    def _wait_ready(self, profile: Profile, cancel: CancelEvent) -> ServerSnapshot:
+        # Woken by the server's transition, or at once when the client goes away.
+        return self._services.placement.wait_ready(profile.id, self._wait_ready_s, cancel)
 
     # -- the blocking part (a worker thread) ----------------------------------------------
 
@@ -322,17 +317,12 @@ class Gateway:
                                "requests: use /v1/chat/completions.", "unsupported_endpoint")
         return profile
 
-    def _ready(self, profile: Profile, job: _Job, pipe: Pipe | None) -> ServerSnapshot:
-        """Start the profile's server if needed and wait (bounded) until it is READY;
-        a stream hears that it waits (its first keepalive comment)."""
+    def _ready(self, profile: Profile, job: _Job, abort: Abort) -> ServerSnapshot:
+        """Start the profile's server if needed and wait (bounded) until it is READY."""
         placement = self._services.placement
-        started = placement.ensure_started(job.user, profile, by=f"gateway ({job.user.email})")
-        snap = self._services.supervisor.snapshot(profile.id)
-        if pipe is not None and (snap is None or snap.state is not ServerState.READY):
-            pipe.put(Loading(f"{profile.name} is {'starting' if started else 'loading'}"))
+        placement.ensure_started(job.user, profile, by=f"gateway ({job.user.email})")
         # Woken by the server's transition, or at once when the client goes away.
-        return placement.wait_ready(profile.id, self._wait_ready_s,
-                                    pipe.cancelled if pipe is not None else None)
+        return placement.wait_ready(profile.id, self._wait_ready_s, abort)
 
     def _upstream_body(self, profile: Profile, job: _Job) -> dict[str, Any]:
         """The OpenAI request to send, checked before any server is started for it:
@@ -373,44 +363,12 @@ class Gateway:
             self._contexts[profile.model] = context
         return context
 
-    def _produce(self, job: _Job, pipe: Pipe, release: Once) -> None:
-        inference = self._services.inference
-        try:
-            profile = self._profile(job)
-            body = self._upstream_body(profile, job)
-            with self._services.placement.lease(profile.id):
-                snap = self._ready(profile, job, pipe)
-                opened = partial(pipe.put, OPEN)
-                stream = inference.stream_completion if job.kind is Kind.COMPLETION \
-                    else inference.stream_chat
-                chunks = stream(profile.id, body, wait_s=0, on_open=opened,
-                                abort=pipe.cancelled)
-                if job.kind is Kind.MESSAGES:
-                    pieces = anthropic_events(chunks, profile.name)
-                else:
-                    options = job.body.get("stream_options")
-                    pieces = openai_events(
-                        chunks, ModelRenamer(snap.model_path, profile.name),
-                        include_usage=isinstance(options, dict)
-                        and bool(options.get("include_usage")))
-                for piece in pieces:
-                    if pipe.cancelled.is_set():
-                        pieces.close()
-                        return
-                    pipe.put(piece)
-            last: Item = END
-        except Exception as exc:  # noqa: BLE001 - every failure is answered in the API's format
-            last = failure_for(exc)
-        # Free the key's slot first: a client may send its next request on the last piece.
-        release()
-        pipe.put(last)
-
     def _answer(self, job: _Job, abort: Abort) -> bytes:
         inference = self._services.inference
         profile = self._profile(job)
         body = self._upstream_body(profile, job)
         with self._services.placement.lease(profile.id):
-            snap = self._ready(profile, job, None)
+            snap = self._ready(profile, job, abort)
             if job.kind is Kind.COMPLETION:
                 result = inference.complete(profile.id, body, wait_s=0, abort=abort)
             else:

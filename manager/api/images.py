@@ -114,6 +114,11 @@ class MediaGate:
         self._timeout_s = timeout_s
         self._refusal = refusal
 
+    @property
+    def fetches_remote(self) -> bool:
+        """May checking a request fetch an image over the network (blocking)?"""
+        return self._allow_remote
+
     def messages(self, messages: list[Any]) -> list[Any]:
         """The messages with every media part checked (and remote images fetched)."""
         out: list[Any] = []

@@ -1,8 +1,27 @@
-"""Stream pieces from a gateway worker thread to the event loop.
+"""The gateway's streaming core: a model server's answer relayed to the client on the
+event loop, with no thread per chunk.
 
-A worker thread talks to the model server; the event loop writes to the client. A
-`Pipe` carries bytes and markers (`Loading`, `OPEN`, a `Failure`, `END`) between them,
-and its `cancelled` flag (an Abort) goes the other way when the client leaves.
+The contract (what a route that streams uses; the Responses and Ollama routes too):
+
+1. Before the status line, the route resolves the profile, builds the OpenAI request
+   for the server and holds what must be released at the end (the key's slot, the
+   server's lease) in an `ExitStack`. Errors so far get their own HTTP status.
+2. A READY server: `ServerStream.open(...)` (manager/servers/server_stream.py) sends the
+   request; a refusal (4xx/5xx from the server) still gets its own status. Then
+   `RelayResponse(fmt, held, stream=...)`.
+   A server still starting: `RelayResponse(fmt, held, loading=Loading(...))`; the
+   status line goes out at once with `fmt.comment(...)`, keepalives follow every
+   KEEPALIVE_S while `Loading.ready` waits in a worker thread (woken at once when the
+   client leaves), then `Loading.connect` opens the stream.
+3. `fmt` is a `StreamFormat` (manager/api/stream_formats.py): `start()`, `batch(Batch)`
+   per read of the server, `finish()` after [DONE], `error(Failure)` for a failure
+   after the status line, `comment(text)` for keepalives. OpenAI streams are relayed as
+   bytes (`OpenAIPassthrough`); translating formats subclass `ChunkFormat` and
+   implement `feed(chunk) -> bytes` on decoded OpenAI chunks (`AnthropicFormat`).
+4. `held` is closed (the key's slot freed) before the last bytes go out, so a client's
+   next request is admitted. A client that leaves aborts the server's request at once
+   (its connection is closed; mlx_lm stops at its next write) and the request is
+   metered as not finished.
 """
 
 from __future__ import annotations
@@ -10,101 +29,144 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
-from manager.api.wire import Failure
+from anyio import CapacityLimiter, to_thread
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from manager.api.stream_formats import StreamFormat
+from manager.api.wire import failure_for
 from manager.servers.abort import Abort
+from manager.servers.server_stream import PACE_S, ServerStream
+from manager.servers.snapshot import CancelEvent, ServerSnapshot
 
 log = logging.getLogger(__name__)
+
+#: Seconds between keepalive comments while a model loads.
+KEEPALIVE_S = 5.0
+_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
 @dataclass(frozen=True)
 class Loading:
+    """A server that is not READY yet: what to say, how to wait, how to connect."""
+
     message: str
+    #: Blocking (run in a worker thread): the READY snapshot, or raises
+    #: ServerLoading / ServerNotReady. Returns early once the CancelEvent is set.
+    ready: Callable[[CancelEvent], ServerSnapshot]
+    connect: Callable[[ServerSnapshot], Awaitable[ServerStream]]
+    limiter: CapacityLimiter | None = None
 
 
-class Open:
-    """The server accepted the request: the client's status line can go out now,
-    while the prompt is processed (as it would from the server itself)."""
+class RelayResponse(Response):
+    """An ASGI response that relays one model server stream in `fmt` (a Response only
+    for the routing's types: like Starlette's StreamingResponse it has no body)."""
 
+    def __init__(self, fmt: StreamFormat, held: ExitStack, *,
+                 stream: ServerStream | None = None, loading: Loading | None = None,
+                 pace_s: float = PACE_S) -> None:
+        if (stream is None) == (loading is None):
+            raise ValueError("a relay needs an open stream or a loading server")
+        self.fmt = fmt
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [(b"content-type", fmt.media_type.encode()), *_HEADERS]
+        self._held = held
+        self._stream = stream
+        self._loading = loading
+        self._pace_s = pace_s
+        self._cancel = Abort()
+        self.gone = False
 
-OPEN = Open()
-
-
-class End:
-    pass
-
-
-END = End()
-Item = bytes | Loading | Open | Failure | End
-
-
-class Pipe:
-    """Pieces from a worker thread to the event loop: a deque, and a wake-up call only
-    when the loop is waiting for one (pieces that arrive meanwhile ride along).
-    `cancelled` tells the worker that nobody listens any more (the client left); setting
-    it also closes the connection to the model server at once (see Abort)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._items: deque[Item] = deque()
-        self._lock = threading.Lock()
-        self._waiter: asyncio.Future[None] | None = None
-        self.cancelled = Abort()
-
-    def put(self, item: Item) -> None:
-        """From the worker thread."""
-        with self._lock:
-            self._items.append(item)
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            try:
-                self._loop.call_soon_threadsafe(wake, waiter)
-            except RuntimeError as exc:  # the event loop is closed: the app stopped
-                log.debug("gateway stream dropped at shutdown: %s", exc)
-                self.cancelled.set()
-
-    async def get(self, timeout: float | None) -> list[Item]:
-        """Everything that arrived, waiting for at least one item; [] after `timeout`."""
-        with self._lock:
-            if self._items:
-                items = list(self._items)
-                self._items.clear()
-                return items
-            waiter = self._waiter = self._loop.create_future()
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = asyncio.ensure_future(self._watch(receive))
         try:
-            if timeout is None:
-                await waiter
-            else:
-                await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
-            return []
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": self.raw_headers})
+            last = await self._pump(send)
+            self._held.close()  # before the last bytes: the client may ask again at once
+            await send({"type": "http.response.body", "body": last, "more_body": False})
         finally:
-            with self._lock:
-                if self._waiter is waiter:
-                    self._waiter = None
-        with self._lock:
-            items = list(self._items)
-            self._items.clear()
-        return items
+            watcher.cancel()
+            self._held.close()
+            if self._stream is not None:
+                self._stream.close()
 
+    async def _pump(self, send: Send) -> bytes:
+        """Everything but the last piece; returns the last piece."""
+        fmt = self.fmt
+        try:
+            if self._stream is None:
+                self._stream = await self._wait_and_connect(send)
+                if self._stream is None:
+                    return b""
+            stream = self._stream
+            head = fmt.start()
+            async for batch in stream.batches(self._pace_s):
+                piece = fmt.batch(batch)
+                if head:
+                    piece, head = head + piece, b""
+                if piece:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+            return head + fmt.finish()
+        except Exception as exc:  # noqa: BLE001 - every failure ends the stream in its format
+            if self.gone:
+                log.info("stream cancelled: its client went away (%s)", exc)
+                return b""
+            return fmt.error(failure_for(exc))
 
-def wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    async def _wait_and_connect(self, send: Send) -> ServerStream | None:
+        loading = self._loading
+        if loading is None:
+            raise RuntimeError("nothing to relay")
+        comment = self.fmt.comment(loading.message)
+        if comment:
+            await send({"type": "http.response.body", "body": comment, "more_body": True})
+        waiting = asyncio.ensure_future(to_thread.run_sync(
+            loading.ready, self._cancel, limiter=loading.limiter, abandon_on_cancel=True))
+        try:
+            while True:
+                done, _ = await asyncio.wait((waiting,), timeout=KEEPALIVE_S)
+                if done:
+                    break
+                keepalive = self.fmt.comment("keepalive")
+                if keepalive and not self.gone:
+                    await send({"type": "http.response.body", "body": keepalive,
+                                "more_body": True})
+        except asyncio.CancelledError:
+            self._cancel.set()
+            raise
+        snap = waiting.result()
+        if self.gone:
+            return None
+        stream = await loading.connect(snap)
+        if self.gone:  # left while the request was sent
+            stream.abort()
+        return stream
+
+    async def _watch(self, receive: Receive) -> None:
+        """Until the client disconnects; then end the server's request at once."""
+        while (await receive())["type"] != "http.disconnect":
+            continue
+        self.gone = True
+        self._cancel.set()
+        if self._stream is not None:
+            self._stream.abort()
 
 
 class Once:
     """A callable that runs its function once however often it is called (a key's slot
-    is released by whichever of the request or its stream's worker ends last)."""
+    is released by whichever of the request or its stream ends first)."""
 
-    def __init__(self, fn: Callable[[], None]) -> None:
+    def __init__(self, fn: Callable[[], Any]) -> None:
         self._fn = fn
         self._lock = threading.Lock()
         self._done = False
-        self.handed_over = False
 
     def __call__(self) -> None:
         with self._lock:

@@ -1,5 +1,6 @@
 """What the gateway writes on the wire, as pure functions: errors in each API's own
-format, the model list, OpenAI stream passthrough and Anthropic stream events.
+format, the model list, profile lookup and the model name the client sees (streams:
+manager/api/stream_formats.py).
 
 Kept apart from the routes (manager/gateway.py) so each mapping is table-tested
 without a server.
@@ -10,15 +11,14 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import Generator, Iterable, Mapping
-from contextlib import closing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from manager.api.anthropic import StreamTranslator, anthropic_error, sse
+from manager.api.anthropic import anthropic_error, sse
 from manager.errors import ManagerError, NotFound, PermissionDenied, ValidationError
-from manager.servers.inference import ChunkStream, InferenceError
+from manager.servers.inference import InferenceError
 from manager.servers.placement import InsufficientMemory, StartFailed
 from manager.servers.profiles import Profile
 from manager.servers.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
@@ -292,31 +292,3 @@ class ModelRenamer:
     def encode(self, payload: Mapping[str, Any]) -> str:
         return json.dumps(self.payload(payload), ensure_ascii=False)
 
-
-def openai_events(chunks: ChunkStream, renamer: ModelRenamer, *,
-                  include_usage: bool) -> Generator[bytes, None, None]:
-    """The server's chunks as SSE lines for an OpenAI client, passed through as sent.
-    The usage chunk (always asked of the server, for metering) reaches only clients
-    that asked for it with stream_options.include_usage."""
-    with closing(chunks):
-        for chunk in chunks:
-            if chunk.usage is not None and not include_usage:
-                if not chunk.raw.get("choices"):
-                    continue
-                text = renamer.encode({k: v for k, v in chunk.raw.items() if k != "usage"})
-            elif chunk.data:
-                text = renamer.text(chunk.data)
-            else:
-                text = renamer.encode(chunk.raw)
-            yield b"data: " + text.encode() + b"\n\n"
-
-
-def anthropic_events(chunks: ChunkStream, model: str) -> Generator[bytes, None, None]:
-    """The server's chunks as the Anthropic event sequence (see StreamTranslator)."""
-    translator = StreamTranslator(model)
-    with closing(chunks):
-        for chunk in chunks:
-            events = b"".join(sse(event, data) for event, data in translator.feed(chunk.raw))
-            if events:
-                yield events
-    yield b"".join(sse(event, data) for event, data in translator.finish())

@@ -1,0 +1,309 @@
+"""A streamed request to a model server, read on the event loop (no worker thread).
+
+The gateway relays thousands of small writes a second from a model server; a thread per
+stream and a general HTTP client cost more CPU per token than the model server can spare
+on a small machine (bench/gateway.py). So this is the least HTTP/1.1 client that does
+the job: one connection per request (mlx_lm speaks HTTP/1.0 and closes it anyway, and
+closing it is how a request is ended early), an `asyncio.Protocol` that hands on every
+byte read so far in one piece, chunked bodies decoded (mlx_vlm runs on uvicorn), and
+reading paced once data flows (`hold`): the socket is left alone for a moment, so the
+next read takes several tokens at once instead of waking the loop for each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+#: Longest silence between two reads of a stream (big models can be slow).
+READ_TIMEOUT_S = 600.0
+_MAX_HEAD_BYTES = 64 * 1024
+
+
+class UpstreamClosed(Exception):
+    """The connection failed or closed before the answer was complete."""
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def of(cls, base_url: str, path: str) -> Target:
+        parts = urlsplit(base_url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 80, path)
+
+
+def request_head(target: Target, body_length: int, headers: Mapping[str, str]) -> bytes:
+    lines = [f"POST {target.path} HTTP/1.1", f"Host: {target.host}:{target.port}",
+             "Content-Type: application/json", f"Content-Length: {body_length}",
+             "Accept: text/event-stream", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class _Reader(asyncio.Protocol):
+    """The response side of one connection: head, then the body as it arrives."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout_s: float) -> None:
+        self._loop = loop
+        self._read_timeout_s = read_timeout_s
+        self.transport: asyncio.Transport | None = None
+        self.head: asyncio.Future[tuple[int, dict[str, str]]] = loop.create_future()
+        self._head_buf = bytearray()
+        self._body = bytearray()  # decoded body bytes not handed on yet
+        self._raw = bytearray()  # chunked framing not decoded yet
+        self._chunked = False
+        self._length: int | None = None  # Content-Length left to read
+        self._need = 0  # bytes of the current chunk still to come
+        self._skip = 0  # the CRLF after a chunk still to skip
+        self.complete = False  # the body ended as its framing says
+        self.closed = False  # the connection is gone
+        self.error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._held = False
+        self._last_read = loop.time()
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._watchdog = self._loop.call_later(self._read_timeout_s, self._check_silence)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_read = self._loop.time()
+        if not self.head.done():
+            self._head_buf += data
+            end = self._head_buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._head_buf) > _MAX_HEAD_BYTES:
+                    self._fail(UpstreamClosed("the server's answer has no end of headers"))
+                return
+            self._parse_head(bytes(self._head_buf[:end]))
+            data = bytes(self._head_buf[end + 4:])
+            self._head_buf.clear()
+            if self.head.done() and self.head.exception() is not None:
+                return
+        if data:
+            self._take(data)
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._closed()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._closed()
+
+    # -- for the reader ----------------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """All body bytes that arrived since the last read, waiting for some; b"" once
+        the body ended (see `complete`, `error`)."""
+        while not self._body and not (self.complete or self.closed):
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        data = bytes(self._body)
+        self._body.clear()
+        return data
+
+    def hold(self, seconds: float) -> None:
+        """Leave the socket unread for `seconds`: what arrives meanwhile is read at once
+        afterwards, in one piece."""
+        if self._held or self.transport is None or self.closed or seconds <= 0:
+            return
+        self._held = True
+        self.transport.pause_reading()
+        self._loop.call_later(seconds, self._release)
+
+    def abort(self) -> None:
+        """Close the connection at once (the server notices at its next write)."""
+        if self.transport is not None:
+            self.transport.abort()
+        self._closed()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _release(self) -> None:
+        self._held = False
+        if self.transport is not None and not self.closed and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _parse_head(self, head: bytes) -> None:
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        try:
+            status = int(parts[1])
+        except (IndexError, ValueError):
+            self._fail(UpstreamClosed(f"the server's answer is not HTTP: {lines[0][:80]!r}"))
+            return
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        if not self._chunked and headers.get("content-length", "").isdigit():
+            self._length = int(headers["content-length"])
+            self.complete = self._length == 0
+        self.head.set_result((status, headers))
+
+    def _take(self, data: bytes) -> None:
+        if self._chunked:
+            self._raw += data
+            self._dechunk()
+            return
+        if self._length is not None:
+            data = data[:self._length]
+            self._length -= len(data)
+            self.complete = self._length == 0
+        self._body += data
+
+    def _dechunk(self) -> None:
+        raw = self._raw
+        while raw and not self.complete:
+            if self._skip:
+                n = min(self._skip, len(raw))
+                del raw[:n]
+                self._skip -= n
+            elif self._need:
+                n = min(self._need, len(raw))
+                self._body += raw[:n]
+                del raw[:n]
+                self._need -= n
+                if not self._need:
+                    self._skip = 2
+            else:
+                end = raw.find(b"\r\n")
+                if end < 0:
+                    return
+                try:
+                    size = int(bytes(raw[:end]).split(b";")[0].strip(), 16)
+                except ValueError:
+                    self._fail(UpstreamClosed("the server's chunked answer is malformed"))
+                    return
+                del raw[:end + 2]
+                if size == 0:
+                    self.complete = True
+                self._need = size
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        if self.transport is not None:
+            self.transport.abort()
+        self._closed()
+
+    def _closed(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if not self.head.done():
+            self.head.set_exception(self.error or UpstreamClosed(
+                "the server closed the connection before answering"))
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _check_silence(self) -> None:
+        silent = self._loop.time() - self._last_read
+        if self.closed:
+            return
+        if silent >= self._read_timeout_s and not self._held:
+            log.warning("model server silent for %.0f s: closing the connection", silent)
+            self._fail(UpstreamClosed(f"no answer for {silent:.0f} s"))
+            return
+        self._watchdog = self._loop.call_later(
+            max(1.0, self._read_timeout_s - silent), self._check_silence)
+
+
+class Upstream:
+    """One request to a model server on the event loop: `await Upstream.open(...)`
+    sends it and waits for the status line; then `read()` until b""."""
+
+    def __init__(self, reader: _Reader, status: int, headers: dict[str, str]) -> None:
+        self._reader = reader
+        self.status = status
+        self.headers = headers
+
+    @classmethod
+    async def open(cls, base_url: str, path: str, payload: Mapping[str, Any], *,
+                   headers: Mapping[str, str] | None = None,
+                   connect_timeout_s: float = CONNECT_TIMEOUT_S,
+                   read_timeout_s: float = READ_TIMEOUT_S) -> Upstream:
+        """Raises OSError / UpstreamClosed / TimeoutError when the server cannot be
+        reached or closes before its status line."""
+        loop = asyncio.get_running_loop()
+        target = Target.of(base_url, path)
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        transport, reader = await asyncio.wait_for(loop.create_connection(
+            lambda: _Reader(loop, read_timeout_s), target.host, target.port),
+            connect_timeout_s)
+        try:
+            transport.write(request_head(target, len(body), headers or {}) + body)
+            status, answer_headers = await reader.head
+        except BaseException:
+            reader.abort()
+            raise
+        return cls(reader, status, answer_headers)
+
+    async def read(self) -> bytes:
+        return await self._reader.read()
+
+    async def read_all(self, limit: int = 1 << 20) -> bytes:
+        """The rest of the body (an error answer), at most `limit` bytes."""
+        out = bytearray()
+        while len(out) < limit:
+            data = await self.read()
+            if not data:
+                break
+            out += data
+        return bytes(out[:limit])
+
+    def hold(self, seconds: float) -> None:
+        self._reader.hold(seconds)
+
+    def abort(self) -> None:
+        self._reader.abort()
+
+    @property
+    def complete(self) -> bool:
+        return self._reader.complete
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._reader.error
+
+
+def error_message(body: bytes, fallback: str) -> str:
+    """The message of a model server's error answer (JSON `error`/`detail`, or text)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body[:300].decode(errors="replace") or fallback
+    if isinstance(payload, Mapping):
+        detail = payload.get("error") or payload.get("detail") or payload
+        if isinstance(detail, Mapping):
+            detail = detail.get("message") or detail
+        return str(detail)[:300]
+    return str(payload)[:300]
