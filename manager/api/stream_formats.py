@@ -96,8 +96,8 @@ def _sse_events(events: Iterable[Event]) -> bytes:
 class AnthropicFormat(ChunkFormat):
     """The Anthropic Messages event sequence (see anthropic.StreamTranslator)."""
 
-    def __init__(self, model: str) -> None:
-        self.translator = StreamTranslator(model)
+    def __init__(self, model: str, *, input_tokens: int = 0) -> None:
+        self.translator = StreamTranslator(model, input_tokens=input_tokens)
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         return _sse_events(self.translator.feed(chunk))
