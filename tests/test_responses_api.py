@@ -21,11 +21,12 @@ from manager.api.responses import (
     to_chat_request,
     warning_header,
 )
-from manager.api.responses_stream import ResponsesStream, sse
+from manager.api.responses_stream import ResponsesFormat, ResponsesStream, sse
 from manager.api.schema import check_responses
-from manager.api.wire import GatewayError
+from manager.api.wire import Failure, GatewayError
 from manager.chat.stored_responses import DAY_S, ResponseStore
 from manager.errors import NotFound, ValidationError
+from manager.servers.server_stream import Batch
 from manager.store import Store
 from tests.conftest import PASSWORD, TEST_HASHER, Clock
 
@@ -331,6 +332,7 @@ def test_stored_responses_belong_to_their_owner(stored: Any) -> None:
     items = [{"id": f"msg_{i}", "type": "message"} for i in range(5)]
     assert responses.save(ada, _response("resp_a"), history=[{"id": "h"}], input_items=items)
     got = responses.get(ada, "resp_a")
+    assert got.size > 0
     assert [i["id"] for i in got.context()] == ["h", *[i["id"] for i in items], "msg_o"]
     # Another owner finds nothing, and cannot delete it.
     with pytest.raises(NotFound, match="resp_a"):
@@ -360,3 +362,24 @@ def test_old_responses_are_not_found_then_pruned(stored: Any, clock: Clock) -> N
     assert responses.get(ada, "resp_new").id == "resp_new"
     off = ResponseStore(responses._store, 0)
     assert not off.save(ada, _response("resp_x"), history=[], input_items=[])
+
+
+def test_the_relay_format_stores_before_the_last_event_and_fails_in_shape() -> None:
+    saved: list[dict[str, Any]] = []
+    fmt = ResponsesFormat(ResponsesStream("resp_r", "tiny", {}), saved.append)
+    # A failure before the stream began (the model did not load): OpenAI's error data,
+    # which the SDK raises as an APIError.
+    assert fmt.error(Failure(503, "tiny did not load", "server_start_failed")) \
+        .startswith(b'data: {"error":')
+    head = fmt.start()
+    assert head.startswith(b"event: response.created\n")
+    body = fmt.batch(Batch(b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'))
+    assert b"response.output_text.delta" in body and not saved
+    last = fmt.finish()
+    assert saved and saved[0]["status"] == "completed" and output_text(saved[0]["output"]) == "Hi"
+    assert last.rstrip().splitlines()[-2] == b"event: response.completed"
+    failing = ResponsesFormat(ResponsesStream("resp_s", "tiny", {}), saved.append)
+    failing.start()
+    events = failing.error(Failure(502, "tiny stopped answering", "backend_error"))
+    assert b"event: error\n" in events and b"event: response.failed\n" in events
+    assert len(saved) == 1

@@ -6,6 +6,7 @@
     POST /v1/completions             OpenAI legacy completions (mlx_lm profiles)
     POST /v1/messages                Anthropic Messages, streaming or not
     POST /v1/messages/count_tokens   a 1-token request reading usage.prompt_tokens
+    POST /v1/responses               OpenAI Responses (and stored ones: responses_routes.py)
     GET  /metrics                    Prometheus text (admin keys only)
 
 Auth (manager/api/key_auth.py): `gateway_auth` is the SessionGate's `extra_auth`. It claims every gateway path,
@@ -41,7 +42,7 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -57,11 +58,14 @@ from manager.api.key_auth import api_key_id, api_user, refusal
 from manager.api.limits import KeyLimiter, cap_max_tokens, read_body, token_limit
 from manager.api.ollama_routes import OllamaRoutes, add_ollama_routes
 from manager.api.relay import Loading, Once, RelayResponse
+from manager.api.responses import left_out_tools, warning_header
+from manager.api.responses_routes import Prepared, ResponsesApi
 from manager.api.schema import (
     Checker,
     check_chat,
     check_completion,
     check_messages,
+    check_responses,
     check_values,
 )
 from manager.api.stream_formats import AnthropicFormat, OpenAIPassthrough, StreamFormat
@@ -108,11 +112,13 @@ class Kind(enum.Enum):
     COMPLETION = "completion"
     MESSAGES = "messages"
     COUNT_TOKENS = "count_tokens"
+    RESPONSES = "responses"
 
 
 _CHECKS: dict[Kind, Checker] = {Kind.CHAT: check_chat, Kind.COMPLETION: check_completion,
                                 Kind.MESSAGES: check_messages,
-                                Kind.COUNT_TOKENS: check_messages}
+                                Kind.COUNT_TOKENS: check_messages,
+                                Kind.RESPONSES: check_responses}
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,8 @@ class _Job:
     model: str
     body: dict[str, Any]
     size: int = 0  # bytes of the request body
+    #: A Responses request made ready (its body is then the chat request to send).
+    responses: Prepared | None = None
 
     @property
     def fmt(self) -> ApiFormat:
@@ -141,10 +149,17 @@ def _openai_format(job: _Job, profile: Profile) -> StreamFormat:
                              and bool(options.get("include_usage")))
 
 
+def _responses_format(job: _Job, profile: Profile) -> StreamFormat:
+    if job.responses is None:
+        raise RuntimeError("a Responses stream without its prepared request")
+    return job.responses.format(profile.name)
+
+
 #: The stream format of each route that streams.
 _FORMATS: dict[Kind, Callable[[_Job, Profile], StreamFormat]] = {
     Kind.CHAT: _openai_format, Kind.COMPLETION: _openai_format,
     Kind.MESSAGES: lambda job, profile: AnthropicFormat(profile.name),
+    Kind.RESPONSES: _responses_format,
 }
 
 
@@ -171,6 +186,7 @@ class Gateway:
                                 allow_remote=settings.gateway_remote_images)
         self._contexts: dict[str, int | None] = {}
         self._contexts_lock = threading.Lock()
+        self.responses = ResponsesApi(services.responses)
 
     # -- entry points (event loop) ----------------------------------------------------------
 
@@ -205,12 +221,20 @@ class Gateway:
                 check_values(body)
                 job = _Job(kind, user, requested_model(body), body, len(raw))
                 _CHECKS[kind](body)
-            except GatewayError as exc:
-                return error_response(fmt, exc.failure)
+                if kind is Kind.RESPONSES:  # served as the chat request it becomes
+                    prepared = await self.responses.prepare_async(user, body, self._limiter)
+                    job = replace(job, body=prepared.chat, responses=prepared,
+                                  size=job.size + prepared.history_size)
+            except (GatewayError, ValidationError) as exc:
+                return error_response(fmt, failure_for(exc))
             if body.get("stream") and kind is not Kind.COUNT_TOKENS:
                 streaming = True  # the stream frees the key's slot (RelayResponse)
-                return await self._stream(job, release)
-            return await self._answer_unless_gone(request, job)
+                response = await self._stream(job, release)
+            else:
+                response = await self._answer_unless_gone(request, job)
+            if kind is Kind.RESPONSES:  # hosted tools it left out (web search...)
+                response.headers.update(warning_header(left_out_tools(body)))
+            return response
         finally:
             if not streaming:
                 release()
@@ -252,7 +276,8 @@ class Gateway:
             return error_response(fmt, refusal(request))
         return error_response(fmt, Failure(
             404, f"No such endpoint: {request.method} {request.url.path}. This gateway "
-            "serves /v1/models, /v1/chat/completions, /v1/completions and /v1/messages.",
+            "serves /v1/models, /v1/chat/completions, /v1/completions, /v1/messages and "
+            "/v1/responses.",
             "unknown_endpoint"))
 
     async def _stream(self, job: _Job, release: Once) -> Response:
@@ -382,6 +407,8 @@ class Gateway:
             return dumps({"input_tokens": result.usage.prompt_tokens})
         if job.kind is Kind.MESSAGES:
             return dumps(from_openai_response(result.raw, profile.name))
+        if job.responses is not None:
+            return job.responses.answer(profile.name, result.raw)
         return dumps(ModelRenamer(snap.model_path, profile.name).payload(result.raw))
 
 
@@ -427,6 +454,10 @@ def build_gateway_router(services: Services, *, wait_ready_s: float = WAIT_READY
         ("/v1/completions", completions, ["POST"]),
         ("/v1/messages", messages, ["POST"]),
         ("/v1/messages/count_tokens", count_tokens, ["POST"]),
+        ("/v1/responses", partial(gateway.serve, kind=Kind.RESPONSES), ["POST"]),
+        ("/v1/responses/{response_id}", gateway.responses.retrieve, ["GET"]),
+        ("/v1/responses/{response_id}", gateway.responses.delete, ["DELETE"]),
+        ("/v1/responses/{response_id}/input_items", gateway.responses.input_items, ["GET"]),
         ("/metrics", metrics, _ALL_METHODS),
         # Any other /v1 path or method: an answer in the API's format (never Gradio).
         ("/v1", unknown, _ALL_METHODS),

@@ -21,9 +21,9 @@ accumulates exactly these into its final Response.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
-from contextlib import closing
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from manager.api.responses import (
@@ -35,7 +35,10 @@ from manager.api.responses import (
     status_of,
     usage_object,
 )
-from manager.servers.inference import ChunkStream
+from manager.api.stream_formats import ChunkFormat
+from manager.api.wire import ApiFormat, Failure, stream_error
+
+log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 
@@ -228,29 +231,38 @@ def _copy(item: Item) -> Item:
     return json.loads(json.dumps(item))
 
 
-def responses_events(chunks: ChunkStream, stream: ResponsesStream, *,
-                     on_done: Callable[[dict[str, Any]], None],
-                     on_error: Callable[[BaseException], tuple[str, str]]
-                     ) -> Generator[bytes, None, None]:
-    """The server's chunks as Responses SSE bytes. Until the first chunk arrives any
-    failure propagates (the client still gets an HTTP status); after it, a failure
-    ends the stream with `error` and `response.failed`, as `on_error` names it.
-    `on_done` gets the finished response before its last event is sent (so a client
+class ResponsesFormat(ChunkFormat):
+    """The relay's stream format for /v1/responses (manager/api/relay.py): `start` when
+    the server accepted the request, each chunk through `ResponsesStream`, and the
+    finished response handed to `on_done` before its last event goes out (so a client
     may continue from it at once)."""
-    with closing(chunks):
-        chunk_iter = iter(chunks)
-        first = next(chunk_iter, None)
-        try:
-            if first is not None:
-                yield b"".join(sse(e) for e in stream.feed(first.raw))
-            for chunk in chunk_iter:
-                events = b"".join(sse(e) for e in stream.feed(chunk.raw))
-                if events:
-                    yield events
-        except Exception as exc:  # noqa: BLE001 - told to the client in the stream's format
-            code, message = on_error(exc)
-            yield b"".join(sse(e) for e in stream.fail(code, message))
-            return
-    last = list(stream.finish())
-    on_done(stream.response)
-    yield b"".join(sse(e) for e in last)
+
+    def __init__(self, stream: ResponsesStream,
+                 on_done: Callable[[dict[str, Any]], None]) -> None:
+        self.stream = stream
+        self._on_done = on_done
+        self._started = False
+
+    def start(self) -> bytes:
+        self._started = True
+        return _sse(self.stream.start())
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        return _sse(self.stream.feed(chunk))
+
+    def finish(self) -> bytes:
+        last = list(self.stream.finish())
+        self._on_done(self.stream.response)
+        return _sse(last)
+
+    def error(self, failure: Failure) -> bytes:
+        if not self._started:
+            # Nothing was created yet (the model failed to load): the plain OpenAI error
+            # event, which the openai SDK raises as an APIError.
+            return stream_error(ApiFormat.OPENAI, failure)
+        log.warning("a /v1/responses stream failed after it began: %s", failure.message)
+        return _sse(self.stream.fail(failure.code, failure.message))
+
+
+def _sse(events: Iterable[Mapping[str, Any]]) -> bytes:
+    return b"".join(sse(event) for event in events)

@@ -43,6 +43,8 @@ class StoredResponse:
     history: list[Item]
     input: list[Item]
     response: dict[str, Any]
+    size: int = 0  # bytes of its stored JSON
+
 
     def context(self) -> list[Item]:
         """The conversation a response that continues this one builds on."""
@@ -100,9 +102,10 @@ class ResponseStore:
         if not rows:
             raise NotFound(_missing(response_id))
         row = rows[0]
+        texts = (row["history"], row["input"], row["response"])
         return StoredResponse(row["id"], row["model"], row["created_at"],
-                              json.loads(row["history"]), json.loads(row["input"]),
-                              json.loads(row["response"]))
+                              json.loads(texts[0]), json.loads(texts[1]), json.loads(texts[2]),
+                              size=sum(len(text) for text in texts))
 
     def delete(self, owner: User, response_id: str) -> None:
         with self._store.connect() as db:
