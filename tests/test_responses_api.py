@@ -223,12 +223,14 @@ def test_a_whole_answer_is_a_response_the_sdk_validates() -> None:
     assert response.output_text == "Checking."
     assert response.output[0].summary[0].text == "Need weather."  # type: ignore[union-attr]
     call = response.output[2]
-    assert call.call_id == "call_9" and call.arguments == '{"city": "Paris"}'  # type: ignore[union-attr]
+    assert call.type == "function_call" and call.call_id == "call_9"
+    assert call.arguments == '{"city": "Paris"}'
     assert response.usage is not None and response.usage.total_tokens == 18
     assert response.status == "completed" and response.max_output_tokens == 64
     cut = from_chat_response({"choices": [{"finish_reason": "length", "message": {
         "content": "abc"}}]}, "resp_2", "tiny", echo, 0)
-    assert Response.model_validate(cut).incomplete_details.reason == "max_output_tokens"  # type: ignore[union-attr]
+    details = Response.model_validate(cut).incomplete_details
+    assert details is not None and details.reason == "max_output_tokens"
 
 
 def _chunks(*deltas: dict[str, Any], finish: str = "stop") -> list[dict[str, Any]]:

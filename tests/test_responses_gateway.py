@@ -272,9 +272,12 @@ def test_the_agents_sdk_default_agent_runs_a_function_tool(live: Live) -> None:
             result["model"] = provider.get_model("tools")
             agent = Agent(name="Weather", instructions="Use the tool.", model="tools",
                           tools=[get_weather])
-            done = await Runner.run(agent, "What is the weather in Paris?", run_config=RunConfig(
-                model_provider=provider, tracing_disabled=True))
+            config = RunConfig(model_provider=provider, tracing_disabled=True)
+            done = await Runner.run(agent, "What is the weather in Paris?", run_config=config)
             result["output"] = done.final_output
+            streamed = Runner.run_streamed(agent, "Weather in Paris?", run_config=config)
+            result["events"] = [event.type async for event in streamed.stream_events()]
+            result["streamed"] = streamed.final_output
             await client.close()
 
         asyncio.run(go())
@@ -283,8 +286,9 @@ def test_the_agents_sdk_default_agent_runs_a_function_tool(live: Live) -> None:
     thread.start()
     thread.join(timeout=300)
     assert isinstance(result["model"], OpenAIResponsesModel)  # the default: Responses
-    assert asked == ["Paris"]
-    assert result["output"] == SUNNY
+    assert asked == ["Paris", "Paris"]
+    assert result["output"] == result["streamed"] == SUNNY
+    assert "raw_response_event" in result["events"]
 
 
 # --- bad input -----------------------------------------------------------------------------

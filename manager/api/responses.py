@@ -331,7 +331,8 @@ def response_object(response_id: str, model: str, echo: Mapping[str, Any], *,
         "id": response_id, "object": "response", "created_at": int(created_at),
         "status": status, "error": dict(error) if error else None,
         "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,
-        **echo_fields({}), **echo, "model": model, "output": output, "usage": dict(usage) if usage else None,
+        **echo_fields({}), **echo, "model": model, "output": output,
+        "usage": dict(usage) if usage else None,
         "completed_at": int(time.time()) if status == _STATUS_DONE else None,
     }
 

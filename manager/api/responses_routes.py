@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from manager.accounts.auth import User
-from manager.api.key_auth import api_user, refusal
+from manager.api.key_auth import api_user, log_refusal, refusal
 from manager.api.responses import (
     Item,
     from_chat_response,
@@ -120,46 +120,49 @@ class ResponsesApi:
     async def retrieve(self, request: Request) -> Response:
         user = api_user(request)
         if user is None:
-            return failed(refusal(request))
+            return failed(request, refusal(request))
         if request.query_params.get("stream") in ("true", "1"):
-            return failed(Failure(400, "This gateway does not stream stored responses; leave "
-                                  "out stream.", "invalid_request", param="stream"))
+            return failed(request, Failure(
+                400, "This gateway does not stream stored responses; leave out stream.",
+                "invalid_request", param="stream"))
         response_id = request.path_params["response_id"]
         try:
             stored = await to_thread.run_sync(self._store.get, user, response_id)
         except NotFound as exc:
-            return failed(_not_found(exc).failure)
+            return failed(request, _not_found(exc).failure)
         return Response(dumps(stored.response), media_type="application/json")
 
     async def delete(self, request: Request) -> Response:
         user = api_user(request)
         if user is None:
-            return failed(refusal(request))
+            return failed(request, refusal(request))
         response_id = request.path_params["response_id"]
         try:
             await to_thread.run_sync(self._store.delete, user, response_id)
         except NotFound as exc:
-            return failed(_not_found(exc).failure)
+            return failed(request, _not_found(exc).failure)
         return JSONResponse({"id": response_id, "object": "response", "deleted": True})
 
     async def input_items(self, request: Request) -> Response:
         user = api_user(request)
         if user is None:
-            return failed(refusal(request))
+            return failed(request, refusal(request))
         query = request.query_params
         try:
             limit = int(query.get("limit", "20"))
         except ValueError:
-            return failed(Failure(400, "limit: must be a whole number between 1 and 100",
-                                  "invalid_request", param="limit"))
+            return failed(request, Failure(
+                400, "limit: must be a whole number between 1 and 100", "invalid_request",
+                param="limit"))
         try:
             page = await to_thread.run_sync(lambda: self._store.input_items(
                 user, request.path_params["response_id"], limit=limit,
                 order=query.get("order", "desc"), after=query.get("after")))
         except NotFound as exc:
-            return failed(_not_found(exc).failure)
+            return failed(request, _not_found(exc).failure)
         except ValidationError as exc:
-            return failed(Failure(400, exc.message, "invalid_request", param=exc.field))
+            return failed(request, Failure(400, exc.message, "invalid_request",
+                                           param=exc.field))
         items = page.items
         return Response(dumps({
             "object": "list", "data": items, "has_more": page.has_more,
@@ -167,6 +170,8 @@ class ResponsesApi:
             "last_id": items[-1]["id"] if items else None}), media_type="application/json")
 
 
-def failed(failure: Failure) -> JSONResponse:
+def failed(request: Request, failure: Failure) -> JSONResponse:
+    """The refusal in OpenAI's shape, logged once with the key's name."""
+    log_refusal(request, failure)
     return JSONResponse(openai_error(failure), status_code=failure.status,
                         headers=failure.headers())
