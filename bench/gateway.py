@@ -77,7 +77,7 @@ def _anthropic_tokens(event: dict, seen: dict) -> bool:
 
 def _responses_tokens(event: dict, seen: dict) -> bool:
     kind = event.get("type", "")
-    if kind == "response.completed":
+    if kind in ("response.completed", "response.incomplete"):  # incomplete: max tokens
         seen["tokens"] = event["response"]["usage"]["output_tokens"]
     return kind in ("response.output_text.delta", "response.reasoning_text.delta",
                     "response.reasoning_summary_text.delta")
