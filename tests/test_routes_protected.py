@@ -46,6 +46,8 @@ PARAM = re.compile(r"\{[^}]+\}")
 GATEWAY_ROUTES = {
     "/v1", "/v1/{rest:path}", "/v1/models", "/v1/models/{name:path}", "/v1/chat/completions",
     "/v1/completions", "/v1/messages", "/v1/messages/count_tokens", "/metrics",
+    # The Responses API
+    "/v1/responses", "/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items",
     # Ollama's API
     "/api", "/api/{rest:path}", "/api/version", "/api/tags", "/api/ps", "/api/show",
     "/api/chat", "/api/generate", "/api/pull", "/api/push", "/api/create", "/api/copy",
