@@ -124,6 +124,7 @@ class Services:
         self.monitor.stop()
         self.inference.close()
         self.tools.close()
+        self.responses.close()
         self.supervisor.close(keep_servers=keep_servers)
         log.debug("services closed")
 

@@ -4,6 +4,7 @@ own types and its stream accumulator (no server); the stored responses in real S
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -316,12 +317,14 @@ def test_a_stream_cut_by_max_tokens_is_incomplete_and_a_failure_is_failed() -> N
 
 
 @pytest.fixture
-def stored(tmp_path: Path, clock: Clock) -> tuple[ResponseStore, Any, Any]:
+def stored(tmp_path: Path, clock: Clock) -> Iterator[tuple[ResponseStore, Any, Any]]:
     store = Store(tmp_path / "manager.db")
     auth = AuthService(store, b"k" * 32, hasher=TEST_HASHER)
     ada = auth.register("ada@example.com", PASSWORD)
     bob = auth.approve(ada, auth.register("bob@example.com", PASSWORD).id)
-    return ResponseStore(store, 2, clock=clock), ada, bob
+    responses = ResponseStore(store, 2, clock=clock)
+    yield responses, ada, bob
+    responses.close()
 
 
 def _response(response_id: str) -> dict[str, Any]:
@@ -385,3 +388,20 @@ def test_the_relay_format_stores_before_the_last_event_and_fails_in_shape() -> N
     events = failing.error(Failure(502, "tiny stopped answering", "backend_error"))
     assert b"event: error\n" in events and b"event: response.failed\n" in events
     assert len(saved) == 1
+
+
+def test_a_response_saved_from_the_event_loop_is_found_at_once_and_written(
+        stored: Any, tmp_path: Path) -> None:
+    responses, ada, bob = stored
+    assert responses.save_soon(ada, _response("resp_soon"), history=[], input_items=[])
+    assert responses.get(ada, "resp_soon").id == "resp_soon"  # written or not yet
+    with pytest.raises(NotFound):
+        responses.get(bob, "resp_soon")
+    responses.save_soon(ada, _response("resp_gone"), history=[], input_items=[])
+    responses.delete(ada, "resp_gone")  # before or after its write: it stays deleted
+    responses.close()  # every pending write done
+    again = ResponseStore(Store(tmp_path / "manager.db"), 2, clock=responses._clock)
+    assert again.get(ada, "resp_soon").response["output"][0]["id"] == "msg_o"
+    with pytest.raises(NotFound):
+        again.get(ada, "resp_gone")
+    again.close()

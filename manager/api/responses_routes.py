@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from anyio import CapacityLimiter, to_thread
@@ -70,13 +71,15 @@ class Prepared:
     def format(self, model: str) -> ResponsesFormat:
         """The relay's stream format; the response is stored when it completes."""
         return ResponsesFormat(ResponsesStream(self.response_id, model, self.echo,
-                                               created_at=self.created_at), self.save)
+                                               created_at=self.created_at),
+                               partial(self.save, soon=True))
 
-    def save(self, response: Mapping[str, Any]) -> None:
+    def save(self, response: Mapping[str, Any], *, soon: bool = False) -> None:
+        """Stores a finished response (`soon`: from the event loop, written by a worker)."""
         if self.store is None or response.get("status") not in ("completed", "incomplete"):
             return
-        self.store.save(self.user, response, history=self.history,
-                        input_items=self.input_items)
+        save = self.store.save_soon if soon else self.store.save
+        save(self.user, response, history=self.history, input_items=self.input_items)
 
 
 def _not_found(exc: NotFound, param: str | None = None) -> GatewayError:

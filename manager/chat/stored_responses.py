@@ -5,6 +5,10 @@ its own input items and the Response object, so `previous_response_id` continues
 conversation without walking a chain (deleting or pruning an earlier response leaves
 later ones whole).
 
+A stream's response is stored from the event loop (`save_soon`): it is found at once
+and written by one worker thread, so a client may continue from it the moment its last
+event arrives while the event loop never waits for the database.
+
 Every read and write names the owner in its SQL, so another user's response id finds
 nothing: the answer is the same "not found" as for an id that never existed. Responses
 older than the retention are not found either, and are deleted (pruned) as new ones
@@ -15,9 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +58,15 @@ class StoredResponse:
 
 
 @dataclass(frozen=True)
+class _Row:
+    """A response on its way to the database."""
+
+    owner_id: int
+    stored: StoredResponse
+    texts: tuple[str, str, str]  # history, input, response as JSON
+
+
+@dataclass(frozen=True)
 class ItemPage:
     items: list[Item]
     has_more: bool
@@ -68,7 +83,10 @@ class ResponseStore:
         self._store = store
         self.retention_days = retention_days
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the pending rows and the prune time
+        self._write_lock = threading.Lock()  # a write, against a delete of the same row
+        self._pending: dict[str, _Row] = {}
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="responses-store")
         self._pruned_at: float | None = None
 
     @property
@@ -84,17 +102,68 @@ class ResponseStore:
         """Stores a finished response; False when storing is turned off."""
         if not self.enabled:
             return False
+        with self._write_lock:
+            self._insert(self._row(owner, response, history, input_items))
+        return True
+
+    def save_soon(self, owner: User, response: Mapping[str, Any], *,
+                  history: Sequence[Mapping[str, Any]],
+                  input_items: Sequence[Mapping[str, Any]]) -> bool:
+        """`save` for the event loop: found by `get` at once, written by a worker thread
+        (a write may wait for another writer; the event loop must not)."""
+        if not self.enabled:
+            return False
+        row = self._row(owner, response, history, input_items)
+        with self._lock:
+            self._pending[row.stored.id] = row
+        self._writer.submit(self._flush, row.stored.id)
+        return True
+
+    def close(self) -> None:
+        """Writes what is pending; safe to call twice."""
+        self._writer.shutdown(wait=True)
+
+    def _row(self, owner: User, response: Mapping[str, Any],
+             history: Sequence[Mapping[str, Any]], input_items: Sequence[Mapping[str, Any]]
+             ) -> _Row:
+        texts = (_dumps(history), _dumps(input_items), _dumps(response))
+        stored = StoredResponse(str(response["id"]), str(response.get("model") or ""),
+                                self._clock(), [dict(i) for i in history],
+                                [dict(i) for i in input_items], dict(response),
+                                size=sum(len(text) for text in texts))
+        return _Row(owner.id, stored, texts)
+
+    def _flush(self, response_id: str) -> None:
+        with self._write_lock:
+            with self._lock:
+                row = self._pending.get(response_id)
+            if row is None:
+                return  # deleted before it was written
+            try:
+                self._insert(row)
+            except sqlite3.Error as exc:
+                log.error("could not store response %s: %s", response_id, exc)
+            finally:
+                with self._lock:
+                    self._pending.pop(response_id, None)
+
+    def _insert(self, row: _Row) -> None:
+        """Under the write lock."""
+        stored = row.stored
         with self._store.connect() as db:
             db.execute(
                 "INSERT INTO stored_responses (id, user_id, model, created_at, history, input,"
                 " response) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [str(response["id"]), owner.id, str(response.get("model") or ""),
-                 self._clock(), _dumps(history), _dumps(input_items), _dumps(response)])
+                [stored.id, row.owner_id, stored.model, stored.created_at, *row.texts])
         if self._prune_due():
             self.prune()
-        return True
 
     def get(self, owner: User, response_id: str) -> StoredResponse:
+        with self._lock:
+            pending = self._pending.get(response_id)
+        if pending is not None and pending.owner_id == owner.id \
+                and pending.stored.created_at >= self._oldest_kept():
+            return pending.stored
         with self._store.reading() as db:
             rows = list(db.query(
                 "SELECT * FROM stored_responses WHERE id = ? AND user_id = ?"
@@ -108,10 +177,15 @@ class ResponseStore:
                               size=sum(len(text) for text in texts))
 
     def delete(self, owner: User, response_id: str) -> None:
-        with self._store.connect() as db:
-            cursor = db.execute("DELETE FROM stored_responses WHERE id = ? AND user_id = ?",
-                                [response_id, owner.id])
-            deleted = cursor.rowcount
+        with self._write_lock:  # not while it is being written
+            with self._lock:
+                row = self._pending.get(response_id)
+                if row is not None and row.owner_id == owner.id:
+                    del self._pending[response_id]
+            with self._store.connect() as db:
+                cursor = db.execute("DELETE FROM stored_responses WHERE id = ? AND user_id = ?",
+                                    [response_id, owner.id])
+                deleted = cursor.rowcount or (row is not None and row.owner_id == owner.id)
         if not deleted:
             raise NotFound(_missing(response_id))
         log.info("stored response %s of %s deleted", response_id, owner.email)
