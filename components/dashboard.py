@@ -6,7 +6,15 @@ from typing import Any
 
 import gradio as gr
 
-from components import admin_tab, chat, keys_tab, models_tab, profiles_tab, servers_tab
+from components import (
+    admin_tab,
+    chat,
+    keys_tab,
+    models_tab,
+    profiles_tab,
+    servers_tab,
+    toolcheck_tab,
+)
 from components.session import user_of
 from components.views import admin_tab_label, header_html
 from manager.accounts.permissions import Action, allowed
@@ -27,6 +35,8 @@ def build_dashboard(services: Services) -> gr.Blocks:
                 load_servers = servers_tab.build(services)
             with gr.Tab("Chat", id="chat"):
                 load_chat = chat.build(services)
+            with gr.Tab("Tool use", id="toolcheck"):
+                load_toolcheck = toolcheck_tab.build(services)
             with gr.Tab("API keys", id="keys"):
                 load_keys = keys_tab.build(services)
             with gr.Tab("Admin", id="admin", visible=False, elem_id="admin-tab") as admin:
@@ -49,6 +59,7 @@ def build_dashboard(services: Services) -> gr.Blocks:
         demo.load(load_servers.fn, None, load_servers.outputs)
         demo.load(load_chat.fn, None, load_chat.outputs)
         demo.load(load_keys.fn, None, load_keys.outputs)
+        demo.load(load_toolcheck.fn, None, load_toolcheck.outputs)
         gr.Timer(BADGE_REFRESH_S).tick(refresh_shell, None, [header, admin],
                                        show_progress="hidden")
     return demo

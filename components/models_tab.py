@@ -192,6 +192,7 @@ def build(services: Services) -> TabLoader:
                                               on_machine=item.model.repo_id in on_machine))
             return tile_list_html(tiles, "No models match. Search, or loosen the filters.")
         tiles = []
+        measured = services.tool_check.results.latest_by_model(results=False)
         for model in local:
             if model.name in hidden:
                 continue
@@ -199,7 +200,9 @@ def build(services: Services) -> TabLoader:
             if not filt.matches(model.name, model.caps, model_fit, model.size_bytes):
                 continue
             may_delete = allowed(user, Action.MODEL_DELETE, library.owners(model))
-            tiles.append(local_tile_html(model, model_fit, can_delete=may_delete))
+            tiles.append(local_tile_html(
+                model, model_fit, can_delete=may_delete,
+                measured=measured.get(model.name) or measured.get(str(model.path))))
         return tile_list_html(tiles, "No local models match. Download one from the "
                                      "Hugging Face view.")
 

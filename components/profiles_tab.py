@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 NEW = "new"
 AUTO = "auto"
 THINKING_CHOICES = [("model default", "default"), ("on", "on"), ("off", "off")]
-COLUMNS = ["Name", "Model", "Backend", "Address", "Auto-start", "Description"]
+COLUMNS = ["Name", "Model", "Backend", "Address", "Auto-start", "Tool use", "Description"]
 LOCAL_ONLY = "This machine only; an administrator can open a server to the LAN."
 
 
@@ -100,10 +100,20 @@ def form_values(profile: Profile | None, suggested_port: int | None = None) -> l
             profile.auto_start, profile.auto_restart, profile.idle_timeout_minutes]
 
 
-def profile_rows(profiles: list[Profile]) -> list[list[Any]]:
+def profile_rows(profiles: list[Profile],
+                 checks: dict[int, dict[str, Any]] | None = None) -> list[list[Any]]:
+    """One row per profile; "Tool use" is the measured score of its model (Tool use tab)
+    with the date, or "not checked"."""
+    checks = checks or {}
+
+    def tool_use(p: Profile) -> str:
+        check = checks.get(p.id)
+        return (f"{check['label']} ({check['checked_at'][:10]})" if check
+                else "not checked")
+
     return [[p.name, p.model, p.backend.value, f"{p.host}:{p.port}",
-             "yes" if p.auto_start else "no", p.description.split("\n", 1)[0][:80]]
-            for p in profiles]
+             "yes" if p.auto_start else "no", tool_use(p),
+             p.description.split("\n", 1)[0][:80]] for p in profiles]
 
 
 def pick_choices(profiles: list[Profile]) -> list[tuple[str, str]]:
@@ -178,7 +188,8 @@ def build(services: Services) -> TabLoader:
 
     def listing(selected: str) -> tuple:
         rows = profiles.list()
-        return gr.Dropdown(choices=pick_choices(rows), value=selected), profile_rows(rows)
+        return (gr.Dropdown(choices=pick_choices(rows), value=selected),
+                profile_rows(rows, services.tool_check.metadata(rows)))
 
     def show(selected: str | None, user: User, message: str = "") -> tuple:
         """Pick + table + status + every field, for the selected profile (or a new one)."""

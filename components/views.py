@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import html
 
+from components.toolcheck_views import guessed_chip, measured_chip
 from manager.accounts.auth import User
+from manager.chat.toolcheck import CheckRun
 from manager.models.capabilities import WEIGHTS_OVERHEAD_PERCENT, Capabilities, Fit, FitLevel
 from manager.models.download_types import DownloadView
 from manager.models.hub import RemoteDetails, RemoteModel
@@ -126,8 +128,10 @@ def fit_tooltip(fit: Fit) -> str:
             f"{format_bytes(fit.kv_bytes)} at {ctx}) of {budget} usable: {verdict}.")
 
 
-def model_badges_html(caps: Capabilities, fit: Fit | None) -> str:
-    """Architecture, context, media, tools, thinking, quantization, size, fit, guessed."""
+def model_badges_html(caps: Capabilities, fit: Fit | None,
+                      measured: CheckRun | None = None) -> str:
+    """Architecture, context, media, tools (guessed, and measured when checked), thinking,
+    quantization, size, fit, guessed."""
     chips: list[str] = []
 
     def chip(kind: str, label: str, title: str = "") -> None:
@@ -141,7 +145,9 @@ def model_badges_html(caps: Capabilities, fit: Fit | None) -> str:
     if caps.video:
         chip("video", "video", "Understands video")
     if caps.tool_use:
-        chip("tools", "tools", "Can call tools (function calling)")
+        chips.append(guessed_chip())
+    if measured is not None:
+        chips.append(measured_chip(measured))
     if caps.thinking:
         chip("thinking", "thinking", "Thinks before answering")
     chip("quant", caps.quantization_label, "Quantization or weight dtype")
@@ -188,8 +194,10 @@ def remote_tile_html(model: RemoteModel, details: RemoteDetails | None, fit: Fit
             f"<div class='mm-actions'>{action}</div></div>")
 
 
-def local_tile_html(model: LocalModel, fit: Fit | None, *, can_delete: bool) -> str:
-    """A model on this machine, with Delete (confirmed in the tab)."""
+def local_tile_html(model: LocalModel, fit: Fit | None, *, can_delete: bool,
+                    measured: CheckRun | None = None) -> str:
+    """A model on this machine, with Delete (confirmed in the tab); `measured` is its
+    latest tool-use check."""
     used = model.last_used or "never"
     source = "HF cache" if model.source == "hf_cache" else model.source
     meta = (f"<span title='Size on disk'>{_e(format_bytes(model.size_bytes))}</span>"
@@ -203,7 +211,7 @@ def local_tile_html(model: LocalModel, fit: Fit | None, *, can_delete: bool) -> 
     return (f"<div class='mm-tile' data-repo='{_e(model.name)}'>"
             f"<div class='mm-tile-head'><strong class='mm-repo'>{_e(model.name)}</strong>"
             f"<span class='mm-meta'>{meta}</span></div>"
-            f"{model_badges_html(model.caps, fit)}{problem}"
+            f"{model_badges_html(model.caps, fit, measured)}{problem}"
             f"<div class='mm-actions'>{action}</div></div>")
 
 
@@ -260,7 +268,9 @@ border:1px solid var(--border-color-primary);background:var(--background-fill-se
 .mm-chip-fit-green{background:#dcfce7;color:#166534;border-color:#86efac}
 .mm-chip-fit-amber{background:#fef3c7;color:#92400e;border-color:#fcd34d}
 .mm-chip-fit-red{background:#fee2e2;color:#991b1b;border-color:#fca5a5}
-.mm-chip-guessed{border-style:dashed;font-style:italic}
+.mm-chip-guessed,.mm-chip-tools-guessed{border-style:dashed;font-style:italic}
+.mm-chip-measured{font-weight:600}
+#toolcheck-transcript pre{white-space:pre-wrap;margin:.2rem 0}
 .mm-problem{color:#b91c1c;font-size:.85rem;margin:.25rem 0}
 .mm-actions{display:flex;gap:.4rem;justify-content:flex-end}
 .mm-btn{padding:.25rem .8rem;border-radius:8px;border:1px solid var(--border-color-primary);

@@ -71,7 +71,9 @@ def test_badges_show_every_capability_and_the_guessed_marker() -> None:
     html = model_badges_html(QWEN, None)
     for label in ("qwen3", "32K ctx", "tools", "thinking", "4-bit", "600M"):
         assert label in html
-    assert "vision" not in html and "guessed" not in html
+    assert "vision" not in html and "mm-chip-guessed" not in html
+    # Tool use read from the template is labelled as a guess.
+    assert "tools · guessed" in html
     vl = model_badges_html(VL, None)
     assert "vision" in vl and "video" in vl and "bf16" in vl and "128K ctx" in vl
     guessed = model_badges_html(GUESS, None)

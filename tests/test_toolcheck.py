@@ -4,6 +4,7 @@ exact scores and reasons, a server dying mid-suite, two checks at once."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -13,20 +14,24 @@ from dataclasses import dataclass
 import pytest
 
 from manager.accounts.auth import User
+from manager.api.login import SESSION_COOKIE
 from manager.chat.mcp_builtin import sample_weather
 from manager.chat.toolcheck import (
     BUILTIN_SCENARIOS,
     CheckRun,
     Progress,
     RunStatus,
+    ScenarioResult,
     Status,
+    Transcript,
 )
 from manager.net import free_port
 from manager.servers.profiles import Profile, ProfileSpec
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import PASSWORD, TEST_HASHER
+from tests.conftest import PASSWORD, TEST_HASHER, LiveDashboard, run_uvicorn
 from tests.server_helpers import hf_home_env
+from tests.test_cli import run_cli
 from tests.toolcheck_models import make_check_models
 
 pytestmark = pytest.mark.slow
@@ -59,6 +64,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CheckEnv]:
             # the check starts it itself.
             profiles["doomed"] = services.profiles.create(None, ProfileSpec(
                 name="doomed", model=str(models["silent"]), port=free_port()))
+            # One the command line checks, with services of its own (its server is not
+            # running here: the command starts it and stops it again).
+            profiles["cli"] = services.profiles.create(None, ProfileSpec(
+                name="cli-silent", model=str(models["silent"]), port=free_port()))
+            # One the browser journey checks (the check starts its server too).
+            profiles["browser"] = services.profiles.create(None, ProfileSpec(
+                name="in-browser", model=str(models["silent"]), port=free_port()))
             for name in models:
                 services.supervisor.start(profiles[name].id)
             for name in models:
@@ -68,6 +80,18 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CheckEnv]:
             yield CheckEnv(services, profiles, alice, bob)
         finally:
             services.close()
+
+
+@pytest.fixture(scope="module")
+def live(env: CheckEnv) -> Iterator[LiveDashboard]:
+    """The real app on a socket over the module's services (gateway and browser)."""
+    from app import create_app
+
+    port = env.services.settings.port
+    server, thread = run_uvicorn(create_app(env.services), port)
+    yield LiveDashboard(f"http://127.0.0.1:{port}", env.services)
+    server.should_exit = True
+    thread.join(timeout=15)
 
 
 def reasons(run: CheckRun) -> dict[str, str]:
@@ -186,3 +210,86 @@ def test_the_server_dying_mid_suite_leaves_the_rest_not_run(env: CheckEnv) -> No
     assert {r.reason for r in run.results[4:]} == {
         "not run: the server stopped answering during 'no_tool_needed'"}
     assert env.services.tool_check.results.run(run.id).status is RunStatus.STOPPED
+
+
+def test_check_tools_on_the_command_line_gates_on_the_score(env: CheckEnv) -> None:
+    data_dir = env.services.settings.data_dir
+    result = run_cli("check-tools", "cli-silent", "--json", "--min-score", "3",
+                     data_dir=data_dir)
+    assert result.returncode == 1, result.stderr
+    assert "2 of 12 scenarios passed, below the minimum of 3" in result.stderr
+    assert "[12/12] weather_and_math: failed" in result.stderr
+    report = json.loads(result.stdout)
+    assert (report["score"], report["total"], report["profile"]) == (2, 12, "cli-silent")
+    assert report["scenarios"][0]["name"] == "weather_city"
+    assert report["scenarios"][0]["passed"] is False
+    assert report["scenarios"][0]["reason"] == "answered without calling get_weather"
+    assert [s["name"] for s in report["scenarios"] if s["passed"]] == [
+        "no_tool_needed", "missing_tool"]
+    # Stored in the same database the dashboard reads; the command stopped its server.
+    history = env.services.tool_check.results.history(env.profiles["cli"].id)
+    assert [run.score for run in history] == [2]
+    assert history[0].user_id is None
+
+
+def test_v1_models_carries_the_measured_score_of_checked_models(env: CheckEnv,
+                                                                live: LiveDashboard) -> None:
+    services = env.services
+    store = services.tool_check.results
+    plain = services.profiles.create(None, ProfileSpec(
+        name="plain", model=env.profiles["silent"].model, port=free_port()))
+    moved = services.profiles.create(None, ProfileSpec(
+        name="moved", model=env.profiles["silent"].model, port=free_port()))
+    for profile, model in ((plain, plain.model), (moved, "another/model")):
+        run_id = store.open_run(profile_id=profile.id, profile_name=profile.name, model=model,
+                                revision="abc123", setup={}, user_id=None, total=1)
+        store.add_result(run_id, 0, ScenarioResult("s", "S", "weather", Status.PASSED, "ok",
+                                                   0.1, 1, 1, Transcript("p")))
+        store.close_run(run_id, RunStatus.DONE)
+    key = services.api_keys.create(env.alice, "models").secret
+    with live.client(headers={"Authorization": f"Bearer {key}"}) as client:
+        listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        one = client.get("/v1/models/plain").json()
+    check = listed["plain"]["tool_check"]
+    assert (check["score"], check["total"], check["label"]) == (1, 1, "tools 1/1")
+    assert check["model_revision"] == "abc123" and check["checked_at"]
+    assert one["tool_check"] == check
+    # A check of the profile's earlier model says nothing about the one it serves now.
+    assert "tool_check" not in listed["moved"]
+
+
+@pytest.mark.browser
+def test_a_check_in_the_browser_shows_progress_results_transcript_and_badge(
+        env: CheckEnv, live: LiveDashboard, browser) -> None:  # noqa: ANN001
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_cookies([{"name": SESSION_COOKIE, "url": live.url,
+                          "value": live.session_cookie("alice@example.com")}])
+    page = context.new_page()
+    try:
+        page.goto(live.url + "/")
+        page.get_by_role("tab", name="Tool use").click()
+        page.locator("#toolcheck-profile input").click()
+        page.get_by_role("option", name="in-browser").click()
+        # Tool use guessed from the template, nothing measured yet.
+        page.wait_for_selector("#toolcheck-badges:has-text('tools · guessed')",
+                               timeout=30_000)
+        assert page.locator("#toolcheck-badges .mm-chip-measured").count() == 0
+        page.click("#toolcheck-run")
+        page.wait_for_selector("#toolcheck-bar", timeout=30_000)
+        page.wait_for_selector("#toolcheck-done:has-text('Done: tools 2/12')",
+                               timeout=180_000)
+        badge = page.locator("#toolcheck-badges .mm-chip-measured")
+        assert badge.inner_text() == "tools 2/12"
+        assert "mm-chip-fit-red" in (badge.get_attribute("class") or "")
+        assert "Measured by the tool-use check on" in (badge.get_attribute("title") or "")
+        # The transcript of a scenario is one click away.
+        page.locator("#toolcheck-results [role=gridcell]", has_text="weather_city").first.click()
+        page.wait_for_selector(
+            "#toolcheck-transcript:has-text('answered without calling get_weather')",
+            timeout=30_000)
+        assert "What is the weather in Paris" in page.inner_text("#toolcheck-transcript")
+        assert page.locator("#toolcheck-compare .js-plotly-plot").count() == 1
+    finally:
+        context.close()
+    run = env.services.tool_check.results.history(env.profiles["browser"].id)[0]
+    assert (run.score, run.user_id) == (2, env.alice.id)

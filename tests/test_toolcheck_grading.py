@@ -19,10 +19,12 @@ from manager.chat.toolcheck import (
     scenario_from_json,
 )
 from manager.chat.toolcheck.grading import grade
+from manager.cli.instance import hold_data_dir
 from manager.errors import Conflict, PermissionDenied, ValidationError
 from manager.servers.profiles import ProfileSpec
 from manager.services import Services
 from tests.conftest import PASSWORD
+from tests.test_cli import run_cli
 
 SCENARIOS = {s.name: s for s in BUILTIN_SCENARIOS}
 TOOLS = {
@@ -159,3 +161,15 @@ def test_admin_scenarios_and_results_are_stored(services: Services, tmp_path: Pa
     assert latest.summary()["scenarios"][0] == {
         "name": "s0", "category": "weather", "passed": False, "status": "failed",
         "reason": "why", "latency_s": 0.5, "prompt_tokens": 10, "completion_tokens": 2}
+
+
+def test_check_tools_says_what_to_do_when_it_cannot_run(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    unknown = run_cli("check-tools", "nope", data_dir=data_dir)
+    assert unknown.returncode == 1 and "nope" in unknown.stderr
+    with hold_data_dir(data_dir, "a dashboard on port 8765"):
+        busy = run_cli("check-tools", "nope", "--json", data_dir=data_dir)
+    assert busy.returncode == 1
+    assert "in use by a dashboard on port 8765" in busy.stderr
+    assert "Tool use tab" in busy.stderr
+    assert busy.stdout == ""

@@ -323,10 +323,11 @@ class Gateway:
     def _model_payload(self, fmt: ApiFormat, name: str | None) -> dict[str, Any]:
         profiles = self._services.profiles.list()
         snaps = {s.profile_id: s for s in self._services.supervisor.snapshots()}
+        checks = self._services.tool_check.metadata(profiles)
         if name is None:
-            return model_list(fmt, profiles, snaps)
+            return model_list(fmt, profiles, snaps, checks)
         profile = resolve_profile(profiles, name)
-        return model_entry(fmt, profile, snaps.get(profile.id))
+        return model_entry(fmt, profile, snaps.get(profile.id), checks.get(profile.id))
 
     def _metrics_text(self) -> str:
         services = self._services

@@ -245,19 +245,27 @@ def _epoch(stamp: str) -> int:
         return 0
 
 
-def model_entry(fmt: ApiFormat, profile: Profile, snap: ServerSnapshot | None
-                ) -> dict[str, Any]:
+def model_entry(fmt: ApiFormat, profile: Profile, snap: ServerSnapshot | None,
+                tool_check: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One model; `tool_check` (the measured tool-use score) is added when there is one."""
     state = snap.state if snap is not None else ServerState.STOPPED
+    entry: dict[str, Any]
     if fmt is ApiFormat.ANTHROPIC:
-        return {"type": "model", "id": profile.name, "display_name": profile.name,
-                "created_at": profile.created_at}
-    return {"id": profile.name, "object": "model", "created": _epoch(profile.created_at),
-            "owned_by": "mlx-manager", "state": state.value}
+        entry = {"type": "model", "id": profile.name, "display_name": profile.name,
+                 "created_at": profile.created_at}
+    else:
+        entry = {"id": profile.name, "object": "model", "created": _epoch(profile.created_at),
+                 "owned_by": "mlx-manager", "state": state.value}
+    if tool_check is not None:
+        entry["tool_check"] = dict(tool_check)
+    return entry
 
 
 def model_list(fmt: ApiFormat, profiles: list[Profile],
-               snaps: Mapping[int, ServerSnapshot]) -> dict[str, Any]:
-    data = [model_entry(fmt, p, snaps.get(p.id)) for p in profiles]
+               snaps: Mapping[int, ServerSnapshot],
+               tool_checks: Mapping[int, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    checks = tool_checks or {}
+    data = [model_entry(fmt, p, snaps.get(p.id), checks.get(p.id)) for p in profiles]
     if fmt is ApiFormat.ANTHROPIC:
         return {"data": data, "has_more": False,
                 "first_id": data[0]["id"] if data else None,

@@ -157,6 +157,19 @@ class ToolCheck:
         return [*BUILTIN_SCENARIOS,
                 *(s.scenario for s in self.results.scenarios(enabled_only=True))]
 
+    def metadata(self, profiles: Sequence[Profile]) -> dict[int, dict[str, Any]]:
+        """profile id -> the measured score of its current model, for /v1/models: only
+        profiles whose latest check ran the model they serve now."""
+        latest = self.results.latest_by_profile(results=False)
+        out = {}
+        for profile in profiles:
+            run = latest.get(profile.id)
+            if run is not None and run.model == profile.model:
+                out[profile.id] = {"score": run.score, "total": run.total, "label": run.label,
+                                   "checked_at": run.finished_at or run.started_at,
+                                   "model_revision": run.model_revision}
+        return out
+
     def run(self, actor: User | None, profile_id: int, *,
             on_progress: ProgressListener | None = None,
             scenarios: Sequence[Scenario] | None = None) -> CheckRun:

@@ -105,16 +105,17 @@ class CheckStore:
                                  " ORDER BY id DESC LIMIT ?", [profile_id, limit]))
         return [_run(row, ()) for row in rows]
 
-    def latest_by_profile(self) -> dict[int, CheckRun]:
-        """Each profile's newest finished run (with its scenario rows)."""
-        return {run.profile_id: run for run in self._latest("profile_id")
+    def latest_by_profile(self, *, results: bool = True) -> dict[int, CheckRun]:
+        """Each profile's newest finished run (with its scenario rows unless `results`
+        is False: the badges and /v1/models need only the score)."""
+        return {run.profile_id: run for run in self._latest("profile_id", results)
                 if run.profile_id is not None}
 
-    def latest_by_model(self) -> dict[str, CheckRun]:
+    def latest_by_model(self, *, results: bool = True) -> dict[str, CheckRun]:
         """Each model's newest finished run, whichever profile ran it."""
-        return {run.model: run for run in self._latest("model")}
+        return {run.model: run for run in self._latest("model", results)}
 
-    def _latest(self, column: str) -> list[CheckRun]:
+    def _latest(self, column: str, with_results: bool) -> list[CheckRun]:
         if column not in ("profile_id", "model"):
             raise ValueError(column)
         with self._store.reading() as db:
@@ -124,7 +125,7 @@ class CheckStore:
                 f" GROUP BY {column})", [RunStatus.RUNNING.value]))
             ids = [row["id"] for row in rows]
             results: dict[int, list[ScenarioResult]] = {i: [] for i in ids}
-            if ids:
+            if ids and with_results:
                 marks = ", ".join("?" * len(ids))
                 for r in db.query(f"SELECT * FROM tool_check_results WHERE run_id IN ({marks})"
                                   " ORDER BY run_id, position", ids):
