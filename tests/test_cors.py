@@ -44,14 +44,15 @@ def _allow_origin(dashboard: LiveDashboard, origin: str, host: str | None = None
      ("https://evil.example", "192.168.1.20:7860")],
 )
 def test_an_unlisted_origin_gets_no_cors_headers(
-    dashboard: LiveDashboard, origin: str, host: str | None
+    shared_live_dashboard: LiveDashboard, origin: str, host: str | None
 ) -> None:
-    assert _allow_origin(dashboard, origin, host) is None
+    # Default settings: the module's one app (on a socket, as browsers reach it).
+    assert _allow_origin(shared_live_dashboard, origin, host) is None
 
 
 @pytest.mark.parametrize("settings", [[LISTED + "/"]], indirect=True)
-def test_a_listed_origin_is_allowed(dashboard: LiveDashboard) -> None:
-    assert _allow_origin(dashboard, LISTED) == LISTED
+def test_a_listed_origin_is_allowed(live_dashboard: LiveDashboard) -> None:
+    assert _allow_origin(live_dashboard, LISTED) == LISTED
 
 
 @pytest.mark.parametrize("bad", ["*", "https://*.example.org", "tools.example.org",

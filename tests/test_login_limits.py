@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from manager.api.login import DEVICE_COOKIE, SESSION_COOKIE
@@ -13,10 +11,16 @@ from tests.conftest import PASSWORD, LiveDashboard, free_port
 REGISTRATIONS = 3
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", port=free_port(),
+@pytest.fixture(scope="module")
+def module_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(data_dir=tmp_path_factory.mktemp("limits") / "data", port=free_port(),
                     registrations_per_hour=REGISTRATIONS)
+
+
+@pytest.fixture
+def dashboard(shared_app_dashboard: LiveDashboard) -> LiveDashboard:
+    """These routes need no socket: the module's one app, in-process, handed over as new."""
+    return shared_app_dashboard
 
 
 def _fail_until_throttled(dashboard: LiveDashboard, email: str) -> list[int]:

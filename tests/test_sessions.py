@@ -100,6 +100,12 @@ def test_a_session_cookie_is_bound_to_its_user(auth: AuthService,
 
 # --- through HTTP --------------------------------------------------------------------------
 
+@pytest.fixture
+def dashboard(shared_live_dashboard: LiveDashboard) -> LiveDashboard:
+    """The module's one app on a socket (gradio_client needs one), handed over as new."""
+    return shared_live_dashboard
+
+
 def _signed_in(dashboard: LiveDashboard) -> str:
     dashboard.register("alice@example.com")
     return dashboard.session_cookie("alice@example.com")
