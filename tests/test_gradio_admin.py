@@ -21,6 +21,12 @@ def client_for(dashboard: LiveDashboard, email: str) -> Client:
 
 
 @pytest.fixture
+def dashboard(shared_live_dashboard: LiveDashboard) -> LiveDashboard:
+    """The module's one app on a socket (gradio_client needs one), handed over as new."""
+    return shared_live_dashboard
+
+
+@pytest.fixture
 def people(dashboard: LiveDashboard) -> dict[str, int]:
     auth = dashboard.services.auth
     for email in ("alice@example.com", "bob@example.com", "carol@example.com"):

@@ -35,6 +35,12 @@ def cells(table: dict) -> str:
 
 
 @pytest.fixture
+def dashboard(shared_live_dashboard: LiveDashboard) -> LiveDashboard:
+    """The module's one app on a socket (gradio_client needs one), handed over as new."""
+    return shared_live_dashboard
+
+
+@pytest.fixture
 def people(dashboard: LiveDashboard) -> None:
     auth = dashboard.services.auth
     for email in ("alice@example.com", "bob@example.com"):
