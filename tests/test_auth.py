@@ -22,7 +22,7 @@ from manager.errors import (
     ValidationError,
 )
 from manager.store import Store
-from tests.conftest import Clock
+from tests.conftest import TEST_HASHER, Clock
 
 PW = "correct horse battery"
 
@@ -31,7 +31,7 @@ PW = "correct horse battery"
 def auth(tmp_path: Path, clock: Clock) -> AuthService:
     store = Store(tmp_path / "manager.db")
     limiter = LoginLimiter(free_per_account=3, free_per_address=5, clock=clock)
-    return AuthService(store, b"k" * 32, limiter=limiter, clock=clock)
+    return AuthService(store, b"k" * 32, limiter=limiter, clock=clock, hasher=TEST_HASHER)
 
 
 def test_first_user_is_active_admin_later_users_wait(auth: AuthService) -> None:
@@ -148,7 +148,7 @@ def test_failed_logins_are_limited_per_client_address(auth: AuthService) -> None
 
 
 def test_registrations_are_limited_per_address(tmp_path: Path, clock: Clock) -> None:
-    auth = AuthService(Store(tmp_path / "manager.db"), b"k" * 32,
+    auth = AuthService(Store(tmp_path / "manager.db"), b"k" * 32, hasher=TEST_HASHER,
                        registrations=RegistrationLimiter(2, window_s=3600, clock=clock))
     auth.register("a@example.com", PW, client="10.0.0.5")
     auth.register("b@example.com", PW, client="10.0.0.5")
@@ -300,9 +300,11 @@ def _hash_of(store: Store, email: str) -> str:
         ]
 
 
-def test_passwords_are_stored_as_argon2_hashes(auth: AuthService, tmp_path: Path) -> None:
-    auth.register("alice@example.com", PW)
-    stored = _hash_of(Store(tmp_path / "manager.db"), "alice@example.com")
+def test_passwords_are_stored_as_argon2_hashes(tmp_path: Path) -> None:
+    # The production hasher (argon2's defaults); the other tests use TEST_HASHER.
+    store = Store(tmp_path / "manager.db")
+    AuthService(store, b"k" * 32).register("alice@example.com", PW)
+    stored = _hash_of(store, "alice@example.com")
     assert stored.startswith("$argon2id$") and PW not in stored
 
 

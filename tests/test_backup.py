@@ -22,7 +22,7 @@ from manager.errors import ManagerError
 from manager.net import free_port
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, TEST_HASHER
 from tests.waits import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,8 @@ def count(db: Path, table: str) -> int:
 
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[Services]:
-    created = Services.create(Settings(data_dir=tmp_path / "data"), run_servers=False)
+    created = Services.create(Settings(data_dir=tmp_path / "data"), run_servers=False,
+                              hasher=TEST_HASHER)
     created.auth.register("admin@example.com", PASSWORD)
     yield created
     created.close()
@@ -127,7 +128,7 @@ def test_restore_puts_the_backup_back_and_keeps_the_replaced_database(
     assert "Restored" in result.stdout and "kept as" in result.stdout
     (kept,) = settings.data_dir.glob("manager.db.before-restore-*")
     assert count(kept, "users") == 2
-    reopened = Services.create(settings, run_servers=False)
+    reopened = Services.create(settings, run_servers=False, hasher=TEST_HASHER)
     try:
         assert [u.email for u in reopened.auth.all_users()] == ["admin@example.com"]
     finally:

@@ -15,6 +15,7 @@ from manager.servers.profiles import Profile, ProfileSpec
 from manager.services import Services
 from manager.settings import Settings
 from manager.store import MIGRATIONS, Store
+from tests.conftest import TEST_HASHER
 
 PW = "correct horse battery"
 
@@ -79,10 +80,10 @@ def test_a_conversation_is_saved_exactly(history: ChatHistory, alice: User,
 def test_a_new_app_on_the_same_data_dir_sees_the_chat(
     settings: Settings, alice: User, picture: Path
 ) -> None:
-    first = Services.create(settings)
+    first = Services.create(settings, hasher=TEST_HASHER)
     chat_id = _conversation(ChatHistory(first.store, settings.uploads_dir), alice, picture)
     first.close()
-    again = Services.create(settings)
+    again = Services.create(settings, hasher=TEST_HASHER)
     chat = ChatHistory(again.store, settings.uploads_dir).get(alice, chat_id)
     assert [m.content for m in chat.messages][-1] == "It is sunny in Paris."
     assert chat.messages[0].attachments[0].path.exists()

@@ -21,7 +21,7 @@ from manager.net import free_port
 from manager.services import Services
 from manager.settings import Settings
 from manager.store import Store
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, TEST_HASHER
 from tests.fixtures.local_hub import DEFAULT_TOKEN, NO_ACCESS_TOKEN, LocalHub
 from tests.waits import wait_for
 
@@ -83,7 +83,7 @@ def partials(cache: Path, repo_id: str) -> list[Path]:
 
 def test_download_lands_in_the_hf_cache_where_other_tools_see_it(
         manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str) -> None:
-    alice = AuthService(manager.store, b"k" * 32).add_user("alice@example.com", PASSWORD)
+    alice = AuthService(manager.store, b"k" * 32, hasher=TEST_HASHER).add_user("alice@example.com", PASSWORD)
     view = manager.start(alice, big_repo)
     assert view.status is DownloadStatus.QUEUED and view.created_by == alice.id
     done = manager.wait(view.id, 30)
@@ -104,7 +104,7 @@ def test_download_lands_in_the_hf_cache_where_other_tools_see_it(
 
 def test_only_the_downloader_and_admins_control_a_download(
         manager: DownloadManager, hub: LocalHub, big_repo: str) -> None:
-    auth = AuthService(manager.store, b"k" * 32)
+    auth = AuthService(manager.store, b"k" * 32, hasher=TEST_HASHER)
     admin = auth.add_user("admin@example.com", PASSWORD, admin=True)
     alice = auth.add_user("alice@example.com", PASSWORD)
     bob = auth.add_user("bob@example.com", PASSWORD)
@@ -251,7 +251,7 @@ def test_an_unfinished_download_resumes_after_a_restart(
     settings = Settings(data_dir=tmp_path / "data", port=free_port(), hf_endpoint=hub.url,
                         hf_cache_dir=cache)
     hub.throttle_bytes_per_sec = 400_000
-    first = Services.create(settings)
+    first = Services.create(settings, hasher=TEST_HASHER)
     view = first.downloads.start(None, big_repo)
     wait_bytes(first.downloads, view.id, 150_000)
     first.close()  # the dashboard stops mid-transfer
@@ -260,7 +260,7 @@ def test_an_unfinished_download_resumes_after_a_restart(
     assert kept > 0
     hub.throttle_bytes_per_sec = None
     hub.clear_requests()
-    second = Services.create(settings)  # same data dir: picks the download up by itself
+    second = Services.create(settings, hasher=TEST_HASHER)  # same data dir: picks the download up by itself
     try:
         done = second.downloads.wait(view.id, 30)
         assert done.status is DownloadStatus.DONE, done.error

@@ -33,7 +33,7 @@ from manager.servers.profiles import ProfileSpec
 from manager.servers.supervisor import ServerState
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import PASSWORD, run_uvicorn
+from tests.conftest import PASSWORD, TEST_HASHER, run_uvicorn
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -118,7 +118,8 @@ def make_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
             return made[wanted]
         root = tmp_path_factory.mktemp("gateway_limits")
         services = Services.create(Settings(data_dir=root / "data", port=free_port(),
-                                            **settings), run_servers=False)
+                                            **settings), run_servers=False,
+                                   hasher=TEST_HASHER)
         admin = services.auth.register("alice@example.com", PASSWORD)
         services.profiles.create(admin, ProfileSpec(
             name="parked", model=str(tiny_config_dir(root / "model")), port=free_port(),

@@ -19,7 +19,7 @@ from manager.models.downloads import DownloadManager
 from manager.models.hub import HubClient, HubConfig
 from manager.models.library import Library
 from manager.store import Store
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, TEST_HASHER
 from tests.fixtures.local_hub import LocalHub
 
 TINY = ("text", "text_4bit", "thinking", "tools", "vision")
@@ -32,7 +32,7 @@ def store(tmp_path: Path) -> Store:
 
 @pytest.fixture
 def people(store: Store, tmp_path: Path) -> dict[str, User]:
-    auth = AuthService(store, b"k" * 32)
+    auth = AuthService(store, b"k" * 32, hasher=TEST_HASHER)
     admin = auth.register("admin@example.com", PASSWORD)
     bob = auth.register("bob@example.com", PASSWORD)
     auth.approve(admin, bob.id)

@@ -36,7 +36,7 @@ from manager.servers.supervisor import (
 )
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, TEST_HASHER
 from tests.server_helpers import all_gone
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ def world(tmp_path: Path, tiny_models: dict[str, Path]) -> Iterator[World]:
     sleeper.chmod(0o755)
     settings = Settings(data_dir=tmp_path / "data", port=free_port(),
                         hf_cache_dir=tmp_path / "hf" / "hub")
-    services = Services.create(settings, run_servers=False)
+    services = Services.create(settings, run_servers=False, hasher=TEST_HASHER)
     supervisor = Supervisor(services.store, services.profiles, settings.logs_dir,
                             hub_cache=settings.hub_cache, python=str(sleeper), stop_grace_s=5)
     auth = services.auth

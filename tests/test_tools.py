@@ -26,7 +26,7 @@ from manager.chat.toolset import CallStatus
 from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from manager.net import free_port
 from manager.store import Store
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, TEST_HASHER
 from tests.waits import wait_for
 
 EXTRA_SERVER = textwrap.dedent('''
@@ -99,7 +99,7 @@ class Box:
 def make_box(directory: Path, **kwargs: object) -> Box:
     directory.mkdir(parents=True, exist_ok=True)
     store = Store(directory / "manager.db")
-    auth = AuthService(store, b"k" * 48)
+    auth = AuthService(store, b"k" * 48, hasher=TEST_HASHER)
     admin = auth.add_user("admin@example.com", PASSWORD, admin=True)
     user = auth.add_user("user@example.com", PASSWORD)
     return Box(McpToolbox(store, logs_dir=directory / "logs", **kwargs), admin, user, directory)
