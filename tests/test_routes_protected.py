@@ -11,34 +11,24 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from anyio.from_thread import BlockingPortal
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from manager.api.session_gate import PUBLIC_PATHS, SESSION_COOKIE
 from manager.api.wire import ApiFormat, api_format, is_gateway_path
-from manager.services import Services
-from manager.settings import Settings
-from tests.conftest import TEST_HASHER, InProcessTransport, LiveDashboard
+from tests.conftest import LiveDashboard, SharedApp
 
 
 @pytest.fixture
-def dashboard(app_dashboard: LiveDashboard) -> LiveDashboard:
-    """These routes need no socket: the real app, in-process (httpx.ASGITransport)."""
-    return app_dashboard
+def dashboard(shared_app_dashboard: LiveDashboard) -> LiveDashboard:
+    """These routes need no socket: the module's one app, in-process (httpx.ASGITransport),
+    handed to each test as new."""
+    return shared_app_dashboard
 
 
-@pytest.fixture(scope="module")
-def anonymous(tmp_path_factory: pytest.TempPathFactory, asgi_portal: BlockingPortal
-              ) -> Iterator[LiveDashboard]:
-    """One in-process app for the tests that only knock without a session: they change
-    nothing, so they share it rather than build the whole app each."""
-    from app import create_app
-
-    services = Services.create(Settings(data_dir=tmp_path_factory.mktemp("anon") / "data"),
-                               run_servers=False, hasher=TEST_HASHER)
-    yield LiveDashboard("http://testserver", services,
-                        InProcessTransport(create_app(services), asgi_portal))
-    services.close()
+@pytest.fixture
+def anonymous(shared_app_dashboard: LiveDashboard) -> LiveDashboard:
+    """The same app, for the tests that only knock without a session."""
+    return shared_app_dashboard
 
 
 PARAM = re.compile(r"\{[^}]+\}")
@@ -75,9 +65,8 @@ def concrete(path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def app_routes(anonymous: LiveDashboard) -> list[tuple[str, frozenset[str]]]:
-    assert isinstance(anonymous.transport, InProcessTransport)
-    routes = sorted(set(walk(anonymous.transport.app.routes)))
+def app_routes(shared_app: SharedApp) -> list[tuple[str, frozenset[str]]]:
+    routes = sorted(set(walk(shared_app.app.routes)))
     assert len(routes) > 40, "the walk should reach Gradio's own routes"
     assert any(path.startswith("/gradio_api/") for path, _ in routes)
     return routes
@@ -185,9 +174,11 @@ def test_a_redirect_keeps_where_the_user_was_going(anonymous: LiveDashboard) -> 
     assert response.headers["location"] == "/login?next=%2F%3Ftab%3Dchat"
 
 
-def test_websocket_upgrade_without_a_session_is_refused(live_dashboard: LiveDashboard) -> None:
+def test_websocket_upgrade_without_a_session_is_refused(
+        shared_live_dashboard: LiveDashboard) -> None:
     # A real socket: only uvicorn turns the upgrade into a websocket scope.
     headers = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
-    response = httpx.get(live_dashboard.url + "/gradio_api/queue/join", headers=headers, timeout=10)
+    response = httpx.get(shared_live_dashboard.url + "/gradio_api/queue/join", headers=headers,
+                         timeout=10)
     assert response.status_code in (401, 403)
