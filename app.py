@@ -36,6 +36,7 @@ def create_app(services: Services) -> FastAPI:
     from starlette.middleware.cors import CORSMiddleware
 
     from components.dashboard import build_dashboard
+    from components.gradio_queue import quiet_queue
     from components.views import DASHBOARD_CSS
     from manager.api.gateway import build_gateway_router
     from manager.api.key_auth import gateway_auth
@@ -72,6 +73,7 @@ def create_app(services: Services) -> FastAPI:
     # files it serves (allowed/blocked paths) only after launch(), which a mounted app
     # never runs (RECIPES.md section 6); without this any path a client posts is copied.
     dashboard.has_launched = True
+    quiet_queue(dashboard)
     app.add_middleware(SessionGate, auth=services.auth, extra_auth=gateway_auth(services))
     # Outermost, so a preflight from a listed origin is answered before the gate. Gradio
     # adds its own CORS (every localhost origin, or any origin when reached by a LAN

@@ -13,9 +13,11 @@ from typing import Any
 import gradio as gr
 
 from components import mcp_admin, sessions_panel, settings_panel
+from components.live import LivePart
 from components.session import TabLoader, handler
 from manager.accounts.auth import Role, User
 from manager.accounts.permissions import Action, allowed
+from manager.changes import Topic
 from manager.services import Services
 
 log = logging.getLogger(__name__)
@@ -129,5 +131,13 @@ def build(services: Services) -> TabLoader:
         return {table: rows, target: dropdown, **mcp.fn(request), **sessions.fn(request),
                 **{settings.outputs[0]: settings.fn(request)}}
 
+    def redraw(actor: User) -> tuple:
+        """A registration or another admin's change shows without a reload; the account
+        picker keeps its value (only its choices are sent)."""
+        if not allowed(actor, Action.MANAGE_USERS):
+            return gr.skip(), gr.skip()
+        return snapshot(actor)
+
     return TabLoader(load_all, [table, target, *mcp.outputs, *sessions.outputs,
-                                *settings.outputs])
+                                *settings.outputs],
+                     live=(LivePart(frozenset({Topic.ACCOUNTS}), redraw, [table, target]),))

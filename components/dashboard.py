@@ -1,4 +1,5 @@
-"""The dashboard shell: header, tabs, and what fills them when a page opens."""
+"""The dashboard shell: header, tabs, what fills them when a page opens, and the one
+live feed that redraws them when something changes (components/live.py)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from components import (
     servers_tab,
     toolcheck_tab,
 )
+from components.live import LiveFeed, LivePart
 from components.session import user_of
 from components.views import admin_tab_label, header_html
+from manager.accounts.auth import User
 from manager.accounts.permissions import Action, allowed
+from manager.changes import Topic
 from manager.services import Services
-
-BADGE_REFRESH_S = 15
 
 
 def build_dashboard(services: Services) -> gr.Blocks:
@@ -42,15 +44,14 @@ def build_dashboard(services: Services) -> gr.Blocks:
             with gr.Tab("Admin", id="admin", visible=False, elem_id="admin-tab") as admin:
                 load_admin = admin_tab.build(services)
 
-        def refresh_shell(request: gr.Request) -> tuple:
-            user = user_of(services, request)
+        def shell(user: User) -> tuple:
             may_admin = allowed(user, Action.MANAGE_USERS)
             pending = services.auth.pending_count() if may_admin else 0
             tab = gr.Tab(visible=may_admin, label=admin_tab_label(pending))
             return header_html(user, pending), tab
 
         def on_open(request: gr.Request) -> dict[Any, Any]:
-            shown_header, shown_tab = refresh_shell(request)
+            shown_header, shown_tab = shell(user_of(services, request))
             return {header: shown_header, admin: shown_tab, **load_admin.fn(request)}
 
         demo.load(on_open, None, [header, admin, *load_admin.outputs])
@@ -60,7 +61,14 @@ def build_dashboard(services: Services) -> gr.Blocks:
         demo.load(load_chat.fn, None, load_chat.outputs)
         demo.load(load_keys.fn, None, load_keys.outputs)
         demo.load(load_toolcheck.fn, None, load_toolcheck.outputs)
-        gr.Timer(BADGE_REFRESH_S).tick(refresh_shell, None, [header, admin],
-                                       show_progress="hidden")
+        live = LiveFeed(services)
+        # Accounts may also change through the CLI (another process): redrawn on each
+        # wait that ends without news too.
+        live.add(LivePart(frozenset({Topic.ACCOUNTS}), shell, [header, admin], on_timeout=True))
+        for loader in (load_models, load_profiles, load_servers, load_chat, load_keys,
+                       load_toolcheck, load_admin):
+            for part in loader.live:
+                live.add(part)
+        live.attach()
     return demo
 

@@ -1,10 +1,11 @@
 """The Models tab: find MLX models on Hugging Face, download them, manage local ones.
 
 A sticky search/filter bar sits over a scrollable list of tiles. Downloads show as
-tiles at the top (their model's ordinary tile is hidden meanwhile). The 1 s timer only
-reads the download manager's in-memory snapshot; the list is re-rendered only when
-the set of downloads changes (and then from state already held, or a warm library
-scan), never with hub calls. Every action resolves the user on the server.
+tiles at the top (their model's ordinary tile is hidden meanwhile). The page's live
+feed (components/live.py) redraws the strip when a download moves, from the download
+manager's in-memory snapshot; the list is re-rendered only when the set of downloads
+changes (and then from state already held, or a warm library scan), never with hub
+calls. Every action resolves the user on the server.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import gradio as gr
 
+from components.live import LivePart
 from components.session import TabLoader, handler
 from components.views import (
     download_tile_html,
@@ -25,6 +27,7 @@ from components.views import (
 )
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, Owned, allowed
+from manager.changes import Topic
 from manager.errors import ValidationError
 from manager.models.capabilities import fit, memory_budget_bytes
 from manager.models.download_types import DownloadView
@@ -45,7 +48,6 @@ log = logging.getLogger(__name__)
 LOCAL = "On my machine"
 REMOTE = "Hugging Face"
 ANY_AUTHOR = "any author"
-TICK_S = 1.0
 BITS_CHOICES = [("any", "any"), ("2-bit", "2"), ("3-bit", "3"), ("4-bit", "4"),
                 ("5-bit", "5"), ("6-bit", "6"), ("8-bit", "8"), ("16/32-bit (unquantized)", "16")]
 FIT_CHOICES = [("any", "any"), ("fits (green)", "fits"), ("fits or tight", "fits_or_tight")]
@@ -158,7 +160,6 @@ def build(services: Services) -> TabLoader:
     remote = gr.State([])  # list[RemoteItem] shown in the Hugging Face view
     shown = gr.State(None)  # which downloads the list was last rendered against
     pending_delete = gr.State("")
-    timer = gr.Timer(TICK_S)
 
     filt_state = gr.State(ModelFilter())
     filter_boxes: list[gr.Textbox | gr.Checkbox | gr.Dropdown | gr.Number] = [
@@ -310,8 +311,7 @@ def build(services: Services) -> TabLoader:
         return {**render(user, which, filt, items), confirm_row: gr.Row(visible=False),
                 pending_delete: "", status: message}
 
-    # ---- timer: snapshot only -------------------------------------------------------------
-    @handler(services, "models tick")
+    # ---- live: snapshot only ---------------------------------------------------------------
     def tick(user: User, which: str, items: list[RemoteItem], filt: ModelFilter,
              last: tuple | None) -> tuple:
         views = downloads.snapshot()
@@ -361,8 +361,6 @@ def build(services: Services) -> TabLoader:
     confirm.click(on_confirm, [view, remote, filt_state, pending_delete],
                   [downloads_html, list_html, shown, confirm_row, pending_delete, status])
     keep.click(lambda: (gr.Row(visible=False), ""), None, [confirm_row, pending_delete])
-    timer.tick(tick, [view, remote, filt_state, shown], [downloads_html, list_html, shown],
-               show_progress="hidden")
     add_folder.click(on_add_folder, folder_path,
                      [folders_md, folder_pick, folder_path, status], api_name="models_add_folder")
     remove_folder.click(on_remove_folder, folder_pick, [folders_md, folder_pick, status],
@@ -377,5 +375,8 @@ def build(services: Services) -> TabLoader:
                 folder_pick: picker}
 
     return TabLoader(load, [downloads_html, list_html, shown, folders_box, folders_md,
-                            folder_pick])
+                            folder_pick],
+                     live=(LivePart(frozenset({Topic.DOWNLOADS}), tick,
+                                    [downloads_html, list_html, shown],
+                                    inputs=[view, remote, filt_state, shown]),))
 

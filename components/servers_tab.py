@@ -1,7 +1,8 @@
 """The Servers tab: start a profile, watch its tile, stop or restart it.
 
-Ticks only format the monitor's last snapshot (no sampling here) and tell the monitor
-a tab is watching (`touch`). The tile HTML is diffed by Gradio, so the page and the
+The tiles are redrawn by the page's live feed (components/live.py) when a server
+changes state or the monitor has new figures; that only formats the monitor's last
+snapshot (no sampling here). The tile HTML is diffed by Gradio, so the page and the
 log boxes keep their scroll positions (SERVER-03). Every start, stop and restart goes
 through the placement (the one start policy: rights, memory budget, one start at a
 time); a tile shows Stop and Restart only to those the domain allows to use them.
@@ -15,16 +16,19 @@ from typing import Any
 
 import gradio as gr
 
+from components.live import LivePart
 from components.session import TabLoader, handler
 from components.views import server_tile_html, server_tiles_html, spare_line_html
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, allowed
+from manager.changes import Topic
 from manager.errors import ValidationError
 from manager.servers.supervisor import ServerState
 from manager.services import Services
 
 log = logging.getLogger(__name__)
 
+#: The chart is redrawn at most this often while figures arrive (plotly is not cheap).
 CHART_REFRESH_S = 10.0
 
 # One delegated listener: tile buttons become a "click" event carrying action + target.
@@ -89,26 +93,22 @@ def build(services: Services) -> TabLoader:
     status = gr.Markdown(elem_id="server-status")
     tiles = gr.HTML(server_tiles_html([]), elem_id="server-tiles", js_on_load=TILE_JS)
     chart = gr.Plot(label="Memory and CPU over the last minutes", elem_id="server-chart")
-    timer = gr.Timer(monitor.steady_interval_s)
-    chart_timer = gr.Timer(CHART_REFRESH_S)
-    interval = gr.State(monitor.steady_interval_s)
+    chart_drawn = gr.State(None)  # monotonic time the chart was last drawn
     # For API clients (and tests): the same actions as the tile buttons.
     with gr.Row(visible=False):
         api_action = gr.Textbox(elem_id="server-api-action")
         api_target = gr.Textbox(elem_id="server-api-target")
         api_button = gr.Button("Run", elem_id="server-api-run")
 
-    def timer_for(current: float) -> tuple[Any, float]:
-        wanted = (monitor.fast_interval_s if supervisor.transitional()
-                  else monitor.steady_interval_s)
-        if wanted == current:
-            return gr.skip(), current
-        return gr.Timer(value=wanted), wanted
+    def draw_tiles(user: User) -> tuple[str]:
+        return (render_tiles(services, user),)
 
-    @handler(services, "servers tick")
-    def tick(user: User, current: float) -> tuple:
-        monitor.touch()
-        return (render_tiles(services, user), *timer_for(current))
+    def draw_chart(_user: User, drawn_at: float | None) -> tuple[Any, Any]:
+        now = time.monotonic()
+        if drawn_at is not None and now - drawn_at < CHART_REFRESH_S and \
+                supervisor.live_processes():
+            return gr.skip(), gr.skip()
+        return history_figure(services), now
 
     def run(action: str, target: str, user: User) -> str:
         """One server action; a refusal reaches the page through the calling handler."""
@@ -128,22 +128,22 @@ def build(services: Services) -> TabLoader:
         return message
 
     @handler(services, "server start")
-    def on_start(user: User, name: str | None, current: float) -> tuple:
+    def on_start(user: User, name: str | None) -> tuple:
         if not name:
             raise gr.Error("Pick a profile first.")
         message = run("start", name, user)
-        return (message, render_tiles(services, user), *timer_for(current))
+        return message, render_tiles(services, user)
 
     @handler(services, "server tile action")
-    def on_tile(user: User, current: float, evt: gr.EventData) -> tuple:
+    def on_tile(user: User, evt: gr.EventData) -> tuple:
         data = getattr(evt, "_data", None) or {}
         message = run(str(data.get("action", "")), str(data.get("target", "")), user)
-        return (message, render_tiles(services, user), *timer_for(current))
+        return message, render_tiles(services, user)
 
     @handler(services, "server action")
-    def on_api(user: User, action: str, target: str, current: float) -> tuple:
+    def on_api(user: User, action: str, target: str) -> tuple:
         message = run((action or "").strip(), (target or "").strip(), user)
-        return (message, render_tiles(services, user), *timer_for(current))
+        return message, render_tiles(services, user)
 
     @handler(services, "servers tab load")
     def load(user: User) -> tuple:
@@ -154,18 +154,14 @@ def build(services: Services) -> TabLoader:
     def refresh_choices(_user: User) -> Any:
         return gr.Dropdown(choices=profile_choices(services))
 
-    @handler(services, "server chart")
-    def chart_update(_user: User) -> Any:
-        return history_figure(services)
-
-    outputs = [status, tiles, timer, interval]
-    timer.tick(tick, interval, [tiles, timer, interval], show_progress="hidden",
-               api_name="servers_tick")
-    start.click(on_start, [profile, interval], outputs, api_name="server_start")
-    tiles.click(on_tile, interval, outputs, show_progress="hidden")
-    api_button.click(on_api, [api_action, api_target, interval], outputs,
-                     api_name="server_action")
+    outputs = [status, tiles]
+    start.click(on_start, profile, outputs, api_name="server_start")
+    tiles.click(on_tile, None, outputs, show_progress="hidden")
+    api_button.click(on_api, [api_action, api_target], outputs, api_name="server_action")
     reload.click(refresh_choices, None, profile, api_name="server_profiles")
     profile.focus(refresh_choices, None, profile, show_progress="hidden")
-    chart_timer.tick(chart_update, None, chart, show_progress="hidden")
-    return TabLoader(load, [profile, tiles])
+    watched = frozenset({Topic.SERVERS, Topic.SAMPLES})
+    return TabLoader(load, [profile, tiles], live=(
+        LivePart(watched, draw_tiles, [tiles]),
+        LivePart(watched, draw_chart, [chart, chart_drawn], inputs=[chart_drawn]),
+    ))

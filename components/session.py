@@ -14,13 +14,16 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import gradio as gr
 
 from manager.accounts.auth import User
 from manager.errors import ManagerError
 from manager.services import Services
+
+if TYPE_CHECKING:
+    from components.live import LivePart
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,9 @@ def handler(services: Services, what: str = "") -> Callable[
 
 @dataclass(frozen=True)
 class TabLoader:
-    """What a tab wants filled when a page opens: a handler and the components it returns."""
+    """What a tab wants filled when a page opens: a handler and the components it returns;
+    and what it redraws while the page is open (components/live.py)."""
 
     fn: Callable[[gr.Request], Any]
     outputs: list[gr.components.Component] = field(default_factory=list)
+    live: tuple[LivePart, ...] = ()

@@ -12,6 +12,7 @@ from argon2 import PasswordHasher
 from manager.accounts.api_keys import ApiKeyService
 from manager.accounts.auth import AuthService, load_or_create_secret
 from manager.accounts.limits import RegistrationLimiter
+from manager.changes import Changes, Topic
 from manager.chat.engine import ChatEngine
 from manager.chat.history import ChatHistory
 from manager.chat.stored_responses import ResponseStore
@@ -54,6 +55,8 @@ class Services:
     chat_engine: ChatEngine
     tool_check: ToolCheck
     responses: ResponseStore
+    #: What pages wait on: a counter per topic, moved by every change they show.
+    changes: Changes
 
     @classmethod
     def create(cls, settings: Settings, *, run_servers: bool = True,
@@ -63,19 +66,22 @@ class Services:
         argon2's defaults unless given (tests pass a cheap one: hashing dominates them)."""
         settings.ensure_dirs()
         store = Store(settings.db_path)
+        changes = Changes()
         auth = AuthService(
             store,
             load_or_create_secret(settings.secret_path),
             session_days=settings.session_days,
             hasher=hasher,
             registrations=RegistrationLimiter(settings.registrations_per_hour),
+            on_change=changes.notifier(Topic.ACCOUNTS),
         )
         api_keys = ApiKeyService(store, auth)
         chats = ChatHistory(store, settings.uploads_dir)
         hub_cache = settings.hub_cache  # the one HF cache folder, read once here
         hub = HubClient(HubConfig.from_settings(settings))
         downloads = DownloadManager(store, hub, cache_dir=hub_cache,
-                                    max_concurrent=settings.max_downloads)
+                                    max_concurrent=settings.max_downloads,
+                                    on_change=changes.notifier(Topic.DOWNLOADS))
         # Whoever downloaded a model may delete it: the library asks the downloads.
         library = Library(store, hub_cache, downloaded_by=downloads.downloaded_by)
         profiles = ProfileService(store, hub_cache=hub_cache)
@@ -88,8 +94,9 @@ class Services:
                 library.touch(change.profile.model)  # the Models tab's "last used"
 
         supervisor.subscribe(record_use)
+        supervisor.subscribe(lambda _change: changes.bump(Topic.SERVERS))
         library.set_in_use_check(supervisor.uses_model)
-        monitor = Monitor(supervisor)
+        monitor = Monitor(supervisor, on_sample=changes.notifier(Topic.SAMPLES))
         metrics = MetricsStore()
         inference = InferenceClient(supervisor, metrics)
         # THE start policy (budget, single flight, eviction): every start goes through it.
@@ -115,7 +122,7 @@ class Services:
                    hub=hub, library=library, downloads=downloads, profiles=profiles,
                    supervisor=supervisor, monitor=monitor, metrics=metrics, inference=inference,
                    tools=tools, placement=placement, chat_engine=chat_engine,
-                   tool_check=tool_check, responses=responses)
+                   tool_check=tool_check, responses=responses, changes=changes)
 
     def close(self, *, keep_servers: bool = False) -> None:
         """Stop background work; safe to call twice. Model servers are stopped unless

@@ -109,11 +109,11 @@ def test_server_actions_through_the_api_check_the_user(dashboard: LiveDashboard,
         "Cookie": f"{SESSION_COOKIE}={dashboard.session_cookie('bob@example.com')}"})
     with pytest.raises(Exception, match="Only an admin or the person who created"):
         bob.predict(str(profile.id), *values, api_name="/profile_save")
-    message = bob.predict("start", "API tiny", 2.0, api_name="/server_action")[0]
+    message = bob.predict("start", "API tiny", api_name="/server_action")[0]
     assert "Starting API tiny" in message
     assert wait_for(lambda: dashboard.services.supervisor.snapshot(profile.id).state
                     is ServerState.READY, 90)
-    message = bob.predict("stop", "API tiny", 2.0, api_name="/server_action")[0]
+    message = bob.predict("stop", "API tiny", api_name="/server_action")[0]
     assert message == "API tiny stopped."
     with pytest.raises(Exception, match="not running"):
-        bob.predict("stop", "API tiny", 2.0, api_name="/server_action")
+        bob.predict("stop", "API tiny", api_name="/server_action")

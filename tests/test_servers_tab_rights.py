@@ -41,19 +41,19 @@ def test_only_the_owner_and_admins_stop_or_restart_a_server_from_the_tab(
         return services.supervisor.snapshot(profile.id).state is ServerState.READY
 
     assert "Starting Carol's tiny" in as_carol.predict(
-        "start", "Carol's tiny", 2.0, api_name="/server_action")[0]
+        "start", "Carol's tiny", api_name="/server_action")[0]
     assert wait_for(ready, 90)
     with pytest.raises(Exception, match="owner or an administrator may stop"):
-        as_bob.predict("stop", "Carol's tiny", 2.0, api_name="/server_action")
+        as_bob.predict("stop", "Carol's tiny", api_name="/server_action")
     with pytest.raises(Exception, match="owner or an administrator may restart"):
-        as_bob.predict("restart", "Carol's tiny", 2.0, api_name="/server_action")
+        as_bob.predict("restart", "Carol's tiny", api_name="/server_action")
     assert ready(), "a refused stop leaves the server running"
     # The tile shows Stop and Restart only to those who may use them.
     assert "data-action='stop'" not in render_tiles(services, bob)
     assert "data-action='stop'" in render_tiles(services, carol)
     assert "data-action='restart'" in render_tiles(services, admin)
     assert "Restarting Carol's tiny" in as_carol.predict(
-        "restart", "Carol's tiny", 2.0, api_name="/server_action")[0]
+        "restart", "Carol's tiny", api_name="/server_action")[0]
     assert wait_for(ready, 90)
     as_admin = _client(dashboard, "admin@example.com")
     assert as_admin.predict("stop", "Carol's tiny", 2.0,
@@ -71,5 +71,5 @@ def test_a_start_from_the_tab_respects_the_memory_budget(
     services.placement.set_budget(need - 1)
     client = _client(dashboard, "admin@example.com")
     with pytest.raises(Exception, match="Big one needs about .* more than the whole budget"):
-        client.predict("start", "Big one", 2.0, api_name="/server_action")
+        client.predict("start", "Big one", api_name="/server_action")
     assert services.supervisor.snapshot(profile.id) is None, "nothing was spawned"

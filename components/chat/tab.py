@@ -9,10 +9,17 @@ in the Admin tab (components/mcp_admin.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 from components.chat import chat_list, exports, picking, sending
 from components.chat.layout import build_layout
 from components.chat.page import ChatPage
+from components.chat.status import status_markdown
+from components.live import LivePart
 from components.session import TabLoader
+from manager.accounts.auth import User
+from manager.changes import Topic
+from manager.errors import NotFound
 from manager.services import Services
 
 
@@ -22,4 +29,14 @@ def build(services: Services) -> TabLoader:
     chat_list.wire(page)
     sending.wire(page)
     exports.wire(page)
-    return TabLoader(load, outputs)
+
+    def status_line(_user: User, ref: Any) -> tuple[Any]:
+        """The picked server's state line, redrawn when a server changes state."""
+        try:
+            return (status_markdown(services, page.maybe_profile(ref)),)
+        except NotFound:
+            return (status_markdown(services, None),)
+
+    return TabLoader(load, outputs, live=(
+        LivePart(frozenset({Topic.SERVERS}), status_line, [page.ui.server_status],
+                 inputs=[page.ui.server]),))

@@ -144,8 +144,11 @@ class AuthService:
         registrations: RegistrationLimiter | None = None,
         hasher: PasswordHasher | None = None,
         clock: Callable[[], float] = time.time,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
+        #: Called after every change to an account (pages redraw the pending badge).
+        self._on_change = on_change or (lambda: None)
         self._secret = secret
         self.session_seconds = session_days * 86400
         self._limiter = limiter or LoginLimiter()
@@ -216,6 +219,7 @@ class AuthService:
                  now if status is Status.ACTIVE else None],
             )
         log.info("account created: %s role=%s status=%s", address, role.value, status.value)
+        self._on_change()
         user = self.get_by_email(address)
         if user is None:
             raise NotFound("The new account could not be read back.")
@@ -369,6 +373,7 @@ class AuthService:
             self._keep_an_admin(db, target.id, "delete")
             db.execute("DELETE FROM users WHERE id = ?", [target.id])
         log.info("account %s deleted by %s", target.email, actor.email)
+        self._on_change()
 
     def reset_password(self, actor: User, user_id: int, new_password: str) -> User:
         self._require_admin(actor)
@@ -409,6 +414,7 @@ class AuthService:
                 # (incremented in SQL: another change may have bumped it meanwhile).
                 db.execute("UPDATE users SET token_version = token_version + 1 WHERE id = ?",
                            [target.id])
+        self._on_change()
         user = self.get(target.id)
         if user is None:
             raise NotFound("That account no longer exists.")

@@ -67,6 +67,7 @@ class DownloadManager:
         free_space: Callable[[Path], int] = default_free_space,
         on_finished: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -75,6 +76,8 @@ class DownloadManager:
         self.file_workers = max(1, file_workers)
         self.cache = CacheFolder(self.cache_dir, free_space)
         self.on_finished = on_finished
+        #: Called (lock held: keep it quick) on every status change and progress step.
+        self.on_change = on_change or (lambda: None)
         self.clock = clock
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -368,6 +371,7 @@ class DownloadManager:
                 while len(job.samples) > 2 and now - job.samples[0][0] > _SPEED_WINDOW_S:
                     job.samples.popleft()
             self._changed.notify_all()
+            self.on_change()
             if job.stop is not None:
                 raise Stopped(job.stop)
 
@@ -429,6 +433,7 @@ class DownloadManager:
         job.status = status
         self._persist(job)
         self._changed.notify_all()
+        self.on_change()
 
     def _persist(self, job: Job) -> None:
         now = utc_now()

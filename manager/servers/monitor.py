@@ -3,9 +3,11 @@
 A single APScheduler job (max_instances=1, coalesce=True) runs the supervisor's
 reconcile pass (crash detection, log trimming, auto-restart) and then samples each
 server's whole process tree. Tabs only read the results (`latest`, `history`,
-`log_tail`); they call `touch()` on each of their ticks, and when no tab has
+`log_tail`); they call `touch()` while a page is open, and when no tab has
 touched the monitor for a while the job only reconciles (crashes are still noticed)
-and skips sampling.
+and skips sampling. With nobody watching and no server running or changing there is
+nothing to reconcile either: the job sleeps (`asleep`) until a tab touches the monitor
+or a server changes state. Each sample calls `on_sample` (the pages' "new figures").
 
 Interval (BUGFIX-04): FAST_INTERVAL_S while a server starts or stops, then
 STEADY_INTERVAL_S while someone watches, IDLE_INTERVAL_S when nobody does.
@@ -19,6 +21,7 @@ import re
 import subprocess
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -222,6 +225,7 @@ class Monitor:
         history_s: float = HISTORY_S,
         gpu: GpuReader | None = None,
         detect_gpu_reader: bool = True,
+        on_sample: Callable[[], None] | None = None,
     ) -> None:
         self._supervisor = supervisor
         self._clock = clock or supervisor.clock
@@ -239,6 +243,10 @@ class Monitor:
         self._last_touch = float("-inf")
         self._scheduler: BackgroundScheduler | None = None
         self._interval = idle_interval_s
+        self._on_sample = on_sample
+        self._asleep = False
+        self._wakes = 0  # touches and wakes so far: a tick that saw none may sleep
+        self._unsubscribe: Callable[[], None] | None = None
         self.ticks = 0
         self.samples_taken = 0
 
@@ -250,6 +258,12 @@ class Monitor:
     def interval_s(self) -> float:
         return self._interval
 
+    @property
+    def asleep(self) -> bool:
+        """True while the job is paused: nobody watches and no server runs or changes."""
+        with self._lock:
+            return self._asleep
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -260,9 +274,14 @@ class Monitor:
                           max_instances=1, coalesce=True, next_run_time=datetime.now().astimezone())
         scheduler.start()
         self._scheduler = scheduler
+        # A server that starts (or is started again) while the job sleeps wakes it.
+        self._unsubscribe = self._supervisor.subscribe(lambda _change: self.wake())
 
     def stop(self) -> None:
         scheduler, self._scheduler = self._scheduler, None
+        unsubscribe, self._unsubscribe = self._unsubscribe, None
+        if unsubscribe is not None:
+            unsubscribe()
         if scheduler is not None:
             scheduler.shutdown(wait=True)
 
@@ -272,8 +291,28 @@ class Monitor:
         with self._lock:
             was_idle = now - self._last_touch > self._watch_timeout_s
             self._last_touch = now
-        if was_idle and self._scheduler is not None:
-            self._scheduler.modify_job(_JOB_ID, next_run_time=datetime.now().astimezone())
+            self._wakes += 1
+            self._asleep = False
+        if was_idle:
+            self._run_now()
+
+    def wake(self) -> None:
+        """Run the job now if it sleeps (a server changed state)."""
+        with self._lock:
+            self._wakes += 1
+            was_asleep, self._asleep = self._asleep, False
+        if was_asleep:
+            log.debug("monitor wakes")
+            self._run_now()
+
+    def _run_now(self) -> None:
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        try:
+            scheduler.modify_job(_JOB_ID, next_run_time=datetime.now().astimezone())
+        except LookupError as exc:  # the scheduler is shutting down
+            log.debug("monitor job not woken: %s", exc)
 
     def watched(self) -> bool:
         with self._lock:
@@ -283,6 +322,8 @@ class Monitor:
 
     def tick(self) -> None:
         """Reconcile, then sample if a tab is watching, then pick the next interval."""
+        with self._lock:
+            wakes = self._wakes
         transitional = self._supervisor.reconcile()
         watched = self.watched()
         if watched:
@@ -294,6 +335,8 @@ class Monitor:
             interval = self.fast_interval_s
         elif watched:
             interval = self.steady_interval_s
+        elif not self._supervisor.live_processes() and self._sleep(wakes):
+            return
         else:
             interval = self.idle_interval_s
         self._set_interval(interval)
@@ -338,6 +381,8 @@ class Monitor:
             self._tails.update(tails)
             self.samples_taken += 1
         self._forget_gone(set(partial))
+        if partial and self._on_sample is not None:
+            self._on_sample()
 
     # -- readers -------------------------------------------------------------------------------
 
@@ -378,6 +423,22 @@ class Monitor:
             for profile_id in list(self._latest):
                 if profile_id not in live:
                     del self._latest[profile_id]
+
+    def _sleep(self, wakes: int) -> bool:
+        """Pause the job until a touch or a server's change, unless one came since the
+        tick began (`wakes` then moved). True when it sleeps."""
+        with self._lock:  # held while pausing, so a wake cannot fall between
+            if self._wakes != wakes:
+                return False
+            self._asleep = True
+            scheduler = self._scheduler
+            if scheduler is not None:
+                try:
+                    scheduler.pause_job(_JOB_ID)
+                except LookupError as exc:  # the scheduler is shutting down
+                    log.debug("monitor job not paused: %s", exc)
+        log.debug("monitor sleeps: nobody watches and no server runs")
+        return True
 
     def _set_interval(self, seconds: float) -> None:
         if seconds == self._interval:

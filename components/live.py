@@ -1,0 +1,138 @@
+"""Live state in every open page: one waiting request per page, answered on news.
+
+Each page has one hidden `gr.Timer`; its tick (trigger_mode "once": no second tick
+while one waits) sleeps on the event loop until a counter in `services.changes` moves
+past the versions the page last drew (kept in a `gr.State`), or `HOLD_S` pass. Then it
+redraws only the parts whose topics moved and skips the rest. A change therefore
+reaches the page as soon as it happens, while an idle page costs one short request
+every `HOLD_S` instead of a render per tick. Each tick also tells the monitor that a
+page is watching (HOLD_S is shorter than the monitor's watch timeout).
+
+Tabs add their parts (`LiveFeed.add`) while the page is built; `attach` wires the tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+import gradio as gr
+
+from components.session import refusals, user_of
+from manager.accounts.auth import User
+from manager.changes import Changes, Topic, Versions
+from manager.services import Services
+
+log = logging.getLogger(__name__)
+
+#: The longest a tick waits for news before it answers "nothing new".
+HOLD_S = 10.0
+#: Pause between a tick's answer and the page's next tick (changes meanwhile are kept
+#: by the versions, so nothing is missed; this only spaces redraws).
+TICK_S = 0.2
+#: Pages whose ticks may wait at once; more pages queue (each waiting tick holds one
+#: of Gradio's worker slots, and chat streams need theirs).
+MAX_WAITING_PAGES = 16
+
+
+@dataclass(frozen=True)
+class LivePart:
+    """Outputs that a tab redraws when one of `topics` moves.
+
+    `render(user, *input_values)` returns one value per output (`gr.skip()` allowed);
+    `on_timeout` parts are also redrawn when a wait ends without news (for state that
+    can change outside this process, such as accounts edited with the CLI).
+    """
+
+    topics: frozenset[Topic]
+    render: Callable[..., Sequence[Any]]
+    outputs: list[Any]
+    inputs: list[Any] = field(default_factory=list)
+    on_timeout: bool = False
+
+
+async def wait_for_news(changes: Changes, since: Versions | None, timeout: float) -> Versions:
+    """The versions once one moved past `since`, or after `timeout` s; the event loop
+    stays free meanwhile (the bump wakes it from whatever thread made the change)."""
+    loop = asyncio.get_running_loop()
+    woken = asyncio.Event()
+
+    def hear(_topic: Topic) -> None:
+        loop.call_soon_threadsafe(woken.set)
+
+    unsubscribe = changes.subscribe(hear)
+    try:
+        if not changes.versions().moved(since):
+            try:
+                await asyncio.wait_for(woken.wait(), timeout)
+            except TimeoutError:
+                log.debug("no news for %g s", timeout)
+        return changes.versions()
+    finally:
+        unsubscribe()
+
+
+class LiveFeed:
+    """The parts of one page that follow the domain's changes."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._parts: list[LivePart] = []
+
+    def add(self, part: LivePart) -> None:
+        self._parts.append(part)
+
+    def redraw(self, user: User, since: Versions | None, now: Versions, timed_out: bool,
+               values: Sequence[Any]) -> list[Any]:
+        """Every part's outputs: drawn when its topics moved, else skipped."""
+        moved = now.moved(since)
+        out: list[Any] = []
+        offset = 0
+        for part in self._parts:
+            mine = values[offset:offset + len(part.inputs)]
+            offset += len(part.inputs)
+            if part.topics & moved or (timed_out and part.on_timeout):
+                drawn = list(part.render(user, *mine))
+                if len(drawn) != len(part.outputs):
+                    raise ValueError(f"{part.render.__name__} drew {len(drawn)} values for "
+                                     f"{len(part.outputs)} outputs")
+                out.extend(drawn)
+            else:
+                out.extend(gr.skip() for _ in part.outputs)
+        return out
+
+    def attach(self) -> gr.Timer:
+        """Wire the page's tick (inside the page's Blocks, after every part was added)."""
+        services = self._services
+        seen = gr.State(None)  # the Versions this page last drew
+        timer = gr.Timer(TICK_S)
+        inputs = [seen, *(c for part in self._parts for c in part.inputs)]
+        outputs = [seen, *(c for part in self._parts for c in part.outputs)]
+
+        async def tick(since: Versions | None, *rest: Any) -> list[Any]:
+            *values, request = rest
+            user = await anyio.to_thread.run_sync(user_of, services, request)
+            services.monitor.touch()
+            now = await wait_for_news(services.changes, since, HOLD_S)
+            timed_out = not now.moved(since)
+            with refusals(f"live update for {user.email}"):
+                drawn = await anyio.to_thread.run_sync(
+                    self.redraw, user, since, now, timed_out, values)
+            return [now, *drawn]
+
+        params = [inspect.Parameter(f"value_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                  for i in range(len(inputs))]
+        params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                        annotation=gr.Request))
+        # Gradio passes the request where the signature (and hints) name gr.Request.
+        tick.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        tick.__annotations__ = {"request": gr.Request}
+        timer.tick(tick, inputs, outputs, show_progress="hidden", trigger_mode="once",
+                   concurrency_limit=MAX_WAITING_PAGES, concurrency_id="live",
+                   api_visibility="private")
+        return timer
