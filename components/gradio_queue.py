@@ -20,7 +20,7 @@ import gradio as gr
 log = logging.getLogger(__name__)
 
 #: How long the idle queue sleeps before it looks for a new event again.
-EVENT_POLL_S = 0.025
+EVENT_POLL_S = 0.05
 #: How long the idle queue sleeps before it looks for progress to send again.
 PROGRESS_POLL_S = 0.1
 #: Past events kept for Gradio's (unserved) monitoring summary.
