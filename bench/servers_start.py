@@ -169,8 +169,9 @@ def main() -> int:
         finally:
             dashboard.close()
     bare = statistics.median(times["bare"])
+    load = ", ".join(f"{n:.1f}" for n in os.getloadavg())
     print(f"start to first completion, tiny model, median of {args.runs} "
-          f"(min-max in brackets):")
+          f"(min-max in brackets); load average at the end {load}:")
     for name, values in times.items():
         ratio = statistics.median(values) / bare
         verdict = "" if name == "bare" else (
