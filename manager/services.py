@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +86,7 @@ class Services:
         # Whoever downloaded a model may delete it: the library asks the downloads.
         library = Library(store, hub_cache, downloaded_by=downloads.downloaded_by)
         profiles = ProfileService(store, hub_cache=hub_cache)
-        spares = spare_pool(settings, store, hub_cache)
+        spares = spare_pool(settings, store, hub_cache, changes.notifier(Topic.SAMPLES))
         supervisor = Supervisor(store, profiles, settings.logs_dir, hub_cache=hub_cache,
                                 spares=spares)
 
@@ -139,7 +140,8 @@ class Services:
 WARM_SPARE = "warm_spare"
 
 
-def spare_pool(settings: Settings, store: Store, hub_cache: Path) -> SparePool:
+def spare_pool(settings: Settings, store: Store, hub_cache: Path,
+               on_change: Callable[[], None] | None = None) -> SparePool:
     """The warm spare interpreters: on unless a flag, the environment or an admin's
     saved choice says off (a flag or the environment wins, and the Admin tab says so)."""
     saved = SavedSettings(store)
@@ -149,4 +151,4 @@ def spare_pool(settings: Settings, store: Store, hub_cache: Path) -> SparePool:
                      enabled=True if enabled is None else enabled,
                      pinned_by="" if pinned is None else
                      "--warm-spare / --no-warm-spare or MLX_MANAGER_WARM_SPARE",
-                     save=lambda on: saved.set_bool(WARM_SPARE, on))
+                     save=lambda on: saved.set_bool(WARM_SPARE, on), on_change=on_change)

@@ -35,6 +35,7 @@ from tests.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
+NEWS: list[int] = []  # the pool's "what the Servers tab shows changed"
 WARM_S = 120.0  # importing mlx_lm on a busy 2-core machine
 READY_S = 90.0
 
@@ -44,7 +45,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerEnv]:
     root = tmp_path_factory.mktemp("spare")
     with hf_home_env(root / "hf_home"):
         hub = root / "hf_home" / "hub"
-        pool = SparePool(sys.executable, hub, root / "data" / "logs")
+        pool = SparePool(sys.executable, hub, root / "data" / "logs",
+                         on_change=lambda: NEWS.append(1))
         created = server_env(root / "data", spares=pool)
         pool.start({Backend.MLX_LM})
         yield created
@@ -99,8 +101,10 @@ def test_a_start_is_handed_to_the_spare_which_is_then_replaced(
     assert text.startswith(f"# mlx-manager: {' '.join(argv)} (started by alice@example.com, "
                            "warm spare interpreter)\n")
     assert "Starting httpd at 127.0.0.1" in text
-    # A new spare takes its place once the start settled.
+    # A new spare takes its place once the start settled; the Servers tab hears of it.
+    news = len(NEWS)
     spare_pid(pool, not_=spare)
+    wait_for(lambda: len(NEWS) > news, WARM_S, "news of the new spare")
 
     # A dashboard started after this one adopts it: the record names the spare's own
     # command line (what the process is) and the server's argv (its model).

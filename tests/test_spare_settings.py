@@ -59,3 +59,14 @@ def test_the_servers_tab_line_shows_each_spare_and_its_memory() -> None:
     broken = spare_line_html([SpareView(Backend.MLX_VLM, None, False, None,
                                         "exited <b>3 times</b>")], enabled=True)
     assert "mlx_vlm: not available (exited &lt;b&gt;3 times&lt;/b&gt;)" in broken
+
+
+def test_a_change_of_the_spares_moves_what_the_servers_tab_waits_on(tmp_path: Path) -> None:
+    from manager.changes import Changes, Topic
+
+    changes = Changes()
+    pool = spare_pool(Settings(data_dir=tmp_path), Store(tmp_path / "manager.db"),
+                      tmp_path / "hub", changes.notifier(Topic.SAMPLES))
+    before = changes.versions()
+    pool.switch(None, False)
+    assert Topic.SAMPLES in changes.versions().moved(before)

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: A spare that dies this many times in a row before it got warm is not started again.
 MAX_QUICK_DEATHS = 3
+#: A spare's memory moving by less than this is not news for the Servers tab.
+_MEMORY_STEP = 1024 * 1024
 #: The folder `python -m manager.servers.spare_main` runs from (where `manager` is).
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +70,8 @@ class SparePool:
     """At most one warm spare per backend. Thread-safe."""
 
     def __init__(self, python: str, hub_cache: Path, logs_dir: Path, *, enabled: bool = True,
-                 pinned_by: str = "", save: Callable[[bool], None] | None = None) -> None:
+                 pinned_by: str = "", save: Callable[[bool], None] | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
         self._python = python
         self._hub_cache = hub_cache
         self._logs_dir = logs_dir
@@ -76,6 +79,8 @@ class SparePool:
         #: Set when a flag or environment variable decided `enabled` (the UI cannot).
         self.pinned_by = pinned_by
         self._save = save
+        #: Told (outside the lock) when what `views` shows changed: pages redraw then.
+        self._on_change = on_change
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._spares: dict[Backend, _Spare] = {}
@@ -118,6 +123,7 @@ class SparePool:
             self._end(spare)
         if on:
             self.refill()
+        self._changed_view()
 
     def take(self, backend: Backend, argv: list[str], log_file: Path, env: Mapping[str, str],
              cwd: Path, *, by: str) -> tuple[subprocess.Popen[bytes], float | None] | None:
@@ -154,6 +160,7 @@ class SparePool:
             log.info("spare pid %s exited at once: %s", spare.popen.pid, exc)
             create_time = None
         log.info("%s server handed to the warm spare (pid %s)", backend.value, spare.popen.pid)
+        self._changed_view()
         return spare.popen, create_time
 
     def refill(self) -> None:
@@ -168,17 +175,26 @@ class SparePool:
                 spare = self._launch(backend)
                 if spare is not None:
                     self._spares[backend] = spare
+        if missing:
+            self._changed_view()
 
     def sample(self) -> None:
         """Measure the spares' memory (run by the monitor's tick, through reconcile)."""
         with self._lock:
             spares = list(self._spares.values())
+        moved = False
         for spare in spares:
             try:
-                spare.memory_bytes = psutil.Process(spare.popen.pid).memory_info().rss
+                memory: int | None = psutil.Process(spare.popen.pid).memory_info().rss
             except psutil.Error as exc:
                 log.debug("spare pid %s gone while measuring: %s", spare.popen.pid, exc)
-                spare.memory_bytes = None
+                memory = None
+            # Redraw for a new figure, not for every page of memory touched.
+            moved = moved or (memory is None) != (spare.memory_bytes is None) or abs(
+                (memory or 0) - (spare.memory_bytes or 0)) >= _MEMORY_STEP
+            spare.memory_bytes = memory
+        if moved:
+            self._changed_view()
 
     def views(self) -> list[SpareView]:
         with self._lock:
@@ -241,6 +257,7 @@ class SparePool:
                         self._deaths.pop(spare.backend, None)
                         self._problems.pop(spare.backend, None)
                         self._changed.notify_all()
+                    self._changed_view()
         with self._lock:
             if spare.taken or self._spares.get(spare.backend) is not spare:
                 return  # a server now, or ended on purpose
@@ -260,7 +277,12 @@ class SparePool:
             self._changed.notify_all()
         log.warning("the %s spare interpreter (pid %s) exited with code %s: %s",
                     spare.backend.value, spare.popen.pid, code, tail or "no output")
+        self._changed_view()
         self.refill()
+
+    def _changed_view(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     def _end(self, spare: _Spare) -> None:
         """Stop a spare that is no server (SIGTERM to its group, as for a server)."""
