@@ -18,11 +18,13 @@ from manager.api.login import SESSION_COOKIE
 from manager.chat.mcp_builtin import sample_weather
 from manager.chat.toolcheck import (
     BUILTIN_SCENARIOS,
+    CheckLimits,
     CheckRun,
     Progress,
     RunStatus,
     ScenarioResult,
     Status,
+    ToolCheck,
     Transcript,
 )
 from manager.net import free_port
@@ -182,13 +184,20 @@ def test_a_model_with_malformed_arguments(env: CheckEnv) -> None:
 
 
 def test_a_model_that_loops_is_stopped_at_the_round_cap(env: CheckEnv) -> None:
-    run = env.services.tool_check.run(env.alice, env.profiles["looping"].id)
+    """With a cap of 2 tool rounds (the default is 4): two calls run, the third is not."""
+    services = env.services
+    capped = ToolCheck(store=services.store, supervisor=services.supervisor,
+                       profiles=services.profiles, placement=services.placement,
+                       tools=services.tools, metrics=services.metrics,
+                       limits=CheckLimits(max_rounds=2))
+    run = capped.run(env.alice, env.profiles["looping"].id)
     assert (run.score, run.total) == (0, 12)
     assert set(reasons(run).values()) == {
-        "kept calling get_weather in a loop: still asking after 4 rounds"}
+        "kept calling get_weather in a loop: still asking after 2 rounds"}
     first = run.results[0].transcript
-    assert first is not None and first.round_cap and first.rounds == 5
-    assert [c.status for c in first.calls] == ["ok"] * 4 + ["not_run"]
+    assert first is not None and first.round_cap and first.rounds == 3
+    assert [c.status for c in first.calls] == ["ok", "ok", "not_run"]
+    assert run.setup["max_rounds"] == 2 and run.setup["temperature"] == 0.0
 
 
 def test_the_server_dying_mid_suite_leaves_the_rest_not_run(env: CheckEnv) -> None:

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from components.views import local_tile_html
 from manager.chat.toolcheck import (
     BUILTIN_SCENARIOS,
     CallRecord,
+    CheckRun,
     RunStatus,
     Scenario,
     ScenarioResult,
@@ -21,6 +23,8 @@ from manager.chat.toolcheck import (
 from manager.chat.toolcheck.grading import grade
 from manager.cli.instance import hold_data_dir
 from manager.errors import Conflict, PermissionDenied, ValidationError
+from manager.models.capabilities import Capabilities
+from manager.models.library import LocalModel
 from manager.servers.profiles import ProfileSpec
 from manager.services import Services
 from tests.conftest import PASSWORD
@@ -173,3 +177,21 @@ def test_check_tools_says_what_to_do_when_it_cannot_run(tmp_path: Path) -> None:
     assert "in use by a dashboard on port 8765" in busy.stderr
     assert "Tool use tab" in busy.stderr
     assert busy.stdout == ""
+
+
+def _run(score: int, total: int = 12) -> CheckRun:
+    return CheckRun(7, 1, "qwen-tools", "mlx-community/tiny", "abc123", None, RunStatus.DONE,
+                    score, total, "2026-12-02T01:00:00+00:00", "2026-12-02T01:02:03+00:00", {})
+
+
+@pytest.mark.parametrize(("score", "colour"), [(11, "green"), (6, "amber"), (5, "red")])
+def test_the_measured_badge_sits_beside_the_guessed_one_on_a_model_tile(
+        score: int, colour: str) -> None:
+    caps = Capabilities(architecture="qwen3", tool_use=True)
+    model = LocalModel("mlx-community/tiny", Path("/m/tiny"), "hf_cache", 1000, caps, True, 0.0)
+    html = local_tile_html(model, None, can_delete=False, measured=_run(score))
+    assert "tools · guessed" in html
+    assert f">tools {score}/12</span>" in html and f"mm-chip-fit-{colour}" in html
+    assert "Measured by the tool-use check on 2026-12-02 01:02 UTC" in html
+    assert "tools · guessed" in local_tile_html(model, None, can_delete=False)
+    assert "mm-chip-measured" not in local_tile_html(model, None, can_delete=False)
