@@ -6,6 +6,7 @@ Run `python app.py --help` (or `mlx-manager --help`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 import sys
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from manager.cli.instance import DataDirBusy, hold_data_dir
 from manager.cli.main import build_parser, run_command, settings_from_args
+from manager.cli.serving import DashboardServer, Shutdown, configure_logging
 from manager.net import port_is_free
 from manager.services import Services
 from manager.settings import Settings
@@ -89,17 +91,6 @@ def create_app(services: Services) -> FastAPI:
     return app
 
 
-def configure_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    # httpx (and the MCP client's httpx2) log every request URL at INFO: noisy, and a URL
-    # may carry a token.
-    for noisy in ("httpx", "httpx2"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def start_share_link(settings: Settings) -> None:
     """Ask Gradio's tunnel for a public link in the background; offline it only warns."""
 
@@ -141,20 +132,30 @@ def _serve(settings: Settings, log_level: str) -> int:
     from manager.servers.process import install_exit_hooks
 
     services = Services.create(settings)
-    # Model servers outlive the dashboard on purpose: the next start adopts them.
-    install_exit_hooks(lambda: services.close(keep_servers=True))
+    # By default the model servers stop with the dashboard; with --keep-servers (the
+    # service mode) they outlive it and the next start adopts them.
+    shutdown = Shutdown(services, keep_servers=settings.keep_servers)
+    install_exit_hooks(shutdown)
     app = create_app(services)
     url_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     log.info("MLX Model Manager on http://%s:%s (data in %s)", url_host, settings.port,
              settings.data_dir)
     if settings.share:
         start_share_link(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
-                            timeout_graceful_shutdown=5)
+    # No log config or level: uvicorn's loggers use the dashboard's (configure_logging).
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=None,
+                            log_config=None, access_log=log_level == "debug",
+                            timeout_graceful_shutdown=2)
     try:
-        uvicorn.Server(config).run()
+        DashboardServer(config).run()
+    except KeyboardInterrupt:
+        # uvicorn handled Ctrl-C (a clean shutdown), then raises it again for the caller.
+        log.debug("stopped by Ctrl-C")
     finally:
-        services.close(keep_servers=True)
+        shutdown()
+    # Everything is closed: the interpreter's teardown would still garbage-collect
+    # Gradio's whole object graph, seconds on a busy machine after the goodbye line.
+    gc.freeze()
     return 0
 
 

@@ -129,6 +129,9 @@ class Settings:
     # Keep a warm spare interpreter (mlx_lm/mlx_vlm already imported) for the next
     # server start. None: not set here, so the Admin tab's saved choice, else on.
     warm_spare: bool | None = None
+    # Leave the model servers running when the dashboard stops (the next start adopts
+    # them); the service mode does. By default Ctrl-C stops them too.
+    keep_servers: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

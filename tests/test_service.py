@@ -62,8 +62,8 @@ def test_the_systemd_unit_runs_this_python_on_app_py_and_restarts_on_failure(
     assert unit.sections() == ["Unit", "Service", "Install"]
     service = unit["Service"]
     assert systemd_argv(service["ExecStart"]) == [
-        sys.executable, str(ROOT / "app.py"), "serve", "--data-dir", str(spec.data_dir),
-        "--port", "9123"]
+        sys.executable, str(ROOT / "app.py"), "serve", "--keep-servers",
+        "--data-dir", str(spec.data_dir), "--port", "9123"]
     assert service["Restart"] == "on-failure"
     log = str(spec.data_dir / "logs" / "service.log").replace("%", "%%")
     assert service["StandardOutput"] == service["StandardError"] == f"append:{log}"
@@ -99,8 +99,8 @@ def test_the_launchd_agent_round_trips_through_plistlib(tmp_path: Path) -> None:
     agent = plistlib.loads(launchd_plist(spec))
     assert agent["Label"] == LAUNCHD_LABEL
     assert agent["ProgramArguments"] == spec.argv() == [
-        sys.executable, str(ROOT / "app.py"), "serve", "--data-dir", str(spec.data_dir),
-        "--port", "9123"]
+        sys.executable, str(ROOT / "app.py"), "serve", "--keep-servers",
+        "--data-dir", str(spec.data_dir), "--port", "9123"]
     assert agent["KeepAlive"] == {"SuccessfulExit": False}
     assert agent["RunAtLoad"] is True
     log = str(spec.data_dir / "logs" / "service.log")

@@ -60,8 +60,13 @@ def _serve_flags(parser: argparse.ArgumentParser, default: object) -> None:
                         help="keep a spare interpreter with mlx_lm/mlx_vlm imported, so "
                              "server starts skip the imports (env MLX_MANAGER_WARM_SPARE; "
                              "default: the Admin tab's choice, else on)")
+    parser.add_argument("--keep-servers", action="store_true", default=default,
+                        help="leave the model servers running when the dashboard stops, "
+                             "for the next start to adopt (default: Ctrl-C stops them)")
     parser.add_argument("--log-level", default=default,
-                        choices=["debug", "info", "warning", "error"], help="default info")
+                        choices=["debug", "info", "warning", "error"],
+                        help="default info (what a person cares about); debug adds every "
+                             "request and the sampler's ticks")
 
 
 ActionAdder = Callable[[str, str], argparse.ArgumentParser]
@@ -130,6 +135,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cors_origins=getattr(args, "cors_origins", None),
         registrations_per_hour=getattr(args, "registrations_per_hour", None),
         warm_spare=getattr(args, "warm_spare", None),
+        keep_servers=getattr(args, "keep_servers", None),
     )
 
 

@@ -68,7 +68,9 @@ class ServiceSpec:
                    host=host, port=port)
 
     def argv(self) -> list[str]:
-        argv = [str(self.python), str(self.app), "serve", "--data-dir", str(self.data_dir)]
+        # The service keeps its model servers across its own restarts (they are adopted).
+        argv = [str(self.python), str(self.app), "serve", "--keep-servers", "--data-dir",
+                str(self.data_dir)]
         if self.host is not None:
             argv += ["--host", self.host]
         if self.port is not None:
