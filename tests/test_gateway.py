@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import platform
 import signal
 import socket
 import threading
@@ -27,6 +28,7 @@ import openai
 import pytest
 
 from manager.api.login import SESSION_COOKIE
+from manager.api.wire import SYSTEM_FINGERPRINT
 from manager.net import free_port
 from manager.servers.profiles import Profile, ProfileSpec
 from manager.servers.supervisor import ACTIVE_STATES, ServerState
@@ -228,6 +230,19 @@ def test_openai_chat_streaming_and_not_with_usage_only_when_asked(gw: Gateway) -
     own = client.chat.completions.create(
         model="thinker", messages=[{"role": "system", "content": "Be brief."}, *HI])
     assert own.usage.prompt_tokens < reply.usage.prompt_tokens
+
+
+def test_answers_say_nothing_about_the_machine_in_system_fingerprint(gw: Gateway) -> None:
+    """Issue 15 item 10: mlx_lm writes platform.platform() (kernel, glibc) there."""
+    machine = [platform.platform(), platform.release(), *platform.libc_ver()[1:]]
+    client = gw.openai()
+    whole = client.chat.completions.with_raw_response.create(model="thinker", messages=HI)
+    chunks = list(client.chat.completions.create(
+        model="thinker", messages=HI, stream=True, stream_options={"include_usage": True}))
+    assert whole.parse().system_fingerprint == SYSTEM_FINGERPRINT
+    assert {c.system_fingerprint for c in chunks} == {SYSTEM_FINGERPRINT}
+    said = whole.text + "".join(c.model_dump_json() for c in chunks)
+    assert not [part for part in machine if part and part in said]
 
 
 def test_openai_legacy_completions(gw: Gateway) -> None:

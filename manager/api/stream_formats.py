@@ -21,7 +21,13 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from manager.api.anthropic import Event, StreamTranslator, sse
-from manager.api.wire import ApiFormat, Failure, stream_error
+from manager.api.wire import (
+    SYSTEM_FINGERPRINT,
+    ApiFormat,
+    Failure,
+    scrub_fingerprint,
+    stream_error,
+)
 from manager.servers.server_stream import Batch
 
 log = logging.getLogger(__name__)
@@ -157,6 +163,7 @@ class OpenAIPassthrough:
         return sse_comment(text)
 
     def _rename(self, data: bytes) -> bytes:
+        data = scrub_fingerprint(data)
         renamed, count = self._served.subn(self._template, data)
         if count == data.count(b'"model"'):
             return renamed
@@ -178,4 +185,6 @@ class OpenAIPassthrough:
 
     def _encode(self, chunk: dict[str, Any]) -> bytes:
         payload = {**chunk, "model": self.public} if "model" in chunk else chunk
+        if "system_fingerprint" in payload:
+            payload["system_fingerprint"] = SYSTEM_FINGERPRINT
         return json.dumps(payload, ensure_ascii=False).encode()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -276,6 +277,20 @@ def model_list(fmt: ApiFormat, profiles: list[Profile],
 # --- streams -----------------------------------------------------------------------------
 
 
+#: What answers say in `system_fingerprint`. mlx_lm writes its versions and
+#: `platform.platform()` there (kernel and glibc versions): nothing a client should learn.
+SYSTEM_FINGERPRINT = "fp_mlx_manager"
+_FINGERPRINT = re.compile(rb'"system_fingerprint": ?"(?:[^"\\]|\\.)*"')
+_FINGERPRINT_OUT = b'"system_fingerprint": "' + SYSTEM_FINGERPRINT.encode() + b'"'
+
+
+def scrub_fingerprint(data: bytes) -> bytes:
+    """JSON text with any `system_fingerprint` string replaced by SYSTEM_FINGERPRINT."""
+    if b'"system_fingerprint"' not in data:
+        return data
+    return _FINGERPRINT.sub(_FINGERPRINT_OUT, data)
+
+
 class ModelRenamer:
     """Puts the profile name where the server wrote its model path, in JSON text as the
     server sent it (a string replace; re-encoding only when the text differs)."""
@@ -295,7 +310,10 @@ class ModelRenamer:
         return self.encode(json.loads(data))
 
     def payload(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        return {**payload, "model": self.public}
+        out = {**payload, "model": self.public}
+        if "system_fingerprint" in out:
+            out["system_fingerprint"] = SYSTEM_FINGERPRINT
+        return out
 
     def encode(self, payload: Mapping[str, Any]) -> str:
         return json.dumps(self.payload(payload), ensure_ascii=False)

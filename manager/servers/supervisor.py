@@ -31,7 +31,6 @@ from manager.accounts.permissions import Action, Owned, require
 from manager.errors import Conflict, ManagerError, NotFound, ValidationError
 from manager.net import port_is_free
 from manager.servers import readiness
-from manager.servers.failure_report import log_excerpt
 from manager.servers.logs import (
     LOG_MAX_BYTES,
     cap_log,
@@ -422,8 +421,6 @@ class Supervisor(ServerRegistry):
                 return
             during = "while loading the model" if server.state is ServerState.STARTING else ""
             reason = f"The server exited {during} with {describe_exit(code)}.".replace("  ", " ")
-            if said := log_excerpt(server.log_path, 0):
-                reason += f" Its log says: {said}"
             server.exit_code = code
             self._fail(server, reason)
 
@@ -494,10 +491,8 @@ class Supervisor(ServerRegistry):
         server.state = new
         server.state_since = self.clock.time()
         server.reason = reason
-        # A crash or a failed start is what a person running the dashboard must notice.
-        level = logging.WARNING if new in FAILED_STATES else logging.INFO
-        log.log(level, "server %s: %s -> %s (%s)", server.profile.name, old.value, new.value,
-                reason)
+        log.log(logging.WARNING if new in FAILED_STATES else logging.INFO,  # crashes stand out
+                "server %s: %s -> %s (%s)", server.profile.name, old.value, new.value, reason)
         self._persist(server)
         self._events.queue(Transition(server.profile, old, new, reason, server.state_since))
 
