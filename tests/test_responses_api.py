@@ -242,24 +242,38 @@ def _chunks(*deltas: dict[str, Any], finish: str = "stop") -> list[dict[str, Any
 
 
 def _run(chunks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], ResponseStreamState[Any]]:
-    """The events for `chunks`, each parsed from its SSE bytes, validated against the
-    SDK's event types and fed to the SDK's own stream accumulator."""
-    stream = ResponsesStream("resp_t", "tiny", to_chat_request(
-        {"input": "x", "tools": [WEATHER]}, "m").echo)
-    raw = b""
-    for chunk in chunks:
-        raw += b"".join(sse(e) for e in stream.feed(chunk))
-    raw += b"".join(sse(e) for e in stream.finish())
+    """The events for `chunks` as the relay writes them (ResponsesFormat: most deltas on
+    its quick path), each parsed from its SSE bytes, validated against the SDK's event
+    types and fed to the SDK's own stream accumulator. The same chunks fed to a
+    ResponsesStream one by one give the same events (the quick path is only quicker)."""
+    echo = to_chat_request({"input": "x", "tools": [WEATHER]}, "m").echo
+    fmt = ResponsesFormat(ResponsesStream("resp_t", "tiny", echo), lambda response: None)
+    raw = fmt.start() + b"".join(
+        fmt.batch(Batch(b"data: " + json.dumps(c).encode() + b"\n\n")) for c in chunks)
+    raw += fmt.finish()
+    plain = ResponsesStream("resp_t", "tiny", echo, created_at=fmt.stream.created_at)
+    slow = [e for c in chunks for e in plain.feed(c)] + list(plain.finish())
     state: ResponseStreamState[Any] = ResponseStreamState(input_tools=omit, text_format=omit)
     events = []
-    for block in raw.decode().strip().split("\n\n"):
+    for block, expected in zip(raw.decode().strip().split("\n\n"), slow, strict=True):
         name, data = block.split("\n")
         event = json.loads(data.removeprefix("data: "))
         assert name == f"event: {event['type']}"
         state.handle_event(EVENTS.validate_python(event))
         events.append(event)
+        assert _without_ids(event) == _without_ids(json.loads(sse(expected).split(b"\n")[1][6:]))
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     return events, state
+
+
+def _without_ids(event: Any) -> Any:
+    """An event with its generated ids and times blanked (two streams differ only there)."""
+    if isinstance(event, dict):
+        return {k: "" if k in ("id", "item_id", "completed_at") else _without_ids(v)
+                for k, v in event.items()}
+    if isinstance(event, list):
+        return [_without_ids(v) for v in event]
+    return event
 
 
 def test_a_streamed_answer_accumulates_in_the_sdk() -> None:
@@ -380,8 +394,16 @@ def test_the_relay_format_stores_before_the_last_event_and_fails_in_shape() -> N
     assert head.startswith(b"event: response.created\n")
     body = fmt.batch(Batch(b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'))
     assert b"response.output_text.delta" in body and not saved
+    # Text for the open item takes the quick path; anything else does not.
+    assert fmt.stream.next_delta({"choices": [{"delta": {"content": "!"}}]}) \
+        .startswith(b"event: response.output_text.delta\n")
+    for other in ({"choices": [{"delta": {"reasoning": "hm"}}]},
+                  {"choices": [{"delta": {"content": "x"}, "finish_reason": "stop"}]},
+                  {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}):
+        assert fmt.stream.next_delta(other) is None
     last = fmt.finish()
-    assert saved and saved[0]["status"] == "completed" and output_text(saved[0]["output"]) == "Hi"
+    assert saved and saved[0]["status"] == "completed"
+    assert output_text(saved[0]["output"]) == "Hi!"
     assert last.rstrip().splitlines()[-2] == b"event: response.completed"
     failing = ResponsesFormat(ResponsesStream("resp_s", "tiny", {}), saved.append)
     failing.start()

@@ -64,10 +64,14 @@ class ResponsesStream:
         self._seq = 0
         self._started = False
         self._open: Item | None = None  # the output item being streamed
-        self._text = ""  # the open item's text or arguments so far
+        # The open item's text or arguments so far, in pieces (joined when it closes:
+        # `+=` on an attribute copies the whole text each time).
+        self._parts: list[str] = []
         self._tool_slot: int | None = None
         self._finish_reason: str | None = None
         self._usage = usage_object(0, 0)
+        # The open item's delta event as bytes around its sequence number and its text.
+        self._delta_head = self._delta_middle = self._delta_tail = b""
 
     # -- public ---------------------------------------------------------------------------
 
@@ -95,6 +99,31 @@ class ResponsesStream:
                 yield from self._tool_call(call)
             if choice.get("finish_reason"):
                 self._finish_reason = choice["finish_reason"]
+
+    def next_delta(self, chunk: Mapping[str, Any]) -> bytes | None:
+        """The SSE bytes for a chunk that only adds text to the open message or reasoning
+        item (most chunks), written without building the event; None for any other
+        chunk (then `feed` it). The same bytes `feed` would give, encoded."""
+        item = self._open
+        choices = chunk.get("choices")
+        if item is None or chunk.get("usage") or not choices or len(choices) != 1:
+            return None
+        choice = choices[0]
+        delta = choice.get("delta")
+        if choice.get("finish_reason") or not delta or delta.get("tool_calls"):
+            return None
+        content = delta.get("content")
+        thinking = delta.get("reasoning") or delta.get("reasoning_content")
+        if content and not thinking and item["type"] == "message":
+            text = str(content)
+        elif thinking and not content and item["type"] == "reasoning":
+            text = str(thinking)
+        else:
+            return None
+        self._parts.append(text)
+        seq, self._seq = self._seq, self._seq + 1
+        return b"".join((self._delta_head, str(seq).encode(), self._delta_middle,
+                         json.dumps(text, ensure_ascii=False).encode(), self._delta_tail))
 
     def finish(self) -> Iterator[Event]:
         if not self._started:
@@ -125,7 +154,7 @@ class ResponsesStream:
         if self._open is None or self._open["type"] != kind:
             yield from self._close()
             yield from self._begin(kind)
-        self._text += text
+        self._parts.append(text)
         ids = self._ids()
         if kind == "reasoning":
             yield self._event("response.reasoning_summary_text.delta", **ids,
@@ -148,7 +177,7 @@ class ResponsesStream:
         arguments = function.get("arguments")
         if arguments:
             text = arguments if isinstance(arguments, str) else json.dumps(arguments)
-            self._text += text
+            self._parts.append(text)
             yield self._event("response.function_call_arguments.delta", **self._ids(),
                               delta=text)
 
@@ -157,7 +186,8 @@ class ResponsesStream:
             item = reasoning_item("") if kind == "reasoning" else message_item("")
             item["summary" if kind == "reasoning" else "content"] = []
         item["status"] = "in_progress"
-        self._open, self._text = item, ""
+        self._open, self._parts = item, []
+        self._delta_template(kind)
         yield self._event("response.output_item.added", output_index=len(self.output),
                           item=_copy(item))
         ids = self._ids()
@@ -173,7 +203,7 @@ class ResponsesStream:
         item = self._open
         if item is None:
             return
-        ids, text = self._ids(), self._text
+        ids, text = self._ids(), self._text()
         if item["type"] == "reasoning":
             part = {"type": "summary_text", "text": text}
             yield self._event("response.reasoning_summary_text.done", **ids, summary_index=0,
@@ -192,7 +222,7 @@ class ResponsesStream:
         yield self._event("response.output_item.done", output_index=ids["output_index"],
                           item=done)
         self.output.append(done)
-        self._open, self._text, self._tool_slot = None, "", None
+        self._open, self._parts, self._tool_slot = None, [], None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -202,10 +232,28 @@ class ResponsesStream:
         if item is None:
             raise RuntimeError("no output item is open")
         if item["type"] == "reasoning":
-            return reasoning_item(self._text, item["id"])
+            return reasoning_item(self._text(), item["id"])
         if item["type"] == "message":
-            return message_item(self._text, item["id"])
-        return {**item, "arguments": self._text, "status": "completed"}
+            return message_item(self._text(), item["id"])
+        return {**item, "arguments": self._text(), "status": "completed"}
+
+    def _delta_template(self, kind: str) -> None:
+        """The byte pieces of the open item's delta events (see next_delta), in the
+        order `_event` writes their fields."""
+        name, index = (("response.reasoning_summary_text.delta", "summary_index")
+                       if kind == "reasoning" else ("response.output_text.delta",
+                                                    "content_index"))
+        ids = self._ids()
+        self._delta_head = (f'event: {name}\ndata: {{"type":"{name}","sequence_number":'
+                            ).encode()
+        self._delta_middle = (f',"item_id":{json.dumps(ids["item_id"])},"output_index":'
+                              f'{ids["output_index"]},"{index}":0,"delta":').encode()
+        self._delta_tail = (b',"logprobs":[]}\n\n' if kind == "message" else b"}\n\n")
+
+    def _text(self) -> str:
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
 
     def _ids(self) -> dict[str, Any]:
         if self._open is None:
@@ -248,7 +296,8 @@ class ResponsesFormat(ChunkFormat):
         return _sse(self.stream.start())
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
-        return _sse(self.stream.feed(chunk))
+        quick = self.stream.next_delta(chunk)
+        return quick if quick is not None else _sse(self.stream.feed(chunk))
 
     def finish(self) -> bytes:
         last = list(self.stream.finish())
