@@ -90,3 +90,85 @@ def signed_in_page(browser: Any, dashboard: Dashboard, cookie: str) -> Iterator[
         yield page
     finally:
         context.close()
+
+
+@dataclass
+class InProcess:
+    """The real app on a socket in this process: the bench reads the manager's own state
+    and timestamps (`services`) while a browser watches the pages."""
+
+    url: str
+    services: Any
+
+    def cookie(self, email: str) -> str:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            response = client.post("/login", data={"email": email, "password": PASSWORD})
+            return response.cookies[SESSION_COOKIE]
+
+
+@contextmanager
+def dashboard_in_process(root: Path, **settings: Any) -> Iterator[InProcess]:
+    """Services.create (monitor, downloads and all) + create_app on uvicorn in a thread."""
+    import threading
+
+    import uvicorn
+
+    from app import create_app
+    from manager.services import Services
+    from manager.settings import Settings
+
+    port = free_port()
+    services = Services.create(Settings(data_dir=root / "data", port=port, **settings))
+    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port,
+                                           log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the dashboard did not start")
+            time.sleep(0.05)
+        yield InProcess(f"http://127.0.0.1:{port}", services)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        services.close()
+
+
+#: Installed in each page: `__watch(key, expr)` records Date.now() when `expr` first holds
+#: (checked on every DOM mutation); `__trace(key, expr)` records every new value of expr.
+OBSERVER_JS = """
+() => {
+  const live = window.__live = {conds: {}, seen: {}, traces: {}, last: {}, logs: {}};
+  const check = () => {
+    const now = Date.now();
+    for (const [key, fn] of Object.entries(live.conds)) {
+      if (key in live.seen) continue;
+      let ok = false;
+      try { ok = fn(); } catch (e) { ok = false; }
+      if (ok) live.seen[key] = now;
+    }
+    for (const [key, fn] of Object.entries(live.traces)) {
+      let value = null;
+      try { value = fn(); } catch (e) { value = null; }
+      if (value !== null && value !== live.last[key]) {
+        live.last[key] = value;
+        (live.logs[key] = live.logs[key] || []).push([now, value]);
+      }
+    }
+  };
+  window.__watch = (key, expr) => { live.conds[key] = new Function('return (' + expr + ')'); check(); };
+  window.__trace = (key, expr) => { live.traces[key] = new Function('return (' + expr + ')'); check(); };
+  new MutationObserver(check).observe(document.body, {subtree: true, childList: true,
+                                                     characterData: true, attributes: true});
+}
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]

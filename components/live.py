@@ -116,7 +116,12 @@ class LiveFeed:
 
         async def tick(since: Versions | None, *rest: Any) -> list[Any]:
             *values, request = rest
-            user = await anyio.to_thread.run_sync(user_of, services, request)
+            try:
+                user = await anyio.to_thread.run_sync(user_of, services, request)
+            except gr.Error:
+                # The session ended: say so once per wait, not on every tick.
+                await asyncio.sleep(HOLD_S)
+                raise
             services.monitor.touch()
             now = await wait_for_news(services.changes, since, HOLD_S)
             timed_out = not now.moved(since)
