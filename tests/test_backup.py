@@ -23,6 +23,7 @@ from manager.net import free_port
 from manager.services import Services
 from manager.settings import Settings
 from tests.conftest import PASSWORD, TEST_HASHER
+from tests.test_cli import run_cli
 from tests.waits import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +70,10 @@ class Writer:
                 self.written += 1
                 if self.written == 20:
                     self.started.set()
+                # Paced, not flat out: a steady stream is the point, and a writer spinning
+                # through the CLI's seconds of start-up only starved it of CPU and grew the
+                # database by tens of MB.
+                self.stop.wait(0.002)
         except BaseException as exc:  # noqa: BLE001 - handed to the test, which fails on it
             self.errors.append(exc)
             self.started.set()
@@ -107,12 +112,13 @@ def test_backup_while_writes_go_on_is_a_sound_consistent_copy(
 
 
 def test_backup_into_a_folder_and_never_over_a_file(services: Services, tmp_path: Path) -> None:
+    # In-process (the same parser and command code): the test above runs the real process.
     folder = tmp_path / "folder"
     folder.mkdir()
-    result = cli("backup", str(folder), data_dir=services.settings.data_dir)
+    result = run_cli("backup", str(folder), data_dir=services.settings.data_dir)
     assert result.returncode == 0, result.stderr
     (made,) = folder.glob("manager-*.db")
-    again = cli("backup", str(made), data_dir=services.settings.data_dir)
+    again = run_cli("backup", str(made), data_dir=services.settings.data_dir)
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
@@ -123,7 +129,7 @@ def test_restore_puts_the_backup_back_and_keeps_the_replaced_database(
     backup(settings, backup_file, io.StringIO())
     services.auth.add_user("later@example.com", PASSWORD)
     services.close()
-    result = cli("restore", str(backup_file), data_dir=settings.data_dir)
+    result = run_cli("restore", str(backup_file), data_dir=settings.data_dir)
     assert result.returncode == 0, result.stderr
     assert "Restored" in result.stdout and "kept as" in result.stdout
     (kept,) = settings.data_dir.glob("manager.db.before-restore-*")
