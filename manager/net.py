@@ -1,9 +1,11 @@
-"""Ports on this machine: is one free, and give me one that is."""
+"""Ports on this machine: is one free, and give me one that is; the shared TLS context."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
+import ssl
 
 log = logging.getLogger(__name__)
 
@@ -30,3 +32,13 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The one verifying TLS context (httpx's defaults) the process's HTTP clients share:
+    httpx builds a new one per client otherwise, and loading the CA bundle costs ~60 ms of
+    CPU each time (three clients per Services, made again by every CLI command and test)."""
+    import httpx
+
+    return httpx.create_ssl_context()

@@ -1,12 +1,14 @@
-"""Ports: free_port gives one that port_is_free agrees with; a listener makes it taken."""
+"""Ports: free_port gives one that port_is_free agrees with; a listener makes it taken.
+The shared TLS context still verifies."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 
 import pytest
 
-from manager.net import LOOPBACK, free_port, port_is_free
+from manager.net import LOOPBACK, free_port, port_is_free, tls_context
 
 
 def test_free_port_is_free() -> None:
@@ -47,3 +49,10 @@ def test_a_port_left_in_time_wait_by_a_server_counts_as_free() -> None:
         with socket.create_connection((LOOPBACK, port)), listener.accept()[0]:
             assert not port_is_free(LOOPBACK, port)
     assert port_is_free(LOOPBACK, port)
+
+
+def test_the_shared_tls_context_is_made_once_and_verifies() -> None:
+    context = tls_context()
+    assert tls_context() is context
+    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] > 0  # the CA bundle is loaded

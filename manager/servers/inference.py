@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from manager.errors import ManagerError
+from manager.net import tls_context
 from manager.servers.abort import Abort
 from manager.servers.assemble import whole_response
 from manager.servers.failure_report import broken_answer, log_size, refusal, stream_error
@@ -303,9 +304,9 @@ class InferenceClient:
         self.metrics = metrics
         self._wait_ready_s = wait_ready_s
         timeout = httpx.Timeout(read_timeout_s, connect=5.0)
-        self._http = httpx.Client(timeout=timeout)
+        self._http = httpx.Client(timeout=timeout, verify=tls_context())
         # Abortable requests: one connection each, see Abort.
-        self._http_own = httpx.Client(timeout=timeout,
+        self._http_own = httpx.Client(timeout=timeout, verify=tls_context(),
                                       limits=httpx.Limits(max_keepalive_connections=0))
 
     def close(self) -> None:

@@ -29,7 +29,7 @@ import psutil
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, Owned, require
 from manager.errors import Conflict, ManagerError, NotFound, ValidationError
-from manager.net import port_is_free
+from manager.net import port_is_free, tls_context
 from manager.servers import readiness
 from manager.servers.logs import (
     LOG_MAX_BYTES,
@@ -106,7 +106,7 @@ class Supervisor(ServerRegistry):
         # CLI command must not touch the logs of servers a dashboard runs.
         self._in_charge = False
         self._wake = threading.Event()  # set at close: readiness watches stop pausing
-        self._http = httpx.Client(timeout=httpx.Timeout(30.0, connect=2.0))
+        self._http = httpx.Client(timeout=httpx.Timeout(30.0, connect=2.0), verify=tls_context())
         #: The warm spare interpreters the next starts are handed to; one that is never
         #: started (the default, and the CLI's) hands nothing over.
         self.spares = spares or SparePool(python, hub_cache, logs_dir, enabled=False)
