@@ -50,3 +50,21 @@ def hold_data_dir(data_dir: Path, purpose: str) -> Iterator[None]:
         os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def holder(data_dir: Path) -> str | None:
+    """Who holds the data dir (a running dashboard, a restore), or None: the lock is
+    tried and released at once."""
+    path = lock_path(data_dir)
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

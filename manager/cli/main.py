@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from manager.cli import backup as cli_backup
+from manager.cli import models as cli_models
 from manager.cli import servers as cli_servers
 from manager.cli import service as cli_service
 from manager.cli import toolcheck as cli_toolcheck
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_servers.add_commands(sub, command_group, _data_dir_flag)
     cli_service.add_commands(sub, command_group)
     cli_backup.add_commands(sub, _data_dir_flag)
+    cli_models.add_commands(sub, _data_dir_flag)
     cli_toolcheck.add_commands(sub, _data_dir_flag)
     return parser
 
@@ -163,11 +165,13 @@ def run_command(
             return cli_service.run(args, settings, out)
         if args.command in ("backup", "restore"):
             return cli_backup.run(args, settings, out)
+        if args.command in ("ls", "pull", "rm"):
+            return cli_models.run(args, settings, out)
         if args.command == "check-tools":  # holds the data dir, then builds its services
             return cli_toolcheck.run(args, settings, out, err)
         # Commands never adopt, start or sample the servers a dashboard runs.
         services = Services.create(settings, run_servers=False)
-        if args.command in ("profiles", "status"):
+        if args.command in ("profiles", "status", "ps"):
             return cli_servers.run(args, services, out)
         if args.command == "users":
             return _users(args, services, stdin, out, err)

@@ -64,12 +64,12 @@ def add_commands(sub: argparse._SubParsersAction,
     rm = action("rm", "delete a profile (its server must be stopped)")
     rm.add_argument("name")
 
-    status = sub.add_parser("status", help="the servers the dashboard runs")
+    status = sub.add_parser("status", aliases=["ps"], help="the servers the dashboard runs")
     data_dir_flag(status, argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace, services: Services, out: TextIO) -> int:
-    if args.command == "status":
+    if args.command in ("status", "ps"):
         return _status(services, out)
     profiles = services.profiles
     if args.profiles_command == "list":
