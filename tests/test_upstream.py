@@ -1,0 +1,174 @@
+"""The gateway's HTTP client to the model servers (servers/upstream.py): every body
+framing the servers use, read however the bytes are cut, against a real uvicorn
+stream, and a request ended early closes its connection at once.
+
+Each test runs its event loop on a thread of its own (a Playwright session elsewhere in
+the run may hold a running loop on the main thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import pytest
+
+from manager.net import free_port
+from manager.servers.upstream import Upstream, _Reader, error_message
+from tests.conftest import run_uvicorn
+
+T = TypeVar("T")
+EVENTS = [b'data: {"model": "m", "n": %d}\n\n' % n for n in range(5)] + [b"data: [DONE]\n\n"]
+BODY = b"".join(EVENTS)
+
+
+def on_own_loop(make: Callable[[], Awaitable[T]]) -> T:
+    async def run() -> T:
+        return await make()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result(timeout=60)
+
+
+def chunked(parts: list[bytes]) -> bytes:
+    return b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+FRAMINGS = {
+    # mlx_vlm (uvicorn): chunked
+    "chunked": b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n" + chunked(EVENTS),
+    # mlx_lm (http.server, HTTP/1.0): the body ends when the connection closes
+    "until close": b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + BODY,
+    "length": b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY + b"extra",
+}
+
+
+@pytest.mark.parametrize("framing", list(FRAMINGS))
+@pytest.mark.parametrize("cut", [1, 2, 5, 13, 4096])
+def test_every_framing_reads_the_same_body_however_the_bytes_are_cut(framing: str,
+                                                                     cut: int) -> None:
+    raw = FRAMINGS[framing]
+
+    async def read() -> tuple[int, bytes, bool]:
+        reader = _Reader(asyncio.get_running_loop(), 600)
+        for start in range(0, len(raw), cut):
+            reader.data_received(raw[start:start + cut])
+        reader.eof_received()
+        status, _ = await reader.head
+        body = b""
+        while data := await reader.read():
+            body += data
+        return status, body, reader.complete
+
+    status, body, complete = on_own_loop(read)
+    assert (status, body) == (200, BODY)
+    # A body with framing must have ended as its framing says; one read until the
+    # connection closed cannot tell (the SSE [DONE] does).
+    assert complete is (framing != "until close")
+
+
+def test_a_truncated_chunked_body_is_not_complete() -> None:
+    raw = FRAMINGS["chunked"][:-20]
+
+    async def read() -> tuple[bytes, bool]:
+        reader = _Reader(asyncio.get_running_loop(), 600)
+        reader.data_received(raw)
+        reader.connection_lost(ConnectionResetError("reset by peer"))
+        await reader.head
+        body = b""
+        while data := await reader.read():
+            body += data
+        return body, reader.complete
+
+    body, complete = on_own_loop(read)
+    assert BODY.startswith(body) and body != BODY
+    assert complete is False
+
+
+@pytest.fixture(scope="module")
+def sse_server() -> Iterator[str]:
+    """A real uvicorn app streaming server-sent events (chunked, as mlx_vlm's)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    async def stream(request: Request) -> StreamingResponse | JSONResponse:
+        body = await request.json()
+        if request.headers.get("authorization") != "Bearer sk-test":
+            return JSONResponse({"error": {"message": "wrong key"}}, status_code=401)
+
+        async def events() -> AsyncIterator[bytes]:
+            for n in range(body["n"]):
+                yield b"data: " + json.dumps({"n": n, "echo": body["echo"]}).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    port = free_port()
+    server, thread = run_uvicorn(Starlette(routes=[Route("/v1/x", stream, methods=["POST"])]),
+                                 port)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=15)
+
+
+def test_a_uvicorn_stream_and_its_refusal(sse_server: str) -> None:
+    async def go() -> tuple[int, bytes, bool, int, str]:
+        ok = await Upstream.open(sse_server, "/v1/x", {"n": 50, "echo": "zürich"},
+                                 headers={"Authorization": "Bearer sk-test"})
+        body = b""
+        while data := await ok.read():
+            body += data
+        refused = await Upstream.open(sse_server, "/v1/x", {"n": 1, "echo": ""})
+        message = error_message(await refused.read_all(), "?")
+        return ok.status, body, ok.complete, refused.status, message
+
+    status, body, complete, refused, message = on_own_loop(go)
+    events = body.split(b"\n\n")
+    assert status == 200 and complete
+    assert [json.loads(e[6:])["n"] for e in events[:-2]] == list(range(50))
+    assert json.loads(events[0][6:])["echo"] == "zürich"
+    assert events[-2] == b"data: [DONE]"
+    assert (refused, message) == (401, "wrong key")
+
+
+def test_abort_closes_the_connection_at_once() -> None:
+    async def go() -> tuple[bytes, bytes]:
+        closed = asyncio.get_running_loop().create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)  # the body, {}
+            writer.write(b"HTTP/1.0 200 OK\r\n\r\ndata: {}\n\n")
+            await writer.drain()
+            # A server mid-answer: it learns the client is gone when its read ends.
+            closed.set_result(await reader.read())
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        upstream = await Upstream.open(f"http://127.0.0.1:{port}", "/v1/x", {})
+        first = await upstream.read()
+        upstream.abort()
+        rest = await asyncio.wait_for(closed, 30)
+        server.close()
+        return first, rest
+
+    first, rest = on_own_loop(go)
+    assert first == b"data: {}\n\n"
+    assert rest == b""  # the end of the connection, nothing more sent
+
+
+def test_an_unreachable_server_fails_to_open() -> None:
+    port = free_port()
+
+    async def go() -> None:
+        await Upstream.open(f"http://127.0.0.1:{port}", "/v1/x", {})
+
+    with pytest.raises(OSError):
+        on_own_loop(go)
