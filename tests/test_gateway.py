@@ -295,6 +295,27 @@ def test_an_image_reaches_the_vision_model(gw: Gateway) -> None:
     assert message.stop_reason in ("end_turn", "max_tokens")
 
 
+
+def test_a_vision_stream_is_relayed_from_mlx_vlm(gw: Gateway) -> None:
+    """mlx_vlm streams chunked (uvicorn) with compact JSON and `"usage":null` in every
+    chunk: relayed with the profile's name, the usage chunk only when asked."""
+    ask = [{"role": "user", "content": "What colour is red?"}]
+    client = gw.openai()
+    plain = list(client.chat.completions.create(model="vision", max_tokens=4, messages=ask,
+                                                stream=True))
+    assert plain and {c.model for c in plain} == {"vision"}
+    assert all(c.usage is None for c in plain)
+    assert any(c.choices and c.choices[0].finish_reason for c in plain)
+    asked = list(client.chat.completions.create(
+        model="vision", max_tokens=4, messages=ask, stream=True,
+        stream_options={"include_usage": True}))
+    assert asked[-1].usage is not None and asked[-1].usage.completion_tokens >= 1
+    with gw.anthropic().messages.stream(model="vision", max_tokens=4,
+                                        messages=ask) as stream:
+        final = stream.get_final_message()
+    assert final.model == "vision" and final.usage.output_tokens >= 1
+
+
 # --- Anthropic -------------------------------------------------------------------------
 
 
