@@ -87,6 +87,19 @@ def build_filter(text: str, arch: str, multimodal: bool, video: bool, tools: boo
     )
 
 
+def empty_list_text(which: str, downloading: int) -> str:
+    """What an empty list says: never "no models match" while the only match is the
+    download shown above it."""
+    if which == REMOTE:
+        if downloading:
+            return ("The matching model is downloading (above)." if downloading == 1 else
+                    f"{downloading} matching models are downloading (above).")
+        return "No models match. Search, or loosen the filters."
+    if downloading:
+        return "Nothing else here yet: the download above lands in this list when it is done."
+    return "No local models match. Download one from the Hugging Face view."
+
+
 def hidden_repos(views: Sequence[DownloadView]) -> set[str]:
     return {v.repo_id for v in views}
 
@@ -181,8 +194,10 @@ def build(services: Services) -> TabLoader:
         if which == REMOTE:
             on_machine = {m.name for m in local if m.complete}
             tiles = []
+            downloading = 0
             for item in items:
                 if item.model.repo_id in hidden:
+                    downloading += 1
                     continue
                 caps = item.details.caps if item.details else None
                 model_fit = fit(caps, None, budget) if caps else None
@@ -191,7 +206,7 @@ def build(services: Services) -> TabLoader:
                     continue
                 tiles.append(remote_tile_html(item.model, item.details, model_fit,
                                               on_machine=item.model.repo_id in on_machine))
-            return tile_list_html(tiles, "No models match. Search, or loosen the filters.")
+            return tile_list_html(tiles, empty_list_text(REMOTE, downloading))
         tiles = []
         measured = services.tool_check.results.latest_by_model(results=False)
         for model in local:
@@ -204,8 +219,8 @@ def build(services: Services) -> TabLoader:
             tiles.append(local_tile_html(
                 model, model_fit, can_delete=may_delete,
                 measured=measured.get(model.name) or measured.get(str(model.path))))
-        return tile_list_html(tiles, "No local models match. Download one from the "
-                                     "Hugging Face view.")
+        return tile_list_html(tiles, empty_list_text(
+            LOCAL, len(hidden) if all(m.name in hidden for m in local) else 0))
 
     def signature(views: list[DownloadView]) -> tuple:
         return tuple(sorted((v.id, v.status.value) for v in views))
@@ -318,9 +333,10 @@ def build(services: Services) -> TabLoader:
         sig = signature(views)
         dl = downloads_part(user, views)
         if sig == last:
-            return dl, gr.skip(), sig
-        # A download started, finished or stopped: the list changes (tile hidden / landed).
-        return dl, list_part(user, which, filt or ModelFilter(), items, views), sig
+            return dl, gr.skip(), sig, gr.skip()
+        # A download started, finished or stopped: the list changes (tile hidden / landed),
+        # and a line such as "resume requested." is no longer news (the tile says it).
+        return dl, list_part(user, which, filt or ModelFilter(), items, views), sig, ""
 
     # ---- admin: extra folders -------------------------------------------------------------
     def folders_view() -> tuple:
@@ -377,6 +393,6 @@ def build(services: Services) -> TabLoader:
     return TabLoader(load, [downloads_html, list_html, shown, folders_box, folders_md,
                             folder_pick],
                      live=(LivePart(frozenset({Topic.DOWNLOADS}), tick,
-                                    [downloads_html, list_html, shown],
+                                    [downloads_html, list_html, shown, status],
                                     inputs=[view, remote, filt_state, shown]),))
 

@@ -23,6 +23,7 @@ from manager.accounts.auth import User
 from manager.accounts.permissions import Action, allowed
 from manager.changes import Topic
 from manager.errors import ValidationError
+from manager.servers.snapshot import ServerSnapshot
 from manager.servers.supervisor import ServerState
 from manager.services import Services
 
@@ -39,6 +40,32 @@ element.addEventListener('click', (event) => {
   trigger('click', {action: button.dataset.action, target: button.dataset.target});
 });
 """
+
+
+#: States in which a "Starting..." or "Restarting..." line is still true.
+_UNDER_WAY = frozenset({ServerState.STARTING, ServerState.STOPPING, ServerState.BACKOFF})
+
+
+def settled_status(snap: ServerSnapshot | None) -> str:
+    """The status line once a start or restart settled, so "Starting..." never outlives
+    the start: ready, failed, or nothing (stopped meanwhile)."""
+    if snap is None or snap.state is ServerState.STOPPED:
+        return ""
+    name = snap.profile.name
+    if snap.state is ServerState.READY:
+        return f"{name} is ready on port {snap.profile.port}."
+    if snap.state is ServerState.FAILED:
+        return f"{name} failed to start: its tile shows why."
+    return ""
+
+
+def status_update(pending: int | None, snap: ServerSnapshot | None) -> tuple[Any, int | None]:
+    """(new status line or `gr.skip()`, still-pending profile id) for the live redraw."""
+    if pending is None:
+        return gr.skip(), None
+    if snap is not None and snap.state in _UNDER_WAY:
+        return gr.skip(), pending
+    return settled_status(snap), None
 
 
 def render_tiles(services: Services, user: User | None) -> str:
@@ -94,14 +121,16 @@ def build(services: Services) -> TabLoader:
     tiles = gr.HTML(server_tiles_html([]), elem_id="server-tiles", js_on_load=TILE_JS)
     chart = gr.Plot(label="Memory and CPU over the last minutes", elem_id="server-chart")
     chart_drawn = gr.State(None)  # monotonic time the chart was last drawn
+    pending = gr.State(None)  # profile id whose "Starting..." line is shown
     # For API clients (and tests): the same actions as the tile buttons.
     with gr.Row(visible=False):
         api_action = gr.Textbox(elem_id="server-api-action")
         api_target = gr.Textbox(elem_id="server-api-target")
         api_button = gr.Button("Run", elem_id="server-api-run")
 
-    def draw_tiles(user: User) -> tuple[str]:
-        return (render_tiles(services, user),)
+    def draw_tiles(user: User, pending_id: int | None) -> tuple[str, Any, int | None]:
+        snap = supervisor.snapshot(pending_id) if pending_id is not None else None
+        return (render_tiles(services, user), *status_update(pending_id, snap))
 
     def draw_chart(_user: User, drawn_at: float | None) -> tuple[Any, Any]:
         now = time.monotonic()
@@ -110,8 +139,9 @@ def build(services: Services) -> TabLoader:
             return gr.skip(), gr.skip()
         return history_figure(services), now
 
-    def run(action: str, target: str, user: User) -> str:
-        """One server action; a refusal reaches the page through the calling handler."""
+    def run(action: str, target: str, user: User) -> tuple[str, int | None]:
+        """One server action (its status line, the profile id while it is under way); a
+        refusal reaches the page through the calling handler."""
         profile_id = services.profiles.find(target).id
         if action == "start":
             snap = placement.start(user, profile_id)
@@ -125,25 +155,26 @@ def build(services: Services) -> TabLoader:
         else:
             raise ValidationError(f"Unknown action {action!r}.")
         monitor.touch()
-        return message
+        return message, (profile_id if action in ("start", "restart") else None)
 
     @handler(services, "server start")
     def on_start(user: User, name: str | None) -> tuple:
         if not name:
             raise gr.Error("Pick a profile first.")
-        message = run("start", name, user)
-        return message, render_tiles(services, user)
+        message, under_way = run("start", name, user)
+        return message, render_tiles(services, user), under_way
 
     @handler(services, "server tile action")
     def on_tile(user: User, evt: gr.EventData) -> tuple:
         data = getattr(evt, "_data", None) or {}
-        message = run(str(data.get("action", "")), str(data.get("target", "")), user)
-        return message, render_tiles(services, user)
+        message, under_way = run(str(data.get("action", "")), str(data.get("target", "")),
+                                 user)
+        return message, render_tiles(services, user), under_way
 
     @handler(services, "server action")
     def on_api(user: User, action: str, target: str) -> tuple:
-        message = run((action or "").strip(), (target or "").strip(), user)
-        return message, render_tiles(services, user)
+        message, under_way = run((action or "").strip(), (target or "").strip(), user)
+        return message, render_tiles(services, user), under_way
 
     @handler(services, "servers tab load")
     def load(user: User) -> tuple:
@@ -154,7 +185,7 @@ def build(services: Services) -> TabLoader:
     def refresh_choices(_user: User) -> Any:
         return gr.Dropdown(choices=profile_choices(services))
 
-    outputs = [status, tiles]
+    outputs = [status, tiles, pending]
     start.click(on_start, profile, outputs, api_name="server_start")
     tiles.click(on_tile, None, outputs, show_progress="hidden")
     api_button.click(on_api, [api_action, api_target], outputs, api_name="server_action")
@@ -162,6 +193,6 @@ def build(services: Services) -> TabLoader:
     profile.focus(refresh_choices, None, profile, show_progress="hidden")
     watched = frozenset({Topic.SERVERS, Topic.SAMPLES})
     return TabLoader(load, [profile, tiles], live=(
-        LivePart(watched, draw_tiles, [tiles]),
+        LivePart(watched, draw_tiles, [tiles, status, pending], inputs=[pending]),
         LivePart(watched, draw_chart, [chart, chart_drawn], inputs=[chart_drawn]),
     ))
