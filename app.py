@@ -40,7 +40,7 @@ def create_app(services: Services) -> FastAPI:
     from components.dashboard import build_dashboard
     from components.gradio_queue import quiet_queue
     from components.views import DASHBOARD_CSS
-    from manager.api.gateway import build_gateway_router
+    from manager.api.gateway_routes import build_gateway_router
     from manager.api.key_auth import gateway_auth
     from manager.api.login import build_auth_router
     from manager.api.session_gate import SessionGate, current_user

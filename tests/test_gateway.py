@@ -494,7 +494,7 @@ def test_a_loading_model_is_waited_for_but_only_so_long(gw: Gateway) -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from manager.api.gateway import build_gateway_router
+    from manager.api.gateway_routes import build_gateway_router
     from manager.api.key_auth import gateway_auth
     from manager.api.session_gate import SessionGate
 
@@ -514,7 +514,9 @@ def test_a_loading_model_is_waited_for_but_only_so_long(gw: Gateway) -> None:
     assert gw.services.placement.stats()[gw.profiles["slowpoke"].id].starts == 1
 
 
-def test_a_server_that_dies_mid_answer_ends_the_stream_with_an_error(gw: Gateway) -> None:
+def test_a_server_that_dies_mid_answer_ends_the_stream_with_an_error(
+        gw: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="manager.api.key_auth")
     stream = iter(gw.openai().chat.completions.create(
         model="crasher", messages=HI, stream=True, max_tokens=3000))
     next(stream)  # the server is generating
@@ -523,6 +525,11 @@ def test_a_server_that_dies_mid_answer_ends_the_stream_with_an_error(gw: Gateway
     with pytest.raises(openai.APIError, match="crasher stopped answering"):
         for _ in stream:
             pass
+    # The failure after the status line is logged once, like a refusal before it.
+    lines = [r.getMessage() for r in caplog.records if r.name == "manager.api.key_auth"]
+    assert len(lines) == 1 and lines[0].startswith(
+        "gateway POST /v1/chat/completions refused with 502 (key 'tests' of "
+        "alice@example.com, model 'crasher'): crasher stopped answering")
     with pytest.raises(anthropic.APIStatusError) as caught:
         gw.anthropic().messages.create(model="crasher", max_tokens=5, messages=HI)
     assert caught.value.status_code in (502, 503)  # dead, or already marked failed
@@ -637,7 +644,7 @@ def test_a_key_over_its_concurrency_limit_gets_429_with_retry_after(gw: Gateway)
 
     from fastapi import FastAPI
 
-    from manager.api.gateway import build_gateway_router
+    from manager.api.gateway_routes import build_gateway_router
     from manager.api.key_auth import gateway_auth
     from manager.api.session_gate import SessionGate
 
@@ -794,3 +801,13 @@ def test_anthropic_system_entries_documents_and_unknown_beta_flags(gw: Gateway) 
                                        betas=["made-up-2099-01-01"])
     assert beta.usage.input_tokens == input_tokens(HI)
 
+
+def test_streamed_message_start_carries_the_real_prompt_count(gw: Gateway) -> None:
+    client = gw.anthropic()
+    whole = client.messages.create(model="thinker", max_tokens=64, messages=HI)
+    with client.messages.stream(model="thinker", max_tokens=64, messages=HI) as stream:
+        first = next(iter(stream))
+        assert first.type == "message_start"
+        assert first.message.usage.input_tokens == whole.usage.input_tokens > 0
+        final = stream.get_final_message()
+    assert final.usage.input_tokens == whole.usage.input_tokens

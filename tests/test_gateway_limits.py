@@ -90,7 +90,7 @@ class Api:
 def build_app(services: Services) -> Any:
     from fastapi import FastAPI
 
-    from manager.api.gateway import build_gateway_router
+    from manager.api.gateway_routes import build_gateway_router
     from manager.api.key_auth import gateway_auth
     from manager.api.session_gate import SessionGate
 

@@ -16,6 +16,7 @@ from manager.api.ollama import (
     chat_request,
     check_chat,
     check_generate,
+    constrains_json,
     generate_request,
     parse_keep_alive,
     sampling,
@@ -110,13 +111,16 @@ def test_a_chat_with_images_tools_and_a_tool_result_becomes_openai() -> None:
             {"role": "tool", "tool_call_id": "call_2_0", "content": "sunny"}]}
 
 
-def test_format_constrains_on_mlx_vlm_and_is_asked_for_on_mlx_lm() -> None:
+def test_format_constrains_where_the_server_can_and_is_asked_for_elsewhere() -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
     ask = {"model": "m", "messages": [{"role": "user", "content": "n?"}]}
-    assert chat_request({**ask, "format": "json"}, VISION)["response_format"] == \
-        {"type": "json_object"}
-    assert chat_request({**ask, "format": schema}, VISION)["response_format"] == {
-        "type": "json_schema", "json_schema": {"name": "format", "schema": schema}}
+    assert constrains_json(VISION, metal=True)
+    assert not constrains_json(VISION, metal=False) and not constrains_json(TEXT, metal=True)
+    assert chat_request({**ask, "format": "json"}, VISION, constrain=True)[
+        "response_format"] == {"type": "json_object"}
+    assert chat_request({**ask, "format": schema}, VISION, constrain=True)[
+        "response_format"] == {"type": "json_schema",
+                               "json_schema": {"name": "format", "schema": schema}}
     on_lm = chat_request({**ask, "format": schema}, TEXT)
     assert "response_format" not in on_lm
     # The instruction keeps the profile's system prompt (a system message would replace it).

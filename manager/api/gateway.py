@@ -1,4 +1,4 @@
-"""One URL for every model: OpenAI and Anthropic APIs in front of all profiles.
+"""One URL for every model: OpenAI, Anthropic and Ollama APIs in front of all profiles.
 
     GET  /v1/models                  the profiles (id = profile name), both SDKs' formats
     GET  /v1/models/{name}
@@ -7,7 +7,10 @@
     POST /v1/messages                Anthropic Messages, streaming or not
     POST /v1/messages/count_tokens   a 1-token request reading usage.prompt_tokens
     POST /v1/responses               OpenAI Responses (and stored ones: responses_routes.py)
+    POST /api/chat, /api/generate    Ollama (the rest of /api: ollama_routes.py)
     GET  /metrics                    Prometheus text (admin keys only)
+
+The routes are registered in gateway_routes.py.
 
 Auth (manager/api/key_auth.py): `gateway_auth` is the SessionGate's `extra_auth`. It claims every gateway path,
 so a session cookie never opens them, and attaches the user of the API key
@@ -39,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -47,16 +50,22 @@ from functools import partial
 from typing import Any
 
 from anyio import CapacityLimiter, to_thread
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from manager.accounts.auth import User
-from manager.api import prometheus
+from manager.api import ollama_flow, prometheus
 from manager.api.anthropic import from_openai_response, to_openai_request
 from manager.api.images import MediaGate
-from manager.api.key_auth import api_key_id, api_user, refusal
-from manager.api.limits import KeyLimiter, cap_max_tokens, read_body, token_limit
-from manager.api.ollama_routes import OllamaRoutes, add_ollama_routes
+from manager.api.key_auth import api_key_id, api_user, log_refusal, refusal
+from manager.api.limits import (
+    ContextLengths,
+    KeyLimiter,
+    cap_max_tokens,
+    read_body,
+    token_limit,
+)
+from manager.api.ollama_routes import not_found
 from manager.api.relay import Loading, Once, RelayResponse
 from manager.api.responses import left_out_tools, warning_header
 from manager.api.responses_routes import Prepared, ResponsesApi
@@ -86,11 +95,10 @@ from manager.api.wire import (
     with_developer_as_system,
     with_thinking_switch,
 )
-from manager.errors import ManagerError, ValidationError
-from manager.models.capabilities import detect
+from manager.errors import ValidationError
 from manager.servers.abort import Abort
 from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile
-from manager.servers.server_stream import ServerStream
+from manager.servers.server_stream import ServerStream, count_prompt_tokens
 from manager.servers.snapshot import CancelEvent
 from manager.servers.supervisor import ServerSnapshot, ServerState
 from manager.services import Services
@@ -104,7 +112,6 @@ MAX_CONCURRENT = 256
 #: Bodies up to this size are checked on the event loop (text, small images); larger
 #: ones, and any when remote images may be fetched, in a worker thread.
 INLINE_BODY_BYTES = 64 * 1024
-_ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
 class Kind(enum.Enum):
@@ -113,12 +120,17 @@ class Kind(enum.Enum):
     MESSAGES = "messages"
     COUNT_TOKENS = "count_tokens"
     RESPONSES = "responses"
+    OLLAMA_CHAT = "ollama_chat"  # manager/api/ollama_flow.py
+    OLLAMA_GENERATE = "ollama_generate"
 
 
+OLLAMA = (Kind.OLLAMA_CHAT, Kind.OLLAMA_GENERATE)
 _CHECKS: dict[Kind, Checker] = {Kind.CHAT: check_chat, Kind.COMPLETION: check_completion,
                                 Kind.MESSAGES: check_messages,
                                 Kind.COUNT_TOKENS: check_messages,
-                                Kind.RESPONSES: check_responses}
+                                Kind.RESPONSES: check_responses,
+                                Kind.OLLAMA_CHAT: partial(ollama_flow.check, False),
+                                Kind.OLLAMA_GENERATE: partial(ollama_flow.check, True)}
 
 
 @dataclass(frozen=True)
@@ -130,11 +142,28 @@ class _Job:
     size: int = 0  # bytes of the request body
     #: A Responses request made ready (its body is then the chat request to send).
     responses: Prepared | None = None
+    received_ns: int = 0  # perf_counter_ns when it arrived (Ollama's durations)
 
     @property
     def fmt(self) -> ApiFormat:
+        if self.kind in OLLAMA:
+            return ApiFormat.OLLAMA
         return ApiFormat.ANTHROPIC if self.kind in (Kind.MESSAGES, Kind.COUNT_TOKENS) \
             else ApiFormat.OPENAI
+
+    @property
+    def generate(self) -> bool:
+        return self.kind is Kind.OLLAMA_GENERATE
+
+    @property
+    def completion(self) -> bool:
+        """Sent to the server's /v1/completions (a prompt, no messages)."""
+        return self.kind is Kind.COMPLETION or ollama_flow.raw(self.generate, self.body)
+
+    def streams(self) -> bool:
+        if self.kind in OLLAMA:
+            return ollama_flow.streams(self.generate, self.body)
+        return bool(self.body.get("stream")) and self.kind is not Kind.COUNT_TOKENS
 
 
 async def _client_gone(request: Request) -> None:
@@ -160,10 +189,21 @@ _FORMATS: dict[Kind, Callable[[_Job, Profile], StreamFormat]] = {
     Kind.CHAT: _openai_format, Kind.COMPLETION: _openai_format,
     Kind.MESSAGES: lambda job, profile: AnthropicFormat(profile.name),
     Kind.RESPONSES: _responses_format,
+    Kind.OLLAMA_CHAT: lambda job, profile: ollama_flow.stream_format(
+        False, profile, job.received_ns),
+    Kind.OLLAMA_GENERATE: lambda job, profile: ollama_flow.stream_format(
+        True, profile, job.received_ns),
 }
 
 
-def error_response(fmt: ApiFormat, failure: Failure) -> JSONResponse:
+def error_response(fmt: ApiFormat, failure: Failure, request: Request | None = None,
+                   model: str | None = None) -> JSONResponse:
+    """A refusal in the API's format; with the request, logged once (key name, route,
+    model, reason)."""
+    if fmt is ApiFormat.OLLAMA and failure.code == "model_not_found" and model:
+        failure = not_found(model)
+    if request is not None:
+        log_refusal(request, failure, model)
     return JSONResponse(error_body(fmt, failure), status_code=failure.status,
                         headers=failure.headers())
 
@@ -184,8 +224,7 @@ class Gateway:
                                 settings.gateway_requests_per_minute)
         self._media = MediaGate(max_bytes=settings.gateway_max_image_bytes,
                                 allow_remote=settings.gateway_remote_images)
-        self._contexts: dict[str, int | None] = {}
-        self._contexts_lock = threading.Lock()
+        self._contexts = ContextLengths(services.profiles)
         self.responses = ResponsesApi(services.responses)
 
     # -- entry points (event loop) ----------------------------------------------------------
@@ -195,12 +234,12 @@ class Gateway:
             else ApiFormat.OPENAI
         user = api_user(request)
         if user is None:
-            return error_response(fmt, refusal(request))
+            return error_response(fmt, refusal(request), request)
         try:
             payload = await to_thread.run_sync(self._model_payload, fmt, name,
                                                limiter=self._limiter)
         except Exception as exc:  # noqa: BLE001 - every failure is answered in the API's format
-            return error_response(fmt, failure_for(exc))
+            return error_response(fmt, failure_for(exc), request, name)
         return Response(dumps(payload), media_type="application/json")
 
     async def serve(self, request: Request, kind: Kind) -> Response:
@@ -208,28 +247,35 @@ class Gateway:
         user = api_user(request)
         key_id = api_key_id(request)
         if user is None or key_id is None:
-            return error_response(fmt, refusal(request))
+            return error_response(fmt, refusal(request), request)
         refused = self._keys.admit(key_id)
         if refused is not None:
-            return error_response(fmt, refused)
+            return error_response(fmt, refused, request)
         release = Once(partial(self._keys.release, key_id))
         streaming = False
+        received = time.perf_counter_ns()
+        body: dict[str, Any] = {}
         try:
             try:
                 raw = await read_body(request, self._max_body)
                 body = parse_body(raw)
                 check_values(body)
-                job = _Job(kind, user, requested_model(body), body, len(raw))
+                if kind in OLLAMA:  # its own words for a missing model
+                    _CHECKS[kind](body)
+                job = _Job(kind, user, requested_model(body), body, len(raw),
+                           received_ns=received)
                 _CHECKS[kind](body)
                 if kind is Kind.RESPONSES:  # served as the chat request it becomes
                     prepared = await self.responses.prepare_async(user, body, self._limiter)
                     job = replace(job, body=prepared.chat, responses=prepared,
                                   size=job.size + prepared.history_size)
             except (GatewayError, ValidationError) as exc:
-                return error_response(fmt, failure_for(exc))
-            if body.get("stream") and kind is not Kind.COUNT_TOKENS:
+                model = body.get("model")
+                return error_response(fmt, failure_for(exc), request,
+                                      model if isinstance(model, str) else None)
+            if job.streams():
                 streaming = True  # the stream frees the key's slot (RelayResponse)
-                response = await self._stream(job, release)
+                response = await self._stream(request, job, release)
             else:
                 response = await self._answer_unless_gone(request, job)
             if kind is Kind.RESPONSES:  # hosted tools it left out (web search...)
@@ -254,36 +300,39 @@ class Gateway:
         try:
             payload = await work
         except Exception as exc:  # noqa: BLE001 - every failure is answered in the API's format
-            return error_response(job.fmt, failure_for(exc))
+            return error_response(job.fmt, failure_for(exc), request, job.model)
         return Response(payload, media_type="application/json")
 
     async def metrics(self, request: Request) -> Response:
         user = api_user(request)
         if user is None:
-            return error_response(ApiFormat.OPENAI, refusal(request))
+            return error_response(ApiFormat.OPENAI, refusal(request), request)
         if not user.is_admin:
             return error_response(ApiFormat.OPENAI, Failure(
-                403, "Only an administrator's API key can read /metrics.", "admin_only"))
+                403, "Only an administrator's API key can read /metrics.", "admin_only"),
+                request)
         if request.method not in ("GET", "HEAD"):
             return error_response(ApiFormat.OPENAI, Failure(
-                405, "Use GET for /metrics.", "method_not_allowed"))
+                405, "Use GET for /metrics.", "method_not_allowed"), request)
         text = await to_thread.run_sync(self._metrics_text, limiter=self._limiter)
         return Response(text, media_type=prometheus.CONTENT_TYPE)
 
     async def unknown(self, request: Request) -> Response:
         fmt = api_format(request.url.path)
         if api_user(request) is None:
-            return error_response(fmt, refusal(request))
+            return error_response(fmt, refusal(request), request)
         return error_response(fmt, Failure(
             404, f"No such endpoint: {request.method} {request.url.path}. This gateway "
             "serves /v1/models, /v1/chat/completions, /v1/completions, /v1/messages and "
             "/v1/responses.",
-            "unknown_endpoint"))
+            "unknown_endpoint"), request)
 
-    async def _stream(self, job: _Job, release: Once) -> Response:
+    async def _stream(self, request: Request, job: _Job, release: Once) -> Response:
         """A stream (see manager/api/relay.py for the contract)."""
         held = ExitStack()
         held.callback(release)
+        # Runs once the lease below is released (an ExitStack unwinds last in, first out).
+        held.callback(self._keep_alive, job)
         try:
             profile = self._profile(job)
             if job.size <= INLINE_BODY_BYTES and not self._media.fetches_remote:
@@ -296,23 +345,25 @@ class Gateway:
             snap = self._services.supervisor.snapshot(profile.id)
             connect = partial(self._connect, job, fmt, body)
             if snap is not None and snap.state is ServerState.READY:
-                return RelayResponse(fmt, held, stream=await connect(snap))
+                return RelayResponse(fmt, held, stream=await connect(snap), model=job.model)
             started = await to_thread.run_sync(partial(
                 self._services.placement.ensure_started, job.user, profile,
                 by=f"gateway ({job.user.email})"), limiter=self._limiter)
             return RelayResponse(fmt, held, loading=Loading(
                 f"{profile.name} is {'starting' if started else 'loading'}",
-                partial(self._wait_ready, profile), connect, self._limiter))
+                partial(self._wait_ready, profile), connect, self._limiter), model=job.model)
         except Exception as exc:  # noqa: BLE001 - every failure is answered in the API's format
             held.close()
-            return error_response(job.fmt, failure_for(exc))
+            return error_response(job.fmt, failure_for(exc), request, job.model)
 
     async def _connect(self, job: _Job, fmt: StreamFormat, body: dict[str, Any],
                        snap: ServerSnapshot) -> ServerStream:
         if isinstance(fmt, OpenAIPassthrough):
             fmt.served_as(snap.model_path)
+        elif isinstance(fmt, AnthropicFormat):  # message_start carries the prompt's count
+            fmt.translator.input_tokens = await count_prompt_tokens(snap, body)
         return await ServerStream.open(self._services.metrics, snap, body,
-                                       completion=job.kind is Kind.COMPLETION)
+                                       completion=job.completion)
 
     def _wait_ready(self, profile: Profile, cancel: CancelEvent) -> ServerSnapshot:
         # Woken by the server's transition, or at once when the client goes away.
@@ -354,7 +405,9 @@ class Gateway:
         """The OpenAI request to send, checked before any server is started for it:
         max_tokens capped, images turned into data the gateway checked itself."""
         body = job.body
-        if job.kind in (Kind.MESSAGES, Kind.COUNT_TOKENS):
+        if job.kind in OLLAMA:
+            body = ollama_flow.upstream(job.generate, body, profile)
+        elif job.kind in (Kind.MESSAGES, Kind.COUNT_TOKENS):
             if job.kind is Kind.COUNT_TOKENS:
                 body = {**body, "max_tokens": 1, "stream": False}
             body = with_thinking_switch(to_openai_request(body, profile.name), body)
@@ -366,39 +419,43 @@ class Gateway:
             raise ValidationError("messages: a non-empty list is required", "messages")
         else:
             body = with_developer_as_system(dict(body))
-        body = cap_max_tokens(body, token_limit(profile.max_tokens, self._context(profile),
+        body = cap_max_tokens(body, token_limit(profile.max_tokens, self._contexts.of(profile),
                                                 fallback=MAX_TOKENS_LIMIT))
-        if job.kind is not Kind.COMPLETION:
+        if not job.completion:
             body["messages"] = self._media.messages(body["messages"])
         return body
 
-    def _context(self, profile: Profile) -> int | None:
-        """The profile's context length, else the model's own (read once per model)."""
-        if profile.context_length:
-            return profile.context_length
-        with self._contexts_lock:
-            if profile.model in self._contexts:
-                return self._contexts[profile.model]
-        try:
-            model_dir = self._services.profiles.resolve_model(profile.model)
-            context = detect(model_dir).context_length
-        except ManagerError as exc:
-            log.info("context length of %s unknown: %s", profile.name, exc.message)
-            context = None
-        with self._contexts_lock:
-            self._contexts[profile.model] = context
-        return context
+    def _keep_alive(self, job: _Job) -> None:
+        """Ollama's keep_alive, once the request let go of its server (placement.py)."""
+        if job.kind in OLLAMA:
+            ollama_flow.keep_alive(self._services, job.user, job.model, job.body)
+
+    def _load(self, job: _Job, abort: Abort) -> bytes:
+        """An Ollama request with nothing to generate: load the model (or unload it)."""
+        profile = self._profile(job)
+        if ollama_flow.keep_alive_s(job.body) != 0:
+            with self._services.placement.lease(profile.id):
+                self._ready(profile, job, abort)
+        return dumps(ollama_flow.loaded(self._services.placement, job.user, profile,
+                                        job.generate, job.received_ns, job.body))
 
     def _answer(self, job: _Job, abort: Abort) -> bytes:
         inference = self._services.inference
+        if job.kind in OLLAMA and ollama_flow.load_only(job.generate, job.body):
+            return self._load(job, abort)
         profile = self._profile(job)
         body = self._upstream_body(profile, job)
         with self._services.placement.lease(profile.id):
             snap = self._ready(profile, job, abort)
-            if job.kind is Kind.COMPLETION:
+            ready_ns = time.perf_counter_ns()
+            if job.completion:
                 result = inference.complete(profile.id, body, wait_s=0, abort=abort)
             else:
                 result = inference.chat(profile.id, body, wait_s=0, abort=abort)
+        if job.kind in OLLAMA:
+            self._keep_alive(job)
+            return dumps(ollama_flow.whole_answer(job.generate, profile, job.received_ns,
+                                                  ready_ns, result.raw, result.stats.ttft_s))
         if job.kind is Kind.COUNT_TOKENS:
             # The server counts: the prompt tokens of a 1-token answer (templates, tools
             # and the profile's system prompt included, as in the real request).
@@ -411,58 +468,3 @@ class Gateway:
         if job.responses is not None:
             return job.responses.answer(profile.name, result.raw)
         return dumps(ModelRenamer(snap.model_path, profile.name).payload(result.raw))
-
-
-def build_gateway_router(services: Services, *, wait_ready_s: float = WAIT_READY_S
-                         ) -> APIRouter:
-    """The gateway's routes; include it before Gradio is mounted at '/'.
-
-    Plain Starlette routes (`add_route`): the handlers read the request themselves, so
-    FastAPI's per-request dependency and response-model machinery (~0.1 ms) is skipped.
-    """
-    gateway = Gateway(services, wait_ready_s=wait_ready_s)
-    router = APIRouter(include_in_schema=False)
-    add_ollama_routes(router, OllamaRoutes(services, gateway.limiter))
-
-    async def list_models(request: Request) -> Response:
-        return await gateway.models(request)
-
-    async def get_model(request: Request) -> Response:
-        return await gateway.models(request, request.path_params["name"])
-
-    async def chat_completions(request: Request) -> Response:
-        return await gateway.serve(request, Kind.CHAT)
-
-    async def completions(request: Request) -> Response:
-        return await gateway.serve(request, Kind.COMPLETION)
-
-    async def messages(request: Request) -> Response:
-        return await gateway.serve(request, Kind.MESSAGES)
-
-    async def count_tokens(request: Request) -> Response:
-        return await gateway.serve(request, Kind.COUNT_TOKENS)
-
-    async def metrics(request: Request) -> Response:
-        return await gateway.metrics(request)
-
-    async def unknown(request: Request) -> Response:
-        return await gateway.unknown(request)
-
-    for path, endpoint, methods in (
-        ("/v1/models", list_models, ["GET"]),
-        ("/v1/models/{name:path}", get_model, ["GET"]),
-        ("/v1/chat/completions", chat_completions, ["POST"]),
-        ("/v1/completions", completions, ["POST"]),
-        ("/v1/messages", messages, ["POST"]),
-        ("/v1/messages/count_tokens", count_tokens, ["POST"]),
-        ("/v1/responses", partial(gateway.serve, kind=Kind.RESPONSES), ["POST"]),
-        ("/v1/responses/{response_id}", gateway.responses.retrieve, ["GET"]),
-        ("/v1/responses/{response_id}", gateway.responses.delete, ["DELETE"]),
-        ("/v1/responses/{response_id}/input_items", gateway.responses.input_items, ["GET"]),
-        ("/metrics", metrics, _ALL_METHODS),
-        # Any other /v1 path or method: an answer in the API's format (never Gradio).
-        ("/v1", unknown, _ALL_METHODS),
-        ("/v1/{rest:path}", unknown, _ALL_METHODS),
-    ):
-        router.add_route(path, endpoint, methods=methods, include_in_schema=False)
-    return router

@@ -19,6 +19,9 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 
 from manager.api.wire import Failure, GatewayError
+from manager.errors import ManagerError
+from manager.models.capabilities import detect
+from manager.servers.profiles import Profile, ProfileService
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +170,27 @@ def cap_max_tokens(body: Mapping[str, Any], limit: int) -> dict[str, Any]:
     # Already validated as a whole, positive number (1e12 arrives as a float).
     out["max_tokens"] = min(int(asked), limit)
     return out
+
+
+class ContextLengths:
+    """Each profile's context length, else its model's own (read once per model)."""
+
+    def __init__(self, profiles: ProfileService) -> None:
+        self._profiles = profiles
+        self._known: dict[str, int | None] = {}
+        self._lock = threading.Lock()
+
+    def of(self, profile: Profile) -> int | None:
+        if profile.context_length:
+            return profile.context_length
+        with self._lock:
+            if profile.model in self._known:
+                return self._known[profile.model]
+        try:
+            context = detect(self._profiles.resolve_model(profile.model)).context_length
+        except ManagerError as exc:
+            log.info("context length of %s unknown: %s", profile.name, exc.message)
+            context = None
+        with self._lock:
+            self._known[profile.model] = context
+        return context

@@ -15,8 +15,9 @@ Mapping:
 - `tool_calls` (arguments as objects) -> OpenAI calls with ids; a `tool` message is
   matched to the call it answers by `tool_name`.
 - `think` -> the chat template's enable_thinking (a level also as reasoning_effort).
-- `format`: "json" or a JSON schema. mlx_vlm constrains its output (response_format);
-  mlx_lm cannot, so it is asked in the system prompt.
+- `format`: "json" or a JSON schema. mlx_vlm on Apple Silicon constrains its output
+  (response_format); elsewhere (mlx_lm, or mlx_vlm on the CPU back-end) the server
+  cannot, so the model is asked to in the system prompt.
 - `keep_alive`: seconds or a Go duration ("5m", "1h30m"); 0 unloads after the answer,
   a negative value keeps the model loaded.
 """
@@ -339,11 +340,13 @@ def sampling(options: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _with_format(request: dict[str, Any], fmt: Any, profile: Profile) -> None:
-    """`format` as a constraint (mlx_vlm) or, where the server has none, an instruction."""
+def _with_format(request: dict[str, Any], fmt: Any, profile: Profile, constrain: bool
+                 ) -> None:
+    """`format` as a constraint (`constrain`: mlx_vlm on Metal) or, where the server has
+    none, an instruction."""
     if fmt in (None, ""):
         return
-    if profile.backend is Backend.MLX_VLM:
+    if constrain:
         request["response_format"] = {"type": "json_object"} if fmt == "json" else {
             "type": "json_schema", "json_schema": {"name": "format", "schema": fmt}}
         return
@@ -369,9 +372,17 @@ def _with_think(request: dict[str, Any], think: Any) -> None:
     request["chat_template_kwargs"] = kwargs
 
 
-def chat_request(body: Mapping[str, Any], profile: Profile) -> dict[str, Any]:
-    """A checked /api/chat body as an OpenAI chat request for `profile` (streamed: the
-    gateway always streams from the server and builds whole answers itself)."""
+def constrains_json(profile: Profile, metal: bool) -> bool:
+    """Can the profile's server hold its output to a JSON schema? mlx_vlm can, with the
+    Metal kernels of Apple Silicon (its structured output fails on the CPU back-end);
+    mlx_lm has no structured output at all."""
+    return profile.backend is Backend.MLX_VLM and metal
+
+
+def chat_request(body: Mapping[str, Any], profile: Profile, *, constrain: bool = False
+                 ) -> dict[str, Any]:
+    """A checked /api/chat body as an OpenAI chat request for `profile`; `constrain`
+    (see constrains_json) says how `format` is honoured."""
     request: dict[str, Any] = {"model": profile.name,
                                "messages": convert_messages(body.get("messages") or []),
                                **sampling(body.get("options"))}
@@ -379,13 +390,14 @@ def chat_request(body: Mapping[str, Any], profile: Profile) -> dict[str, Any]:
     if tools:
         request["tools"] = [{"type": "function", "function": dict(t["function"])}
                             for t in tools]
-    _with_format(request, body.get("format"), profile)
+    _with_format(request, body.get("format"), profile, constrain)
     _with_think(request, body.get("think"))
     request["stream"] = True
     return request
 
 
-def generate_request(body: Mapping[str, Any], profile: Profile) -> tuple[dict[str, Any], bool]:
+def generate_request(body: Mapping[str, Any], profile: Profile, *, constrain: bool = False
+                     ) -> tuple[dict[str, Any], bool]:
     """A checked /api/generate body as an OpenAI request for `profile`, and whether it
     is a raw completion (`raw: true`: the prompt as is, to /v1/completions)."""
     prompt = body.get("prompt") or ""
@@ -402,7 +414,7 @@ def generate_request(body: Mapping[str, Any], profile: Profile) -> tuple[dict[st
         prompt, body.get("images") or [], "images")})
     request: dict[str, Any] = {"model": profile.name, "messages": messages,
                                **sampling(body.get("options"))}
-    _with_format(request, body.get("format"), profile)
+    _with_format(request, body.get("format"), profile, constrain)
     _with_think(request, body.get("think"))
     request["stream"] = True
     return request, False

@@ -83,8 +83,8 @@ class OllamaReply:
         self._prompt_tokens: int | None = None
         self._completion_tokens: int | None = None
 
-    def ready(self) -> None:
-        self._ready = self._clock()
+    def ready(self, at_ns: int | None = None) -> None:
+        self._ready = self._clock() if at_ns is None else at_ns
 
     def _line(self, text: str = "", thinking: str = "",
               tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -35,9 +35,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from anyio import CapacityLimiter, to_thread
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from manager.api.key_auth import log_refusal
 from manager.api.stream_formats import StreamFormat
 from manager.api.wire import failure_for
 from manager.servers.abort import Abort
@@ -69,7 +71,7 @@ class RelayResponse(Response):
 
     def __init__(self, fmt: StreamFormat, held: ExitStack, *,
                  stream: ServerStream | None = None, loading: Loading | None = None,
-                 pace_s: float = PACE_S) -> None:
+                 pace_s: float = PACE_S, model: str | None = None) -> None:
         if (stream is None) == (loading is None):
             raise ValueError("a relay needs an open stream or a loading server")
         self.fmt = fmt
@@ -77,6 +79,8 @@ class RelayResponse(Response):
         self.background = None
         self.raw_headers = [(b"content-type", fmt.media_type.encode()), *_HEADERS]
         self._held = held
+        self._model = model  # as the request named it (for the log of a failure)
+        self._scope: Scope = {}
         self._stream = stream
         self._loading = loading
         self._pace_s = pace_s
@@ -84,6 +88,7 @@ class RelayResponse(Response):
         self.gone = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._scope = scope
         watcher = asyncio.ensure_future(self._watch(receive))
         try:
             await send({"type": "http.response.start", "status": 200,
@@ -118,7 +123,9 @@ class RelayResponse(Response):
             if self.gone:
                 log.info("stream cancelled: its client went away (%s)", exc)
                 return b""
-            return fmt.error(failure_for(exc))
+            failure = failure_for(exc)
+            log_refusal(HTTPConnection(self._scope), failure, self._model)
+            return fmt.error(failure)
 
     async def _wait_and_connect(self, send: Send) -> ServerStream | None:
         loading = self._loading

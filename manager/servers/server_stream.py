@@ -227,3 +227,17 @@ def _record_failure(metrics: MetricsStore, snap: ServerSnapshot, started: float)
         profile_id=snap.profile_id, finished_at=time.time(),
         duration_s=time.perf_counter() - started, ttft_s=None, tokens_per_s=None,
         prompt_tokens=None, completion_tokens=None, ok=False))
+
+
+async def count_prompt_tokens(snap: ServerSnapshot, body: Mapping[str, Any]) -> int:
+    """The prompt's tokens as the server counts them (templates, tools, images): a
+    1-token answer, not metered. mlx_lm's prompt cache spares the real request that
+    follows most of its prefill (bench/gateway.py measures the cost)."""
+    count = await ServerStream.open(MetricsStore(), snap, {**body, "max_tokens": 1})
+    try:
+        async for _ in count.batches(0):
+            continue
+    finally:
+        count.close()
+    usage = count.usage
+    return (usage.prompt_tokens if usage is not None else None) or 0
