@@ -43,7 +43,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from functools import partial
@@ -97,6 +97,7 @@ from manager.api.wire import (
 )
 from manager.errors import ValidationError
 from manager.servers.abort import Abort
+from manager.servers.inference import RequestAborted
 from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile
 from manager.servers.server_stream import ServerStream, count_prompt_tokens
 from manager.servers.snapshot import CancelEvent
@@ -170,6 +171,26 @@ async def _client_gone(request: Request) -> None:
     """Returns once the client closed its connection (the body was read already)."""
     while (await request.receive())["type"] != "http.disconnect":
         continue
+
+
+async def _unless_gone(request: Request, opening: Awaitable[ServerStream]) -> ServerStream:
+    """Open a stream, or cancel the opening (closing its requests to the server) when the
+    client leaves first: an Anthropic stream counts its prompt first, which can take a
+    while on a long prompt."""
+    task = asyncio.ensure_future(opening)
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not gone.done() or gone.cancelled():
+            raise  # cancelled from outside, not by the client leaving
+        raise RequestAborted("The request was cancelled: its client went away.") from None
 
 
 def _openai_format(job: _Job, profile: Profile) -> StreamFormat:
@@ -345,7 +366,9 @@ class Gateway:
             snap = self._services.supervisor.snapshot(profile.id)
             connect = partial(self._connect, job, fmt, body)
             if snap is not None and snap.state is ServerState.READY:
-                return RelayResponse(fmt, held, stream=await connect(snap), model=job.model)
+                stream = await (_unless_gone(request, connect(snap))
+                                if isinstance(fmt, AnthropicFormat) else connect(snap))
+                return RelayResponse(fmt, held, stream=stream, model=job.model)
             started = await to_thread.run_sync(partial(
                 self._services.placement.ensure_started, job.user, profile,
                 by=f"gateway ({job.user.email})"), limiter=self._limiter)

@@ -81,6 +81,7 @@ class RelayResponse(Response):
         self._held = held
         self._model = model  # as the request named it (for the log of a failure)
         self._scope: Scope = {}
+        self._connecting: asyncio.Future[ServerStream] | None = None
         self._stream = stream
         self._loading = loading
         self._pace_s = pace_s
@@ -151,7 +152,14 @@ class RelayResponse(Response):
         snap = waiting.result()
         if self.gone:
             return None
-        stream = await loading.connect(snap)
+        # A task, so a client that leaves cancels it (a prompt count can take a while).
+        self._connecting = asyncio.ensure_future(loading.connect(snap))
+        try:
+            stream = await self._connecting
+        except asyncio.CancelledError:
+            if self.gone:
+                return None
+            raise
         if self.gone:  # left while the request was sent
             stream.abort()
         return stream
@@ -162,6 +170,8 @@ class RelayResponse(Response):
             continue
         self.gone = True
         self._cancel.set()
+        if self._connecting is not None:
+            self._connecting.cancel()
         if self._stream is not None:
             self._stream.abort()
 
