@@ -164,11 +164,14 @@ class ServerStream:
                     if usage is not None:
                         self._usage = Usage.parse(usage.get("usage"))
                 if events:
+                    # Hold the socket only while tokens come faster than the pace: for a
+                    # slower stream a pause would cost more than the reads it saves.
+                    if not self.done and self._last_at is not None \
+                            and arrived - self._last_at < pace_s:
+                        self._upstream.hold(pace_s)
                     self._last_at = arrived
                     if self._first_at is None:
                         self._first_at = arrived
-                    if not self.done:
-                        self._upstream.hold(pace_s)
                 if events or usage is not None:
                     yield Batch(events, usage, usage_event if usage is not None else b"")
                 if self.done:
