@@ -44,6 +44,7 @@ from bench._dashboard import (  # noqa: E402
     dashboard_in_process,
     percentile,
 )
+from bench.download import build_repo  # noqa: E402
 from manager.changes import Topic  # noqa: E402
 from manager.servers.profiles import ProfileSpec  # noqa: E402
 from manager.servers.snapshot import Transition  # noqa: E402
@@ -189,11 +190,7 @@ def main() -> int:
         os.environ["HF_HOME"] = str(root / "hf_home")
         (root / "hf_home" / "hub").mkdir(parents=True)
         model = make_text_model(root / "model")
-        repo = root / "repo"
-        repo.mkdir()
-        (repo / "config.json").write_text('{"model_type": "qwen3"}')
-        (repo / "model.safetensors").write_bytes(os.urandom(DOWNLOAD_MB * 1024 * 1024))
-        hub.add_repo(DOWNLOAD_REPO, repo)
+        hub.add_repo(DOWNLOAD_REPO, build_repo(root, 1, DOWNLOAD_MB))
         with dashboard_in_process(root, hf_endpoint=hub.url) as dash, \
                 sync_playwright() as playwright:
             dash.services.auth.register("admin@example.com", PASSWORD)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 HOLD_S = 10.0
 #: Pause between a tick's answer and the page's next tick (changes meanwhile are kept
 #: by the versions, so nothing is missed; this only spaces redraws).
-TICK_S = 0.2
+TICK_S = 0.1
 #: Pages whose ticks may wait at once; more pages queue (each waiting tick holds one
 #: of Gradio's worker slots, and chat streams need theirs).
 MAX_WAITING_PAGES = 16

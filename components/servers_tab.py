@@ -132,6 +132,7 @@ def build(services: Services) -> TabLoader:
         snap = supervisor.snapshot(pending_id) if pending_id is not None else None
         return (render_tiles(services, user), *status_update(pending_id, snap))
 
+    @handler(services, "server chart")
     def draw_chart(_user: User, drawn_at: float | None) -> tuple[Any, Any]:
         now = time.monotonic()
         if drawn_at is not None and now - drawn_at < CHART_REFRESH_S and \
@@ -191,8 +192,11 @@ def build(services: Services) -> TabLoader:
     api_button.click(on_api, [api_action, api_target], outputs, api_name="server_action")
     reload.click(refresh_choices, None, profile, api_name="server_profiles")
     profile.focus(refresh_choices, None, profile, show_progress="hidden")
+    # The chart follows the tiles in its own event: plotly's figure (and the page's
+    # drawing of it) must not hold up the tiles' news.
+    tiles.change(draw_chart, chart_drawn, [chart, chart_drawn], show_progress="hidden",
+                 trigger_mode="always_last", api_visibility="private")
     watched = frozenset({Topic.SERVERS, Topic.SAMPLES})
     return TabLoader(load, [profile, tiles], live=(
         LivePart(watched, draw_tiles, [tiles, status, pending], inputs=[pending]),
-        LivePart(watched, draw_chart, [chart, chart_drawn], inputs=[chart_drawn]),
     ))
