@@ -20,6 +20,7 @@ from typing import Any
 from components.inert_markdown import inert_markdown
 from manager.chat.events import NOT_RUN, AnswerStats, ChatEvent, ChatEventKind, ToolCall
 from manager.chat.history import Attachment, ChatSummary, Message
+from manager.units import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ def pretty_arguments(arguments: str) -> str:
 def thinking_title(seconds: float | None, *, unfinished: bool = False) -> str:
     if seconds is None:
         return "Thought" + (" (cut off)" if unfinished else "")
-    title = f"Thought for {seconds:.1f}s"
+    # The duration is in the title, in the one format (units.py); Gradio's own
+    # "duration" suffix would add a second one in another format ("30.0ms").
+    title = f"Thought for {format_duration(seconds)}"
     return title + " (cut off before it finished)" if unfinished else title
 
 
@@ -122,10 +125,10 @@ def _tool_panel(call: ToolCall, result: Shown | None, live: bool) -> dict[str, A
         title = f"🛠️ {call.name} (not run)"
     else:
         title = f"🛠️ {call.name} failed"
-    metadata = {"title": title, "status": "done"}
     seconds = result.meta.get("seconds")
     if isinstance(seconds, (int, float)):
-        metadata["duration"] = round(float(seconds), 3)
+        title += f" · {format_duration(float(seconds))}"
+    metadata = {"title": title, "status": "done"}
     server = result.meta.get("server")
     if server:
         metadata["log"] = f"MCP server: {server}"
@@ -147,8 +150,6 @@ def _assistant_messages(message: Shown, results: Mapping[str, Shown]) -> list[di
             seconds = message.thinking_seconds
             metadata = {"title": thinking_title(
                 seconds, unfinished=bool(meta.get("thinking_unfinished"))), "status": "done"}
-            if seconds is not None:
-                metadata["duration"] = round(seconds, 2)
         out.append({"role": "assistant", "content": inert_markdown(message.thinking or ""),
                     "metadata": metadata})
     finished_empty = not live and not message.tool_calls and not meta.get("error")

@@ -17,7 +17,7 @@ from components.session import TabLoader, handler, warn
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, allowed
 from manager.errors import ValidationError
-from manager.servers.profiles import Backend, Profile, ProfileSpec
+from manager.servers.profiles import SERVER_MAX_TOKENS, Backend, Profile, ProfileSpec
 from manager.services import Services
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ FIELDS = (
     FieldDef("host", "127.0.0.1 = this machine only; 0.0.0.0 = the LAN."),
     FieldDef("port", "The next free port is suggested."),
     FieldDef("context_length", "Tokens; empty = the model's own. Chat trims history to it."),
-    FieldDef("max_tokens", "Longest answer; empty = the server's default (512)."),
+    FieldDef("max_tokens", "Longest answer; empty = the server's default ("
+             + ", ".join(f"{n:,} for {b.value}" for b, n in SERVER_MAX_TOKENS.items()) + ")."),
     FieldDef("temperature", "0 to 2; empty = the server's default."),
     FieldDef("top_p", "0 to 1; empty = the server's default."),
     FieldDef("thinking", "Only for models with a thinking mode."),

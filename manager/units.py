@@ -2,7 +2,8 @@
 
 Bytes are 1024-based and labelled B/KB/MB/GB/TB, as macOS shows memory and files.
 Durations keep a tenth of a second under 10 s ("0.5 s", "2 s", "4.2 s": timeouts and
-limits are that short) and otherwise whole units: "45 s", "2 min 05 s", "1 h 02 min".
+limits are that short; a span too short for a tenth reads "< 0.1 s", never "0 s") and
+otherwise whole units: "45 s", "2 min 05 s", "1 h 02 min".
 Unknown is "n/a".
 """
 
@@ -38,6 +39,8 @@ def format_duration(seconds: float | None) -> str:
         return NOT_AVAILABLE
     seconds = max(0.0, seconds)
     tenths = round(seconds, 1)
+    if 0 < seconds and tenths == 0:
+        return "< 0.1 s"
     if tenths < 10:
         return f"{tenths:g} s"
     whole = int(round(seconds))

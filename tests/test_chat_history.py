@@ -64,7 +64,8 @@ def test_a_conversation_is_saved_exactly(history: ChatHistory, alice: User,
     chat_id = _conversation(history, alice, picture)
     chat = history.get(alice, chat_id)
     assert chat.summary.title == "What is the weather in Paris today and…"
-    assert chat.summary.message_count == 4
+    # Counted as a person sees it: one question, one answer (not the tool round).
+    assert chat.summary.message_count == 2
     roles = [m.role for m in chat.messages]
     assert roles == ["user", "assistant", "tool", "assistant"]
     user, call, result, answer = chat.messages

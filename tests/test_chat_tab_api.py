@@ -77,10 +77,10 @@ def test_a_chat_streams_thinking_tools_and_answer_and_is_saved(dash: ChatDashboa
     chatbot, _title, _sidebar, _status = client.predict(weather.id, True, 5, 8, "auto", "",
                                                        api_name="/chat_retry")
     assert "It is sunny in Paris." in str(chatbot[-1]["content"])
-    assert dash.services.chats.get(alice, chat.id).summary.message_count == 4
+    assert dash.services.chats.get(alice, chat.id).summary.message_count == 2
     # The same session goes on with the same chat (its id is kept on the server).
     send(client, weather.id, "And tomorrow?")
-    assert dash.services.chats.get(alice, chat.id).summary.message_count == 8
+    assert dash.services.chats.get(alice, chat.id).summary.message_count == 4
 
 
 def test_another_user_cannot_read_rename_continue_export_or_delete_a_chat(
@@ -156,7 +156,7 @@ def test_a_dashboard_restart_brings_the_chat_back_and_it_goes_on(dash: ChatDashb
     after, *_ = send(client, weather.id, "After the restart")
     assert after[:len(before)] == before
     assert "It is sunny in Paris." in str(after[-1]["content"])
-    assert dash.services.chats.get(dash.user(ALICE), chat.id).summary.message_count == 8
+    assert dash.services.chats.get(dash.user(ALICE), chat.id).summary.message_count == 4
 
 
 def test_picking_a_stopped_profile_starts_it_and_the_message_waits_for_it(

@@ -11,6 +11,7 @@ from components.chat_view import (
     chat_list_html,
     chatbot_messages,
     fenced,
+    thinking_title,
 )
 from manager.chat.events import (
     NOT_RUN,
@@ -67,8 +68,9 @@ def test_thinking_is_an_open_panel_while_it_streams_then_collapses() -> None:
     view.apply(ChatEvent(K.ANSWER, text="The answer"))
     view.apply(ChatEvent(K.ANSWER, text=" is 4."))
     shown = view.messages()
-    assert titles(shown) == [("Thought for 1.2s", "done")]
-    assert shown[1]["metadata"]["duration"] == 1.23
+    assert titles(shown) == [("Thought for 1.2 s", "done")]
+    # One duration, in the title: no Gradio "duration" suffix in a second format.
+    assert "duration" not in shown[1]["metadata"]
     assert shown[2] == {"role": "assistant", "content": "The answer is 4."}
 
 
@@ -80,7 +82,7 @@ def test_a_thought_cut_off_says_so() -> None:
     view.apply(ChatEvent(K.THINKING_ENDED, seconds=2.0, finished=False))
     view.apply(ChatEvent(K.ERROR, text="eyes stopped answering."))
     shown = view.messages()
-    assert titles(shown) == [("Thought for 2.0s (cut off before it finished)", "done")]
+    assert titles(shown) == [("Thought for 2 s (cut off before it finished)", "done")]
     assert shown[-1]["content"] == "⚠️ eyes stopped answering."
 
 
@@ -106,8 +108,7 @@ def test_a_tool_call_is_its_own_panel_pending_then_done() -> None:
     view.apply(ChatEvent(K.TOOL_FINISHED, call=CALL, outcome=ToolOutcome("ok", "Sunny"),
                          message=result))
     (panel,) = view.messages()
-    assert panel["metadata"] == {"title": "🛠️ Used get_weather", "status": "done",
-                                 "duration": 0.02}
+    assert panel["metadata"] == {"title": "🛠️ Used get_weather · < 0.1 s", "status": "done"}
     assert '"city": "Paris"' in panel["content"] and "Sunny" in panel["content"]
 
 
@@ -183,3 +184,10 @@ def test_the_sidebar_lists_escaped_titles_and_marks_the_open_chat() -> None:
     assert "4 messages" in html and "1 message<" in html
     assert "No chats match “x”" in chat_list_html([], None, search="x", server="tiny")
     assert "No chats with tiny yet" in chat_list_html([], None, server="tiny")
+
+
+def test_a_quick_thought_reads_in_one_format() -> None:
+    """Issue 15: "Thought for 0.0s (30.0ms)" read as two durations in two formats."""
+    assert thinking_title(0.03) == "Thought for < 0.1 s"
+    assert thinking_title(12.4) == "Thought for 12 s"
+    assert thinking_title(None) == "Thought"

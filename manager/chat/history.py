@@ -107,10 +107,12 @@ def title_from(text: str) -> str:
     return title if title == " ".join(words) else title + "…"
 
 
-# A chat's row, its profile's current name and its message count.
+# A chat's row, its profile's current name and its message count as a person sees it:
+# questions and answers (not system prompts, tool results or tool-call-only rounds).
 _SUMMARY_SQL = (
     "SELECT chats.*, coalesce(p.name, chats.server) AS server_name,"
-    " (SELECT count(*) FROM chat_messages m WHERE m.chat_id = chats.id) AS message_count"
+    " (SELECT count(*) FROM chat_messages m WHERE m.chat_id = chats.id AND (m.role = 'user'"
+    " OR (m.role = 'assistant' AND m.content != ''))) AS message_count"
     " FROM chats LEFT JOIN profiles p ON p.id = chats.profile_id"
 )
 

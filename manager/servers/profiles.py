@@ -60,6 +60,11 @@ class Backend(str, enum.Enum):
         return "MLX_VLM_SERVER_API_KEY" if self is Backend.MLX_VLM else None
 
 
+#: The longest answer each server writes when neither the profile nor the request sets
+#: max_tokens (mlx_lm's `--max-tokens` default; mlx_vlm's DEFAULT_MAX_TOKENS).
+SERVER_MAX_TOKENS: dict[Backend, int] = {Backend.MLX_LM: 512, Backend.MLX_VLM: 2048}
+
+
 @dataclass(frozen=True)
 class ProfileSpec:
     """The editable fields of a profile. None means "not set" (the server's default);
