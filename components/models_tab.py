@@ -87,6 +87,12 @@ def build_filter(text: str, arch: str, multimodal: bool, video: bool, tools: boo
     )
 
 
+def author_of(value: str | None) -> str:
+    """The author a search is limited to ("" = any), from the Author box as typed."""
+    typed = (value or "").strip()
+    return "" if typed == ANY_AUTHOR else typed
+
+
 def empty_list_text(which: str, downloading: int) -> str:
     """What an empty list says: never "no models match" while the only match is the
     download shown above it."""
@@ -115,8 +121,11 @@ def build(services: Services) -> TabLoader:
                                 elem_id="models-view")
                 text = gr.Textbox(label="Search", placeholder="name, or org/name of a repo",
                                   scale=3, elem_id="models-search")
+                # A suggestion list: any typed author (org or user) is searched too.
                 author = gr.Dropdown([*KNOWN_AUTHORS, ANY_AUTHOR], value=KNOWN_AUTHORS[0],
                                      label="Author (Hugging Face)", scale=2,
+                                     allow_custom_value=True, filterable=True,
+                                     info="Pick one, or type any author.",
                                      elem_id="models-author")
                 sort = gr.Dropdown(SORT_CHOICES, value="downloads", label="Sort", scale=2,
                                    elem_id="models-sort")
@@ -252,7 +261,7 @@ def build(services: Services) -> TabLoader:
                 items = [RemoteItem(model, hub.details(model))]
             else:
                 sess = hub.search(SearchQuery(
-                    text=typed, author="" if author_v == ANY_AUTHOR else (author_v or ""),
+                    text=typed, author=author_of(author_v),
                     mlx_only=bool(mlx_v), sort=sort_v or "downloads"))
                 items = _fetch_page(sess)
         return {**render(user, which, filt, items), session: sess, remote: items,

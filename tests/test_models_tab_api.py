@@ -111,3 +111,13 @@ def test_search_endpoint_returns_tiles(dashboard: LiveDashboard, people: Callabl
     assert "mlx-community/tiny-qwen3-4bit" in tiles and "4-bit" in tiles
     assert "tiny-qwen2-vl" not in tiles
     assert "mm-progress" not in tiles
+
+
+def test_a_typed_author_is_searched(dashboard: LiveDashboard,
+                                    people: Callable[[str], Client]) -> None:
+    """Issue 15 item 7: the Author box took only its three choices; a typed one is used."""
+    bob = people("bob@example.com")
+    tiles = bob.predict("Hugging Face", "tiny", " acme ", "downloads", False,
+                        api_name="/models_search")[1]
+    assert "acme/tiny-pytorch-only" in tiles
+    assert "mlx-community/" not in tiles
