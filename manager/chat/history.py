@@ -112,7 +112,7 @@ def title_from(text: str) -> str:
 _SUMMARY_SQL = (
     "SELECT chats.*, coalesce(p.name, chats.server) AS server_name,"
     " (SELECT count(*) FROM chat_messages m WHERE m.chat_id = chats.id AND (m.role = 'user'"
-    " OR (m.role = 'assistant' AND m.content != ''))) AS message_count"
+    " OR (m.role = 'assistant' AND (m.content != '' OR m.tool_calls = '[]')))) AS message_count"
     " FROM chats LEFT JOIN profiles p ON p.id = chats.profile_id"
 )
 
