@@ -149,11 +149,16 @@ def model_badges_html(caps: Capabilities, fit: Fit | None,
     if measured is not None:
         chips.append(measured_chip(measured))
     if caps.thinking:
-        chip("thinking", "thinking", "Thinks before answering")
+        # Like tools: read from the template and vocabulary, so labelled a guess.
+        chip("thinking mm-chip-thinking-guessed", "thinking · guessed",
+             "Guessed from the chat template and vocabulary (<think> markup), not measured")
     chip("quant", caps.quantization_label, "Quantization or weight dtype")
-    size_parts = [p for p in (params_label(caps.parameter_count),
-                              format_bytes(caps.weights_bytes) if caps.weights_bytes else None) if p]
-    chip("size", " · ".join(size_parts) or "size n/a", "Parameters · weights on disk")
+    params = params_label(caps.parameter_count)
+    size_parts = [p for p in (f"{params} params" if params else None,
+                              f"{format_bytes(caps.weights_bytes)} weights"
+                              if caps.weights_bytes else None) if p]
+    chip("size", " · ".join(size_parts) or "size n/a",
+         "Parameters · size of the weight files")
     if fit is not None:
         label = {FitLevel.FITS: "fits in memory", FitLevel.TIGHT: "tight fit",
                  FitLevel.TOO_BIG: "too big", FitLevel.UNKNOWN: "fit n/a"}[fit.level]
@@ -178,7 +183,7 @@ def remote_tile_html(model: RemoteModel, details: RemoteDetails | None, fit: Fit
     meta = (f"<span title='Downloads'>⬇ {_count(model.downloads)}</span>"
             f"<span title='Likes'>♥ {_count(model.likes)}</span>"
             f"<span title='Last update'>updated {_e(updated)}</span>"
-            f"<span title='Size of the files MLX needs'>{_e(size)}</span>")
+            f"<span title='Size of the files MLX needs'>{_e(size)} download</span>")
     badges = model_badges_html(details.caps, fit) if details is not None else ""
     problem = (f"<div class='mm-problem'>{_e(details.problem)}</div>"
                if details is not None and details.problem else "")
@@ -200,7 +205,7 @@ def local_tile_html(model: LocalModel, fit: Fit | None, *, can_delete: bool,
     latest tool-use check."""
     used = model.last_used or "never"
     source = "HF cache" if model.source == "hf_cache" else model.source
-    meta = (f"<span title='Size on disk'>{_e(format_bytes(model.size_bytes))}</span>"
+    meta = (f"<span title='Size on disk'>{_e(format_bytes(model.size_bytes))} on disk</span>"
             f"<span title='Last used by a server'>last used {_e(used)}</span>"
             f"<span title='{_e(model.path)}'>{_e(source)}</span>")
     problem = ""
@@ -268,7 +273,7 @@ border:1px solid var(--border-color-primary);background:var(--background-fill-se
 .mm-chip-fit-green{background:#dcfce7;color:#166534;border-color:#86efac}
 .mm-chip-fit-amber{background:#fef3c7;color:#92400e;border-color:#fcd34d}
 .mm-chip-fit-red{background:#fee2e2;color:#991b1b;border-color:#fca5a5}
-.mm-chip-guessed,.mm-chip-tools-guessed{border-style:dashed;font-style:italic}
+.mm-chip-guessed,.mm-chip-tools-guessed,.mm-chip-thinking-guessed{border-style:dashed;font-style:italic}
 .mm-chip-measured{font-weight:600}
 #toolcheck-transcript pre{white-space:pre-wrap;margin:.2rem 0}
 .mm-problem{color:#b91c1c;font-size:.85rem;margin:.25rem 0}

@@ -121,6 +121,8 @@ def test_unknown_repo_has_a_clear_message(client: HubClient) -> None:
 def test_repo_without_mlx_weights(client: HubClient, hub_repos: dict[str, str]) -> None:
     details = client.details(client.lookup(hub_repos["no_mlx"]))
     assert details.problem.startswith("No MLX weights") and not details.downloadable
+    # Its config.json still names the architecture (issue 15: the tile said "arch n/a").
+    assert details.caps.architecture == "qwen3"
     with pytest.raises(NoMLXWeights, match="no MLX weights"):
         client.plan(hub_repos["no_mlx"])
 

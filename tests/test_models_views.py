@@ -72,8 +72,10 @@ def test_badges_show_every_capability_and_the_guessed_marker() -> None:
     for label in ("qwen3", "32K ctx", "tools", "thinking", "4-bit", "600M"):
         assert label in html
     assert "vision" not in html and "mm-chip-guessed" not in html
-    # Tool use read from the template is labelled as a guess.
-    assert "tools · guessed" in html
+    # Tool use and thinking read from the template are labelled as guesses.
+    assert "tools · guessed" in html and "thinking · guessed" in html
+    # Each size says what it is (issue 15: "99.6K · 67.3 KB" next to "82.1 KB").
+    assert "600M params · 350.0 MB weights" in html
     vl = model_badges_html(VL, None)
     assert "vision" in vl and "video" in vl and "bf16" in vl and "128K ctx" in vl
     guessed = model_badges_html(GUESS, None)
@@ -161,3 +163,9 @@ def test_zero_in_the_size_boxes_means_no_bound() -> None:
     assert (only_min.min_gb, only_min.max_gb) == (2.0, None)
     with pytest.raises(ValidationError, match="min is above max"):
         build_filter("", "", False, False, False, False, "any", 5, 1, "any")
+
+
+def test_tile_sizes_say_what_they_measure() -> None:
+    remote = remote_tile_html(RemoteModel("mlx-community/q"),
+                              RemoteDetails("mlx-community/q", QWEN, 82 * 1024), None)
+    assert "82.0 KB download" in remote

@@ -274,7 +274,11 @@ class HubClient:
         gated = bool(info.gated)
         tags = tuple(info.tags or model.tags)
         if not has_mlx_weights(names):
-            caps = capabilities.from_files(None, None, tags, sizes, repo_id=model.repo_id)
+            # Not downloadable, but its config.json still says what it is (the tile's arch).
+            config = (self._fetch_json(model.repo_id, info.sha, "config.json", [])
+                      if "config.json" in sizes and not (gated and not self.config.token)
+                      else None)
+            caps = capabilities.from_files(config, None, tags, sizes, repo_id=model.repo_id)
             return RemoteDetails(model.repo_id, caps, total, info.sha, gated,
                                  problem="No MLX weights: this repo has no .safetensors files "
                                  "(PyTorch or GGUF only), so MLX cannot load it.",
