@@ -109,9 +109,7 @@ def build_layout(services: Services) -> ChatUI:
                 placeholder="Message… (attach or drop images and videos)", show_label=False,
                 elem_id="chat-input", autofocus=True)
             with gr.Row():
-                # Red and clickable only while an answer is being written (sending.py).
-                stop = gr.Button("Stop", size="sm", variant="secondary", interactive=False,
-                                 elem_id="chat-stop")
+                stop = gr.Button("Stop", size="sm", variant="stop", elem_id="chat-stop")
                 retry = gr.Button("Retry", size="sm", elem_id="chat-retry")
                 clear = gr.Button("Clear", size="sm", elem_id="chat-clear")
                 copy_md = gr.Button("Copy as Markdown", size="sm", elem_id="chat-copy-md")

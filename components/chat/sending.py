@@ -57,11 +57,6 @@ def options_of(tools: bool, rounds: float | None, frames: float | None,
         video_mode=mode).checked()
 
 
-def stop_button(running: bool) -> gr.Button:
-    """Stop is red and clickable only while an answer is being written."""
-    return gr.Button(variant="stop" if running else "secondary", interactive=running)
-
-
 def wire(page: ChatPage) -> None:
     services, ui = page.services, page.ui
     engine, chats = services.chat_engine, services.chats
@@ -153,14 +148,8 @@ def wire(page: ChatPage) -> None:
                              [ui.chatbot, ui.title, ui.chat_list, ui.server_status],
                              api_name="chat_retry", concurrency_limit=CHAT_CONCURRENCY,
                              show_progress="minimal")
-    # Stop lights up while a turn runs (no server round trip: queue=False).
-    for trigger in (ui.box.submit, ui.retry.click):
-        trigger(lambda: stop_button(True), None, ui.stop, queue=False, api_visibility="private")
-    for turn in (sent, retried):
-        turn.then(lambda: stop_button(False), None, ui.stop, queue=False, api_visibility="private")
     # The page sends the cancel once the click's own event is done: keep that event empty,
     # then show what the stopped turn saved.
     ui.stop.click(None, None, None, cancels=[sent, retried]).then(
-        after_stop, ui.current, ui.chatbot, api_name="chat_stop").then(
-        lambda: stop_button(False), None, ui.stop, queue=False, api_visibility="private")
+        after_stop, ui.current, ui.chatbot, api_name="chat_stop")
     ui.show_tools.click(list_tools, None, ui.tools_md, api_name="chat_tools")
