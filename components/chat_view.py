@@ -125,10 +125,10 @@ def _tool_panel(call: ToolCall, result: Shown | None, live: bool) -> dict[str, A
         title = f"🛠️ {call.name} (not run)"
     else:
         title = f"🛠️ {call.name} failed"
+    metadata = {"title": title, "status": "done"}
     seconds = result.meta.get("seconds")
     if isinstance(seconds, (int, float)):
-        title += f" · {format_duration(float(seconds))}"
-    metadata = {"title": title, "status": "done"}
+        metadata["duration"] = round(float(seconds), 3)
     server = result.meta.get("server")
     if server:
         metadata["log"] = f"MCP server: {server}"

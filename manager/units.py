@@ -2,7 +2,7 @@
 
 Bytes are 1024-based and labelled B/KB/MB/GB/TB, as macOS shows memory and files.
 Durations keep a tenth of a second under 10 s ("0.5 s", "2 s", "4.2 s": timeouts and
-limits are that short; a span too short for a tenth reads "< 0.1 s", never "0 s") and
+limits are that short; a span too short for a tenth reads "under 0.1 s", never "0 s") and
 otherwise whole units: "45 s", "2 min 05 s", "1 h 02 min".
 Unknown is "n/a".
 """
@@ -40,7 +40,7 @@ def format_duration(seconds: float | None) -> str:
     seconds = max(0.0, seconds)
     tenths = round(seconds, 1)
     if 0 < seconds and tenths == 0:
-        return "< 0.1 s"
+        return "under 0.1 s"
     if tenths < 10:
         return f"{tenths:g} s"
     whole = int(round(seconds))
@@ -52,3 +52,19 @@ def format_duration(seconds: float | None) -> str:
     hours, rest = divmod(whole, 3600)
     minutes = rest // 60
     return f"{hours} h {minutes:02d} min" if minutes else f"{hours} h"
+
+
+def format_ago(seconds: float | None) -> str:
+    """How long ago, as a person says it: "just now", "3 min ago", "2 h ago",
+    "5 days ago"; "n/a" for None. A time slightly ahead (another clock) is "just now"."""
+    if seconds is None or not math.isfinite(seconds):
+        return NOT_AVAILABLE
+    whole = int(seconds)
+    if whole < 60:
+        return "just now"
+    if whole < 3600:
+        return f"{whole // 60} min ago"
+    if whole < 86400:
+        return f"{whole // 3600} h ago"
+    days = whole // 86400
+    return f"{days} day{'s' if days != 1 else ''} ago"

@@ -108,7 +108,8 @@ def test_a_tool_call_is_its_own_panel_pending_then_done() -> None:
     view.apply(ChatEvent(K.TOOL_FINISHED, call=CALL, outcome=ToolOutcome("ok", "Sunny"),
                          message=result))
     (panel,) = view.messages()
-    assert panel["metadata"] == {"title": "🛠️ Used get_weather · < 0.1 s", "status": "done"}
+    assert panel["metadata"] == {"title": "🛠️ Used get_weather", "status": "done",
+                                 "duration": 0.02}
     assert '"city": "Paris"' in panel["content"] and "Sunny" in panel["content"]
 
 
@@ -188,6 +189,6 @@ def test_the_sidebar_lists_escaped_titles_and_marks_the_open_chat() -> None:
 
 def test_a_quick_thought_reads_in_one_format() -> None:
     """Issue 15: "Thought for 0.0s (30.0ms)" read as two durations in two formats."""
-    assert thinking_title(0.03) == "Thought for < 0.1 s"
+    assert thinking_title(0.03) == "Thought for under 0.1 s"
     assert thinking_title(12.4) == "Thought for 12 s"
     assert thinking_title(None) == "Thought"

@@ -38,7 +38,7 @@ def test_format_bytes(n: int | float | None, text: str) -> None:
         (math.inf, "n/a"),
         (-3.0, "0 s"),  # clocks of two processes may disagree a little
         (0, "0 s"),
-        (0.03, "< 0.1 s"),  # a positive span never reads as nothing
+        (0.03, "under 0.1 s"),  # a positive span never reads as nothing
         (0.5, "0.5 s"),
         (2, "2 s"),
         (4.03, "4 s"),
