@@ -6,9 +6,11 @@ Every button resolves the acting user on the server; the tab being hidden is not
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import Callable
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Literal
 
 import gradio as gr
 
@@ -19,16 +21,40 @@ from manager.accounts.auth import Role, User
 from manager.accounts.permissions import Action, allowed
 from manager.changes import Topic
 from manager.services import Services
+from manager.units import format_ago
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["ID", "Email", "Role", "Status", "Created", "Approved", "Last login"]
 
 
-def user_rows(users: list[User]) -> list[list[object]]:
+#: Created, Approved and Last login are HTML cells: "3 min ago" with the exact time as
+#: its tooltip.
+DATATYPES: list[Literal["str", "number", "html"]] = [
+    "number", "str", "str", "str", "html", "html", "html"]
+
+
+def time_cell(iso: str | None, now: datetime) -> str:
+    """ "3 min ago", the exact local time in its tooltip; "" for never."""
+    if not iso:
+        return ""
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError as exc:
+        log.debug("not an ISO time %r: %s", iso, exc)
+        return html.escape(iso)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    exact = moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    ago = format_ago((now - moment).total_seconds())
+    return f'<span title="{html.escape(exact)}">{html.escape(ago)}</span>'
+
+
+def user_rows(users: list[User], now: datetime | None = None) -> list[list[object]]:
+    now = now or datetime.now(timezone.utc)
     return [
-        [u.id, u.email, u.role.value, u.status.value, u.created_at, u.approved_at or "",
-         u.last_login_at or ""]
+        [u.id, u.email, u.role.value, u.status.value, time_cell(u.created_at, now),
+         time_cell(u.approved_at, now), time_cell(u.last_login_at, now)]
         for u in users
     ]
 
@@ -41,7 +67,8 @@ def build(services: Services) -> TabLoader:
     """Builds the tab; returns a loader that fills it for the user of a request."""
     auth = services.auth
     gr.Markdown("### Accounts")
-    table = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="users-table", wrap=True)
+    table = gr.Dataframe(headers=COLUMNS, datatype=DATATYPES, interactive=False,
+                         elem_id="users-table", wrap=True)
     with gr.Row():
         # Choices arrive per page load; the server re-checks every id anyway.
         target = gr.Dropdown(label="Account", choices=[], elem_id="admin-target", scale=3,
