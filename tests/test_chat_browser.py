@@ -143,7 +143,7 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
                                timeout=60_000)
         assert page.locator(f"{BOT} :text('It is sunny in Paris.')").count() == 2
         (weather_chat,) = dash.services.chats.list(alice, dash.profiles["weather"].id)
-        assert weather_chat.message_count == 8
+        assert weather_chat.message_count == 4
 
         # Switching server shows that server's chats only.
         pick_server(page, "eyes")
