@@ -96,7 +96,11 @@ class LiveFeed:
         for part in self._parts:
             mine = values[offset:offset + len(part.inputs)]
             offset += len(part.inputs)
-            if part.topics & moved or (timed_out and part.on_timeout):
+            # A page's first tick can read its inputs before the page load has filled them
+            # (the Chat tab's picked server is still empty): the load draws those parts.
+            first_with_inputs = since is None and bool(part.inputs)
+            if not first_with_inputs and (part.topics & moved
+                                          or (timed_out and part.on_timeout)):
                 drawn = list(part.render(user, *mine))
                 if len(drawn) != len(part.outputs):
                     raise ValueError(f"{part.render.__name__} drew {len(drawn)} values for "
