@@ -59,8 +59,8 @@ from manager.api.anthropic import from_openai_response, to_openai_request
 from manager.api.images import MediaGate
 from manager.api.key_auth import api_key_id, api_user, log_refusal, refusal
 from manager.api.limits import (
-    ContextLengths,
     KeyLimiter,
+    ModelFacts,
     cap_max_tokens,
     read_body,
     token_limit,
@@ -245,7 +245,7 @@ class Gateway:
                                 settings.gateway_requests_per_minute)
         self._media = MediaGate(max_bytes=settings.gateway_max_image_bytes,
                                 allow_remote=settings.gateway_remote_images)
-        self._contexts = ContextLengths(services.profiles)
+        self.facts = ModelFacts(services.profiles)  # shared with the /api routes
         self.responses = ResponsesApi(services.responses)
 
     # -- entry points (event loop) ----------------------------------------------------------
@@ -442,7 +442,7 @@ class Gateway:
             raise ValidationError("messages: a non-empty list is required", "messages")
         else:
             body = with_developer_as_system(dict(body))
-        body = cap_max_tokens(body, token_limit(profile.max_tokens, self._contexts.of(profile),
+        body = cap_max_tokens(body, token_limit(profile.max_tokens, self.facts.context_length(profile),
                                                 fallback=MAX_TOKENS_LIMIT))
         if not job.completion:
             body["messages"] = self._media.messages(body["messages"])

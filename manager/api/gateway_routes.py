@@ -32,7 +32,8 @@ def build_gateway_router(services: Services, *, wait_ready_s: float = WAIT_READY
     async def ollama_generate(request: Request) -> Response:
         return await gateway.serve(request, Kind.OLLAMA_GENERATE)
 
-    add_ollama_routes(router, OllamaRoutes(services, gateway.limiter, serve_chat=ollama_chat,
+    add_ollama_routes(router, OllamaRoutes(services, gateway.limiter, gateway.facts,
+                                           serve_chat=ollama_chat,
                                            serve_generate=ollama_generate))
 
     async def list_models(request: Request) -> Response:

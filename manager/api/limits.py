@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from manager.api.wire import Failure, GatewayError
 from manager.errors import ManagerError
-from manager.models.capabilities import detect
+from manager.models.capabilities import Capabilities, detect
 from manager.servers.profiles import Profile, ProfileService
 
 log = logging.getLogger(__name__)
@@ -172,25 +172,31 @@ def cap_max_tokens(body: Mapping[str, Any], limit: int) -> dict[str, Any]:
     return out
 
 
-class ContextLengths:
-    """Each profile's context length, else its model's own (read once per model)."""
+class ModelFacts:
+    """What each profile's model can do, read from the model's files once per model
+    (the gateway's token caps and Ollama's /api/tags, /api/ps and /api/show share it)."""
 
     def __init__(self, profiles: ProfileService) -> None:
         self._profiles = profiles
-        self._known: dict[str, int | None] = {}
+        self._known: dict[str, Capabilities | None] = {}
         self._lock = threading.Lock()
 
-    def of(self, profile: Profile) -> int | None:
-        if profile.context_length:
-            return profile.context_length
+    def caps(self, profile: Profile) -> Capabilities | None:
         with self._lock:
             if profile.model in self._known:
                 return self._known[profile.model]
         try:
-            context = detect(self._profiles.resolve_model(profile.model)).context_length
+            found: Capabilities | None = detect(self._profiles.resolve_model(profile.model))
         except ManagerError as exc:
-            log.info("context length of %s unknown: %s", profile.name, exc.message)
-            context = None
+            log.info("capabilities of %s unknown: %s", profile.name, exc.message)
+            found = None
         with self._lock:
-            self._known[profile.model] = context
-        return context
+            self._known[profile.model] = found
+        return found
+
+    def context_length(self, profile: Profile) -> int | None:
+        """The profile's context length, else the model's own."""
+        if profile.context_length:
+            return profile.context_length
+        caps = self.caps(profile)
+        return caps.context_length if caps else None

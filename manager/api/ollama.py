@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from manager.api.images import image_type
-from manager.api.schema import check_values, invalid
+from manager.api.schema import check_values, invalid, kind_of
 from manager.api.wire import GatewayError
 from manager.servers.profiles import Backend, Profile
 
@@ -76,25 +76,13 @@ class OllamaCall:
 # --- small checks ----------------------------------------------------------------------
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "null" if value is None else "an object"
-
-
 def _typed(body: Mapping[str, Any], field: str, kinds: tuple[type, ...], what: str,
            where: str = "") -> Any:
     value = body.get(field)
     if value is None:
         return None
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        raise invalid(where + field, f"must be {what}, not {_kind(value)}")
+        raise invalid(where + field, f"must be {what}, not {kind_of(value)}")
     return value
 
 
@@ -142,14 +130,14 @@ def _check_options(options: Any) -> None:
     if options is None:
         return
     if not isinstance(options, dict):
-        raise invalid("options", f"must be an object, not {_kind(options)}")
+        raise invalid("options", f"must be an object, not {kind_of(options)}")
     for name, (_, kind, low, high) in _OPTIONS.items():
         value = options.get(name)
         if value is None:
             continue
         field = f"options.{name}"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise invalid(field, f"must be a number, not {_kind(value)}")
+            raise invalid(field, f"must be a number, not {kind_of(value)}")
         if kind == "whole" and isinstance(value, float) and not value.is_integer():
             raise invalid(field, f"must be a whole number, not {value:g}")
         if (low is not None and value < low) or (high is not None and value > high):
@@ -157,7 +145,7 @@ def _check_options(options: Any) -> None:
                           else f"must be between {low:g} and {high:g}")
     predict = options.get("num_predict")
     if predict is not None and (isinstance(predict, bool) or not isinstance(predict, int)):
-        raise invalid("options.num_predict", f"must be a whole number, not {_kind(predict)}")
+        raise invalid("options.num_predict", f"must be a whole number, not {kind_of(predict)}")
     stop = options.get("stop")
     if stop is not None and not isinstance(stop, str):
         _strings(stop, "options.stop")
@@ -195,11 +183,11 @@ def check_chat(body: Mapping[str, Any]) -> OllamaCall:
     if messages is None:
         messages = []
     if not isinstance(messages, list):
-        raise invalid("messages", f"must be a list, not {_kind(messages)}")
+        raise invalid("messages", f"must be a list, not {kind_of(messages)}")
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
-            raise invalid(where, f"must be an object, not {_kind(message)}")
+            raise invalid(where, f"must be an object, not {kind_of(message)}")
         if message.get("role") not in ROLES:
             raise invalid(f"{where}.role", f"must be one of {', '.join(ROLES)}, not "
                           f"{message.get('role')!r}"[:200])
@@ -221,7 +209,7 @@ def check_chat(body: Mapping[str, Any]) -> OllamaCall:
     tools = body.get("tools")
     if tools is not None:
         if not isinstance(tools, list):
-            raise invalid("tools", f"must be a list, not {_kind(tools)}")
+            raise invalid("tools", f"must be a list, not {kind_of(tools)}")
         for i, tool in enumerate(tools):
             function = tool.get("function") if isinstance(tool, dict) else None
             if not isinstance(function, dict) or not isinstance(function.get("name"), str):

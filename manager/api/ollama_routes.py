@@ -16,7 +16,6 @@ ollama_wire.py.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,13 +25,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from manager.api.key_auth import api_user, log_refusal, refusal
-from manager.api.limits import read_body
+from manager.api.limits import ModelFacts, read_body
 from manager.api.ollama import OLLAMA_VERSION
 from manager.api.ollama_wire import ps_entry, show_payload, tags_entry, timestamp
 from manager.api.wire import Failure, GatewayError, dumps, parse_body, resolve_profile
 from manager.errors import ManagerError, NotFound
-from manager.models.capabilities import Capabilities, detect, is_apple_silicon
-from manager.servers.profiles import Profile
+from manager.models.capabilities import is_apple_silicon
 from manager.servers.states import ServerState
 from manager.services import Services
 
@@ -61,30 +59,12 @@ def not_found(name: str) -> Failure:
 
 class OllamaModels:
     """What /api/tags, /api/ps and /api/show read: profiles, their servers and what
-    their models can do (read from the model's files once per model)."""
+    their models can do (the gateway's `ModelFacts`, read once per model)."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, facts: ModelFacts) -> None:
         self._services = services
-        self._caps: dict[str, Capabilities | None] = {}
-        self._lock = threading.Lock()
-
-    def caps(self, profile: Profile) -> Capabilities | None:
-        with self._lock:
-            if profile.model in self._caps:
-                return self._caps[profile.model]
-        try:
-            found: Capabilities | None = detect(
-                self._services.profiles.resolve_model(profile.model))
-        except ManagerError as exc:
-            log.info("capabilities of %s unknown: %s", profile.name, exc.message)
-            found = None
-        with self._lock:
-            self._caps[profile.model] = found
-        return found
-
-    def context_length(self, profile: Profile) -> int | None:
-        caps = self.caps(profile)
-        return profile.context_length or (caps.context_length if caps else None)
+        self.caps = facts.caps
+        self.context_length = facts.context_length
 
     def tags(self) -> dict[str, Any]:
         return {"models": [tags_entry(p, self.caps(p))
@@ -123,11 +103,11 @@ class OllamaRoutes:
     """The /api handlers; chat and generate are the gateway's (`serve_chat`,
     `serve_generate`)."""
 
-    def __init__(self, services: Services, limiter: CapacityLimiter, *,
+    def __init__(self, services: Services, limiter: CapacityLimiter, facts: ModelFacts, *,
                  serve_chat: Handler | None = None,
                  serve_generate: Handler | None = None) -> None:
         self._services = services
-        self._models = OllamaModels(services)
+        self._models = OllamaModels(services, facts)
         self._limiter = limiter
         self._max_body = services.settings.gateway_max_body_bytes
         self.serve_chat = serve_chat

@@ -23,7 +23,8 @@ def invalid(field: str, problem: str) -> GatewayError:
     return GatewayError(400, f"{field}: {problem}", "invalid_request", param=field)
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """A JSON value's kind in words, for messages that say what was sent instead."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -82,9 +83,9 @@ def _get(body: Mapping[str, Any], field: str, kinds: tuple[type, ...], what: str
     if value is None:
         return None
     if isinstance(value, bool) and bool not in kinds:
-        raise invalid(field, f"must be {what}, not {_kind(value)}")
+        raise invalid(field, f"must be {what}, not {kind_of(value)}")
     if not isinstance(value, kinds):
-        raise invalid(field, f"must be {what}, not {_kind(value)}")
+        raise invalid(field, f"must be {what}, not {kind_of(value)}")
     return value
 
 
@@ -124,12 +125,12 @@ def _text_or_texts(body: Mapping[str, Any], field: str) -> None:
 
 def _objects(value: Any, field: str, *, allow_empty: bool = True) -> list[dict[str, Any]]:
     if not isinstance(value, list):
-        raise invalid(field, f"must be a list, not {_kind(value)}")
+        raise invalid(field, f"must be a list, not {kind_of(value)}")
     if not value and not allow_empty:
         raise invalid(field, "must not be empty")
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise invalid(f"{field}[{i}]", f"must be an object, not {_kind(item)}")
+            raise invalid(f"{field}[{i}]", f"must be an object, not {kind_of(item)}")
     return value
 
 
@@ -201,7 +202,7 @@ def _openai_tools(body: Mapping[str, Any]) -> None:
                 raise invalid(f"tools[{i}].function.parameters", "must be an object")
     choice = body.get("tool_choice")
     if choice is not None and not isinstance(choice, (str, dict)):
-        raise invalid("tool_choice", f"must be a string or an object, not {_kind(choice)}")
+        raise invalid("tool_choice", f"must be a string or an object, not {kind_of(choice)}")
 
 
 def _common(body: Mapping[str, Any]) -> None:
@@ -243,7 +244,7 @@ def check_completion(body: Mapping[str, Any]) -> None:
         if not prompt or not all(isinstance(p, str) for p in prompt):
             raise invalid("prompt", "must be a string or a non-empty list of strings")
     elif not isinstance(prompt, str):
-        raise invalid("prompt", f"must be a string, not {_kind(prompt)}")
+        raise invalid("prompt", f"must be a string, not {kind_of(prompt)}")
     _common(body)
 
 
@@ -307,7 +308,7 @@ def check_messages(body: Mapping[str, Any]) -> None:
         content = message.get("content")
         if not isinstance(content, (str, list)):
             raise invalid(f"messages[{i}].content",
-                          f"must be a string or a list of blocks, not {_kind(content)}")
+                          f"must be a string or a list of blocks, not {kind_of(content)}")
         _blocks(content, f"messages[{i}].content", text_only=role == "system")
     system = body.get("system")
     if system is not None:
@@ -346,7 +347,7 @@ _UNSUPPORTED = {
 def _text(body: Mapping[str, Any], field: str, where: str | None = None) -> None:
     value = body.get(field)
     if value is not None and not isinstance(value, str):
-        raise invalid(where or field, f"must be a string, not {_kind(value)}")
+        raise invalid(where or field, f"must be a string, not {kind_of(value)}")
 
 
 def _response_item(item: Mapping[str, Any], where: str) -> None:
@@ -379,7 +380,7 @@ def _response_item(item: Mapping[str, Any], where: str) -> None:
             raise invalid(f"{where}.call_id", "must be a string")
         output = item.get("output")
         if not isinstance(output, (str, list)):
-            raise invalid(f"{where}.output", f"must be a string, not {_kind(output)}")
+            raise invalid(f"{where}.output", f"must be a string, not {kind_of(output)}")
 
 
 def check_responses(body: Mapping[str, Any]) -> None:
@@ -392,7 +393,7 @@ def check_responses(body: Mapping[str, Any]) -> None:
         for i, item in enumerate(_objects(value, "input", allow_empty=False)):
             _response_item(item, f"input[{i}]")
     elif not isinstance(value, str):
-        raise invalid("input", f"a string or a list of items is required, not {_kind(value)}")
+        raise invalid("input", f"a string or a list of items is required, not {kind_of(value)}")
     for field in ("instructions", "previous_response_id", "truncation", "user"):
         _text(body, field)
     _whole(body, "max_output_tokens", 1)
@@ -427,7 +428,7 @@ def check_responses(body: Mapping[str, Any]) -> None:
             raise invalid("tool_choice", f"must be 'none', 'auto', 'required' or an object, "
                           f"not {choice!r}"[:200])
     elif choice is not None and not isinstance(choice, dict):
-        raise invalid("tool_choice", f"must be a string or an object, not {_kind(choice)}")
+        raise invalid("tool_choice", f"must be a string or an object, not {kind_of(choice)}")
 
 
 Checker = Callable[[Mapping[str, Any]], None]
