@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import psutil
 
+from manager.servers.upstream import error_message
+
 log = logging.getLogger(__name__)
 
 #: At most this much of the log written during a request is read back.
@@ -38,26 +40,13 @@ def refusal(name: str, response: httpx.Response, log_path: str | Path | None = N
     the exception its log gained meanwhile if any (mlx_lm answers "generation thread
     died" and logs the reason). Logged too: a server's own failure at WARNING, a request
     it found wrong at INFO."""
-    said = _error_body(response)
+    said = error_message(response.content, response.reason_phrase)
     logged = log_excerpt(log_path, since)
     if logged and logged not in said:
         said = f"{said} (its log says: {logged})"
     level = logging.WARNING if response.status_code >= 500 or logged else logging.INFO
     log.log(level, "%s refused a request (HTTP %s): %s", name, response.status_code, said)
     return f"{name} refused the request: {said}"
-
-
-def _error_body(response: httpx.Response) -> str:
-    try:
-        payload = response.json()
-    except ValueError:
-        return response.text[:300] or response.reason_phrase
-    if isinstance(payload, Mapping):
-        detail = payload.get("error") or payload.get("detail") or payload
-        if isinstance(detail, Mapping):
-            detail = detail.get("message") or detail
-        return str(detail)[:300]
-    return str(payload)[:300]
 
 
 def stream_error(payload: Any) -> str | None:
