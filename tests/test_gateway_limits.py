@@ -26,8 +26,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from manager.api.images import MediaGate, address_refusal, image_type
-from manager.api.limits import KeyLimiter, cap_max_tokens, token_limit
+from manager.api.limits import KeyLimiter, cap_max_tokens, check_token_ids, token_limit
 from manager.api.wire import GatewayError
+from manager.errors import ValidationError
+from manager.models.capabilities import detect
 from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
 from manager.servers.supervisor import ServerState
@@ -287,6 +289,15 @@ def test_key_limiter_counts_in_flight_requests_and_a_sliding_minute() -> None:
      b'{"model": "parked", "messages": [{"role": "user", "content": "Hi"}], '
      b'"adapter_path": "/home"}', "adapter_path"),
     ("/v1/completions", b'{"model": "parked", "prompt": 5}', "prompt"),
+    # A token id past the vocabulary (400 here) kills mlx_lm's server process.
+    ("/v1/chat/completions",
+     b'{"model": "parked", "messages": [{"role": "user", "content": "Hi"}], '
+     b'"logit_bias": {"400": 5}}', "logit_bias"),
+    ("/v1/completions", b'{"model": "parked", "prompt": "Hi", "logit_bias": {"-1": 5}}',
+     "logit_bias"),
+    ("/v1/chat/completions",
+     b'{"model": "parked", "messages": [{"role": "user", "content": "Hi"}], '
+     b'"logit_bias": {"5": 101}}', "logit_bias.5"),
     ("/v1/chat/completions", b'{"model": "parked", "messages": ' + b"[" * 5000
      + b"]" * 5000 + b"}", None),
 ])
@@ -586,3 +597,14 @@ def test_gateway_limits_from_the_environment() -> None:
         == (8, 120)
     with pytest.raises(ValidationError, match="whole number"):
         Settings.from_env({"MLX_MANAGER_GATEWAY_CONCURRENT_PER_KEY": "many"})
+
+
+def test_logit_bias_ids_are_bounded_by_the_models_vocabulary(tmp_path: Path) -> None:
+    vocab = detect(tiny_config_dir(tmp_path / "model")).vocab_size
+    assert vocab == 400
+    check_token_ids({"logit_bias": {"0": -100, "399": 100}}, vocab, "parked")
+    check_token_ids({}, None, "parked")
+    with pytest.raises(ValidationError, match="token id 400 is outside 'parked'"):
+        check_token_ids({"logit_bias": {"400": 1}}, vocab, "parked")
+    with pytest.raises(ValidationError, match="vocabulary size of 'parked' is unknown"):
+        check_token_ids({"logit_bias": {"1": 1}}, None, "parked")

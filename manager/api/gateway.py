@@ -62,6 +62,7 @@ from manager.api.limits import (
     KeyLimiter,
     ModelFacts,
     cap_max_tokens,
+    check_token_ids,
     read_body,
     token_limit,
 )
@@ -444,6 +445,7 @@ class Gateway:
             body = with_developer_as_system(dict(body))
         body = cap_max_tokens(body, token_limit(profile.max_tokens, self.facts.context_length(profile),
                                                 fallback=MAX_TOKENS_LIMIT))
+        check_token_ids(body, self.facts.vocab_size(profile), profile.name)
         if not job.completion:
             body["messages"] = self._media.messages(body["messages"])
         return body

@@ -19,7 +19,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 
 from manager.api.wire import Failure, GatewayError
-from manager.errors import ManagerError
+from manager.errors import ManagerError, ValidationError
 from manager.models.capabilities import Capabilities, detect
 from manager.servers.profiles import Profile, ProfileService
 
@@ -194,9 +194,29 @@ class ModelFacts:
             self._known[profile.model] = found
         return found
 
+    def vocab_size(self, profile: Profile) -> int | None:
+        caps = self.caps(profile)
+        return caps.vocab_size if caps else None
+
     def context_length(self, profile: Profile) -> int | None:
         """The profile's context length, else the model's own."""
         if profile.context_length:
             return profile.context_length
         caps = self.caps(profile)
         return caps.context_length if caps else None
+
+
+def check_token_ids(body: Mapping[str, Any], vocab_size: int | None, model: str) -> None:
+    """A logit_bias id past the vocabulary kills mlx_lm's server process (mlx-lm 0.32),
+    ending every other caller's answer too, so it is refused before it gets there."""
+    bias = body.get("logit_bias")
+    if not bias:
+        return
+    if vocab_size is None:
+        raise ValidationError(f"logit_bias: the vocabulary size of {model!r} is unknown, so "
+                              "its token ids cannot be checked; send the request without it",
+                              "logit_bias")
+    for key in bias:
+        if int(key) >= vocab_size:
+            raise ValidationError(f"logit_bias: token id {key} is outside {model!r}'s "
+                                  f"vocabulary (ids 0 to {vocab_size - 1})", "logit_bias")

@@ -205,6 +205,18 @@ def _openai_tools(body: Mapping[str, Any]) -> None:
         raise invalid("tool_choice", f"must be a string or an object, not {kind_of(choice)}")
 
 
+def _logit_bias(body: Mapping[str, Any]) -> None:
+    """Token ids as whole-number strings, biases from -100 to 100 (OpenAI's range). The
+    model's vocabulary bounds the ids later, once the profile is known (limits.py)."""
+    bias = _get(body, "logit_bias", (dict,), "an object")
+    for key, value in (bias or {}).items():
+        if not (key.isascii() and key.isdigit()):
+            raise invalid("logit_bias", f"keys must be token ids such as \"1234\", not {key!r}"[:200])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not -100 <= value <= 100:
+            raise invalid(f"logit_bias.{key}", "must be a number from -100 to 100")
+
+
 def _common(body: Mapping[str, Any]) -> None:
     _whole(body, "max_tokens", 1)
     _whole(body, "max_completion_tokens", 1)
@@ -213,7 +225,7 @@ def _common(body: Mapping[str, Any]) -> None:
     _stream_options(body)
     _path_fields(body)
     _whole(body, "n", 1)
-    _get(body, "logit_bias", (dict,), "an object")
+    _logit_bias(body)
     _flag(body, "logprobs")
     _whole(body, "top_logprobs", 0)
 

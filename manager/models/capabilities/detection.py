@@ -199,6 +199,7 @@ def _build(
     return Capabilities(
         architecture=architecture_of(config),
         context_length=context,
+        vocab_size=first_int(chain, ("vocab_size",)),
         multimodal=multimodal or video_files,
         video=video or video_files,
         quant_bits=bits,

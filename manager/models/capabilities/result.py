@@ -13,6 +13,8 @@ class Capabilities:
 
     architecture: str | None = None
     context_length: int | None = None
+    #: Token ids run from 0 to vocab_size - 1 (the gateway bounds logit_bias with it).
+    vocab_size: int | None = None
     multimodal: bool = False
     video: bool = False
     quant_bits: int | None = None
