@@ -36,6 +36,7 @@ _GATEWAY_ENV = {
 }
 REMOTE_IMAGES_ENV = "MLX_MANAGER_GATEWAY_REMOTE_IMAGES"
 WARM_SPARE_ENV = "MLX_MANAGER_WARM_SPARE"
+SSH_CONFIG_ENV = "MLX_MANAGER_SSH_CONFIG"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -64,6 +65,11 @@ def _warm_spare_env(env: Mapping[str, str]) -> dict[str, Any]:
         raise ValidationError(f"{WARM_SPARE_ENV} must be 1 or 0 (on or off), not {value!r}.",
                               "warm_spare")
     return {"warm_spare": value in _TRUE}
+
+
+def _ssh_config_env(env: Mapping[str, str]) -> dict[str, Any]:
+    value = env.get(SSH_CONFIG_ENV, "").strip()
+    return {"ssh_config": Path(value).expanduser()} if value else {}
 
 
 def normalize_origins(origins: Iterable[str]) -> tuple[str, ...]:
@@ -132,6 +138,9 @@ class Settings:
     # Leave the model servers running when the dashboard stops (the next start adopts
     # them); the service mode does. By default Ctrl-C stops them too.
     keep_servers: bool = False
+    # The ssh client config (`ssh -F`) used to reach the hosts of distributed profiles;
+    # None: ssh's own (~/.ssh/config).
+    ssh_config: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -143,10 +152,13 @@ class Settings:
         base = cls()
         if env.get(DATA_DIR_ENV):
             base = replace(base, data_dir=Path(env[DATA_DIR_ENV]))
-        base = replace(base, **_gateway_env(env), **_warm_spare_env(env))
+        base = replace(base, **_gateway_env(env), **_warm_spare_env(env),
+                       **_ssh_config_env(env))
         given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in given:
             given["data_dir"] = Path(str(given["data_dir"]))
+        if "ssh_config" in given:
+            given["ssh_config"] = Path(str(given["ssh_config"])).expanduser()
         origins = given.get("cors_origins")
         if isinstance(origins, (list, tuple)):
             given["cors_origins"] = normalize_origins(str(o) for o in origins)

@@ -23,6 +23,7 @@ from manager.settings import (
     DATA_DIR_ENV,
     DEFAULT_HOST,
     DEFAULT_PORT,
+    SSH_CONFIG_ENV,
     Settings,
     normalize_origins,
 )
@@ -64,6 +65,9 @@ def _serve_flags(parser: argparse.ArgumentParser, default: object) -> None:
     parser.add_argument("--keep-servers", action="store_true", default=default,
                         help="leave the model servers running when the dashboard stops, "
                              "for the next start to adopt (default: Ctrl-C stops them)")
+    parser.add_argument("--ssh-config", default=default, metavar="FILE",
+                        help="ssh client config for the hosts of distributed profiles "
+                             f"(env {SSH_CONFIG_ENV}; default ssh's own, ~/.ssh/config)")
     parser.add_argument("--log-level", default=default,
                         choices=["debug", "info", "warning", "error"],
                         help="default info (what a person cares about); debug adds every "
@@ -138,6 +142,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         registrations_per_hour=getattr(args, "registrations_per_hour", None),
         warm_spare=getattr(args, "warm_spare", None),
         keep_servers=getattr(args, "keep_servers", None),
+        ssh_config=getattr(args, "ssh_config", None),
     )
 
 

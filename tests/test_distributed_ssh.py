@@ -1,0 +1,136 @@
+"""ssh to the hosts of a distributed profile, through a real sshd on loopback
+(tests/fixtures/sshd.py): remote commands, each failure's own message, a remote rank
+spawned in its own process group and stopped with nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from manager.errors import ManagerError
+from manager.servers.distributed import ssh
+from manager.settings import Settings
+from tests.fixtures.sshd import SshServer
+from tests.waits import wait_for
+
+
+@pytest.fixture(scope="module")
+def options(sshd: SshServer) -> ssh.SshOptions:
+    return ssh.SshOptions(config=sshd.client_config)
+
+
+def test_ssh_argv_is_non_interactive_and_uses_the_configured_file(tmp_path: Path) -> None:
+    argv = ssh.ssh_argv("mac2", "true", ssh.SshOptions(config=tmp_path / "cfg"))
+    assert argv[:3] == ["ssh", "-F", str(tmp_path / "cfg")]
+    assert "BatchMode=yes" in argv and argv[-3:] == ["--", "mac2", "true"]
+    assert "-F" not in ssh.ssh_argv("mac2", "true", ssh.SshOptions())
+    for bad in ("", "-oProxyCommand=x", "two words"):
+        with pytest.raises(ManagerError, match="not an ssh target"):
+            ssh.ssh_argv(bad, "true", ssh.SshOptions())
+
+
+def test_the_ssh_config_setting_comes_from_env_and_flag(tmp_path: Path) -> None:
+    from manager.cli.main import build_parser, settings_from_args
+
+    env = {"MLX_MANAGER_SSH_CONFIG": str(tmp_path / "env_cfg")}
+    assert Settings.from_env(env).ssh_config == tmp_path / "env_cfg"
+    assert Settings.from_env({}).ssh_config is None
+    args = build_parser().parse_args(["--ssh-config", str(tmp_path / "flag_cfg")])
+    assert settings_from_args(args).ssh_config == tmp_path / "flag_cfg"
+    assert ssh.SshOptions.from_settings(settings_from_args(args)).config == \
+        tmp_path / "flag_cfg"
+
+
+def test_a_remote_command_runs_through_sshd(sshd: SshServer, options: ssh.SshOptions) -> None:
+    done = ssh.run_remote(sshd.alias, "echo $((6 * 7)); cat", options, input_text="piped")
+    assert (done.returncode, done.stdout) == (0, "42\npiped")
+    # The command's own failure is returned, not mistaken for ssh's.
+    assert ssh.run_remote(sshd.alias, "exit 3", options).returncode == 3
+
+
+@pytest.mark.parametrize(("which", "kind", "advice"), [
+    ("alias_refused", "refused", "Remote Login"),
+    ("alias_bad_key", "auth", "ssh-copy-id"),
+    ("alias_unknown_host", "host_key", "accept the key"),
+])
+def test_each_ssh_failure_says_what_to_do(sshd: SshServer, options: ssh.SshOptions,
+                                          which: str, kind: str, advice: str) -> None:
+    target = getattr(sshd, which)
+    with pytest.raises(ssh.SshError) as caught:
+        ssh.run_remote(target, "true", options)
+    assert caught.value.kind == kind and caught.value.target == target
+    assert advice in caught.value.message and target in caught.value.message
+
+
+def test_an_unknown_host_name_is_unreachable(options: ssh.SshOptions) -> None:
+    with pytest.raises(ssh.SshError) as caught:
+        ssh.run_remote("no-such-host.invalid", "true", options)
+    assert caught.value.kind == "unreachable" and "host name is unknown" in caught.value.message
+
+
+def test_ssh_messages_for_what_loopback_cannot_show() -> None:
+    timed_out = ssh.explain_failure("mac2", "ssh: connect to host 10.9.9.9 port 22: "
+                                    "Connection timed out")
+    changed = ssh.explain_failure("mac2", "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS "
+                                  "CHANGED! @@@\nHost key verification failed.")
+    assert (timed_out.kind, changed.kind) == ("unreachable", "host_key")
+    assert "ssh-keygen -R" in changed.message and "same network" in timed_out.message
+
+
+def test_a_remote_rank_runs_in_its_own_group_and_stops_leaving_nothing(
+        sshd: SshServer, options: ssh.SshOptions) -> None:
+    program = ("import json, os, subprocess, sys, time\n"
+               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+               "print(json.dumps({'rank': os.environ['MLX_RANK'], 'child': child.pid,\n"
+               "                  'hostfile': json.load(open(os.environ['MLX_HOSTFILE']))}),\n"
+               "      flush=True)\n"
+               "time.sleep(600)\n")
+    hostfile = json.dumps([["127.0.0.1:5000"], ["127.0.0.1:5001"]])
+    argv = ssh.remote_argv(sshd.alias, [sys.executable, "-c", program],
+                           {"MLX_RANK": "1", "MLX_MANAGER_GROUP": "g o"},
+                           {"MLX_HOSTFILE": hostfile}, "test-group-r1", options)
+    local = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert local.stdout is not None
+        rank = ssh.parse_marker(local.stdout.readline())
+        assert rank is not None and rank.pid == rank.pgid
+        started = json.loads(local.stdout.readline())
+        assert started["rank"] == "1" and started["hostfile"] == json.loads(hostfile)
+        group = [psutil.Process(rank.pid), psutil.Process(started["child"])]
+        assert {p.pid for p in group} <= {p.pid for p in psutil.process_iter()
+                                          if _pgid(p.pid) == rank.pgid}
+        assert Path(rank.directory, "pid").read_text().strip() == str(rank.pid)
+        assert ssh.stop_remote_rank(sshd.alias, rank, options)
+        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                                 for p in group), what="the rank's process group to end")
+        assert not Path(rank.directory).exists()
+        local.wait(timeout=30)  # the session ends with its command
+    finally:
+        local.kill()
+        local.wait()
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        import os
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def test_rank_scripts_refuse_what_could_escape() -> None:
+    with pytest.raises(ManagerError):
+        ssh.rank_script("../x", ["python"], {}, {})
+    with pytest.raises(ManagerError):
+        ssh.rank_script("ok", ["python"], {"BAD NAME": "1"}, {})
+    with pytest.raises(ManagerError):
+        ssh.kill_script(1)
+    assert ssh.parse_marker("hello") is None
+    script = ssh.rank_script("g-r1", ["python", "-m", "mlx_lm", "server"],
+                             {"MLX_RANK": "1; rm -rf /"}, {})
+    assert "MLX_RANK='1; rm -rf /'" in script
