@@ -55,6 +55,8 @@ class SshOptions:
 
     config: Path | None = None
     connect_timeout_s: int = CONNECT_TIMEOUT_S
+    #: Where remote ranks keep their files and pid, relative to that host's $HOME.
+    ranks_dir: str = RANKS_DIR
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SshOptions:
@@ -150,7 +152,7 @@ def _env_assignments(env: Mapping[str, str]) -> str:
 
 
 def rank_script(rank_id: str, argv: Sequence[str], env: Mapping[str, str],
-                files: Mapping[str, str]) -> str:
+                files: Mapping[str, str], ranks_dir: str = RANKS_DIR) -> str:
     """The shell command line a remote rank runs: make its dir, write its files, print
     the marker (pid = pgid: sshd made this shell a session leader), then exec the rank
     with the files' paths and `env` exported."""
@@ -158,7 +160,9 @@ def rank_script(rank_id: str, argv: Sequence[str], env: Mapping[str, str],
         raise ManagerError(f"{rank_id!r} cannot name a rank (letters, digits, . _ - only).")
     if not argv:
         raise ManagerError("A rank needs a command to run.")
-    directory = f'"$HOME"/{RANKS_DIR}/{rank_id}'
+    if not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_./-]*", ranks_dir) or ".." in ranks_dir:
+        raise ManagerError(f"{ranks_dir!r} cannot hold ranks: use a plain relative path.")
+    directory = f'"$HOME"/{ranks_dir}/{rank_id}'
     steps = [f"mkdir -p {directory}", f"cd {directory}", "echo $$ > pid"]
     exported = dict(env)
     for name, content in files.items():
@@ -179,7 +183,8 @@ def remote_argv(target: str, argv: Sequence[str], env: Mapping[str, str],
     """The local argv that starts one rank on `target` over ssh. Its stdout's first line is
     the marker (`parse_marker`); the rank's own output follows on stdout/stderr. Ending the
     local ssh process does not end the rank: use `kill_argv` with the marker's pgid."""
-    return ssh_argv(target, rank_script(rank_id, argv, env, files), options)
+    return ssh_argv(target, rank_script(rank_id, argv, env, files, options.ranks_dir),
+                    options)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,162 @@
+"""The preflight of a distributed profile against real hosts: this machine as rank 0 and
+the others through a real sshd on loopback (tests/fixtures/sshd.py), each running the real
+probe with a real interpreter. One preflight per scenario, every host probed at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from manager.net import free_port
+from manager.servers.distributed import probe_main, ssh
+from manager.servers.distributed.hostfile import RankLaunch, launches
+from manager.servers.distributed.preflight import (
+    PreflightReport,
+    Verdict,
+    jaccl_problems,
+    run_preflight,
+)
+from manager.servers.distributed.spec import DistributedSpec, RankHost
+from tests.fixtures.sshd import SshServer
+
+
+@pytest.fixture(scope="module")
+def options(sshd: SshServer) -> ssh.SshOptions:
+    # A ranks dir of this module's own: ranks other tests spawn are not "stale" here.
+    return ssh.SshOptions(config=sshd.client_config,
+                          ranks_dir=f".mlx-manager/test-ranks-{uuid.uuid4().hex[:8]}")
+
+
+def _spec(*hosts: tuple[str, str, str]) -> DistributedSpec:
+    return DistributedSpec.checked(
+        [RankHost(target, f"{ip}:{free_port()}" if ip == "127.0.0.1" else ip, model)
+         for target, ip, model in hosts])
+
+
+def _launches(spec: DistributedSpec, model: Path) -> tuple[RankLaunch, ...]:
+    server = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model)]
+    return launches(spec, server, "test-group", remote_python=sys.executable)
+
+
+def _fake_mlx_python(root: Path) -> str:
+    """A real interpreter that finds an mlx 0.0.1 distribution first on its path."""
+    site = root / "fake_site"
+    info = site / "mlx-0.0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mlx\nVersion: 0.0.1\n")
+    script = root / "python"
+    script.write_text(f"#!/bin/sh\nPYTHONPATH={site} exec {sys.executable} \"$@\"\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def _check(report: PreflightReport, rank: int, check: str) -> tuple[Verdict, str]:
+    found = report.hosts[rank].finding(check)
+    assert found is not None, report.lines()
+    return found.verdict, found.message
+
+
+def test_a_correct_host_over_ssh_is_all_green(sshd: SshServer, options: ssh.SshOptions,
+                                              tiny_models: dict[str, Path]) -> None:
+    spec = _spec(("local", "127.0.0.1", ""), (sshd.alias, "127.0.0.1", ""))
+    report = run_preflight(spec, _launches(spec, tiny_models["text"]), options)
+    assert report.ok, report.lines()
+    assert [h.verdict for h in report.hosts] == [Verdict.OK, Verdict.OK], report.lines()
+    line = report.lines()[1]
+    assert line.startswith(f"rank 1 {sshd.alias}: OK: ssh ok; Python ") and "ring: " in line
+
+
+def test_each_broken_host_gets_its_own_message(sshd: SshServer, options: ssh.SshOptions,
+                                               tiny_models: dict[str, Path],
+                                               tmp_path: Path) -> None:
+    spec = _spec(("local", "127.0.0.1", ""),
+                 (sshd.alias, "127.0.0.1", ""),                      # python with mlx 0.0.1
+                 (sshd.alias_refused, "127.0.0.1", ""),              # nothing answers ssh
+                 (sshd.alias, "127.0.0.1", str(tmp_path / "absent")),  # no model there
+                 (sshd.alias, "10.255.255.1", ""),                   # not this host's address
+                 (sshd.alias, "127.0.0.1", ""))                      # no python at that path
+    planned = list(_launches(spec, tiny_models["text"]))
+    fake = _fake_mlx_python(tmp_path)
+    planned[1] = dataclasses.replace(planned[1], argv=(fake, *planned[1].argv[1:]))
+    planned[5] = dataclasses.replace(planned[5], argv=(str(tmp_path / "no-python"),
+                                                       *planned[5].argv[1:]))
+    report = run_preflight(spec, planned, options)
+    assert not report.ok and report.hosts[0].verdict is Verdict.OK, report.lines()
+    verdict, message = _check(report, 1, "versions")
+    assert verdict is Verdict.FAIL and "mlx 0.0.1 (rank 0 has 0." in message
+    assert "-m pip install mlx==" in message
+    verdict, message = _check(report, 2, "ssh")
+    assert verdict is Verdict.FAIL and "Remote Login" in message
+    verdict, message = _check(report, 3, "model")
+    assert verdict is Verdict.FAIL and f"no model at {tmp_path / 'absent'}" in message
+    assert _check(report, 3, "versions")[0] is Verdict.OK
+    verdict, message = _check(report, 4, "backend")
+    assert verdict is Verdict.FAIL and "10.255.255.1 is not an address of this host" in message
+    verdict, message = _check(report, 5, "python")
+    assert verdict is Verdict.FAIL and "No Python at" in message
+    # Every failing line is its own, different message.
+    assert len({report.lines()[rank] for rank in range(1, 6)}) == 5
+
+
+def test_a_rank_left_running_is_stale_until_stopped(sshd: SshServer, options: ssh.SshOptions,
+                                                    tiny_models: dict[str, Path]) -> None:
+    argv = ssh.remote_argv(sshd.alias, [sys.executable, "-c", "import time; time.sleep(600)"],
+                           {"MLX_RANK": "1"}, {}, "old-group-r1", options)
+    left = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert left.stdout is not None
+        rank = ssh.parse_marker(left.stdout.readline())
+        assert rank is not None
+        spec = _spec(("local", "127.0.0.1", ""), (sshd.alias, "127.0.0.1", ""))
+        planned = _launches(spec, tiny_models["text"])
+        verdict, message = _check(run_preflight(spec, planned, options), 1, "stale")
+        assert verdict is Verdict.FAIL and f"pid {rank.pid} (old-group-r1)" in message
+        assert f"kill -TERM -- -{rank.pgid}" in message
+        # A group running now owns its ranks: they are not stale (the probe's own scan,
+        # in-process: this host is the ssh host).
+        assert probe_main.stale_ranks(options.ranks_dir, ["old-group-r1"]) == []
+        assert [s["pid"] for s in probe_main.stale_ranks(options.ranks_dir, [])] == [rank.pid]
+        assert ssh.stop_remote_rank(sshd.alias, rank, options)
+        assert _check(run_preflight(spec, planned, options), 1, "stale")[0] is Verdict.OK
+    finally:
+        left.kill()
+        left.wait()
+
+
+def test_jaccl_on_this_linux_host_says_to_use_ring(sshd: SshServer, options: ssh.SshOptions,
+                                                   tiny_models: dict[str, Path]) -> None:
+    spec = DistributedSpec.checked(
+        [RankHost("local", "127.0.0.1", rdma=("", "rdma_en3")),
+         RankHost(sshd.alias, "127.0.0.2", rdma=("rdma_en3", ""))], backend="jaccl")
+    report = run_preflight(spec, _launches(spec, tiny_models["text"]), options)
+    verdict, message = _check(report, 1, "backend")
+    assert verdict is Verdict.FAIL
+    assert "runs Linux" in message and "Use the ring backend" in message
+
+
+IBV = ("    device                 node GUID\n    ------              ----------------\n"
+       "    rdma_en3            0000000000000000\n    rdma_en4            0000000000000001\n")
+
+
+@pytest.mark.parametrize(("system", "mac", "has", "ibv", "wanted", "expected"), [
+    ("Darwin", "26.2", True, IBV, ["rdma_en3"], []),
+    ("Darwin", "26.3.1", True, IBV, ["rdma_en3", "rdma_en4"], []),
+    ("Darwin", "26.1", True, IBV, ["rdma_en3"], ["macOS 26.1 is too old"]),
+    ("Darwin", "15.6", True, IBV, ["rdma_en3"], ["macOS 15.6 is too old"]),
+    ("Darwin", "26.2", False, IBV, ["rdma_en3"], ["built without jaccl"]),
+    ("Darwin", "26.2", True, "    device   node GUID\n", ["rdma_en3"], ["rdma_ctl enable"]),
+    ("Darwin", "26.2", True, None, ["rdma_en3"], ["rdma_ctl enable"]),
+    ("Darwin", "26.2", True, IBV, ["rdma_en5"], ["rdma_en5 is not on this host"]),
+    ("Linux", "", False, None, ["rdma_en3"], ["runs Linux"]),
+])
+def test_jaccl_detection(system: str, mac: str, has: bool, ibv: str | None,
+                         wanted: list[str], expected: list[str]) -> None:
+    problems = jaccl_problems(system, mac, has, ibv, wanted)
+    assert len(problems) == len(expected), problems
+    for problem, words in zip(problems, expected, strict=True):
+        assert words in problem
