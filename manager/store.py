@@ -346,6 +346,11 @@ def _add_server_argv_and_settings(db: Database) -> None:
     )
 
 
+def _add_profile_distributed(db: Database) -> None:
+    # A profile served by several hosts keeps its DistributedSpec as JSON; NULL = one process.
+    db.execute("ALTER TABLE profiles ADD COLUMN distributed TEXT")
+
+
 # Append only: a migration that has shipped is never edited or reordered.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_users", _create_users),
@@ -360,6 +365,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0010_tool_checks", _create_tool_checks),
     Migration("0011_stored_responses", _create_stored_responses),
     Migration("0012_server_argv_and_settings", _add_server_argv_and_settings),
+    Migration("0013_profile_distributed", _add_profile_distributed),
 )
 
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 import psutil
 
@@ -32,6 +32,34 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
 #: After SIGKILL: how long to wait for the kernel to take the processes away.
 KILL_WAIT_S = 5.0
+
+
+class ServerProcess(Protocol):
+    """What the supervisor keeps of a server it spawned: its Popen, or the RankGroup of a
+    distributed server (manager/servers/distributed/group.py)."""
+
+    pid: int
+    args: Any
+    returncode: int | Any
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+@runtime_checkable
+class ProcessGroup(Protocol):
+    """A server made of several process groups (a distributed rank group): it stops all
+    of them itself, and says which one ended first (`failure`, "" when none did)."""
+
+    failure: str
+
+    def stop_group(self, grace_s: float) -> None: ...
+
+
+def failure_of(popen: ServerProcess | None) -> str:
+    """Why a rank group ended (which rank, on which host), or ""."""
+    return popen.failure if isinstance(popen, ProcessGroup) else ""
 
 
 def server_module(backend: Backend) -> str:
@@ -117,7 +145,7 @@ def write_header(handle: BinaryIO, argv: list[str], by: str, how: str = "") -> N
     handle.flush()
 
 
-def exit_status(popen: subprocess.Popen[bytes] | None, proc: psutil.Process | None
+def exit_status(popen: ServerProcess | None, proc: psutil.Process | None
                 ) -> tuple[bool, int | None]:
     """(gone, exit code); the code of an adopted process (no Popen) is unknown (None)."""
     if popen is not None:
@@ -136,9 +164,12 @@ def alive(proc: psutil.Process) -> bool:
         return False
 
 
-def terminate(pid: int | None, popen: subprocess.Popen[bytes] | None,
+def terminate(pid: int | None, popen: ServerProcess | None,
               proc: psutil.Process | None, grace: float) -> None:
     """SIGTERM the process group, wait `grace`, SIGKILL it, then any straggler."""
+    if isinstance(popen, ProcessGroup):
+        popen.stop_group(grace)  # every rank on every host
+        return
     if pid is None:
         return
     try:
@@ -177,7 +208,7 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
         log.warning("not allowed to signal server pid %s: %s", pid, exc)
 
 
-def _wait_gone(popen: subprocess.Popen[bytes] | None, family: list[psutil.Process],
+def _wait_gone(popen: ServerProcess | None, family: list[psutil.Process],
                timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     if popen is not None:

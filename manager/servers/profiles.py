@@ -32,6 +32,7 @@ from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from manager.models.capabilities import Capabilities, detect
 from manager.models.hf_cache import cached_repo_ids, resolve_model
 from manager.net import port_is_free
+from manager.servers.distributed.spec import DistributedSpec
 from manager.store import Store, inserted_id
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class ProfileSpec:
     auto_restart: bool = False
     #: Stop the server after this many minutes without requests; None or 0 = never.
     idle_timeout_minutes: int | None = None
+    #: Served by several ranks (hosts) through MLX's distributed engine; None = one process.
+    distributed: DistributedSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Profile:
     auto_start: bool = False
     auto_restart: bool = False
     idle_timeout_minutes: int | None = None
+    distributed: DistributedSpec | None = None
     owner_id: int | None = None
     created_at: str = ""
     updated_at: str = ""
@@ -147,6 +151,7 @@ class Profile:
             idle_timeout_minutes=row["idle_timeout_minutes"], owner_id=row["owner_id"],
             created_at=row["created_at"], updated_at=row["updated_at"],
             server_key=row.get("server_key"),
+            distributed=DistributedSpec.from_json(row.get("distributed")),
         )
 
 
@@ -249,6 +254,7 @@ def validate(
     if idle is not None and not 0 < idle <= MAX_IDLE_MINUTES:
         raise ValidationError(f"Idle timeout must be between 1 and {MAX_IDLE_MINUTES} minutes "
                               "(or empty for never).", "idle_timeout_minutes")
+    _check_distributed(spec, caps.multimodal, host, port)
     cleaned = replace(
         spec, name=name, model=spec.model.strip(), host=host, port=port,
         backend=spec.backend or backend_for(caps), thinking=thinking,
@@ -256,6 +262,19 @@ def validate(
         system_prompt=spec.system_prompt or "",
     )
     return cleaned, caps
+
+
+def _check_distributed(spec: ProfileSpec, multimodal: bool, host: str, port: int) -> None:
+    dist = spec.distributed
+    if dist is None:
+        return
+    if spec.backend is Backend.MLX_VLM or (spec.backend is None and multimodal):
+        raise ValidationError("Only text models (mlx_lm) can be served across several hosts; "
+                              "mlx_vlm has no distributed mode.", "distributed")
+    http = f"{host}:{port}"
+    if any(dist.endpoint(rank) == http for rank in range(dist.size)):
+        raise ValidationError(f"The ranks' base port {dist.base_port} overlaps the server's "
+                              f"port {port}: pick a base port away from it.", "distributed")
 
 
 def suggest_port(
@@ -287,7 +306,7 @@ def copy_name(name: str, taken: Iterable[str]) -> str:
 
 _COLUMNS = ("name", "description", "model", "backend", "host", "port", "context_length",
             "max_tokens", "temperature", "top_p", "thinking", "system_prompt", "auto_start",
-            "auto_restart", "idle_timeout_minutes")
+            "auto_restart", "idle_timeout_minutes", "distributed")
 _ACTIVE_SERVER_STATES = ("starting", "ready", "stopping")
 
 
@@ -298,6 +317,7 @@ def _row_values(spec: ProfileSpec) -> list[Any]:
         "thinking": None if spec.thinking is None else int(spec.thinking),
         "auto_start": int(spec.auto_start),
         "auto_restart": int(spec.auto_restart),
+        "distributed": spec.distributed.to_json() if spec.distributed else None,
     }
     return [values[c] for c in _COLUMNS]
 

@@ -147,3 +147,28 @@ class ServerRegistry:
         except NotFound:
             return f"Profile {profile_id}"
 
+    # -- idle limits ------------------------------------------------------------------------
+
+    def set_idle_limit(self, profile_id: int, seconds: float | None) -> bool:
+        """Idle seconds before this run of the server stops (None: the profile's idle
+        timeout; negative: never). The next run starts with the profile's again.
+        False when the server is not running."""
+        with self._lock:
+            server = self._servers.get(profile_id)
+            if server is None or server.state not in ACTIVE_STATES:
+                return False
+            server.idle_limit_s = seconds
+            return True
+
+    def idle_limit(self, profile_id: int) -> float | None:
+        """Idle seconds before the running server stops; None: never."""
+        with self._lock:
+            server = self._servers.get(profile_id)
+            return server.idle_limit() if server is not None else None
+
+    def _idle(self, server: ServerRun, now: float) -> bool:
+        limit = server.idle_limit()
+        if limit is None:
+            return False
+        idle = self.leases.idle_for(server.profile.id, now)
+        return idle is not None and idle > limit

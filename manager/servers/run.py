@@ -7,14 +7,13 @@ changes only through Supervisor._transition. What it hands out are copies
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from manager.servers.logs import read_tail
-from manager.servers.process import model_of_cmdline
+from manager.servers.process import ServerProcess, model_of_cmdline
 from manager.servers.profiles import Profile
 from manager.servers.records import ServerRecord
 from manager.servers.snapshot import Clock, ServerSnapshot
@@ -34,7 +33,7 @@ class ServerRun:
     model_path: str = ""
     state: ServerState = ServerState.STOPPED
     state_since: float = 0.0
-    popen: subprocess.Popen[bytes] | None = None  # a server this dashboard spawned
+    popen: ServerProcess | None = None  # a server (or rank group) this dashboard spawned
     proc: psutil.Process | None = None  # one it adopted
     pid: int | None = None
     create_time: float | None = None
@@ -59,7 +58,7 @@ class ServerRun:
     #: (Ollama's keep_alive); None: the profile's idle timeout; negative: never.
     idle_limit_s: float | None = None
 
-    def spawned(self, popen: subprocess.Popen[bytes], create_time: float | None,
+    def spawned(self, popen: ServerProcess, create_time: float | None,
                 argv: list[str], model_dir: str, log_path: Path, clock: Clock) -> None:
         self.popen, self.proc = popen, None
         self.pid, self.create_time, self.argv = popen.pid, create_time, argv

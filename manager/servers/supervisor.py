@@ -31,6 +31,7 @@ from manager.accounts.permissions import Action, Owned, require
 from manager.errors import Conflict, ManagerError, NotFound, ValidationError
 from manager.net import port_is_free, tls_context
 from manager.servers import readiness
+from manager.servers.distributed.group import GroupLauncher
 from manager.servers.logs import (
     LOG_MAX_BYTES,
     cap_log,
@@ -45,6 +46,7 @@ from manager.servers.process import (
     child_env,
     describe_exit,
     exit_status,
+    failure_of,
     live_process,
     spawn,
     terminate,
@@ -92,7 +94,8 @@ class Supervisor(ServerRegistry):
     def __init__(self, store: Store, profiles: ProfileService, logs_dir: Path, *,
                  hub_cache: Path, clock: Clock | None = None, python: str = sys.executable,
                  stop_grace_s: float = STOP_GRACE_S, start_timeout_s: float = START_TIMEOUT_S,
-                 log_max_bytes: int = LOG_MAX_BYTES, spares: SparePool | None = None) -> None:
+                 log_max_bytes: int = LOG_MAX_BYTES, spares: SparePool | None = None,
+                 groups: GroupLauncher | None = None) -> None:
         super().__init__(profiles, clock)
         self._store = store
         self.logs_dir = logs_dir
@@ -110,6 +113,7 @@ class Supervisor(ServerRegistry):
         #: The warm spare interpreters the next starts are handed to; one that is never
         #: started (the default, and the CLI's) hands nothing over.
         self.spares = spares or SparePool(python, hub_cache, logs_dir, enabled=False)
+        self.groups = groups or GroupLauncher(logs_dir)  # distributed profiles' ranks
 
     # -- commands -----------------------------------------------------------------------
 
@@ -325,8 +329,12 @@ class Supervisor(ServerRegistry):
             env.update(profile.server_env())  # its API key, if any: never on argv
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             remove_logs(self.logs_dir, profile.id)
-            handed = self.spares.take(profile.backend, argv, path, env, self.logs_dir, by=by)
-            popen, create_time = handed or spawn(argv, path, env, self.logs_dir, by=by)
+            dist = profile.distributed  # every rank at once; never a warm spare
+            handed = None if dist else self.spares.take(profile.backend, argv, path, env,
+                                                        self.logs_dir, by=by)
+            popen, create_time = (self.groups.spawn(profile.id, profile.name, dist, argv, path,
+                                                    env, by=by) if dist else
+                                  handed or spawn(argv, path, env, self.logs_dir, by=by))
         except OSError as exc:
             log.error("cannot spawn the server of %s: %s", profile.name, exc)
             server.log_path = path
@@ -420,7 +428,8 @@ class Supervisor(ServerRegistry):
                     ServerState.STARTING, ServerState.READY):
                 return
             during = "while loading the model" if server.state is ServerState.STARTING else ""
-            reason = f"The server exited {during} with {describe_exit(code)}.".replace("  ", " ")
+            reason = failure_of(server.popen) or " ".join(
+                f"The server exited {during} with {describe_exit(code)}.".split())
             server.exit_code = code
             self._fail(server, reason)
 
@@ -456,30 +465,6 @@ class Supervisor(ServerRegistry):
             self.stop(profile_id, reason=reason)
         except ManagerError as exc:
             log.info("stop of profile %s (%s) skipped: %s", profile_id, reason, exc.message)
-
-    def set_idle_limit(self, profile_id: int, seconds: float | None) -> bool:
-        """Idle seconds before this run of the server stops (None: the profile's idle
-        timeout; negative: never). The next run starts with the profile's again.
-        False when the server is not running."""
-        with self._lock:
-            server = self._servers.get(profile_id)
-            if server is None or server.state not in ACTIVE_STATES:
-                return False
-            server.idle_limit_s = seconds
-            return True
-
-    def idle_limit(self, profile_id: int) -> float | None:
-        """Idle seconds before the running server stops; None: never."""
-        with self._lock:
-            server = self._servers.get(profile_id)
-            return server.idle_limit() if server is not None else None
-
-    def _idle(self, server: ServerRun, now: float) -> bool:
-        limit = server.idle_limit()
-        if limit is None:
-            return False
-        idle = self.leases.idle_for(server.profile.id, now)
-        return idle is not None and idle > limit
 
     # -- internals: the one transition, and what it tells ------------------------------------
 

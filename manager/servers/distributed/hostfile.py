@@ -86,11 +86,12 @@ def rank_files(spec: DistributedSpec) -> dict[str, str]:
 def launches(spec: DistributedSpec, server_argv: Sequence[str], group_id: str,
              remote_python: str = "python3") -> tuple[RankLaunch, ...]:
     """Every rank's launch, rank 0 first. Local ranks run this dashboard's interpreter
-    (server_argv[0]); remote ranks `remote_python` as found on that host's PATH."""
+    (server_argv[0]); remote ranks their host's `python`, else `remote_python` as found on
+    that host's PATH."""
     files = rank_files(spec)
     return tuple(
         RankLaunch(rank=rank, host=host,
                    argv=rank_argv(spec, rank, server_argv,
-                                  None if host.is_local else remote_python),
+                                  None if host.is_local else host.python or remote_python),
                    env=rank_env(spec, rank, group_id), files=files)
         for rank, host in enumerate(spec.hosts))

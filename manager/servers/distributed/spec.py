@@ -61,13 +61,15 @@ class RankHost:
     (optionally `ip:port`; without a port, rank i listens on base_port + i). `model_path`
     is where the model lives on that host ("" = the profile's model, same path as here).
     `rdma` (jaccl only) names this host's RDMA device towards each rank, in rank order,
-    "" for itself.
+    "" for itself. `python` is the interpreter a remote rank runs ("" = `python3` on that
+    host's PATH); local ranks run the dashboard's own.
     """
 
     ssh_target: str
     address: str
     model_path: str = ""
     rdma: tuple[str, ...] = ()
+    python: str = ""
 
     @property
     def is_local(self) -> bool:
@@ -93,6 +95,8 @@ class RankHost:
             out["model_path"] = self.model_path
         if self.rdma:
             out["rdma"] = list(self.rdma)
+        if self.python:
+            out["python"] = self.python
         return out
 
     @classmethod
@@ -104,7 +108,8 @@ class RankHost:
         return cls(ssh_target=str(data.get("ssh_target") or ""),
                    address=str(data.get("address") or ""),
                    model_path=str(data.get("model_path") or ""),
-                   rdma=tuple(str(d or "") for d in rdma))
+                   rdma=tuple(str(d or "") for d in rdma),
+                   python=str(data.get("python") or ""))
 
 
 @dataclass(frozen=True)
@@ -200,8 +205,10 @@ class DistributedSpec:
         lines = []
         for h in self.hosts:
             parts = [h.ssh_target or "local", h.address]
-            if h.model_path or h.rdma:
+            if h.model_path or h.rdma or h.python:
                 parts.append(h.model_path or "-")
+            if h.python:
+                parts.append("python=" + h.python)
             if h.rdma:
                 parts.append("rdma=" + ",".join(d or "-" for d in h.rdma))
             lines.append(" ".join(parts))
@@ -210,8 +217,8 @@ class DistributedSpec:
 
 def parse_hosts(text: str) -> tuple[RankHost, ...]:
     """The form's hosts box: one host per line, `ssh_target address [model_path]
-    [rdma=dev,dev]`; blank lines and `#` comments are skipped. `-` as model_path means
-    "the profile's model"."""
+    [python=PATH] [rdma=dev,dev]`; blank lines and `#` comments are skipped. `-` as
+    model_path means "the profile's model"."""
     hosts = []
     for number, raw in enumerate((text or "").splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
@@ -219,8 +226,13 @@ def parse_hosts(text: str) -> tuple[RankHost, ...]:
             continue
         words = line.split()
         rdma: tuple[str, ...] = ()
-        if words[-1].startswith("rdma="):
-            rdma = tuple("" if d in ("", "-") else d for d in words.pop()[5:].split(","))
+        python = ""
+        while words[-1].startswith(("rdma=", "python=")):
+            key, _, value = words.pop().partition("=")
+            if key == "rdma":
+                rdma = tuple("" if d in ("", "-") else d for d in value.split(","))
+            else:
+                python = value
         if len(words) not in (2, 3):
             raise ValidationError(
                 f"Line {number} ({line!r}): write \"ssh_target address [model_path]\", e.g. "
@@ -228,7 +240,7 @@ def parse_hosts(text: str) -> tuple[RankHost, ...]:
                 FIELD)
         model_path = words[2] if len(words) == 3 and words[2] != "-" else ""
         hosts.append(RankHost(ssh_target=words[0], address=words[1], model_path=model_path,
-                              rdma=rdma))
+                              rdma=rdma, python=python))
     return tuple(hosts)
 
 
@@ -294,5 +306,7 @@ def _checked_host(rank: int, host: RankHost, size: int, link: LinkBackend) -> Ra
     elif rdma:
         rdma = ()  # only jaccl reads them; the ring backend links over the addresses
     model_path = host.model_path.strip()
-    return RankHost(ssh_target="local" if target.lower() in LOCAL_TARGETS else target,
-                    address=address, model_path=model_path, rdma=rdma)
+    local = target.lower() in LOCAL_TARGETS
+    python = "" if local else host.python.strip()
+    return RankHost(ssh_target="local" if local else target, address=address,
+                    model_path=model_path, rdma=rdma, python=python)

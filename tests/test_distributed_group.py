@@ -1,0 +1,128 @@
+"""Distributed profiles against real processes: two `mlx_lm server` ranks on 127.0.0.1
+joined by MLX's ring backend, started, failed and stopped by the supervisor."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from manager.net import free_port, port_is_free
+from manager.servers.distributed.hostfile import HOSTFILE_ENV, RANK_ENV
+from manager.servers.distributed.spec import DistributedSpec, parse_hosts
+from manager.servers.profiles import Profile
+from manager.servers.states import FAILED_STATES, ServerState
+from tests.server_helpers import ServerEnv, exited, hf_home_env, server_env
+from tests.waits import wait_for
+
+pytestmark = pytest.mark.slow
+
+QUESTION = {"messages": [{"role": "user", "content": "Say something about rivers."}],
+            "max_tokens": 12, "temperature": 0.0, "seed": 7}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerEnv]:
+    root = tmp_path_factory.mktemp("distributed")
+    with hf_home_env(root / "hf_home"):
+        created = server_env(root / "data")
+        yield created
+        created.close()
+
+
+def two_ranks() -> DistributedSpec:
+    base = free_port()
+    return DistributedSpec.checked(parse_hosts("local 127.0.0.1\nlocal 127.0.0.1"),
+                                   "ring", "tensor", base)
+
+
+@pytest.fixture(scope="module")
+def group_profile(env: ServerEnv, tiny_models: dict[str, Path]) -> Profile:
+    return env.profile("tiny across two", tiny_models["text"], distributed=two_ranks(),
+                       auto_restart=True)
+
+
+def rank_pids(env: ServerEnv, profile: Profile) -> list[int]:
+    group = env.supervisor.groups.group(profile.id)
+    assert group is not None
+    return [view.pid for view in group.views() if view.pid is not None]
+
+
+def leftovers(pids: list[int]) -> list[psutil.Process]:
+    """Any live process that is one of `pids` or in one of their process groups."""
+    found = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            if proc.pid in pids or os.getpgid(proc.pid) in pids:
+                found.append(proc)
+        except ProcessLookupError:
+            continue
+    return found
+
+
+def ask(base_url: str) -> str:
+    answer = httpx.post(f"{base_url}/v1/chat/completions", json=QUESTION, timeout=60).json()
+    return str(answer["choices"][0]["message"]["content"])
+
+
+def test_two_ranks_answer_like_one_process(env: ServerEnv, group_profile: Profile,
+                                           tiny_models: dict[str, Path]) -> None:
+    single = env.profile("tiny alone", tiny_models["text"])
+    env.placement.start(None, group_profile.id)  # the one start policy, as the gateway
+    env.placement.start(None, single.id)
+    alone = env.supervisor.wait_ready(single.id, 120)
+    group = env.supervisor.wait_ready(group_profile.id, 120)
+    assert "1-token completion" in group.reason
+    expected = ask(alone.base_url)
+    env.supervisor.stop(single.id)
+    assert ask(group.base_url) == expected
+    views = env.supervisor.groups.group(group_profile.id).views()  # type: ignore[union-attr]
+    assert [(v.rank, v.state) for v in views] == [(0, "running"), (1, "running")]
+    for view in views:
+        proc = psutil.Process(view.pid)
+        assert os.getpgid(proc.pid) == proc.pid, "each rank leads its own process group"
+        environ = proc.environ()
+        assert environ[RANK_ENV] == str(view.rank)
+        assert Path(environ[HOSTFILE_ENV]).exists()
+    assert views[0].pid == group.pid
+
+
+def test_kill_9_of_rank_1_fails_the_group_within_one_tick(env: ServerEnv,
+                                                          group_profile: Profile) -> None:
+    snap = env.supervisor.snapshot(group_profile.id)
+    assert snap is not None and snap.state is ServerState.READY
+    pids = rank_pids(env, group_profile)
+    os.kill(pids[1], signal.SIGKILL)
+    assert wait_for(lambda: exited(pids[1]), 30)
+    env.monitor.tick()
+    snap = env.supervisor.snapshot(group_profile.id)
+    assert snap.state in FAILED_STATES  # BACKOFF: the profile restarts after a crash
+    assert "Rank 1 on this machine (127.0.0.1:" in snap.reason and "SIGKILL" in snap.reason
+    assert "The last lines of its log" in snap.failure_tail
+    assert leftovers(pids) == [], "no rank and nothing in a rank's process group survives"
+    # Auto-restart applies to the group.
+    env.clock.advance(120)
+    env.monitor.tick()
+    again = env.supervisor.wait_ready(group_profile.id, 120)
+    assert again.state is ServerState.READY and again.pid not in pids
+
+
+def test_stop_leaves_nothing_behind(env: ServerEnv, group_profile: Profile) -> None:
+    spec = group_profile.distributed
+    assert spec is not None
+    snap = env.supervisor.wait_ready(group_profile.id, 120)
+    pids = rank_pids(env, group_profile)
+    hostfile = Path(psutil.Process(pids[0]).environ()[HOSTFILE_ENV])
+    stopped = env.supervisor.stop(group_profile.id)
+    assert stopped.state is ServerState.STOPPED
+    assert leftovers(pids) == []
+    assert port_is_free("127.0.0.1", snap.profile.port)
+    assert all(port_is_free("127.0.0.1", spec.base_port + rank) for rank in range(spec.size))
+    assert not hostfile.exists()
