@@ -5,6 +5,7 @@ spawned in its own process group and stopped with nothing left behind."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ import pytest
 
 from manager.errors import ManagerError
 from manager.servers.distributed import ssh
+from manager.servers.distributed.hostfile import RankLaunch
+from manager.servers.distributed.sampling import sample_hosts
+from manager.servers.distributed.spec import DistributedSpec, RankHost
 from manager.settings import Settings
 from tests.fixtures.sshd import SshServer
 from tests.waits import wait_for
@@ -83,7 +87,7 @@ def test_ssh_messages_for_what_loopback_cannot_show() -> None:
 
 
 def test_a_remote_rank_runs_in_its_own_group_and_stops_leaving_nothing(
-        sshd: SshServer, options: ssh.SshOptions) -> None:
+        sshd: SshServer, options: ssh.SshOptions, tmp_path: Path) -> None:
     program = ("import json, os, subprocess, sys, time\n"
                "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
                "print(json.dumps({'rank': os.environ['MLX_RANK'], 'child': child.pid,\n"
@@ -91,21 +95,25 @@ def test_a_remote_rank_runs_in_its_own_group_and_stops_leaving_nothing(
                "      flush=True)\n"
                "time.sleep(600)\n")
     hostfile = json.dumps([["127.0.0.1:5000"], ["127.0.0.1:5001"]])
-    argv = ssh.remote_argv(sshd.alias, [sys.executable, "-c", program],
-                           {"MLX_RANK": "1", "MLX_MANAGER_GROUP": "g o"},
-                           {"MLX_HOSTFILE": hostfile}, "test-group-r1", options)
-    local = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    spec = DistributedSpec.checked([RankHost("local", "127.0.0.1:5000"),
+                                    RankHost(sshd.alias, "127.0.0.1:5001")])
+    launch = RankLaunch(rank=1, host=spec.hosts[1], argv=(sys.executable, "-c", program),
+                        env={"MLX_RANK": "1", "MLX_MANAGER_GROUP": "g o"},
+                        files={"MLX_HOSTFILE": hostfile})
+    ranks = ssh.SshRanks(options)
+    log_path = tmp_path / "rank1.log"
+    with log_path.open("wb") as out:  # the rank's log, as the group writes it
+        local = subprocess.Popen(ranks.argv(launch, "test-group-r1"), stdout=out,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        assert local.stdout is not None
-        rank = ssh.parse_marker(local.stdout.readline())
+        started = wait_for(lambda: _json_line(log_path), what="the rank's first output")
+        rank = ssh.marker_in_log(log_path)
         assert rank is not None and rank.pid == rank.pgid
-        started = json.loads(local.stdout.readline())
         assert started["rank"] == "1" and started["hostfile"] == json.loads(hostfile)
         group = [psutil.Process(rank.pid), psutil.Process(started["child"])]
-        assert {p.pid for p in group} <= {p.pid for p in psutil.process_iter()
-                                          if _pgid(p.pid) == rank.pgid}
+        assert {_pgid(p.pid) for p in group} == {rank.pgid}
         assert Path(rank.directory, "pid").read_text().strip() == str(rank.pid)
-        assert ssh.stop_remote_rank(sshd.alias, rank, options)
+        assert ranks.stop(launch, log_path, 10.0)
         wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
                                  for p in group), what="the rank's process group to end")
         assert not Path(rank.directory).exists()
@@ -115,9 +123,29 @@ def test_a_remote_rank_runs_in_its_own_group_and_stops_leaving_nothing(
         local.wait()
 
 
+def _json_line(path: Path) -> dict[str, object] | None:
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            return dict(json.loads(line))
+    return None
+
+
+def test_hosts_are_sampled_through_ssh(sshd: SshServer, options: ssh.SshOptions) -> None:
+    hosts = [RankHost("local", "127.0.0.1"), RankHost(sshd.alias, "127.0.0.1"),
+             RankHost(sshd.alias_refused, "127.0.0.1")]
+    here, remote, refused = sample_hosts(hosts, sys.executable, options)
+    # The ssh host is this machine: the same total memory, read by another process.
+    assert remote.error is None and remote.memory_total == psutil.virtual_memory().total
+    assert remote.memory_available is not None and 0 < remote.memory_available
+    assert remote.cpu_percent is not None and 0.0 <= remote.cpu_percent <= 100.0
+    assert remote.memory_used is not None and remote.memory_used > 0
+    assert here.memory_total == remote.memory_total and here.host == "this machine"
+    assert refused.error is not None and "Remote Login" in refused.error
+    assert (refused.memory_total, refused.cpu_percent, refused.memory_used) == (None,) * 3
+
+
 def _pgid(pid: int) -> int | None:
     try:
-        import os
         return os.getpgid(pid)
     except OSError:
         return None

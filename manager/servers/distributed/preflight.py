@@ -26,7 +26,7 @@ from typing import Any
 from manager.errors import ManagerError
 from manager.servers.distributed import ssh
 from manager.servers.distributed.hostfile import RankLaunch
-from manager.servers.distributed.spec import DistributedSpec, LinkBackend
+from manager.servers.distributed.spec import DistributedSpec, LinkBackend, RankHost
 from manager.servers.process import model_of_cmdline
 from manager.units import format_bytes
 
@@ -100,15 +100,14 @@ def _probe_command(python: str, mode: str, params: dict[str, Any]) -> list[str]:
     return [python, "-", mode, json.dumps(params)]
 
 
-def probe(launch: RankLaunch, params: dict[str, Any], options: ssh.SshOptions,
-          mode: str = "preflight", timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
-    """Run probe_main.py on the launch's host with the launch's interpreter; its JSON.
-    Raises SshError (ssh failed) or ManagerError (no such interpreter, probe failed)."""
+def probe(host: RankHost, python: str, mode: str, params: dict[str, Any],
+          options: ssh.SshOptions, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
+    """Run probe_main.py on `host` with `python`; its JSON. Raises SshError (ssh failed)
+    or ManagerError (no such interpreter, the probe failed)."""
     source = PROBE_SOURCE.read_text()
-    python = launch.argv[0]
     command = _probe_command(python, mode, params)
-    where = launch.host.label
-    if launch.host.is_local:
+    where = host.label
+    if host.is_local:
         try:
             done = subprocess.run(command, input=source, capture_output=True, text=True,
                                   timeout=timeout_s, check=False)
@@ -117,7 +116,7 @@ def probe(launch: RankLaunch, params: dict[str, Any], options: ssh.SshOptions,
         except subprocess.TimeoutExpired:
             raise ManagerError(f"{where}: the check took over {timeout_s:.0f} s.") from None
     else:
-        done = ssh.run_remote(launch.host.ssh_target, shlex.join(command), options,
+        done = ssh.run_remote(host.ssh_target, shlex.join(command), options,
                               input_text=source, timeout_s=timeout_s)
     if done.returncode == 127:  # the shell's "command not found"
         raise ManagerError(
@@ -147,13 +146,14 @@ def _params(spec: DistributedSpec, launch: RankLaunch, options: ssh.SshOptions,
 
 def run_preflight(spec: DistributedSpec, launches: Sequence[RankLaunch],
                   options: ssh.SshOptions, *, running: Iterable[str] = ()) -> PreflightReport:
-    """Probe every host at once, then judge each against rank 0. `running`: rank ids of
-    groups running now (their ranks are not stale)."""
+    """Probe every host at once, then judge each against rank 0. `running`: ids of the
+    groups (or ranks) running now: their ranks are not stale."""
     running_ids = tuple(running)
 
     def one(launch: RankLaunch) -> dict[str, Any] | ManagerError:
         try:
-            return probe(launch, _params(spec, launch, options, running_ids), options)
+            return probe(launch.host, launch.argv[0], "preflight",
+                         _params(spec, launch, options, running_ids), options)
         except ManagerError as exc:
             log.info("preflight of rank %d on %s: %s", launch.rank, launch.host.label,
                      exc.message)

@@ -129,15 +129,17 @@ def _command(pid: int) -> str:
 
 
 def stale_ranks(ranks_dir: str, running: list[str]) -> list[dict[str, Any]]:
-    """Ranks of ours alive on this host that no running group owns: each remote rank's
-    shell leaves its pid in RANKS_DIR/<rank id>/pid. Dirs of dead ranks are removed."""
+    """Ranks of ours alive on this host that no running group owns (`running`: rank ids or
+    group ids, a rank id being `<group id>-...`): each remote rank's shell leaves its pid
+    in ~/<ranks_dir>/<rank id>/pid. Dirs of dead ranks are removed."""
     found: list[dict[str, Any]] = []
     root = Path.home() / ranks_dir
     if not root.is_dir():
         return found
     for entry in sorted(root.iterdir()):
         pid_file = entry / "pid"
-        if entry.name in running or not pid_file.is_file():
+        owned = any(entry.name == r or entry.name.startswith(r + "-") for r in running)
+        if owned or not pid_file.is_file():
             continue
         text = pid_file.read_text().strip()
         pid = int(text) if text.isdigit() else 0
