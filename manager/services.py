@@ -23,6 +23,9 @@ from manager.models.downloads import DownloadManager
 from manager.models.hub import HubClient, HubConfig
 from manager.models.library import Library
 from manager.saved_settings import SavedSettings
+from manager.servers.distributed.group import GroupLauncher
+from manager.servers.distributed.remote import SshRanks
+from manager.servers.distributed.ssh import SshOptions
 from manager.servers.inference import InferenceClient, MetricsStore
 from manager.servers.monitor import Monitor
 from manager.servers.placement import Placement
@@ -87,8 +90,10 @@ class Services:
         library = Library(store, hub_cache, downloaded_by=downloads.downloaded_by)
         profiles = ProfileService(store, hub_cache=hub_cache)
         spares = spare_pool(settings, store, hub_cache, changes.notifier(Topic.SAMPLES))
+        groups = GroupLauncher(settings.logs_dir,
+                               remote=SshRanks(SshOptions.from_settings(settings)))
         supervisor = Supervisor(store, profiles, settings.logs_dir, hub_cache=hub_cache,
-                                spares=spares)
+                                spares=spares, groups=groups)
 
         def record_use(change: Transition) -> None:
             if change.new is ServerState.STARTING:

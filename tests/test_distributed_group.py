@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +14,14 @@ import psutil
 import pytest
 
 from manager.net import free_port, port_is_free
+from manager.servers.distributed.group import GroupLauncher
 from manager.servers.distributed.hostfile import HOSTFILE_ENV, RANK_ENV
+from manager.servers.distributed.remote import SshRanks, find_marker
 from manager.servers.distributed.spec import DistributedSpec, parse_hosts
+from manager.servers.distributed.ssh import SshOptions
 from manager.servers.profiles import Profile
 from manager.servers.states import FAILED_STATES, ServerState
+from tests.fixtures.sshd import SshServer
 from tests.server_helpers import ServerEnv, exited, hf_home_env, server_env
 from tests.waits import wait_for
 
@@ -50,7 +55,7 @@ def group_profile(env: ServerEnv, tiny_models: dict[str, Path]) -> Profile:
 def rank_pids(env: ServerEnv, profile: Profile) -> list[int]:
     group = env.supervisor.groups.group(profile.id)
     assert group is not None
-    return [view.pid for view in group.views() if view.pid is not None]
+    return [view.pid for view in group.views()]
 
 
 def leftovers(pids: list[int]) -> list[psutil.Process]:
@@ -126,3 +131,51 @@ def test_stop_leaves_nothing_behind(env: ServerEnv, group_profile: Profile) -> N
     assert port_is_free("127.0.0.1", snap.profile.port)
     assert all(port_is_free("127.0.0.1", spec.base_port + rank) for rank in range(spec.size))
     assert not hostfile.exists()
+
+
+def test_rank_1_through_a_real_sshd_runs_fails_and_stops_with_the_group(
+        tmp_path: Path, sshd: SshServer, tiny_models: dict[str, Path]) -> None:
+    """Rank 1 goes through ssh (to 127.0.0.1): its process group on "that host" is what
+    the group stops, and its death fails the group naming the ssh target."""
+    hosts = parse_hosts(f"local 127.0.0.1\n{sshd.alias} 127.0.0.1 - python={sys.executable}")
+    spec = DistributedSpec.checked(hosts, "ring", "tensor", free_port())
+    with hf_home_env(tmp_path / "hf_home"):
+        launcher = GroupLauncher(tmp_path / "data" / "logs",
+                                 remote=SshRanks(SshOptions(config=sshd.client_config)))
+        env = server_env(tmp_path / "data", groups=launcher)
+        try:
+            profile = env.profile("over ssh", tiny_models["text"], distributed=spec)
+            env.supervisor.start(profile.id)
+            snap = env.supervisor.wait_ready(profile.id, 120)
+            group = launcher.group(profile.id)
+            assert group is not None
+            rank1 = group.views()[1]
+            assert rank1.host == sshd.alias and rank1.state == "running"
+            marker = find_marker(Path(rank1.log_path))
+            assert marker is not None and marker.pid == marker.pgid
+            remote = psutil.Process(marker.pid)  # "the remote host" is this machine
+            assert remote.environ()[RANK_ENV] == "1"
+            assert "mlx_lm" in remote.cmdline()
+            assert len(launcher.running_rank_ids()) == 2
+            ask(snap.base_url)
+            env.supervisor.stop(profile.id)
+            assert leftovers([marker.pgid, snap.pid]) == []
+            assert not Path(marker.directory).exists(), "the rank's dir on its host is gone"
+            # Started again, the remote rank's death fails the group within one tick.
+            env.supervisor.start(profile.id)
+            snap = env.supervisor.wait_ready(profile.id, 120)
+            group = launcher.group(profile.id)
+            assert group is not None
+            marker = find_marker(Path(group.views()[1].log_path))
+            assert marker is not None
+            os.killpg(marker.pgid, signal.SIGKILL)
+            ssh_client = group.views()[1].pid
+            assert wait_for(lambda: exited(ssh_client), 30), "ssh ends with the remote rank"
+            env.monitor.tick()
+            failed = env.supervisor.snapshot(profile.id)
+            assert failed.state is ServerState.FAILED
+            assert f"Rank 1 on {sshd.alias} (127.0.0.1:" in failed.reason
+            group.settle()
+            assert leftovers([marker.pgid, snap.pid]) == []
+        finally:
+            env.close()

@@ -67,7 +67,7 @@ class RankView:
     host: str  # "this machine" or the ssh target
     endpoint: str  # ip:port where it meets the other ranks
     state: str  # running, exited (...), stopped
-    pid: int | None
+    pid: int  # the rank's process here; for a remote rank, its ssh client
     log_path: str
     memory_bytes: int | None = None  # None: unknown (shown as n/a)
     cpu_percent: float | None = None
@@ -76,6 +76,7 @@ class RankView:
 @dataclass(eq=False)
 class _Rank:
     launch: RankLaunch
+    rank_id: str  # names its files and pid on a remote host (ssh.py)
     endpoint: str
     log_path: Path
     popen: subprocess.Popen[bytes]
@@ -197,14 +198,15 @@ class RankGroup:
         with self._lock:
             return tuple(RankView(rank=r.launch.rank, host=r.launch.host.label,
                                   endpoint=r.endpoint, state=r.state(),
-                                  pid=r.popen.pid if r.local else None,
+                                  pid=r.popen.pid,
                                   log_path=str(r.log_path), memory_bytes=r.memory_bytes,
                                   cpu_percent=r.cpu_percent)
                          for r in self._ranks)
 
-    def processes(self) -> tuple[tuple[int, int | None], ...]:
-        """(pid, pgid) of every local process this group started (ranks and ssh clients)."""
-        return tuple((r.popen.pid, r.popen.pid) for r in self._ranks)
+    def running_rank_ids(self) -> tuple[str, ...]:
+        """The rank ids (ssh.py's remote rank dirs) of ranks still running."""
+        with self._lock:
+            return tuple(r.rank_id for r in self._ranks if r.popen.returncode is None)
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -275,6 +277,10 @@ class GroupLauncher:
     remote_python: str = "python3"
     _last: dict[int, RankGroup] = field(default_factory=dict)
 
+    def running_rank_ids(self) -> tuple[str, ...]:
+        """Rank ids of every running group (a preflight does not call them stale)."""
+        return tuple(i for g in list(self._last.values()) for i in g.running_rank_ids())
+
     def group(self, profile_id: int) -> RankGroup | None:
         """The last rank group started for a profile (running, failed or stopped)."""
         return self._last.get(profile_id)
@@ -324,6 +330,7 @@ class GroupLauncher:
     def _start(self, spec: DistributedSpec, launch: RankLaunch, log_path: Path,
                env: Mapping[str, str], files: Mapping[str, Path], group_id: str, by: str
                ) -> _Rank:
+        rank_id = f"{group_id}-rank{launch.rank}"
         rank_log = log_path if launch.rank == 0 else log_path.with_suffix(
             f".rank{launch.rank}.log")
         how = f"rank {launch.rank} of {spec.size}"
@@ -332,12 +339,12 @@ class GroupLauncher:
             argv = list(launch.argv)
         elif self.remote is not None:
             rank_env = dict(os.environ)  # the ssh client's; the rank's own goes on its line
-            argv = self.remote.argv(launch, f"{group_id}-rank{launch.rank}")
+            argv = self.remote.argv(launch, rank_id)
             how += f" on {launch.host.ssh_target}"
         else:
             raise ValidationError(f"Rank {launch.rank} is on another host, which this "
                                   "dashboard cannot reach over ssh.", "distributed")
         popen, create_time = spawn(argv, rank_log, rank_env, self.logs_dir,
                                    by=f"{by}, {how}")
-        return _Rank(launch=launch, endpoint=spec.endpoint(launch.rank), log_path=rank_log,
+        return _Rank(launch=launch, rank_id=rank_id, endpoint=spec.endpoint(launch.rank), log_path=rank_log,
                      popen=popen, create_time=create_time)

@@ -1,0 +1,60 @@
+"""Remote ranks over ssh: the `RemoteRanks` the group launcher uses (group.py), built on
+ssh.py's argv and remote commands.
+
+A remote rank's local side is an ssh client whose output is the rank's log; the first line
+the remote shell prints there is ssh.py's marker with the rank's pid and process group on
+its host, which is what `stop` signals.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from manager.servers.distributed import ssh
+from manager.servers.distributed.hostfile import RankLaunch
+
+log = logging.getLogger(__name__)
+
+#: The marker comes right after the log's header line; never read more than this for it.
+MARKER_SEARCH_BYTES = 64 * 1024
+
+
+def find_marker(log_path: Path) -> ssh.RemoteRank | None:
+    """The remote rank's pid and process group, from the start of its log (None before
+    the remote shell printed them, or when the log is gone)."""
+    try:
+        with log_path.open("rb") as handle:
+            head = handle.read(MARKER_SEARCH_BYTES).decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot read %s for the rank's marker: %s", log_path, exc)
+        return None
+    for line in head.splitlines():
+        found = ssh.parse_marker(line)
+        if found is not None:
+            return found
+    return None
+
+
+class SshRanks:
+    """Start and stop ranks on other hosts with the user's ssh (settings.ssh_config)."""
+
+    def __init__(self, options: ssh.SshOptions) -> None:
+        self.options = options
+
+    def argv(self, launch: RankLaunch, rank_id: str) -> list[str]:
+        env = {"PYTHONUNBUFFERED": "1", **launch.env}  # the log shows output as it comes
+        return ssh.remote_argv(launch.host.ssh_target, launch.argv, env, launch.files,
+                               rank_id, self.options)
+
+    def stop(self, launch: RankLaunch, log_path: Path, grace_s: float) -> bool:
+        marker = find_marker(log_path)
+        if marker is None:
+            # The remote shell never got to exec the rank: ending the ssh client ends it.
+            log.info("rank %d on %s left no marker in %s: nothing to stop there",
+                     launch.rank, launch.host.ssh_target, log_path.name)
+            return True
+        return ssh.stop_remote_rank(launch.host.ssh_target, marker, self.options,
+                                    timeout_s=grace_s)
