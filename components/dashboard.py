@@ -9,13 +9,14 @@ import gradio as gr
 
 from components import (
     admin_tab,
-    chat,
+    first_run,
     keys_tab,
     models_tab,
     profiles_tab,
     servers_tab,
     toolcheck_tab,
 )
+from components.chat.tab import build_page as build_chat
 from components.live import LiveFeed, LivePart
 from components.session import user_of
 from components.views import admin_tab_label, header_html
@@ -28,7 +29,8 @@ from manager.services import Services
 def build_dashboard(services: Services) -> gr.Blocks:
     with gr.Blocks(title="MLX Model Manager") as demo:
         header = gr.HTML(header_html(None, 0), elem_id="mm-header")
-        with gr.Tabs():
+        banner = first_run.build()
+        with gr.Tabs() as tabs:
             with gr.Tab("Models", id="models"):
                 load_models = models_tab.build(services)
             with gr.Tab("Profiles", id="profiles"):
@@ -36,13 +38,14 @@ def build_dashboard(services: Services) -> gr.Blocks:
             with gr.Tab("Servers", id="servers"):
                 load_servers = servers_tab.build(services)
             with gr.Tab("Chat", id="chat"):
-                load_chat = chat.build(services)
+                load_chat, chat_page = build_chat(services)
             with gr.Tab("Tool use", id="toolcheck"):
                 load_toolcheck = toolcheck_tab.build(services)
             with gr.Tab("API keys", id="keys"):
                 load_keys = keys_tab.build(services)
             with gr.Tab("Admin", id="admin", visible=False, elem_id="admin-tab") as admin:
                 load_admin = admin_tab.build(services)
+        first_run.wire(services, banner, tabs, chat_page)
 
         def shell(user: User) -> tuple:
             may_admin = allowed(user, Action.MANAGE_USERS)
@@ -52,9 +55,10 @@ def build_dashboard(services: Services) -> gr.Blocks:
 
         def on_open(request: gr.Request) -> dict[Any, Any]:
             shown_header, shown_tab = shell(user_of(services, request))
-            return {header: shown_header, admin: shown_tab, **load_admin.fn(request)}
+            return {header: shown_header, admin: shown_tab, **load_admin.fn(request),
+                    **first_run.load_values(services, banner)}
 
-        demo.load(on_open, None, [header, admin, *load_admin.outputs])
+        demo.load(on_open, None, [header, admin, *load_admin.outputs, *banner.outputs])
         demo.load(load_models.fn, None, load_models.outputs)
         demo.load(load_profiles.fn, None, load_profiles.outputs)
         demo.load(load_servers.fn, None, load_servers.outputs)

@@ -93,9 +93,9 @@ def author_of(value: str | None) -> str:
     return "" if typed == ANY_AUTHOR else typed
 
 
-def empty_list_text(which: str, downloading: int) -> str:
+def empty_list_text(which: str, downloading: int, nothing_local: bool = False) -> str:
     """What an empty list says: never "no models match" while the only match is the
-    download shown above it."""
+    download shown above it; with no local model at all, where to get one."""
     if which == REMOTE:
         if downloading:
             return ("The matching model is downloading (above)." if downloading == 1 else
@@ -103,6 +103,9 @@ def empty_list_text(which: str, downloading: int) -> str:
         return "No models match. Search, or loosen the filters."
     if downloading:
         return "Nothing else here yet: the download above lands in this list when it is done."
+    if nothing_local:
+        return (f"No models on this machine yet. Set Show to “{REMOTE}” and search, or "
+                "press “Try a tool-use model” above.")
     return "No local models match. Download one from the Hugging Face view."
 
 
@@ -229,7 +232,8 @@ def build(services: Services) -> TabLoader:
                 model, model_fit, can_delete=may_delete,
                 measured=measured.get(model.name) or measured.get(str(model.path))))
         return tile_list_html(tiles, empty_list_text(
-            LOCAL, len(hidden) if all(m.name in hidden for m in local) else 0))
+            LOCAL, len(hidden) if all(m.name in hidden for m in local) else 0,
+            nothing_local=not local))
 
     def signature(views: list[DownloadView]) -> tuple:
         return tuple(sorted((v.id, v.status.value) for v in views))

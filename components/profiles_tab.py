@@ -117,6 +117,17 @@ def profile_rows(profiles: list[Profile],
              p.description.split("\n", 1)[0][:80]] for p in profiles]
 
 
+def first_step_hint(existing: list[Profile], downloaded: list[str]) -> str:
+    """What the tab says when there is no profile yet ("" once there is one)."""
+    if existing:
+        return ""
+    if not downloaded:
+        return ("No profiles yet, and no downloaded models to make one from: download a "
+                "model on the Models tab first, or press “Try a tool-use model” above.")
+    return ("No profiles yet. A profile says which model a server runs and how: pick a "
+            "downloaded model under **Model**, give it a name and press **Save**.")
+
+
 def pick_choices(profiles: list[Profile]) -> list[tuple[str, str]]:
     return [("➕ New profile", NEW)] + [(p.name, str(p.id)) for p in profiles]
 
@@ -217,7 +228,7 @@ def build(services: Services) -> TabLoader:
 
     @handler(services, "profiles tab load")
     def load(user: User) -> tuple:
-        return show(NEW, user)
+        return show(NEW, user, first_step_hint(profiles.list(), profiles.cached_repo_ids()))
 
     @handler(services, "picking a profile")
     def on_pick(user: User, selected: str | None) -> tuple:

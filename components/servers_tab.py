@@ -80,7 +80,9 @@ def render_tiles(services: Services, user: User | None) -> str:
         for snap in supervisor.snapshots() if snap.state is not ServerState.STOPPED
     ]
     spares = supervisor.spares
-    return server_tiles_html(tiles) + spare_line_html(spares.views(), spares.enabled)
+    has_profiles = bool(tiles) or bool(services.profiles.list())
+    return (server_tiles_html(tiles, has_profiles)
+            + spare_line_html(spares.views(), spares.enabled))
 
 
 def history_figure(services: Services) -> Any:

@@ -53,6 +53,10 @@ def _guessed(services: Services, profile: Profile) -> bool:
         return False
 
 
+NO_PROFILES = ("<p class='mm-empty' id='toolcheck-no-profiles'>No profiles to check yet: "
+               "make one on the Profiles tab, or press “Try a tool-use model” above.</p>")
+
+
 def build(services: Services) -> TabLoader:
     check = services.tool_check
     gr.Markdown(INTRO)
@@ -116,7 +120,7 @@ def build(services: Services) -> TabLoader:
         return {pick: gr.Dropdown(choices=[(p.name, str(p.id)) for p in profiles],
                                   value=selected),
                 badges: shown[0], results: shown[1], history: shown[2], shown_run: shown[3],
-                transcript: shown[4], progress: "",
+                transcript: shown[4], progress: "" if profiles else NO_PROFILES,
                 compare: comparison_figure(list(check.results.latest_by_model().values())),
                 admin_box: gr.Accordion(visible=may_admin), scenario_list: lines,
                 remove_pick: picker}

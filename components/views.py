@@ -406,7 +406,11 @@ def server_tile_html(snap: ServerSnapshot, sample: ResourceSample | None,
         "</div>")
 
 
-def server_tiles_html(tiles: list[str]) -> str:
+def server_tiles_html(tiles: list[str], has_profiles: bool = True) -> str:
+    if not tiles and not has_profiles:
+        return ("<div class='mm-srv-list mm-empty'>No profiles yet, so nothing to start. "
+                "Make one on the Profiles tab (it says which model to serve), or press "
+                "“Try a tool-use model” above.</div>")
     if not tiles:
         return ("<div class='mm-srv-list mm-empty'>No servers running. Pick a profile above "
                 "and press Start.</div>")

@@ -32,6 +32,9 @@ def server_choices(services: Services) -> list[tuple[str, int]]:
 def status_markdown(services: Services, profile: Profile | None, *, started: bool = False
                     ) -> str:
     if profile is None:
+        if not services.profiles.list():
+            return ("No servers to chat with yet: make a profile on the Profiles tab, or "
+                    "press “Try a tool-use model” above.")
         return "Pick a server (a profile that is not running is started for you)."
     snap = services.supervisor.snapshot(profile.id)
     state = snap.state if snap is not None else ServerState.STOPPED

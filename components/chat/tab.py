@@ -24,6 +24,11 @@ from manager.services import Services
 
 
 def build(services: Services) -> TabLoader:
+    return build_page(services)[0]
+
+
+def build_page(services: Services) -> tuple[TabLoader, ChatPage]:
+    """The tab, and its page for the parts outside it that open a chat (first_run)."""
     page = ChatPage(services, build_layout(services))
     load, outputs = picking.wire(page)
     chat_list.wire(page)
@@ -39,4 +44,4 @@ def build(services: Services) -> TabLoader:
 
     return TabLoader(load, outputs, live=(
         LivePart(frozenset({Topic.SERVERS}), status_line, [page.ui.server_status],
-                 inputs=[page.ui.server]),))
+                 inputs=[page.ui.server]),)), page
