@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from manager.cli import notebook  # noqa: F401 - `from app import notebook` in a notebook
 from manager.cli.instance import DataDirBusy, hold_data_dir
 from manager.cli.main import build_parser, run_command, settings_from_args
 from manager.cli.serving import DashboardServer, Shutdown, configure_logging
@@ -47,7 +48,8 @@ def create_app(services: Services) -> FastAPI:
 
     app = FastAPI(title="MLX Model Manager")
     app.include_router(
-        build_auth_router(services.auth, secure_cookies=services.settings.secure_cookies)
+        build_auth_router(services.auth, secure_cookies=services.settings.secure_cookies,
+                          codes=services.login_codes)
     )
     # OpenAI/Anthropic endpoint (/v1/*, /metrics): API keys, never the session cookie.
     app.include_router(build_gateway_router(services))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from argon2 import PasswordHasher
@@ -13,6 +13,7 @@ from argon2 import PasswordHasher
 from manager.accounts.api_keys import ApiKeyService
 from manager.accounts.auth import AuthService, load_or_create_secret
 from manager.accounts.limits import RegistrationLimiter
+from manager.accounts.login_codes import LoginCodes
 from manager.changes import Changes, Topic
 from manager.chat.engine import ChatEngine
 from manager.chat.history import ChatHistory
@@ -61,6 +62,8 @@ class Services:
     responses: ResponseStore
     #: What pages wait on: a counter per topic, moved by every change they show.
     changes: Changes
+    #: One-time sign-in links (a notebook's iframe); kept in memory only.
+    login_codes: LoginCodes = field(default_factory=LoginCodes)
 
     @classmethod
     def create(cls, settings: Settings, *, run_servers: bool = True,

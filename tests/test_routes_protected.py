@@ -13,6 +13,7 @@ import httpx
 import pytest
 from starlette.routing import Mount, Route, WebSocketRoute
 
+from manager.api.login import CODE_PATH, CODE_USED
 from manager.api.session_gate import PUBLIC_PATHS, SESSION_COOKIE
 from manager.api.wire import ApiFormat, api_format, is_gateway_path
 from tests.conftest import LiveDashboard, SharedApp
@@ -156,7 +157,8 @@ def test_known_gradio_gaps_are_closed(anonymous: LiveDashboard, path: str) -> No
 
 
 def test_the_public_list_is_small_and_explicit() -> None:
-    assert PUBLIC_PATHS == {"/login", "/register", "/logout", "/favicon.ico"}
+    # /login/code: a one-time sign-in link (GET); its POST checks the session itself.
+    assert PUBLIC_PATHS == {"/login", "/login/code", "/register", "/logout", "/favicon.ico"}
 
 
 def test_with_a_session_the_same_routes_work(dashboard: LiveDashboard) -> None:
@@ -182,3 +184,31 @@ def test_websocket_upgrade_without_a_session_is_refused(
     response = httpx.get(shared_live_dashboard.url + "/gradio_api/queue/join", headers=headers,
                          timeout=10)
     assert response.status_code in (401, 403)
+
+
+def test_a_signed_in_caller_gets_a_link_that_signs_a_browser_in_once(
+        dashboard: LiveDashboard) -> None:
+    with dashboard.client(follow_redirects=False) as anonymous:
+        refused = anonymous.post(CODE_PATH)
+        assert (refused.status_code, refused.json()) == (401, {"detail": "Sign in first."})
+    dashboard.register("ada@example.com")
+    with dashboard.login("ada@example.com") as client:
+        forged = client.post(CODE_PATH, headers={"Origin": "http://evil.example"})
+        assert forged.status_code == 403
+        issued = client.post(CODE_PATH)
+    assert issued.status_code == 200 and issued.headers["cache-control"] == "no-store"
+    path = issued.json()["path"]
+    assert path.startswith(f"{CODE_PATH}?code=")
+
+    with dashboard.client(follow_redirects=False) as browser:
+        signed_in = browser.get(path)
+        assert (signed_in.status_code, signed_in.headers["location"]) == (303, "/")
+        assert signed_in.headers["referrer-policy"] == "no-referrer"
+        cookie = signed_in.cookies[SESSION_COOKIE]
+    with dashboard.client(follow_redirects=False,
+                          cookies={SESSION_COOKIE: cookie}) as browser:
+        assert browser.get("/config").status_code == 200
+    with dashboard.client(follow_redirects=False) as other:
+        again = other.get(path)
+        assert again.status_code == 401 and CODE_USED.split(".")[0] in again.text
+        assert SESSION_COOKIE not in again.cookies

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import html
 import logging
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from manager.accounts.auth import DEVICE_SECONDS, AuthService, User
+from manager.accounts.login_codes import LoginCodes
 from manager.api.session_gate import SESSION_COOKIE
 from manager.errors import (
     AccountNotActive,
@@ -25,6 +27,9 @@ from manager.errors import (
 log = logging.getLogger(__name__)
 
 DEVICE_COOKIE = "mlxm_device"
+CODE_PATH = "/login/code"
+CODE_USED = ("This sign-in link was used already or has expired. Sign in below, or ask "
+             "the notebook for a new one (run notebook.show() again).")
 REGISTERED = ("If this address can be registered, your account now waits for an "
               "administrator's approval. You can sign in once it is approved.")
 
@@ -153,7 +158,10 @@ def _same_origin(request: Request) -> bool:
     return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
-def build_auth_router(auth: AuthService, *, secure_cookies: bool = False) -> APIRouter:
+def build_auth_router(auth: AuthService, *, secure_cookies: bool = False,
+                      codes: LoginCodes | None = None) -> APIRouter:
+    """The sign-in pages; with `codes`, also the one-time sign-in links a notebook hands
+    its iframe (manager/accounts/login_codes.py)."""
     router = APIRouter()
 
     def set_cookies(response: Response, request: Request, user: User) -> None:
@@ -197,6 +205,9 @@ def build_auth_router(auth: AuthService, *, secure_cookies: bool = False) -> API
         set_cookies(response, request, user)
         log.info("signed in: %s", user.email)
         return response
+
+    if codes is not None:
+        _add_code_routes(router, auth, codes, set_cookies)
 
     @router.get("/register", include_in_schema=False)
     def register_form() -> Response:
@@ -249,6 +260,36 @@ def build_auth_router(auth: AuthService, *, secure_cookies: bool = False) -> API
         return response
 
     return router
+
+
+def _add_code_routes(router: APIRouter, auth: AuthService, codes: LoginCodes,
+                     set_cookies: Callable[[Response, Request, User], None]) -> None:
+    @router.get(CODE_PATH, include_in_schema=False)
+    def login_with_code(request: Request, code: str = "") -> Response:
+        user_id = codes.redeem(code)
+        user = auth.get(user_id) if user_id is not None else None
+        if user is None or not user.is_active:
+            log.info("a one-time sign-in link was refused (used, expired or unknown)")
+            return login_page(error=CODE_USED, status=401)
+        # The redirect takes the code out of the address bar; nothing is sent on with it.
+        response = RedirectResponse("/", status_code=303,
+                                    headers={"Referrer-Policy": "no-referrer",
+                                             "Cache-Control": "no-store"})
+        set_cookies(response, request, user)
+        log.info("signed in with a one-time link: %s", user.email)
+        return response
+
+    @router.post(CODE_PATH, include_in_schema=False)
+    def issue_code(request: Request) -> Response:
+        """A one-time sign-in link for the signed-in caller (the gate lets this path
+        through for the GET above, so the session is checked here)."""
+        if not _same_origin(request):
+            return JSONResponse({"detail": "This request came from another site."}, 403)
+        user = current_user_from_cookie(auth, request)
+        if user is None:
+            return JSONResponse({"detail": "Sign in first."}, 401)
+        path = f"{CODE_PATH}?code={codes.issue(user.id)}"
+        return JSONResponse({"path": path}, headers={"Cache-Control": "no-store"})
 
 
 def current_user_from_cookie(auth: AuthService, request: Request) -> User | None:

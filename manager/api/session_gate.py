@@ -23,7 +23,8 @@ from manager.accounts.auth import AuthService, User
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "mlxm_session"
-PUBLIC_PATHS = frozenset({"/login", "/register", "/logout", "/favicon.ico"})
+#: "/login/code" takes a one-time sign-in link (GET); its POST checks the session itself.
+PUBLIC_PATHS = frozenset({"/login", "/login/code", "/register", "/logout", "/favicon.ico"})
 
 # Another authenticator (e.g. API keys for the gateway) can claim a request first.
 ExtraAuth = Callable[[HTTPConnection], Awaitable[bool]]
