@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from components import preflight_panel
 from components.session import TabLoader, handler, warn
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, allowed
@@ -186,6 +187,7 @@ def build(services: Services) -> TabLoader:
         confirm = gr.Button("Yes, delete", variant="stop", elem_id="profile-confirm-delete")
         keep = gr.Button("Keep it", elem_id="profile-keep")
     status = gr.Markdown(elem_id="profile-status")
+    preflight_panel.build(services, pick)
 
     def field_infos(error: ValidationError | None = None) -> list[Any]:
         """Each field's help line, the rejected one replaced by the message."""

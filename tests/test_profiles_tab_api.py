@@ -76,3 +76,26 @@ def test_a_renamed_profile_keeps_its_chats_in_the_chat_list(
     assert saved[2] == "Saved **Qwen tiny**."
     sidebar = client.predict(profile.id, "", api_name="/chat_list")
     assert "Llama facts" in sidebar and "No chats with" not in sidebar
+
+
+def test_preflight_shows_one_line_per_host_of_a_distributed_profile(
+        dashboard: LiveDashboard, people: None, tiny_models: dict[str, Path]) -> None:
+    from manager.net import free_port
+    from manager.servers.distributed.spec import DistributedSpec, RankHost
+
+    services = dashboard.services
+    alice = services.auth.get_by_email(ALICE)
+    # Both ranks on this machine: the real probe runs twice, no ssh needed for the page.
+    spec = DistributedSpec.checked([RankHost("local", f"127.0.0.1:{free_port()}"),
+                                    RankHost("local", f"127.0.0.1:{free_port()}")])
+    pair = services.profiles.create(alice, ProfileSpec(name="pair", model=str(
+        tiny_models["text"]), distributed=spec))
+    single = services.profiles.create(alice, ProfileSpec(name="single", model=str(
+        tiny_models["text"])))
+    client = client_for(dashboard, ALICE)
+    page = client.predict(str(pair.id), api_name="/profile_preflight")
+    assert "Every host is ready." in page and page.count('data-verdict="ok"') == 2
+    assert "rank 0 this machine: OK: this machine; Python " in page
+    assert "rank 1 this machine: OK: " in page and "ring: 127.0.0.1:" in page
+    with pytest.raises(Exception, match="runs on one machine"):
+        client.predict(str(single.id), api_name="/profile_preflight")

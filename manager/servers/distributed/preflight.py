@@ -17,17 +17,19 @@ import json
 import logging
 import shlex
 import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from manager.errors import ManagerError
+from manager.errors import ManagerError, ValidationError
 from manager.servers.distributed import ssh
-from manager.servers.distributed.hostfile import RankLaunch
+from manager.servers.distributed.hostfile import RankLaunch, launches
 from manager.servers.distributed.spec import DistributedSpec, LinkBackend, RankHost
-from manager.servers.process import model_of_cmdline
+from manager.servers.process import build_command, model_of_cmdline
+from manager.servers.profiles import Profile
 from manager.units import format_bytes
 
 log = logging.getLogger(__name__)
@@ -339,3 +341,17 @@ def _stale(launch: RankLaunch, answer: dict[str, Any], options: ssh.SshOptions) 
                    f"a rank of an earlier start is still running here: pid {first.get('pid')} "
                    f"({first.get('rank_id')}){more}. It holds memory and ports: stop it with "
                    f"{how}")
+
+
+def preflight_profile(profile: Profile, model_dir: str, options: ssh.SshOptions, *,
+                      remote_python: str, python: str = sys.executable,
+                      running: Iterable[str] = ()) -> PreflightReport:
+    """The preflight of a distributed profile, for the ranks its start would launch
+    (`remote_python`: the interpreter the group launcher runs on other hosts)."""
+    dist = profile.distributed
+    if dist is None:
+        raise ValidationError(f"{profile.name} runs on one machine: the preflight checks "
+                              "the hosts of a distributed profile.", "distributed")
+    argv = build_command(profile, model_dir, python)
+    return run_preflight(dist, launches(dist, argv, "preflight", remote_python), options,
+                         running=running)
