@@ -104,8 +104,7 @@ def test_each_broken_host_gets_its_own_message(sshd: SshServer, options: ssh.Ssh
 
 
 def test_a_rank_left_running_is_stale_until_stopped(sshd: SshServer, options: ssh.SshOptions,
-                                                    tiny_models: dict[str, Path],
-                                                    tmp_path: Path) -> None:
+                                                    tiny_models: dict[str, Path]) -> None:
     argv = ssh.remote_argv(sshd.alias, [sys.executable, "-c", "import time; time.sleep(600)"],
                            {"MLX_RANK": "1"}, {}, "old-group-r1", options)
     left = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -123,9 +122,7 @@ def test_a_rank_left_running_is_stale_until_stopped(sshd: SshServer, options: ss
         assert probe_main.stale_ranks(options.ranks_dir, ["old-group-r1"]) == []
         assert probe_main.stale_ranks(options.ranks_dir, ["old-group"]) == []
         assert [s["pid"] for s in probe_main.stale_ranks(options.ranks_dir, [])] == [rank.pid]
-        # Stopped by its id alone (no marker in the given log): its pid file names it.
-        assert ssh.SshRanks(options).stop(planned[1], tmp_path / "no-marker.log", 5.0,
-                                          rank_id="old-group-r1")
+        assert ssh.stop_remote_rank(sshd.alias, rank, options)
         assert _check(run_preflight(spec, planned, options), 1, "stale")[0] is Verdict.OK
     finally:
         left.kill()

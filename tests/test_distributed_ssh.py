@@ -16,6 +16,7 @@ import pytest
 from manager.errors import ManagerError
 from manager.servers.distributed import ssh
 from manager.servers.distributed.hostfile import RankLaunch
+from manager.servers.distributed.remote import SshRanks, find_marker
 from manager.servers.distributed.sampling import sample_hosts
 from manager.servers.distributed.spec import DistributedSpec, RankHost
 from manager.settings import Settings
@@ -100,14 +101,14 @@ def test_a_remote_rank_runs_in_its_own_group_and_stops_leaving_nothing(
     launch = RankLaunch(rank=1, host=spec.hosts[1], argv=(sys.executable, "-c", program),
                         env={"MLX_RANK": "1", "MLX_MANAGER_GROUP": "g o"},
                         files={"MLX_HOSTFILE": hostfile})
-    ranks = ssh.SshRanks(options)
+    ranks = SshRanks(options)
     log_path = tmp_path / "rank1.log"
     with log_path.open("wb") as out:  # the rank's log, as the group writes it
         local = subprocess.Popen(ranks.argv(launch, "test-group-r1"), stdout=out,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         started = wait_for(lambda: _json_line(log_path), what="the rank's first output")
-        rank = ssh.marker_in_log(log_path)
+        rank = find_marker(log_path)
         assert rank is not None and rank.pid == rank.pgid
         assert started["rank"] == "1" and started["hostfile"] == json.loads(hostfile)
         group = [psutil.Process(rank.pid), psutil.Process(started["child"])]

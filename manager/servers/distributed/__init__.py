@@ -6,4 +6,9 @@ joined by MLX's own distributed engine (ring over TCP, or jaccl over Thunderbolt
 - `group.py`: `GroupLauncher`, `RankGroup`: every rank spawned, watched, sampled and
   stopped as one; the supervisor keeps a group like a Popen.
 - `remote.py`: `SshRanks`: ranks on other hosts started and stopped through `ssh.py`.
+- `ssh.py`: non-interactive ssh argv, remote commands (one message per failure), the shell
+  line that runs a remote rank in its own process group.
+- `preflight.py` (+ `probe_main.py`, the program run on each host): one line per host
+  saying whether its rank can start there and what to do when not.
+- `sampling.py`: memory and CPU of each host (remote ones over ssh) for the Servers tile.
 """

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from manager.errors import ManagerError
-from manager.servers.distributed.hostfile import RankLaunch
 from manager.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -233,59 +232,3 @@ def stop_remote_rank(target: str, rank: RemoteRank, options: SshOptions,
     done = run_remote(target, script, options, timeout_s=timeout_s + 30)
     return done.stdout.strip().endswith("gone")
 
-
-def rank_dir_stop_script(ranks_dir: str, rank_id: str, grace_s: float) -> str:
-    """Stop a rank known only by its id (no marker seen): its pid file names the group."""
-    if not _ID_RE.match(rank_id):
-        raise ManagerError(f"{rank_id!r} cannot name a rank (letters, digits, . _ - only).")
-    directory = f'"$HOME"/{ranks_dir}/{rank_id}'
-    ticks = max(1, int(grace_s * 10))
-    return (f"p=$(cat {directory}/pid 2>/dev/null); "
-            f'if [ -z "$p" ]; then echo gone; exit 0; fi; kill -TERM -- -"$p" 2>/dev/null; '
-            f'n=0; while kill -0 -- -"$p" 2>/dev/null && [ $n -lt {ticks} ]; '
-            f"do sleep 0.1; n=$((n+1)); done; kill -KILL -- -\"$p\" 2>/dev/null; "
-            f'rm -rf {directory}; if kill -0 -- -"$p" 2>/dev/null; then echo alive; '
-            "else echo gone; fi")
-
-
-def marker_in_log(log_path: Path) -> RemoteRank | None:
-    """The marker a remote rank's shell printed first into its log, if it did."""
-    try:
-        with log_path.open("r", encoding="utf-8", errors="replace") as lines:
-            for _, line in zip(range(200), lines, strict=False):
-                found = parse_marker(line)
-                if found is not None:
-                    return found
-    except OSError as exc:
-        log.warning("cannot read %s for its rank's marker: %s", log_path, exc)
-    return None
-
-
-@dataclass(frozen=True)
-class SshRanks:
-    """Remote ranks over ssh, for the rank groups (group.RemoteRanks): the local argv that
-    runs a rank on its host, and the stop that ends its process group there."""
-
-    options: SshOptions
-
-    def argv(self, launch: RankLaunch, rank_id: str) -> list[str]:
-        return remote_argv(launch.host.ssh_target, launch.argv, launch.env, launch.files,
-                           rank_id, self.options)
-
-    def stop(self, launch: RankLaunch, log_path: Path, grace_s: float,
-             rank_id: str | None = None) -> bool:
-        """End the rank's process group on its host (TERM, `grace_s`, KILL); True when none
-        of it is left. The pgid comes from the marker in the rank's log; without one (the
-        shell never got that far) from the pid file of `rank_id`, when given."""
-        target = launch.host.ssh_target
-        rank = marker_in_log(log_path)
-        if rank is not None:
-            return stop_remote_rank(target, rank, self.options, grace_s)
-        if rank_id is None:
-            log.info("rank %d on %s printed no marker: nothing started there", launch.rank,
-                     target)
-            return True
-        done = run_remote(target, rank_dir_stop_script(self.options.ranks_dir, rank_id,
-                                                       grace_s), self.options,
-                          timeout_s=grace_s + 30)
-        return done.stdout.strip().endswith("gone")
