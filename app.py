@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from manager.cli import notebook  # noqa: F401 - `from app import notebook` in a notebook
-from manager.cli.instance import DataDirBusy, hold_data_dir
+from manager.cli.instance import (
+    DataDirBusy,
+    control_path,
+    hold_data_dir,
+    remove_control,
+    write_control,
+)
 from manager.cli.main import build_parser, run_command, settings_from_args
 from manager.cli.serving import DashboardServer, Shutdown, configure_logging
 from manager.net import port_is_free
@@ -31,8 +37,9 @@ log = logging.getLogger("mlx_manager")
 MAX_UPLOAD = "512mb"
 
 
-def create_app(services: Services) -> FastAPI:
-    """The whole HTTP app. Routes must be added before Gradio is mounted at '/'."""
+def create_app(services: Services, control_token: str | None = None) -> FastAPI:
+    """The whole HTTP app. Routes must be added before Gradio is mounted at '/'.
+    `control_token`: opens the local control API the CLI uses (none without it)."""
     # Imported here so `mlx-manager users ...` answers without loading Gradio (~3 s).
     import gradio as gr
     from fastapi import FastAPI, Request
@@ -41,6 +48,7 @@ def create_app(services: Services) -> FastAPI:
     from components.dashboard import build_dashboard
     from components.gradio_queue import quiet_queue
     from components.views import DASHBOARD_CSS
+    from manager.api.control import build_control_router, control_auth, first_claim
     from manager.api.gateway_routes import build_gateway_router
     from manager.api.key_auth import gateway_auth
     from manager.api.login import build_auth_router
@@ -53,6 +61,9 @@ def create_app(services: Services) -> FastAPI:
     )
     # OpenAI/Anthropic endpoint (/v1/*, /metrics): API keys, never the session cookie.
     app.include_router(build_gateway_router(services))
+    if control_token is not None:
+        # `mlx-manager start|stop|run|pull|rm|ps` while this dashboard runs.
+        app.include_router(build_control_router(services))
 
     def gradio_user(request: Request) -> str | None:
         user = current_user(request)
@@ -70,7 +81,7 @@ def create_app(services: Services) -> FastAPI:
         allowed_paths=[str(settings.uploads_dir)],
         blocked_paths=[str(settings.db_path), f"{settings.db_path}-wal",
                        f"{settings.db_path}-shm", str(settings.secret_path),
-                       str(settings.logs_dir)],
+                       str(settings.logs_dir), str(control_path(settings.data_dir))],
         footer_links=[],
     )
     # Gradio checks the files a request names (uploads only, symlinks resolved) and the
@@ -78,7 +89,10 @@ def create_app(services: Services) -> FastAPI:
     # never runs (RECIPES.md section 6); without this any path a client posts is copied.
     dashboard.has_launched = True
     quiet_queue(dashboard)
-    app.add_middleware(SessionGate, auth=services.auth, extra_auth=gateway_auth(services))
+    claims = gateway_auth(services)
+    if control_token is not None:
+        claims = first_claim(control_auth(control_token), claims)
+    app.add_middleware(SessionGate, auth=services.auth, extra_auth=claims)
     # Outermost, so a preflight from a listed origin is answered before the gate. Gradio
     # adds its own CORS (every localhost origin, or any origin when reached by a LAN
     # address) unless the parent app has a CORSMiddleware: with no origins listed this
@@ -129,6 +143,19 @@ def serve(settings: Settings, log_level: str = "info") -> int:
 
 
 def _serve(settings: Settings, log_level: str) -> int:
+    url_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    if ":" in url_host:
+        url_host = f"[{url_host}]"
+    # Written first: a CLI command that finds the data dir held waits for it to listen.
+    control = write_control(settings.data_dir, f"http://{url_host}:{settings.port}")
+    try:
+        return _serve_with(settings, log_level, control.token, url_host)
+    finally:
+        remove_control(settings.data_dir, control)
+
+
+def _serve_with(settings: Settings, log_level: str, control_token: str, url_host: str
+                ) -> int:
     import uvicorn
 
     from manager.servers.process import install_exit_hooks
@@ -138,8 +165,7 @@ def _serve(settings: Settings, log_level: str) -> int:
     # service mode) they outlive it and the next start adopts them.
     shutdown = Shutdown(services, keep_servers=settings.keep_servers)
     install_exit_hooks(shutdown)
-    app = create_app(services)
-    url_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    app = create_app(services, control_token)
     log.info("MLX Model Manager on http://%s:%s (data in %s)", url_host, settings.port,
              settings.data_dir)
     if settings.share:

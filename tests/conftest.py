@@ -209,7 +209,8 @@ def shared_app(module_settings: Settings) -> Iterator[SharedApp]:
     from app import create_app
 
     services = Services.create(module_settings, run_servers=False, hasher=TEST_HASHER)
-    shared = SharedApp(services, create_app(services))
+    # With the local control API (mlx-manager commands), so route walks cover it too.
+    shared = SharedApp(services, create_app(services, control_token="test-control-token"))
     yield shared
     shared.close()
 

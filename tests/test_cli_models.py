@@ -102,14 +102,14 @@ def test_ctrl_c_pauses_a_pull_and_the_next_pull_resumes_from_the_bytes_on_disk(
     assert downloads(data_dir) == [(BIG, "done")]
 
 
-def test_pull_and_rm_refuse_beside_a_running_dashboard(tmp_path: Path, hf_hub_env: Path,
-                                                       hub_repos: dict[str, str]) -> None:
+def test_pull_and_rm_refuse_while_something_that_takes_no_commands_holds_the_data_dir(
+        tmp_path: Path, hf_hub_env: Path, hub_repos: dict[str, str]) -> None:
+    """A restore or a check-tools run holds the data dir and writes no control file; a
+    dashboard's own commands: tests/test_cli_through_dashboard.py."""
     data_dir = tmp_path / "data"
-    with hold_data_dir(data_dir, "a dashboard on port 7860"):
+    with hold_data_dir(data_dir, "mlx-manager restore"):
         refused = run_cli("pull", hub_repos["text"], data_dir=data_dir)
         assert run_cli("rm", "x", data_dir=data_dir).returncode == 1
     assert refused.returncode == 1
-    assert (f"is in use by a dashboard on port 7860 (pid {os.getpid()}): download the model "
-            "from its Models tab") in refused.stderr
-
-
+    assert (f"is in use by mlx-manager restore (pid {os.getpid()}), which takes no "
+            "commands. Wait until it ends") in refused.stderr

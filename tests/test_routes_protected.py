@@ -13,6 +13,7 @@ import httpx
 import pytest
 from starlette.routing import Mount, Route, WebSocketRoute
 
+from manager.api.control import is_control_path
 from manager.api.login import CODE_PATH, CODE_USED
 from manager.api.session_gate import PUBLIC_PATHS, SESSION_COOKIE
 from manager.api.wire import ApiFormat, api_format, is_gateway_path
@@ -96,7 +97,7 @@ def test_the_gateway_routes_are_exactly_the_expected_ones(
 def test_no_route_answers_2xx_without_a_session(
     anonymous: LiveDashboard, app_routes: list[tuple[str, frozenset[str]]]
 ) -> None:
-    checked = gateway_checked = 0
+    checked = gateway_checked = control_checked = 0
     with anonymous.client(follow_redirects=False) as client:
         for path, methods in app_routes:
             url = concrete(path)
@@ -111,6 +112,11 @@ def test_no_route_answers_2xx_without_a_session(
                         assert_api_refusal(response, url)
                         gateway_checked += 1
                         continue
+                    if is_control_path(url):  # the CLI's token only (test_cli_run.py)
+                        assert response.status_code == 401, (method, url)
+                        assert "error" in response.json()
+                        control_checked += 1
+                        continue
                     if method == "GET" and accept == "text/html":
                         assert response.status_code == 303, (url, response.status_code)
                         assert response.headers["location"].startswith("/login?next=")
@@ -119,6 +125,7 @@ def test_no_route_answers_2xx_without_a_session(
                         assert response.json() == {"detail": "Sign in first."}
     assert checked > 80
     assert gateway_checked >= 2 * len(GATEWAY_ROUTES)
+    assert control_checked >= 20
 
 
 def test_a_session_does_not_open_the_gateway_and_a_key_does_not_open_the_dashboard(

@@ -7,10 +7,14 @@ holder exits, however it exits, so a crash leaves nothing stale behind.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
+import re
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from manager.errors import ManagerError
@@ -68,3 +72,63 @@ def holder(data_dir: Path) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+# --- the control credential -------------------------------------------------------------
+# A running dashboard owns the servers and the download jobs, so CLI commands act through
+# it. It proves who may: a random token per run, in a file only this OS user can read
+# (0600, in the data dir), with the address to reach it. The CLI trusts the file only
+# while the data dir's lock is held by the process that wrote it.
+
+CONTROL_NAME = "control.json"
+
+
+@dataclass(frozen=True)
+class ControlCredential:
+    url: str
+    token: str
+    pid: int
+
+
+def control_path(data_dir: Path) -> Path:
+    return data_dir / CONTROL_NAME
+
+
+def write_control(data_dir: Path, url: str) -> ControlCredential:
+    """A new credential for this process, written 0600 (replacing any older one)."""
+    credential = ControlCredential(url, secrets.token_urlsafe(32), os.getpid())
+    path = control_path(data_dir)
+    partial = path.with_name(f".{CONTROL_NAME}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an older file of that name may have looser bits
+        os.write(fd, json.dumps(asdict(credential)).encode())
+    finally:
+        os.close(fd)
+    os.replace(partial, path)
+    return credential
+
+
+def remove_control(data_dir: Path, credential: ControlCredential) -> None:
+    """Remove the file if it is still this credential's (a later dashboard's stays)."""
+    if read_control(data_dir) == credential:
+        control_path(data_dir).unlink(missing_ok=True)
+
+
+def read_control(data_dir: Path) -> ControlCredential | None:
+    """The credential a dashboard wrote, or None (no file, or not one of ours)."""
+    path = control_path(data_dir)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return ControlCredential(str(data["url"]), str(data["token"]), int(data["pid"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("cannot read the dashboard's control file %s: %s", path, exc)
+        return None
+
+
+def holder_pid(description: str) -> int | None:
+    """The pid named in a lock holder's description ("... (pid 123)")."""
+    found = re.search(r"\(pid (\d+)\)", description)
+    return int(found.group(1)) if found else None

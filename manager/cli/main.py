@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from manager.cli import backup as cli_backup
+from manager.cli import lifecycle as cli_lifecycle
 from manager.cli import models as cli_models
 from manager.cli import servers as cli_servers
 from manager.cli import service as cli_service
 from manager.cli import toolcheck as cli_toolcheck
+from manager.cli.remote import find_dashboard
 from manager.errors import ManagerError, ValidationError
 from manager.services import Services
 from manager.settings import (
@@ -128,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_service.add_commands(sub, command_group)
     cli_backup.add_commands(sub, _data_dir_flag)
     cli_models.add_commands(sub, _data_dir_flag)
+    cli_lifecycle.add_commands(sub, _data_dir_flag)
     cli_toolcheck.add_commands(sub, _data_dir_flag)
     return parser
 
@@ -172,6 +175,16 @@ def run_command(
             return cli_backup.run(args, settings, out)
         if args.command in ("ls", "pull", "rm"):
             return cli_models.run(args, settings, out)
+        # These act through a running dashboard (it owns the servers), else directly.
+        if args.command in ("start", "stop", "run"):
+            return cli_lifecycle.run(args, settings, stdin, out, err)
+        if args.command in ("status", "ps"):
+            dashboard = find_dashboard(settings.data_dir)
+            if dashboard is not None:
+                try:
+                    return cli_servers.status_through(dashboard, out)
+                finally:
+                    dashboard.close()
         if args.command == "check-tools":  # holds the data dir, then builds its services
             return cli_toolcheck.run(args, settings, out, err)
         # Commands never adopt, start or sample the servers a dashboard runs.

@@ -2,21 +2,23 @@
 
 `ls` reads (the HF cache and the extra folders, like the Models tab). `pull` runs the
 same download jobs the Models tab shows (the `downloads` table, partial files kept in
-the cache): Ctrl-C pauses, and pulling again resumes from the bytes on disk. `pull` and
-`rm` change files a running dashboard owns, so while one holds the data dir they refuse
-and name it; use its Models tab then.
+the cache): Ctrl-C pauses, and pulling again resumes from the bytes on disk. While a
+dashboard runs on the data dir, `pull` and `rm` ask it (it owns the download jobs and
+knows which models its servers use; remote.py): the job is its own, listed in its
+Models tab as it runs.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
-from manager.cli.instance import holder
-from manager.errors import Conflict, NotFound
+from manager.cli.remote import Dashboard, find_dashboard
+from manager.errors import NotFound
 from manager.models.download_types import DownloadStatus, DownloadView
-from manager.models.library import LocalModel
+from manager.models.downloads import DownloadManager
+from manager.models.library import Library, LocalModel
 from manager.services import Services
 from manager.settings import Settings
 from manager.units import format_bytes, format_duration
@@ -38,11 +40,14 @@ def add_commands(sub: argparse._SubParsersAction,
 
 def run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if args.command in ("pull", "rm"):
-        busy = holder(settings.data_dir)
-        if busy is not None:
-            raise Conflict(f"{settings.data_dir} is in use by {busy}: "
-                           f"{'download' if args.command == 'pull' else 'delete'} the model "
-                           "from its Models tab, or stop it first.")
+        dashboard = find_dashboard(settings.data_dir)
+        if dashboard is not None:
+            try:
+                if args.command == "pull":
+                    return _pull_through(dashboard, args.repo.strip(), out)
+                return _rm_through(dashboard, args.model, out)
+            finally:
+                dashboard.close()
     services = Services.create(settings, run_servers=False)
     try:
         if args.command == "ls":
@@ -82,48 +87,100 @@ def _ls(services: Services, out: TextIO) -> int:
     return 0
 
 
+def begin_pull(downloads: DownloadManager, repo: str) -> tuple[DownloadView, int | None]:
+    """The repo's download job: a paused or failed one resumed (with the bytes it
+    resumes from), a running one as it is, else a new one."""
+    downloads.start_workers()  # loads the download list (and runs it while this runs)
+    known = [v for v in downloads.snapshot() if v.repo_id == repo]
+    running = next((v for v in known if v.status.active), None)
+    if running is not None:
+        return running, None
+    stopped = next((v for v in known if v.status.resumable), None)
+    if stopped is not None:
+        return downloads.resume(None, stopped.id), stopped.bytes_done
+    return downloads.start(None, repo), None
+
+
 def _pull(services: Services, repo: str, out: TextIO) -> int:
     downloads = services.downloads
-    downloads.start_workers()  # loads the download list (and runs it while this runs)
-    known = next((v for v in downloads.snapshot() if v.repo_id == repo), None)
-    if known is not None and known.status.resumable:
-        view = downloads.resume(None, known.id)
-        print(f"Resuming {repo} from {format_bytes(known.bytes_done)}.", file=out)
-    elif known is not None:
-        view = known
-    else:
-        view = downloads.start(None, repo)
+    view, resumed_from = begin_pull(downloads, repo)
+    if resumed_from is not None:
+        print(f"Resuming {repo} from {format_bytes(resumed_from)}.", file=out)
     bar = ProgressBar(out)
     try:
         while view.status.active:
-            view = downloads.wait(view.id, timeout=3600, until=_moved_from(view.bytes_done))
+            view = downloads.wait(view.id, timeout=3600, until=moved_from(view.bytes_done))
             bar.show(view)
     except KeyboardInterrupt:
         downloads.pause(None, view.id)
         view = downloads.wait(view.id, timeout=60)
-        bar.end(f"Paused at {format_bytes(view.bytes_done)}: run the same command to "
-                "resume.")
-        return 130
-    if view.status is DownloadStatus.DONE:
-        bar.end(f"{repo}: downloaded ({format_bytes(view.bytes_total)}).")
+        return _paused(bar, view.bytes_done)
+    return _finished(bar, repo, view.status, view.bytes_total, view.error)
+
+
+def _pull_through(dashboard: Dashboard, repo: str, out: TextIO) -> int:
+    answer = dashboard.call("POST", "/downloads", {"repo": repo})
+    view = _view(answer["download"])
+    if answer.get("resumed_from") is not None:
+        print(f"Resuming {repo} from {format_bytes(answer['resumed_from'])}.", file=out)
+    print(f"Downloading through {dashboard.label}; its Models tab shows it too.", file=out)
+    bar = ProgressBar(out)
+    try:
+        while view.status.active:
+            view = _view(dashboard.call("POST", "/downloads/wait", {
+                "id": view.id, "seen": view.bytes_done, "wait": 30})["download"])
+            bar.show(view)
+    except KeyboardInterrupt:
+        paused = _view(dashboard.call("POST", "/downloads/pause", {"id": view.id})["download"])
+        return _paused(bar, paused.bytes_done)
+    return _finished(bar, repo, view.status, view.bytes_total, view.error)
+
+
+def _view(data: dict[str, Any]) -> DownloadView:
+    return DownloadView(data["id"], data["repo_id"], DownloadStatus(data["status"]),
+                        data["bytes_done"], data["bytes_total"], data.get("speed_bps"),
+                        data.get("eta_seconds"), data.get("error"))
+
+
+def _paused(bar: ProgressBar, bytes_done: int) -> int:
+    bar.end(f"Paused at {format_bytes(bytes_done)}: run the same command to resume.")
+    return 130
+
+
+def _finished(bar: ProgressBar, repo: str, status: DownloadStatus, total: int | None,
+              error: str | None) -> int:
+    if status is DownloadStatus.DONE:
+        bar.end(f"{repo}: downloaded ({format_bytes(total or 0)}).")
         return 0
-    bar.end(f"{repo}: {view.status.value}. {view.error or ''}".strip())
+    bar.end(f"{repo}: {status.value}. {error or ''}".strip())
     return 1
 
 
-def _moved_from(seen: int) -> Callable[[DownloadView], bool]:
+def moved_from(seen: int) -> Callable[[DownloadView], bool]:
     def moved(view: DownloadView) -> bool:
         return view.bytes_done != seen or not view.status.active
     return moved
 
 
-def _rm(services: Services, name: str, out: TextIO) -> int:
-    model = next((m for m in services.library.scan()
-                  if name in (m.name, str(m.path))), None)
+def find_model(library: Library, name: str) -> LocalModel:
+    """A model on this machine by its `ls` name or its folder."""
+    model = next((m for m in library.scan() if name in (m.name, str(m.path))), None)
     if model is None:
         raise NotFound(f"No model called {name} on this machine (see `mlx-manager ls`).")
+    return model
+
+
+def _rm(services: Services, name: str, out: TextIO) -> int:
+    model = find_model(services.library, name)
     services.library.delete(None, str(model.path))
     print(f"Deleted {model.name} ({format_bytes(model.size_bytes or 0)} freed).", file=out)
+    return 0
+
+
+def _rm_through(dashboard: Dashboard, name: str, out: TextIO) -> int:
+    model = dashboard.call("POST", "/models/delete", {"model": name})["model"]
+    print(f"Deleted {model['name']} ({format_bytes(model['size_bytes'] or 0)} freed; "
+          f"through {dashboard.label}).", file=out)
     return 0
 
 

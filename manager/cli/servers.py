@@ -9,10 +9,14 @@ ones itself (memory of the whole process tree).
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+import psutil
+
+from manager.cli.remote import Dashboard
 from manager.errors import ValidationError
 from manager.servers.process import live_process, tree_memory_bytes
 from manager.servers.profiles import Backend, ProfileSpec
@@ -20,6 +24,8 @@ from manager.servers.records import read_records
 from manager.servers.states import FAILED_STATES, ServerState
 from manager.services import Services
 from manager.units import format_bytes, format_duration
+
+log = logging.getLogger(__name__)
 
 _FLAG_OF_FIELD = {
     "name": "NAME", "model": "--model", "port": "--port", "host": "--host",
@@ -103,6 +109,37 @@ def run(args: argparse.Namespace, services: Services, out: TextIO) -> int:
     profiles.delete(None, profile.id)
     _say(out, f"Deleted profile {profile.name!r}.")
     return 0
+
+
+def status_through(dashboard: Dashboard, out: TextIO) -> int:
+    """`ps` while a dashboard runs: its supervisor's own view."""
+    servers = [s for s in dashboard.call("GET", "/servers")["servers"]
+               if s["state"] != ServerState.STOPPED.value]
+    if not servers:
+        _say(out, "No servers running.")
+        return 0
+    now = time.time()
+    rows = [["PROFILE", "STATE", "PID", "PORT", "UPTIME", "MEMORY"]]
+    for server in servers:
+        proc = _process(server["pid"])
+        memory = tree_memory_bytes(proc) if proc is not None else None
+        uptime = format_duration(now - server["started_at"]) \
+            if proc is not None and server["started_at"] else "-"
+        rows.append([server["profile"], server["state"], str(server["pid"] or "-"),
+                     str(server["port"] or "-"), uptime,
+                     format_bytes(memory) if memory is not None else "n/a"])
+    _say(out, table(rows))
+    return 0
+
+
+def _process(pid: int | None) -> psutil.Process | None:
+    if pid is None:
+        return None
+    try:
+        return psutil.Process(pid)
+    except psutil.Error as exc:
+        log.debug("server process %s not readable: %s", pid, exc)
+        return None
 
 
 def _status(services: Services, out: TextIO) -> int:

@@ -1,0 +1,188 @@
+"""`mlx-manager start|stop|run|pull|rm|ps` with a real dashboard process on the data dir
+(they act through it: its supervisor owns the server, its download jobs fetch the model)
+and without one (they act directly). Real model servers on the scripted tiny "tools"
+model (thinking, a weather call, an answer), the local hub; the commands run in-process
+(tests/test_cli.py run_cli: the same parser and code, without seconds of imports)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from manager.cli.instance import read_control
+from manager.cli.remote import Dashboard
+from manager.net import free_port
+from manager.servers.profiles import ProfileSpec
+from manager.servers.records import read_records
+from manager.services import Services
+from manager.settings import Settings
+from manager.store import Store
+from tests.fixtures.local_hub import LocalHub
+from tests.server_helpers import hf_home_env, make_broken_model
+from tests.test_cli import run_cli
+from tests.waits import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTION = "What is the weather in Paris?\n/bye\n"
+#: The plain (not a terminal) rendering of the tools model's turn: thinking, the call,
+#: its result (the built-in weather tool's sample data), the answer.
+ANSWER = (r"Thinking\.\.\.\nNeed weather\.\n\.\.\.done thinking( \([^)]*\))?\.\n\n"
+          r"\[tool\] get_weather\(\{\"city\": \"Paris\"\}\)\n"
+          r"\[tool\] get_weather -> [^\n]*Paris[^\n]*\n"
+          r"It is sunny in Paris\.\n")
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class DashboardProcess:
+    process: subprocess.Popen[bytes]
+    log_file: Path
+    data_dir: Path
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def wait_line(self, pattern: str) -> None:
+        wait_for(lambda: re.search(pattern, self.log()), 240, f"a log line {pattern!r}")
+
+    def servers(self) -> dict[str, dict[str, Any]]:
+        """The dashboard supervisor's own view (what its Servers tab shows)."""
+        credential = read_control(self.data_dir)
+        assert credential is not None
+        client = Dashboard(credential)
+        try:
+            return {s["profile"]: s for s in client.call("GET", "/servers")["servers"]}
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="module")
+def model_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("cli_hf_home")
+    (home / "hub").mkdir()
+    with hf_home_env(home):
+        yield home
+
+
+def make_profiles(data_dir: Path, tiny_models: dict[str, Path]) -> None:
+    services = Services.create(Settings(data_dir=data_dir), run_servers=False)
+    try:
+        services.profiles.create(None, ProfileSpec(
+            name="tools", model=str(tiny_models["tools"]), port=free_port()))
+        broken = make_broken_model(data_dir.parent / "broken", tiny_models["text"])
+        services.profiles.create(None, ProfileSpec(name="broken", model=str(broken),
+                                                   port=free_port()))
+    finally:
+        services.close()
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path],
+              model_home: Path, local_hub: LocalHub) -> Iterator[DashboardProcess]:
+    root = tmp_path_factory.mktemp("cli_dashboard")
+    data_dir = root / "data"
+    make_profiles(data_dir, tiny_models)
+    env = {**os.environ, "HF_ENDPOINT": local_hub.url, "HF_HUB_DISABLE_XET": "1"}
+    env.pop("HF_HUB_OFFLINE", None)  # its download jobs fetch from the local hub
+    log_file = root / "dashboard.log"
+    with log_file.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port",
+             str(free_port()), "--no-warm-spare"], cwd=ROOT, stdout=out,
+            stderr=subprocess.STDOUT, env=env)
+    running = DashboardProcess(process, log_file, data_dir)
+    try:
+        running.wait_line(r"MLX Model Manager on http")
+        yield running
+    finally:
+        process.send_signal(signal.SIGINT)  # it stops the servers it runs
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def test_commands_act_through_a_running_dashboard(
+        dashboard: DashboardProcess, local_hub: LocalHub, hub_repos: dict[str, str]) -> None:
+    data_dir = dashboard.data_dir
+    started = run_cli("start", "tools", data_dir=data_dir)
+    assert started.returncode == 0, started.stderr
+    assert re.match(r"tools is ready on port \d+ \(pid \d+; run by the dashboard at "
+                    r"http://127\.0\.0\.1:\d+ \(pid \d+\)\)\.\n$", started.stdout)
+    # Its supervisor owns the server: it started it and shows it ready.
+    assert re.search(r"server tools: stopped -> starting \(started by mlx-manager start",
+                     dashboard.log())
+    server = dashboard.servers()["tools"]
+    assert server["state"] == "ready" and psutil.pid_exists(server["pid"])
+    assert re.search(rf"\ntools +ready +{server['pid']} ", "\n" + run_cli(
+        "ps", data_dir=data_dir).stdout)
+
+    # A chat through it: its engine, its tools (the built-in MCP server it runs).
+    chat = run_cli("run", "tools", stdin=QUESTION, data_dir=data_dir)
+    assert chat.returncode == 0, chat.stderr
+    assert re.fullmatch(ANSWER, chat.stdout), chat.stdout
+    assert "MCP server builtin connected" in dashboard.log()
+
+    stopped = run_cli("stop", "tools", data_dir=data_dir)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.startswith("Stopped tools (through the dashboard at ")
+    assert dashboard.servers()["tools"]["state"] == "stopped"
+    again = run_cli("stop", "tools", data_dir=data_dir)
+    assert (again.returncode, again.stderr) == (1, "error: tools is not running.\n")
+
+    failed = run_cli("start", "broken", data_dir=data_dir)
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("Starting broken...\nerror: broken did not start (failed): ")
+
+    # A pull is the dashboard's own download job: its Models tab lists it.
+    repo = hub_repos["text"]
+    pulled = run_cli("pull", repo, data_dir=data_dir)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "through the dashboard at" in pulled.stdout
+    assert pulled.stdout.splitlines()[-1].startswith(f"{repo}: downloaded (")
+    assert re.search(rf"download \d+ of {re.escape(repo)} queued", dashboard.log())
+    with sqlite3.connect(data_dir / "manager.db") as db:
+        assert db.execute("SELECT repo_id, status FROM downloads").fetchall() == \
+            [(repo, "done")]
+    removed = run_cli("rm", repo, data_dir=data_dir)
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.startswith(f"Deleted {repo} (") and "through the dashboard" in \
+        removed.stdout
+
+
+def test_without_a_dashboard_run_start_and_stop_act_directly(
+        tmp_path: Path, tiny_models: dict[str, Path], model_home: Path) -> None:
+    data_dir = tmp_path / "data"
+    make_profiles(data_dir, tiny_models)
+    records = Store(data_dir / "manager.db")
+
+    # `run` starts the profile for the chat, and stops it on leaving.
+    chat = run_cli("run", "tools", stdin=QUESTION, data_dir=data_dir)
+    assert chat.returncode == 0, chat.stderr
+    assert re.fullmatch(ANSWER, chat.stdout), chat.stdout
+    assert chat.stderr.startswith("Starting tools...\n")
+    assert "Stopped tools (it was started for this chat" in chat.stderr
+    assert {r.profile_name: r.state.value for r in read_records(records)}["tools"] == "stopped"
+
+    # `start` leaves it running after the command ends (for a dashboard to adopt).
+    started = run_cli("start", "tools", data_dir=data_dir)
+    assert started.returncode == 0, started.stderr
+    (pid,) = [r.pid for r in read_records(records) if r.profile_name == "tools"]
+    assert pid is not None and psutil.pid_exists(pid)
+    assert re.search(r"\ntools +ready ", "\n" + run_cli("ps", data_dir=data_dir).stdout)
+    stopped = run_cli("stop", "tools", data_dir=data_dir)
+    assert (stopped.returncode, stopped.stdout) == (0, "Stopped tools.\n")
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status()
+             == psutil.STATUS_ZOMBIE, 30, "the server to be gone")
