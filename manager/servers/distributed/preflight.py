@@ -122,8 +122,9 @@ def probe(host: RankHost, python: str, mode: str, params: dict[str, Any],
                               input_text=source, timeout_s=timeout_s)
     if done.returncode == 127:  # the shell's "command not found"
         raise ManagerError(
-            f"No Python at {python} on {where}. Create the same environment there at the "
-            "same path (python -m venv, then pip install the same mlx and mlx-lm).")
+            f"No Python at {python} on {where}: create the environment there (python3 -m "
+            "venv, then pip install the same mlx and mlx-lm), and name its interpreter in "
+            "that host's line (python=/path/to/venv/bin/python).")
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
         raise ManagerError(f"{python} on {where} could not run the check "
@@ -208,8 +209,10 @@ def _versions(launch: RankLaunch, answer: dict[str, Any],
     for key, label in COMPARED[1:]:
         if not mine.get(key):
             return Finding("versions", Verdict.FAIL,
-                           f"{label} is not installed for {launch.argv[0]}: install the same "
-                           f"version as this machine ({label} {theirs.get(key)}) there")
+                           f"{label} is not installed for {launch.argv[0]} there: install "
+                           f"{label} {theirs.get(key)} (as on rank 0) in it, or point the "
+                           "hosts line at the environment that has it "
+                           "(python=/path/to/venv/bin/python)")
     different = [f"{label} {mine.get(key)} (rank 0 has {theirs.get(key)})"
                  for key, label in COMPARED if mine.get(key) != theirs.get(key)]
     if different:
