@@ -17,9 +17,10 @@ from manager.errors import ManagerError
 from manager.servers.distributed import ssh
 from manager.servers.distributed.hostfile import RankLaunch
 from manager.servers.distributed.remote import SshRanks, find_marker
-from manager.servers.distributed.sampling import sample_hosts
+from manager.servers.distributed.sampling import HostSampler, sample_hosts
 from manager.servers.distributed.spec import DistributedSpec, RankHost
 from manager.settings import Settings
+from tests.conftest import Clock
 from tests.fixtures.sshd import SshServer
 from tests.waits import wait_for
 
@@ -143,6 +144,25 @@ def test_hosts_are_sampled_through_ssh(sshd: SshServer, options: ssh.SshOptions)
     assert here.memory_total == remote.memory_total and here.host == "this machine"
     assert refused.error is not None and "Remote Login" in refused.error
     assert (refused.memory_total, refused.cpu_percent, refused.memory_used) == (None,) * 3
+
+
+def test_the_host_sampler_refreshes_in_the_background_on_its_cadence(
+        sshd: SshServer, options: ssh.SshOptions, clock: Clock) -> None:
+    hosts = [(RankHost("local", "127.0.0.1"), sys.executable),
+             (RankHost(sshd.alias, "127.0.0.1"), sys.executable)]
+    sampler = HostSampler(hosts, options, interval_s=10.0, clock=clock)
+    assert sampler.latest() == (None, None)  # nothing yet, and reading never waits
+    assert sampler.refresh_due()
+    assert not sampler.refresh_due()  # one refresh at a time
+    sampler.wait(60)
+    here, remote = sampler.latest()
+    assert here is not None and remote is not None and remote.error is None
+    assert remote.memory_total == psutil.virtual_memory().total
+    clock.now += 9.0
+    assert not sampler.refresh_due()  # not due before the interval
+    clock.now += 1.0
+    assert sampler.refresh_due()
+    sampler.wait(60)
 
 
 def _pgid(pid: int) -> int | None:

@@ -5,12 +5,15 @@ interpreter over ssh (one round trip, ~0.3 s of work there plus the ssh login), 
 caller samples remote hosts on a slower cadence than local processes and keeps the last
 sample. This machine is read in-process with psutil. Nothing here raises: a host that
 cannot be sampled gets a sample with `error` set and None figures (shown as n/a).
+`HostSampler` keeps the last samples of a group's hosts for a monitor tick to read.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,6 +27,8 @@ from manager.servers.distributed.spec import RankHost
 log = logging.getLogger(__name__)
 
 SAMPLE_TIMEOUT_S = 20.0
+#: Seconds between two samples of the remote hosts (each costs an ssh login per host).
+REMOTE_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -68,14 +73,68 @@ def sample_host(host: RankHost, python: str, options: ssh.SshOptions,
                       cpu_percent=float(cpu) if isinstance(cpu, (int, float)) else None)
 
 
-def sample_hosts(hosts: Sequence[RankHost], python: str, options: ssh.SshOptions,
-                 timeout_s: float = SAMPLE_TIMEOUT_S) -> tuple[HostSample, ...]:
-    """Every host at once, in the order given."""
-    if not hosts:
-        return ()
-    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-        return tuple(pool.map(lambda h: sample_host(h, python, options, timeout_s), hosts))
+def sample_hosts(hosts: Sequence[RankHost], python: str, options: ssh.SshOptions
+                 ) -> tuple[HostSample, ...]:
+    """Every host at once, in the order given (`python` on each)."""
+    return _sample_each([(h, python) for h in hosts], options)
 
 
 def _int(value: object) -> int | None:
     return int(value) if isinstance(value, (int, float)) else None
+
+
+class HostSampler:
+    """The last sample of each host of a group, refreshed in the background at most every
+    `interval_s`, so a monitor tick never waits on ssh: call `refresh_due()` from the tick,
+    read `latest()`. Hosts are given with the interpreter their rank runs there."""
+
+    def __init__(self, hosts: Sequence[tuple[RankHost, str]], options: ssh.SshOptions,
+                 interval_s: float = REMOTE_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._hosts = tuple(hosts)
+        self._options = options
+        self._interval = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._latest: tuple[HostSample | None, ...] = (None,) * len(self._hosts)
+        self._last_start: float | None = None
+        self._worker: threading.Thread | None = None
+
+    def latest(self) -> tuple[HostSample | None, ...]:
+        """Each host's last sample, in the order given (None: not sampled yet)."""
+        with self._lock:
+            return self._latest
+
+    def refresh_due(self) -> bool:
+        """Start a background refresh when the last one began `interval_s` ago or more and
+        none is running; True when one was started."""
+        with self._lock:
+            now = self._clock()
+            busy = self._worker is not None and self._worker.is_alive()
+            if busy or (self._last_start is not None and
+                        now - self._last_start < self._interval):
+                return False
+            self._last_start = now
+            self._worker = threading.Thread(target=self._refresh, daemon=True,
+                                            name="distributed-host-sampler")
+            self._worker.start()
+            return True
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Wait for a running refresh to end (tests, shutdown)."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout_s)
+
+    def _refresh(self) -> None:
+        samples = _sample_each(self._hosts, self._options)
+        with self._lock:
+            self._latest = samples
+
+
+def _sample_each(hosts: Sequence[tuple[RankHost, str]], options: ssh.SshOptions
+                 ) -> tuple[HostSample, ...]:
+    if not hosts:
+        return ()
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        return tuple(pool.map(lambda pair: sample_host(pair[0], pair[1], options), hosts))
