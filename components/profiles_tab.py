@@ -18,6 +18,13 @@ from components.session import TabLoader, handler, warn
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, allowed
 from manager.errors import ValidationError
+from manager.servers.distributed.spec import (
+    DEFAULT_BASE_PORT,
+    DistributedSpec,
+    LinkBackend,
+    Parallel,
+    parse_hosts,
+)
 from manager.servers.profiles import SERVER_MAX_TOKENS, Backend, Profile, ProfileSpec
 from manager.services import Services
 
@@ -53,6 +60,15 @@ FIELDS = (
     FieldDef("auto_start", "Start this server whenever the dashboard starts."),
     FieldDef("auto_restart", "Restart after a crash; gives up after 3 quick failures."),
     FieldDef("idle_timeout_minutes", "Stop the server after this many idle minutes; empty = never."),
+    FieldDef("distributed", "Empty = this machine alone. One host per line, rank 0 (this "
+             "machine) first: `ssh_target address [model_path] [python=PATH]`, e.g. "
+             "`local 192.168.1.10` then `mac2 192.168.1.11 /Users/me/models/qwen`."),
+    FieldDef("distributed_backend", "ring: TCP over any network; jaccl: RDMA over "
+             "Thunderbolt 5 (macOS 26.2+, add rdma=... to each line)."),
+    FieldDef("distributed_parallel", "tensor: every host holds a slice of each layer "
+             "(mlx_lm's default); pipeline: each host holds some layers."),
+    FieldDef("distributed_base_port", f"Rank i listens on base port + i (empty = "
+             f"{DEFAULT_BASE_PORT})."),
 )
 FIELD_KEYS = tuple(f.key for f in FIELDS)
 
@@ -87,19 +103,39 @@ def spec_from_form(values: dict[str, Any]) -> ProfileSpec:
         system_prompt=values.get("system_prompt") or "",
         auto_start=bool(values.get("auto_start")), auto_restart=bool(values.get("auto_restart")),
         idle_timeout_minutes=number("idle_timeout_minutes", int),
+        distributed=distributed_from_form(values),
     )
+
+
+def distributed_from_form(values: dict[str, Any]) -> DistributedSpec | None:
+    """The Distributed section: None when the hosts box is empty."""
+    text = values.get("distributed") or ""
+    if not text.strip():
+        return None
+    return DistributedSpec.checked(
+        parse_hosts(text), values.get("distributed_backend") or LinkBackend.RING.value,
+        values.get("distributed_parallel") or Parallel.TENSOR.value,
+        values.get("distributed_base_port"))
+
+
+def _distributed_values(profile: Profile | None) -> list[Any]:
+    dist = profile.distributed if profile is not None else None
+    if dist is None:
+        return ["", LinkBackend.RING.value, Parallel.TENSOR.value, None]
+    return [dist.hosts_text(), dist.backend.value, dist.parallel.value, dist.base_port]
 
 
 def form_values(profile: Profile | None, suggested_port: int | None = None) -> list[Any]:
     """Field values in FIELDS order for a profile, or a blank form."""
     if profile is None:
         return ["", "", None, AUTO, "127.0.0.1", suggested_port, None, None, None, None,
-                "default", "", False, False, None]
+                "default", "", False, False, None, *_distributed_values(None)]
     thinking = "default" if profile.thinking is None else ("on" if profile.thinking else "off")
     return [profile.name, profile.description, profile.model, profile.backend.value,
             profile.host, profile.port, profile.context_length, profile.max_tokens,
             profile.temperature, profile.top_p, thinking, profile.system_prompt,
-            profile.auto_start, profile.auto_restart, profile.idle_timeout_minutes]
+            profile.auto_start, profile.auto_restart, profile.idle_timeout_minutes,
+            *_distributed_values(profile)]
 
 
 def profile_rows(profiles: list[Profile],
@@ -113,7 +149,12 @@ def profile_rows(profiles: list[Profile],
         return (f"{check['label']} ({check['checked_at'][:10]})" if check
                 else "not checked")
 
-    return [[p.name, p.model, p.backend.value, f"{p.host}:{p.port}",
+    def address(p: Profile) -> str:
+        dist = p.distributed
+        return f"{p.host}:{p.port}" + (f" ({dist.size} hosts, {dist.backend.value})"
+                                       if dist else "")
+
+    return [[p.name, p.model, p.backend.value, address(p),
              "yes" if p.auto_start else "no", tool_use(p),
              p.description.split("\n", 1)[0][:80]] for p in profiles]
 
@@ -176,8 +217,26 @@ def build(services: Services) -> TabLoader:
                                        elem_id="profile-auto-restart")
             idle = gr.Number(label="Idle timeout (minutes)", precision=0,
                              info=info["idle_timeout_minutes"], elem_id="profile-idle")
+        with gr.Accordion("Distributed (several machines)", open=False,
+                          elem_id="profile-distributed-section"):
+            dist_hosts = gr.Textbox(label="Hosts", lines=3, info=info["distributed"],
+                                    placeholder="local 192.168.1.10\nmac2 192.168.1.11",
+                                    elem_id="profile-distributed-hosts")
+            with gr.Row():
+                dist_backend = gr.Radio([b.value for b in LinkBackend],
+                                        value=LinkBackend.RING.value, label="Link backend",
+                                        info=info["distributed_backend"],
+                                        elem_id="profile-distributed-backend")
+                dist_parallel = gr.Radio([p.value for p in Parallel],
+                                         value=Parallel.TENSOR.value, label="Parallel",
+                                         info=info["distributed_parallel"],
+                                         elem_id="profile-distributed-parallel")
+                dist_port = gr.Number(label="Base port", precision=0,
+                                      info=info["distributed_base_port"],
+                                      elem_id="profile-distributed-port")
     fields = [name, description, model, backend, host, port, context, max_tokens, temperature,
-              top_p, thinking, system_prompt, auto_start, auto_restart, idle]
+              top_p, thinking, system_prompt, auto_start, auto_restart, idle, dist_hosts,
+              dist_backend, dist_parallel, dist_port]
     with gr.Row():
         save = gr.Button("Save", variant="primary", elem_id="profile-save")
         duplicate = gr.Button("Duplicate", elem_id="profile-duplicate")
@@ -241,9 +300,11 @@ def build(services: Services) -> TabLoader:
                 backend: str, host: str, port: float | None, context: float | None,
                 max_tokens: float | None, temperature: float | None, top_p: float | None,
                 thinking: str, system_prompt: str, auto_start: bool, auto_restart: bool,
-                idle: float | None) -> tuple:
+                idle: float | None, dist_hosts: str, dist_backend: str, dist_parallel: str,
+                dist_port: float | None) -> tuple:
         values = (name, description, model, backend, host, port, context, max_tokens,
-                  temperature, top_p, thinking, system_prompt, auto_start, auto_restart, idle)
+                  temperature, top_p, thinking, system_prompt, auto_start, auto_restart, idle,
+                  dist_hosts, dist_backend, dist_parallel, dist_port)
         try:
             spec = spec_from_form(dict(zip(FIELD_KEYS, values, strict=True)))
             if not selected or selected == NEW:

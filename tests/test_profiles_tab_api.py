@@ -23,10 +23,12 @@ def client_for(dashboard: LiveDashboard, email: str) -> Client:
                   verbose=False)
 
 
-def form(selected: str, name: str, model: Path, port: Any = None) -> tuple:
-    """The Save inputs: pick, then the fields in the tab's order."""
+def form(selected: str, name: str, model: Path, port: Any = None,
+         distributed: tuple = ("", "ring", "tensor", None)) -> tuple:
+    """The Save inputs: pick, then the fields in the tab's order (the Distributed section's
+    hosts, link backend, parallel mode and base port last)."""
     return (selected, name, "", str(model), "auto", "127.0.0.1", port, None, None, None,
-            None, "default", "", False, False, None)
+            None, "default", "", False, False, None, *distributed)
 
 
 @pytest.fixture
@@ -99,3 +101,20 @@ def test_preflight_shows_one_line_per_host_of_a_distributed_profile(
     assert "rank 1 this machine: OK: " in page and "ring: 127.0.0.1:" in page
     with pytest.raises(Exception, match="runs on one machine"):
         client.predict(str(single.id), api_name="/profile_preflight")
+
+
+def test_the_distributed_section_saves_hosts_and_shows_a_bad_line_on_its_box(
+        dashboard: LiveDashboard, people: None, tiny_models: dict[str, Path]) -> None:
+    alice = client_for(dashboard, ALICE)
+    hosts_box = 3 + 15  # status, then the fields: the hosts box follows the idle timeout
+    bad = alice.predict(*form("new", "spread", tiny_models["text"], distributed=(
+        "local 127.0.0.1\nmac2 mac2.lan", "ring", "tensor", None)), api_name="/profile_save")
+    assert "is not an IP address" in bad[2] and "is not an IP address" in bad[hosts_box]["info"]
+    saved = alice.predict(*form("new", "spread", tiny_models["text"], distributed=(
+        "local 127.0.0.1\nmac2 192.168.1.11 /models/qwen", "ring", "pipeline", 40000)),
+        api_name="/profile_save")
+    assert saved[2].startswith("Created **spread**")
+    dist = dashboard.services.profiles.get_by_name("spread").distributed
+    assert dist is not None and dist.parallel.value == "pipeline" and dist.base_port == 40000
+    assert dist.hosts[1].model_path == "/models/qwen"
+    assert saved[hosts_box]["value"] == dist.hosts_text()

@@ -95,7 +95,8 @@ def test_server_actions_through_the_api_check_the_user(dashboard: LiveDashboard,
         "Cookie": f"{SESSION_COOKIE}={dashboard.session_cookie('admin@example.com')}"})
     port = free_port()
     values = ["API tiny", "for tests", str(tiny_models["text"]), "auto", "127.0.0.1", port,
-              None, None, None, None, "default", "Be brief.", False, False, None]
+              None, None, None, None, "default", "Be brief.", False, False, None,
+              "", "ring", "tensor", None]
     result = client.predict("new", *values, api_name="/profile_save")
     assert "Created **API tiny**" in result[2]
     profile = dashboard.services.profiles.get_by_name("API tiny")
