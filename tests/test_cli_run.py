@@ -145,6 +145,7 @@ def test_the_control_file_is_private_and_trusted_only_while_its_writer_holds_the
         with pytest.raises(Conflict, match="in use by mlx-manager restore .*takes no "
                                            "commands"):
             find_dashboard(data_dir)
+        assert run_cli("ps", data_dir=data_dir).stdout == "No servers running.\n"
     remove_control(data_dir, credential)  # not its own any more: left in place
     assert control_path(data_dir).exists()
     remove_control(data_dir, other)

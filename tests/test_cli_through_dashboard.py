@@ -6,13 +6,15 @@ model (thinking, a weather call, an answer), the local hub; the commands run in-
 
 from __future__ import annotations
 
+import _thread
+import io
 import os
 import re
 import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,11 @@ from typing import Any
 import psutil
 import pytest
 
+from manager.chat.events import ChatEvent
+from manager.cli.chat_session import event_from_json
 from manager.cli.instance import read_control
 from manager.cli.remote import Dashboard
+from manager.cli.terminal_chat import Repl
 from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
 from manager.servers.records import read_records
@@ -75,11 +80,16 @@ def model_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
-def make_profiles(data_dir: Path, tiny_models: dict[str, Path]) -> None:
+def make_profiles(data_dir: Path, tiny_models: dict[str, Path], *, long: bool = False
+                  ) -> None:
     services = Services.create(Settings(data_dir=data_dir), run_servers=False)
     try:
         services.profiles.create(None, ProfileSpec(
             name="tools", model=str(tiny_models["tools"]), port=free_port()))
+        if long:  # answers until stopped (the tiny text model never says its end token)
+            services.profiles.create(None, ProfileSpec(
+                name="long", model=str(tiny_models["text"]), port=free_port(),
+                max_tokens=100_000))
         broken = make_broken_model(data_dir.parent / "broken", tiny_models["text"])
         services.profiles.create(None, ProfileSpec(name="broken", model=str(broken),
                                                    port=free_port()))
@@ -92,7 +102,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, P
               model_home: Path, local_hub: LocalHub) -> Iterator[DashboardProcess]:
     root = tmp_path_factory.mktemp("cli_dashboard")
     data_dir = root / "data"
-    make_profiles(data_dir, tiny_models)
+    make_profiles(data_dir, tiny_models, long=True)
     env = {**os.environ, "HF_ENDPOINT": local_hub.url, "HF_HUB_DISABLE_XET": "1"}
     env.pop("HF_HUB_OFFLINE", None)  # its download jobs fetch from the local hub
     log_file = root / "dashboard.log"
@@ -186,3 +196,52 @@ def test_without_a_dashboard_run_start_and_stop_act_directly(
     assert (stopped.returncode, stopped.stdout) == (0, "Stopped tools.\n")
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status()
              == psutil.STATUS_ZOMBIE, 30, "the server to be gone")
+
+
+class InterruptingOutput(io.StringIO):
+    """A terminal whose person presses Ctrl-C once the answer has begun: SIGINT's
+    handler runs in the main thread, as when the key is pressed."""
+
+    def __init__(self, after_chars: int) -> None:
+        super().__init__()
+        self._after = after_chars
+        self.pressed = False
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if not self.pressed and len(self.getvalue()) > self._after:
+            self.pressed = True
+            _thread.interrupt_main()
+        return written
+
+
+def test_ctrl_c_stops_the_answer_in_the_dashboard_and_the_chat_goes_on(
+        dashboard: DashboardProcess) -> None:
+    credential = read_control(dashboard.data_dir)
+    assert credential is not None
+    client = Dashboard(credential)
+    out = InterruptingOutput(after_chars=100)
+    try:
+        client.call("POST", "/servers/start", {"profile": "long", "wait": 60})
+        wait_for(lambda: dashboard.servers()["long"]["state"] == "ready", 240,
+                 "the long profile to be ready")
+        chat_id = client.call("POST", "/chats", {"profile": "long"})["chat"]
+
+        def turns(text: str) -> Generator[ChatEvent, None, None]:
+            lines = client.stream(f"/chats/{chat_id}/turn", {"text": text})
+            try:
+                for line in lines:
+                    yield event_from_json(line)
+            finally:
+                lines.close()
+
+        Repl(turns, stdin=io.StringIO("Tell me a long story\n/?\n/bye\n"), out=out,
+             tty=False).run()
+    finally:
+        client.close()
+    assert out.pressed
+    said = out.getvalue()
+    # The answer stopped, the prompt loop went on (the help after it), and the dashboard
+    # ended the model's request.
+    assert "\n(stopped)\nType a message" in said, said[-300:]
+    dashboard.wait_line(r"chat \d+: stopped during round 1")

@@ -33,6 +33,8 @@ DIRECT_WAIT_S = 3600.0
 REMOTE_WAIT_S = 30.0
 #: Log lines of a failed server shown with its reason.
 TAIL_LINES = 8
+#: The exit code after Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
 
 
 class StartFailed(ManagerError):
@@ -89,14 +91,20 @@ def _through(dashboard: Dashboard, args: argparse.Namespace, stdin: TextIO, out:
     server = answer["server"]
     if server["state"] == ServerState.STARTING.value:
         print(f"Starting {server['profile']}...", file=err, flush=True)
-    while server["state"] == ServerState.STARTING.value:
-        server = dashboard.call("POST", "/servers/wait",
-                                {"profile": name, "wait": REMOTE_WAIT_S})["server"]
+    try:
+        while server["state"] == ServerState.STARTING.value:
+            server = dashboard.call("POST", "/servers/wait",
+                                    {"profile": name, "wait": REMOTE_WAIT_S})["server"]
+    except KeyboardInterrupt:
+        print(f"\nNo longer waiting; {dashboard.label} goes on starting "
+              f"{server['profile']}.", file=err)
+        return INTERRUPTED
     _check_ready(server["profile"], server["state"], server["reason"],
                  server.get("failure_tail") or "")
     if args.command == "start":
-        print(f"{server['profile']} is ready on port {server['port']} (pid {server['pid']}; "
-              f"run by {dashboard.label}).", file=out)
+        already = "" if answer["started"] else "already running; "
+        print(f"{server['profile']} is ready on port {server['port']} ({already}pid "
+              f"{server['pid']}; run by {dashboard.label}).", file=out)
         return 0
     chat_id = dashboard.call("POST", "/chats", {"profile": name})["chat"]
 
@@ -139,14 +147,23 @@ def _direct(services: Services, args: argparse.Namespace, stdin: TextIO, out: Te
         services.placement.start(None, profile.id, by=f"mlx-manager {args.command}")
         started = True
         print(f"Starting {profile.name}...", file=err, flush=True)
-    snap = supervisor.wait_for(profile.id, lambda s: s is None
-                               or s.state is not ServerState.STARTING, DIRECT_WAIT_S)
+    try:
+        snap = supervisor.wait_for(profile.id, lambda s: s is None
+                                   or s.state is not ServerState.STARTING, DIRECT_WAIT_S)
+    except KeyboardInterrupt:
+        # Nobody would watch it load (no dashboard): what this started stops.
+        if started:
+            supervisor.stop(profile.id, by=f"mlx-manager {args.command}",
+                            reason="start interrupted (Ctrl-C)")
+        print(f"\nInterrupted{'; stopped ' + profile.name if started else ''}.", file=err)
+        return INTERRUPTED
     if snap is None:
         raise StartFailed(f"{profile.name} has no server.")
     _check_snapshot(snap)
     if args.command == "start":
-        print(f"{profile.name} is ready on port {profile.port} (pid {snap.pid}). It keeps "
-              f"running: `mlx-manager stop {profile.name}` stops it.", file=out)
+        already = "" if started else "already running; "
+        print(f"{profile.name} is ready on port {profile.port} ({already}pid {snap.pid}). It "
+              f"keeps running: `mlx-manager stop {profile.name}` stops it.", file=out)
         return 0
     chats = TerminalChats(services)
     chat_id = chats.open(profile)

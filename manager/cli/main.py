@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
@@ -19,7 +20,7 @@ from manager.cli import servers as cli_servers
 from manager.cli import service as cli_service
 from manager.cli import toolcheck as cli_toolcheck
 from manager.cli.remote import find_dashboard
-from manager.errors import ManagerError, ValidationError
+from manager.errors import Conflict, ManagerError, ValidationError
 from manager.services import Services
 from manager.settings import (
     DATA_DIR_ENV,
@@ -29,6 +30,8 @@ from manager.settings import (
     Settings,
     normalize_origins,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _data_dir_flag(parser: argparse.ArgumentParser, default: object) -> None:
@@ -179,7 +182,11 @@ def run_command(
         if args.command in ("start", "stop", "run"):
             return cli_lifecycle.run(args, settings, stdin, out, err)
         if args.command in ("status", "ps"):
-            dashboard = find_dashboard(settings.data_dir)
+            try:
+                dashboard = find_dashboard(settings.data_dir)
+            except Conflict as exc:  # a restore or a check holds it: what was recorded
+                log.debug("ps reads the records: %s", exc.message)
+                dashboard = None
             if dashboard is not None:
                 try:
                     return cli_servers.status_through(dashboard, out)
