@@ -1,19 +1,36 @@
 """The Profiles form's "Preflight" for a distributed profile: one line per host saying
 whether its rank can start there, and what to do when it cannot (see
-manager/servers/distributed/preflight.py and docs/distributed.md)."""
+manager/servers/distributed/preflight.py and docs/distributed.md), and a copy of the model
+to the hosts that lack it, with progress."""
 
 from __future__ import annotations
 
 import html
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import gradio as gr
 
 from components.session import handler
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, Owned, allowed
-from manager.servers.distributed.preflight import PreflightReport, Verdict, preflight_profile
+from manager.errors import ManagerError
+from manager.servers.distributed.hostfile import RankLaunch
+from manager.servers.distributed.model_copy import copy_model
+from manager.servers.distributed.preflight import (
+    PreflightReport,
+    Verdict,
+    lacks_model,
+    preflight_profile,
+    profile_launches,
+)
 from manager.servers.distributed.ssh import SshOptions
+from manager.servers.process import model_of_cmdline
+from manager.servers.profiles import Profile
 from manager.services import Services
+from manager.units import format_bytes
 
 NEW = "new"
 _ICONS = {Verdict.OK: "✅", Verdict.WARN: "⚠️", Verdict.FAIL: "❌"}
@@ -37,17 +54,28 @@ def report_html(report: PreflightReport) -> str:
             "</pre></div>")
 
 
+def progress_html(host: str, sent: int, total: int) -> str:
+    share = f" ({100 * sent // total} %)" if total else ""
+    return (f'<p class="mm-preflight-copy">Copying the model to {html.escape(host)}: '
+            f"{format_bytes(sent)} of {format_bytes(total)}{share}</p>")
+
+
 def build(services: Services, pick: gr.Dropdown) -> None:
-    """A "Preflight" button under the Profiles form; it checks the picked profile."""
+    """A "Preflight" button under the Profiles form; it checks the picked profile, and a
+    second one copies the model to the hosts the preflight found without it."""
     with gr.Accordion("Distributed: preflight", open=False, elem_id="profile-preflight-box"):
         gr.Markdown("Checks each host of a distributed profile over ssh: reachable, the same "
                     "Python, mlx and mlx-lm, the model at its path, enough free memory, the "
                     "link, no rank left from an earlier start. See docs/distributed.md.")
-        run = gr.Button("Preflight", elem_id="profile-preflight")
+        with gr.Row():
+            run = gr.Button("Preflight", elem_id="profile-preflight")
+            copy = gr.Button("Copy the model to hosts without it",
+                             elem_id="profile-preflight-copy")
         result = gr.HTML(elem_id="profile-preflight-result")
+    options = SshOptions.from_settings(services.settings)
 
-    @handler(services, "preflight of a distributed profile")
-    def on_preflight(user: User, selected: str | None) -> str:
+    def checked(user: User, selected: str | None) -> tuple[Profile, str, list[str]]:
+        """The picked profile, its model folder here and the running groups' ids."""
         if not selected or selected == NEW:
             raise gr.Error("Pick a distributed profile first.")
         profile = services.profiles.get(int(selected))
@@ -61,11 +89,51 @@ def build(services: Services, pick: gr.Dropdown) -> None:
         running = [str(p.id) for p in services.profiles.list() if p.distributed and
                    (s := services.supervisor.snapshot(p.id)) is not None
                    and s.state.value in _ACTIVE]
-        model_dir = services.profiles.resolve_model(profile.model)
-        report = preflight_profile(profile, str(model_dir),
-                                   SshOptions.from_settings(services.settings),
-                                   remote_python=services.supervisor.groups.remote_python,
-                                   running=running)
-        return report_html(report)
+        return profile, str(services.profiles.resolve_model(profile.model)), running
+
+    def preflight(profile: Profile, model_dir: str, running: list[str]) -> PreflightReport:
+        return preflight_profile(profile, model_dir, options, running=running,
+                                 remote_python=services.supervisor.groups.remote_python)
+
+    @handler(services, "preflight of a distributed profile")
+    def on_preflight(user: User, selected: str | None) -> str:
+        return report_html(preflight(*checked(user, selected)))
+
+    @handler(services, "copying a model to distributed hosts")
+    def on_copy(user: User, selected: str | None) -> Iterator[str]:
+        profile, model_dir, running = checked(user, selected)
+        report = preflight(profile, model_dir, running)
+        ranks = profile_launches(profile, model_dir, services.supervisor.groups.remote_python)
+        todo = [launch for launch, host in zip(ranks, report.hosts, strict=True)
+                if not launch.host.is_local and lacks_model(host)]
+        if not todo:
+            yield "<p>No host lacks the model.</p>" + report_html(report)
+            return
+        for launch in todo:
+            yield from _copy_with_progress(Path(model_dir), launch, options)
+        yield report_html(preflight(profile, model_dir, running))
 
     run.click(on_preflight, pick, result, api_name="profile_preflight")
+    copy.click(on_copy, pick, result, api_name="profile_preflight_copy")
+
+
+def _copy_with_progress(source: Path, launch: RankLaunch, options: SshOptions
+                        ) -> Iterator[str]:
+    """Copy in a thread; yield a progress line for each step it reports."""
+    events: queue.Queue[tuple[int, int] | BaseException | None] = queue.Queue()
+    dest = model_of_cmdline(list(launch.argv))
+
+    def work() -> None:
+        try:
+            copy_model(source, launch.host, dest, options,
+                       lambda sent, total: events.put((sent, total)))
+        except ManagerError as exc:
+            events.put(exc)
+            return
+        events.put(None)
+
+    threading.Thread(target=work, daemon=True, name="model-copy").start()
+    while (event := events.get()) is not None:
+        if isinstance(event, BaseException):
+            raise event
+        yield progress_html(f"{launch.host.label}:{dest}", *event)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from manager.errors import ManagerError
 from manager.net import free_port
-from manager.servers.distributed import probe_main, ssh
+from manager.servers.distributed import model_copy, probe_main, ssh
 from manager.servers.distributed.hostfile import RankLaunch, launches
 from manager.servers.distributed.preflight import (
     PreflightReport,
@@ -161,3 +162,33 @@ def test_jaccl_detection(system: str, mac: str, has: bool, ibv: str | None,
     assert len(problems) == len(expected), problems
     for problem, words in zip(problems, expected, strict=True):
         assert words in problem
+
+
+def test_a_missing_model_is_copied_through_ssh_with_progress(
+        sshd: SshServer, options: ssh.SshOptions, tiny_models: dict[str, Path],
+        tmp_path: Path) -> None:
+    source = tiny_models["text"]
+    # A Hugging Face cache snapshot holds symlinks: the copy must carry the files.
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    for path in source.iterdir():
+        if path.is_file():
+            (snapshot / path.name).symlink_to(path)
+    dest = tmp_path / "remote" / "models" / "tiny"
+    host = RankHost(sshd.alias, "127.0.0.1")
+    seen: list[tuple[int, int]] = []
+    model_copy.copy_model(snapshot, host, str(dest), options,
+                          lambda sent, total: seen.append((sent, total)))
+    total = sum(p.stat().st_size for p in source.iterdir() if p.is_file())
+    assert seen[0] == (0, total) and seen[-1] == (total, total)
+    assert [sent for sent, _ in seen] == sorted(sent for sent, _ in seen)
+    copied = sorted(p.name for p in dest.iterdir())
+    assert copied == sorted(p.name for p in source.iterdir() if p.is_file())
+    assert not any(p.is_symlink() for p in dest.iterdir())
+    assert (dest / "config.json").read_bytes() == (source / "config.json").read_bytes()
+    assert not list(dest.parent.glob("*.partial-*"))
+    with pytest.raises(ManagerError, match="already exists"):
+        model_copy.copy_model(source, host, str(dest), options, lambda sent, total: None)
+    with pytest.raises(ssh.SshError, match="Remote Login"):
+        model_copy.copy_model(source, RankHost(sshd.alias_refused, "127.0.0.1"),
+                              str(tmp_path / "elsewhere"), options, lambda sent, total: None)

@@ -11,8 +11,11 @@ import pytest
 from gradio_client import Client
 
 from manager.api.login import SESSION_COOKIE
+from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
+from manager.settings import Settings
 from tests.conftest import LiveDashboard
+from tests.fixtures.sshd import SshServer
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 
@@ -29,6 +32,13 @@ def form(selected: str, name: str, model: Path, port: Any = None,
     hosts, link backend, parallel mode and base port last)."""
     return (selected, name, "", str(model), "auto", "127.0.0.1", port, None, None, None,
             None, "default", "", False, False, None, *distributed)
+
+
+@pytest.fixture(scope="module")
+def module_settings(tmp_path_factory: pytest.TempPathFactory, sshd: SshServer) -> Settings:
+    """The shared app reaches the real loopback sshd's hosts (distributed preflight)."""
+    return Settings(data_dir=tmp_path_factory.mktemp("shared") / "data", port=free_port(),
+                    ssh_config=sshd.client_config)
 
 
 @pytest.fixture
@@ -80,25 +90,36 @@ def test_a_renamed_profile_keeps_its_chats_in_the_chat_list(
     assert "Llama facts" in sidebar and "No chats with" not in sidebar
 
 
-def test_preflight_shows_one_line_per_host_of_a_distributed_profile(
-        dashboard: LiveDashboard, people: None, tiny_models: dict[str, Path]) -> None:
-    from manager.net import free_port
+def test_preflight_shows_one_line_per_host_and_copies_a_missing_model(
+        dashboard: LiveDashboard, people: None, tiny_models: dict[str, Path], sshd: SshServer,
+        tmp_path: Path) -> None:
+    import sys
+
     from manager.servers.distributed.spec import DistributedSpec, RankHost
 
     services = dashboard.services
     alice = services.auth.get_by_email(ALICE)
-    # Both ranks on this machine: the real probe runs twice, no ssh needed for the page.
-    spec = DistributedSpec.checked([RankHost("local", f"127.0.0.1:{free_port()}"),
-                                    RankHost("local", f"127.0.0.1:{free_port()}")])
+    # Rank 1 through the real sshd (the module's settings point at its ssh config), with
+    # its model at a path where there is none yet.
+    absent = tmp_path / "rank1" / "tiny"
+    spec = DistributedSpec.checked([
+        RankHost("local", f"127.0.0.1:{free_port()}"),
+        RankHost(sshd.alias, f"127.0.0.1:{free_port()}", str(absent), python=sys.executable)])
     pair = services.profiles.create(alice, ProfileSpec(name="pair", model=str(
         tiny_models["text"]), distributed=spec))
     single = services.profiles.create(alice, ProfileSpec(name="single", model=str(
         tiny_models["text"])))
     client = client_for(dashboard, ALICE)
     page = client.predict(str(pair.id), api_name="/profile_preflight")
-    assert "Every host is ready." in page and page.count('data-verdict="ok"') == 2
+    assert "Some hosts are not ready" in page and 'data-verdict="fail"' in page
     assert "rank 0 this machine: OK: this machine; Python " in page
-    assert "rank 1 this machine: OK: " in page and "ring: 127.0.0.1:" in page
+    assert f"rank 1 {sshd.alias}: FAIL: no model at {absent}" in page
+    job = client.submit(str(pair.id), api_name="/profile_preflight_copy")
+    job.result()
+    steps = job.outputs()
+    assert any(f"Copying the model to {sshd.alias}:{absent}" in step for step in steps)
+    assert "Every host is ready." in steps[-1] and steps[-1].count('data-verdict="ok"') == 2
+    assert (absent / "config.json").is_file()
     with pytest.raises(Exception, match="runs on one machine"):
         client.predict(str(single.id), api_name="/profile_preflight")
 

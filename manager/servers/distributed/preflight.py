@@ -351,10 +351,28 @@ def preflight_profile(profile: Profile, model_dir: str, options: ssh.SshOptions,
                       running: Iterable[str] = ()) -> PreflightReport:
     """The preflight of a distributed profile, for the ranks its start would launch
     (`remote_python`: the interpreter the group launcher runs on other hosts)."""
-    dist = profile.distributed
-    if dist is None:
+    dist = _distributed(profile)
+    return run_preflight(dist, profile_launches(profile, model_dir, remote_python, python),
+                         options, running=running)
+
+
+def profile_launches(profile: Profile, model_dir: str, remote_python: str,
+                     python: str = sys.executable) -> tuple[RankLaunch, ...]:
+    """The ranks a start of this distributed profile would launch."""
+    argv = build_command(profile, model_dir, python)
+    return launches(_distributed(profile), argv, "preflight", remote_python)
+
+
+def _distributed(profile: Profile) -> DistributedSpec:
+    if profile.distributed is None:
         raise ValidationError(f"{profile.name} runs on one machine: the preflight checks "
                               "the hosts of a distributed profile.", "distributed")
-    argv = build_command(profile, model_dir, python)
-    return run_preflight(dist, launches(dist, argv, "preflight", remote_python), options,
-                         running=running)
+    return profile.distributed
+
+
+def lacks_model(result: HostResult) -> bool:
+    """True when the host's only model problem is that there is none at its path (what a
+    copy fixes)."""
+    found = result.finding("model")
+    return found is not None and found.verdict is Verdict.FAIL and \
+        found.message.startswith("no model at ")
