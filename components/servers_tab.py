@@ -16,6 +16,7 @@ from typing import Any
 
 import gradio as gr
 
+from components.group_view import rank_group_html
 from components.live import LivePart
 from components.session import TabLoader, handler
 from components.views import server_tile_html, server_tiles_html, spare_line_html
@@ -68,6 +69,15 @@ def status_update(pending: int | None, snap: ServerSnapshot | None) -> tuple[Any
     return settled_status(snap), None
 
 
+def group_html(services: Services, snap: ServerSnapshot) -> str:
+    """A distributed server's ranks, from its group's last samples ("" for one process)."""
+    spec = snap.profile.distributed
+    group = services.supervisor.groups.group(snap.profile_id) if spec else None
+    if spec is None or group is None:
+        return ""
+    return rank_group_html(spec, group.views(), group.host_samples())
+
+
 def render_tiles(services: Services, user: User | None) -> str:
     """All tiles from the last snapshot (the monitor samples; this only formats)."""
     now = time.time()
@@ -76,7 +86,8 @@ def render_tiles(services: Services, user: User | None) -> str:
         server_tile_html(snap, monitor.latest(snap.profile_id), metrics.get(snap.profile_id),
                          monitor.log_tail(snap.profile_id), now, monitor.gpu_label,
                          can_control=allowed(user, Action.SERVER_STOP,
-                                             supervisor.owners(snap.profile_id)))
+                                             supervisor.owners(snap.profile_id)),
+                         group=group_html(services, snap))
         for snap in supervisor.snapshots() if snap.state is not ServerState.STOPPED
     ]
     spares = supervisor.spares

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 
+from components.group_view import GROUP_CSS
 from components.toolcheck_views import guessed_chip, measured_chip
 from manager.accounts.auth import User
 from manager.chat.toolcheck import CheckRun
@@ -324,9 +325,11 @@ def gauge_html(label: str, fraction: float | None, value: str, detail: str = "")
 
 def server_tile_html(snap: ServerSnapshot, sample: ResourceSample | None,
                      metrics: ServerMetrics | None, log_tail: str, now: float,
-                     gpu_label: str = "GPU", *, can_control: bool = True) -> str:
+                     gpu_label: str = "GPU", *, can_control: bool = True,
+                     group: str = "") -> str:
     """One server: state, gauges (memory, CPU, GPU), speed, actions, and its log tail.
-    Stop, Restart and Dismiss show only when `can_control` (the domain's `allowed`)."""
+    Stop, Restart and Dismiss show only when `can_control` (the domain's `allowed`);
+    `group` is a distributed server's ranks (components/group_view.py)."""
     pid = snap.profile_id
     state = snap.state
     label = state.label
@@ -397,7 +400,7 @@ def server_tile_html(snap: ServerSnapshot, sample: ResourceSample | None,
         f"<span class='mm-srv-state mm-state-{state.value}' data-state='{state.value}'>"
         f"{_e(label)}</span></div>"
         f"<div class='mm-srv-body'><div class='mm-gauges'>{memory}{cpu_gauge}{gpu_gauge}</div>"
-        f"<dl class='mm-srv-stats'>{stats_html}</dl></div>"
+        f"<dl class='mm-srv-stats'>{stats_html}</dl>{group}</div>"
         f"<div class='mm-srv-problem'>{problem}</div>"
         f"<div class='mm-actions'>{actions}</div>"
         f"<div class='mm-srv-logs'><input type='checkbox' class='mm-logs-toggle' "
@@ -475,4 +478,4 @@ background:var(--background-fill-secondary);border-radius:6px;padding:.4rem;marg
 #server-chart{min-height:320px}
 """
 
-DASHBOARD_CSS = DASHBOARD_CSS + SERVERS_CSS
+DASHBOARD_CSS = DASHBOARD_CSS + SERVERS_CSS + GROUP_CSS

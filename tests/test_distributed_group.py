@@ -13,6 +13,7 @@ import httpx
 import psutil
 import pytest
 
+from components.group_view import rank_group_html
 from manager.net import free_port, port_is_free
 from manager.servers.distributed.group import GroupLauncher
 from manager.servers.distributed.hostfile import HOSTFILE_ENV, RANK_ENV
@@ -97,6 +98,17 @@ def test_two_ranks_answer_like_one_process(env: ServerEnv, group_profile: Profil
         assert environ[RANK_ENV] == str(view.rank)
         assert Path(environ[HOSTFILE_ENV]).exists()
     assert views[0].pid == group.pid
+    # The Servers tile: rank states, link backend, each rank's and host's memory and CPU.
+    running = env.supervisor.groups.group(group_profile.id)
+    assert running is not None
+    env.monitor.tick()  # the one sampler: local ranks now, hosts in the background
+    env.monitor.tick()
+    assert wait_for(lambda: all(s is not None for s in running.host_samples()), 30)
+    tile = rank_group_html(group_profile.distributed, running.views(),  # type: ignore[arg-type]
+                           running.host_samples())
+    assert tile.count("data-rank-state='running'") == 2 and "ring link" in tile
+    assert tile.count(" of ") == 2, "each host's memory: used of total"
+    assert "n/a" not in tile.split("<tr data-rank='0'>")[1].split("</tr>")[0]
 
 
 def test_kill_9_of_rank_1_fails_the_group_within_one_tick(env: ServerEnv,
@@ -157,6 +169,9 @@ def test_rank_1_through_a_real_sshd_runs_fails_and_stops_with_the_group(
             assert remote.environ()[RANK_ENV] == "1"
             assert "mlx_lm" in remote.cmdline()
             assert len(launcher.running_rank_ids()) == 2
+            env.monitor.tick()  # rank 1's host is sampled over the same ssh
+            remote_host = wait_for(lambda: group.host_samples()[1], 60)
+            assert remote_host.error is None and remote_host.memory_total
             ask(snap.base_url)
             env.supervisor.stop(profile.id)
             assert leftovers([marker.pgid, snap.pid]) == []

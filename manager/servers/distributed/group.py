@@ -32,7 +32,9 @@ import psutil
 from manager.errors import ManagerError, ValidationError
 from manager.net import port_is_free
 from manager.servers.distributed.hostfile import RankLaunch, launches
-from manager.servers.distributed.spec import DistributedSpec
+from manager.servers.distributed.sampling import HostSample, HostSampler
+from manager.servers.distributed.spec import DistributedSpec, RankHost
+from manager.servers.distributed.ssh import SshOptions
 from manager.servers.logs import cap_log, read_tail
 from manager.servers.process import (
     KILL_WAIT_S,
@@ -57,6 +59,8 @@ class RemoteRanks(Protocol):
     def argv(self, launch: RankLaunch, rank_id: str) -> list[str]: ...
 
     def stop(self, launch: RankLaunch, log_path: Path, grace_s: float) -> bool: ...
+
+    def sampler(self, hosts: Sequence[tuple[RankHost, str]]) -> HostSampler: ...
 
 
 @dataclass(frozen=True)
@@ -120,8 +124,10 @@ class RankGroup:
     """The ranks of one run; the supervisor holds it like a Popen (see the module doc)."""
 
     def __init__(self, name: str, spec: DistributedSpec, ranks: Sequence[_Rank],
-                 files: Sequence[Path], remote: RemoteRanks | None) -> None:
+                 files: Sequence[Path], remote: RemoteRanks | None,
+                 sampler: HostSampler) -> None:
         self.name = name
+        self._sampler = sampler  # each host's memory and CPU (remote ones over ssh)
         self.spec = spec
         self._ranks = tuple(ranks)
         self._files = tuple(files)
@@ -147,6 +153,7 @@ class RankGroup:
                 for rank in self._ranks:
                     rank.sample()
                     cap_log(rank.log_path)
+                self._sampler.refresh_due()  # in the background, at most every 10 s
                 return None
             code = dead.popen.returncode
             self.failure = f"{dead.label[0].upper()}{dead.label[1:]} exited with " \
@@ -202,6 +209,10 @@ class RankGroup:
                                   log_path=str(r.log_path), memory_bytes=r.memory_bytes,
                                   cpu_percent=r.cpu_percent)
                          for r in self._ranks)
+
+    def host_samples(self) -> tuple[HostSample | None, ...]:
+        """Each rank's host: its last memory/CPU sample (None: not sampled yet)."""
+        return self._sampler.latest()
 
     def running_rank_ids(self) -> tuple[str, ...]:
         """The rank ids (ssh.py's remote rank dirs) of ranks still running."""
@@ -321,7 +332,10 @@ class GroupLauncher:
             for path in files.values():
                 path.unlink(missing_ok=True)
             raise
-        group = RankGroup(name, spec, started, tuple(files.values()), self.remote)
+        hosts = [(r.launch.host, r.launch.argv[0]) for r in started]
+        sampler = (self.remote.sampler(hosts) if self.remote is not None
+                   else HostSampler(hosts, SshOptions()))  # local hosts need no ssh
+        group = RankGroup(name, spec, started, tuple(files.values()), self.remote, sampler)
         self._last[profile_id] = group
         log.info("%s: %d ranks started (%s, %s parallel) by %s", name, spec.size,
                  spec.backend.value, spec.parallel.value, by)

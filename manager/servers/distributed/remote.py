@@ -9,10 +9,13 @@ its host, which is what `stop` signals.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from manager.servers.distributed import ssh
 from manager.servers.distributed.hostfile import RankLaunch
+from manager.servers.distributed.sampling import HostSampler
+from manager.servers.distributed.spec import RankHost
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +61,7 @@ class SshRanks:
             return True
         return ssh.stop_remote_rank(launch.host.ssh_target, marker, self.options,
                                     timeout_s=grace_s)
+
+    def sampler(self, hosts: Sequence[tuple[RankHost, str]]) -> HostSampler:
+        """Memory and CPU of each host (with the interpreter its rank runs there)."""
+        return HostSampler(hosts, self.options)
