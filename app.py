@@ -46,7 +46,7 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
     from starlette.middleware.cors import CORSMiddleware
 
     from components.dashboard import build_dashboard
-    from components.gradio_queue import quiet_queue
+    from components.gradio_queue import QueueVisits, quiet_queue
     from components.views import DASHBOARD_CSS
     from manager.api.control import build_control_router, control_auth, first_claim
     from manager.api.gateway_routes import build_gateway_router
@@ -88,7 +88,11 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
     # files it serves (allowed/blocked paths) only after launch(), which a mounted app
     # never runs (RECIPES.md section 6); without this any path a client posts is copied.
     dashboard.has_launched = True
-    quiet_queue(dashboard)
+    pace = quiet_queue(dashboard)
+    if pace is not None:
+        # Requests wake Gradio's queue from its slow idle poll (inside the gate: a
+        # refused request wakes nothing).
+        app.add_middleware(QueueVisits, pace=pace)
     claims = gateway_auth(services)
     if control_token is not None:
         claims = first_claim(control_auth(control_token), claims)

@@ -14,10 +14,13 @@ the next start to adopt, and says which are left running.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import sys
 import threading
+from types import FrameType
 from typing import TextIO
 
 import uvicorn
@@ -70,8 +73,35 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+#: How often the serving loop wakes when nothing asks it to stop: uvicorn refreshes its
+#: Date header once a second anyway (its own loop also wakes every 0.1 s to look for a
+#: stop; here a stop wakes it at once).
+MAIN_LOOP_WAKE_S = 1.0
+
+
 class DashboardServer(uvicorn.Server):
-    """uvicorn, ending the browsers' open streams as soon as a stop is asked for."""
+    """uvicorn, ending the browsers' open streams as soon as a stop is asked for, and
+    idling in between (one wake a second, not ten)."""
+
+    wake_s = MAIN_LOOP_WAKE_S
+    _stop_asked: asyncio.Event | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_asked = asyncio.Event()
+        ticks = 0
+        # Every pass is one of uvicorn's "once a second" ticks (counter % 10 == 0).
+        while not await self.on_tick(ticks * 10):
+            ticks += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_asked.wait(), self.wake_s)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        loop, stop_asked = self._loop, self._stop_asked
+        if loop is not None and stop_asked is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stop_asked.set)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Long-lived streams (Gradio's heartbeat and queue streams per tab, a chat still
