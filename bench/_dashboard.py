@@ -53,7 +53,7 @@ def dashboard_process(root: Path, code_dir: Path) -> Iterator[Dashboard]:
          "--log-level", "warning"], cwd=code_dir, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while True:
             try:
                 httpx.get(url + "/login", timeout=5)

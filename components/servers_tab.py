@@ -18,6 +18,7 @@ import gradio as gr
 
 from components.group_view import rank_group_html
 from components.live import LivePart
+from components.server_chart import GAP_INTERVALS, history_figure, series
 from components.session import TabLoader, handler
 from components.views import server_tile_html, server_tiles_html, spare_line_html
 from manager.accounts.auth import User
@@ -96,24 +97,13 @@ def render_tiles(services: Services, user: User | None) -> str:
             + spare_line_html(spares.views(), spares.enabled))
 
 
-def history_figure(services: Services) -> Any:
-    """Memory (GB) and CPU (% of the machine) of each live server over the last minutes."""
-    from plotly.subplots import make_subplots
-
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("Memory (GB)", "CPU (% of machine)"))
-    for snap in services.supervisor.snapshots():
-        history = services.monitor.history(snap.profile_id)
-        if not history or snap.state is ServerState.STOPPED:
-            continue
-        times = [time.strftime("%H:%M:%S", time.localtime(s.at)) for s in history]
-        figure.add_scatter(x=times, y=[None if s.memory_bytes is None else s.memory_bytes / 1024**3
-                                       for s in history],
-                           name=f"{snap.profile.name} memory", mode="lines", row=1, col=1)
-        figure.add_scatter(x=times, y=[s.cpu_machine_percent for s in history],
-                           name=f"{snap.profile.name} CPU", mode="lines", row=1, col=2)
-    figure.update_layout(height=300, margin={"l": 40, "r": 10, "t": 40, "b": 30},
-                         legend={"orientation": "h"})
-    return figure
+def chart_figure(services: Services) -> Any:
+    """Memory and CPU of every server sampled in the last minutes, stopped ones too."""
+    now = time.time()
+    gap_s = GAP_INTERVALS * services.monitor.idle_interval_s
+    names = {p.id: p.name for p in services.profiles.list()}
+    return history_figure([series(name, services.monitor.history(profile_id), now, gap_s)
+                           for profile_id, name in names.items()], now)
 
 
 def profile_choices(services: Services) -> list[str]:
@@ -151,7 +141,7 @@ def build(services: Services) -> TabLoader:
         if drawn_at is not None and now - drawn_at < CHART_REFRESH_S and \
                 supervisor.live_processes():
             return gr.skip(), gr.skip()
-        return history_figure(services), now
+        return chart_figure(services), now
 
     def run(action: str, target: str, user: User) -> tuple[str, int | None]:
         """One server action (its status line, the profile id while it is under way); a
@@ -193,7 +183,10 @@ def build(services: Services) -> TabLoader:
     @handler(services, "servers tab load")
     def load(user: User) -> tuple:
         monitor.touch()
-        return gr.Dropdown(choices=profile_choices(services)), render_tiles(services, user)
+        # The chart from the history buffer at once: a page that opens or reloads has
+        # points before the monitor's next sample.
+        return (gr.Dropdown(choices=profile_choices(services)), render_tiles(services, user),
+                chart_figure(services), time.monotonic())
 
     @handler(services, "server profile list")
     def refresh_choices(_user: User) -> Any:
@@ -210,6 +203,6 @@ def build(services: Services) -> TabLoader:
     tiles.change(draw_chart, chart_drawn, [chart, chart_drawn], show_progress="hidden",
                  trigger_mode="always_last", api_visibility="private")
     watched = frozenset({Topic.SERVERS, Topic.SAMPLES})
-    return TabLoader(load, [profile, tiles], live=(
+    return TabLoader(load, [profile, tiles, chart, chart_drawn], live=(
         LivePart(watched, draw_tiles, [tiles, status, pending], inputs=[pending]),
     ))

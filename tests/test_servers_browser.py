@@ -17,6 +17,22 @@ from tests.waits import wait_for
 
 pytestmark = [pytest.mark.slow]
 
+#: The chart once drawn: its points, x axis type, and whether a time label overlaps the
+#: legend (bounding boxes in the page).
+CHART_JS = """() => {
+  const plot = document.querySelector('#server-chart .js-plotly-plot');
+  if (!plot || !plot.data || !plot.data.length || !plot._fullLayout) return null;
+  const legend = plot.querySelector('.legend');
+  const ticks = [...plot.querySelectorAll('.xtick text')];
+  if (!legend || !ticks.length) return null;
+  const l = legend.getBoundingClientRect();
+  const overlap = ticks.some(t => { const b = t.getBoundingClientRect();
+    return b.left < l.right && b.right > l.left && b.top < l.bottom && b.bottom > l.top; });
+  const points = plot.data.reduce(
+    (n, t) => n + (t.y || []).filter(v => v !== null && v !== undefined).length, 0);
+  return {points, axis: plot._fullLayout.xaxis.type, ticks: ticks.length, overlap};
+}"""
+
 
 @pytest.mark.browser
 def test_start_watch_scroll_and_stop_in_the_browser(dashboard: LiveDashboard, browser,
@@ -76,6 +92,18 @@ def test_start_watch_scroll_and_stop_in_the_browser(dashboard: LiveDashboard, br
         assert page.is_visible(log_box)
         # Gauges show real figures for a live server.
         assert "GB" in page.inner_text(f"{tile} .mm-gauges")
+
+        # Issue 15 item 9: after a reload the chart has points at once, from the
+        # monitor's history (not only the samples taken since), on a time axis, and its
+        # time labels keep clear of the legend.
+        sampled = len(services.monitor.history(profile.id))
+        assert sampled >= 2
+        page.reload()
+        page.get_by_role("tab", name="Servers").click()
+        drawn = page.wait_for_function(CHART_JS, timeout=30_000).json_value()
+        assert drawn["points"] >= sampled * 2  # memory and CPU: one point each per sample
+        assert drawn["axis"] == "date" and drawn["ticks"] > 0
+        assert not drawn["overlap"], drawn
 
         page.click(f"{tile} button[data-action=stop]")
         page.wait_for_selector(tile, state="detached", timeout=30_000)

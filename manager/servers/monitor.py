@@ -4,10 +4,12 @@ A single APScheduler job (max_instances=1, coalesce=True) runs the supervisor's
 reconcile pass (crash detection, log trimming, auto-restart) and then samples each
 server's whole process tree. Tabs only read the results (`latest`, `history`,
 `log_tail`); they call `touch()` while a page is open, and when no tab has
-touched the monitor for a while the job only reconciles (crashes are still noticed)
-and skips sampling. With nobody watching and no server running or changing there is
-nothing to reconcile either: the job sleeps (`asleep`) until a tab touches the monitor
-or a server changes state. Each sample calls `on_sample` (the pages' "new figures").
+touched the monitor for a while the job runs at the idle pace: it reconciles (crashes
+are still noticed) and samples the live servers, so the history (the Servers tab's
+chart) has the last minutes when a page opens. With nobody watching and no server
+running or changing there is nothing to reconcile or sample: the job sleeps (`asleep`)
+until a tab touches the monitor or a server changes state. Each sample calls
+`on_sample` (the pages' "new figures").
 
 Interval (BUGFIX-04): FAST_INTERVAL_S while a server starts or stops, then
 STEADY_INTERVAL_S while someone watches, IDLE_INTERVAL_S when nobody does.
@@ -326,16 +328,19 @@ class Monitor:
             wakes = self._wakes
         transitional = self._supervisor.reconcile()
         watched = self.watched()
-        if watched:
+        live = self._supervisor.live_processes()
+        if live:
+            # Also while nobody watches (at the idle pace): a page that opens shows the
+            # last minutes at once (the Servers tab's chart reads the history).
             self.sample_all()
         else:
-            self._forget_gone()
+            self._forget_gone(set())
         self.ticks += 1
         if transitional:
             interval = self.fast_interval_s
         elif watched:
             interval = self.steady_interval_s
-        elif not self._supervisor.live_processes() and self._sleep(wakes):
+        elif not live and self._sleep(wakes):
             return
         else:
             interval = self.idle_interval_s
