@@ -156,3 +156,23 @@ def test_a_model_that_does_not_load_fails_at_the_start_step_in_words(
                                          "to start it again.")
     # The model and the profile stay for the next try.
     assert [p.model for p in services.profiles.list()] == [broken.repo_id]
+
+
+def test_empty_tabs_say_what_to_do_next_and_the_banner_keeps_one_progress_line() -> None:
+    from components.first_run import progress_markdown
+    from components.models_tab import LOCAL, empty_list_text
+    from components.profiles_tab import first_step_hint
+    from components.views import server_tiles_html
+
+    assert "No models on this machine yet" in empty_list_text(LOCAL, 0, nothing_local=True)
+    assert "Try a tool-use model" in empty_list_text(LOCAL, 0, nothing_local=True)
+    assert "no downloaded models" in first_step_hint([], [])
+    assert "pick a downloaded model" in first_step_hint([], [SMALLEST.repo_id])
+    assert "No profiles yet" in server_tiles_html([], has_profiles=False)
+    assert "Pick a profile above" in server_tiles_html([], has_profiles=True)
+    lines = [FlowUpdate(Step.DOWNLOAD, "Downloading Qwen3 0.6B (4-bit)…"),
+             FlowUpdate(Step.DOWNLOAD, "Downloading: 1.0 MB of 9.0 MB (11 %)"),
+             FlowUpdate(Step.DOWNLOAD, "Downloading: 2.0 MB of 9.0 MB (22 %)")]
+    assert progress_markdown(lines, "Lost the <connection>.") == (
+        "- Downloading Qwen3 0.6B (4-bit)…\n- Downloading: 2.0 MB of 9.0 MB (22 %)\n"
+        "- ⚠ Lost the &lt;connection&gt;.")

@@ -7,6 +7,9 @@ from __future__ import annotations
 import html
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +71,46 @@ class Run:
             self.shown.set()
 
 
-def iframe_src(cell: Any) -> str:
+def cell_html(cell: Any) -> str:
     (result,) = [o for o in cell.outputs if o.output_type == "execute_result"]
-    found = IFRAME_SRC.search(result.data["text/html"])
-    assert found, result.data
+    return str(result.data["text/html"])
+
+
+def iframe_src(cell: Any) -> str:
+    found = IFRAME_SRC.search(cell_html(cell))
+    assert found, cell.outputs
     return html.unescape(found.group(1))
 
 
-def test_one_call_shows_the_signed_in_dashboard_in_a_cell(tmp_path: Path, hf_home: Path
-                                                          ) -> None:
+@contextmanager
+def serve_page(body: str) -> Iterator[str]:
+    """A real page on localhost (a page the browser did not fetch from a local address
+    may not frame one: Chromium's local network access checks)."""
+    page = f"<!doctype html><html><body>{body}</body></html>".encode()
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/notebook.html"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_one_call_shows_the_signed_in_dashboard_in_a_cell(
+        tmp_path: Path, hf_home: Path, browser) -> None:  # noqa: ANN001 - Playwright
     port = free_port()
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)
                                          for source in cells(port, tmp_path / "data")])
@@ -92,16 +126,27 @@ def test_one_call_shows_the_signed_in_dashboard_in_a_cell(tmp_path: Path, hf_hom
         assert started != attached
 
         # What the iframe does: open the link, keep the cookie, land on the dashboard.
-        with httpx.Client(follow_redirects=True, timeout=60) as browser:
-            page = browser.get(started)
-            assert (page.status_code, str(page.url)) == (200, f"http://localhost:{port}/")
-            assert "gradio_config" in page.text and "Sign in to manage" not in page.text
-            assert browser.get(f"http://localhost:{port}/config").status_code == 200
+        with httpx.Client(follow_redirects=True, timeout=60) as http:
+            landed = http.get(started)
+            assert (landed.status_code, str(landed.url)) == (200, f"http://localhost:{port}/")
+            assert "gradio_config" in landed.text and "Sign in to manage" not in landed.text
+            assert http.get(f"http://localhost:{port}/config").status_code == 200
         # A link is good once: opened again it is the sign-in page saying why.
         with httpx.Client(follow_redirects=True, timeout=60) as other:
             again = other.get(started)
             assert again.status_code == 401 and html.escape(CODE_USED) in again.text
-            assert other.get(attached).status_code == 200
+
+        # The cell's own HTML in a browser, served from another localhost port (where
+        # Jupyter would be): the frame keeps its cookie and shows the signed-in dashboard.
+        with serve_page(cell_html(nb.cells[1])) as notebook_url:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            try:
+                page = context.new_page()
+                page.goto(notebook_url)
+                frame = page.frame_locator("iframe")
+                frame.locator("#mm-header", has_text=ADA).wait_for(timeout=120_000)
+            finally:
+                context.close()
     finally:
         run.checked.set()
         run.thread.join(timeout=120)
