@@ -14,7 +14,7 @@ import pytest
 
 from manager.errors import ManagerError
 from manager.net import free_port
-from manager.servers.distributed import model_copy, probe_main, ssh
+from manager.servers.distributed import model_copy, preflight, probe_main, ssh
 from manager.servers.distributed.hostfile import RankLaunch, launches
 from manager.servers.distributed.preflight import (
     PreflightReport,
@@ -70,6 +70,7 @@ def test_a_correct_host_over_ssh_is_all_green(sshd: SshServer, options: ssh.SshO
     assert [h.verdict for h in report.hosts] == [Verdict.OK, Verdict.OK], report.lines()
     line = report.lines()[1]
     assert line.startswith(f"rank 1 {sshd.alias}: OK: ssh ok; Python ") and "ring: " in line
+    assert "reaches rank 0 at 127.0.0.1" in line  # connected to a listener on rank 0's address
 
 
 def test_each_broken_host_gets_its_own_message(sshd: SshServer, options: ssh.SshOptions,
@@ -192,3 +193,11 @@ def test_a_missing_model_is_copied_through_ssh_with_progress(
     with pytest.raises(ssh.SshError, match="Remote Login"):
         model_copy.copy_model(source, RankHost(sshd.alias_refused, "127.0.0.1"),
                               str(tmp_path / "elsewhere"), options, lambda sent, total: None)
+
+
+def test_a_host_that_cannot_reach_rank_0_is_told_what_to_check() -> None:
+    spec = DistributedSpec.checked([RankHost("local", "10.0.0.1"), RankHost("mac2", "10.0.0.2")])
+    failed = preflight._reach(spec, {"ok": False, "error": "timed out"})
+    assert failed.verdict is Verdict.FAIL and "cannot reach rank 0 at 10.0.0.1 (timed out)" in \
+        failed.message and "Firewall" in failed.message
+    assert preflight._reach(spec, {"ok": True}).verdict is Verdict.OK

@@ -16,10 +16,12 @@ import enum
 import json
 import logging
 import shlex
+import socket
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,12 +141,33 @@ def probe(host: RankHost, python: str, mode: str, params: dict[str, Any],
 
 
 def _params(spec: DistributedSpec, launch: RankLaunch, options: ssh.SshOptions,
-            running: Sequence[str]) -> dict[str, Any]:
+            running: Sequence[str], reach: tuple[str, int] | None) -> dict[str, Any]:
     rank = launch.rank
     model = model_of_cmdline(list(launch.argv))
-    return {"model": model, "bind": [launch.host.ip, launch.host.port(rank, spec.base_port)],
-            "jaccl": spec.backend is LinkBackend.JACCL, "running": list(running),
-            "ranks_dir": options.ranks_dir}
+    params = {"model": model, "bind": [launch.host.ip, launch.host.port(rank, spec.base_port)],
+              "jaccl": spec.backend is LinkBackend.JACCL, "running": list(running),
+              "ranks_dir": options.ranks_dir}
+    if reach is not None and not launch.host.is_local:
+        params["reach"] = list(reach)
+    return params
+
+
+@contextmanager
+def _rank0_listener(spec: DistributedSpec) -> Iterator[tuple[str, int] | None]:
+    """A listening socket on rank 0's address (another port than the rank's, which its own
+    check binds) for the other hosts to connect to: can they reach this machine over the
+    ranks' network? None when that address is not this machine's (rank 0's line says so)."""
+    ip = spec.hosts[0].ip
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((ip, 0))
+            sock.listen(16)  # the kernel completes the handshakes; nothing is read
+        except OSError as exc:
+            log.info("preflight cannot listen on rank 0's address %s: %s", ip, exc)
+            yield None
+            return
+        yield ip, int(sock.getsockname()[1])
 
 
 def run_preflight(spec: DistributedSpec, launches: Sequence[RankLaunch],
@@ -153,17 +176,18 @@ def run_preflight(spec: DistributedSpec, launches: Sequence[RankLaunch],
     groups (or ranks) running now: their ranks are not stale."""
     running_ids = tuple(running)
 
-    def one(launch: RankLaunch) -> dict[str, Any] | ManagerError:
-        try:
-            return probe(launch.host, launch.argv[0], "preflight",
-                         _params(spec, launch, options, running_ids), options)
-        except ManagerError as exc:
-            log.info("preflight of rank %d on %s: %s", launch.rank, launch.host.label,
-                     exc.message)
-            return exc
+    with _rank0_listener(spec) as reach:
+        def one(launch: RankLaunch) -> dict[str, Any] | ManagerError:
+            try:
+                return probe(launch.host, launch.argv[0], "preflight",
+                             _params(spec, launch, options, running_ids, reach), options)
+            except ManagerError as exc:
+                log.info("preflight of rank %d on %s: %s", launch.rank, launch.host.label,
+                         exc.message)
+                return exc
 
-    with ThreadPoolExecutor(max_workers=max(1, len(launches))) as pool:
-        answers = list(pool.map(one, launches))
+        with ThreadPoolExecutor(max_workers=max(1, len(launches))) as pool:
+            answers = list(pool.map(one, launches))
     reference = answers[0] if isinstance(answers[0], dict) else None
     weights = _weights(answers)
     return PreflightReport(hosts=tuple(
@@ -195,6 +219,8 @@ def judge(spec: DistributedSpec, launch: RankLaunch, answer: dict[str, Any] | Ma
     findings.append(_model(launch, answer))
     findings.append(_memory(spec, answer, weights))
     findings.append(_backend(spec, launch, answer))
+    if "reach" in answer:
+        findings.append(_reach(spec, answer["reach"]))
     findings.append(_stale(launch, answer, options))
     return tuple(findings)
 
@@ -289,6 +315,18 @@ def _backend(spec: DistributedSpec, launch: RankLaunch, answer: dict[str, Any]) 
                        "program): stop it, or change the profile's base port")
     return Finding("backend", Verdict.FAIL,
                    f"ring: cannot listen on {endpoint} ({bind.get('error', 'unknown error')})")
+
+
+def _reach(spec: DistributedSpec, reach: dict[str, Any]) -> Finding:
+    ip = spec.hosts[0].ip
+    if reach.get("ok"):
+        return Finding("reach", Verdict.OK, f"reaches rank 0 at {ip}")
+    return Finding("reach", Verdict.FAIL,
+                   f"cannot reach rank 0 at {ip} ({reach.get('error', 'no answer')}): the "
+                   "ranks connect to each other at the addresses of the hosts lines. Put both "
+                   "machines on the same network (or Thunderbolt bridge), check rank 0's "
+                   "address, and let Python accept incoming connections in this Mac's "
+                   "firewall (System Settings > Network > Firewall)")
 
 
 def jaccl_problems(system: str, mac_ver: str, mlx_has_jaccl: bool | None,

@@ -7,7 +7,8 @@ the jaccl check, which needs mlx's own answer (`mx.distributed.is_available("jac
 
 Modes:
 - `preflight`: interpreter and package versions, memory, the model at a path, whether
-  this host can bind the rank's address, ranks of ours still running, RDMA (jaccl).
+  this host can bind the rank's address and reach rank 0's, ranks of ours still running,
+  RDMA (jaccl).
 - `sample`: memory and CPU of the host, cheap (what the Servers tile shows per host).
 """
 
@@ -124,6 +125,15 @@ def can_bind(ip: str, port: int) -> dict[str, Any]:
     return {"ok": True}
 
 
+def can_connect(ip: str, port: int) -> dict[str, Any]:
+    """Can this host open a TCP connection to rank 0's address (the ranks' network)?"""
+    try:
+        with socket.create_connection((ip, port), timeout=5):
+            return {"ok": True}
+    except OSError as exc:
+        return {"ok": False, "error": str(exc) or type(exc).__name__}
+
+
 def _command(pid: int) -> str:
     return (_run(["ps", "-o", "command=", "-p", str(pid)]) or "").strip()
 
@@ -186,6 +196,9 @@ def preflight(params: dict[str, Any]) -> dict[str, Any]:
     bind = params.get("bind")
     if bind:
         out["bind"] = can_bind(str(bind[0]), int(bind[1]))
+    reach = params.get("reach")
+    if reach:
+        out["reach"] = can_connect(str(reach[0]), int(reach[1]))
     if params.get("jaccl"):
         out["jaccl"] = jaccl_facts()
     return out
