@@ -75,7 +75,7 @@ def build(services: Services, pick: gr.Dropdown) -> None:
     options = SshOptions.from_settings(services.settings)
 
     def checked(user: User, selected: str | None) -> tuple[Profile, str, list[str]]:
-        """The picked profile, its model folder here and the running groups' ids."""
+        """The picked profile, its model folder here and the running ranks' ids."""
         if not selected or selected == NEW:
             raise gr.Error("Pick a distributed profile first.")
         profile = services.profiles.get(int(selected))
@@ -86,9 +86,7 @@ def build(services: Services, pick: gr.Dropdown) -> None:
         if snap is not None and snap.state.value in _ACTIVE:
             raise gr.Error(f"{profile.name} is running: its ranks hold the ports and memory "
                            "the preflight checks. Stop it first.")
-        running = [str(p.id) for p in services.profiles.list() if p.distributed and
-                   (s := services.supervisor.snapshot(p.id)) is not None
-                   and s.state.value in _ACTIVE]
+        running = list(services.supervisor.groups.running_rank_ids())  # not stale
         return profile, str(services.profiles.resolve_model(profile.model)), running
 
     def preflight(profile: Profile, model_dir: str, running: list[str]) -> PreflightReport:
