@@ -145,6 +145,24 @@ def test_stop_leaves_nothing_behind(env: ServerEnv, group_profile: Profile) -> N
     assert not hostfile.exists()
 
 
+def test_ranks_left_by_an_earlier_dashboard_are_ended_not_adopted(
+        env: ServerEnv, group_profile: Profile) -> None:
+    env.supervisor.start(group_profile.id)
+    env.supervisor.wait_ready(group_profile.id, 120)
+    pids = rank_pids(env, group_profile)
+    env.supervisor.close(keep_servers=True)  # Ctrl-C that keeps the servers
+    assert all(psutil.pid_exists(pid) for pid in pids)
+    later = server_env(env.root)  # the next dashboard on the same data dir
+    try:
+        snap = later.supervisor.snapshot(group_profile.id)
+        assert snap is not None and snap.state is ServerState.STOPPED
+        assert "left by the last dashboard were stopped" in snap.reason
+        assert leftovers(pids) == []
+        assert list((env.root / "logs").glob("*.group.json")) == []
+    finally:
+        later.close()
+
+
 def test_rank_1_through_a_real_sshd_runs_fails_and_stops_with_the_group(
         tmp_path: Path, sshd: SshServer, tiny_models: dict[str, Path]) -> None:
     """Rank 1 goes through ssh (to 127.0.0.1): its process group on "that host" is what

@@ -4,6 +4,7 @@ each rank's argv, environment and hostfile."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,8 @@ from manager.servers.distributed.spec import (
     RankHost,
     parse_hosts,
 )
+from manager.servers.placement import Placement
+from tests.server_helpers import server_env
 
 TWO = "local 127.0.0.1\nmac2 192.168.1.11 /Users/me/models/qwen\n"
 SERVER_ARGV = ["/venv/bin/python", "-m", "mlx_lm", "server", "--model", "/models/qwen",
@@ -104,3 +107,18 @@ def test_jaccl_launches_name_the_coordinator_and_devices() -> None:
     assert second.env[JACCL_COORDINATOR_ENV] == "10.0.0.1:40000"
     assert json.loads(first.files[IBV_DEVICES_ENV]) == [[None, "rdma_en3"], ["rdma_en4", None]]
     assert DistributedSpec.from_json(spec.to_json()) == spec
+
+
+def test_placement_counts_only_this_machines_share_of_a_distributed_model(
+        tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    env = server_env(tmp_path / "data")
+    try:
+        placement = Placement(env.supervisor, env.profiles, estimate=lambda _p: 1200)
+        single = env.profile("one", tiny_models["text"])
+        three = DistributedSpec.checked(parse_hosts(
+            "local 127.0.0.1\nmac2 192.168.1.11\nmac3 192.168.1.12"))
+        spread = env.profile("three", tiny_models["text"], distributed=three)
+        assert placement.need_bytes(single) == 1200
+        assert placement.need_bytes(spread) == 400
+    finally:
+        env.close()

@@ -124,18 +124,21 @@ class Placement:
         return caps.weights_bytes * WEIGHTS_OVERHEAD_PERCENT // 100
 
     def need_bytes(self, profile: Profile) -> int | None:
+        """Memory this machine needs for the profile: for a distributed profile, the share
+        of its ranks that run here (the other hosts hold the rest)."""
+        dist = profile.distributed
         key = (profile.model, profile.context_length)
         with self._lock:
-            if key in self._estimates:
-                return self._estimates[key]
-        try:
-            need = self._estimate(profile)
-        except ManagerError as exc:
-            log.info("memory estimate of %s unavailable: %s", profile.name, exc.message)
-            need = None
-        with self._lock:
-            self._estimates[key] = need
-        return need
+            need = self._estimates.get(key, -1)
+        if need == -1:
+            try:
+                need = self._estimate(profile)
+            except ManagerError as exc:
+                log.info("memory estimate of %s unavailable: %s", profile.name, exc.message)
+                need = None
+            with self._lock:
+                self._estimates[key] = need
+        return need * dist.local_ranks // dist.size if need is not None and dist else need
 
     # -- starts, stops, leases ----------------------------------------------------------------
 

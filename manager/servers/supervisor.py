@@ -236,9 +236,10 @@ class Supervisor(ServerRegistry):
                 server = ServerRun(profile, state_since=self.clock.time())
                 self._servers[profile.id] = server
                 if record.state in ACTIVE_STATES:
-                    proc = live_process(record)
-                    if proc is None:
-                        server.reason = "was not running when the dashboard started"
+                    proc = None if profile.distributed else live_process(record)
+                    if proc is None:  # a distributed server's ranks are ended, not adopted
+                        server.reason = (self.groups.reap(profile.id) if profile.distributed
+                                         else "was not running when the dashboard started")
                         self._persist(server)
                         log.info("server of %s (pid %s) is gone: marked stopped",
                                  profile.name, record.pid)

@@ -31,6 +31,7 @@ import psutil
 
 from manager.errors import ManagerError, ValidationError
 from manager.net import port_is_free
+from manager.servers.distributed import roster
 from manager.servers.distributed.hostfile import RankLaunch, launches
 from manager.servers.distributed.sampling import HostSample, HostSampler
 from manager.servers.distributed.spec import DistributedSpec, RankHost
@@ -161,6 +162,8 @@ class RankGroup:
             log.warning("%s: %s; ending the other ranks", self.name, self.failure)
             self._note_failure(dead)
             self._kill_rest()
+            if self._cleanup is None:
+                self._remove_files()  # no remote rank to wait for: the roster is done
             self.returncode = code
             return code
 
@@ -255,6 +258,7 @@ class RankGroup:
     def _stop_ranks(self, ranks: Sequence[_Rank], grace_s: float) -> None:
         for rank in ranks:
             self._stop_rank(rank, grace_s)
+        self._remove_files()
 
     def _note_failure(self, dead: _Rank) -> None:
         """Lock held. Rank 0's log is what the failed server shows: say there which rank
@@ -291,6 +295,14 @@ class GroupLauncher:
     def running_rank_ids(self) -> tuple[str, ...]:
         """Rank ids of every running group (a preflight does not call them stale)."""
         return tuple(i for g in list(self._last.values()) for i in g.running_rank_ids())
+
+    def reap(self, profile_id: int) -> str:
+        """End the ranks of this profile that an earlier dashboard left running (a group
+        is not adopted); returns the reason to show."""
+        ended = roster.reap(self.logs_dir, profile_id, self.remote)
+        return (f"its {ended} rank process(es) left by the last dashboard were stopped "
+                "(a distributed server is not adopted; start it again)" if ended else
+                "was not running when the dashboard started")
 
     def group(self, profile_id: int) -> RankGroup | None:
         """The last rank group started for a profile (running, failed or stopped)."""
@@ -332,10 +344,15 @@ class GroupLauncher:
             for path in files.values():
                 path.unlink(missing_ok=True)
             raise
+        names = roster.roster_path(log_path)
+        roster.write_roster(names, [roster.RosterEntry(
+            rank=r.launch.rank, ssh_target=r.launch.host.ssh_target,
+            address=r.launch.host.address, pid=r.popen.pid, create_time=r.create_time,
+            log_path=str(r.log_path)) for r in started])
         hosts = [(r.launch.host, r.launch.argv[0]) for r in started]
         sampler = (self.remote.sampler(hosts) if self.remote is not None
                    else HostSampler(hosts, SshOptions()))  # local hosts need no ssh
-        group = RankGroup(name, spec, started, tuple(files.values()), self.remote, sampler)
+        group = RankGroup(name, spec, started, (*files.values(), names), self.remote, sampler)
         self._last[profile_id] = group
         log.info("%s: %d ranks started (%s, %s parallel) by %s", name, spec.size,
                  spec.backend.value, spec.parallel.value, by)

@@ -132,6 +132,11 @@ class DistributedSpec:
         return f"{_bracket(host.ip)}:{host.port(rank, self.base_port)}"
 
     @property
+    def local_ranks(self) -> int:
+        """How many ranks run on this machine (their share of the model is held here)."""
+        return sum(1 for h in self.hosts if h.is_local)
+
+    @property
     def remote_hosts(self) -> tuple[RankHost, ...]:
         return tuple(h for h in self.hosts if not h.is_local)
 
