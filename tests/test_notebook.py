@@ -19,6 +19,7 @@ import pytest
 from nbclient import NotebookClient
 
 from manager.api.login import CODE_PATH, CODE_USED
+from manager.cli.instance import read_control
 from manager.net import free_port, port_is_free
 from tests.conftest import PASSWORD
 from tests.waits import wait_for
@@ -124,6 +125,9 @@ def test_one_call_shows_the_signed_in_dashboard_in_a_cell(
         for src in (started, attached):
             assert src.startswith(f"http://localhost:{port}{CODE_PATH}?code=")
         assert started != attached
+        # As with `serve`, CLI commands find this dashboard to act through.
+        control = read_control(tmp_path / "data")
+        assert control is not None and control.url == f"http://127.0.0.1:{port}"
 
         # What the iframe does: open the link, keep the cookie, land on the dashboard.
         with httpx.Client(follow_redirects=True, timeout=60) as http:
@@ -155,3 +159,4 @@ def test_one_call_shows_the_signed_in_dashboard_in_a_cell(
     assert [o.text for o in nb.cells[2].outputs if o.output_type == "stream"] == [
         "stopped None\n"]
     wait_for(lambda: port_is_free("127.0.0.1", port), 30, "the notebook's dashboard to stop")
+    assert read_control(tmp_path / "data") is None

@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 from manager.accounts.auth import User
-from manager.cli.instance import hold_data_dir
+from manager.cli.instance import hold_data_dir, remove_control, write_control
 from manager.errors import AuthenticationFailed, ManagerError
 from manager.net import port_is_free
 from manager.services import Services
@@ -108,8 +108,12 @@ def start(*, port: int = DEFAULT_PORT, host: str = "127.0.0.1",
     # One dashboard per data dir, as `mlx-manager serve` does.
     held.enter_context(hold_data_dir(settings.data_dir, f"a notebook dashboard on port {port}"))
     try:
+        # As `serve` does: `mlx-manager start/stop/ps ...` then act through this dashboard.
+        reach = "127.0.0.1" if host in LOOPBACK else host
+        control = write_control(settings.data_dir, f"http://{reach}:{port}")
+        held.callback(remove_control, settings.data_dir, control)
         services = Services.create(settings)
-        app = create_app(services)
+        app = create_app(services, control.token)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=None,
                                                log_config=None, access_log=False,
                                                timeout_graceful_shutdown=2))
