@@ -20,6 +20,7 @@ from manager.servers.distributed.hostfile import HOSTFILE_ENV, RANK_ENV
 from manager.servers.distributed.remote import SshRanks, find_marker
 from manager.servers.distributed.spec import DistributedSpec, parse_hosts
 from manager.servers.distributed.ssh import SshOptions
+from manager.servers.inference import InferenceClient, MetricsStore
 from manager.servers.profiles import Profile
 from manager.servers.states import FAILED_STATES, ServerState
 from tests.fixtures.sshd import SshServer
@@ -28,8 +29,11 @@ from tests.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
+# With logprobs: the random tiny model's text alone could match by luck; the tokens and
+# their log-probabilities show that the sharded layers compute what one process does.
 QUESTION = {"messages": [{"role": "user", "content": "Say something about rivers."}],
-            "max_tokens": 12, "temperature": 0.0, "seed": 7}
+            "max_tokens": 8, "temperature": 0.0, "seed": 7, "logprobs": True,
+            "top_logprobs": 3}
 
 
 @pytest.fixture(scope="module")
@@ -73,22 +77,37 @@ def leftovers(pids: list[int]) -> list[psutil.Process]:
     return found
 
 
-def ask(base_url: str) -> str:
+def ask(base_url: str) -> tuple[str, list[tuple[int, float]]]:
+    """The answer's text and, per token, (token id, its log-probability)."""
     answer = httpx.post(f"{base_url}/v1/chat/completions", json=QUESTION, timeout=60).json()
-    return str(answer["choices"][0]["message"]["content"])
+    choice = answer["choices"][0]
+    steps = [(t["id"], t["logprob"]) for t in choice["logprobs"]["content"]]
+    return str(choice["message"]["content"]), steps
 
 
 def test_two_ranks_answer_like_one_process(env: ServerEnv, group_profile: Profile,
                                            tiny_models: dict[str, Path]) -> None:
     single = env.profile("tiny alone", tiny_models["text"])
-    env.placement.start(None, group_profile.id)  # the one start policy, as the gateway
+    # The gateway's start on demand (placement, the one start policy), then its client.
+    assert env.placement.ensure_started(None, group_profile, by="a gateway request")
     env.placement.start(None, single.id)
+    client = InferenceClient(env.supervisor, MetricsStore())
+    try:
+        answer = client.chat(group_profile.id, {"messages": QUESTION["messages"],
+                                                "max_tokens": 4}, wait_s=120)
+    finally:
+        client.close()
+    assert answer.usage is not None and answer.usage.completion_tokens >= 1
     alone = env.supervisor.wait_ready(single.id, 120)
     group = env.supervisor.wait_ready(group_profile.id, 120)
     assert "1-token completion" in group.reason
-    expected = ask(alone.base_url)
+    text, steps = ask(alone.base_url)
     env.supervisor.stop(single.id)
-    assert ask(group.base_url) == expected
+    group_text, group_steps = ask(group.base_url)
+    assert group_text == text and len(steps) == 8
+    assert [i for i, _ in group_steps] == [i for i, _ in steps]
+    # float32 sums split over two ranks round differently in the last bits only
+    assert [p for _, p in group_steps] == pytest.approx([p for _, p in steps], abs=1e-3)
     views = env.supervisor.groups.group(group_profile.id).views()  # type: ignore[union-attr]
     assert [(v.rank, v.state) for v in views] == [(0, "running"), (1, "running")]
     for view in views:
