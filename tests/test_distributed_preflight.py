@@ -5,9 +5,11 @@ probe with a real interpreter. One preflight per scenario, every host probed at 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,10 +29,12 @@ from tests.fixtures.sshd import SshServer
 
 
 @pytest.fixture(scope="module")
-def options(sshd: SshServer) -> ssh.SshOptions:
-    # A ranks dir of this module's own: ranks other tests spawn are not "stale" here.
-    return ssh.SshOptions(config=sshd.client_config,
-                          ranks_dir=f".mlx-manager/test-ranks-{uuid.uuid4().hex[:8]}")
+def options(sshd: SshServer) -> Iterator[ssh.SshOptions]:
+    # A ranks dir of this module's own (under the ssh user's home, this machine's): ranks
+    # other tests spawn are not "stale" here; removed after.
+    ranks_dir = f".mlx-manager/test-ranks-{uuid.uuid4().hex[:8]}"
+    yield ssh.SshOptions(config=sshd.client_config, ranks_dir=ranks_dir)
+    shutil.rmtree(Path.home() / ranks_dir, ignore_errors=True)
 
 
 def _spec(*hosts: tuple[str, str, str]) -> DistributedSpec:
@@ -60,17 +64,6 @@ def _check(report: PreflightReport, rank: int, check: str) -> tuple[Verdict, str
     found = report.hosts[rank].finding(check)
     assert found is not None, report.lines()
     return found.verdict, found.message
-
-
-def test_a_correct_host_over_ssh_is_all_green(sshd: SshServer, options: ssh.SshOptions,
-                                              tiny_models: dict[str, Path]) -> None:
-    spec = _spec(("local", "127.0.0.1", ""), (sshd.alias, "127.0.0.1", ""))
-    report = run_preflight(spec, _launches(spec, tiny_models["text"]), options)
-    assert report.ok, report.lines()
-    assert [h.verdict for h in report.hosts] == [Verdict.OK, Verdict.OK], report.lines()
-    line = report.lines()[1]
-    assert line.startswith(f"rank 1 {sshd.alias}: OK: ssh ok; Python ") and "ring: " in line
-    assert "reaches rank 0 at 127.0.0.1" in line  # connected to a listener on rank 0's address
 
 
 def test_each_broken_host_gets_its_own_message(sshd: SshServer, options: ssh.SshOptions,
@@ -105,8 +98,8 @@ def test_each_broken_host_gets_its_own_message(sshd: SshServer, options: ssh.Ssh
     assert len({report.lines()[rank] for rank in range(1, 6)}) == 5
 
 
-def test_a_rank_left_running_is_stale_until_stopped(sshd: SshServer, options: ssh.SshOptions,
-                                                    tiny_models: dict[str, Path]) -> None:
+def test_a_stale_rank_fails_the_preflight_and_once_stopped_all_is_green(
+        sshd: SshServer, options: ssh.SshOptions, tiny_models: dict[str, Path]) -> None:
     argv = ssh.remote_argv(sshd.alias, [sys.executable, "-c", "import time; time.sleep(600)"],
                            {"MLX_RANK": "1"}, {}, "old-group-r1", options)
     left = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -125,10 +118,17 @@ def test_a_rank_left_running_is_stale_until_stopped(sshd: SshServer, options: ss
         assert probe_main.stale_ranks(options.ranks_dir, ["old-group"]) == []
         assert [s["pid"] for s in probe_main.stale_ranks(options.ranks_dir, [])] == [rank.pid]
         assert ssh.stop_remote_rank(sshd.alias, rank, options)
-        assert _check(run_preflight(spec, planned, options), 1, "stale")[0] is Verdict.OK
+        # The next preflight finds no stale rank: a correct host over ssh is all green.
+        report = run_preflight(spec, planned, options)
     finally:
         left.kill()
         left.wait()
+    assert report.ok, report.lines()
+    assert [h.verdict for h in report.hosts] == [Verdict.OK, Verdict.OK], report.lines()
+    line = report.lines()[1]
+    assert line.startswith(f"rank 1 {sshd.alias}: OK: ssh ok; Python ") and "ring: " in line
+    assert "reaches rank 0 at 127.0.0.1" in line  # connected to a listener on rank 0's address
+    assert "no stale rank" in line
 
 
 def test_jaccl_on_this_linux_host_says_to_use_ring(sshd: SshServer, options: ssh.SshOptions,

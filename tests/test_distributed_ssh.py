@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -17,7 +20,7 @@ from manager.errors import ManagerError
 from manager.servers.distributed import ssh
 from manager.servers.distributed.hostfile import RankLaunch
 from manager.servers.distributed.remote import SshRanks, find_marker
-from manager.servers.distributed.sampling import HostSampler, sample_hosts
+from manager.servers.distributed.sampling import HostSampler
 from manager.servers.distributed.spec import DistributedSpec, RankHost
 from manager.settings import Settings
 from tests.conftest import Clock
@@ -26,8 +29,12 @@ from tests.waits import wait_for
 
 
 @pytest.fixture(scope="module")
-def options(sshd: SshServer) -> ssh.SshOptions:
-    return ssh.SshOptions(config=sshd.client_config)
+def options(sshd: SshServer) -> Iterator[ssh.SshOptions]:
+    # A ranks dir of this module's own (under the ssh user's home, this machine's): ranks
+    # other tests spawn are not "stale" here; removed after.
+    ranks_dir = f".mlx-manager/test-ranks-{uuid.uuid4().hex[:8]}"
+    yield ssh.SshOptions(config=sshd.client_config, ranks_dir=ranks_dir)
+    shutil.rmtree(Path.home() / ranks_dir, ignore_errors=True)
 
 
 def test_ssh_argv_is_non_interactive_and_uses_the_configured_file(tmp_path: Path) -> None:
@@ -53,10 +60,10 @@ def test_the_ssh_config_setting_comes_from_env_and_flag(tmp_path: Path) -> None:
 
 
 def test_a_remote_command_runs_through_sshd(sshd: SshServer, options: ssh.SshOptions) -> None:
-    done = ssh.run_remote(sshd.alias, "echo $((6 * 7)); cat", options, input_text="piped")
-    assert (done.returncode, done.stdout) == (0, "42\npiped")
-    # The command's own failure is returned, not mistaken for ssh's.
-    assert ssh.run_remote(sshd.alias, "exit 3", options).returncode == 3
+    done = ssh.run_remote(sshd.alias, "echo $((6 * 7)); cat; exit 3", options,
+                          input_text="piped")
+    # The command's own exit code is returned, not mistaken for a failure of ssh.
+    assert (done.returncode, done.stdout) == (3, "42\npiped")
 
 
 @pytest.mark.parametrize(("which", "kind", "advice"), [
@@ -132,10 +139,18 @@ def _json_line(path: Path) -> dict[str, object] | None:
     return None
 
 
-def test_hosts_are_sampled_through_ssh(sshd: SshServer, options: ssh.SshOptions) -> None:
-    hosts = [RankHost("local", "127.0.0.1"), RankHost(sshd.alias, "127.0.0.1"),
-             RankHost(sshd.alias_refused, "127.0.0.1")]
-    here, remote, refused = sample_hosts(hosts, sys.executable, options)
+def test_hosts_are_sampled_through_ssh_in_the_background_on_a_cadence(
+        sshd: SshServer, options: ssh.SshOptions, clock: Clock) -> None:
+    hosts = [(RankHost("local", "127.0.0.1"), sys.executable),
+             (RankHost(sshd.alias, "127.0.0.1"), sys.executable),
+             (RankHost(sshd.alias_refused, "127.0.0.1"), sys.executable)]
+    sampler = HostSampler(hosts, options, interval_s=10.0, clock=clock)
+    assert sampler.latest() == (None, None, None)  # nothing yet, and reading never waits
+    assert sampler.refresh_due()
+    assert not sampler.refresh_due()  # one refresh at a time
+    sampler.wait(60)
+    here, remote, refused = sampler.latest()
+    assert here is not None and remote is not None and refused is not None
     # The ssh host is this machine: the same total memory, read by another process.
     assert remote.error is None and remote.memory_total == psutil.virtual_memory().total
     assert remote.memory_available is not None and 0 < remote.memory_available
@@ -144,20 +159,6 @@ def test_hosts_are_sampled_through_ssh(sshd: SshServer, options: ssh.SshOptions)
     assert here.memory_total == remote.memory_total and here.host == "this machine"
     assert refused.error is not None and "Remote Login" in refused.error
     assert (refused.memory_total, refused.cpu_percent, refused.memory_used) == (None,) * 3
-
-
-def test_the_host_sampler_refreshes_in_the_background_on_its_cadence(
-        sshd: SshServer, options: ssh.SshOptions, clock: Clock) -> None:
-    hosts = [(RankHost("local", "127.0.0.1"), sys.executable),
-             (RankHost(sshd.alias, "127.0.0.1"), sys.executable)]
-    sampler = HostSampler(hosts, options, interval_s=10.0, clock=clock)
-    assert sampler.latest() == (None, None)  # nothing yet, and reading never waits
-    assert sampler.refresh_due()
-    assert not sampler.refresh_due()  # one refresh at a time
-    sampler.wait(60)
-    here, remote = sampler.latest()
-    assert here is not None and remote is not None and remote.error is None
-    assert remote.memory_total == psutil.virtual_memory().total
     clock.now += 9.0
     assert not sampler.refresh_due()  # not due before the interval
     clock.now += 1.0

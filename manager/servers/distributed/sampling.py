@@ -73,12 +73,6 @@ def sample_host(host: RankHost, python: str, options: ssh.SshOptions,
                       cpu_percent=float(cpu) if isinstance(cpu, (int, float)) else None)
 
 
-def sample_hosts(hosts: Sequence[RankHost], python: str, options: ssh.SshOptions
-                 ) -> tuple[HostSample, ...]:
-    """Every host at once, in the order given (`python` on each)."""
-    return _sample_each([(h, python) for h in hosts], options)
-
-
 def _int(value: object) -> int | None:
     return int(value) if isinstance(value, (int, float)) else None
 
