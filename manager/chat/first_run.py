@@ -146,20 +146,27 @@ class TryToolModel:
 
     def _profile(self, user: User, s: Suggestion) -> Profile:
         """A profile serving this model (the user's own first), else a new one."""
-        existing = [p for p in self._profiles.list() if p.model == s.repo_id]
-        existing.sort(key=lambda p: p.owner_id != user.id)
-        if existing:
-            return existing[0]
+        if (found := self._existing_profile(user, s)) is not None:
+            return found
         taken = {p.name.casefold() for p in self._profiles.list()}
         name = unique_name(s.repo_id.rsplit("/", 1)[-1], taken)
         try:
             profile = self._profiles.create(user, ProfileSpec(name=name, model=s.repo_id,
                                                               description=DESCRIPTION))
         except ManagerError as exc:
+            # Two clicks at once: the other one's profile (same name or port) is as good.
+            if (found := self._existing_profile(user, s)) is not None:
+                log.info("profile for %s made meanwhile: %s", s.repo_id, exc.message)
+                return found
             raise FirstRunFailed(Step.PROFILE, f"Could not create a profile for {s.label}: "
                                                f"{exc.message}") from exc
         log.info("%s: profile %s created for %s", user.email, profile.name, s.repo_id)
         return profile
+
+    def _existing_profile(self, user: User, s: Suggestion) -> Profile | None:
+        existing = [p for p in self._profiles.list() if p.model == s.repo_id]
+        existing.sort(key=lambda p: p.owner_id != user.id)
+        return existing[0] if existing else None
 
     # -- start ----------------------------------------------------------------------------
 
