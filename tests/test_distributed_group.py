@@ -229,5 +229,23 @@ def test_rank_1_through_a_real_sshd_runs_fails_and_stops_with_the_group(
             assert f"Rank 1 on {sshd.alias} (127.0.0.1:" in failed.reason
             group.settle()
             assert leftovers([marker.pgid, snap.pid]) == []
+            # Rank 0 dies: the remote rank is ended over ssh although the failed server's
+            # other logs (rank 1's, with its marker) are deleted at once.
+            env.supervisor.start(profile.id)
+            snap = env.supervisor.wait_ready(profile.id, 120)
+            group = launcher.group(profile.id)
+            assert group is not None
+            rank1_log = Path(group.views()[1].log_path)
+            marker = find_marker(rank1_log)
+            assert marker is not None
+            os.kill(snap.pid, signal.SIGKILL)
+            assert wait_for(lambda: exited(snap.pid), 30)
+            env.monitor.tick()
+            failed = env.supervisor.snapshot(profile.id)
+            assert failed.state is ServerState.FAILED
+            assert "Rank 0 on this machine" in failed.reason and not rank1_log.exists()
+            group.settle()
+            assert leftovers([marker.pgid, snap.pid]) == []
+            assert not Path(marker.directory).exists()
         finally:
             env.close()

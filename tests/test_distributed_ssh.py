@@ -122,7 +122,7 @@ def test_a_remote_rank_runs_in_its_own_group_and_stops_leaving_nothing(
         group = [psutil.Process(rank.pid), psutil.Process(started["child"])]
         assert {_pgid(p.pid) for p in group} == {rank.pgid}
         assert Path(rank.directory, "pid").read_text().strip() == str(rank.pid)
-        assert ranks.stop(launch, log_path, 10.0)
+        assert ranks.stop(launch, rank, 10.0)
         wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
                                  for p in group), what="the rank's process group to end")
         assert not Path(rank.directory).exists()

@@ -35,7 +35,7 @@ from manager.servers.distributed import roster
 from manager.servers.distributed.hostfile import RankLaunch, launches
 from manager.servers.distributed.sampling import HostSample, HostSampler
 from manager.servers.distributed.spec import DistributedSpec, RankHost
-from manager.servers.distributed.ssh import SshOptions
+from manager.servers.distributed.ssh import RemoteRank, SshOptions
 from manager.servers.logs import cap_log, read_tail
 from manager.servers.process import (
     KILL_WAIT_S,
@@ -55,11 +55,14 @@ DEAD_RANK_TAIL_LINES = 20
 class RemoteRanks(Protocol):
     """Starting and stopping ranks on other hosts (ssh; manager/servers/distributed/ssh.py).
     `argv` is the local command (an ssh client) that runs the rank there; its output is the
-    rank's log. `stop` ends the rank's process group on its host; True when none is left."""
+    rank's log, where `locate` finds the rank's pid and process group on its host. `stop`
+    ends that process group; True when none of it is left."""
 
     def argv(self, launch: RankLaunch, rank_id: str) -> list[str]: ...
 
-    def stop(self, launch: RankLaunch, log_path: Path, grace_s: float) -> bool: ...
+    def locate(self, log_path: Path) -> RemoteRank | None: ...
+
+    def stop(self, launch: RankLaunch, where: RemoteRank, grace_s: float) -> bool: ...
 
     def sampler(self, hosts: Sequence[tuple[RankHost, str]]) -> HostSampler: ...
 
@@ -87,6 +90,9 @@ class _Rank:
     popen: subprocess.Popen[bytes]
     create_time: float | None
     proc: psutil.Process | None = None  # kept between samples: cpu_percent needs it
+    #: A remote rank's pid and process group on its host, once its log named them (kept
+    #: here: a failed server's logs may be deleted before its ranks are ended).
+    where: RemoteRank | None = None
     memory_bytes: int | None = None
     cpu_percent: float | None = None
     stopped: bool = False
@@ -126,8 +132,9 @@ class RankGroup:
 
     def __init__(self, name: str, spec: DistributedSpec, ranks: Sequence[_Rank],
                  files: Sequence[Path], remote: RemoteRanks | None,
-                 sampler: HostSampler) -> None:
+                 sampler: HostSampler, roster_file: Path) -> None:
         self.name = name
+        self._roster = roster_file
         self._sampler = sampler  # each host's memory and CPU (remote ones over ssh)
         self.spec = spec
         self._ranks = tuple(ranks)
@@ -151,6 +158,7 @@ class RankGroup:
                 return self.returncode
             dead = next((r for r in self._ranks if r.popen.poll() is not None), None)
             if dead is None:
+                self._locate_remote()
                 for rank in self._ranks:
                     rank.sample()
                     cap_log(rank.log_path)
@@ -224,10 +232,25 @@ class RankGroup:
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _locate_remote(self) -> None:
+        """Lock held. Note where remote ranks run on their hosts (in the roster too)."""
+        if self._remote is None:
+            return
+        found = False
+        for rank in self._ranks:
+            if not rank.local and rank.where is None:
+                rank.where = self._remote.locate(rank.log_path)
+                found = found or rank.where is not None
+        if found:
+            roster.write_roster(self._roster, [_entry(r) for r in self._ranks])
+
     def _stop_rank(self, rank: _Rank, grace_s: float) -> None:
-        if not rank.local and self._remote is not None and rank.popen.poll() is None:
+        where = rank.where
+        if not rank.local and self._remote is not None and where is None:
+            where = self._remote.locate(rank.log_path)
+        if self._remote is not None and where is not None:
             try:
-                if not self._remote.stop(rank.launch, rank.log_path, grace_s):
+                if not self._remote.stop(rank.launch, where, grace_s):
                     log.warning("%s: %s may still run on its host", self.name, rank.label)
             except ManagerError as exc:
                 log.warning("%s: could not stop %s over ssh: %s", self.name, rank.label,
@@ -281,6 +304,16 @@ class RankGroup:
                 path.unlink(missing_ok=True)
             except OSError as exc:
                 log.warning("cannot remove %s: %s", path, exc)
+
+
+def _entry(rank: _Rank) -> roster.RosterEntry:
+    where = rank.where
+    return roster.RosterEntry(
+        rank=rank.launch.rank, ssh_target=rank.launch.host.ssh_target,
+        address=rank.launch.host.address, pid=rank.popen.pid, create_time=rank.create_time,
+        log_path=str(rank.log_path), remote_pid=where.pid if where else None,
+        remote_pgid=where.pgid if where else None,
+        remote_dir=where.directory if where else None)
 
 
 @dataclass
@@ -345,14 +378,12 @@ class GroupLauncher:
                 path.unlink(missing_ok=True)
             raise
         names = roster.roster_path(log_path)
-        roster.write_roster(names, [roster.RosterEntry(
-            rank=r.launch.rank, ssh_target=r.launch.host.ssh_target,
-            address=r.launch.host.address, pid=r.popen.pid, create_time=r.create_time,
-            log_path=str(r.log_path)) for r in started])
+        roster.write_roster(names, [_entry(r) for r in started])
         hosts = [(r.launch.host, r.launch.argv[0]) for r in started]
         sampler = (self.remote.sampler(hosts) if self.remote is not None
                    else HostSampler(hosts, SshOptions()))  # local hosts need no ssh
-        group = RankGroup(name, spec, started, (*files.values(), names), self.remote, sampler)
+        group = RankGroup(name, spec, started, (*files.values(), names), self.remote, sampler,
+                          names)
         self._last[profile_id] = group
         log.info("%s: %d ranks started (%s, %s parallel) by %s", name, spec.size,
                  spec.backend.value, spec.parallel.value, by)

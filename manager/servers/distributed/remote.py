@@ -52,14 +52,11 @@ class SshRanks:
         return ssh.remote_argv(launch.host.ssh_target, launch.argv, env, launch.files,
                                rank_id, self.options)
 
-    def stop(self, launch: RankLaunch, log_path: Path, grace_s: float) -> bool:
-        marker = find_marker(log_path)
-        if marker is None:
-            # The remote shell never got to exec the rank: ending the ssh client ends it.
-            log.info("rank %d on %s left no marker in %s: nothing to stop there",
-                     launch.rank, launch.host.ssh_target, log_path.name)
-            return True
-        return ssh.stop_remote_rank(launch.host.ssh_target, marker, self.options,
+    def locate(self, log_path: Path) -> ssh.RemoteRank | None:
+        return find_marker(log_path)
+
+    def stop(self, launch: RankLaunch, where: ssh.RemoteRank, grace_s: float) -> bool:
+        return ssh.stop_remote_rank(launch.host.ssh_target, where, self.options,
                                     timeout_s=grace_s)
 
     def sampler(self, hosts: Sequence[tuple[RankHost, str]]) -> HostSampler:

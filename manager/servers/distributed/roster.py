@@ -20,6 +20,7 @@ import psutil
 from manager.errors import ManagerError
 from manager.servers.distributed.hostfile import RankLaunch
 from manager.servers.distributed.spec import RankHost
+from manager.servers.distributed.ssh import RemoteRank
 from manager.servers.process import terminate
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ REAP_GRACE_S = 5.0
 
 
 class StopsRemote(Protocol):
-    def stop(self, launch: RankLaunch, log_path: Path, grace_s: float) -> bool: ...
+    def stop(self, launch: RankLaunch, where: RemoteRank, grace_s: float) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class RosterEntry:
     pid: int  # the rank here, or the ssh client of a remote rank
     create_time: float | None
     log_path: str
+    #: A remote rank on its host, once known (ssh.py's marker line).
+    remote_pid: int | None = None
+    remote_pgid: int | None = None
+    remote_dir: str | None = None
 
 
 def roster_path(log_path: Path) -> Path:
@@ -77,10 +82,12 @@ def reap(logs_dir: Path, profile_id: int, remote: StopsRemote | None) -> int:
         for entry in _read(path):
             proc = _same_process(entry)
             host = RankHost(ssh_target=entry.ssh_target, address=entry.address)
-            if not host.is_local and remote is not None:
+            if not host.is_local and remote is not None and entry.remote_pgid is not None:
                 launch = RankLaunch(rank=entry.rank, host=host, argv=())
+                where = RemoteRank(pid=entry.remote_pid or entry.remote_pgid,
+                                   pgid=entry.remote_pgid, directory=entry.remote_dir or "")
                 try:
-                    if remote.stop(launch, Path(entry.log_path), REAP_GRACE_S):
+                    if remote.stop(launch, where, REAP_GRACE_S):
                         ended += 1
                 except (ManagerError, OSError) as exc:  # the other ranks still get ended
                     log.warning("could not end rank %d on %s: %s", entry.rank,
