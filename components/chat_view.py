@@ -281,14 +281,15 @@ def when_label(iso: str) -> str:
 
 def chat_list_html(chats: Sequence[ChatSummary], current: int | None, *, search: str = "",
                    server: str | None = None) -> str:
-    """The user's chats for one server, newest first; the open one marked."""
+    """The user's chats, newest first, each with its server; `server` names the filter
+    when the list shows one server's chats only. The open chat is marked."""
     if not chats:
         if search.strip():
             empty = f"No chats match “{html.escape(search.strip())}”."
         elif server:
             empty = f"No chats with {html.escape(server)} yet: say hello below."
         else:
-            empty = "Pick a server to see its chats."
+            empty = "No chats yet: pick a server and say hello below."
         return f'<div class="mm-chats"><p class="mm-chats-empty">{empty}</p></div>'
     rows = []
     for chat in chats:
@@ -298,6 +299,7 @@ def chat_list_html(chats: Sequence[ChatSummary], current: int | None, *, search:
             f'<button type="button" class="mm-chat{active}" data-chat="{chat.id}" '
             f'title="{html.escape(chat.title)}">'
             f'<span class="mm-chat-title">{html.escape(chat.title)}</span>'
+            f'<span class="mm-chat-server">{html.escape(chat.server or "n/a")}</span>'
             f'<span class="mm-chat-meta">{when_label(chat.updated_at)} · {count}</span>'
             "</button>")
     return f'<div class="mm-chats">{"".join(rows)}</div>'
@@ -313,6 +315,7 @@ CHAT_LIST_CSS = """
 .mm-chat-active { border-color: var(--color-accent); background: var(--background-fill-secondary); }
 .mm-chat-title { font-weight: 600; overflow: hidden; text-overflow: ellipsis;
   white-space: nowrap; max-width: 100%; }
+.mm-chat-server { font-size: 0.8em; color: var(--body-text-color-subdued); }
 .mm-chat-meta { font-size: 0.8em; font-weight: normal; opacity: 0.7; }
 .mm-chats-empty { opacity: 0.7; font-size: 0.9em; }
 """

@@ -64,6 +64,11 @@ def pick_server(page, name: str) -> None:  # noqa: ANN001
     page.wait_for_selector(f"#chat-server-status:has-text('{name} is ready')", timeout=30_000)
 
 
+def filter_chats(page, label: str) -> None:  # noqa: ANN001
+    page.locator("#chat-history-server input").click()
+    page.get_by_role("option", name=label).click()
+
+
 def say(page, text: str) -> None:  # noqa: ANN001
     page.fill("#chat-input textarea", text)
     page.press("#chat-input textarea", "Enter")
@@ -98,9 +103,13 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
         user_message = dash.services.chats.get(alice, saved.id).messages[0]
         assert [a.name for a in user_message.attachments] == ["blue.png"]
 
-        # Stop cancels a generation; what arrived is kept, marked as stopped.
+        # Stop cancels a generation; what arrived is kept, marked as stopped. At rest it is
+        # grey and disabled; it turns red and clickable once the answer is being written.
         pick_server(page, "chatter")
+        stop = page.locator("#chat-stop")
+        assert stop.is_disabled() and "stop" not in (stop.get_attribute("class") or "")
         say(page, "Talk to me")
+        page.wait_for_selector("#chat-stop.stop:not([disabled])", timeout=30_000)
         page.wait_for_selector(f"{BOT} .bot-row", state="attached", timeout=30_000)
         page.click("#chat-stop")
         page.wait_for_selector(f"{BOT} :text('Stopped before the answer was complete.')",
@@ -110,10 +119,14 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
         assert answer.meta["stopped"] is True and answer.content
         assert answer.meta.get("completion_tokens") is None or \
             answer.meta["completion_tokens"] < 4000
+        page.wait_for_selector("#chat-stop[disabled]", timeout=30_000)
 
         # Thinking, then a tool call over MCP, then the answer.
         pick_server(page, "weather")
-        assert "No chats with weather yet" in page.inner_text("#chat-list")
+        # One list of the user's chats, each naming its server (issue 15).
+        listed = page.inner_text("#chat-list")
+        assert "What colour is this?" in listed and "Talk to me" in listed
+        assert "eyes" in listed and "chatter" in listed
         say(page, "Weather in Paris?")
         page.wait_for_selector(f"{BOT} :text('It is sunny in Paris.')", timeout=60_000)
         thinking = thought(page, "Thought for")
@@ -145,11 +158,12 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
         (weather_chat,) = dash.services.chats.list(alice, dash.profiles["weather"].id)
         assert weather_chat.message_count == 4
 
-        # Switching server shows that server's chats only.
-        pick_server(page, "eyes")
-        page.wait_for_selector("#chat-list :text('What colour is this?')", timeout=10_000)
-        assert "Weather in Paris?" not in page.inner_text("#chat-list")
-        pick_server(page, "weather")
+        # The server filter narrows the list to one server's chats, and back.
+        filter_chats(page, "eyes (1)")
+        page.wait_for_selector("#chat-list button[data-chat]:has-text('Weather in Paris?')",
+                               state="detached", timeout=10_000)
+        assert "What colour is this?" in page.inner_text("#chat-list")
+        filter_chats(page, "All servers")
         page.click("#chat-list button[data-chat]:has-text('Weather in Paris?')")
         page.wait_for_selector(f"{BOT} :text('And tomorrow?')", timeout=10_000)
 
@@ -159,8 +173,8 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
         assert dash.services.chats.list(alice, dash.profiles["weather"].id)
         page.click("#chat-delete")
         page.click("#chat-confirm-delete")
-        page.wait_for_selector("#chat-list:has-text('No chats with weather yet')",
-                               timeout=10_000)
+        page.wait_for_selector("#chat-list button[data-chat]:has-text('Weather in Paris?')",
+                               state="detached", timeout=10_000)
         assert dash.services.chats.list(alice, dash.profiles["weather"].id) == []
         assert page.locator(f"{BOT} :text('It is sunny in Paris.')").count() == 0
     finally:

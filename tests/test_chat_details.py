@@ -1,10 +1,11 @@
 """Small chat details a person notices (issue 15 item 8): what the Profiles hint says
-about answer length."""
+about answer length, and the Stop button at rest."""
 
 from __future__ import annotations
 
 import pytest
 
+from components.chat.sending import stop_button
 from components.profiles_tab import FIELDS
 from manager.servers.profiles import SERVER_MAX_TOKENS, Backend
 
@@ -20,3 +21,9 @@ def test_the_vision_default_is_mlx_vlms_own() -> None:
 
     assert SERVER_MAX_TOKENS[Backend.MLX_VLM] == DEFAULT_MAX_TOKENS
 
+
+
+def test_stop_is_red_and_clickable_only_while_an_answer_is_written() -> None:
+    idle, running = stop_button(False), stop_button(True)
+    assert (idle.variant, idle.interactive) == ("secondary", False)
+    assert (running.variant, running.interactive) == ("stop", True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from manager.accounts.auth import User
-from manager.chat.history import ChatHistory, NewMessage, title_from
+from manager.chat.history import ChatHistory, ChatServer, NewMessage, title_from
 from manager.errors import NotFound, ValidationError
 from manager.servers.profiles import Profile, ProfileSpec
 from manager.services import Services
@@ -116,6 +116,26 @@ def test_lists_are_per_server_newest_first_and_searchable(
     assert [c.id for c in history.list(alice, qwen, search="%")] == [two.id]
     # Wildcards are literal: "l%s" would match "llamas" if % were a LIKE wildcard.
     assert history.list(alice, qwen, search="l%s") == []
+
+
+def test_the_history_filter_lists_the_owners_servers_only(
+    history: ChatHistory, alice: User, bob: User, services: Services,
+    tiny_models: dict[str, Path]
+) -> None:
+    """Issue 15: one list of a person's chats, filterable by the servers they chatted with."""
+    qwen = _profile(services, "qwen", tiny_models["text"])
+    vision = _profile(services, "Vision", tiny_models["vision"])
+    _profile(services, "unused", tiny_models["text"])
+    for profile in (qwen, qwen, vision):
+        history.create(alice, profile.name, profile_id=profile.id)
+    history.create(bob, "unused", profile_id=services.profiles.find("unused").id)
+    assert history.servers(alice) == (ChatServer(qwen.id, "qwen", 2),
+                                      ChatServer(vision.id, "Vision", 1))
+    assert [s.name for s in history.servers(bob)] == ["unused"]
+    # A deleted profile's chats stay in the whole list but leave the filter.
+    services.profiles.delete(None, vision.id)
+    assert [s.name for s in history.servers(alice)] == ["qwen"]
+    assert len(history.list(alice)) == 3
 
 
 def test_a_renamed_profile_keeps_its_chats_under_its_new_name(

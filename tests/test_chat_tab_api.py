@@ -58,7 +58,7 @@ def test_a_chat_streams_thinking_tools_and_answer_and_is_saved(dash: ChatDashboa
     weather = dash.profiles["weather"]
     status = client.predict(weather.id, "", api_name="/chat_pick_server")[1]
     assert "**weather** is ready" in status
-    chatbot, box, title, sidebar, status = send(client, weather.id, "Weather in Paris?")
+    chatbot, box, title, sidebar, stop, status = send(client, weather.id, "Weather in Paris?")
     assert title == "Weather in Paris?" and "Weather in Paris?" in sidebar
     shown = titles(chatbot)
     assert any(t.startswith("Thought for ") for t in shown)
@@ -74,8 +74,8 @@ def test_a_chat_streams_thinking_tools_and_answer_and_is_saved(dash: ChatDashboa
     saved = dash.services.chats.get(alice, chat.id)
     assert [m.role for m in saved.messages] == ["user", "assistant", "tool", "assistant"]
     # Retry answers the last message again, in place of the old answer.
-    chatbot, _title, _sidebar, _status = client.predict(weather.id, True, 5, 8, "auto", "",
-                                                       api_name="/chat_retry")
+    chatbot, _title, _sidebar, _stop, _status = client.predict(
+        weather.id, True, 5, 8, "auto", "", api_name="/chat_retry")
     assert "It is sunny in Paris." in str(chatbot[-1]["content"])
     assert dash.services.chats.get(alice, chat.id).summary.message_count == 2
     # The same session goes on with the same chat (its id is kept on the server).
@@ -115,6 +115,33 @@ def test_another_user_cannot_read_rename_continue_export_or_delete_a_chat(
     chatbot, title, _sidebar, _server, _status = alice_client.predict(
         str(secret.id), "", api_name="/chat_open")
     assert title == "Alice's secret plans" and texts(chatbot) == ["top secret"]
+
+
+def test_one_list_of_a_users_chats_with_a_server_filter(
+        dash: ChatDashboard, tiny_models: dict[str, Path]) -> None:
+    """Issue 15: history was reachable only by picking the right server first."""
+    services = dash.services
+    eyes = services.profiles.create(None, ProfileSpec(
+        name="eyes", model=str(tiny_models["vision"]), port=free_port()))
+    weather = dash.profiles["weather"]
+    carol = dash.user("carol@example.com")
+    services.chats.create(carol, "weather", title="Rain in Oslo?", profile_id=weather.id)
+    services.chats.create(carol, "eyes", title="What colour is this?", profile_id=eyes.id)
+    client = dash.client("carol@example.com")
+    try:
+        everything = client.predict("all", "", api_name="/chat_list")
+        assert "Rain in Oslo?" in everything and "What colour is this?" in everything
+        assert '<span class="mm-chat-server">eyes</span>' in everything
+        only_eyes = client.predict(eyes.id, "", api_name="/chat_list")
+        assert "What colour is this?" in only_eyes and "Rain in Oslo?" not in only_eyes
+        # Picking a server to talk to keeps the whole list in view.
+        sidebar = client.predict(weather.id, "", api_name="/chat_pick_server")[2]
+        assert "Rain in Oslo?" in sidebar and "What colour is this?" in sidebar
+        # Another user's chats are in neither.
+        assert "Rain in Oslo?" not in dash.client(BOB).predict("all", "",
+                                                              api_name="/chat_list")
+    finally:
+        services.profiles.delete(None, eyes.id)
 
 
 def test_rename_export_and_delete_a_chat(dash: ChatDashboard, tmp_path: Path) -> None:
@@ -169,7 +196,8 @@ def test_picking_a_stopped_profile_starts_it_and_the_message_waits_for_it(
         _server, status, sidebar, chatbot, _title, _timer = client.predict(
             profile.id, "", api_name="/chat_pick_server")
         assert "Started **sleeper** for you: it is loading its model" in status
-        assert "No chats with sleeper yet" in sidebar and chatbot == []
+        # The one list of Bob's chats stays (it is not narrowed to the picked server).
+        assert "No chats with sleeper" not in sidebar and chatbot == []
         assert services.supervisor.snapshot(profile.id).state in (ServerState.STARTING,
                                                                   ServerState.READY)
         # Sent while it loads: the message goes out once the server is ready.

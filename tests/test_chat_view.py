@@ -185,6 +185,18 @@ def test_the_sidebar_lists_escaped_titles_and_marks_the_open_chat() -> None:
     assert "4 messages" in html and "1 message<" in html
     assert "No chats match “x”" in chat_list_html([], None, search="x", server="tiny")
     assert "No chats with tiny yet" in chat_list_html([], None, server="tiny")
+    assert "No chats yet: pick a server" in chat_list_html([], None)
+
+
+def test_each_chat_in_the_one_list_names_its_server() -> None:
+    """Issue 15: the history is one list; each row says which server the chat is with."""
+    chats = [ChatSummary(2, "Colours", "eyes", "m", "2026-01-01T10:00:00+00:00",
+                         "2026-01-01T10:05:00+00:00", 2),
+             ChatSummary(1, "Weather", "<weather>", "m", "2026-01-01T09:00:00+00:00",
+                         "2026-01-01T09:00:00+00:00", 4)]
+    html = chat_list_html(chats, None)
+    assert '<span class="mm-chat-server">eyes</span>' in html
+    assert '<span class="mm-chat-server">&lt;weather&gt;</span>' in html
 
 
 def test_a_quick_thought_reads_in_one_format() -> None:

@@ -21,6 +21,8 @@ from manager.chat.events import (
 from manager.services import Services
 
 STATUS_POLL_S = 1.5
+#: The history filter's value that shows every server's chats.
+ALL_SERVERS = "all"
 
 # The sidebar is HTML: a click on a chat becomes a "click" event carrying its id.
 CHAT_LIST_JS = """
@@ -37,10 +39,12 @@ class ChatUI:
     """Every component of the tab, by name, for the handlers and the wiring."""
 
     current: gr.State  # the open chat's id; set only after an owner-checked read
+    shown: gr.State  # the history filter's value, for events whose API it must not change
     server: gr.Dropdown
     server_status: gr.Markdown
     new_chat: gr.Button
     search: gr.Textbox
+    history_server: gr.Dropdown
     chat_list: gr.HTML
     title: gr.Textbox
     rename: gr.Button
@@ -75,6 +79,7 @@ class ChatUI:
 
 def build_layout(services: Services) -> ChatUI:
     current = gr.State(None)
+    shown = gr.State(ALL_SERVERS)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):
             server = gr.Dropdown(label="Server", choices=[], allow_custom_value=True,
@@ -83,8 +88,14 @@ def build_layout(services: Services) -> ChatUI:
             server_status = gr.Markdown(status_markdown(services, None),
                                         elem_id="chat-server-status")
             new_chat = gr.Button("New chat", variant="primary", size="sm", elem_id="chat-new")
-            search = gr.Textbox(placeholder="Search chats", show_label=False, max_lines=1,
-                                elem_id="chat-search")
+            gr.Markdown("**Your chats**", elem_classes="mm-chats-heading")
+            search = gr.Textbox(placeholder="Search chats", label="Search chats",
+                                show_label=False, max_lines=1, elem_id="chat-search")
+            # One list of the user's chats; the filter narrows it to one server.
+            history_server = gr.Dropdown(label="Show chats with",
+                                         choices=[("All servers", ALL_SERVERS)],
+                                         value=ALL_SERVERS, allow_custom_value=True,
+                                         elem_id="chat-history-server")
             chat_list = gr.HTML(chat_list_html([], None), elem_id="chat-list",
                                 js_on_load=CHAT_LIST_JS, css_template=CHAT_LIST_CSS)
             with gr.Group():
@@ -109,7 +120,10 @@ def build_layout(services: Services) -> ChatUI:
                 placeholder="Message… (attach or drop images and videos)", show_label=False,
                 elem_id="chat-input", autofocus=True)
             with gr.Row():
-                stop = gr.Button("Stop", size="sm", variant="stop", elem_id="chat-stop")
+                # Grey and disabled at rest; red and clickable only while an answer is
+                # being written (the turn's own updates switch it: sending.py).
+                stop = gr.Button("Stop", size="sm", variant="secondary", interactive=False,
+                                 elem_id="chat-stop")
                 retry = gr.Button("Retry", size="sm", elem_id="chat-retry")
                 clear = gr.Button("Clear", size="sm", elem_id="chat-clear")
                 copy_md = gr.Button("Copy as Markdown", size="sm", elem_id="chat-copy-md")
@@ -144,8 +158,8 @@ def build_layout(services: Services) -> ChatUI:
         api_chat_id = gr.Textbox(elem_id="chat-api-id")
         api_open = gr.Button("Open", elem_id="chat-api-open")
     return ChatUI(
-        current=current, server=server, server_status=server_status, new_chat=new_chat,
-        search=search, chat_list=chat_list, title=title, rename=rename, delete=delete,
+        current=current, shown=shown, server=server, server_status=server_status, new_chat=new_chat,
+        search=search, history_server=history_server, chat_list=chat_list, title=title, rename=rename, delete=delete,
         confirm_row=confirm_row, confirm_delete=confirm_delete, cancel_delete=cancel_delete,
         chatbot=chatbot, box=box, stop=stop, retry=retry, clear=clear, copy_md=copy_md,
         export_json=export_json, markdown_out=markdown_out, json_out=json_out,

@@ -1,5 +1,6 @@
 """Lookups every part of the Chat tab shares: the picked profile, the open chat (always
-read with the signed-in user as owner), and the sidebar listing for a profile."""
+read with the signed-in user as owner), and the sidebar: one list of the user's chats,
+filtered by server when the person asks."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from components.chat.layout import ChatUI
+from components.chat.layout import ALL_SERVERS, ChatUI
 from components.chat.status import server_choices, server_state, status_markdown
 from components.chat_view import chat_list_html, chatbot_messages
 from components.session import refusals
@@ -57,12 +58,33 @@ class ChatPage:
         with refusals(f"chat {chat_id!r} for {user.email}"):
             return self.services.chats.get(user, int(str(chat_id).strip()))
 
-    def sidebar(self, user: User, profile: Profile | None, search_text: str,
-                chat_id: int | None) -> str:
-        if profile is None:
-            return chat_list_html([], None)
-        found = self.services.chats.list(user, profile.id, search=search_text or "")
-        return chat_list_html(found, chat_id, search=search_text or "", server=profile.name)
+    def shown_profile(self, shown: Any) -> Profile | None:
+        """The server the history filter names; None shows every server's chats."""
+        if shown is None or str(shown).strip() in ("", ALL_SERVERS):
+            return None
+        try:
+            return self.services.profiles.find(shown if isinstance(shown, int)
+                                               else str(shown).strip())
+        except NotFound:
+            log.info("chat history filter %r names no server: showing all", shown)
+            return None
+
+    def sidebar(self, user: User, shown: Any, search_text: str, chat_id: int | None) -> str:
+        """The user's chats (of the server the filter `shown` names, or all)."""
+        profile = self.shown_profile(shown)
+        found = self.services.chats.list(user, profile.id if profile is not None else None,
+                                         search=search_text or "")
+        return chat_list_html(found, chat_id, search=search_text or "",
+                              server=profile.name if profile is not None else None)
+
+    def filter_update(self, user: User, shown: Any) -> Any:
+        """The history filter: all servers, or one the user has chats with."""
+        profile = self.shown_profile(shown)
+        choices: list[tuple[str, Any]] = [("All servers", ALL_SERVERS)]
+        choices += [(f"{s.name} ({s.chats})", s.profile_id)
+                    for s in self.services.chats.servers(user)]
+        return gr.Dropdown(choices=choices,
+                           value=profile.id if profile is not None else ALL_SERVERS)
 
     def server_update(self, profile: Profile | None) -> Any:
         return gr.Dropdown(choices=server_choices(self.services),
@@ -73,20 +95,19 @@ class ChatPage:
                     and server_state(self.services, profile) is ServerState.STARTING)
         return gr.Timer(active=starting)
 
-    def opened(self, user: User, chat: Chat, search_text: str) -> dict[Any, Any]:
+    def opened(self, user: User, chat: Chat, search_text: str, shown: Any) -> dict[Any, Any]:
         """Showing a chat: its messages, title and sidebar, and its server (a chat goes on
         with the server it was started with)."""
         ui = self.ui
         profile = self.profile_of_chat(chat.summary.profile_id)
         return {ui.chatbot: chatbot_messages(chat.messages), ui.current: chat.id,
                 ui.title: chat.summary.title,
-                ui.chat_list: self.sidebar(user, profile, search_text, chat.id),
+                ui.chat_list: self.sidebar(user, shown, search_text, chat.id),
                 ui.server: self.server_update(profile),
                 ui.server_status: status_markdown(self.services, profile)}
 
-    def emptied(self, user: User, profile: Profile | None, search_text: str
-                ) -> dict[Any, Any]:
+    def emptied(self, user: User, shown: Any, search_text: str) -> dict[Any, Any]:
         """No chat open (a new one starts with the next message)."""
         ui = self.ui
         return {ui.chatbot: [], ui.current: None, ui.title: "",
-                ui.chat_list: self.sidebar(user, profile, search_text, None)}
+                ui.chat_list: self.sidebar(user, shown, search_text, None)}

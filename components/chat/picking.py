@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from components.chat.layout import ALL_SERVERS
 from components.chat.page import ChatPage
 from components.chat.status import server_choices, server_state, status_markdown
 from components.chat_view import chatbot_messages
@@ -34,20 +35,24 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
             chat = services.chats.get(user, recent[0].id)
             shown = {ui.chatbot: chatbot_messages(chat.messages), ui.current: chat.id,
                      ui.title: chat.summary.title}
+        # The history opens unfiltered: every chat of the user, each with its server.
         return {**shown, ui.server: page.server_update(profile),
                 ui.server_status: status_markdown(services, profile),
-                ui.chat_list: page.sidebar(user, profile, "", shown[ui.current]),
+                ui.chat_list: page.sidebar(user, ALL_SERVERS, "", shown[ui.current]),
+                ui.history_server: page.filter_update(user, ALL_SERVERS),
+                ui.shown: ALL_SERVERS,
                 ui.status_timer: page.timer_for(profile)}
 
     @handler(services, "picking a chat server")
-    def pick_server(user: User, ref: Any, search_text: str) -> dict[Any, Any]:
+    def pick_server(user: User, ref: Any, search_text: str, shown_ref: Any
+                    ) -> dict[Any, Any]:
         profile = page.profile_of(ref)
         started = False
         if server_state(services, profile) not in ACTIVE_STATES:
             services.placement.start(user, profile.id)
             started = True
             log.info("%s started %s from the chat tab", user.email, profile.name)
-        return {**page.emptied(user, profile, search_text),
+        return {**page.emptied(user, shown_ref, search_text),
                 ui.server: page.server_update(profile),
                 ui.server_status: status_markdown(services, profile, started=started),
                 ui.status_timer: page.timer_for(profile)}
@@ -65,7 +70,7 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
     def refresh_servers(_user: User, ref: Any) -> Any:
         return gr.Dropdown(choices=server_choices(services))
 
-    ui.server.select(pick_server, [ui.server, ui.search],
+    ui.server.select(pick_server, [ui.server, ui.search, ui.shown],
                      [ui.server, ui.server_status, ui.chat_list, ui.chatbot, ui.current,
                       ui.title, ui.status_timer], api_name="chat_pick_server")
     ui.server.focus(refresh_servers, ui.server, ui.server, show_progress="hidden",
@@ -73,4 +78,4 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
     ui.status_timer.tick(poll_status, ui.server, [ui.server_status, ui.status_timer, ui.server],
                          show_progress="hidden", api_visibility="private")
     return load, [ui.server, ui.server_status, ui.chat_list, ui.chatbot, ui.current, ui.title,
-                  ui.status_timer]
+                  ui.status_timer, ui.history_server, ui.shown]

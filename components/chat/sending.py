@@ -57,15 +57,21 @@ def options_of(tools: bool, rounds: float | None, frames: float | None,
         video_mode=mode).checked()
 
 
+def stop_button(running: bool) -> Any:
+    """Stop is red and clickable only while an answer is being written; grey at rest."""
+    return gr.Button(variant="stop" if running else "secondary", interactive=running)
+
+
 def wire(page: ChatPage) -> None:
     services, ui = page.services, page.ui
     engine, chats = services.chat_engine, services.chats
 
     def stream(user: User, chat_id: int, history: Sequence[Any], events: EventStream,
-               search_text: str, profile: Profile) -> Iterator[dict[Any, Any]]:
+               search_text: str, shown: Any, profile: Profile) -> Iterator[dict[Any, Any]]:
         """Push the turn to the page as it happens, then show exactly what was saved."""
         view = TurnView(history)
         pushed = 0.0
+        yield {ui.stop: stop_button(True)}
         with closing(events):
             for event in events:
                 view.apply(event)
@@ -75,12 +81,13 @@ def wire(page: ChatPage) -> None:
                     yield {ui.chatbot: view.messages()}
         chat = chats.get(user, chat_id)
         yield {ui.chatbot: chatbot_messages(chat.messages), ui.title: chat.summary.title,
-               ui.chat_list: page.sidebar(user, profile, search_text, chat_id),
-               ui.server_status: status_markdown(services, profile)}
+               ui.chat_list: page.sidebar(user, shown, search_text, chat_id),
+               ui.server_status: status_markdown(services, profile),
+               ui.stop: stop_button(False)}
 
     @handler(services, "sending a chat message")
     def send(user: User, box_value: Any, ref: Any, chat_id: int | None, tools: bool,
-             rounds: float, frames: float, video: str, search_text: str
+             rounds: float, frames: float, video: str, search_text: str, shown: Any
              ) -> Iterator[dict[Any, Any]]:
         profile = page.profile_of(ref)
         options = options_of(tools, rounds, frames, video)
@@ -96,17 +103,19 @@ def wire(page: ChatPage) -> None:
         history = list(chat.messages) if chat is not None else []
         first = {ui.chatbot: chatbot_messages(history), ui.current: summary.id,
                  ui.box: gr.MultimodalTextbox(value=None), ui.title: summary.title,
-                 ui.chat_list: page.sidebar(user, profile, search_text, summary.id)}
+                 ui.stop: stop_button(True),
+                 ui.chat_list: page.sidebar(user, shown, search_text, summary.id)}
         if started:
             first[ui.server_status] = status_markdown(services, profile, started=True)
         yield first
         yield from stream(user, summary.id, history,
                           engine.send(user, summary.id, prepared, options), search_text,
-                          profile)
+                          shown, profile)
 
     @handler(services, "retrying a chat turn")
     def retry_turn(user: User, ref: Any, chat_id: int | None, tools: bool, rounds: float,
-                   frames: float, video: str, search_text: str) -> Iterator[dict[Any, Any]]:
+                   frames: float, video: str, search_text: str, shown: Any
+                   ) -> Iterator[dict[Any, Any]]:
         profile = page.profile_of(ref)
         options = options_of(tools, rounds, frames, video)
         if chat_id is None:
@@ -118,19 +127,19 @@ def wire(page: ChatPage) -> None:
         history = [m for m in chat.messages if m.position <= last_user.position]
         yield from stream(user, chat.id, history,
                           engine.retry(user, chat.id, profile.id, options), search_text,
-                          profile)
+                          shown, profile)
 
     @handler(services, "stopping a chat turn")
-    def after_stop(user: User, chat_id: int | None) -> Any:
+    def after_stop(user: User, chat_id: int | None) -> tuple[Any, Any]:
         """Show what was saved when the user stopped (the partial answer, marked)."""
         if chat_id is None:
-            return gr.skip()
+            return gr.skip(), stop_button(False)
         chat = page.read_chat(user, chat_id)
         # Gradio closes the stopped generation right after this event starts; it saves
         # the partial answer as it closes.
         if not engine.wait_idle(chat.id, STOP_WAIT_S):
             log.warning("chat %s still answering %.0f s after Stop", chat.id, STOP_WAIT_S)
-        return chatbot_messages(page.read_chat(user, chat.id).messages)
+        return chatbot_messages(page.read_chat(user, chat.id).messages), stop_button(False)
 
     @handler(services, "listing chat tools")
     def list_tools(_user: User) -> str:
@@ -139,17 +148,21 @@ def wire(page: ChatPage) -> None:
         lines += [f"- ⚠️ MCP server *{p.server}*: {p.message}" for p in toolset.problems]
         return "\n".join(lines) or "No tools are available."
 
-    sent = ui.box.submit(send, [ui.box, ui.server, ui.current, *ui.options],
-                         [ui.chatbot, ui.current, ui.box, ui.title, ui.chat_list,
+    sent = ui.box.submit(send, [ui.box, ui.server, ui.current, *ui.options, ui.shown],
+                         [ui.chatbot, ui.current, ui.box, ui.title, ui.chat_list, ui.stop,
                           ui.server_status],
                          api_name="chat_send", concurrency_limit=CHAT_CONCURRENCY,
-                         show_progress="minimal")
-    retried = ui.retry.click(retry_turn, [ui.server, ui.current, *ui.options],
-                             [ui.chatbot, ui.title, ui.chat_list, ui.server_status],
+                         show_progress="minimal", show_progress_on=ui.chatbot)
+    retried = ui.retry.click(retry_turn, [ui.server, ui.current, *ui.options, ui.shown],
+                             [ui.chatbot, ui.title, ui.chat_list, ui.stop, ui.server_status],
                              api_name="chat_retry", concurrency_limit=CHAT_CONCURRENCY,
-                             show_progress="minimal")
+                             show_progress="minimal", show_progress_on=ui.chatbot)
+    # A turn that ended in an error leaves Stop grey too.
+    for turn in (sent, retried):
+        turn.then(lambda: stop_button(False), None, ui.stop, show_progress="hidden",
+                  api_visibility="private")
     # The page sends the cancel once the click's own event is done: keep that event empty,
     # then show what the stopped turn saved.
     ui.stop.click(None, None, None, cancels=[sent, retried]).then(
-        after_stop, ui.current, ui.chatbot, api_name="chat_stop")
+        after_stop, ui.current, [ui.chatbot, ui.stop], api_name="chat_stop")
     ui.show_tools.click(list_tools, None, ui.tools_md, api_name="chat_tools")

@@ -1,4 +1,5 @@
-"""Saved chats: per user and per server, with thinking, tool calls, attachments and timings.
+"""Saved chats: per user (one list, filterable by server), with thinking, tool calls,
+attachments and timings.
 
 A chat points at its server's profile by id, so renaming the profile keeps its chats
 (they show the profile's current name); the name it was started with stays for chats
@@ -87,6 +88,15 @@ class ChatSummary:
 
 
 @dataclass(frozen=True)
+class ChatServer:
+    """A server (profile) the owner has chats with, for the history's server filter."""
+
+    profile_id: int
+    name: str
+    chats: int
+
+
+@dataclass(frozen=True)
 class Chat:
     summary: ChatSummary
     messages: tuple[Message, ...]
@@ -161,6 +171,17 @@ class ChatHistory:
         sql.append("ORDER BY chats.updated_at DESC, chats.id DESC")
         with self._store.reading() as db:
             return [self._to_summary(row) for row in db.query(" ".join(sql), params)]
+
+    def servers(self, owner: User) -> tuple[ChatServer, ...]:
+        """The servers the owner has chats with, by name (chats whose profile was deleted
+        are only in the unfiltered list)."""
+        with self._store.reading() as db:
+            rows = db.query(
+                "SELECT p.id AS profile_id, p.name AS name, count(*) AS chats FROM chats"
+                " JOIN profiles p ON p.id = chats.profile_id WHERE chats.user_id = ?"
+                " GROUP BY p.id ORDER BY p.name COLLATE NOCASE, p.id", [owner.id])
+            return tuple(ChatServer(row["profile_id"], row["name"], row["chats"])
+                         for row in rows)
 
     def get(self, owner: User, chat_id: int) -> Chat:
         summary = self._summary(owner, chat_id)
