@@ -51,13 +51,16 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
     from manager.api.control import build_control_router, control_auth, first_claim
     from manager.api.gateway_routes import build_gateway_router
     from manager.api.key_auth import gateway_auth
-    from manager.api.login import build_auth_router
-    from manager.api.session_gate import SessionGate, current_user
+    from manager.api.login import build_auth_router, font_paths
+    from manager.api.session_gate import PUBLIC_PATHS, SessionGate, current_user
 
     app = FastAPI(title="MLX Model Manager")
+    dashboard = build_dashboard(services)
+    # The sign-in pages wear the dashboard's theme (its CSS is ready once mounted).
     app.include_router(
         build_auth_router(services.auth, secure_cookies=services.settings.secure_cookies,
-                          codes=services.login_codes)
+                          codes=services.login_codes,
+                          theme_css=lambda: dashboard.theme_css)
     )
     # OpenAI/Anthropic endpoint (/v1/*, /metrics): API keys, never the session cookie.
     app.include_router(build_gateway_router(services))
@@ -70,7 +73,6 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
         return user.email if user is not None else None
 
     settings = services.settings
-    dashboard = build_dashboard(services)
     app = gr.mount_gradio_app(
         app,
         dashboard,
@@ -96,7 +98,8 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
     claims = gateway_auth(services)
     if control_token is not None:
         claims = first_claim(control_auth(control_token), claims)
-    app.add_middleware(SessionGate, auth=services.auth, extra_auth=claims)
+    app.add_middleware(SessionGate, auth=services.auth, extra_auth=claims,
+                       public_paths=PUBLIC_PATHS | font_paths(dashboard.theme_css))
     # Outermost, so a preflight from a listed origin is answered before the gate. Gradio
     # adds its own CORS (every localhost origin, or any origin when reached by a LAN
     # address) unless the parent app has a CORSMiddleware: with no origins listed this

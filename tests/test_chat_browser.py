@@ -109,8 +109,9 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
         stop = page.locator("#chat-stop")
         assert stop.is_disabled() and "stop" not in (stop.get_attribute("class") or "")
         say(page, "Talk to me")
-        page.wait_for_selector("#chat-stop.stop:not([disabled])", timeout=30_000)
         page.wait_for_selector(f"{BOT} .bot-row", state="attached", timeout=30_000)
+        # The click waits for Stop to be enabled: the turn's first update enabled it, before
+        # any answer reached the page (no race with a separate event).
         page.click("#chat-stop")
         page.wait_for_selector(f"{BOT} :text('Stopped before the answer was complete.')",
                                timeout=30_000)

@@ -58,7 +58,7 @@ def test_a_chat_streams_thinking_tools_and_answer_and_is_saved(dash: ChatDashboa
     weather = dash.profiles["weather"]
     status = client.predict(weather.id, "", api_name="/chat_pick_server")[1]
     assert "**weather** is ready" in status
-    chatbot, box, title, sidebar, stop, status = send(client, weather.id, "Weather in Paris?")
+    chatbot, box, title, sidebar, status = send(client, weather.id, "Weather in Paris?")
     assert title == "Weather in Paris?" and "Weather in Paris?" in sidebar
     shown = titles(chatbot)
     assert any(t.startswith("Thought for ") for t in shown)
@@ -74,8 +74,8 @@ def test_a_chat_streams_thinking_tools_and_answer_and_is_saved(dash: ChatDashboa
     saved = dash.services.chats.get(alice, chat.id)
     assert [m.role for m in saved.messages] == ["user", "assistant", "tool", "assistant"]
     # Retry answers the last message again, in place of the old answer.
-    chatbot, _title, _sidebar, _stop, _status = client.predict(
-        weather.id, True, 5, 8, "auto", "", api_name="/chat_retry")
+    chatbot, _title, _sidebar, _status = client.predict(weather.id, True, 5, 8, "auto", "",
+                                                       api_name="/chat_retry")
     assert "It is sunny in Paris." in str(chatbot[-1]["content"])
     assert dash.services.chats.get(alice, chat.id).summary.message_count == 2
     # The same session goes on with the same chat (its id is kept on the server).

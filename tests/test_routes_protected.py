@@ -165,7 +165,21 @@ def test_known_gradio_gaps_are_closed(anonymous: LiveDashboard, path: str) -> No
 
 def test_the_public_list_is_small_and_explicit() -> None:
     # /login/code: a one-time sign-in link (GET); its POST checks the session itself.
-    assert PUBLIC_PATHS == {"/login", "/login/code", "/register", "/logout", "/favicon.ico"}
+    assert PUBLIC_PATHS == {"/login", "/login/code", "/register", "/logout", "/favicon.ico",
+                            "/login/theme.css"}
+
+
+def test_the_sign_in_page_gets_the_dashboards_theme_and_fonts_only(
+        anonymous: LiveDashboard) -> None:
+    """Issue 15: the sign-in pages wear the app's theme, so they load it signed out."""
+    with anonymous.client(follow_redirects=False) as client:
+        theme = client.get("/login/theme.css")
+        assert theme.status_code == 200 and theme.headers["content-type"].startswith("text/css")
+        assert "--body-background-fill" in theme.text and ":root.dark" in theme.text
+        fonts = re.findall(r"url\('(/static/fonts/[^']+)'\)", theme.text)
+        assert fonts and all(client.get(font).status_code == 200 for font in fonts)
+        # Only the fonts: the rest of Gradio's static files still need a session.
+        assert client.get("/static/img/logo.svg").status_code == 401
 
 
 def test_with_a_session_the_same_routes_work(dashboard: LiveDashboard) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -15,7 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from manager.accounts.auth import DEVICE_SECONDS, AuthService, User
 from manager.accounts.login_codes import LoginCodes
-from manager.api.session_gate import SESSION_COOKIE
+from manager.api.session_gate import SESSION_COOKIE, THEME_PATH
 from manager.errors import (
     AccountNotActive,
     AuthenticationFailed,
@@ -50,28 +51,59 @@ def client_address(request: Request) -> str:
 
 # --- pages -------------------------------------------------------------------------------
 
+# The dashboard's own theme (Gradio's CSS variables for light and dark) is served to the
+# sign-in pages at THEME_PATH so that both look alike; app.py hands it over.
+_FONT_URL = re.compile(r"""url\((['"]?)static/(fonts/[^'")]+)\1\)""")
+
+# Only the theme's variables: its light values, or its dark ones under `.dark`.
 _STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;background:#0f172a;color:#e2e8f0;
-display:flex;min-height:100vh;align-items:center;justify-content:center;margin:0}
-main{background:#1e293b;padding:2rem 2.25rem;border-radius:14px;width:min(380px,90vw);
-box-shadow:0 10px 30px rgba(0,0,0,.35)}
-h1{font-size:1.3rem;margin:0 0 .25rem}p.sub{margin:0 0 1.25rem;color:#94a3b8;font-size:.9rem}
-label{display:block;font-size:.85rem;margin:.8rem 0 .3rem;color:#cbd5e1}
-input{width:100%;box-sizing:border-box;padding:.6rem .7rem;border-radius:8px;border:1px solid #334155;
-background:#0f172a;color:#e2e8f0;font-size:1rem}
-button{margin-top:1.2rem;width:100%;padding:.65rem;border:0;border-radius:8px;background:#f97316;
-color:#fff;font-weight:600;font-size:1rem;cursor:pointer}
-.msg{padding:.6rem .75rem;border-radius:8px;font-size:.9rem;margin-bottom:.5rem}
-.error{background:#7f1d1d;color:#fecaca}.info{background:#1e3a8a;color:#dbeafe}
-a{color:#fdba74}.alt{margin-top:1rem;font-size:.9rem;color:#94a3b8;text-align:center}
+body{font-family:var(--font);background:var(--body-background-fill);
+color:var(--body-text-color);display:flex;min-height:100vh;align-items:center;
+justify-content:center;margin:0;font-size:16px}
+main{background:var(--block-background-fill);border:1px solid var(--block-border-color);
+padding:2rem 2.25rem;border-radius:var(--radius-lg);width:min(380px,90vw)}
+h1{font-size:1.3rem;margin:0 0 .25rem}p.sub{margin:0 0 1.25rem;font-size:.9rem}
+label{display:block;font-size:.9rem;margin:.8rem 0 .3rem;font-weight:600}
+input{width:100%;box-sizing:border-box;padding:.6rem .7rem;border-radius:var(--input-radius);
+border:1px solid var(--input-border-color);background:var(--input-background-fill);
+color:var(--body-text-color);font:inherit}
+input:focus{outline:2px solid var(--color-accent);outline-offset:1px}
+button{margin-top:1.2rem;width:100%;padding:.65rem;border:0;border-radius:var(--radius-md);
+background:var(--button-primary-background-fill);color:var(--button-primary-text-color);
+font:inherit;font-weight:600;cursor:pointer}
+button:hover{background:var(--button-primary-background-fill-hover)}
+.msg{padding:.6rem .75rem;border-radius:var(--radius-md);font-size:.9rem;margin-bottom:.5rem}
+.error{background:var(--error-background-fill);color:var(--error-text-color);
+border:1px solid var(--error-border-color)}
+.info{background:var(--background-fill-secondary);border:1px solid var(--border-color-primary)}
+a{color:var(--link-text-color)}.alt{margin-top:1rem;font-size:.9rem;text-align:center}
 """
+# Light or dark as the dashboard decides: its ?__theme= (here or in the page the person
+# is sent back to), else the system's preference. Runs before the first paint.
+_THEME_SCRIPT = """(function(){var q=new URLSearchParams(location.search),t=q.get('__theme');
+if(!t){var m=/[?&]__theme=(dark|light)/.exec(q.get('next')||'');t=m&&m[1];}
+if(t==='dark'||(t!=='light'&&matchMedia('(prefers-color-scheme: dark)').matches))
+document.documentElement.classList.add('dark');})();"""
+
+
+def theme_stylesheet(theme_css: str) -> str:
+    """The dashboard's theme CSS as the sign-in pages load it (font URLs made absolute)."""
+    return _FONT_URL.sub(lambda m: f"url('/static/{m.group(2)}')", theme_css)
+
+
+def font_paths(theme_css: str) -> frozenset[str]:
+    """The theme's font files: the sign-in pages need them before anyone is signed in."""
+    return frozenset(f"/static/{m.group(2)}" for m in _FONT_URL.finditer(theme_css))
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     doc = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-        f"<title>{html.escape(title)} · MLX Model Manager</title><style>{_STYLE}</style></head>"
+        "<meta name='color-scheme' content='light dark'>"
+        f"<title>{html.escape(title)} · MLX Model Manager</title>"
+        f"<script>{_THEME_SCRIPT}</script>"
+        f"<link rel='stylesheet' href='{THEME_PATH}'><style>{_STYLE}</style></head>"
         f"<body><main>{body}</main></body></html>"
     )
     return HTMLResponse(doc, status_code=status, headers={"Cache-Control": "no-store"})
@@ -159,10 +191,17 @@ def _same_origin(request: Request) -> bool:
 
 
 def build_auth_router(auth: AuthService, *, secure_cookies: bool = False,
-                      codes: LoginCodes | None = None) -> APIRouter:
+                      codes: LoginCodes | None = None,
+                      theme_css: Callable[[], str] = lambda: "") -> APIRouter:
     """The sign-in pages; with `codes`, also the one-time sign-in links a notebook hands
-    its iframe (manager/accounts/login_codes.py)."""
+    its iframe (manager/accounts/login_codes.py). `theme_css` gives the dashboard's theme
+    (read when asked: the app's theme is ready only once Gradio is mounted)."""
     router = APIRouter()
+
+    @router.get(THEME_PATH, include_in_schema=False)
+    def theme() -> Response:
+        return Response(theme_stylesheet(theme_css()), media_type="text/css",
+                        headers={"Cache-Control": "no-cache"})
 
     def set_cookies(response: Response, request: Request, user: User) -> None:
         token = auth.issue_session(user, user_agent=request.headers.get("user-agent", ""),

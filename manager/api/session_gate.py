@@ -23,8 +23,12 @@ from manager.accounts.auth import AuthService, User
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "mlxm_session"
+#: The dashboard's theme as the sign-in pages load it (manager/api/login.py serves it).
+THEME_PATH = "/login/theme.css"
+#: The sign-in pages and what they load (their theme; app.py adds the theme's fonts).
 #: "/login/code" takes a one-time sign-in link (GET); its POST checks the session itself.
-PUBLIC_PATHS = frozenset({"/login", "/login/code", "/register", "/logout", "/favicon.ico"})
+PUBLIC_PATHS = frozenset({"/login", "/login/code", "/register", "/logout", "/favicon.ico",
+                          THEME_PATH})
 
 # Another authenticator (e.g. API keys for the gateway) can claim a request first.
 ExtraAuth = Callable[[HTTPConnection], Awaitable[bool]]
