@@ -156,6 +156,12 @@ def test_unknown_figures_read_n_a() -> None:
     stats = AnswerStats(12, 20, 340.25, 0.051, 0.2)
     assert stats.label() == "12 prompt + 20 answer tokens · 340.2 tokens/s · first token 0.05 s"
     assert AnswerStats.from_meta(stats.meta()) == stats
+    # A rate that was not measured here says whose it is (issue 15: vision answers).
+    server = AnswerStats(12, 4, 31.5, None, 0.2, rate_basis="server")
+    assert "31.5 tokens/s (the server's figure) · first token n/a" in server.label()
+    assert AnswerStats.from_meta(server.meta()) == server
+    chunks = AnswerStats(12, None, 20.0, 0.05, 0.2, rate_basis="chunks")
+    assert "20.0 chunks/s (the server sent no token count" in chunks.label()
 
 
 @pytest.mark.parametrize(("video", "backend", "mode", "native"), [
@@ -294,12 +300,25 @@ def test_the_vision_model_receives_an_image(env: ChatEnv, tmp_path: Path) -> Non
     assert K.ERROR not in kinds(events), [e.text for e in events if e.kind is K.ERROR]
     stats = next(e.stats for e in events if e.kind is K.STATS)
     assert stats.completion_tokens and stats.completion_tokens > 0
+    # Issue 15: never "n/a tokens/s" for a vision answer (measured, or mlx_vlm's figure).
+    assert stats.tokens_per_s is not None and stats.tokens_per_s > 0
     assert "images=1 audio=0 videos=0" in env.server_log("vision")[log_before:]
     (user, _answer) = env.services.chats.get(env.alice, chat_id).messages
     (attachment,) = user.attachments
     assert attachment.name == "red.png" and attachment.mime == "image/png"
     assert attachment.path.is_file()
     assert env.services.settings.uploads_dir in attachment.path.parents
+
+
+@pytest.mark.slow
+def test_a_vision_answer_streams_token_by_token(env: ChatEnv) -> None:
+    """Issue 15: vision answers seemed to arrive all at once; mlx_vlm streams each token
+    as its own SSE chunk, and the chat passes each one on."""
+    chunks = list(env.services.inference.stream_chat(env.profiles["vision"].id, {
+        "max_tokens": 8, "messages": [{"role": "user", "content": "Say something."}]}))
+    texts = [c.content for c in chunks if c.content]
+    usage = next(c.usage for c in chunks if c.usage is not None)
+    assert len(texts) >= 2 and len(texts) <= usage.completion_tokens
 
 
 @pytest.mark.slow

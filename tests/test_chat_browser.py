@@ -106,6 +106,9 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
         # Stop cancels a generation; what arrived is kept, marked as stopped. At rest it is
         # grey and disabled; it turns red and clickable once the answer is being written.
         pick_server(page, "chatter")
+        # The sent image left the box (a message to a text model must not carry it).
+        page.wait_for_selector("#chat-input .thumbnail-image", state="detached",
+                               timeout=30_000)
         stop = page.locator("#chat-stop")
         assert stop.is_disabled() and "stop" not in (stop.get_attribute("class") or "")
         say(page, "Talk to me")

@@ -16,6 +16,7 @@ from manager.servers.inference import (
     prepare_body,
     with_system_prompt,
 )
+from manager.servers.metering import RateBasis, RequestStats, StreamMeter, Usage
 from manager.servers.profiles import Backend, Profile
 from manager.servers.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
 from tests.server_helpers import ServerEnv, hf_home_env, server_env
@@ -153,3 +154,28 @@ def test_decode_rate_is_none_when_it_cannot_be_measured() -> None:
     assert decode_rate(1, 1.0, 2.0) is None
     assert decode_rate(None, 1.0, 2.0) is None
     assert decode_rate(5, 2.0, 2.0) is None
+
+
+def _metered(chunks: list[tuple[bool, Usage | None, dict]]) -> RequestStats:
+    meter = StreamMeter(1)
+    for has_output, usage, payload in chunks:
+        meter.saw(has_output, usage, payload)
+    return meter.stats(True)
+
+
+def test_a_rate_is_measured_else_the_servers_else_counted_chunks_saying_which() -> None:
+    """Issue 15: a vision answer read "n/a tokens/s" when no chunk carried text."""
+    done = Usage(prompt_tokens=30, completion_tokens=4)
+    measured = _metered([(True, None, {}), (True, None, {}), (False, done, {})])
+    assert measured.rate_basis is RateBasis.MEASURED and measured.tokens_per_s > 0
+    assert measured.ttft_s is not None
+    # mlx_vlm sends no chunk for tokens that decode to nothing, but reports its own rate.
+    vlm = _metered([(False, done, {"timings": {"predicted_per_second": 31.5}})])
+    assert (vlm.tokens_per_s, vlm.rate_basis) == (31.5, RateBasis.SERVER)
+    assert vlm.completion_tokens == 4 and vlm.ttft_s is None
+    # No token count from the server: text chunks are counted, and said to be chunks.
+    counted = _metered([(True, None, {}), (True, None, {}), (True, None, {})])
+    assert counted.rate_basis is RateBasis.CHUNKS and counted.tokens_per_s > 0
+    assert counted.completion_tokens is None
+    assert _metered([(False, done, {"timings": {"predicted_per_second": 0}})]
+                    ).tokens_per_s is None

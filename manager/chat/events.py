@@ -14,7 +14,7 @@ from manager.chat.attachments import DEFAULT_LIMITS, AttachmentLimits
 from manager.chat.history import Message
 from manager.chat.toolset import ToolResult
 from manager.errors import ValidationError
-from manager.servers.inference import RequestStats
+from manager.servers.metering import RateBasis, RequestStats
 from manager.servers.profiles import Profile
 
 DEFAULT_MAX_TOOL_ROUNDS = 5
@@ -129,41 +129,54 @@ class ToolOutcome:
 
 @dataclass(frozen=True)
 class AnswerStats:
-    """Token figures of one request, as the inference client measured them."""
+    """Token figures of one request, as the inference client measured them; `rate_basis`
+    says where tokens/s came from (measured here, the server's figure, or chunks)."""
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     tokens_per_s: float | None = None
     ttft_s: float | None = None
     duration_s: float | None = None
+    rate_basis: str = RateBasis.MEASURED.value
 
     @classmethod
     def of(cls, stats: RequestStats) -> AnswerStats:
         return cls(stats.prompt_tokens, stats.completion_tokens, stats.tokens_per_s,
-                   stats.ttft_s, stats.duration_s)
+                   stats.ttft_s, stats.duration_s, stats.rate_basis.value)
 
     def meta(self) -> dict[str, Any]:
-        return {"prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "tokens_per_s": self.tokens_per_s, "ttft_s": self.ttft_s,
-                "duration_s": self.duration_s}
+        out: dict[str, Any] = {"prompt_tokens": self.prompt_tokens,
+                               "completion_tokens": self.completion_tokens,
+                               "tokens_per_s": self.tokens_per_s, "ttft_s": self.ttft_s,
+                               "duration_s": self.duration_s}
+        if self.rate_basis != RateBasis.MEASURED.value:
+            out["rate_basis"] = self.rate_basis
+        return out
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any] | None) -> AnswerStats | None:
         if not isinstance(meta, Mapping):
             return None
-        return cls(*(meta.get(k) for k in ("prompt_tokens", "completion_tokens",
-                                           "tokens_per_s", "ttft_s", "duration_s")))
+        return cls(meta.get("prompt_tokens"), meta.get("completion_tokens"),
+                   meta.get("tokens_per_s"), meta.get("ttft_s"), meta.get("duration_s"),
+                   str(meta.get("rate_basis") or RateBasis.MEASURED.value))
 
     def label(self) -> str:
-        """"12 prompt + 20 answer tokens · 340.2 tokens/s · first token 0.05 s"; n/a if unknown."""
+        """"12 prompt + 20 answer tokens · 340.2 tokens/s · first token 0.05 s"; n/a if
+        unknown; a rate not measured here says whose it is."""
         def count(n: int | None) -> str:
             return "n/a" if n is None else str(n)
 
-        rate = "n/a" if self.tokens_per_s is None else f"{self.tokens_per_s:.1f}"
+        rate = "n/a tokens/s" if self.tokens_per_s is None else \
+            f"{self.tokens_per_s:.1f} tokens/s"
+        if self.tokens_per_s is not None and self.rate_basis == RateBasis.SERVER.value:
+            rate += " (the server's figure)"
+        elif self.tokens_per_s is not None and self.rate_basis == RateBasis.CHUNKS.value:
+            rate = (f"{self.tokens_per_s:.1f} chunks/s (the server sent no token count; "
+                    "a chunk is about a token)")
         ttft = "n/a" if self.ttft_s is None else f"{self.ttft_s:.2f} s"
         return (f"{count(self.prompt_tokens)} prompt + {count(self.completion_tokens)} answer "
-                f"tokens · {rate} tokens/s · first token {ttft}")
+                f"tokens · {rate} · first token {ttft}")
 
 
 @dataclass(frozen=True)

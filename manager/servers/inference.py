@@ -31,6 +31,8 @@ from manager.net import tls_context
 from manager.servers.abort import Abort
 from manager.servers.assemble import whole_response
 from manager.servers.failure_report import broken_answer, log_size, refusal, stream_error
+from manager.servers.metering import RequestStats, StreamMeter, Usage
+from manager.servers.metering import decode_rate as decode_rate  # where others import it
 from manager.servers.profiles import Backend
 from manager.servers.supervisor import ServerSnapshot, Supervisor
 from manager.servers.vlm_requests import for_mlx_vlm
@@ -67,19 +69,6 @@ class RequestAborted(InferenceError):
 
 
 @dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-    @classmethod
-    def parse(cls, value: object) -> Usage | None:
-        if not isinstance(value, Mapping):
-            return None
-        return cls(_int_or_none(value.get("prompt_tokens")),
-                   _int_or_none(value.get("completion_tokens")))
-
-
-@dataclass(frozen=True)
 class ChatChunk:
     """One streamed piece. `raw` is the server's chunk as parsed JSON and `data` its
     JSON text as sent (the gateway passes it on without encoding it again)."""
@@ -99,20 +88,6 @@ class ChatChunk:
 
 # A generator, not just an iterator: closing it early drops the upstream connection.
 ChunkStream = Generator[ChatChunk, None, None]
-
-
-@dataclass(frozen=True)
-class RequestStats:
-    """What one request measured. None = not measurable (shown "n/a")."""
-
-    profile_id: int
-    finished_at: float  # wall clock
-    duration_s: float
-    ttft_s: float | None
-    tokens_per_s: float | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    ok: bool = True
 
 
 @dataclass(frozen=True)
@@ -194,10 +169,6 @@ class MetricsStore:
 
 
 # --- pure helpers --------------------------------------------------------------------------
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def with_system_prompt(messages: Sequence[Mapping[str, Any]], prompt: str
@@ -282,15 +253,6 @@ def sse_data(response: httpx.Response, min_interval_s: float = STREAM_READ_INTER
                 time.sleep(pause)
     if pending.startswith(b"data:"):
         yield pending[5:].strip().decode()
-
-
-def decode_rate(completion_tokens: int | None, first_at: float | None, last_at: float | None
-                ) -> float | None:
-    """Tokens per second after the first token (prefill excluded)."""
-    if completion_tokens is None or completion_tokens < 2 or first_at is None \
-            or last_at is None or last_at <= first_at:
-        return None
-    return (completion_tokens - 1) / (last_at - first_at)
 
 
 # --- the client ---------------------------------------------------------------------------
@@ -388,9 +350,7 @@ class InferenceClient:
         payload = prepare_body(snap, body, stream=True, completion=path == COMPLETIONS_PATH)
         url = snap.base_url + path
         log_from = log_size(snap.log_path)
-        started = time.perf_counter()
-        first_at = last_at = None
-        usage: Usage | None = None
+        meter = StreamMeter(profile_id)
         ok = False
         http, extensions = self._client(abort)
         try:
@@ -419,11 +379,7 @@ class InferenceClient:
                     if error is not None:  # mlx_vlm's way to fail after the 200 header
                         log.warning("%s failed while answering: %s", snap.profile.name, error)
                         raise InferenceError(f"{snap.profile.name} could not answer: {error}")
-                    if chunk.has_output:
-                        last_at = time.perf_counter()
-                        first_at = first_at or last_at
-                    if chunk.usage is not None:
-                        usage = chunk.usage
+                    meter.saw(chunk.has_output, chunk.usage, decoded)
                     yield chunk
                 if not ok:
                     if abort is not None and abort.is_set():
@@ -439,14 +395,7 @@ class InferenceClient:
         except httpx.HTTPError as exc:
             raise self._failed(snap, exc, abort, log_from) from exc
         finally:
-            completion = usage.completion_tokens if usage else None
-            stats = RequestStats(
-                profile_id=profile_id, finished_at=time.time(),
-                duration_s=time.perf_counter() - started,
-                ttft_s=(first_at - started) if first_at is not None else None,
-                tokens_per_s=decode_rate(completion, first_at, last_at),
-                prompt_tokens=usage.prompt_tokens if usage else None,
-                completion_tokens=completion, ok=ok)
+            stats = meter.stats(ok)
             self.metrics.record(stats)
             if on_stats is not None:
                 on_stats(stats)
