@@ -16,6 +16,7 @@ from typing import Any
 
 import gradio as gr
 
+from components.chat.layout import ALL_SERVERS
 from components.chat.page import ChatPage
 from components.chat.status import status_markdown
 from components.session import handler
@@ -145,7 +146,7 @@ def wire(services: Services, parts: FirstRun, tabs: gr.Tabs, page: ChatPage) -> 
                 ui.server: page.server_update(profile),
                 ui.server_status: status_markdown(services, profile),
                 ui.current: chat.id, ui.title: chat.summary.title, ui.chatbot: [],
-                ui.chat_list: page.sidebar(user, profile, "", chat.id),
+                ui.chat_list: page.sidebar(user, ALL_SERVERS, "", chat.id),
                 ui.tools_on: True}
 
     parts.button.click(
