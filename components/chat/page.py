@@ -58,7 +58,7 @@ class ChatPage:
         with refusals(f"chat {chat_id!r} for {user.email}"):
             return self.services.chats.get(user, int(str(chat_id).strip()))
 
-    def shown_profile(self, shown: Any) -> Profile | None:
+    def shown_profile(self, shown: int | str | None) -> Profile | None:
         """The server the history filter names; None shows every server's chats."""
         if shown is None or str(shown).strip() in ("", ALL_SERVERS):
             return None
@@ -69,7 +69,8 @@ class ChatPage:
             log.info("chat history filter %r names no server: showing all", shown)
             return None
 
-    def sidebar(self, user: User, shown: Any, search_text: str, chat_id: int | None) -> str:
+    def sidebar(self, user: User, shown: int | str | None, search_text: str,
+                chat_id: int | None) -> str:
         """The user's chats (of the server the filter `shown` names, or all)."""
         profile = self.shown_profile(shown)
         found = self.services.chats.list(user, profile.id if profile is not None else None,
@@ -77,7 +78,7 @@ class ChatPage:
         return chat_list_html(found, chat_id, search=search_text or "",
                               server=profile.name if profile is not None else None)
 
-    def filter_update(self, user: User, shown: Any) -> Any:
+    def filter_update(self, user: User, shown: int | str | None) -> Any:
         """The history filter: all servers, or one the user has chats with."""
         profile = self.shown_profile(shown)
         choices: list[tuple[str, Any]] = [("All servers", ALL_SERVERS)]
@@ -95,7 +96,8 @@ class ChatPage:
                     and server_state(self.services, profile) is ServerState.STARTING)
         return gr.Timer(active=starting)
 
-    def opened(self, user: User, chat: Chat, search_text: str, shown: Any) -> dict[Any, Any]:
+    def opened(self, user: User, chat: Chat, search_text: str, shown: int | str | None
+               ) -> dict[Any, Any]:
         """Showing a chat: its messages, title and sidebar, and its server (a chat goes on
         with the server it was started with)."""
         ui = self.ui
@@ -106,7 +108,8 @@ class ChatPage:
                 ui.server: self.server_update(profile),
                 ui.server_status: status_markdown(self.services, profile)}
 
-    def emptied(self, user: User, shown: Any, search_text: str) -> dict[Any, Any]:
+    def emptied(self, user: User, shown: int | str | None, search_text: str
+                ) -> dict[Any, Any]:
         """No chat open (a new one starts with the next message)."""
         ui = self.ui
         return {ui.chatbot: [], ui.current: None, ui.title: "",
