@@ -1,6 +1,7 @@
 """The Chat tab: pick a server, chat with streaming thinking / tool panels, keep chats.
 
-The sidebar lists the signed-in user's chats for the selected server. The open chat's
+The sidebar lists all the signed-in user's chats, each with its server, and a filter
+narrows it to one server. The open chat's
 id lives in a gr.State (kept on the server, per browser tab); a chat id that comes
 from the page (the sidebar, the API) is only ever handed to `services.chats` with the
 signed-in user as owner, so another user's id finds nothing. MCP servers are managed
