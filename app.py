@@ -49,6 +49,7 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
     from components.gradio_queue import QueueVisits, quiet_queue
     from components.views import DASHBOARD_CSS
     from manager.api.control import build_control_router, control_auth, first_claim
+    from manager.api.gateway_front import GatewayFront
     from manager.api.gateway_routes import build_gateway_router
     from manager.api.key_auth import gateway_auth
     from manager.api.login import build_auth_router, font_paths
@@ -63,7 +64,8 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
                           theme_css=lambda: dashboard.theme_css)
     )
     # OpenAI/Anthropic endpoint (/v1/*, /metrics): API keys, never the session cookie.
-    app.include_router(build_gateway_router(services))
+    gateway = build_gateway_router(services)
+    app.include_router(gateway)
     if control_token is not None:
         # `mlx-manager start|stop|run|pull|rm|ps` while this dashboard runs.
         app.include_router(build_control_router(services))
@@ -95,7 +97,8 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
         # Requests wake Gradio's queue from its slow idle poll (inside the gate: a
         # refused request wakes nothing).
         app.add_middleware(QueueVisits, pace=pace)
-    claims = gateway_auth(services)
+    gateway_claim = gateway_auth(services)
+    claims = gateway_claim
     if control_token is not None:
         claims = first_claim(control_auth(control_token), claims)
     app.add_middleware(SessionGate, auth=services.auth, extra_auth=claims,
@@ -111,6 +114,9 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
         allow_headers=["*"],
         allow_credentials=False,
     )
+    # Outermost of all: API requests (no Origin header) go straight to the gateway's
+    # routes, past the stack above, which costs CPU per streamed token.
+    app.add_middleware(GatewayFront, gateway=gateway, claim=gateway_claim)
     return app
 
 
