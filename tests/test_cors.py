@@ -53,6 +53,18 @@ def test_an_unlisted_origin_gets_no_cors_headers(
 @pytest.mark.parametrize("settings", [[LISTED + "/"]], indirect=True)
 def test_a_listed_origin_is_allowed(live_dashboard: LiveDashboard) -> None:
     assert _allow_origin(live_dashboard, LISTED) == LISTED
+    # The gateway too: API clients (no Origin) take its short way in (GatewayFront),
+    # browsers the CORS path; both get the same answer.
+    with live_dashboard.client() as client:
+        browser = client.get("/v1/models", headers={"Origin": LISTED})
+        api = client.get("/v1/models")
+        preflight = client.options("/v1/chat/completions", headers={
+            "Origin": LISTED, "Access-Control-Request-Method": "POST"})
+    assert browser.headers.get("access-control-allow-origin") == LISTED
+    assert "access-control-allow-origin" not in api.headers
+    assert browser.status_code == api.status_code == 401
+    assert browser.json() == api.json()
+    assert preflight.headers.get("access-control-allow-origin") == LISTED
 
 
 @pytest.mark.parametrize("bad", ["*", "https://*.example.org", "tools.example.org",
