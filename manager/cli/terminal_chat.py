@@ -127,7 +127,7 @@ class Repl:
         self._stdin = stdin
         self._out = out
         # Line editing and history where a person types (readline wraps input()).
-        self._interactive = tty and stdin is sys.stdin and stdin.isatty()
+        self._interactive = stdin is sys.stdin and stdin.isatty()
         self._renderer = Renderer(out, tty=tty, verbose=verbose)
 
     def run(self) -> None:
