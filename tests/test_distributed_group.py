@@ -249,3 +249,26 @@ def test_rank_1_through_a_real_sshd_runs_fails_and_stops_with_the_group(
             assert not Path(marker.directory).exists()
         finally:
             env.close()
+
+
+def test_a_host_ssh_cannot_reach_fails_the_group_saying_what_to_do(
+        tmp_path: Path, sshd: SshServer, tiny_models: dict[str, Path]) -> None:
+    hosts = parse_hosts(f"local 127.0.0.1\n{sshd.alias_refused} 127.0.0.1 - "
+                        f"python={sys.executable}")
+    spec = DistributedSpec.checked(hosts, "ring", "tensor", free_port())
+    with hf_home_env(tmp_path / "hf_home"):
+        launcher = GroupLauncher(tmp_path / "data" / "logs",
+                                 remote=SshRanks(SshOptions(config=sshd.client_config)))
+        env = server_env(tmp_path / "data", groups=launcher)
+        try:
+            profile = env.profile("unreachable", tiny_models["text"], distributed=spec)
+            snap = env.supervisor.start(profile.id)
+            # The start's readiness watch sees the group end (ssh exits at once).
+            assert wait_for(lambda: env.supervisor.snapshot(profile.id).state
+                            is ServerState.FAILED, 60)
+            failed = env.supervisor.snapshot(profile.id)
+            assert failed.reason.startswith("Rank 1 could not start: ")
+            assert "connection refused" in failed.reason and "Remote Login" in failed.reason
+            assert leftovers([snap.pid]) == []
+        finally:
+            env.close()

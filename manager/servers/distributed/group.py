@@ -35,7 +35,12 @@ from manager.servers.distributed import roster
 from manager.servers.distributed.hostfile import RankLaunch, launches
 from manager.servers.distributed.sampling import HostSample, HostSampler
 from manager.servers.distributed.spec import DistributedSpec, RankHost
-from manager.servers.distributed.ssh import RemoteRank, SshOptions
+from manager.servers.distributed.ssh import (
+    SSH_FAILED,
+    RemoteRank,
+    SshOptions,
+    explain_failure,
+)
 from manager.servers.logs import cap_log, read_tail
 from manager.servers.process import (
     KILL_WAIT_S,
@@ -167,6 +172,10 @@ class RankGroup:
             code = dead.popen.returncode
             self.failure = f"{dead.label[0].upper()}{dead.label[1:]} exited with " \
                            f"{describe_exit(code)}."
+            if not dead.local and code == SSH_FAILED and dead.where is None:
+                # ssh itself failed before the rank ran there: say what to do about it.
+                why = explain_failure(dead.launch.host.ssh_target, read_tail(dead.log_path))
+                self.failure = f"Rank {dead.launch.rank} could not start: {why.message}"
             log.warning("%s: %s; ending the other ranks", self.name, self.failure)
             self._note_failure(dead)
             self._kill_rest()
