@@ -60,7 +60,7 @@ class ChatDashboard:
         """A dashboard restart: the same data dir, servers left running and adopted."""
         self._stop_http()
         self.services.close(keep_servers=True)
-        settings = Settings(data_dir=self.root / "data", port=free_port())
+        settings = Settings(data_dir=self.root / "data", port=free_port(), warm_spare=False)
         self.services = Services.create(settings)
         self._serve()
         self.users = {email: self.services.auth.get_by_email(email) for email in self.users}
@@ -85,7 +85,8 @@ class ChatDashboard:
 def chat_dashboard(root: Path, specs: dict[str, ProfileSpec]) -> Iterator[ChatDashboard]:
     """Start the servers of `specs` (name -> spec, port filled in) and the dashboard."""
     with hf_home_env(root / "hf_home"):
-        services = Services.create(Settings(data_dir=root / "data", port=free_port()))
+        services = Services.create(Settings(data_dir=root / "data", port=free_port(),
+                                            warm_spare=False))
         dashboard: ChatDashboard | None = None
         try:
             profiles = {}

@@ -21,7 +21,7 @@ from manager.accounts.limits import LoginLimiter, RegistrationLimiter
 from manager.api.login import SESSION_COOKIE
 from manager.net import free_port
 from manager.services import Services
-from manager.settings import Settings
+from manager.settings import WARM_SPARE_ENV, Settings
 from tests.waits import wait_for
 
 pytest_plugins = ["tests.fixtures.plugin"]
@@ -59,9 +59,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_warm_spare_in_child_dashboards() -> Iterator[None]:
+    """Dashboards and CLI commands a test runs (in-process through settings_from_args, or as
+    processes) keep no warm spare: it would import mlx_lm once more after each server start.
+    Settings built in tests say `warm_spare=False` for the same reason; tests/test_*spare*
+    and the Admin tab's switch test the spare itself."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(WARM_SPARE_ENV, "0")
+        yield
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", port=free_port())
+    return Settings(data_dir=tmp_path / "data", port=free_port(), warm_spare=False)
 
 
 @pytest.fixture
@@ -201,7 +212,8 @@ class SharedApp:
 @pytest.fixture(scope="module")
 def module_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """The settings of the app a module shares (a module overrides this to change them)."""
-    return Settings(data_dir=tmp_path_factory.mktemp("shared") / "data", port=free_port())
+    return Settings(data_dir=tmp_path_factory.mktemp("shared") / "data", port=free_port(),
+                    warm_spare=False)
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
         ) -> Iterator[ChatEnv]:
     root = tmp_path_factory.mktemp("chat")
     with hf_home_env(root / "hf_home"):
-        services = Services.create(Settings(data_dir=root / "data", port=free_port()))
+        services = Services.create(Settings(data_dir=root / "data", port=free_port(),
+                                                    warm_spare=False))
         try:
             specs = {
                 "thinking": ProfileSpec(name="thinker", model=str(tiny_models["thinking"])),

@@ -70,7 +70,7 @@ def test_a_running_dashboard_sees_profiles_added_by_the_cli(
 @pytest.mark.slow
 def test_status_prints_what_the_dashboard_runs(tmp_path: Path, tiny_models: dict[str, Path],
                                                hf_home: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", port=free_port())
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), warm_spare=False)
     services = Services.create(settings)
     try:
         from manager.servers.profiles import ProfileSpec

@@ -249,6 +249,7 @@ def test_cancel_removes_the_partial_files(manager: DownloadManager, hub: LocalHu
 def test_an_unfinished_download_resumes_after_a_restart(
         tmp_path: Path, hub: LocalHub, cache: Path, big_repo: str) -> None:
     settings = Settings(data_dir=tmp_path / "data", port=free_port(), hf_endpoint=hub.url,
+                        warm_spare=False,
                         hf_cache_dir=cache)
     hub.throttle_bytes_per_sec = 400_000
     first = Services.create(settings, hasher=TEST_HASHER)

@@ -79,7 +79,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
 
     root = tmp_path_factory.mktemp("gateway")
     with hf_home_env(root / "hf_home"):
-        services = Services.create(Settings(data_dir=root / "data", port=free_port()))
+        services = Services.create(Settings(data_dir=root / "data", port=free_port(),
+                                                    warm_spare=False))
         clock = OffsetClock()
         services.supervisor.clock = clock  # the idle-timeout test moves time forward
         auth = services.auth

@@ -119,7 +119,7 @@ def make_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
         if wanted in made:
             return made[wanted]
         root = tmp_path_factory.mktemp("gateway_limits")
-        services = Services.create(Settings(data_dir=root / "data", port=free_port(),
+        services = Services.create(Settings(data_dir=root / "data", port=free_port(), warm_spare=False,
                                             **settings), run_servers=False,
                                    hasher=TEST_HASHER)
         admin = services.auth.register("alice@example.com", PASSWORD)

@@ -11,6 +11,8 @@ from gradio_client import Client
 
 from manager.accounts.auth import Role, Status
 from manager.api.login import SESSION_COOKIE
+from manager.net import free_port
+from manager.settings import Settings
 from tests.conftest import LiveDashboard
 
 
@@ -18,6 +20,13 @@ def client_for(dashboard: LiveDashboard, email: str) -> Client:
     cookie = dashboard.session_cookie(email)
     return Client(dashboard.url, headers={"Cookie": f"{SESSION_COOKIE}={cookie}"},
                   verbose=False)
+
+
+@pytest.fixture(scope="module")
+def module_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The warm spare left to its default (on, no flag): the Admin tab's switch is tested here.
+    No model server starts in this module, so no spare does either."""
+    return Settings(data_dir=tmp_path_factory.mktemp("admin") / "data", port=free_port())
 
 
 @pytest.fixture

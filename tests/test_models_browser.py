@@ -23,6 +23,7 @@ VL = "mlx-community/tiny-qwen2-vl"
 def settings(tmp_path: Path, hub: LocalHub, hf_home: Path) -> Settings:
     """The dashboard's services talk to the local hub and a throwaway HF cache."""
     return Settings(data_dir=tmp_path / "data", port=free_port(), hf_endpoint=hub.url,
+                    warm_spare=False,
                     hf_cache_dir=hf_home / "hub")
 
 

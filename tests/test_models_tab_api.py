@@ -21,6 +21,7 @@ from tests.fixtures.local_hub import LocalHub
 @pytest.fixture
 def settings(tmp_path: Path, hub: LocalHub, hf_home: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", port=free_port(), hf_endpoint=hub.url,
+                    warm_spare=False,
                     hf_cache_dir=hf_home / "hub")
 
 

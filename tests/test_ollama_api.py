@@ -70,7 +70,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
 
     root = tmp_path_factory.mktemp("ollama_api")
     with hf_home_env(root / "hf_home"):
-        services = Services.create(Settings(data_dir=root / "data", port=free_port()))
+        services = Services.create(Settings(data_dir=root / "data", port=free_port(),
+                                                    warm_spare=False))
         clock = OffsetClock()
         services.supervisor.clock = clock  # keep_alive durations: time moves by hand
         admin = services.auth.register("alice@example.com", PASSWORD)

@@ -61,7 +61,7 @@ def world(tmp_path: Path, tiny_models: dict[str, Path]) -> Iterator[World]:
     sleeper = tmp_path / "sleepy-python"
     sleeper.write_text("#!/bin/sh\nexec sleep 600\n")
     sleeper.chmod(0o755)
-    settings = Settings(data_dir=tmp_path / "data", port=free_port(),
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), warm_spare=False,
                         hf_cache_dir=tmp_path / "hf" / "hub")
     services = Services.create(settings, run_servers=False, hasher=TEST_HASHER)
     supervisor = Supervisor(services.store, services.profiles, settings.logs_dir,

@@ -62,7 +62,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
 
     root = tmp_path_factory.mktemp("responses")
     with hf_home_env(root / "hf_home"):
-        services = Services.create(Settings(data_dir=root / "data", port=free_port(),
+        services = Services.create(Settings(data_dir=root / "data", port=free_port(), warm_spare=False,
                                             gateway_max_body_bytes=MAX_BODY),
                                    hasher=TEST_HASHER)
         auth = services.auth

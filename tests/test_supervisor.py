@@ -273,7 +273,7 @@ def test_idle_timeout_stops_a_server(tmp_path: Path, tiny_models: dict[str, Path
 
 def test_dashboard_restart_adopts_a_running_server(
         tmp_path: Path, tiny_models: dict[str, Path], hf_home: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", port=free_port())
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), warm_spare=False)
     first = Services.create(settings)
     second = None
     try:
@@ -305,7 +305,7 @@ def test_dashboard_restart_adopts_a_running_server(
 
 def test_log_cleanup_at_start_stop_crash_and_exit(tmp_path: Path, tiny_models: dict[str, Path],
                                                   hf_home: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", port=free_port())
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), warm_spare=False)
     settings.ensure_dirs()
     stray = settings.logs_dir / "server-999-1.log"
     stray.write_text("a server of an earlier run that is gone\n")
@@ -388,7 +388,7 @@ def test_stop_during_start_and_a_second_stop(env: ServerEnv, tiny_models: dict[s
 
 def test_auto_start_profiles_start_with_the_dashboard(tmp_path: Path, hf_home: Path,
                                                       tiny_models: dict[str, Path]) -> None:
-    settings = Settings(data_dir=tmp_path / "data", port=free_port())
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), warm_spare=False)
     setup = Services.create(settings, run_servers=False)
     from dataclasses import replace
 

@@ -55,7 +55,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CheckEnv]:
     models = make_check_models(root / "models")
     with hf_home_env(root / "hf_home"):
         (root / "hf_home" / "hub").mkdir(parents=True)
-        services = Services.create(Settings(data_dir=root / "data", port=free_port()),
+        services = Services.create(Settings(data_dir=root / "data", port=free_port(),
+                                            warm_spare=False),
                                    run_servers=False, hasher=TEST_HASHER)
         try:
             profiles = {}

@@ -52,7 +52,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDashboar
     from app import create_app
 
     services = Services.create(Settings(data_dir=tmp_path_factory.mktemp("uploads") / "data",
-                                        port=free_port()))
+                                        port=free_port(), warm_spare=False))
     server, thread = run_uvicorn(create_app(services), services.settings.port)
     live = LiveDashboard(f"http://127.0.0.1:{services.settings.port}", services)
     live.register(USER)
