@@ -155,7 +155,7 @@ def test_serve_with_share_offline_warns_and_keeps_running(tmp_path: Path) -> Non
     proc = _start("serve", "--port", str(port), "--share", data_dir=tmp_path / "data")
     try:
         url = f"http://127.0.0.1:{port}/login"
-        assert wait_for(lambda: _answer(url, proc), 60, f"{url} to answer",
+        assert wait_for(lambda: _answer(url, proc), 120, f"{url} to answer",
                         ignoring=(httpx.TransportError,)).status_code == 200
         # Lines until the share link's outcome (readline blocks until the process says more).
         lines: list[str] = []
