@@ -24,7 +24,7 @@ from manager.net import free_port, port_is_free
 from tests.conftest import PASSWORD
 from tests.waits import wait_for
 
-pytestmark = pytest.mark.slow  # a kernel, and the dashboard started inside it
+pytestmark = [pytest.mark.slow, pytest.mark.browser]  # a kernel running the dashboard, Chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 ADA = "ada@example.com"
