@@ -82,6 +82,12 @@ def build(services: Services, pick: gr.Dropdown) -> None:
         if not allowed(user, Action.SERVER_START, Owned.by(profile.owner_id)):
             raise gr.Error("You cannot start this profile's server, so you cannot run its "
                            "preflight either.")
+        if profile.distributed is not None and profile.distributed.remote_hosts and \
+                not allowed(user, Action.BIND_NETWORK):
+            # It runs programs (and writes models) on other machines with this dashboard's
+            # ssh keys: what an admin decides, like a server reachable from the LAN.
+            raise gr.Error("Only an admin can check or copy to other machines: it logs in "
+                           "to them with this dashboard's ssh keys.")
         snap = services.supervisor.snapshot(profile.id)
         if snap is not None and snap.state.value in _ACTIVE:
             raise gr.Error(f"{profile.name} is running: its ranks hold the ports and memory "

@@ -55,8 +55,12 @@ def test_the_ssh_config_setting_comes_from_env_and_flag(tmp_path: Path) -> None:
     assert Settings.from_env({}).ssh_config is None
     args = build_parser().parse_args(["--ssh-config", str(tmp_path / "flag_cfg")])
     assert settings_from_args(args).ssh_config == tmp_path / "flag_cfg"
-    assert ssh.SshOptions.from_settings(settings_from_args(args)).config == \
-        tmp_path / "flag_cfg"
+    options = ssh.SshOptions.from_settings(settings_from_args(args))
+    assert options.config == tmp_path / "flag_cfg"
+    # Each dashboard (data dir) keeps its remote ranks apart from another's.
+    other = ssh.SshOptions.from_settings(Settings(data_dir=tmp_path / "other"))
+    assert options.ranks_dir.startswith(ssh.RANKS_DIR + "/")
+    assert other.ranks_dir != options.ranks_dir
 
 
 def test_a_remote_command_runs_through_sshd(sshd: SshServer, options: ssh.SshOptions) -> None:

@@ -122,6 +122,9 @@ def test_preflight_shows_one_line_per_host_and_copies_a_missing_model(
     assert (absent / "config.json").is_file()
     with pytest.raises(Exception, match="runs on one machine"):
         client.predict(str(single.id), api_name="/profile_preflight")
+    # Logging in to other machines with the dashboard's keys is an admin's call.
+    with pytest.raises(Exception, match="Only an admin"):
+        client_for(dashboard, BOB).predict(str(pair.id), api_name="/profile_preflight")
 
 
 def test_the_distributed_section_saves_hosts_and_shows_a_bad_line_on_its_box(

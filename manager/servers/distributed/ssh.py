@@ -14,6 +14,7 @@ a `pid` file, which is how a later preflight finds a stale rank.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import shlex
@@ -60,7 +61,11 @@ class SshOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SshOptions:
-        return cls(config=settings.ssh_config)
+        """This dashboard's options. Its remote ranks live in a ranks dir of its own (named
+        after its data dir), so another dashboard's ranks on a shared host are not its
+        stale ranks, and it never stops them."""
+        digest = hashlib.sha256(str(settings.data_dir).encode()).hexdigest()[:12]
+        return cls(config=settings.ssh_config, ranks_dir=f"{RANKS_DIR}/{digest}")
 
 
 def ssh_argv(target: str, remote_command: str, options: SshOptions) -> list[str]:
