@@ -14,6 +14,7 @@ from manager.accounts.auth import User
 from manager.errors import Conflict, PermissionDenied, ValidationError
 from manager.models.hf_cache import cached_repo_ids, resolve_model
 from manager.net import free_port
+from manager.servers.distributed.spec import DistributedSpec, parse_hosts
 from manager.servers.profiles import (
     Backend,
     ProfileSpec,
@@ -248,3 +249,33 @@ def test_a_backend_without_an_api_key_is_never_bound_beyond_loopback(
         assert "mlx_lm's server has no API key option" in error.message
         assert "would let anyone on the network use it" in error.message
     assert services.profiles.list() == []
+
+
+def test_only_admins_save_ranks_on_other_machines_or_network_addresses(
+        services: Services, tiny_models: dict[str, Path]) -> None:
+    auth = services.auth
+    admin = auth.register("admin@example.com", PASSWORD)
+    alice = auth.add_user("alice@example.com", PASSWORD)
+    model = tiny_models["text"]
+
+    def ranks(text: str) -> DistributedSpec:
+        return DistributedSpec.checked(parse_hosts(text), base_port=free_port())
+
+    # Another machine through the dashboard's ssh keys, with an interpreter of alice's
+    # choosing; or a rank listening on a LAN address.
+    for hosts in ("local 127.0.0.1\nmac2 192.168.1.11 python=/tmp/anything",
+                  "local 192.168.1.10\nlocal 127.0.0.1"):
+        with pytest.raises(PermissionDenied, match="Only an administrator may save a profile "
+                                                   "with ranks on other machines"):
+            services.profiles.create(alice, spec(model, name="pool", distributed=ranks(hosts)))
+    assert services.profiles.list() == []
+    # Two ranks on this machine's loopback are anyone's; turning them remote is not.
+    mine = services.profiles.create(alice, spec(model, name="pool", distributed=ranks(
+        "local 127.0.0.1\nlocal 127.0.0.1")))
+    with pytest.raises(PermissionDenied):
+        services.profiles.update(alice, mine.id, replace(mine.spec(), distributed=ranks(
+            "local 127.0.0.1\nmac2 192.168.1.11")))
+    assert services.profiles.get(mine.id).distributed == mine.distributed
+    pooled = services.profiles.update(admin, mine.id, replace(mine.spec(), distributed=ranks(
+        "local 127.0.0.1\nmac2 192.168.1.11")))
+    assert pooled.distributed is not None and not pooled.distributed.hosts[1].is_local

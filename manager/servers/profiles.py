@@ -377,6 +377,7 @@ class ProfileService:
         require(actor, Action.PROFILE_CREATE)
         cleaned, _ = validate(spec, others=self.list(), hub_cache=self.hub_cache,
                               is_free=self._is_free)
+        _require_remote_rights(actor, cleaned)
         key = _network_key(actor, cleaned, None)
         now = utc_now()
         placeholders = ", ".join("?" for _ in _COLUMNS)
@@ -402,6 +403,7 @@ class ProfileService:
         cleaned, _ = validate(spec, others=others, hub_cache=self.hub_cache,
                               current_port=current.port,
                               is_free=self._is_free)
+        _require_remote_rights(actor, cleaned)
         key = _network_key(actor, cleaned, current.server_key)
         assignments = ", ".join(f"{c} = ?" for c in _COLUMNS)
         try:
@@ -461,6 +463,19 @@ def unguarded_exposure(profile: Profile) -> str | None:
             "anyone on the network could use it. Set its host to 127.0.0.1 (other machines "
             "reach it through this dashboard's API with a key), or have an admin save it "
             "again with a vision backend, which gets its own key.")
+
+
+def _require_remote_rights(actor: User | None, cleaned: ProfileSpec) -> None:
+    """Ranks on other machines run through the dashboard's own ssh keys, and ranks on a
+    LAN address listen there without any key: both are an administrator's call."""
+    dist = cleaned.distributed
+    if dist is None or allowed(actor, Action.BIND_NETWORK):
+        return
+    if any(not h.is_local or not is_loopback(h.address) for h in dist.hosts):
+        raise PermissionDenied(
+            "Only an administrator may save a profile with ranks on other machines or on a "
+            "network address: the dashboard reaches those hosts with its own ssh keys. Keep "
+            "every host local on 127.0.0.1, or ask an administrator.")
 
 
 def _network_key(actor: User | None, cleaned: ProfileSpec, current: str | None) -> str | None:
