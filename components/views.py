@@ -23,18 +23,19 @@ from manager.units import format_bytes, format_duration
 def header_html(user: User | None, pending: int) -> str:
     """The top bar: product name, the signed-in email, the admin's pending badge, logout."""
     if user is None:
-        return "<div class='mm-header'><strong>MLX Model Manager</strong></div>"
+        return "<div class='mm-header'><h1 class='mm-title'>MLX Model Manager</h1></div>"
     badge = ""
     if user.is_admin and pending > 0:
         label = f"{pending} account{'s' if pending != 1 else ''} waiting for approval"
         badge = (
-            f"<span class='mm-badge' id='pending-badge' title='{label}' "
+            f"<span class='mm-badge' id='pending-badge' title='{label}' role='status' "
             f"aria-label='{label}'>{pending}</span>"
         )
     role = "admin" if user.is_admin else "user"
     return (
         "<div class='mm-header'>"
-        "<strong class='mm-title'>MLX Model Manager</strong>"
+        # The page's one level-one heading (screen readers navigate by it).
+        "<h1 class='mm-title'>MLX Model Manager</h1>"
         "<span class='mm-spacer'></span>"
         f"{badge}"
         f"<span class='mm-user' id='current-user'>{html.escape(user.email)}"
@@ -55,7 +56,7 @@ def admin_tab_label(pending: int) -> str:
 
 DASHBOARD_CSS = """
 .mm-header{display:flex;align-items:center;gap:.75rem;padding:.25rem .25rem .5rem}
-.mm-title{font-size:1.15rem}.mm-spacer{flex:1}
+#mm-header h1.mm-title{font-size:1.15rem;font-weight:700;margin:0;line-height:inherit}.mm-spacer{flex:1}
 .mm-badge{background:#dc2626;color:#fff;border-radius:999px;padding:.1rem .55rem;
 font-size:.8rem;font-weight:700}
 .mm-user{font-size:.9rem}.mm-role{opacity:.7}
