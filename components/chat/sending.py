@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 
 #: How often a streaming answer is pushed to the page (structural events go at once).
 PUSH_EVERY_S = 0.08
+#: Each redraw draws the whole growing message again (its markdown), so a long answer
+#: pushed every PUSH_EVERY_S costs the page more per second than it has and the text
+#: falls behind the model: past this many characters redrawn per second the pushes
+#: space out, up to PUSH_MAX_S apart.
+REDRAW_CHARS_PER_S = 40_000
+PUSH_MAX_S = 0.4
 #: How long Stop waits for the stopped generation to save its partial answer.
 STOP_WAIT_S = 10.0
 #: Generations that may stream at the same time (each waits on its own server).
@@ -40,6 +46,13 @@ _STRUCTURAL = frozenset({
     ChatEventKind.THINKING_ENDED, ChatEventKind.TOOL_STARTED, ChatEventKind.TOOL_FINISHED,
     ChatEventKind.ERROR, ChatEventKind.DONE,
 })
+_STREAMED = frozenset({ChatEventKind.ANSWER, ChatEventKind.THINKING})
+
+
+def push_interval(streamed_chars: int) -> float:
+    """Seconds between two pushes of an answer that has `streamed_chars` so far: about
+    12 a second for a short one, fewer as it grows (issue 12 goal 5)."""
+    return min(PUSH_MAX_S, max(PUSH_EVERY_S, streamed_chars / REDRAW_CHARS_PER_S))
 
 
 def options_of(tools: bool, rounds: float | None, frames: float | None,
@@ -71,12 +84,15 @@ def wire(page: ChatPage) -> None:
         """Push the turn to the page as it happens, then show exactly what was saved."""
         view = TurnView(history)
         pushed = 0.0
+        streamed = 0  # characters of thinking and answer so far
         yield {ui.stop: stop_button(True)}
         with closing(events):
             for event in events:
                 view.apply(event)
+                if event.kind in _STREAMED:
+                    streamed += len(event.text)
                 now = time.monotonic()
-                if event.kind in _STRUCTURAL or now - pushed >= PUSH_EVERY_S:
+                if event.kind in _STRUCTURAL or now - pushed >= push_interval(streamed):
                     pushed = now
                     yield {ui.chatbot: view.messages()}
         chat = chats.get(user, chat_id)
