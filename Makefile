@@ -20,10 +20,12 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# Everything that needs no model server and no browser (tests marked slow are left out).
+# Everything that needs no model server and no browser (tests marked slow are left out),
+# on FAST_WORKERS pytest-xdist workers; a file's tests stay on one worker (its shared app).
+FAST_WORKERS ?= 2
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" -q -n $(FAST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -18,11 +18,20 @@ from tests.conftest import LiveDashboard
 from tests.fixtures.local_hub import LocalHub
 
 
+@pytest.fixture(scope="module")
+def module_settings(tmp_path_factory: pytest.TempPathFactory, local_hub: LocalHub) -> Settings:
+    """The module's one app downloads from the local hub into its own cache."""
+    root = tmp_path_factory.mktemp("models_tab")
+    return Settings(data_dir=root / "data", port=free_port(), hf_endpoint=local_hub.url,
+                    hf_cache_dir=root / "hf" / "hub", warm_spare=False)
+
+
 @pytest.fixture
-def settings(tmp_path: Path, hub: LocalHub, hf_home: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", port=free_port(), hf_endpoint=hub.url,
-                    warm_spare=False,
-                    hf_cache_dir=hf_home / "hub")
+def dashboard(shared_live_dashboard: LiveDashboard, hub: LocalHub,
+              hf_home: Path) -> LiveDashboard:
+    """The module's one app on a socket (gradio_client needs one), handed over as new, with
+    the hub reset and a throwaway HF_HOME."""
+    return shared_live_dashboard
 
 
 @pytest.fixture
