@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 
+from manager.api.anthropic import StreamTranslator, sse
 from manager.api.prometheus import escape_label, render
 from manager.api.stream_formats import AnthropicFormat, OpenAIPassthrough
 from manager.api.wire import (
@@ -343,3 +344,26 @@ def test_sse_data_reassembles_lines_across_reads_and_skips_comments() -> None:
     assert list(sse_data(stream, min_interval_s=0)) == ['{"a": 1}', '{"b": 2}', "[DONE]"]
     # Paced reading hands on everything that was read, in order.
     assert list(sse_data(stream, min_interval_s=0.001)) == ['{"a": 1}', '{"b": 2}', "[DONE]"]
+
+
+def test_anthropic_text_and_thinking_deltas_written_from_templates_are_the_same_bytes() -> None:
+    """AnthropicFormat writes most deltas from byte templates (StreamTranslator.next_delta):
+    the bytes must be those the event builder writes, for every kind of chunk."""
+    chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "reasoning": "hm"}}]},
+              {"choices": [{"index": 0, "delta": {"reasoning": "m \"q\" é\n"}}]},
+              {"choices": [{"index": 0, "delta": {"content": "Hi", "tool_calls": []}}]},
+              {"choices": [{"index": 0, "delta": {"content": " there ✓", "reasoning": None}}]},
+              {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "t1",
+               "function": {"name": "f", "arguments": "{}"}}]}}]},
+              {"choices": [{"index": 0, "delta": {"content": "after"}}]},
+              {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+              {"choices": [], "usage": USAGE}]
+    fast = AnthropicFormat("tiny")
+    slow = StreamTranslator("tiny", message_id=fast.translator.message_id)
+    templated = 0
+    for chunk in chunks:
+        templated += fast.translator._started and fast.translator.next_delta(chunk) is not None
+        expected = b"".join(sse(name, data) for name, data in slow.feed(chunk))
+        assert fast.feed(chunk) == expected
+    assert templated == 2  # the second thinking chunk and the second text chunk
+    assert fast.finish() == b"".join(sse(name, data) for name, data in slow.finish())

@@ -333,6 +333,27 @@ class StreamTranslator:
             if choice.get("finish_reason"):
                 self._stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
 
+    def next_delta(self, chunk: Mapping[str, Any]) -> bytes | None:
+        """The SSE bytes for a chunk that only adds text or thinking to the open block
+        (most chunks), written without building the event; None for any other chunk
+        (then `feed` it). The same bytes `feed` gives, encoded by `sse`."""
+        choices = chunk.get("choices")
+        if not self._started or chunk.get("usage") or not choices or len(choices) != 1:
+            return None
+        choice = choices[0]
+        delta = choice.get("delta")
+        if choice.get("finish_reason") or not delta or delta.get("tool_calls"):
+            return None
+        content, thinking = delta.get("content"), reasoning_of(delta)
+        if content and not thinking and self._open == "text":
+            head, text = _TEXT_DELTA, str(content)
+        elif thinking and not content and self._open == "thinking":
+            head, text = _THINKING_DELTA, thinking
+        else:
+            return None
+        return b"".join((_DELTA_EVENT, str(self._index).encode(), head,
+                         json.dumps(text).encode(), b"}}\n\n"))
+
     def finish(self) -> Iterator[Event]:
         if not self._started:
             yield from self.start()
@@ -388,6 +409,12 @@ class StreamTranslator:
             yield self._delta({"type": "signature_delta", "signature": ""})
         yield "content_block_stop", {"type": "content_block_stop", "index": self._index}
         self._open, self._tool_slot = None, None
+
+
+# The pieces of a text or thinking content_block_delta, as `sse` writes it.
+_DELTA_EVENT = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+_TEXT_DELTA = b',"delta":{"type":"text_delta","text":'
+_THINKING_DELTA = b',"delta":{"type":"thinking_delta","thinking":'
 
 
 def sse(event: str, data: Mapping[str, Any]) -> bytes:

@@ -106,7 +106,8 @@ class AnthropicFormat(ChunkFormat):
         self.translator = StreamTranslator(model, input_tokens=input_tokens)
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
-        return _sse_events(self.translator.feed(chunk))
+        quick = self.translator.next_delta(chunk)
+        return quick if quick is not None else _sse_events(self.translator.feed(chunk))
 
     def finish(self) -> bytes:
         return _sse_events(self.translator.finish())

@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,8 @@ class _Reader(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A socket transport (not an asyncio.Transport instance under uvloop).
+        self.transport = cast(asyncio.Transport, transport)
         self._watchdog = self._loop.call_later(self._read_timeout_s, self._check_silence)
 
     def data_received(self, data: bytes) -> None:
