@@ -21,7 +21,11 @@ Then requests/s of GET /v1/models with 32 concurrent clients, against the mlx_lm
 server's own /v1/models and the dashboard's public /login page as baselines.
 
 Run: .venv/bin/python -m bench.gateway [--rounds 30] [--tokens 200] [--streams 1,8]
-     [--routes chat,messages,responses,ollama]
+     [--routes chat,messages,responses,ollama] [--baseline CHECKOUT]
+
+With --baseline (e.g. a `git worktree` of the code before a change) a second dashboard
+runs that code with its own model server; the two take turns every few rounds, so both
+are measured under the same load and their figures can be compared.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -170,54 +174,71 @@ def upstream_ttft(base: str, auth: dict[str, str]) -> tuple[float, int]:
 Side = tuple[str, dict, dict, Route]  # url, body, headers, how to read the stream
 
 
-def compare(concurrency: int, rounds: int, gateway: Side, direct: Side,
-            dashboard: psutil.Process, metrics: Callable[[], tuple[float, int]],
-            idle_share: float) -> tuple[float, float, float, float]:
-    """Paired rounds: each round runs both sides back to back (the order alternates), so
-    load from elsewhere on the machine hits both; statistics are over the pairs.
-    Returns (added TTFT p50 ms, p95 ms, tokens/s ratio, CPU us per token)."""
-    clients = [httpx.Client(timeout=120) for _ in range(concurrency)]
-    added_ms: list[float] = []  # per pair: gateway TTFT - direct TTFT (medians of the round)
-    ratios: list[float] = []  # per pair: gateway tokens/s over direct tokens/s
-    ttft: dict[str, list[float]] = {"gateway": [], "direct": []}
-    cpu_s, wall_s, tokens = 0.0, 0.0, 0  # the dashboard's, during gateway rounds
+@dataclass
+class Tally:
+    """One gateway's figures against the direct stream, over any number of rounds."""
+
+    added_ms: list[float] = field(default_factory=list)  # per pair: gateway - direct TTFT
+    ratios: list[float] = field(default_factory=list)  # per pair: gateway / direct tokens/s
+    ttft: dict[str, list[float]] = field(default_factory=lambda: {"gateway": [], "direct": []})
     # Per gateway round: client TTFT minus the TTFT the gateway measured from its own
     # request to the server, i.e. the time the gateway adds whatever the server's
     # scheduling does (mlx_lm only admits requests to a running batch between bursts).
-    own_ms: list[float] = []
+    own_ms: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0  # the dashboard's, during gateway rounds
+    wall_s: float = 0.0
+    tokens: int = 0
+    rounds: int = 0
+
+
+def measure(tally: Tally, concurrency: int, rounds: int, gateway: Side, direct: Side,
+            dashboard: psutil.Process, metrics: Callable[[], tuple[float, int]], *,
+            warm: bool = True) -> Tally:
+    """Paired rounds: each round runs both sides back to back (the order alternates), so
+    load from elsewhere on the machine hits both; statistics are over the pairs."""
+    clients = [httpx.Client(timeout=120) for _ in range(concurrency)]
     with ThreadPoolExecutor(concurrency) as pool:
-        for side in (gateway, direct):  # warm both paths
-            run_round(pool, clients, *side)
+        if warm:
+            for side in (gateway, direct):
+                run_round(pool, clients, *side)
         for n in range(rounds):
             pair: dict[str, list[Stream]] = {}
             order = [("gateway", gateway), ("direct", direct)]
-            for name, side in order if n % 2 == 0 else reversed(order):
+            for name, side in order if (tally.rounds + n) % 2 == 0 else reversed(order):
                 if name == "gateway":
                     seen = metrics()
                 cpu_before, wall_before = process_cpu_s(dashboard), time.perf_counter()
                 pair[name] = run_round(pool, clients, *side)
                 if name == "gateway":
-                    cpu_s += process_cpu_s(dashboard) - cpu_before
-                    wall_s += time.perf_counter() - wall_before
-                    tokens += sum(s.decode_tokens + 1 for s in pair[name])
+                    tally.cpu_s += process_cpu_s(dashboard) - cpu_before
+                    tally.wall_s += time.perf_counter() - wall_before
+                    tally.tokens += sum(s.decode_tokens + 1 for s in pair[name])
                     total, count = metrics()
                     upstream = (total - seen[0]) / max(1, count - seen[1])
-                    client = statistics.mean(s.ttft_s for s in pair[name])
-                    own_ms.append((client - upstream) * 1000)
+                    seen_by_client = statistics.mean(s.ttft_s for s in pair[name])
+                    tally.own_ms.append((seen_by_client - upstream) * 1000)
             first = {k: statistics.median(s.ttft_s * 1000 for s in v) for k, v in pair.items()}
             rate = {k: sum(s.decode_tokens for s in v) / sum(s.decode_s for s in v)
                     for k, v in pair.items()}
-            added_ms.append(first["gateway"] - first["direct"])
-            ratios.append(rate["gateway"] / rate["direct"])
+            tally.added_ms.append(first["gateway"] - first["direct"])
+            tally.ratios.append(rate["gateway"] / rate["direct"])
             for k, v in pair.items():
-                ttft[k] += [s.ttft_s * 1000 for s in v]
+                tally.ttft[k] += [s.ttft_s * 1000 for s in v]
+    tally.rounds += rounds
     for client in clients:
         client.close()
-    added_p50, added_p95 = percentile(added_ms, 0.5), percentile(added_ms, 0.95)
-    ratio = statistics.median(ratios)
-    route = gateway[3].path
-    print(f"{route}, {concurrency} stream(s), {rounds} paired rounds: TTFT p50 direct "
-          f"{percentile(ttft['direct'], 0.5):.1f} ms, gateway "
+    return tally
+
+
+def report(tally: Tally, route: str, concurrency: int, idle_share: float,
+           label: str = "") -> tuple[float, float, float, float]:
+    """Prints the figures; returns (added TTFT p50 ms, p95 ms, tokens/s ratio, CPU us per
+    token)."""
+    added_p50, added_p95 = percentile(tally.added_ms, 0.5), percentile(tally.added_ms, 0.95)
+    ratio = statistics.median(tally.ratios)
+    ttft, ratios, own_ms = tally.ttft, tally.ratios, tally.own_ms
+    print(f"{label}{route}, {concurrency} stream(s), {tally.rounds} paired rounds: TTFT p50 "
+          f"direct {percentile(ttft['direct'], 0.5):.1f} ms, gateway "
           f"{percentile(ttft['gateway'], 0.5):.1f} ms; added TTFT p50 {added_p50:+.2f} ms, "
           f"p95 {added_p95:+.2f} ms (goal p50 <= {TTFT_GOAL_MS:g}) "
           f"{'OK' if added_p50 <= TTFT_GOAL_MS else 'ABOVE GOAL'}")
@@ -228,6 +249,7 @@ def compare(concurrency: int, rounds: int, gateway: Side, direct: Side,
     print(f"  TTFT the gateway itself adds (client TTFT - the gateway's own upstream TTFT, "
           f"per round): p50 {own_p50:.2f} ms, p95 {percentile(own_ms, 0.95):.2f} ms "
           f"{'OK' if own_p50 <= TTFT_GOAL_MS else 'ABOVE GOAL'}")
+    cpu_s, wall_s, tokens = tally.cpu_s, tally.wall_s, tally.tokens
     per_token = cpu_s / tokens * 1e6
     net = max(0.0, cpu_s - idle_share * wall_s) / tokens * 1e6
     print(f"  dashboard CPU while streaming: {per_token:.0f} us per token "
@@ -295,6 +317,82 @@ def prepare(root: Path, tokens: int) -> tuple[str, int, Path]:
     return key, profile.port, model
 
 
+@dataclass(frozen=True)
+class Dashboard:
+    """One dashboard under test, its own model server and the direct stream to it."""
+
+    label: str
+    process: subprocess.Popen[bytes]
+    base: str
+    auth: dict[str, str]
+    data_dir: Path
+    direct: Side
+
+    @property
+    def proc(self) -> psutil.Process:
+        return psutil.Process(self.process.pid)
+
+    def metrics(self) -> tuple[float, int]:
+        return upstream_ttft(self.base, self.auth)
+
+
+def start_dashboard(label: str, code: Path, root: Path, tokens: int,
+                    env: dict[str, str] | None = None) -> Dashboard:
+    """A data dir made by `code`'s own bench (so its migrations), then its dashboard, its
+    model server started by a first request."""
+    root.mkdir(parents=True)
+    made = subprocess.run(  # noqa: S603 - argv list, no shell
+        [sys.executable, "-c", "import json, sys; from bench.gateway import prepare; "
+         "k, p, m = prepare(__import__('pathlib').Path(sys.argv[1]), int(sys.argv[2])); "
+         "print(json.dumps([k, p, str(m)]))", str(root), str(tokens)],
+        cwd=code, check=True, capture_output=True, text=True)
+    key, server_port, model = json.loads(made.stdout.strip().splitlines()[-1])
+    port = free_port()
+    process = subprocess.Popen(  # noqa: S603 - argv list, no shell
+        [sys.executable, str(code / "app.py"), "serve", "--data-dir", str(root / "data"),
+         "--port", str(port), "--log-level", "warning"],
+        cwd=code, start_new_session=True, stdout=subprocess.DEVNULL,
+        # Every round uses the one key: no per-minute limit while measuring speed.
+        env={**os.environ, "MLX_MANAGER_GATEWAY_REQUESTS_PER_MINUTE": "0", **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {key}"}
+    chat = ROUTES["chat"]
+    direct: Side = (f"http://127.0.0.1:{server_port}/v1/chat/completions",
+              {**chat.body(tokens), "model": model}, {}, chat)
+    board = Dashboard(label, process, base, auth, root / "data", direct)
+    deadline = time.monotonic() + 300  # a loaded machine imports slowly
+    last_error: Exception | None = None
+    while True:
+        try:
+            if httpx.get(base + "/login", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError as exc:
+            # Not listening yet; give up at the deadline with the last error.
+            last_error = exc
+        if time.monotonic() > deadline or process.poll() is not None:
+            stop_dashboard(board)
+            raise RuntimeError(f"the dashboard did not start ({last_error!r})")
+        time.sleep(0.2)
+    # The first request starts the server on demand.
+    httpx.post(base + chat.path, headers=auth, timeout=120,
+               json={**chat.body(tokens), "stream": False}).raise_for_status()
+    return board
+
+
+def stop_dashboard(board: Dashboard) -> None:
+    os.killpg(board.process.pid, signal.SIGTERM)
+    try:
+        board.process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(board.process.pid, signal.SIGKILL)
+        board.process.wait()
+    stop_leftovers(board.data_dir)
+
+
+#: With --baseline, the two dashboards take turns in blocks of this many rounds.
+BLOCK = 5
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -303,74 +401,68 @@ def main() -> int:
     parser.add_argument("--routes", default=",".join(ROUTES),
                         help="gateway routes to measure: " + ", ".join(ROUTES))
     parser.add_argument("--no-rps", action="store_true", help="skip the /v1/models test")
+    parser.add_argument("--baseline", type=Path, help="a checkout of the code to compare "
+                        f"with, measured in the same run (turns of {BLOCK} rounds)")
+    parser.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the baseline's dashboard only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         os.environ["HF_HOME"] = str(root / "hf_home")
         os.environ["HF_HUB_OFFLINE"] = "1"
         (root / "hf_home" / "hub").mkdir(parents=True)
-        key, server_port, model = prepare(root, args.tokens)
-        port = free_port()
-        dashboard = subprocess.Popen(  # noqa: S603 - argv list, no shell
-            [sys.executable, str(ROOT / "app.py"), "serve", "--data-dir", str(root / "data"),
-             "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-            # Every round uses the one key: no per-minute limit while measuring speed.
-            env={**os.environ, "MLX_MANAGER_GATEWAY_REQUESTS_PER_MINUTE": "0"})
+        boards: list[Dashboard] = []
         try:
-            base = f"http://127.0.0.1:{port}"
-            auth = {"Authorization": f"Bearer {key}"}
-            deadline = time.monotonic() + 300  # a loaded machine imports slowly
-            last_error: Exception | None = None
-            while True:
-                try:
-                    if httpx.get(base + "/login", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError as exc:
-                    # Not listening yet; give up at the deadline with the last error.
-                    last_error = exc
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the dashboard did not start ({last_error!r})")
-                time.sleep(0.2)
-            # The first request starts the server on demand.
-            chat = ROUTES["chat"]
-            httpx.post(base + chat.path, headers=auth, timeout=120,
-                       json={**chat.body(args.tokens), "stream": False}).raise_for_status()
-            direct = (f"http://127.0.0.1:{server_port}/v1/chat/completions",
-                      {**chat.body(args.tokens), "model": str(model)}, {}, chat)
-            proc = psutil.Process(dashboard.pid)
-            idle = idle_cpu_share(proc)
-            print(f"tiny model, max_tokens {args.tokens}; the idle dashboard uses "
-                  f"{idle * 100:.1f}% of a core (Gradio's queue polling, the monitor)")
-            for name in args.routes.split(","):
-                route = ROUTES[name]
-                if not route_available(base, auth, route, args.tokens):
-                    print(f"{route.path}: not on this build, skipped")
-                    continue
-                gateway = (base + route.path, route.body(args.tokens), auth, route)
-                for concurrency in (int(n) for n in args.streams.split(",")):
-                    rounds = args.rounds if concurrency == 1 else max(4, args.rounds // 2)
-                    compare(concurrency, rounds, gateway, direct, proc,
-                            lambda: upstream_ttft(base, auth), idle)
-            print(f"the idle dashboard afterwards: {idle_cpu_share(proc) * 100:.1f}% of a core")
-            if args.no_rps:
-                return 0
-            gw_rps = asyncio.run(requests_per_s(base + "/v1/models", auth))
-            server_rps = asyncio.run(requests_per_s(
-                f"http://127.0.0.1:{server_port}/v1/models", {}))
-            login_rps = asyncio.run(requests_per_s(base + "/login", {}))
-            print(f"GET /v1/models, 32 concurrent clients: gateway {gw_rps:.0f} req/s; "
-                  f"mlx_lm's own /v1/models {server_rps:.0f} req/s "
-                  f"(ratio {gw_rps / server_rps:.2f}); dashboard /login {login_rps:.0f} req/s "
-                  f"(ratio {gw_rps / login_rps:.2f})")
+            boards.append(start_dashboard("", ROOT, root / "this", args.tokens))
+            if args.baseline is not None:
+                env = dict(item.split("=", 1) for item in args.baseline_env)
+                boards.append(start_dashboard("baseline: ", args.baseline.resolve(),
+                                              root / "baseline", args.tokens, env))
+                boards[0] = replace(boards[0], label="this code: ")
+            return run(args, boards)
         finally:
-            os.killpg(dashboard.pid, signal.SIGTERM)
-            try:
-                dashboard.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(dashboard.pid, signal.SIGKILL)
-                dashboard.wait()
-            stop_leftovers(root / "data")
+            for board in boards:
+                stop_dashboard(board)
+
+
+def run(args: argparse.Namespace, boards: list[Dashboard]) -> int:
+    idle = {b.label: idle_cpu_share(b.proc) for b in boards}
+    for board in boards:
+        print(f"{board.label}tiny model, max_tokens {args.tokens}; the idle dashboard uses "
+              f"{idle[board.label] * 100:.1f}% of a core (Gradio's queue polling, the monitor)")
+    for name in args.routes.split(","):
+        route = ROUTES[name]
+        here = [b for b in boards if route_available(b.base, b.auth, route, args.tokens)]
+        for board in set(boards) - set(here):
+            print(f"{board.label}{route.path}: not on this build, skipped")
+        for concurrency in (int(n) for n in args.streams.split(",")):
+            rounds = args.rounds if concurrency == 1 else max(4, args.rounds // 2)
+            tallies = {b.label: Tally() for b in here}
+            block = BLOCK if len(here) > 1 else rounds
+            for done in range(0, rounds, block):
+                turn = here if (done // block) % 2 == 0 else here[::-1]
+                for board in turn:
+                    gateway = (board.base + route.path, route.body(args.tokens), board.auth,
+                               route)
+                    measure(tallies[board.label], concurrency, min(block, rounds - done),
+                            gateway, board.direct, board.proc, board.metrics, warm=done == 0)
+            for board in here:
+                report(tallies[board.label], route.path, concurrency, idle[board.label],
+                       board.label)
+    for board in boards:
+        print(f"{board.label}the idle dashboard afterwards: "
+              f"{idle_cpu_share(board.proc) * 100:.1f}% of a core")
+    if args.no_rps:
+        return 0
+    board = boards[0]
+    server = board.direct[0].rsplit("/v1/", 1)[0]
+    gw_rps = asyncio.run(requests_per_s(board.base + "/v1/models", board.auth))
+    server_rps = asyncio.run(requests_per_s(server + "/v1/models", {}))
+    login_rps = asyncio.run(requests_per_s(board.base + "/login", {}))
+    print(f"GET /v1/models, 32 concurrent clients: gateway {gw_rps:.0f} req/s; "
+          f"mlx_lm's own /v1/models {server_rps:.0f} req/s "
+          f"(ratio {gw_rps / server_rps:.2f}); dashboard /login {login_rps:.0f} req/s "
+          f"(ratio {gw_rps / login_rps:.2f})")
     return 0
 
 
