@@ -433,7 +433,7 @@ def run(args: argparse.Namespace, boards: list[Dashboard]) -> int:
     for name in args.routes.split(","):
         route = ROUTES[name]
         here = [b for b in boards if route_available(b.base, b.auth, route, args.tokens)]
-        for board in set(boards) - set(here):
+        for board in (b for b in boards if b not in here):
             print(f"{board.label}{route.path}: not on this build, skipped")
         for concurrency in (int(n) for n in args.streams.split(",")):
             rounds = args.rounds if concurrency == 1 else max(4, args.rounds // 2)
