@@ -2,9 +2,9 @@
 
 Every gateway path (/v1, /api, /metrics) answers to API keys only, never to a session
 (key_auth.py). The dashboard's stack in front of its routes (CORS, the session gate,
-FastAPI's exception, exit-stack and body-limit layers, then routing past Gradio's mount)
-serves the pages; for a gateway request it only adds work: a layer per request and a
-wrapper coroutine per streamed write (bench/gateway.py measures the CPU per token).
+the exception and exit-stack middlewares, then routing past Gradio's mount) serves the
+pages; for a gateway request it only adds work: layers per request and wrapper
+coroutines per streamed write (bench/gateway.py measures the CPU per token).
 
 `GatewayFront` sits outermost (inside Starlette's own error middleware, which turns an
 escaped exception into a 500 as before): it claims a gateway request with the same
