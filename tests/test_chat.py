@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image
 
 from manager.accounts.auth import User
 from manager.chat.attachments import AttachmentError
-from manager.chat.engine import ChatEngine
+from manager.chat.engine import STOPPED, ChatEngine
 from manager.chat.events import (
     NOT_RUN,
     AnswerStats,
@@ -497,3 +498,28 @@ def test_a_server_killed_mid_answer_keeps_the_chat_going(env: ChatEnv) -> None:
     assert len(text_of(events, K.ANSWER)) > 0
     assert [m.role for m in services.chats.get(env.alice, chat_id).messages] == [
         "user", "assistant", "user", "assistant", "user", "assistant"]
+
+
+@pytest.mark.slow
+def test_stop_asked_from_another_thread_ends_the_turn_it_does_not_own(env: ChatEnv) -> None:
+    """The Stop button's event runs beside the streaming one: it cannot close a generator
+    busy in another thread, so it asks the engine, and the turn ends on its own."""
+    chat_id = env.new_chat("text")
+    assert env.engine.stop(chat_id) is False  # nothing runs yet
+    events = env.engine.turn(env.alice, chat_id, env.profiles["text"].id, "Talk to me")
+    seen: list[ChatEvent] = []
+    for event in events:
+        seen.append(event)
+        if event.kind is K.ANSWER:
+            break
+    stopper = threading.Thread(target=env.engine.stop, args=(chat_id,))
+    stopper.start()
+    stopper.join()
+    seen.extend(events)  # the turn runs to its end by itself, not through close()
+    assert seen[-1].kind is K.DONE
+    assert any(e.kind is K.ERROR and e.text == STOPPED for e in seen)
+    assert env.engine.wait_idle(chat_id, 0) and not env.engine.running(chat_id)
+    (_, answer) = env.services.chats.get(env.alice, chat_id).messages
+    assert answer.content and answer.meta["stopped"] is True
+    assert answer.meta["error"] == STOPPED
+    assert answer.meta.get("completion_tokens") is None or answer.meta["completion_tokens"] < 4000

@@ -151,8 +151,10 @@ def wire(page: ChatPage) -> None:
         if chat_id is None:
             return gr.skip(), stop_button(False)
         chat = page.read_chat(user, chat_id)
-        # Gradio closes the stopped generation right after this event starts; it saves
-        # the partial answer as it closes.
+        # Gradio cancels the generation too, but its generator, busy in a worker thread,
+        # closes only once it yields: the engine is told directly, and saves the partial
+        # answer as the turn ends.
+        engine.stop(chat.id)
         if not engine.wait_idle(chat.id, STOP_WAIT_S):
             log.warning("chat %s still answering %.0f s after Stop", chat.id, STOP_WAIT_S)
         return chatbot_messages(page.read_chat(user, chat.id).messages), stop_button(False)

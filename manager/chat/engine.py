@@ -67,6 +67,9 @@ from manager.servers.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
+#: What a stopped answer says of itself (saved with it as its error).
+STOPPED = "Stopped before the answer was complete."
+
 MAX_TEXT = 100_000
 #: A growing answer is written to SQLite at most this often (and once more at the end).
 SAVE_EVERY_S = 1.0
@@ -91,6 +94,7 @@ class ChatEngine:
         # Chats with a turn in progress (chat id -> count), so Stop can wait for the save.
         self._turns = threading.Condition()
         self._running: dict[int, int] = {}
+        self._stops: set[int] = set()  # chats whose running turn was asked to stop
 
     # -- public ---------------------------------------------------------------------------
 
@@ -189,6 +193,21 @@ class ChatEngine:
         with self._turns:
             return self._running.get(chat_id, 0) > 0
 
+    def stop(self, chat_id: int) -> bool:
+        """Ask this chat's running turn to end after the chunk it is reading; it saves
+        what arrived, marked as stopped. Closing the turn's generator does the same, but
+        a generator busy in another thread (Gradio's, under load) cannot be closed until
+        it yields, so Stop does not rely on that alone. False if nothing was running."""
+        with self._turns:
+            if not self._running.get(chat_id):
+                return False
+            self._stops.add(chat_id)
+            return True
+
+    def _stop_asked(self, chat_id: int) -> bool:
+        with self._turns:
+            return chat_id in self._stops
+
     def wait_idle(self, chat_id: int, timeout: float) -> bool:
         """Wait (bounded) until no turn of this chat runs, e.g. after Stop: the partial
         answer is saved when the stopped turn closes. False if still running."""
@@ -238,6 +257,7 @@ class ChatEngine:
                 self._running[chat_id] -= 1
                 if not self._running[chat_id]:
                     del self._running[chat_id]
+                    self._stops.discard(chat_id)
                 self._turns.notify_all()
 
     def _answer_turn(self, owner: User, chat_id: int, profile: Profile,
@@ -265,7 +285,7 @@ class ChatEngine:
             yield ChatEvent(ChatEventKind.NOTE, text=note)
         rounds_run = 0
         number = 0
-        while True:
+        while not self._stop_asked(chat_id):
             number += 1
             draft = Draft(profile, number, notes=notes if number == 1 else [])
             yield ChatEvent(ChatEventKind.ROUND, round=number)
@@ -324,6 +344,9 @@ class ChatEngine:
                             yield self._thinking_event(event, draft)
                     if chunk.has_output:
                         self._save(owner, chat_id, draft)
+                    if self._stop_asked(chat_id):
+                        self._keep_stopped(owner, chat_id, draft, received)
+                        return
                 for event in draft.parser.finish():
                     yield self._thinking_event(event, draft)
         except ManagerError as exc:  # the server died, refused, timed out or is loading
@@ -334,14 +357,7 @@ class ChatEngine:
             draft.error = exc.message
         except GeneratorExit:
             # Stop: keep what arrived so far, marked as stopped.
-            log.info("chat %s: stopped during round %s", chat_id, draft.round)
-            draft.parser.finish()
-            draft.thinking_cut = draft.parser.unfinished
-            draft.stopped = True
-            draft.error = "Stopped before the answer was complete."
-            if received:
-                draft.stats = AnswerStats.of(received[-1])
-            self._save(owner, chat_id, draft, force=True)
+            self._keep_stopped(owner, chat_id, draft, received)
             raise
         if received:
             draft.stats = AnswerStats.of(received[-1])
@@ -349,6 +365,18 @@ class ChatEngine:
         message = self._save(owner, chat_id, draft, force=True)
         if message is not None:
             yield ChatEvent(ChatEventKind.SAVED, message=message, round=draft.round)
+
+    def _keep_stopped(self, owner: User, chat_id: int, draft: Draft,
+                      received: Sequence[RequestStats]) -> None:
+        """Stop: keep what arrived so far, marked as stopped."""
+        log.info("chat %s: stopped during round %s", chat_id, draft.round)
+        draft.parser.finish()
+        draft.thinking_cut = draft.parser.unfinished
+        draft.stopped = True
+        draft.error = STOPPED
+        if received:
+            draft.stats = AnswerStats.of(received[-1])
+        self._save(owner, chat_id, draft, force=True)
 
     def _thinking_event(self, event: ThinkingEvent, draft: Draft) -> ChatEvent:
         kinds = {
