@@ -136,6 +136,48 @@ def test_a_remote_rank_runs_in_its_own_group_and_stops_leaving_nothing(
         local.wait()
 
 
+def test_a_rank_stopped_before_its_marker_arrived_is_ended_by_its_pid_file(
+        sshd: SshServer, options: ssh.SshOptions, tmp_path: Path) -> None:
+    """A stop in a remote rank's first moments: the ssh client is ended (as the group
+    does) with the marker unread, and the rank on the host is still ended."""
+    program = ("import os, subprocess, sys, time\n"
+               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+               "print('child', child.pid, flush=True)\n"
+               "time.sleep(600)\n")
+    spec = DistributedSpec.checked([RankHost("local", "127.0.0.1:5000"),
+                                    RankHost(sshd.alias, "127.0.0.1:5001")])
+    launch = RankLaunch(rank=1, host=spec.hosts[1], argv=(sys.executable, "-c", program),
+                        env={"MLX_RANK": "1"}, files={})
+    ranks = SshRanks(options)
+    log_path = tmp_path / "rank1.log"
+    with log_path.open("wb") as out:
+        local = subprocess.Popen(ranks.argv(launch, "test-early-r1"), stdout=out,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        child = wait_for(lambda: _child_pid(log_path), what="the rank's first output")
+        rank = find_marker(log_path)
+        assert rank is not None
+        group = [psutil.Process(rank.pid), psutil.Process(child)]
+        local.kill()  # the ssh client is gone; nothing read the marker
+        local.wait(timeout=30)
+        assert any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in group)
+        assert ranks.stop_unlocated(launch, "test-early-r1", 10.0)
+        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                                 for p in group), what="the rank's process group to end")
+        assert not Path(rank.directory).exists()
+        # A rank that never started there (no pid file) is nothing to stop.
+        assert ranks.stop_unlocated(launch, "test-never-r1", 5.0)
+    finally:
+        local.kill()
+        local.wait()
+
+
+def _child_pid(path: Path) -> int | None:
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("child "):
+            return int(line.split()[1])
+    return None
+
 def _json_line(path: Path) -> dict[str, object] | None:
     for line in path.read_text(errors="replace").splitlines():
         if line.startswith("{"):

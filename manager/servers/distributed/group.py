@@ -22,7 +22,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -68,6 +68,8 @@ class RemoteRanks(Protocol):
     def locate(self, log_path: Path) -> RemoteRank | None: ...
 
     def stop(self, launch: RankLaunch, where: RemoteRank, grace_s: float) -> bool: ...
+
+    def stop_unlocated(self, launch: RankLaunch, rank_id: str, grace_s: float) -> bool: ...
 
     def sampler(self, hosts: Sequence[tuple[RankHost, str]]) -> HostSampler: ...
 
@@ -254,17 +256,29 @@ class RankGroup:
             roster.write_roster(self._roster, [_entry(r) for r in self._ranks])
 
     def _stop_rank(self, rank: _Rank, grace_s: float) -> None:
+        remote = self._remote
         where = rank.where
-        if not rank.local and self._remote is not None and where is None:
-            where = self._remote.locate(rank.log_path)
-        if self._remote is not None and where is not None:
-            try:
-                if not self._remote.stop(rank.launch, where, grace_s):
-                    log.warning("%s: %s may still run on its host", self.name, rank.label)
-            except ManagerError as exc:
-                log.warning("%s: could not stop %s over ssh: %s", self.name, rank.label,
-                            exc.message)
+        if not rank.local and remote is not None and where is None:
+            where = remote.locate(rank.log_path)
+        if not rank.local and remote is not None and where is None:
+            # Stopped before its log named its pid: end the ssh client first (no start
+            # can follow), then the rank by the pid file its shell wrote on its host.
+            terminate(rank.popen.pid, rank.popen, None, 2.0)
+            self._stop_remote(rank, lambda: remote.stop_unlocated(rank.launch, rank.rank_id,
+                                                                  grace_s))
+            return
+        if remote is not None and where is not None:
+            located = where
+            self._stop_remote(rank, lambda: remote.stop(rank.launch, located, grace_s))
         terminate(rank.popen.pid, rank.popen, None, grace_s if rank.local else 2.0)
+
+    def _stop_remote(self, rank: _Rank, stop: Callable[[], bool]) -> None:
+        try:
+            if not stop():
+                log.warning("%s: %s may still run on its host", self.name, rank.label)
+        except ManagerError as exc:
+            log.warning("%s: could not stop %s over ssh: %s", self.name, rank.label,
+                        exc.message)
 
     def _kill_rest(self) -> None:
         """Lock held. SIGKILL the local ranks (and reap them) now; remote ranks are ended

@@ -59,6 +59,10 @@ class SshRanks:
         return ssh.stop_remote_rank(launch.host.ssh_target, where, self.options,
                                     timeout_s=grace_s)
 
+    def stop_unlocated(self, launch: RankLaunch, rank_id: str, grace_s: float) -> bool:
+        return ssh.stop_unlocated_rank(launch.host.ssh_target, rank_id, self.options,
+                                       timeout_s=grace_s)
+
     def sampler(self, hosts: Sequence[tuple[RankHost, str]]) -> HostSampler:
         """Memory and CPU of each host (with the interpreter its rank runs there)."""
         return HostSampler(hosts, self.options)

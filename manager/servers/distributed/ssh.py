@@ -224,6 +224,27 @@ def kill_argv(target: str, pgid: int, options: SshOptions, signal_name: str = "T
     return ssh_argv(target, kill_script(pgid, signal_name), options)
 
 
+def stop_unlocated_rank(target: str, rank_id: str, options: SshOptions,
+                        timeout_s: float = 10.0) -> bool:
+    """Stop a rank whose marker never reached us (a stop in its first moments): its shell
+    wrote its pid, which is its process group, to its dir before anything else. True when
+    nothing of it is left (or it never started there)."""
+    if not _ID_RE.match(rank_id):
+        raise ManagerError(f"{rank_id!r} cannot name a rank (letters, digits, . _ - only).")
+    wait_ticks = max(1, int(timeout_s * 10))
+    script = (
+        f'd="$HOME"/{options.ranks_dir}/{rank_id}; '
+        'g=$(cat "$d/pid" 2>/dev/null); '
+        'case "$g" in ""|*[!0-9]*|0|1) g="" ;; esac; '
+        'if [ -n "$g" ]; then kill -TERM -- -$g 2>/dev/null; n=0; '
+        f'while kill -0 -- -$g 2>/dev/null && [ $n -lt {wait_ticks} ]; '
+        'do sleep 0.1; n=$((n+1)); done; kill -KILL -- -$g 2>/dev/null; fi; '
+        'rm -rf "$d"; if [ -n "$g" ] && kill -0 -- -$g 2>/dev/null; '
+        'then echo alive; else echo gone; fi')
+    done = run_remote(target, script, options, timeout_s=timeout_s + 30)
+    return done.stdout.strip().endswith("gone")
+
+
 def stop_remote_rank(target: str, rank: RemoteRank, options: SshOptions,
                      timeout_s: float = 10.0) -> bool:
     """TERM the rank's process group, wait up to `timeout_s` on the host, then KILL; removes
