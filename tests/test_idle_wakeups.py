@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from typing import Any
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import gradio as gr
 import httpx
@@ -25,6 +27,8 @@ from manager.cli.serving import DashboardServer
 from manager.net import free_port
 from tests.waits import wait_for
 
+T = TypeVar("T")
+
 
 @pytest.fixture(scope="module")
 def queue() -> Any:
@@ -32,6 +36,13 @@ def queue() -> Any:
     with gr.Blocks() as blocks:
         gr.Markdown("idle")
     return blocks._queue
+
+
+def run_on_a_thread(scenario: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on a thread of its own: the session's Playwright browser keeps a running
+    loop on the main thread once a browser test ran, and asyncio.run refuses to nest."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, scenario).result()
 
 
 async def until(condition: object, timeout: float = 30.0) -> bool:
@@ -64,7 +75,7 @@ def test_the_queue_polls_slowly_until_a_request_and_again_after_everyone_left(qu
         assert await until(lambda: not pace.fast)
         assert queue.sleep_when_free == IDLE_EVENT_POLL_S
 
-    asyncio.run(scenario())
+    run_on_a_thread(scenario())
 
 
 def test_every_request_through_the_middleware_wakes_the_pace(queue: Any) -> None:
@@ -82,7 +93,7 @@ def test_every_request_through_the_middleware_wakes_the_pace(queue: Any) -> None
             assert pace.fast and queue.sleep_when_free == EVENT_POLL_S
             return status
 
-    assert asyncio.run(scenario()) == 204
+    assert run_on_a_thread(scenario()) == 204
 
 
 def test_a_stop_wakes_the_idle_serving_loop() -> None:
