@@ -3,6 +3,7 @@ free port, a real browser."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -57,6 +58,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("browser") and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_reaches_child_processes() -> None:
+    """A suite started in the background (`make test &`, nohup) runs with SIGINT ignored,
+    and every process the tests start would inherit that: the Ctrl-C tests then saw a
+    pull finish instead of pausing. Python's own handler is not inherited across exec, so
+    children get the default again."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="session")
