@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -48,15 +49,20 @@ def _run(argv: list[str]) -> str | None:
         return None
 
 
+def _psutil() -> Any:
+    """psutil where this host's Python has it, else None (this program runs without it)."""
+    if importlib.util.find_spec("psutil") is None:
+        return None
+    return importlib.import_module("psutil")
+
+
 def memory() -> dict[str, int | None]:
     """Total and available bytes: psutil, else /proc/meminfo (Linux), else sysctl and
     vm_stat (macOS: free + inactive + speculative + purgeable pages)."""
-    try:
-        import psutil
+    psutil = _psutil()
+    if psutil is not None:
         vm = psutil.virtual_memory()
         return {"total": int(vm.total), "available": int(vm.available)}
-    except ImportError:
-        pass
     meminfo = Path("/proc/meminfo")
     if meminfo.exists():
         fields = {}
@@ -82,11 +88,9 @@ def memory() -> dict[str, int | None]:
 
 def cpu_percent() -> float | None:
     """Whole-host CPU use over a short window (0-100)."""
-    try:
-        import psutil
+    psutil = _psutil()
+    if psutil is not None:
         return float(psutil.cpu_percent(interval=0.2))
-    except ImportError:
-        pass
     stat = Path("/proc/stat")
     if stat.exists():
         def times() -> list[int]:
