@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import socket
 import ssl
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +28,38 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+class _RecentPorts:
+    """The ports free_port handed out lately in this process. The system may give back a
+    port it just gave: nothing listens there yet, so it is "free" again. Callers that ask
+    for several ports before starting anything (a test making 17 profiles) need distinct ones."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._lock = threading.Lock()
+        self._ports: collections.deque[int] = collections.deque(maxlen=size)
+
+    def claim(self, port: int) -> bool:
+        """Record `port`; False when it was handed out lately."""
+        with self._lock:
+            if port in self._ports:
+                return False
+            self._ports.append(port)
+            return True
+
+
+_recent = _RecentPorts()
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A port the system says is free on `host` now (another process may still take it)."""
+    """A port the system says is free on `host` now, not one this process was given lately
+    (another process may still take it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if _recent.claim(port):
+            return port
+        log.debug("port %s was handed out lately; asking for another", port)
 
 
 @functools.cache

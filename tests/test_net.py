@@ -56,3 +56,10 @@ def test_the_shared_tls_context_is_made_once_and_verifies() -> None:
     assert tls_context() is context
     assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
     assert context.cert_store_stats()["x509_ca"] > 0  # the CA bundle is loaded
+
+
+def test_free_port_does_not_hand_out_the_same_port_twice() -> None:
+    # The kernel's port 0 picks repeat within a few hundred calls once nothing holds them;
+    # a fixture that makes 17 profiles with free_port() each once got a duplicate.
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)
