@@ -122,6 +122,7 @@ class Services:
             # Adopt servers an earlier run left running, then clear logs nobody needs.
             supervisor.adopt_or_reap()
             supervisor.cleanup_logs()
+            tool_check.results.close_interrupted()  # a check the last run was in never ends
             placement.auto_start()
             spares.start({p.backend for p in profiles.list()})  # one per backend in use
             monitor.start()

@@ -195,3 +195,25 @@ def test_the_measured_badge_sits_beside_the_guessed_one_on_a_model_tile(
     assert "Measured by the tool-use check on 2026-12-02 01:02 UTC" in html
     assert "tools · guessed" in local_tile_html(model, None, can_delete=False)
     assert "mm-chip-measured" not in local_tile_html(model, None, can_delete=False)
+
+
+def test_a_check_cut_off_by_a_crash_is_stopped_on_the_next_start(
+        services: Services, tmp_path: Path) -> None:
+    # The dashboard died mid-check: its run stayed "running" forever and never left the
+    # history's spinner. The next start that owns the data dir closes it as stopped.
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen3"}')
+    profile = services.profiles.create(None, ProfileSpec(name="p", model=str(model)))
+    store = services.tool_check.results
+    cut_off = store.open_run(profile_id=profile.id, profile_name="p", model="m",
+                             revision="abc", setup={}, user_id=None, total=3)
+    assert store.run(cut_off).status is RunStatus.RUNNING
+
+    restarted = Services.create(services.settings, run_servers=True)
+    try:
+        run = restarted.tool_check.results.run(cut_off)
+    finally:
+        restarted.close()
+    assert run.status is RunStatus.STOPPED and run.finished_at is not None
+    assert store.close_interrupted() == 0  # nothing left running

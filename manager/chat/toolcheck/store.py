@@ -88,6 +88,20 @@ class CheckStore:
                        [status.value, utc_now(), run_id])
         return self.run(run_id)
 
+    def close_interrupted(self) -> int:
+        """Mark runs still "running" from an earlier process as stopped: that process ended
+        (a crash, a kill) mid-check, so nothing will finish them. Call it only where one
+        process owns the data dir (the dashboard at start). How many were closed."""
+        with self._store.connect() as db:
+            cursor = db.execute(
+                "UPDATE tool_check_runs SET status = ?, finished_at = ? WHERE status = ?",
+                [RunStatus.STOPPED.value, utc_now(), RunStatus.RUNNING.value])
+            closed = cursor.rowcount
+        if closed:
+            log.warning("%d tool check(s) were cut off when the manager last stopped; "
+                        "marked stopped", closed)
+        return closed
+
     def run(self, run_id: int) -> CheckRun:
         with self._store.reading() as db:
             row = next(db.query("SELECT * FROM tool_check_runs WHERE id = ?", [run_id]), None)
