@@ -47,6 +47,7 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
 
     from components.dashboard import build_dashboard
     from components.gradio_queue import QueueVisits, quiet_queue
+    from components.theme import THEME_CSS, dashboard_theme
     from components.views import DASHBOARD_CSS
     from manager.api.control import build_control_router, control_auth, first_claim
     from manager.api.gateway_front import GatewayFront
@@ -80,7 +81,8 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
         dashboard,
         path="/",
         auth_dependency=gradio_user,
-        css=DASHBOARD_CSS,
+        css=DASHBOARD_CSS + THEME_CSS,
+        theme=dashboard_theme(),
         max_file_size=MAX_UPLOAD,
         allowed_paths=[str(settings.uploads_dir)],
         blocked_paths=[str(settings.db_path), f"{settings.db_path}-wal",

@@ -66,7 +66,7 @@ def user_choices(users: list[User]) -> list[tuple[str, int]]:
 def build(services: Services) -> TabLoader:
     """Builds the tab; returns a loader that fills it for the user of a request."""
     auth = services.auth
-    gr.Markdown("### Accounts")
+    gr.Markdown("## Accounts")
     table = gr.Dataframe(headers=COLUMNS, datatype=DATATYPES, interactive=False,
                          elem_id="users-table", wrap=True)
     with gr.Row():

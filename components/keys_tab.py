@@ -97,7 +97,7 @@ def build(services: Services) -> TabLoader:
     keys = services.api_keys
     settings = services.settings
     fallback = f"http://{settings.host}:{settings.port}"
-    gr.Markdown("### API keys\nOne address for every profile: point any OpenAI or Anthropic "
+    gr.Markdown("## API keys\nOne address for every profile: point any OpenAI or Anthropic "
                 "client at it with one of your keys.")
     base = gr.Textbox(label="Base URL (OpenAI clients add /v1)", interactive=False,
                       buttons=["copy"], elem_id="keys-base-url")

@@ -176,7 +176,7 @@ def pick_choices(profiles: list[Profile]) -> list[tuple[str, str]]:
 
 def build(services: Services) -> TabLoader:
     profiles = services.profiles
-    gr.Markdown("### Profiles")
+    gr.Markdown("## Profiles")
     with gr.Row(equal_height=True):
         # Choices arrive per page load; the server re-checks every id anyway.
         pick = gr.Dropdown(label="Profile", choices=[("➕ New profile", NEW)], value=NEW,

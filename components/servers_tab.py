@@ -112,7 +112,7 @@ def profile_choices(services: Services) -> list[str]:
 
 def build(services: Services) -> TabLoader:
     supervisor, monitor, placement = services.supervisor, services.monitor, services.placement
-    gr.Markdown("### Servers")
+    gr.Markdown("## Servers")
     with gr.Row(equal_height=True):
         profile = gr.Dropdown(label="Profile", choices=[], filterable=True, scale=4,
                               allow_custom_value=True,

@@ -37,7 +37,7 @@ from manager.services import Services
 
 log = logging.getLogger(__name__)
 
-INTRO = ("### Does this model use tools correctly?\nThe check asks the profile's model "
+INTRO = ("## Does this model use tools correctly?\nThe check asks the profile's model "
          "questions that need the built-in weather and calculator tools (and some that need "
          "none), through the same path as the Chat tab, at temperature 0, and grades each "
          "answer. Results are kept, so a re-run after changing the profile shows whether it "

@@ -1,6 +1,6 @@
 """How the dashboard looks to a person, in headless Chromium (issue 15 item 9): the
 sign-in pages and the app wear one theme, light or dark as the system (or ?__theme=)
-asks; and an axe-core scan of the sign-in pages and every tab finds no critical
+asks; and an axe-core scan of the sign-in pages and every tab finds no critical or serious
 accessibility violation (every field has an accessible name)."""
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ log = logging.getLogger(__name__)
 ALICE = "alice@example.com"
 # axe-core as published on npm, shipped inside the axe-playwright-python wheel.
 AXE_JS = (resources.files("axe_playwright_python") / "axe.min.js").read_text()
-# Contrast is checked on the sign-in pages only: on the tabs it is the slowest rule by far
-# (every text node) and only ever "serious" (Gradio's own theme colours, see the report).
-SCAN_JS = """async (contrast) => {
-  const results = await axe.run(document, {resultTypes: ['violations'],
-    rules: {'color-contrast': {enabled: contrast}}});
+# Contrast (the slowest rule: every text node) is checked everywhere: Gradio's default
+# colours for primary and delete buttons, field hints and code fell short of 4.5:1 until
+# components/theme.py.
+SCAN_JS = """async () => {
+  const results = await axe.run(document, {resultTypes: ['violations']});
   return results.violations.map((v) => ({id: v.id, impact: v.impact, help: v.help,
     nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' '))}));
 }"""
@@ -35,11 +35,11 @@ LOOK_JS = """(text) => [getComputedStyle(document.body).backgroundColor,
 SIGN_IN, APP = "main", ".gradio-container"
 
 
-def scan(page, where: str, *, contrast: bool) -> list[dict]:  # noqa: ANN001 - a Page
+def scan(page, where: str) -> list[dict]:  # noqa: ANN001 - a Page
     """axe-core's violations on the page as it is now (logged, for the report)."""
     if not page.evaluate("typeof axe !== 'undefined'"):  # once per document
         page.evaluate(AXE_JS)
-    found = page.evaluate(SCAN_JS, contrast)
+    found = page.evaluate(SCAN_JS)
     for violation in found:
         log.warning("axe %s on %s: %s %s %s", violation["impact"], where, violation["id"],
                     violation["help"], violation["nodes"])
@@ -83,23 +83,23 @@ def test_sign_in_and_app_share_one_theme_light_and_dark(dash: LiveDashboard, bro
         context.close()
 
 
-def test_no_critical_accessibility_violation_on_sign_in_or_any_tab(
+def test_no_serious_accessibility_violation_on_sign_in_or_any_tab(
         dash: LiveDashboard, browser) -> None:  # noqa: ANN001
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     critical: list[tuple[str, str, list[str]]] = []
     seen: set[str] = set()
 
-    def check(where: str, *, contrast: bool = False) -> None:
-        found = scan(page, where, contrast=contrast)
+    def check(where: str) -> None:
+        found = scan(page, where)
         seen.update(v["id"] for v in found)
         critical.extend((where, v["id"], v["nodes"]) for v in found
-                        if v["impact"] == "critical")
+                        if v["impact"] in ("critical", "serious"))
 
     try:
         for path in ("/login", "/register"):
             page.goto(dash.url + path)
-            check(path, contrast=True)
+            check(path)
         context.add_cookies([{"name": SESSION_COOKIE, "url": dash.url,
                               "value": dash.session_cookie(ALICE)}])
         page.goto(dash.url + "/")
@@ -110,9 +110,15 @@ def test_no_critical_accessibility_violation_on_sign_in_or_any_tab(
             page.get_by_role("tab", name=name.strip(), exact=True).click()
             page.wait_for_selector(f"button[role=tab][aria-selected=true]:has-text("
                                    f"'{name.strip()}')", timeout=10_000)
+            if name.strip() == "Servers":
+                # Scanned once its chart is drawn: until plotly's module has loaded,
+                # Gradio shows its empty-plot placeholder, whose ARIA label no role
+                # permits (a moment after the tab opens; reported, not ours to fix).
+                page.wait_for_selector("#server-chart .js-plotly-plot", timeout=30_000)
             check(f"tab {name.strip()}")
     finally:
         context.close()
     assert critical == []
-    # Fixed on the way (moderate): the dashboard's title is its level-one heading.
-    assert "page-has-heading-one" not in seen
+    # Fixed on the way (moderate): the dashboard's title is its level-one heading, and
+    # each tab's own heading is the next level down.
+    assert not {"page-has-heading-one", "heading-order"} & seen
