@@ -197,6 +197,21 @@ def test_without_a_dashboard_run_start_and_stop_act_directly(
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status()
              == psutil.STATUS_ZOMBIE, 30, "the server to be gone")
 
+    # The terminal closes mid-chat (SIGHUP): `run` still stops what it started (it used
+    # to die at once and leave the server running, with nothing to tell anyone).
+    with subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data_dir), "run", "tools"],
+                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as hung:
+        wait_for(lambda: any(r.profile_name == "tools" and r.state.value == "ready"
+                             for r in read_records(records)), 120, "run to start tools")
+        (pid,) = [r.pid for r in read_records(records) if r.profile_name == "tools"]
+        hung.send_signal(signal.SIGHUP)
+        assert hung.wait(60) == 128 + signal.SIGHUP, hung.stderr.read() if hung.stderr else ""
+    assert {r.profile_name: r.state.value for r in read_records(records)}["tools"] == "stopped"
+    assert pid is not None
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status()
+             == psutil.STATUS_ZOMBIE, 30, "the server to be gone")
+
 
 class InterruptingOutput(io.StringIO):
     """A terminal whose person presses Ctrl-C once the answer has begun: SIGINT's

@@ -11,8 +11,11 @@ dashboard to adopt, and `run` stops on leaving what it started for the chat.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Generator
+import threading
+from collections.abc import Callable, Generator, Iterator
 from typing import TextIO
 
 from manager.chat.events import ChatEvent
@@ -41,6 +44,30 @@ class StartFailed(ManagerError):
     pass
 
 
+class HungUp(SystemExit):
+    """The terminal closed (SIGHUP) or the command was asked to end (SIGTERM): raised in
+    the main thread so that `run` stops what it started before the process ends."""
+
+
+@contextlib.contextmanager
+def ended_by_hangup() -> Iterator[None]:
+    """SIGHUP and SIGTERM end the command through its `finally` blocks, not around them
+    (their default action kills the process at once: a server `run` started stayed)."""
+
+    def hang_up(signum: int, _frame: object) -> None:
+        raise HungUp(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (a test calling in on a thread)
+        return
+    previous = {sig: signal.signal(sig, hang_up) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def add_commands(sub: argparse._SubParsersAction,
                  data_dir_flag: Callable[..., None]) -> None:
     start = sub.add_parser("start", help="start a profile's model server (through the "
@@ -66,7 +93,7 @@ def run(args: argparse.Namespace, settings: Settings, stdin: TextIO, out: TextIO
             return _through(dashboard, args, stdin, out, err)
         finally:
             dashboard.close()
-    with hold_data_dir(settings.data_dir, f"mlx-manager {args.command}"):
+    with ended_by_hangup(), hold_data_dir(settings.data_dir, f"mlx-manager {args.command}"):
         services = Services.create(settings, run_servers=False)
         try:
             # In charge while it holds the data dir: knows what a dashboard left running.
@@ -150,11 +177,14 @@ def _direct(services: Services, args: argparse.Namespace, stdin: TextIO, out: Te
     try:
         snap = supervisor.wait_for(profile.id, lambda s: s is None
                                    or s.state is not ServerState.STARTING, DIRECT_WAIT_S)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, HungUp) as exc:
         # Nobody would watch it load (no dashboard): what this started stops.
+        how = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "hang-up"
         if started:
             supervisor.stop(profile.id, by=f"mlx-manager {args.command}",
-                            reason="start interrupted (Ctrl-C)")
+                            reason=f"start interrupted ({how})")
+        if isinstance(exc, HungUp):
+            raise
         print(f"\nInterrupted{'; stopped ' + profile.name if started else ''}.", file=err)
         return INTERRUPTED
     if snap is None:
