@@ -12,12 +12,12 @@ import uvicorn
 from gradio_client import Client
 
 from manager.accounts.auth import User
-from manager.api.login import SESSION_COOKIE
 from manager.net import free_port
 from manager.servers.profiles import Profile, ProfileSpec
 from manager.services import Services
 from manager.settings import Settings
 from tests.conftest import PASSWORD, LiveDashboard, run_uvicorn
+from tests.gradio_clients import gradio_client
 from tests.server_helpers import hf_home_env
 
 
@@ -53,8 +53,7 @@ class ChatDashboard:
         return self.live.session_cookie(email, PASSWORD)
 
     def client(self, email: str) -> Client:
-        return Client(self.url, verbose=False,
-                      headers={"Cookie": f"{SESSION_COOKIE}={self.cookie(email)}"})
+        return gradio_client(self.url, cookie=self.cookie(email))
 
     def restart(self) -> None:
         """A dashboard restart: the same data dir, servers left running and adopted."""

@@ -10,16 +10,15 @@ import pytest
 from gradio_client import Client
 
 from manager.accounts.auth import Role, Status
-from manager.api.login import SESSION_COOKIE
 from manager.net import free_port
 from manager.settings import Settings
 from tests.conftest import LiveDashboard
+from tests.gradio_clients import gradio_client
 
 
 def client_for(dashboard: LiveDashboard, email: str) -> Client:
     cookie = dashboard.session_cookie(email)
-    return Client(dashboard.url, headers={"Cookie": f"{SESSION_COOKIE}={cookie}"},
-                  verbose=False)
+    return gradio_client(dashboard.url, cookie=cookie)
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,14 @@ from gradio_client import Client
 
 from manager.api.login import SESSION_COOKIE
 from tests.conftest import LiveDashboard
+from tests.gradio_clients import gradio_client
 
 TABLE_HAS = "text => document.querySelector('#keys-table').textContent.includes(text)"
 
 
 def client_for(dashboard: LiveDashboard, email: str) -> Client:
     cookie = dashboard.session_cookie(email)
-    return Client(dashboard.url, headers={"Cookie": f"{SESSION_COOKIE}={cookie}"},
-                  verbose=False)
+    return gradio_client(dashboard.url, cookie=cookie)
 
 
 def models_status(dashboard: LiveDashboard, key: str) -> int:

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
-from manager.api.login import SESSION_COOKIE
 from manager.errors import PermissionDenied
 from manager.models.download_types import DownloadStatus
 from manager.net import free_port
 from manager.settings import Settings
 from tests.conftest import LiveDashboard
 from tests.fixtures.local_hub import LocalHub
+from tests.gradio_clients import gradio_client
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,7 @@ def people(dashboard: LiveDashboard) -> Iterator[Callable[[str], Client]]:
 
     def client_for(email: str) -> Client:
         cookie = dashboard.session_cookie(email)
-        made.append(Client(dashboard.url, headers={"Cookie": f"{SESSION_COOKIE}={cookie}"},
-                           verbose=False))
+        made.append(gradio_client(dashboard.url, cookie=cookie))
         return made[-1]
 
     yield client_for

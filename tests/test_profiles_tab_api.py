@@ -10,20 +10,19 @@ from typing import Any
 import pytest
 from gradio_client import Client
 
-from manager.api.login import SESSION_COOKIE
 from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
 from manager.settings import Settings
 from tests.conftest import LiveDashboard
 from tests.fixtures.sshd import SshServer
+from tests.gradio_clients import gradio_client
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 
 
 def client_for(dashboard: LiveDashboard, email: str) -> Client:
     cookie = dashboard.session_cookie(email)
-    return Client(dashboard.url, headers={"Cookie": f"{SESSION_COOKIE}={cookie}"},
-                  verbose=False)
+    return gradio_client(dashboard.url, cookie=cookie)
 
 
 def form(selected: str, name: str, model: Path, port: Any = None,

@@ -9,19 +9,18 @@ import pytest
 from gradio_client import Client
 
 from components.servers_tab import render_tiles
-from manager.api.login import SESSION_COOKIE
 from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
 from manager.servers.supervisor import ServerState
 from tests.conftest import LiveDashboard
+from tests.gradio_clients import gradio_client
 from tests.waits import wait_for
 
 pytestmark = [pytest.mark.slow]
 
 
 def _client(dashboard: LiveDashboard, email: str) -> Client:
-    return Client(dashboard.url, verbose=False, headers={
-        "Cookie": f"{SESSION_COOKIE}={dashboard.session_cookie(email)}"})
+    return gradio_client(dashboard.url, cookie=dashboard.session_cookie(email))
 
 
 def test_only_the_owner_and_admins_stop_or_restart_a_server_from_the_tab(

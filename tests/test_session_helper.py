@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import gradio as gr
 import pytest
 from fastapi import FastAPI, Request
-from gradio_client import Client
 
 from components.session import handler, refusals
 from manager.accounts.auth import User
@@ -17,6 +16,7 @@ from manager.errors import NotFound, ValidationError
 from manager.net import free_port
 from manager.services import Services
 from tests.conftest import run_uvicorn
+from tests.gradio_clients import gradio_client
 
 PW = "correct horse battery"
 
@@ -71,7 +71,7 @@ def live(services: Services) -> Iterator[tuple[str, list[str]]]:
 def test_the_user_comes_from_the_request_and_refusals_keep_their_message(
         live: tuple[str, list[str]]) -> None:
     url, ran = live
-    alice = Client(url, verbose=False, headers={"x-who": "alice@example.com"})
+    alice = gradio_client(url, headers={"x-who": "alice@example.com"})
     assert alice.predict("Bob", api_name="/greet") == "alice@example.com greets Bob"
     with pytest.raises(Exception, match="No such person"):
         alice.predict("nobody", api_name="/greet")
@@ -82,7 +82,7 @@ def test_the_user_comes_from_the_request_and_refusals_keep_their_message(
         job.result()
     assert job.outputs() == ["alice@example.com:0", "alice@example.com:1"]
     # An account that does not exist is refused before the handler runs.
-    stranger = Client(url, verbose=False, headers={"x-who": "mallory@example.com"})
+    stranger = gradio_client(url, headers={"x-who": "mallory@example.com"})
     with pytest.raises(Exception, match="Your session has ended"):
         stranger.predict("Carol", api_name="/greet")
     assert ran == ["Bob", "nobody"]

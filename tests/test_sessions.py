@@ -12,6 +12,7 @@ from manager.api.login import SESSION_COOKIE
 from manager.errors import NotFound, PermissionDenied
 from manager.store import Store
 from tests.conftest import PASSWORD, TEST_HASHER, Clock, LiveDashboard
+from tests.gradio_clients import gradio_client
 
 PW = "correct horse battery"
 
@@ -158,24 +159,21 @@ def test_sign_out_everywhere_through_the_form(dashboard: LiveDashboard) -> None:
 
 
 def test_the_admin_tab_lists_and_ends_sessions(dashboard: LiveDashboard) -> None:
-    from gradio_client import Client
-
     auth = dashboard.services.auth
     dashboard.register("alice@example.com")
     dashboard.register("bob@example.com")
     auth.approve(auth.get_by_email("alice@example.com"),
                  auth.get_by_email("bob@example.com").id)
     bobs = dashboard.session_cookie("bob@example.com")
-    admin = Client(dashboard.url, verbose=False, headers={
-        "Cookie": f"{SESSION_COOKIE}={dashboard.session_cookie('alice@example.com')}"})
+    admin = gradio_client(dashboard.url,
+                          cookie=dashboard.session_cookie("alice@example.com"))
     rows, _ = admin.predict(api_name="/admin_sessions")
     # Alice has two: registering signed her in, and so did the login above.
     assert sorted(row[0] for row in rows["data"]) == [
         "alice@example.com", "alice@example.com", "bob@example.com"]
     assert {row[3] for row in rows["data"]} == {"127.0.0.1"}
     # A user calling the admin endpoint directly sees nothing and ends nothing.
-    bob = Client(dashboard.url, verbose=False,
-                 headers={"Cookie": f"{SESSION_COOKIE}={bobs}"})
+    bob = gradio_client(dashboard.url, cookie=bobs)
     assert bob.predict(api_name="/admin_sessions")[0]["data"] == []
     alices_id = auth.list_sessions(auth.get_by_email("alice@example.com"))[0].id
     with pytest.raises(Exception, match="administrator"):
