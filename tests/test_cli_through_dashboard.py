@@ -12,12 +12,8 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -33,12 +29,12 @@ from manager.servers.records import read_records
 from manager.services import Services
 from manager.settings import Settings
 from manager.store import Store
+from tests.dashboard_process import DashboardProcess, launch
 from tests.fixtures.local_hub import LocalHub
 from tests.server_helpers import hf_home_env, make_broken_model
 from tests.test_cli import run_cli
 from tests.waits import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "What is the weather in Paris?\n/bye\n"
 #: The plain (not a terminal) rendering of the tools model's turn: thinking, the call,
 #: its result (the built-in weather tool's sample data), the answer.
@@ -47,29 +43,6 @@ ANSWER = (r"Thinking\.\.\.\nNeed weather\.\n\.\.\.done thinking( \([^)]*\))?\.\n
           r"\[tool\] get_weather -> [^\n]*Paris[^\n]*\n"
           r"It is sunny in Paris\.\n")
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class DashboardProcess:
-    process: subprocess.Popen[bytes]
-    log_file: Path
-    data_dir: Path
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
-
-    def wait_line(self, pattern: str) -> None:
-        wait_for(lambda: re.search(pattern, self.log()), 240, f"a log line {pattern!r}")
-
-    def servers(self) -> dict[str, dict[str, Any]]:
-        """The dashboard supervisor's own view (what its Servers tab shows)."""
-        credential = read_control(self.data_dir)
-        assert credential is not None
-        client = Dashboard(credential)
-        try:
-            return {s["profile"]: s for s in client.call("GET", "/servers")["servers"]}
-        finally:
-            client.close()
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +60,11 @@ def make_profiles(data_dir: Path, tiny_models: dict[str, Path], *, long: bool = 
         services.profiles.create(None, ProfileSpec(
             name="tools", model=str(tiny_models["tools"]), port=free_port()))
         if long:  # answers until stopped (the tiny text model never says its end token)
+            # Long enough to be stopped after its first characters, short enough that a
+            # Ctrl-C that never arrived fails the test instead of running for minutes.
             services.profiles.create(None, ProfileSpec(
                 name="long", model=str(tiny_models["text"]), port=free_port(),
-                max_tokens=100_000))
+                max_tokens=4000))
         broken = make_broken_model(data_dir.parent / "broken", tiny_models["text"])
         services.profiles.create(None, ProfileSpec(name="broken", model=str(broken),
                                                    port=free_port()))
@@ -105,23 +80,11 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, P
     make_profiles(data_dir, tiny_models, long=True)
     env = {**os.environ, "HF_ENDPOINT": local_hub.url, "HF_HUB_DISABLE_XET": "1"}
     env.pop("HF_HUB_OFFLINE", None)  # its download jobs fetch from the local hub
-    log_file = root / "dashboard.log"
-    with log_file.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port",
-             str(free_port()), "--no-warm-spare"], cwd=ROOT, stdout=out,
-            stderr=subprocess.STDOUT, env=env)
-    running = DashboardProcess(process, log_file, data_dir)
+    running = launch(root, data_dir, "--no-warm-spare", env=env)
     try:
-        running.wait_line(r"MLX Model Manager on http")
         yield running
     finally:
-        process.send_signal(signal.SIGINT)  # it stops the servers it runs
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        running.end()  # Ctrl-C: it stops the servers it runs
 
 
 def test_commands_act_through_a_running_dashboard(
@@ -232,6 +195,9 @@ class InterruptingOutput(io.StringIO):
 
 def test_ctrl_c_stops_the_answer_in_the_dashboard_and_the_chat_goes_on(
         dashboard: DashboardProcess) -> None:
+    # _thread.interrupt_main() does nothing while SIGINT is ignored (a suite started in
+    # the background; conftest restores Python's handler): say so instead of waiting.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     credential = read_control(dashboard.data_dir)
     assert credential is not None
     client = Dashboard(credential)

@@ -9,10 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,49 +18,14 @@ import pytest
 
 from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
-from manager.servers.records import read_records
 from manager.services import Services
 from manager.settings import Settings
-from manager.store import Store
 from tests.conftest import PASSWORD
+from tests.dashboard_process import DashboardProcess, launch
 from tests.server_helpers import hf_home_env
 from tests.waits import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class DashboardProcess:
-    process: subprocess.Popen[bytes]
-    log_file: Path
-    data_dir: Path
-    url: str
-
-    def lines(self) -> list[str]:
-        return self.log_file.read_text(errors="replace").splitlines()
-
-    def wait_line(self, pattern: str, after: int = 0, timeout: float = 180) -> int:
-        """Index of the first line after `after` matching `pattern`."""
-        regex = re.compile(pattern)
-
-        def found() -> int | None:
-            return next((i for i, line in enumerate(self.lines()) if i >= after
-                         and regex.search(line)), None)
-
-        return wait_for(lambda: (found(),) if found() is not None else None, timeout,
-                        f"a log line matching {pattern!r}")[0]
-
-    def server_pid(self, profile: str) -> int:
-        records = {r.profile_name: r for r in read_records(Store(self.data_dir / "manager.db"))}
-        pid = records[profile].pid
-        assert pid is not None
-        return pid
-
-    def interrupt(self) -> int:
-        """Ctrl-C, and the exit code (the timeout only guards against a hang)."""
-        self.process.send_signal(signal.SIGINT)
-        return self.process.wait(timeout=60)
 
 
 def gone(pid: int) -> bool:
@@ -81,7 +43,7 @@ def model_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
-def launch(root: Path, model: Path, *flags: str) -> DashboardProcess:
+def start(root: Path, model: Path, *flags: str) -> DashboardProcess:
     """A data dir with one auto-started (and auto-restarted) profile, "quiet", and a
     dashboard process on it, once it answers."""
     data_dir = root / "data"
@@ -92,21 +54,13 @@ def launch(root: Path, model: Path, *flags: str) -> DashboardProcess:
             auto_restart=True))
     finally:
         services.close()
-    port = free_port()
-    log_file = root / "dashboard.log"
-    with log_file.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port),
-             *flags], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    dashboard = DashboardProcess(process, log_file, data_dir, f"http://127.0.0.1:{port}")
-    dashboard.wait_line(r"MLX Model Manager on http")
-    return dashboard
+    return launch(root, data_dir, *flags)
 
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path],
               model_home: Path) -> Iterator[DashboardProcess]:
-    running = launch(tmp_path_factory.mktemp("dashboard"), tiny_models["text"])
+    running = start(tmp_path_factory.mktemp("dashboard"), tiny_models["text"])
     yield running
     if running.process.poll() is None:
         running.process.kill()
@@ -165,7 +119,7 @@ def test_ctrl_c_stops_at_once_without_a_traceback_and_stops_the_servers(
 
 def test_keep_servers_leaves_them_running_and_says_which(
         tmp_path: Path, tiny_models: dict[str, Path], model_home: Path) -> None:
-    kept = launch(tmp_path, tiny_models["text"], "--keep-servers")
+    kept = start(tmp_path, tiny_models["text"], "--keep-servers")
     pid = None
     try:
         kept.wait_line(r"server quiet: starting -> ready")
