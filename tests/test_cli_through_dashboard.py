@@ -12,6 +12,8 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
