@@ -165,11 +165,36 @@ def test_a_rank_stopped_before_its_marker_arrived_is_ended_by_its_pid_file(
         wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
                                  for p in group), what="the rank's process group to end")
         assert not Path(rank.directory).exists()
+        assert not (Path(rank.directory).parent / "test-early-r1.stop").exists()
         # A rank that never started there (no pid file) is nothing to stop.
         assert ranks.stop_unlocated(launch, "test-never-r1", 5.0)
     finally:
         local.kill()
         local.wait()
+
+
+def test_a_rank_whose_shell_comes_after_its_stop_never_starts(
+        sshd: SshServer, options: ssh.SshOptions, tmp_path: Path) -> None:
+    """The stop ran before the rank's shell wrote its pid (ssh still connecting): the shell
+    that arrives later finds the stop's note and ends without starting the rank."""
+    spec = DistributedSpec.checked([RankHost("local", "127.0.0.1:5000"),
+                                    RankHost(sshd.alias, "127.0.0.1:5001")])
+    launch = RankLaunch(rank=1, host=spec.hosts[1],
+                        argv=(sys.executable, "-c", "print('rank ran', flush=True)"),
+                        env={"MLX_RANK": "1"}, files={})
+    ranks = SshRanks(options)
+    assert ranks.stop_unlocated(launch, "test-late-r1", 5.0)  # nothing there yet
+    log_path = tmp_path / "rank1.log"
+    with log_path.open("wb") as out:
+        late = subprocess.run(ranks.argv(launch, "test-late-r1"), stdout=out,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=60)
+    said = log_path.read_text(errors="replace")
+    assert late.returncode != 0 and "rank ran" not in said, said
+    assert find_marker(log_path) is None
+    # Neither the rank's dir nor the note is left on the host.
+    ranks_dir = Path.home() / options.ranks_dir
+    assert not (ranks_dir / "test-late-r1").exists()
+    assert not (ranks_dir / "test-late-r1.stop").exists()
 
 
 def _child_pid(path: Path) -> int | None:

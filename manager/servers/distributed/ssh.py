@@ -168,7 +168,12 @@ def rank_script(rank_id: str, argv: Sequence[str], env: Mapping[str, str],
     if not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_./-]*", ranks_dir) or ".." in ranks_dir:
         raise ManagerError(f"{ranks_dir!r} cannot hold ranks: use a plain relative path.")
     directory = f'"$HOME"/{ranks_dir}/{rank_id}'
-    steps = [f"mkdir -p {directory}", f"cd {directory}", "echo $$ > pid"]
+    # A stop that came before this shell wrote its pid left `<id>.stop` beside the dir
+    # (stop_unlocated_rank): the pid is written first, the note read second, so either
+    # the stop finds the pid or this shell finds the note, and then goes no further.
+    stopped = f"../{rank_id}.stop"
+    steps = [f"mkdir -p {directory}", f"cd {directory}", "echo $$ > pid",
+             f'{{ test ! -e {stopped} || {{ rm -rf "$PWD" {stopped}; false; }}; }}']
     exported = dict(env)
     for name, content in files.items():
         filename = f"{name.lower()}.json"
@@ -227,18 +232,23 @@ def kill_argv(target: str, pgid: int, options: SshOptions, signal_name: str = "T
 def stop_unlocated_rank(target: str, rank_id: str, options: SshOptions,
                         timeout_s: float = 10.0) -> bool:
     """Stop a rank whose marker never reached us (a stop in its first moments): its shell
-    wrote its pid, which is its process group, to its dir before anything else. True when
-    nothing of it is left (or it never started there)."""
+    wrote its pid, which is its process group, to its dir before anything else. A shell
+    that has not got that far yet finds the `<id>.stop` note left here and ends before it
+    starts the rank (notes older than a day are cleared). True when nothing of it is left
+    (or it never started there)."""
     if not _ID_RE.match(rank_id):
         raise ManagerError(f"{rank_id!r} cannot name a rank (letters, digits, . _ - only).")
     wait_ticks = max(1, int(timeout_s * 10))
     script = (
-        f'd="$HOME"/{options.ranks_dir}/{rank_id}; '
+        f'r="$HOME"/{options.ranks_dir}; d="$r"/{rank_id}; mkdir -p "$r"; '
+        'find "$r" -maxdepth 1 -name "*.stop" -mtime +1 -exec rm -f {} + 2>/dev/null; '
+        f'touch "$r"/{rank_id}.stop; '
         'g=$(cat "$d/pid" 2>/dev/null); '
         'case "$g" in ""|*[!0-9]*|0|1) g="" ;; esac; '
         'if [ -n "$g" ]; then kill -TERM -- -$g 2>/dev/null; n=0; '
         f'while kill -0 -- -$g 2>/dev/null && [ $n -lt {wait_ticks} ]; '
-        'do sleep 0.1; n=$((n+1)); done; kill -KILL -- -$g 2>/dev/null; fi; '
+        'do sleep 0.1; n=$((n+1)); done; kill -KILL -- -$g 2>/dev/null; '
+        f'rm -f "$r"/{rank_id}.stop; fi; '  # found and ended: no shell left to read it
         'rm -rf "$d"; if [ -n "$g" ] && kill -0 -- -$g 2>/dev/null; '
         'then echo alive; else echo gone; fi')
     done = run_remote(target, script, options, timeout_s=timeout_s + 30)
