@@ -10,20 +10,22 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-import uvicorn
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 from argon2 import PasswordHasher
 
 from manager.accounts.limits import LoginLimiter, RegistrationLimiter
-from manager.api.login import SESSION_COOKIE
 from manager.net import free_port
-from manager.services import Services
 from manager.settings import WARM_SPARE_ENV, Settings
 from tests.waits import wait_for
+
+if TYPE_CHECKING:  # imported where used: pytest-xdist's controller process needs none of them
+    import uvicorn
+    from anyio.from_thread import BlockingPortal
+
+    from manager.services import Services
 
 pytest_plugins = ["tests.fixtures.plugin"]
 
@@ -90,6 +92,8 @@ def settings(tmp_path: Path) -> Settings:
 def services(settings: Settings) -> Iterator[Services]:
     """Light services: nothing adopted, auto-started, sampled or resumed in the background
     (what a test that starts a server asks for, it starts itself)."""
+    from manager.services import Services
+
     created = Services.create(settings, run_servers=False, hasher=TEST_HASHER)
     yield created
     created.close()
@@ -134,6 +138,8 @@ class LiveDashboard:
 
     def session_cookie(self, email: str, password: str = PASSWORD) -> str:
         """The session cookie a real login through the form hands out."""
+        from manager.api.session_gate import SESSION_COOKIE
+
         with self.client() as client:
             response = client.post("/login", data={"email": email, "password": password})
         if response.status_code != 303 or SESSION_COOKIE not in response.cookies:
@@ -142,10 +148,14 @@ class LiveDashboard:
 
     def login(self, email: str, password: str = PASSWORD) -> httpx.Client:
         """A new client carrying the session cookie of a successful login."""
+        from manager.api.session_gate import SESSION_COOKIE
+
         return self.client(cookies={SESSION_COOKIE: self.session_cookie(email, password)})
 
 
 def run_uvicorn(app: object, port: int) -> tuple[uvicorn.Server, threading.Thread]:
+    import uvicorn
+
     # A gradio_client keeps a heartbeat stream open; without a graceful-shutdown limit
     # uvicorn waits for it and every such test pays the 15 s join timeout below.
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
@@ -178,6 +188,8 @@ def dashboard(live_dashboard: LiveDashboard) -> LiveDashboard:
 @pytest.fixture(scope="session")
 def asgi_portal() -> Iterator[BlockingPortal]:
     """One event loop thread that in-process requests run on."""
+    from anyio.from_thread import start_blocking_portal
+
     with start_blocking_portal() as portal:
         yield portal
 
@@ -230,6 +242,7 @@ def module_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="module")
 def shared_app(module_settings: Settings) -> Iterator[SharedApp]:
     from app import create_app
+    from manager.services import Services
 
     services = Services.create(module_settings, run_servers=False, hasher=TEST_HASHER)
     # With the local control API (mlx-manager commands), so route walks cover it too.

@@ -21,6 +21,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 MAX_ARGS = 64
 MAX_FIELD = 2000
+# Bound on shutting every session down (a stdio child gets stdin closed, then TERM, KILL).
+CLOSE_TIMEOUT = 15.0
 
 
 class ServerKind(str, Enum):
@@ -51,6 +53,16 @@ class McpServerConfig:
         if self.kind is ServerKind.HTTP:
             return self.url or ""
         return " ".join([self.command or "", *self.args]).strip()
+
+
+@dataclass(frozen=True)
+class ConnectFailure:
+    """The last failed connection to a server: when, with which config, why, how often."""
+
+    at: float
+    config: McpServerConfig
+    message: str
+    count: int
 
 
 def builtin_server_config() -> McpServerConfig:

@@ -8,7 +8,6 @@ import json
 import logging
 import math
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,16 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, CallToolResult, TextContent
 from mcp_types import Tool as McpTool
 
-from manager.chat.mcp_config import McpServerConfig, ServerKind, loggable_target, safe_url
+from manager.chat.mcp_config import (
+    CLOSE_TIMEOUT,
+    McpServerConfig,
+    ServerKind,
+    loggable_target,
+    safe_url,
+)
 from manager.units import format_duration
 
 log = logging.getLogger(__name__)
-
-# Bound on shutting every session down (a stdio child gets stdin closed, then TERM, KILL).
-CLOSE_TIMEOUT = 15.0
-
-
-@dataclass(frozen=True)
-class ConnectFailure:
-    at: float
-    config: McpServerConfig
-    message: str
-    count: int
-
 
 class McpConnection:
     """One MCP client session, held open by a task in the toolbox loop.

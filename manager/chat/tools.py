@@ -32,35 +32,30 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
-
-from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
-from mcp_types import Tool as McpTool
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, require
 from manager.chat.mcp_config import (
+    CLOSE_TIMEOUT,
     MAX_FIELD,
+    ConnectFailure,
     McpServerConfig,
     ServerKind,
     builtin_server_config,
     config_from_row,
     validated_config,
 )
-from manager.chat.mcp_connection import (
-    CLOSE_TIMEOUT,
-    ConnectFailure,
-    McpConnection,
-    log_tail,
-    result_text,
-    short_error,
-)
 from manager.chat.toolset import CallStatus, ServerProblem, ToolResult, Toolset, ToolSpec
 from manager.clock import utc_now
 from manager.errors import Conflict, NotFound
 from manager.store import Store, inserted_id
 from manager.units import format_duration
+
+if TYPE_CHECKING:
+    from mcp_types import Tool as McpTool
+
+    from manager.chat.mcp_connection import McpConnection
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +351,10 @@ class McpToolbox:
                 wait = min(self._retry_after * 2 ** (failure.count - 1), MAX_RETRY_AFTER)
                 if self._clock() - failure.at < wait:
                     return failure.message
+            # The mcp SDK (seconds of imports) loads with the first connection, not with
+            # every process that builds Services (the CLI, each test worker).
+            from manager.chat.mcp_connection import McpConnection
+
             connection = McpConnection(config, self._logs_dir, self._connect_timeout,
                                      self._call_timeout)
             problem = await connection.open()
@@ -376,6 +375,9 @@ class McpToolbox:
         connection = await self._connection(config)
         if isinstance(connection, str):
             return connection
+        from mcp.shared.exceptions import MCPError  # loaded with the connection
+
+        from manager.chat.mcp_connection import short_error
         try:
             return await connection.list_tools()
         except MCPError as exc:
@@ -391,6 +393,10 @@ class McpToolbox:
         connection = await self._connection(config)
         if isinstance(connection, str):
             return CallStatus.UNAVAILABLE, connection
+        from mcp.shared.exceptions import MCPError  # loaded with the connection
+        from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+
+        from manager.chat.mcp_connection import log_tail, result_text, short_error
         try:
             result = await connection.call_tool(tool, dict(arguments), timeout)
         except MCPError as exc:
