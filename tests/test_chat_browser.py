@@ -192,3 +192,21 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
         assert page.locator(f"{BOT} :text('It is sunny in Paris.')").count() == 0
     finally:
         context.close()
+
+
+def test_the_page_empties_the_box_in_a_quick_event_of_its_own(dash: ChatDashboard) -> None:
+    """Emptied by the first update of the turn that streams, the box kept a sent image when
+    the page was slow (CI; 1 of 2 sends with the page's CPU throttled 10x): Gradio re-synced
+    the box's old value during the turn's status updates. The page's send now empties the
+    box in an unqueued event that does not stream, and the turn chained after it never
+    writes the box."""
+    with dash.live.login(ALICE) as client:
+        config = client.get("/config").json()
+    box = next(c["id"] for c in config["components"]
+               if (c.get("props") or {}).get("elem_id") == "chat-input")
+    deps = config["dependencies"]
+    writers = [d for d in deps if box in d["outputs"]
+               and any(target[0] == box for target in d["targets"] or [])]
+    assert writers and all(not d["queue"] and not d["types"]["generator"] for d in writers)
+    turns = [d for d in deps if d.get("trigger_after") in {w["id"] for w in writers}]
+    assert turns and all(d["types"]["generator"] and box not in d["outputs"] for d in turns)

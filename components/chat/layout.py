@@ -39,6 +39,7 @@ class ChatUI:
     """Every component of the tab, by name, for the handlers and the wiring."""
 
     current: gr.State  # the open chat's id; set only after an owner-checked read
+    outbox: gr.State  # the checked message the box handed over, until its turn streams
     shown: gr.State  # the history filter's value, for events whose API it must not change
     server: gr.Dropdown
     server_status: gr.Markdown
@@ -70,6 +71,7 @@ class ChatUI:
     status_timer: gr.Timer
     api_chat_id: gr.Textbox
     api_open: gr.Button
+    api_send: gr.Button
 
     @property
     def options(self) -> list[gr.components.Component]:
@@ -79,6 +81,7 @@ class ChatUI:
 
 def build_layout(services: Services) -> ChatUI:
     current = gr.State(None)
+    outbox = gr.State(None)
     shown = gr.State(ALL_SERVERS)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):
@@ -157,12 +160,15 @@ def build_layout(services: Services) -> ChatUI:
     with gr.Row(visible=False):
         api_chat_id = gr.Textbox(elem_id="chat-api-id")
         api_open = gr.Button("Open", elem_id="chat-api-open")
+        # Sends a message in one event (the box's own submit takes two: sending.py).
+        api_send = gr.Button("Send", elem_id="chat-api-send")
     return ChatUI(
-        current=current, shown=shown, server=server, server_status=server_status, new_chat=new_chat,
+        current=current, outbox=outbox, shown=shown, server=server, server_status=server_status, new_chat=new_chat,
         search=search, history_server=history_server, chat_list=chat_list, title=title, rename=rename, delete=delete,
         confirm_row=confirm_row, confirm_delete=confirm_delete, cancel_delete=cancel_delete,
         chatbot=chatbot, box=box, stop=stop, retry=retry, clear=clear, copy_md=copy_md,
         export_json=export_json, markdown_out=markdown_out, json_out=json_out,
         tools_on=tools_on, max_rounds=max_rounds, max_frames=max_frames,
         video_mode=video_mode, show_tools=show_tools, tools_md=tools_md,
-        status_timer=status_timer, api_chat_id=api_chat_id, api_open=api_open)
+        status_timer=status_timer, api_chat_id=api_chat_id, api_open=api_open,
+        api_send=api_send)

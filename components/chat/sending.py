@@ -22,6 +22,7 @@ from manager.chat.events import (
     ChatEventKind,
     ChatOptions,
     EventStream,
+    PreparedMessage,
     VideoMode,
 )
 from manager.servers.profiles import Profile
@@ -101,15 +102,20 @@ def wire(page: ChatPage) -> None:
                ui.server_status: status_markdown(services, profile),
                ui.stop: stop_button(False)}
 
-    @handler(services, "sending a chat message")
-    def send(user: User, box_value: Any, ref: Any, chat_id: int | None, tools: bool,
-             rounds: float, frames: float, video: str, search_text: str, shown: Any
-             ) -> Iterator[dict[Any, Any]]:
+    def checked(box_value: Any, ref: Any, tools: bool, rounds: float, frames: float,
+                video: str) -> tuple[PreparedMessage, ChatOptions]:
+        """The message and options, checked: a refusal sends and saves nothing."""
         profile = page.profile_of(ref)
         options = options_of(tools, rounds, frames, video)
-        # A refusal here sends and saves nothing; the box keeps the message to fix it.
         text, files = message_parts(box_value)
-        prepared = engine.prepare(profile.id, text, files, options)
+        return engine.prepare(profile.id, text, files, options), options
+
+    def turn(user: User, prepared: PreparedMessage, options: ChatOptions,
+             chat_id: int | None, search_text: str, shown: Any, first: dict[Any, Any]
+             ) -> Iterator[dict[Any, Any]]:
+        """Save and send a checked message, streaming its turn (`first` goes with the
+        first update)."""
+        profile = prepared.profile
         chat = chats.get(user, int(chat_id)) if chat_id is not None else None
         summary = chat.summary if chat is not None else engine.start_chat(user, profile)
         started = server_state(services, profile) not in ACTIVE_STATES
@@ -117,9 +123,8 @@ def wire(page: ChatPage) -> None:
             # A stopped or failed server is started; the message waits for it.
             services.placement.start(user, profile.id)
         history = list(chat.messages) if chat is not None else []
-        first = {ui.chatbot: chatbot_messages(history), ui.current: summary.id,
-                 ui.box: gr.MultimodalTextbox(value=None), ui.title: summary.title,
-                 ui.stop: stop_button(True),
+        first = {**first, ui.chatbot: chatbot_messages(history), ui.current: summary.id,
+                 ui.title: summary.title, ui.stop: stop_button(True),
                  ui.chat_list: page.sidebar(user, shown, search_text, summary.id)}
         if started:
             first[ui.server_status] = status_markdown(services, profile, started=True)
@@ -127,6 +132,36 @@ def wire(page: ChatPage) -> None:
         yield from stream(user, summary.id, history,
                           engine.send(user, summary.id, prepared, options), search_text,
                           shown, profile)
+
+    @handler(services, "sending a chat message")
+    def send(user: User, box_value: Any, ref: Any, chat_id: int | None, tools: bool,
+             rounds: float, frames: float, video: str, search_text: str, shown: Any
+             ) -> Iterator[dict[Any, Any]]:
+        """API clients' send: one event takes the box's value and empties it."""
+        # A refusal here sends and saves nothing; the box keeps the message to fix it.
+        prepared, options = checked(box_value, ref, tools, rounds, frames, video)
+        yield from turn(user, prepared, options, chat_id, search_text, shown,
+                        {ui.box: gr.MultimodalTextbox(value=None)})
+
+    @handler(services, "taking a chat message")
+    def take(_user: User, box_value: Any, ref: Any, tools: bool, rounds: float,
+             frames: float, video: str) -> tuple[Any, Any]:
+        """The page's send, first step: the checked message goes to the outbox and the box
+        empties, in a quick event of its own. Emptied by the streaming turn instead, the
+        box kept a sent image when the page was slow (Gradio re-synced the box's old value
+        during the turn's status updates); a refusal leaves the box as it was."""
+        return gr.MultimodalTextbox(value=None), checked(box_value, ref, tools, rounds,
+                                                         frames, video)
+
+    @handler(services, "sending a chat message")
+    def send_taken(user: User, taken: tuple[PreparedMessage, ChatOptions] | None,
+                   chat_id: int | None, search_text: str, shown: Any
+                   ) -> Iterator[dict[Any, Any]]:
+        """The page's send, second step: the outbox's message, streamed."""
+        if taken is None:
+            raise gr.Error("Nothing to send: type a message first.")
+        prepared, options = taken
+        yield from turn(user, prepared, options, chat_id, search_text, shown, {})
 
     @handler(services, "retrying a chat turn")
     def retry_turn(user: User, ref: Any, chat_id: int | None, tools: bool, rounds: float,
@@ -166,21 +201,28 @@ def wire(page: ChatPage) -> None:
         lines += [f"- ⚠️ MCP server *{p.server}*: {p.message}" for p in toolset.problems]
         return "\n".join(lines) or "No tools are available."
 
-    sent = ui.box.submit(send, [ui.box, ui.server, ui.current, *ui.options, ui.shown],
-                         [ui.chatbot, ui.current, ui.box, ui.title, ui.chat_list, ui.stop,
-                          ui.server_status],
-                         api_name="chat_send", concurrency_limit=CHAT_CONCURRENCY,
-                         show_progress="minimal", show_progress_on=ui.chatbot)
+    turn_outputs = [ui.chatbot, ui.current, ui.title, ui.chat_list, ui.stop, ui.server_status]
+    api_sent = ui.api_send.click(send, [ui.box, ui.server, ui.current, *ui.options, ui.shown],
+                                 [ui.chatbot, ui.current, ui.box, ui.title, ui.chat_list,
+                                  ui.stop, ui.server_status],
+                                 api_name="chat_send", concurrency_limit=CHAT_CONCURRENCY,
+                                 show_progress="minimal", show_progress_on=ui.chatbot)
+    taken = ui.box.submit(take, [ui.box, ui.server, *ui.options[:4]], [ui.box, ui.outbox],
+                          queue=False, show_progress="hidden", api_visibility="private")
+    sent = taken.success(send_taken, [ui.outbox, ui.current, ui.search, ui.shown],
+                         turn_outputs, concurrency_limit=CHAT_CONCURRENCY,
+                         show_progress="minimal", show_progress_on=ui.chatbot,
+                         api_visibility="private")
     retried = ui.retry.click(retry_turn, [ui.server, ui.current, *ui.options, ui.shown],
                              [ui.chatbot, ui.title, ui.chat_list, ui.stop, ui.server_status],
                              api_name="chat_retry", concurrency_limit=CHAT_CONCURRENCY,
                              show_progress="minimal", show_progress_on=ui.chatbot)
     # A turn that ended in an error leaves Stop grey too.
-    for turn in (sent, retried):
-        turn.then(lambda: stop_button(False), None, ui.stop, show_progress="hidden",
-                  api_visibility="private")
+    for turn_event in (sent, api_sent, retried):
+        turn_event.then(lambda: stop_button(False), None, ui.stop, show_progress="hidden",
+                        api_visibility="private")
     # The page sends the cancel once the click's own event is done: keep that event empty,
     # then show what the stopped turn saved.
-    ui.stop.click(None, None, None, cancels=[sent, retried]).then(
+    ui.stop.click(None, None, None, cancels=[sent, api_sent, retried]).then(
         after_stop, ui.current, [ui.chatbot, ui.stop], api_name="chat_stop")
     ui.show_tools.click(list_tools, None, ui.tools_md, api_name="chat_tools")
