@@ -401,6 +401,9 @@ def main() -> int:
     parser.add_argument("--routes", default=",".join(ROUTES),
                         help="gateway routes to measure: " + ", ".join(ROUTES))
     parser.add_argument("--no-rps", action="store_true", help="skip the /v1/models test")
+    parser.add_argument("--floor", action="store_true", help="also measure a bare asyncio "
+                        "byte relay (bench/bare_relay.py) in front of the same server: the "
+                        "least CPU per token a Python relay on this machine needs")
     parser.add_argument("--baseline", type=Path, help="a checkout of the code to compare "
                         f"with, measured in the same run (turns of {BLOCK} rounds)")
     parser.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE",
@@ -449,6 +452,8 @@ def run(args: argparse.Namespace, boards: list[Dashboard]) -> int:
             for board in here:
                 report(tallies[board.label], route.path, concurrency, idle[board.label],
                        board.label)
+    if args.floor:
+        measure_floor(args, boards[0])
     for board in boards:
         print(f"{board.label}the idle dashboard afterwards: "
               f"{idle_cpu_share(board.proc) * 100:.1f}% of a core")
@@ -464,6 +469,39 @@ def run(args: argparse.Namespace, boards: list[Dashboard]) -> int:
           f"(ratio {gw_rps / server_rps:.2f}); dashboard /login {login_rps:.0f} req/s "
           f"(ratio {gw_rps / login_rps:.2f})")
     return 0
+
+
+def measure_floor(args: argparse.Namespace, board: Dashboard) -> None:
+    """The same chat stream through a bare asyncio byte relay (no HTTP, no parsing)
+    against the direct stream, with the relay's CPU per token: the floor for any Python
+    relay on this machine at this load."""
+    server = board.direct[0].split("/v1/", 1)[0].rsplit(":", 1)
+    port = free_port()
+    relay = subprocess.Popen(  # noqa: S603 - argv list, no shell
+        [sys.executable, "-m", "bench.bare_relay", str(port), "127.0.0.1", server[1]],
+        cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or relay.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        idle = idle_cpu_share(psutil.Process(relay.pid), 2.0)
+        url, body, headers, route = board.direct
+        through: Side = (url.replace(f":{server[1]}/", f":{port}/"), body, headers, route)
+        for concurrency in (int(n) for n in args.streams.split(",")):
+            rounds = args.rounds if concurrency == 1 else max(4, args.rounds // 2)
+            tally = measure(Tally(), concurrency, rounds, through, board.direct,
+                            psutil.Process(relay.pid), lambda: (0.0, 0))
+            report(tally, "bare asyncio byte relay (the floor; its 'own TTFT' is the "
+                   "client's)", concurrency, idle)
+    finally:
+        relay.terminate()
+        relay.wait(30)
 
 
 def stop_leftovers(data_dir: Path) -> None:
