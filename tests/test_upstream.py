@@ -172,3 +172,88 @@ def test_an_unreachable_server_fails_to_open() -> None:
 
     with pytest.raises(OSError):
         on_own_loop(go)
+
+
+HEAD = b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+TOKEN = b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n'
+DONE = b"data: [DONE]\n\n"
+
+
+async def paced_reader(pace_s: float) -> _Reader:
+    """A reader past the head whose first token was handed over, paced from then on."""
+    reader = _Reader(asyncio.get_running_loop(), 600)
+    reader.data_received(HEAD + TOKEN)
+    await reader.head
+    assert await reader.read() == TOKEN
+    reader.pace(pace_s)
+    return reader
+
+
+async def pending(reader: _Reader) -> asyncio.Task[bytes]:
+    """A read in progress, after the loop ran everything that was ready."""
+    task = asyncio.ensure_future(reader.read())
+    for _ in range(5):
+        await asyncio.sleep(0)  # a yield to the loop, not a wait for time to pass
+    return task
+
+
+@pytest.mark.parametrize("end", [
+    [DONE],  # the end in one read
+    [DONE[:9], DONE[9:]],  # "[DONE]" cut across two reads
+    [b"data: [DONE]\r\n\r\n"],
+])
+def test_tokens_within_a_pace_interval_travel_together_and_the_end_at_once(
+        end: list[bytes]) -> None:
+    async def go() -> tuple[bool, bool, bytes, bytes]:
+        reader = await paced_reader(3600.0)  # no paced wake-up comes during the test
+        read = await pending(reader)
+        reader.data_received(TOKEN)
+        reader.data_received(TOKEN)
+        held = not read.done()
+        for part in end[:-1]:
+            reader.data_received(part)
+        still_held = not read.done()
+        reader.data_received(end[-1])
+        together = await read
+        reader.eof_received()
+        return held, still_held, together, await reader.read()
+
+    held, still_held, together, rest = on_own_loop(go)
+    assert held and still_held
+    assert together == TOKEN + TOKEN + b"".join(end)
+    assert rest == b""  # nothing was left behind
+
+
+def test_a_paced_read_is_handed_over_once_the_interval_is_over() -> None:
+    async def go() -> bytes:
+        reader = await paced_reader(0.01)
+        reader.data_received(TOKEN)
+        reader.data_received(TOKEN)
+        return await reader.read()
+
+    assert on_own_loop(go) == TOKEN + TOKEN
+
+
+def test_a_closed_connection_hands_over_what_was_held_at_once() -> None:
+    async def go() -> tuple[bytes, bytes, bool]:
+        reader = await paced_reader(3600.0)
+        read = await pending(reader)
+        reader.data_received(TOKEN[:20])  # the server dies in the middle of a chunk
+        reader.connection_lost(ConnectionResetError("reset by peer"))
+        return await read, await reader.read(), reader.complete
+
+    held, rest, complete = on_own_loop(go)
+    assert (held, rest, complete) == (TOKEN[:20], b"", False)
+
+
+def test_unpaced_reads_hand_over_every_read_at_once() -> None:
+    async def go() -> list[bytes]:
+        reader = await paced_reader(0.0)
+        out = []
+        for _ in range(3):
+            read = await pending(reader)
+            reader.data_received(TOKEN)
+            out.append(await read)
+        return out
+
+    assert on_own_loop(go) == [TOKEN] * 3

@@ -6,8 +6,11 @@ on a small machine (bench/gateway.py). So this is the least HTTP/1.1 client that
 the job: one connection per request (mlx_lm speaks HTTP/1.0 and closes it anyway, and
 closing it is how a request is ended early), an `asyncio.Protocol` that hands on every
 byte read so far in one piece, chunked bodies decoded (mlx_vlm runs on uvicorn), and
-reading paced once data flows (`hold`): the socket is left alone for a moment, so the
-next read takes several tokens at once instead of waking the loop for each.
+hand-overs paced once data flows (`pace`): bytes still arrive as they come, but the
+reader is woken at most once per pace interval, so one wake-up of the relay (a task
+step, a format pass, a write to the client) carries every token that came meanwhile.
+A first token after a pause, the end of the stream (`[DONE]`, the end of the body) and
+a closed connection are handed over at once.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ CONNECT_TIMEOUT_S = 5.0
 #: Longest silence between two reads of a stream (big models can be slow).
 READ_TIMEOUT_S = 600.0
 _MAX_HEAD_BYTES = 64 * 1024
+_DONE = b"[DONE]"
+#: A paced hand-over this close to its time is due (timers may fire a little early).
+_SLACK_S = 0.0005
 
 
 class UpstreamClosed(Exception):
@@ -71,7 +77,9 @@ class _Reader(asyncio.Protocol):
         self.closed = False  # the connection is gone
         self.error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._held = False
+        self._pace_s = 0.0  # at most one hand-over per this many seconds (0: each read)
+        self._handed_at = float("-inf")  # loop time of the last hand-over
+        self._timer: asyncio.TimerHandle | None = None  # a paced wake-up due
         self._last_read = loop.time()
         self._watchdog: asyncio.TimerHandle | None = None
 
@@ -98,7 +106,10 @@ class _Reader(asyncio.Protocol):
                 return
         if data:
             self._take(data)
-        self._wake()
+        if self._pace_s and not self.complete:
+            self._paced_wake()
+        else:
+            self._wake()
 
     def eof_received(self) -> bool:
         self._closed()
@@ -113,25 +124,29 @@ class _Reader(asyncio.Protocol):
 
     async def read(self) -> bytes:
         """All body bytes that arrived since the last read, waiting for some; b"" once
-        the body ended (see `complete`, `error`)."""
-        while not self._body and not (self.complete or self.closed):
+        the body ended (see `complete`, `error`). Once paced, bytes wait until a pace
+        interval has passed since the last read (not the stream's end)."""
+        while not (self.complete or self.closed):
+            if self._body and self._due() <= _SLACK_S:
+                break
             waiter = self._waiter = self._loop.create_future()
+            if self._body and self._timer is None:
+                self._timer = self._loop.call_later(self._due(), self._wake)
             try:
                 await waiter
             finally:
                 self._waiter = None
         data = bytes(self._body)
         self._body.clear()
+        if self._pace_s:
+            self._handed_at = self._loop.time()
         return data
 
-    def hold(self, seconds: float) -> None:
-        """Leave the socket unread for `seconds`: what arrives meanwhile is read at once
-        afterwards, in one piece."""
-        if self._held or self.transport is None or self.closed or seconds <= 0:
-            return
-        self._held = True
-        self.transport.pause_reading()
-        self._loop.call_later(seconds, self._release)
+    def pace(self, seconds: float) -> None:
+        """From now on hand bytes over at most once per `seconds` (0: as they come); a
+        first read after a pause and the stream's end are never held back."""
+        self._pace_s = max(0.0, seconds)
+        self._handed_at = self._loop.time()
 
     def abort(self) -> None:
         """Close the connection at once (the server notices at its next write)."""
@@ -140,11 +155,6 @@ class _Reader(asyncio.Protocol):
         self._closed()
 
     # -- internals --------------------------------------------------------------------------
-
-    def _release(self) -> None:
-        self._held = False
-        if self.transport is not None and not self.closed and not self.transport.is_closing():
-            self.transport.resume_reading()
 
     def _parse_head(self, head: bytes) -> None:
         lines = head.decode("latin-1").split("\r\n")
@@ -220,7 +230,23 @@ class _Reader(asyncio.Protocol):
                 "the server closed the connection before answering"))
         self._wake()
 
+    def _due(self) -> float:
+        """Seconds until the bytes read so far may be handed over (<= 0: now)."""
+        if not self._pace_s or _DONE in self._body[-16:]:  # the stream ends here
+            return 0.0
+        return self._handed_at + self._pace_s - self._loop.time()
+
+    def _paced_wake(self) -> None:
+        due = self._due()
+        if due <= _SLACK_S:
+            self._wake()
+        elif self._timer is None:
+            self._timer = self._loop.call_later(due, self._wake)
+
     def _wake(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -229,7 +255,7 @@ class _Reader(asyncio.Protocol):
         silent = self._loop.time() - self._last_read
         if self.closed:
             return
-        if silent >= self._read_timeout_s and not self._held:
+        if silent >= self._read_timeout_s:
             log.warning("model server silent for %.0f s: closing the connection", silent)
             self._fail(UpstreamClosed(f"no answer for {silent:.0f} s"))
             return
@@ -280,8 +306,8 @@ class Upstream:
             out += data
         return bytes(out[:limit])
 
-    def hold(self, seconds: float) -> None:
-        self._reader.hold(seconds)
+    def pace(self, seconds: float) -> None:
+        self._reader.pace(seconds)
 
     def abort(self) -> None:
         self._reader.abort()
