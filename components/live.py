@@ -8,6 +8,15 @@ reaches the page as soon as it happens, while an idle page costs one short reque
 every `HOLD_S` instead of a render per tick. Each tick also tells the monitor that a
 page is watching (HOLD_S is shorter than the monitor's watch timeout).
 
+New figures (`LAZY_TOPICS`: the monitor's samples, every 1-2 s while a server runs) are
+drawn at most every `FIGURES_EVERY_S`; state changes (a server's state, accounts,
+downloads) are answered at once. Why: every Gradio event costs the browser about four
+passes over the loading status of every component of the page (Gradio's
+`update_loading_stati_state`), 0.1-0.3 s of main thread each on a loaded machine. A
+page redrawn for every sample was busy most of the time, so a state change waited
+for the page to be free to ask (1.6-3.7 s p50 for "server Ready", while the pending
+badge, drawn by an idle page, took 0.16 s; docs/benchmarks.md).
+
 Tabs add their parts (`LiveFeed.add`) while the page is built; `attach` wires the tick.
 """
 
@@ -35,6 +44,9 @@ HOLD_S = 10.0
 #: Pause between a tick's answer and the page's next tick (changes meanwhile are kept
 #: by the versions, so nothing is missed; this only spaces redraws).
 TICK_S = 0.1
+#: Topics whose news alone waits until the page's last drawing of them is this old.
+LAZY_TOPICS = frozenset({Topic.SAMPLES})
+FIGURES_EVERY_S = 3.0
 #: Pages whose ticks may wait at once; more pages queue (each waiting tick holds one
 #: of Gradio's worker slots, and chat streams need theirs).
 MAX_WAITING_PAGES = 16
@@ -56,23 +68,44 @@ class LivePart:
     on_timeout: bool = False
 
 
-async def wait_for_news(changes: Changes, since: Versions | None, timeout: float) -> Versions:
+@dataclass(frozen=True)
+class Seen:
+    """What a page last drew: the versions, and when (event loop time) it last drew
+    the lazy topics' news."""
+
+    versions: Versions
+    lazy_at: float
+
+
+async def wait_for_news(changes: Changes, since: Versions | None, timeout: float,
+                        lazy: frozenset[Topic] = frozenset(),
+                        lazy_from: float = float("-inf")) -> Versions:
     """The versions once one moved past `since`, or after `timeout` s; the event loop
-    stays free meanwhile (the bump wakes it from whatever thread made the change)."""
+    stays free meanwhile (the bump wakes it from whatever thread made the change).
+    News of `lazy` topics alone answers only from loop time `lazy_from` on."""
     loop = asyncio.get_running_loop()
     woken = asyncio.Event()
+    deadline = loop.time() + timeout
 
     def hear(_topic: Topic) -> None:
         loop.call_soon_threadsafe(woken.set)
 
     unsubscribe = changes.subscribe(hear)
     try:
-        if not changes.versions().moved(since):
-            try:
-                await asyncio.wait_for(woken.wait(), timeout)
-            except TimeoutError:
+        while True:
+            woken.clear()  # before reading: a bump after the read sets it again
+            now = changes.versions()
+            moved = now.moved(since)
+            if moved - lazy or (moved and loop.time() >= lazy_from):
+                return now
+            wake_at = min(deadline, lazy_from) if moved else deadline
+            if loop.time() >= wake_at:
                 log.debug("no news for %g s", timeout)
-        return changes.versions()
+                return now
+            try:
+                await asyncio.wait_for(woken.wait(), wake_at - loop.time())
+            except TimeoutError:
+                continue  # the deadline, or lazy news now due: the loop decides
     finally:
         unsubscribe()
 
@@ -113,13 +146,15 @@ class LiveFeed:
     def attach(self) -> gr.Timer:
         """Wire the page's tick (inside the page's Blocks, after every part was added)."""
         services = self._services
-        seen = gr.State(None)  # the Versions this page last drew
+        seen = gr.State(None)  # the Seen of this page
         timer = gr.Timer(TICK_S)
         inputs = [seen, *(c for part in self._parts for c in part.inputs)]
         outputs = [seen, *(c for part in self._parts for c in part.outputs)]
 
-        async def tick(since: Versions | None, *rest: Any) -> list[Any]:
+        async def tick(last: Seen | None, *rest: Any) -> list[Any]:
             *values, request = rest
+            since = last.versions if last is not None else None
+            lazy_at = last.lazy_at if last is not None else float("-inf")
             try:
                 user = await anyio.to_thread.run_sync(user_of, services, request)
             except gr.Error:
@@ -127,12 +162,15 @@ class LiveFeed:
                 await asyncio.sleep(HOLD_S)
                 raise
             services.monitor.touch()
-            now = await wait_for_news(services.changes, since, HOLD_S)
-            timed_out = not now.moved(since)
+            now = await wait_for_news(services.changes, since, HOLD_S, LAZY_TOPICS,
+                                      lazy_at + FIGURES_EVERY_S)
+            moved = now.moved(since)
+            if moved & LAZY_TOPICS:
+                lazy_at = asyncio.get_running_loop().time()
             with refusals(f"live update for {user.email}"):
                 drawn = await anyio.to_thread.run_sync(
-                    self.redraw, user, since, now, timed_out, values)
-            return [now, *drawn]
+                    self.redraw, user, since, now, not moved, values)
+            return [Seen(now, lazy_at), *drawn]
 
         params = [inspect.Parameter(f"value_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD)
                   for i in range(len(inputs))]

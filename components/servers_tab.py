@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 #: The chart is redrawn at most this often while figures arrive (plotly is not cheap).
 CHART_REFRESH_S = 10.0
 
+
+def chart_due(drawn_at: float | None, now: float) -> bool:
+    """Is the chart worth a redraw (its own event: each one costs the page a plotly
+    render and Gradio's status passes, so not with every redraw of the tiles)?"""
+    return drawn_at is None or now - drawn_at >= CHART_REFRESH_S
+
 # One delegated listener: tile buttons become a "click" event carrying action + target.
 TILE_JS = """
 element.addEventListener('click', (event) => {
@@ -124,6 +130,7 @@ def build(services: Services) -> TabLoader:
     tiles = gr.HTML(server_tiles_html([]), elem_id="server-tiles", js_on_load=TILE_JS)
     chart = gr.Plot(label="Memory and CPU over the last minutes", elem_id="server-chart")
     chart_drawn = gr.State(None)  # monotonic time the chart was last drawn
+    chart_asked = gr.State(None)  # set by the live redraw when the chart is due
     pending = gr.State(None)  # profile id whose "Starting..." line is shown
     # For API clients (and tests): the same actions as the tile buttons.
     with gr.Row(visible=False):
@@ -131,17 +138,16 @@ def build(services: Services) -> TabLoader:
         api_target = gr.Textbox(elem_id="server-api-target")
         api_button = gr.Button("Run", elem_id="server-api-run")
 
-    def draw_tiles(user: User, pending_id: int | None) -> tuple[str, Any, int | None]:
+    def draw_tiles(user: User, pending_id: int | None, drawn_at: float | None
+                   ) -> tuple[str, Any, int | None, Any]:
         snap = supervisor.snapshot(pending_id) if pending_id is not None else None
-        return (render_tiles(services, user), *status_update(pending_id, snap))
+        now = time.monotonic()
+        return (render_tiles(services, user), *status_update(pending_id, snap),
+                now if chart_due(drawn_at, now) else gr.skip())
 
     @handler(services, "server chart")
-    def draw_chart(_user: User, drawn_at: float | None) -> tuple[Any, Any]:
-        now = time.monotonic()
-        if drawn_at is not None and now - drawn_at < CHART_REFRESH_S and \
-                supervisor.live_processes():
-            return gr.skip(), gr.skip()
-        return chart_figure(services), now
+    def draw_chart(_user: User) -> tuple[Any, Any]:
+        return chart_figure(services), time.monotonic()
 
     def run(action: str, target: str, user: User) -> tuple[str, int | None]:
         """One server action (its status line, the profile id while it is under way); a
@@ -198,11 +204,12 @@ def build(services: Services) -> TabLoader:
     api_button.click(on_api, [api_action, api_target], outputs, api_name="server_action")
     reload.click(refresh_choices, None, profile, api_name="server_profiles")
     profile.focus(refresh_choices, None, profile, show_progress="hidden")
-    # The chart follows the tiles in its own event: plotly's figure (and the page's
-    # drawing of it) must not hold up the tiles' news.
-    tiles.change(draw_chart, chart_drawn, [chart, chart_drawn], show_progress="hidden",
-                 trigger_mode="always_last", api_visibility="private")
+    # The chart follows the tiles in its own event (plotly's figure, and the page's
+    # drawing of it, must not hold up the tiles' news), and only when it is due.
+    chart_asked.change(draw_chart, None, [chart, chart_drawn], show_progress="hidden",
+                       trigger_mode="always_last", api_visibility="private")
     watched = frozenset({Topic.SERVERS, Topic.SAMPLES})
     return TabLoader(load, [profile, tiles, chart, chart_drawn], live=(
-        LivePart(watched, draw_tiles, [tiles, status, pending], inputs=[pending]),
+        LivePart(watched, draw_tiles, [tiles, status, pending, chart_asked],
+                 inputs=[pending, chart_drawn]),
     ))
