@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import gradio as gr
 
-from components.live import LiveFeed, LivePart
+from components.live import LAZY_TOPICS, LiveFeed, LivePart, wait_for_news
+from components.servers_tab import CHART_REFRESH_S, chart_due
 from manager.accounts.auth import User
 from manager.changes import Changes, Topic
 from manager.services import Services
+from tests.waits import wait_for
 
 
 def _feed(services: Services) -> LiveFeed:
@@ -38,3 +42,46 @@ def test_the_first_tick_leaves_parts_with_inputs_to_the_page_load(
     changes.bump(Topic.SERVERS)
     later = feed.redraw(None, first, changes.versions(), False, ["weather"])  # type: ignore[arg-type]
     assert isinstance(later[0], type(gr.skip())) and later[1] == "status of weather"
+
+
+def _waiting(changes: Changes, since: Any, lazy_from: float) -> Any:
+    """wait_for_news on its own loop thread (the test thread stays free to bump)."""
+    found: dict[str, Any] = {}
+
+    def run() -> None:
+        async def wait() -> Any:
+            loop = asyncio.get_running_loop()
+            return await wait_for_news(changes, since, 60.0, LAZY_TOPICS,
+                                       loop.time() + lazy_from)
+        found["versions"] = asyncio.run(wait())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, found
+
+
+def test_new_figures_wait_for_their_turn_but_a_state_change_is_answered_at_once() -> None:
+    """Bug: a page redrawn for every monitor sample was too busy to ask for the next
+    change, so 'server Ready' showed 1.6-3.7 s late; figures now wait their turn
+    (FIGURES_EVERY_S) while a server's change still answers the waiting page."""
+    changes = Changes()
+    since = changes.versions()
+    changes.bump(Topic.SAMPLES)  # figures alone, drawn too recently: the page keeps waiting
+    thread, found = _waiting(changes, since, lazy_from=3600.0)
+    wait_for(lambda: changes.listeners == 1, what="the page to wait despite new figures")
+    changes.bump(Topic.SERVERS)
+    thread.join()
+    assert found["versions"].moved(since) == {Topic.SAMPLES, Topic.SERVERS}
+
+    # Figures whose turn has come are answered like any news.
+    since = changes.versions()
+    changes.bump(Topic.SAMPLES)
+    thread, found = _waiting(changes, since, lazy_from=0.0)
+    thread.join()
+    assert found["versions"].moved(since) == {Topic.SAMPLES}
+
+
+def test_the_servers_chart_is_asked_for_once_it_is_due() -> None:
+    assert chart_due(None, 5.0)
+    assert not chart_due(100.0, 100.0 + CHART_REFRESH_S / 2)
+    assert chart_due(100.0, 100.0 + CHART_REFRESH_S)
