@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from anthropic.lib.streaming._messages import accumulate_event
 
 from manager.api.anthropic import (
     StreamTranslator,
@@ -182,6 +181,10 @@ def _run(chunks: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _accumulate(events: list[tuple[str, dict[str, Any]]]) -> Any:
+    # Imported here: the SDK costs seconds to import, and every pytest-xdist worker
+    # imports every test module to collect it, whichever worker runs this one.
+    from anthropic.lib.streaming._messages import accumulate_event
+
     snapshot = None
     buffers: dict[int, bytes] = {}
     for _, data in events:

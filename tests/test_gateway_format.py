@@ -6,7 +6,6 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from anthropic.lib.streaming._messages import accumulate_event
 
 from manager.api.anthropic import StreamTranslator, sse
 from manager.api.prometheus import escape_label, render
@@ -270,6 +269,9 @@ def test_renamer_handles_compact_json_and_unknown_text() -> None:
 
 @pytest.mark.parametrize("cut", [5, 4096])
 def test_anthropic_stream_is_the_documented_event_sequence(cut: int) -> None:
+    # Imported here: collecting this module in every pytest-xdist worker need not load it.
+    from anthropic.lib.streaming._messages import accumulate_event
+
     pieces = relayed(AnthropicFormat("tiny"), server_bytes(), cut).decode()
     events = []
     message, buffers = None, {}

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from openai import omit
-from openai.lib.streaming.responses._responses import ResponseStreamState
-from openai.types.responses import Response, ResponseStreamEvent
-from pydantic import TypeAdapter
 
 from manager.accounts.auth import AuthService
 from manager.api.responses import (
@@ -31,12 +29,27 @@ from manager.servers.server_stream import Batch
 from manager.store import Store
 from tests.conftest import PASSWORD, TEST_HASHER, Clock
 
+if TYPE_CHECKING:
+    from openai.lib.streaming.responses._responses import ResponseStreamState
+
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
 CHAT_WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city",
     "parameters": WEATHER["parameters"]}}
-EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+
+
+@cache
+def sdk() -> SimpleNamespace:
+    """The openai SDK's types, imported on first use: they cost seconds, and every
+    pytest-xdist worker imports this module to collect it, whichever worker runs it."""
+    from openai import omit
+    from openai.lib.streaming.responses._responses import ResponseStreamState
+    from openai.types.responses import Response, ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    return SimpleNamespace(omit=omit, Response=Response, StreamState=ResponseStreamState,
+                           events=TypeAdapter(ResponseStreamEvent))
 
 
 def chat_of(body: dict[str, Any], history: list[dict[str, Any]] | None = None
@@ -219,7 +232,7 @@ def test_a_whole_answer_is_a_response_the_sdk_validates() -> None:
             "name": "get_weather", "arguments": '{"city": "Paris"}'}}]}}],
         "usage": {"prompt_tokens": 11, "completion_tokens": 7}}
     payload = from_chat_response(raw, "resp_1", "tiny", echo, 1_800_000_000)
-    response = Response.model_validate(payload)
+    response = sdk().Response.model_validate(payload)
     assert [item.type for item in response.output] == ["reasoning", "message", "function_call"]
     assert response.output_text == "Checking."
     assert response.output[0].summary[0].text == "Need weather."  # type: ignore[union-attr]
@@ -230,7 +243,7 @@ def test_a_whole_answer_is_a_response_the_sdk_validates() -> None:
     assert response.status == "completed" and response.max_output_tokens == 64
     cut = from_chat_response({"choices": [{"finish_reason": "length", "message": {
         "content": "abc"}}]}, "resp_2", "tiny", echo, 0)
-    details = Response.model_validate(cut).incomplete_details
+    details = sdk().Response.model_validate(cut).incomplete_details
     assert details is not None and details.reason == "max_output_tokens"
 
 
@@ -253,13 +266,14 @@ def _run(chunks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], ResponseSt
     raw += fmt.finish()
     plain = ResponsesStream("resp_t", "tiny", echo, created_at=fmt.stream.created_at)
     slow = [e for c in chunks for e in plain.feed(c)] + list(plain.finish())
-    state: ResponseStreamState[Any] = ResponseStreamState(input_tools=omit, text_format=omit)
+    state: ResponseStreamState[Any] = sdk().StreamState(input_tools=sdk().omit,
+                                                        text_format=sdk().omit)
     events = []
     for block, expected in zip(raw.decode().strip().split("\n\n"), slow, strict=True):
         name, data = block.split("\n")
         event = json.loads(data.removeprefix("data: "))
         assert name == f"event: {event['type']}"
-        state.handle_event(EVENTS.validate_python(event))
+        state.handle_event(sdk().events.validate_python(event))
         events.append(event)
         assert _without_ids(event) == _without_ids(json.loads(sse(expected).split(b"\n")[1][6:]))
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
@@ -321,7 +335,7 @@ def test_a_stream_cut_by_max_tokens_is_incomplete_and_a_failure_is_failed() -> N
     failed = list(stream.fail("backend_error", "tiny stopped answering"))
     assert [e["type"] for e in failed] == ["error", "response.failed"]
     for event in failed:
-        EVENTS.validate_python(event)
+        sdk().events.validate_python(event)
     assert failed[1]["response"]["error"]["message"] == "tiny stopped answering"
     assert failed[1]["response"]["output"][0]["status"] == "incomplete"
     assert output_text(failed[1]["response"]["output"]) == "par"
