@@ -84,6 +84,39 @@ def test_wrong_password_and_unknown_email_get_the_same_answer(auth: AuthService)
     assert wrong.value.message == unknown.value.message
 
 
+class CountingHasher(PasswordHasher):
+    """The test hasher's parameters, counting the hashes it makes."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
+        self.hashes = 0
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        self.hashes += 1
+        return super().hash(password, salt=salt)
+
+
+@pytest.mark.parametrize("first_email", ["nobody@example.com", "alice@example.com"])
+def test_the_unknown_email_hash_is_made_by_the_first_sign_in_whoever_it_is(
+        tmp_path: Path, first_email: str) -> None:
+    """Building the service hashes nothing (every CLI command builds one); the first sign-in
+    makes the hash unknown emails are checked against, whether its email is known or not,
+    so that first answer costs the same either way."""
+    hasher = CountingHasher()
+    auth = AuthService(Store(tmp_path / "manager.db"), b"k" * 32, hasher=hasher)
+    assert hasher.hashes == 0
+    auth.register("alice@example.com", PW)
+    assert hasher.hashes == 1
+    with pytest.raises(AuthenticationFailed):
+        auth.authenticate(first_email, "wrong password!", "10.0.0.1")
+    assert hasher.hashes == 2
+    for email in ("nobody@example.com", "alice@example.com"):
+        with pytest.raises(AuthenticationFailed):
+            auth.authenticate(email, "wrong password!", "10.0.0.2")
+    assert hasher.hashes == 2
+    assert auth.authenticate("alice@example.com", PW, "10.0.0.3").email == "alice@example.com"
+
+
 def test_failures_slow_the_source_down_with_a_growing_delay(
     auth: AuthService, clock: Clock
 ) -> None:

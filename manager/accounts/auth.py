@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,7 +158,11 @@ class AuthService:
         self._hasher = hasher or PasswordHasher()
         self._clock = clock
         # Verifying against a real hash for unknown emails keeps both answers equally slow.
-        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        # Made by the first sign-in (known email or not, so that one is as slow either
+        # way), not here: a default hash costs ~0.3 s of CPU, and every CLI command and
+        # every Services built pays for an AuthService.
+        self._dummy: str | None = None
+        self._dummy_lock = threading.Lock()
 
     # --- reading ---------------------------------------------------------------------
 
@@ -235,7 +240,8 @@ class AuthService:
             rows = list(db.query("SELECT * FROM users WHERE email = ?", [key]))
         known = self._device_of(device, rows[0]["id"]) if rows else None
         self._limiter.check(key, client, known)
-        stored_hash = rows[0]["password_hash"] if rows else self._dummy_hash
+        dummy = self._dummy_hash()  # on every path, so the first sign-in costs the same
+        stored_hash = rows[0]["password_hash"] if rows else dummy
         try:
             self._hasher.verify(stored_hash, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
@@ -256,6 +262,12 @@ class AuthService:
         with self._store.connect() as db:
             db.table("users").update(user.id, updates)
         return user
+
+    def _dummy_hash(self) -> str:
+        with self._dummy_lock:
+            if self._dummy is None:
+                self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
+            return self._dummy
 
     # --- sessions --------------------------------------------------------------------
 
