@@ -11,6 +11,13 @@ from tests.conftest import PASSWORD, LiveDashboard
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
+@pytest.fixture
+def dashboard(shared_live_dashboard: LiveDashboard) -> LiveDashboard:
+    """The module's one app on a socket, handed to each test as new (no servers run here,
+    so nothing but the database and the sign-in limits carries over, and those are reset)."""
+    return shared_live_dashboard
+
+
 def register(page, url: str, email: str) -> None:  # noqa: ANN001 - a Playwright Page
     page.goto(url + "/")
     assert "/login" in page.url
