@@ -7,7 +7,7 @@ import signal
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -205,8 +205,9 @@ def app_dashboard(services: Services, asgi_portal: BlockingPortal) -> LiveDashbo
 
 
 class SharedApp:
-    """One built app for all the tests of a module: building it costs seconds (Gradio
-    makes its routes app three times), a test that uses it milliseconds.
+    """One built app for all the tests of a module (or of every module that keeps the
+    default settings): building it costs seconds (Gradio makes its routes app three
+    times), a test that uses it milliseconds.
 
     `fresh()` hands it to the next test as new: the database back to the copy taken right
     after it was created (users, sessions, keys, profiles, chats, seeded rows, id counters)
@@ -232,21 +233,42 @@ class SharedApp:
         self.services.close()
 
 
-@pytest.fixture(scope="module")
-def module_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """The settings of the app a module shares (a module overrides this to change them)."""
+@pytest.fixture(scope="session")
+def _default_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(data_dir=tmp_path_factory.mktemp("shared") / "data", port=free_port(),
                     warm_spare=False)
 
 
 @pytest.fixture(scope="module")
-def shared_app(module_settings: Settings) -> Iterator[SharedApp]:
+def module_settings(_default_settings: Settings) -> Settings:
+    """The settings of the app a module shares. A module overrides this to change them;
+    the modules that keep these defaults share one app (and socket) for the session."""
+    return _default_settings
+
+
+def _build_shared_app(settings: Settings) -> SharedApp:
     from app import create_app
     from manager.services import Services
 
-    services = Services.create(module_settings, run_servers=False, hasher=TEST_HASHER)
+    services = Services.create(settings, run_servers=False, hasher=TEST_HASHER)
     # With the local control API (mlx-manager commands), so route walks cover it too.
-    shared = SharedApp(services, create_app(services, control_token="test-control-token"))
+    return SharedApp(services, create_app(services, control_token="test-control-token"))
+
+
+@pytest.fixture(scope="session")
+def _default_app(_default_settings: Settings) -> Iterator[SharedApp]:
+    shared = _build_shared_app(_default_settings)
+    yield shared
+    shared.close()
+
+
+@pytest.fixture(scope="module")
+def shared_app(module_settings: Settings, request: pytest.FixtureRequest
+               ) -> Iterator[SharedApp]:
+    if module_settings is request.getfixturevalue("_default_settings"):
+        yield request.getfixturevalue("_default_app")  # fresh() hands it over as new
+        return
+    shared = _build_shared_app(module_settings)
     yield shared
     shared.close()
 
@@ -258,13 +280,31 @@ def shared_app_dashboard(shared_app: SharedApp, asgi_portal: BlockingPortal) -> 
                          InProcessTransport(shared_app.app, asgi_portal))
 
 
+@contextmanager
+def _serving(shared: SharedApp) -> Iterator[str]:
+    port = shared.services.settings.port
+    server, thread = run_uvicorn(shared.app, port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def _default_server(_default_app: SharedApp) -> Iterator[str]:
+    with _serving(_default_app) as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
-def _shared_server(shared_app: SharedApp) -> Iterator[str]:
-    port = shared_app.services.settings.port
-    server, thread = run_uvicorn(shared_app.app, port)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=15)
+def _shared_server(shared_app: SharedApp, request: pytest.FixtureRequest) -> Iterator[str]:
+    # The session's default app is served once: its Gradio queue starts and stops with it.
+    if shared_app.services.settings is request.getfixturevalue("_default_settings"):
+        yield request.getfixturevalue("_default_server")
+        return
+    with _serving(shared_app) as url:
+        yield url
 
 
 @pytest.fixture
