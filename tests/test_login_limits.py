@@ -5,21 +5,13 @@ from __future__ import annotations
 import pytest
 
 from manager.api.login import DEVICE_COOKIE, SESSION_COOKIE
-from manager.settings import Settings
-from tests.conftest import PASSWORD, LiveDashboard, free_port
-
-REGISTRATIONS = 3
-
-
-@pytest.fixture(scope="module")
-def module_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(data_dir=tmp_path_factory.mktemp("limits") / "data", port=free_port(),
-                    registrations_per_hour=REGISTRATIONS)
+from tests.conftest import PASSWORD, LiveDashboard
 
 
 @pytest.fixture
 def dashboard(shared_app_dashboard: LiveDashboard) -> LiveDashboard:
-    """These routes need no socket: the module's one app, in-process, handed over as new."""
+    """These routes need no socket: the session's shared app (default settings: five
+    registrations an hour from one address), in-process, handed over as new."""
     return shared_app_dashboard
 
 
@@ -70,11 +62,13 @@ def test_registration_does_not_say_whether_an_email_exists(dashboard: LiveDashbo
 
 
 def test_registrations_per_address_are_limited(dashboard: LiveDashboard) -> None:
+    allowed = dashboard.services.settings.registrations_per_hour
+    assert allowed == 5  # the default
     answers = [dashboard.register(f"user{n}@example.com").status_code
-               for n in range(REGISTRATIONS + 1)]
-    assert answers == [303] + [200] * (REGISTRATIONS - 1) + [429]
+               for n in range(allowed + 1)]
+    assert answers == [303] + [200] * (allowed - 1) + [429]
     refused = dashboard.register("late@example.com")
     assert refused.status_code == 429
     assert "Too many registrations from this address" in refused.text
     assert dashboard.services.auth.get_by_email("late@example.com") is None
-    assert len(dashboard.services.auth.all_users()) == REGISTRATIONS
+    assert len(dashboard.services.auth.all_users()) == allowed

@@ -28,7 +28,7 @@ from manager.chat.attachments import NotUploaded, uploaded_file
 from manager.net import free_port
 from manager.services import Services
 from manager.settings import Settings
-from tests.conftest import LiveDashboard, run_uvicorn
+from tests.conftest import TEST_HASHER, LiveDashboard, run_uvicorn
 from tests.file_watch import OpenWatch
 
 USER = "mallory@example.com"
@@ -52,7 +52,8 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDashboar
     from app import create_app
 
     services = Services.create(Settings(data_dir=tmp_path_factory.mktemp("uploads") / "data",
-                                        port=free_port(), warm_spare=False))
+                                        port=free_port(), warm_spare=False),
+                               run_servers=False, hasher=TEST_HASHER)
     server, thread = run_uvicorn(create_app(services), services.settings.port)
     live = LiveDashboard(f"http://127.0.0.1:{services.settings.port}", services)
     live.register(USER)
