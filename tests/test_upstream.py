@@ -17,6 +17,10 @@ from typing import TypeVar
 import pytest
 
 from manager.net import free_port
+from manager.servers.inference import InferenceError, MetricsStore
+from manager.servers.profiles import Backend, Profile
+from manager.servers.server_stream import open_counted
+from manager.servers.snapshot import ServerSnapshot, ServerState
 from manager.servers.upstream import Upstream, _Reader, error_message
 from tests.conftest import run_uvicorn
 
@@ -257,3 +261,65 @@ def test_unpaced_reads_hand_over_every_read_at_once() -> None:
         return out
 
     assert on_own_loop(go) == [TOKEN] * 3
+
+
+def ready_snapshot(port: int) -> ServerSnapshot:
+    profile = Profile(id=1, name="tiny", model="m", backend=Backend.MLX_LM,
+                      host="127.0.0.1", port=port)
+    return ServerSnapshot(profile=profile, state=ServerState.READY, state_since=0.0,
+                          model_path="/models/m")
+
+
+@pytest.mark.parametrize("count_fails", [False, True])
+def test_the_prompt_count_goes_first_and_the_stream_only_once_it_was_taken_in(
+        count_fails: bool) -> None:
+    """As mlx_lm does, this server sends a status line once a request joined its batch;
+    the real request must not reach it before the count's status line (it would run
+    first, and the count would wait for its whole stream), and a count that fails
+    after that closes the real request too."""
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 17, "completion_tokens": 1}}\n\n'
+
+    async def go() -> tuple[list[int], int | None, bytes]:
+        arrived: list[int] = []
+        count_answered = asyncio.Event()
+        stream_closed: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            request = json.loads(await reader.readexactly(length))
+            arrived.append(request["max_tokens"])
+            if request["max_tokens"] == 1:  # the count
+                writer.write(HEAD)
+                await writer.drain()
+                await count_answered.wait()  # until the real request arrived
+                writer.write(b"data: {broken" if count_fails else TOKEN + usage + DONE)
+            else:
+                count_answered.set()
+                writer.write(HEAD + TOKEN)
+                await writer.drain()
+                if count_fails:
+                    stream_closed.set_result(await reader.read())
+                    writer.close()
+                    return
+                writer.write(usage + DONE)
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        snap = ready_snapshot(server.sockets[0].getsockname()[1])
+        metrics = MetricsStore()
+        try:
+            stream, count = await open_counted(metrics, snap, {"messages": [], "max_tokens": 9})
+        except InferenceError:
+            rest = await asyncio.wait_for(stream_closed, 30)
+            return arrived, None, rest
+        body = b"".join([batch.data async for batch in stream.batches()])
+        server.close()
+        return arrived, count, body
+
+    arrived, count, body = on_own_loop(go)
+    assert arrived == [1, 9]  # the count first, the real request after its status line
+    if count_fails:
+        assert (count, body) == (None, b"")  # the real request's connection was closed
+    else:
+        assert (count, body) == (17, TOKEN)

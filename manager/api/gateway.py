@@ -100,7 +100,7 @@ from manager.errors import ValidationError
 from manager.servers.abort import Abort
 from manager.servers.inference import RequestAborted
 from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile
-from manager.servers.server_stream import ServerStream, count_prompt_tokens
+from manager.servers.server_stream import ServerStream, open_counted
 from manager.servers.snapshot import CancelEvent
 from manager.servers.supervisor import ServerSnapshot, ServerState
 from manager.services import Services
@@ -385,7 +385,9 @@ class Gateway:
         if isinstance(fmt, OpenAIPassthrough):
             fmt.served_as(snap.model_path)
         elif isinstance(fmt, AnthropicFormat):  # message_start carries the prompt's count
-            fmt.translator.input_tokens = await count_prompt_tokens(snap, body)
+            stream, fmt.translator.input_tokens = await open_counted(
+                self._services.metrics, snap, body, completion=job.completion)
+            return stream
         return await ServerStream.open(self._services.metrics, snap, body,
                                        completion=job.completion)
 

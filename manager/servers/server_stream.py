@@ -230,15 +230,28 @@ def _record_failure(metrics: MetricsStore, snap: ServerSnapshot, started: float)
         prompt_tokens=None, completion_tokens=None, ok=False))
 
 
-async def count_prompt_tokens(snap: ServerSnapshot, body: Mapping[str, Any]) -> int:
-    """The prompt's tokens as the server counts them (templates, tools, images): a
-    1-token answer, not metered. mlx_lm's prompt cache spares the real request that
-    follows most of its prefill (bench/gateway.py measures the cost)."""
+async def open_counted(metrics: MetricsStore, snap: ServerSnapshot, body: Mapping[str, Any],
+                       *, completion: bool = False) -> tuple[ServerStream, int]:
+    """The stream of `body` and its prompt's tokens as the server counts them (templates,
+    tools, images): a 1-token request (not metered) goes first, and the real one as soon
+    as the server took the count in (its status line), so the real request's connection
+    and prompt rendering overlap the count's prefill, and mlx_lm's prompt cache spares it
+    most of its own. (Sent at the same moment the count could arrive second, and mlx_lm
+    admits a request to a running batch only between bursts of up to 0.5 s.)"""
     count = await ServerStream.open(MetricsStore(), snap, {**body, "max_tokens": 1})
+    try:
+        stream = await ServerStream.open(metrics, snap, body, completion=completion)
+    except BaseException:
+        count.close()
+        raise
     try:
         async for _ in count.batches(0):
             continue
+    except BaseException:
+        stream.abort()
+        stream.close()
+        raise
     finally:
         count.close()
     usage = count.usage
-    return (usage.prompt_tokens if usage is not None else None) or 0
+    return stream, (usage.prompt_tokens if usage is not None else None) or 0
