@@ -14,6 +14,7 @@ that it does fail.
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -74,8 +75,15 @@ def modules(root: Path) -> list[Module]:
 def imported_names(module: Module) -> set[str]:
     """Every module name the source imports (TYPE_CHECKING imports too), with relative
     imports resolved and `from pkg import sub` also giving pkg.sub."""
-    tree = ast.parse(module.path.read_text(encoding="utf-8"), filename=str(module.path))
-    package = module.name if module.path.stem == "__init__" else module.name.rpartition(".")[0]
+    return set(_imported_names(module.path, module.name,
+                               module.path.read_text(encoding="utf-8")))
+
+
+@functools.cache
+def _imported_names(path: Path, name: str, source: str) -> frozenset[str]:
+    # Cached on the source itself: the rules below each walk every module.
+    tree = ast.parse(source, filename=str(path))
+    package = name if path.stem == "__init__" else name.rpartition(".")[0]
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -88,7 +96,7 @@ def imported_names(module: Module) -> set[str]:
                 origin = node.module or ""
             names.add(origin)
             names.update(f"{origin}.{alias.name}" for alias in node.names)
-    return names
+    return frozenset(names)
 
 
 def layer_of(name: str) -> int | None:
