@@ -15,7 +15,10 @@ passes over the loading status of every component of the page (Gradio's
 `update_loading_stati_state`), 0.1-0.3 s of main thread each on a loaded machine. A
 page redrawn for every sample was busy most of the time, so a state change waited
 for the page to be free to ask (1.6-3.7 s p50 for "server Ready", while the pending
-badge, drawn by an idle page, took 0.16 s; docs/benchmarks.md).
+badge, drawn by an idle page, took 0.16 s; docs/benchmarks.md). For the same reason a
+server that is stopping is given up to `SETTLE_S` to be gone before the page is
+answered: a stop usually ends within that, and one redraw then shows it gone instead of
+"Stopping" first and "gone" only after the page's next round trip.
 
 Tabs add their parts (`LiveFeed.add`) while the page is built; `attach` wires the tick.
 """
@@ -35,6 +38,7 @@ import gradio as gr
 from components.session import refusals, user_of
 from manager.accounts.auth import User
 from manager.changes import Changes, Topic, Versions
+from manager.servers.states import ServerState
 from manager.services import Services
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,8 @@ TICK_S = 0.1
 #: Topics whose news alone waits until the page's last drawing of them is this old.
 LAZY_TOPICS = frozenset({Topic.SAMPLES})
 FIGURES_EVERY_S = 3.0
+#: How long news waits for a stopping server to be gone (see the module's docstring).
+SETTLE_S = 0.5
 #: Pages whose ticks may wait at once; more pages queue (each waiting tick holds one
 #: of Gradio's worker slots, and chat streams need theirs).
 MAX_WAITING_PAGES = 16
@@ -120,6 +126,22 @@ class LiveFeed:
     def add(self, part: LivePart) -> None:
         self._parts.append(part)
 
+    def stopping(self) -> bool:
+        """Is a server between STOPPING and gone (a stop usually takes 0.1-0.3 s)?"""
+        return any(snap.state is ServerState.STOPPING
+                   for snap in self._services.supervisor.snapshots())
+
+    async def settled(self, since: Versions | None, now: Versions) -> Versions:
+        """`now`, or the versions once a stop under way ended (at most SETTLE_S later)."""
+        changes = self._services.changes
+        if Topic.SERVERS not in now.moved(since):
+            return now
+        loop = asyncio.get_running_loop()
+        until = loop.time() + SETTLE_S
+        while loop.time() < until and await anyio.to_thread.run_sync(self.stopping):
+            now = await wait_for_news(changes, now, until - loop.time())
+        return now
+
     def redraw(self, user: User, since: Versions | None, now: Versions, timed_out: bool,
                values: Sequence[Any]) -> list[Any]:
         """Every part's outputs: drawn when its topics moved, else skipped."""
@@ -164,6 +186,7 @@ class LiveFeed:
             services.monitor.touch()
             now = await wait_for_news(services.changes, since, HOLD_S, LAZY_TOPICS,
                                       lazy_at + FIGURES_EVERY_S)
+            now = await self.settled(since, now)
             moved = now.moved(since)
             if moved & LAZY_TOPICS:
                 lazy_at = asyncio.get_running_loop().time()

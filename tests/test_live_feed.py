@@ -85,3 +85,27 @@ def test_the_servers_chart_is_asked_for_once_it_is_due() -> None:
     assert chart_due(None, 5.0)
     assert not chart_due(100.0, 100.0 + CHART_REFRESH_S / 2)
     assert chart_due(100.0, 100.0 + CHART_REFRESH_S)
+
+
+def test_news_of_a_stopping_server_waits_for_it_to_be_gone(services: Services) -> None:
+    """Bug: a stop showed 'Stopping' first and the tile's going only a page round trip
+    later (1.5 s p50 in bench.live_updates); the tick now lets a stop under way end."""
+    stopping = {"now": True}
+
+    class Feed(LiveFeed):
+        def stopping(self) -> bool:  # the supervisor's answer, as the test sets it
+            return stopping["now"]
+
+    changes = services.changes
+    listening = changes.listeners
+    since = changes.versions()
+    changes.bump(Topic.SERVERS)  # -> STOPPING
+    found: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: found.update(
+        versions=asyncio.run(Feed(services).settled(since, changes.versions()))))
+    thread.start()
+    wait_for(lambda: changes.listeners > listening, what="the tick to wait for the stop to end")
+    stopping["now"] = False
+    changes.bump(Topic.SERVERS)  # -> STOPPED
+    thread.join()
+    assert found["versions"].of(Topic.SERVERS) == since.of(Topic.SERVERS) + 2
