@@ -178,6 +178,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--each", action="store_true",
+                        help="also print every change's delay in each page, in order")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from playwright.sync_api import sync_playwright
@@ -218,6 +220,9 @@ def main() -> int:
         worst = max(worst, p95)
         print(f"  {label:28} n={len(values):3}  p50 {p50 * 1000:7.0f} ms  "
               f"p95 {p95 * 1000:7.0f} ms  max {max(values) * 1000:7.0f} ms")
+        if args.each and label != "download step":
+            rows = [values[i:i + args.pages] for i in range(0, len(values), args.pages)]
+            print("    " + " | ".join(" ".join(f"{v * 1000:.0f}" for v in row) for row in rows))
     every = [v for values in delays.values() for v in values]
     print(f"  {'all changes':28} n={len(every):3}  p50 {percentile(every, 50) * 1000:7.0f} ms  "
           f"p95 {percentile(every, 95) * 1000:7.0f} ms")
