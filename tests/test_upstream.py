@@ -309,12 +309,13 @@ def test_the_prompt_count_goes_first_and_the_stream_only_once_it_was_taken_in(
         snap = ready_snapshot(server.sockets[0].getsockname()[1])
         metrics = MetricsStore()
         try:
-            stream, count = await open_counted(metrics, snap, {"messages": [], "max_tokens": 9})
+            stream, count = await open_counted(metrics, snap,
+                                               {"messages": [], "max_tokens": 9})
+            body = b"".join([batch.data async for batch in stream.batches()])
         except InferenceError:
-            rest = await asyncio.wait_for(stream_closed, 30)
-            return arrived, None, rest
-        body = b"".join([batch.data async for batch in stream.batches()])
-        server.close()
+            return arrived, None, await asyncio.wait_for(stream_closed, 30)
+        finally:
+            server.close()
         return arrived, count, body
 
     arrived, count, body = on_own_loop(go)
