@@ -1,5 +1,6 @@
 """Live state in an open page, without a reload: the admin's pending badge, a server
-that fails, a server that becomes Ready and then crashes (components/live.py)."""
+that fails, a server that becomes Ready, is stopped, becomes Ready again and then crashes
+(components/live.py)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,12 @@ def test_a_server_going_ready_then_crashing_shows_without_reload(
         # feed can tell this page.
         services.placement.start(None, profile.id)
         tile = f"#srv-{profile.id}"
+        page.wait_for_selector(f"{tile} [data-state=ready]", timeout=120_000)
+
+        # Stopped elsewhere: the tile goes (the page waits for the stop to end).
+        services.supervisor.stop(profile.id)
+        page.wait_for_selector(tile, state="detached", timeout=60_000)
+        services.placement.start(None, profile.id)
         page.wait_for_selector(f"{tile} [data-state=ready]", timeout=120_000)
         snap = services.supervisor.snapshot(profile.id)
         assert snap.state is ServerState.READY and snap.pid is not None
