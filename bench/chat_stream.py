@@ -76,7 +76,12 @@ def one_turn(page: Any, services: Any, profile_id: int, index: int) -> dict[str,
     (t0, c0), (t1, c1) = log[0], log[-1]
     shown = n * (1 - c0 / c1) if c1 else 0.0
     span = (t1 - t0) / 1000
+    # How far the page is behind when the answer ends: its last redraw against the
+    # manager's end of the server's stream (wall clock, same machine); a page that keeps
+    # up shows the end one push and one render later.
+    end_lag = t1 / 1000 - now.last_request_at if now.last_request_at else float("nan")
     return {"tokens": n, "server_tps": now.last_tokens_per_s or float("nan"),
+            "end_lag_ms": end_lag * 1000,
             "page_tps": shown / span if span > 0 else float("nan"),
             "redraws_per_s": (len(log) - 1) / span if span > 0 else float("nan"),
             "redraws": len(log), "longest_task_ms": max(long_tasks, default=0.0)}
@@ -134,7 +139,8 @@ def main() -> int:
         print(f"  turn {i}: {turn['tokens']:5.0f} tokens  server {turn['server_tps']:6.1f} tok/s"
               f"  page {turn['page_tps']:6.1f} tok/s  ratio "
               f"{turn['page_tps'] / turn['server_tps']:.3f}  redraws {turn['redraws']:4.0f} "
-              f"({turn['redraws_per_s']:4.1f}/s)  longest task {turn['longest_task_ms']:.0f} ms")
+              f"({turn['redraws_per_s']:4.1f}/s)  end lag {turn['end_lag_ms']:5.0f} ms  longest task "
+              f"{turn['longest_task_ms']:.0f} ms")
     ratios = [t["page_tps"] / t["server_tps"] for t in turns]
     ratio = statistics.median(ratios)
     rate = statistics.median(t["redraws_per_s"] for t in turns)
