@@ -35,27 +35,33 @@ def dashboard(shared_live_dashboard: LiveDashboard, hub: LocalHub,
     return shared_live_dashboard
 
 
+@pytest.fixture(scope="module")
+def _clients() -> Iterator[list[Client]]:
+    """Every gradio client the module's tests made, closed together at the module's end:
+    each close waits up to 1 s for its heartbeat thread, and an open client's heartbeat
+    stream would hold up the server's stop."""
+    made: list[Client] = []
+    yield made
+    with ThreadPoolExecutor(max_workers=max(1, len(made))) as pool:
+        list(pool.map(lambda client: client.close(), made))
+
+
 @pytest.fixture
-def people(dashboard: LiveDashboard) -> Iterator[Callable[[str], Client]]:
-    """Alice (admin), Bob and Carol (approved); yields email -> a signed-in Client."""
+def people(dashboard: LiveDashboard, _clients: list[Client]) -> Callable[[str], Client]:
+    """Alice (admin), Bob and Carol (approved); email -> a signed-in Client."""
     auth = dashboard.services.auth
     for email in ("alice@example.com", "bob@example.com", "carol@example.com"):
         dashboard.register(email)
     admin = auth.get_by_email("alice@example.com")
     for email in ("bob@example.com", "carol@example.com"):
         auth.approve(admin, auth.get_by_email(email).id)
-    made: list[Client] = []
 
     def client_for(email: str) -> Client:
         cookie = dashboard.session_cookie(email)
-        made.append(gradio_client(dashboard.url, cookie=cookie))
-        return made[-1]
+        _clients.append(gradio_client(dashboard.url, cookie=cookie))
+        return _clients[-1]
 
-    yield client_for
-    # An open client keeps its heartbeat stream, and uvicorn would wait for it. Closed
-    # together: each close waits up to 1 s for its heartbeat thread.
-    with ThreadPoolExecutor(max_workers=max(1, len(made))) as pool:
-        list(pool.map(lambda client: client.close(), made))
+    return client_for
 
 
 def test_download_control_and_delete_are_checked_per_user(
