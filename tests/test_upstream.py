@@ -19,7 +19,7 @@ import pytest
 from manager.net import free_port
 from manager.servers.inference import InferenceError, MetricsStore
 from manager.servers.profiles import Backend, Profile
-from manager.servers.server_stream import open_counted
+from manager.servers.server_stream import ServerStream, open_counted
 from manager.servers.snapshot import ServerSnapshot, ServerState
 from manager.servers.upstream import Upstream, _Reader, error_message
 from tests.conftest import run_uvicorn
@@ -324,3 +324,37 @@ def test_the_prompt_count_goes_first_and_the_stream_only_once_it_was_taken_in(
         assert (count, body) == (None, b"")  # the real request's connection was closed
     else:
         assert (count, body) == (17, TOKEN)
+
+
+@pytest.mark.parametrize("cut", [7, 30, 61])
+@pytest.mark.parametrize("pace_s", [0.0, 0.01])
+def test_a_stream_cut_anywhere_gives_the_same_tokens_and_usage(cut: int,
+                                                               pace_s: float) -> None:
+    """A usage chunk split mid-JSON, events split across reads, paced or not: the
+    relay sees the same data events and the same decoded usage."""
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}}\n\n'
+    raw = TOKEN * 3 + usage + DONE
+
+    async def go() -> tuple[bytes, list[dict[str, object]], bool]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(HEAD)
+            for start in range(0, len(raw), cut):
+                writer.write(raw[start:start + cut])
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        try:
+            snap = ready_snapshot(server.sockets[0].getsockname()[1])
+            stream = await ServerStream.open(MetricsStore(), snap, {"messages": []})
+            batches = [batch async for batch in stream.batches(pace_s)]
+        finally:
+            server.close()
+        usages = [b.usage for b in batches if b.usage is not None]
+        return b"".join(b.data for b in batches), usages, stream.done
+
+    data, usages, done = on_own_loop(go)
+    assert data == TOKEN * 3
+    assert [u["usage"] for u in usages] == [{"prompt_tokens": 4, "completion_tokens": 3}]
+    assert done
