@@ -3,6 +3,7 @@ free port, a real browser."""
 
 from __future__ import annotations
 
+import re
 import signal
 import sqlite3
 import threading
@@ -53,6 +54,21 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+# A module whose tests are all slow says so at its top: `pytestmark = pytest.mark.slow` or
+# `pytestmark = [pytest.mark.slow, ...]`.
+_ALL_SLOW = re.compile(r"^pytestmark\s*=\s*\[?\s*pytest\.mark\.slow\b", re.MULTILINE)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With `-m "not slow"` (make test-fast), a module whose tests are all slow is not even
+    imported: every xdist worker collects every module it imports, and the slow modules'
+    imports (SDKs, Playwright helpers) cost each worker ~6 s of CPU for nothing."""
+    if (config.option.markexpr or "").strip() != "not slow" or collection_path.suffix != ".py" \
+            or not collection_path.name.startswith("test_"):
+        return None
+    return bool(_ALL_SLOW.search(collection_path.read_text(encoding="utf-8"))) or None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
