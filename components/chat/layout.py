@@ -74,9 +74,14 @@ class ChatUI:
     api_send: gr.Button
 
     @property
+    def send_options(self) -> list[gr.components.Component]:
+        """The send options: tools, rounds, frames, video mode."""
+        return [self.tools_on, self.max_rounds, self.max_frames, self.video_mode]
+
+    @property
     def options(self) -> list[gr.components.Component]:
         """The send options, then the sidebar's search text (handlers take them last)."""
-        return [self.tools_on, self.max_rounds, self.max_frames, self.video_mode, self.search]
+        return [*self.send_options, self.search]
 
 
 def build_layout(services: Services) -> ChatUI:

@@ -207,7 +207,7 @@ def wire(page: ChatPage) -> None:
                                   ui.stop, ui.server_status],
                                  api_name="chat_send", concurrency_limit=CHAT_CONCURRENCY,
                                  show_progress="minimal", show_progress_on=ui.chatbot)
-    taken = ui.box.submit(take, [ui.box, ui.server, *ui.options[:4]], [ui.box, ui.outbox],
+    taken = ui.box.submit(take, [ui.box, ui.server, *ui.send_options], [ui.box, ui.outbox],
                           queue=False, show_progress="hidden", api_visibility="private")
     sent = taken.success(send_taken, [ui.outbox, ui.current, ui.search, ui.shown],
                          turn_outputs, concurrency_limit=CHAT_CONCURRENCY,

@@ -260,13 +260,14 @@ class RankGroup:
         where = rank.where
         if not rank.local and remote is not None and where is None:
             where = remote.locate(rank.log_path)
-        if not rank.local and remote is not None and where is None:
-            # Stopped before its log named its pid: end the ssh client first (no start
-            # can follow), then the rank by the pid file its shell wrote on its host.
-            terminate(rank.popen.pid, rank.popen, None, 2.0)
-            self._stop_remote(rank, lambda: remote.stop_unlocated(rank.launch, rank.rank_id,
-                                                                  grace_s))
-            return
+            if where is None:
+                # Stopped before its log named its pid: end the ssh client first (no
+                # start can follow), then the rank by the pid file its shell wrote on its
+                # host (or, if its shell comes later, by the note the stop leaves there).
+                terminate(rank.popen.pid, rank.popen, None, 2.0)
+                self._stop_remote(rank, lambda: remote.stop_unlocated(
+                    rank.launch, rank.rank_id, grace_s))
+                return
         if remote is not None and where is not None:
             located = where
             self._stop_remote(rank, lambda: remote.stop(rank.launch, located, grace_s))
