@@ -358,3 +358,72 @@ def test_a_stream_cut_anywhere_gives_the_same_tokens_and_usage(cut: int,
     assert data == TOKEN * 3
     assert [u["usage"] for u in usages] == [{"prompt_tokens": 4, "completion_tokens": 3}]
     assert done
+
+
+class CountingReader(_Reader):
+    """A reader that counts how often the event loop handed it bytes."""
+
+    reads = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.reads += 1
+        super().data_received(data)
+
+
+async def held_stream(pace_s: float, close_after: bool) -> tuple[bytes, int, int, bool]:
+    """A real connection whose first token was handed over, then paced: the server
+    writes three tokens (three sends), and closes when told to. Returns the next read,
+    how often the loop read the socket after the first token, before `close`, and
+    whether the socket was held."""
+    loop = asyncio.get_running_loop()
+    go, written, close = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(HEAD + TOKEN)
+        await go.wait()
+        for _ in range(3):
+            writer.write(TOKEN)  # each its own send() and TCP segment
+        await writer.drain()
+        written.set()
+        await close.wait()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, reader = await loop.create_connection(lambda: CountingReader(loop, 600),
+                                             "127.0.0.1", port)
+    assert reader.transport is not None
+    reader.transport.write(b"POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    await reader.head
+    assert await reader.read() == TOKEN
+    reader.pace(pace_s)
+    held = reader.held
+    before = reader.reads
+    read = await pending(reader)
+    go.set()
+    await written.wait()
+    for _ in range(5):
+        await asyncio.sleep(0)  # the loop polls its sockets once per iteration
+    woken = reader.reads - before
+    if close_after:
+        close.set()
+    together = await read
+    close.set()
+    server.close()
+    return together, woken, reader.reads - before, held
+
+
+def test_tokens_sent_while_the_socket_is_held_stay_in_the_kernel_and_the_end_wakes_it(
+        ) -> None:
+    """Three writes of the server while the hand-over is not due wake nobody; the
+    server's close (the end of an HTTP/1.0 stream) is read at once, with the tokens."""
+    together, woken, reads, held = on_own_loop(lambda: held_stream(3600.0, True))
+    assert held and woken == 0
+    assert together == TOKEN * 3
+    assert reads == 1  # the three tokens came in one read
+
+
+def test_tokens_held_in_the_kernel_are_read_together_when_the_interval_is_over() -> None:
+    together, woken, reads, held = on_own_loop(lambda: held_stream(0.05, False))
+    assert held and together == TOKEN * 3 and reads == 1

@@ -6,11 +6,15 @@ on a small machine (bench/gateway.py). So this is the least HTTP/1.1 client that
 the job: one connection per request (mlx_lm speaks HTTP/1.0 and closes it anyway, and
 closing it is how a request is ended early), an `asyncio.Protocol` that hands on every
 byte read so far in one piece, chunked bodies decoded (mlx_vlm runs on uvicorn), and
-hand-overs paced once data flows (`pace`): bytes still arrive as they come, but the
-reader is woken at most once per pace interval, so one wake-up of the relay (a task
-step, a format pass, a write to the client) carries every token that came meanwhile.
-A first token after a pause, the end of the stream (`[DONE]`, the end of the body) and
-a closed connection are handed over at once.
+hand-overs paced once data flows (`pace`): the reader is woken at most once per pace
+interval, so one wake-up of the relay (a task step, a format pass, a write to the
+client) carries every token that came meanwhile. Between hand-overs the socket is
+"held" (SO_RCVLOWAT raised): the kernel keeps the tokens and wakes nobody, so the
+tokens of one interval cost one epoll wake-up and one recv together instead of one
+each; when the interval is over the hold is released and whatever came is read at once.
+A closed connection wakes the loop whatever the low-water mark (the server's end of an
+HTTP/1.0 stream), so the stream's end is never held back; neither is a first token
+after a pause (the hold is released when an interval passes without data).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -32,6 +37,10 @@ _MAX_HEAD_BYTES = 64 * 1024
 _DONE = b"[DONE]"
 #: A paced hand-over this close to its time is due (timers may fire a little early).
 _SLACK_S = 0.0005
+#: The receive low-water mark while the socket is held: far more than one pace interval
+#: of tokens (so it does not wake the loop), small enough that Linux keeps its receive
+#: buffer and window as they are.
+HOLD_BYTES = 32 * 1024
 
 
 class UpstreamClosed(Exception):
@@ -82,12 +91,15 @@ class _Reader(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None  # a paced wake-up due
         self._last_read = loop.time()
         self._watchdog: asyncio.TimerHandle | None = None
+        self._sock: Any = None  # the transport's socket, to hold and release
+        self.held = False  # SO_RCVLOWAT is raised: the kernel keeps what arrives
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A socket transport (not an asyncio.Transport instance under uvloop).
         self.transport = cast(asyncio.Transport, transport)
+        self._sock = transport.get_extra_info("socket")
         self._watchdog = self._loop.call_later(self._read_timeout_s, self._check_silence)
 
     def data_received(self, data: bytes) -> None:
@@ -140,6 +152,8 @@ class _Reader(asyncio.Protocol):
         self._body.clear()
         if self._pace_s:
             self._handed_at = self._loop.time()
+            if not (self.complete or self.closed):
+                self._hold()
         return data
 
     def pace(self, seconds: float) -> None:
@@ -147,9 +161,12 @@ class _Reader(asyncio.Protocol):
         first read after a pause and the stream's end are never held back."""
         self._pace_s = max(0.0, seconds)
         self._handed_at = self._loop.time()
+        if self._pace_s and not (self.complete or self.closed):
+            self._hold()
 
     def abort(self) -> None:
         """Close the connection at once (the server notices at its next write)."""
+        self._sock = None
         if self.transport is not None:
             self.transport.abort()
         self._closed()
@@ -223,6 +240,7 @@ class _Reader(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self._sock = None
         if self._watchdog is not None:
             self._watchdog.cancel()
         if not self.head.done():
@@ -250,6 +268,34 @@ class _Reader(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _hold(self) -> None:
+        """Until the next hand-over is due, let the kernel keep what arrives."""
+        if not self.held and self._set_low_water(HOLD_BYTES):
+            self.held = True
+        if self.held and self._timer is None:
+            self._timer = self._loop.call_later(self._due(), self._release)
+
+    def _release(self) -> None:
+        """The interval is over: whatever arrived meanwhile makes the socket readable at
+        once, and the next token after a pause wakes the loop when it comes."""
+        self._timer = None
+        if self.held:
+            self.held = False
+            self._set_low_water(1)
+        if self._body:
+            self._wake()
+
+    def _set_low_water(self, size: int) -> bool:
+        if self._sock is None:
+            return False
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+        except OSError as exc:  # a platform without it: every read wakes the loop
+            log.info("cannot hold the model server's socket (%s): reading each write", exc)
+            self._sock = None
+            return False
+        return True
 
     def _check_silence(self) -> None:
         silent = self._loop.time() - self._last_read
