@@ -8,9 +8,11 @@ badge), the downloads counter's bumps (each progress step of a throttled downloa
 the local hub). Each page records, with a MutationObserver, when it first shows the
 change. Download steps: for each redraw of the progress bar, the wait of the oldest
 step it was the first to show.
+Prints p50 / p95 / max per kind of change, over every page and per page (`--each`: also
+every round's delay in each page), and the load average.
 Goal (issue 12): p95 <= 1 s.
 
-Run: .venv/bin/python -m bench.live_updates [--pages 3] [--rounds 5]
+Run: .venv/bin/python -m bench.live_updates [--pages 3] [--rounds 4] [--each]
 """
 
 from __future__ import annotations
@@ -58,32 +60,39 @@ DOWNLOAD_RATE = 2 * 1024 * 1024  # bytes/s per connection: a step every ~0.13 s
 
 
 class Recorder:
-    """The manager's own timestamps: transitions by (profile, state), counter bumps."""
+    """The manager's own timestamps: transitions by (profile, state), counter bumps.
+
+    The supervisor hears its transitions after it lets go of its lock, so `wait_ready`
+    or `stop` may return before this recorder heard the transition they waited for:
+    `next_at` waits for that one instead of reading the previous round's `last`.
+    """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.transitions: dict[tuple[int, ServerState], list[float]] = defaultdict(list)
         self.bumps: dict[Topic, list[float]] = defaultdict(list)
 
     def transition(self, change: Transition) -> None:
         with self.lock:
             self.transitions[(change.profile.id, change.new)].append(change.at)
+            self.lock.notify_all()
 
     def bump(self, topic: Topic) -> None:  # called with the changer's lock held: record only
         with self.lock:
             self.bumps[topic].append(time.time())
 
-    def last(self, profile_id: int, state: ServerState) -> float:
+    def count(self, profile_id: int, state: ServerState) -> int:
         with self.lock:
-            return self.transitions[(profile_id, state)][-1]
+            return len(self.transitions[(profile_id, state)])
 
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    def next_at(self, profile_id: int, state: ServerState, after: int,
+                timeout: float = 60.0) -> float:
+        """The time of the first transition to `state` heard after `after` of them."""
+        key = (profile_id, state)
+        with self.lock:
+            if not self.lock.wait_for(lambda: len(self.transitions[key]) > after, timeout):
+                raise RuntimeError(f"no transition to {state.value} within {timeout} s")
+            return self.transitions[key][after]
 
 
 def watch(pages: list[Any], key: str, expr: str) -> None:
@@ -100,13 +109,22 @@ def seen(pages: list[Any], key: str, timeout: float = 60.0) -> list[float]:
     return times
 
 
+#: Delays (s) by kind of change, then by page (index in the order opened), in order.
+Delays = dict[str, dict[int, list[float]]]
+
+
+def record(delays: Delays, label: str, at: float, shown: list[float]) -> None:
+    for page, t in enumerate(shown):
+        delays[label][page].append(t - at)
+
+
 def run(dash: InProcess, pages: list[Any], rounds: int, model: Path,
-        hub: LocalHub) -> dict[str, list[float]]:
+        hub: LocalHub) -> Delays:
     services = dash.services
     recorder = Recorder()
     services.supervisor.subscribe(recorder.transition)
     services.changes.subscribe(recorder.bump)
-    delays: dict[str, list[float]] = defaultdict(list)
+    delays: Delays = defaultdict(lambda: defaultdict(list))
 
     # A new pending user -> the admin's badge in every page.
     for i in range(1, rounds + 1):
@@ -114,7 +132,7 @@ def run(dash: InProcess, pages: list[Any], rounds: int, model: Path,
         watch(pages, key, f"(document.querySelector('#pending-badge')||{{}}).innerText === '{i}'")
         services.auth.register(f"user{i}@example.com", PASSWORD)
         at = services.changes.changed_at(Topic.ACCOUNTS)
-        delays["new pending user (badge)"] += [t - at for t in seen(pages, key)]
+        record(delays, "new pending user (badge)", at, seen(pages, key))
 
     # A server: Ready, stopped, Ready again, killed (Failed).
     profile = services.profiles.create(None, ProfileSpec(name="live bench", model=str(model)))
@@ -122,28 +140,27 @@ def run(dash: InProcess, pages: list[Any], rounds: int, model: Path,
     for i in range(rounds):
         key = f"ready-{i}"
         watch(pages, key, f"document.querySelector('{tile} [data-state=ready]') !== null")
+        readies = recorder.count(profile.id, ServerState.READY)
         services.placement.start(None, profile.id)
-        services.supervisor.wait_ready(profile.id, 120)
-        at = recorder.last(profile.id, ServerState.READY)
-        delays["server Ready"] += [t - at for t in seen(pages, key)]
+        at = recorder.next_at(profile.id, ServerState.READY, readies, 120)
+        record(delays, "server Ready", at, seen(pages, key))
 
         if i % 2 == 0:
             key = f"stopped-{i}"
             watch(pages, key, f"document.querySelector('{tile}') === null")
+            stops = recorder.count(profile.id, ServerState.STOPPED)
             services.supervisor.stop(profile.id)
-            at = recorder.last(profile.id, ServerState.STOPPED)
-            delays["server stopped"] += [t - at for t in seen(pages, key)]
+            at = recorder.next_at(profile.id, ServerState.STOPPED, stops)
+            record(delays, "server stopped", at, seen(pages, key))
         else:
             key = f"crashed-{i}"
             watch(pages, key, f"document.querySelector('{tile} [data-state=failed], "
                               f"{tile} [data-state=backoff]') !== null")
             snap = services.supervisor.snapshot(profile.id)
+            failures = recorder.count(profile.id, ServerState.FAILED)
             os.killpg(snap.pid, signal.SIGKILL)
-            wait_until(lambda: recorder.transitions[(profile.id, ServerState.FAILED)]
-                       and services.supervisor.snapshot(profile.id).state
-                       is ServerState.FAILED, 60, "the crash to be noticed")
-            at = recorder.last(profile.id, ServerState.FAILED)
-            delays["server crashed (Failed)"] += [t - at for t in seen(pages, key)]
+            at = recorder.next_at(profile.id, ServerState.FAILED, failures)
+            record(delays, "server crashed (Failed)", at, seen(pages, key))
             services.supervisor.stop(profile.id)  # dismiss the failed tile
 
     # Download steps on the Models tab.
@@ -161,7 +178,7 @@ def run(dash: InProcess, pages: list[Any], rounds: int, model: Path,
     time.sleep(1.0)  # let the last redraw land before reading the pages
     with recorder.lock:
         bumps = sorted(recorder.bumps[Topic.DOWNLOADS][first_bump:])
-    for page in pages:
+    for index, page in enumerate(pages):
         log = page.evaluate("() => window.__live.logs['dl'] || []")
         previous = 0.0
         for shown_ms, _value in log:
@@ -169,7 +186,7 @@ def run(dash: InProcess, pages: list[Any], rounds: int, model: Path,
             # The oldest step this redraw was the first to show.
             oldest = next((b for b in bumps if previous < b <= shown), None)
             if oldest is not None:
-                delays["download step"].append(shown - oldest)
+                delays["download step"][index].append(shown - oldest)
             previous = shown
     return delays
 
@@ -212,23 +229,40 @@ def main() -> int:
                 delays = run(dash, pages, args.rounds, model, hub)
             finally:
                 browser.close()
-    print(f"Change -> shown in the page, {args.pages} pages open, {args.rounds} rounds "
-          f"(manager's timestamp to the page's MutationObserver):")
+    report(delays, args.pages, args.rounds, args.each)
+    return 0
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:.0f}"
+
+
+def report(delays: Delays, pages: int, rounds: int, each: bool) -> None:
+    """p50 / p95 / max per kind over every page, then per page; `each`: every round."""
+    print(f"Change -> shown in the page, {pages} pages open, {rounds} rounds "
+          f"(manager's timestamp to the page's MutationObserver), load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}:")
     worst = 0.0
-    for label, values in delays.items():
-        p50, p95 = percentile(values, 50), percentile(values, 95)
+    for label, by_page in delays.items():
+        values = [v for page_values in by_page.values() for v in page_values]
+        p95 = percentile(values, 95)
         worst = max(worst, p95)
-        print(f"  {label:28} n={len(values):3}  p50 {p50 * 1000:7.0f} ms  "
-              f"p95 {p95 * 1000:7.0f} ms  max {max(values) * 1000:7.0f} ms")
-        if args.each and label != "download step":
-            rows = [values[i:i + args.pages] for i in range(0, len(values), args.pages)]
-            print("    " + " | ".join(" ".join(f"{v * 1000:.0f}" for v in row) for row in rows))
-    every = [v for values in delays.values() for v in values]
-    print(f"  {'all changes':28} n={len(every):3}  p50 {percentile(every, 50) * 1000:7.0f} ms  "
-          f"p95 {percentile(every, 95) * 1000:7.0f} ms")
+        print(f"  {label:28} n={len(values):3}  p50 {ms(percentile(values, 50)):>6} ms  "
+              f"p95 {ms(p95):>6} ms  max {ms(max(values)):>6} ms")
+        print("    per page p50/p95/max: " + " | ".join(
+            f"{page}: {ms(percentile(v, 50))}/{ms(percentile(v, 95))}/{ms(max(v))}"
+            for page, v in sorted(by_page.items())))
+        if each and label != "download step":
+            # Round by round, the pages' delays side by side.
+            count = max(len(v) for v in by_page.values())
+            print("    rounds: " + " | ".join(
+                " ".join(ms(by_page[page][i]) for page in sorted(by_page)
+                         if i < len(by_page[page])) for i in range(count)))
+    every = [v for by_page in delays.values() for vs in by_page.values() for v in vs]
+    print(f"  {'all changes':28} n={len(every):3}  p50 {ms(percentile(every, 50)):>6} ms  "
+          f"p95 {ms(percentile(every, 95)):>6} ms")
     print(f"goal p95 <= {GOAL_P95_S * 1000:.0f} ms for every kind: "
           f"{'OK' if worst <= GOAL_P95_S else 'ABOVE GOAL'}")
-    return 0
 
 
 if __name__ == "__main__":
