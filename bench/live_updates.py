@@ -4,7 +4,8 @@ change against the moment each page shows it (headless Chromium, same machine cl
 The dashboard runs in this process (Services.create + the real app on uvicorn), so the
 bench reads the manager's timestamps: a server transition's `at` (Ready, Stopped,
 Failed after a crash), the accounts counter's bump (a new pending user -> the admin's
-badge), the downloads counter's bumps (each progress step of a throttled download from
+badge; also one who registers while the server starts, news that must not wait for
+it), the downloads counter's bumps (each progress step of a throttled download from
 the local hub). Each page records, with a MutationObserver, when it first shows the
 change. Download steps: for each redraw of the progress bar, the wait of the oldest
 step it was the first to show.
@@ -140,10 +141,18 @@ def run(dash: InProcess, pages: list[Any], rounds: int, model: Path,
     for i in range(rounds):
         key = f"ready-{i}"
         watch(pages, key, f"document.querySelector('{tile} [data-state=ready]') !== null")
+        pending = rounds + 1 + i
+        badge = f"pending-{pending}"
+        watch(pages, badge, "(document.querySelector('#pending-badge')||{}).innerText "
+                            f"=== '{pending}'")
         readies = recorder.count(profile.id, ServerState.READY)
         services.placement.start(None, profile.id)
+        # Someone registers while the server starts: news that must not wait for it.
+        services.auth.register(f"user{pending}@example.com", PASSWORD)
+        user_at = services.changes.changed_at(Topic.ACCOUNTS)
         at = recorder.next_at(profile.id, ServerState.READY, readies, 120)
         record(delays, "server Ready", at, seen(pages, key))
+        record(delays, "new pending user, a start on", user_at, seen(pages, badge))
 
         if i % 2 == 0:
             key = f"stopped-{i}"

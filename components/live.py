@@ -22,7 +22,9 @@ answered: a stop usually ends within that, and one redraw then shows it gone ins
 given up to `START_SETTLE_S` to be ready, for the same reason: with the warm spare a small
 model is ready within it, and "Ready" no longer waits behind the page's redraw of
 "Starting" (0.5-1.4 s p95 on a quiet machine). The page that pressed Start shows
-"Starting" from its own click at once.
+"Starting" from its own click at once. Only news that is nothing but servers on their
+way waits so: a new pending user, a download step or another server's change (a crash)
+ends the wait at once (`settle_allowance`).
 
 Tabs add their parts (`LiveFeed.add`) while the page is built; `attach` wires the tick.
 """
@@ -32,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +61,8 @@ FIGURES_EVERY_S = 3.0
 #: (see the module's docstring).
 SETTLE_S = 0.5
 START_SETTLE_S = 1.0
+#: News of these topics may wait for servers on their way; any other news answers at once.
+SETTLING_TOPICS = frozenset({Topic.SERVERS, Topic.SAMPLES})
 #: Pages whose ticks may wait at once; more pages queue (each waiting tick holds one
 #: of Gradio's worker slots, and chat streams need theirs).
 MAX_WAITING_PAGES = 16
@@ -80,13 +84,33 @@ class LivePart:
     on_timeout: bool = False
 
 
+#: A server's state by profile id (stopped ones may be left out).
+States = Mapping[int, ServerState]
+
+
 @dataclass(frozen=True)
 class Seen:
-    """What a page last drew: the versions, and when (event loop time) it last drew
-    the lazy topics' news."""
+    """What a page last drew: the versions, when (event loop time) it last drew the
+    lazy topics' news, and the servers' states (profile id, state) as it drew them."""
 
     versions: Versions
     lazy_at: float
+    servers: tuple[tuple[int, ServerState], ...] = ()
+
+
+_ON_THE_WAY = frozenset({ServerState.STARTING, ServerState.STOPPING})
+
+
+def settle_allowance(drawn: States, now: States) -> float:
+    """How long news of servers may wait for them to arrive, while every server that is
+    not as the page drew it is starting or stopping: SETTLE_S if one is stopping (a stop
+    usually takes 0.1-0.3 s), else START_SETTLE_S. 0 as soon as one of them is in any
+    other state (ready, failed, stopped: news to show now), or none changed."""
+    changed = [now.get(pid, ServerState.STOPPED) for pid in {*drawn, *now}
+               if now.get(pid, ServerState.STOPPED) is not drawn.get(pid, ServerState.STOPPED)]
+    if not changed or any(state not in _ON_THE_WAY for state in changed):
+        return 0.0
+    return SETTLE_S if ServerState.STOPPING in changed else START_SETTLE_S
 
 
 async def wait_for_news(changes: Changes, since: Versions | None, timeout: float,
@@ -132,28 +156,29 @@ class LiveFeed:
     def add(self, part: LivePart) -> None:
         self._parts.append(part)
 
-    def settling(self) -> float:
-        """How long news may wait for servers to settle: SETTLE_S while one is stopping (a
-        stop usually takes 0.1-0.3 s), START_SETTLE_S while one is starting, else 0."""
-        states = {snap.state for snap in self._services.supervisor.snapshots()}
-        if ServerState.STOPPING in states:
-            return SETTLE_S
-        return START_SETTLE_S if ServerState.STARTING in states else 0.0
+    def states(self) -> dict[int, ServerState]:
+        """Every known server's state, by profile id."""
+        return {snap.profile_id: snap.state for snap in self._services.supervisor.snapshots()}
 
-    async def settled(self, since: Versions | None, now: Versions) -> Versions:
-        """`now`, or the versions once a stop or start under way ended (at most
-        SETTLE_S / START_SETTLE_S after the news)."""
+    async def settled(self, since: Versions | None, now: Versions, drawn: States
+                      ) -> tuple[Versions, States]:
+        """`now` and the servers' states, or both once the servers on their way since the
+        page drew `drawn` arrived (at most `settle_allowance` after the news); other news
+        meanwhile (another topic, another server's change) ends the wait at once."""
         changes = self._services.changes
         if Topic.SERVERS not in now.moved(since):
-            return now
+            return now, drawn
         loop = asyncio.get_running_loop()
         began = loop.time()
         while True:
-            allowed = await anyio.to_thread.run_sync(self.settling)
-            left = began + allowed - loop.time()
+            states = await anyio.to_thread.run_sync(self.states)
+            left = began + settle_allowance(drawn, states) - loop.time()
             if left <= 0:
-                return now
-            now = await wait_for_news(changes, now, left)
+                return now, states
+            later = await wait_for_news(changes, now, left)
+            news, now = later.moved(now), later
+            if news - SETTLING_TOPICS:
+                return now, await anyio.to_thread.run_sync(self.states)
 
     def redraw(self, user: User, since: Versions | None, now: Versions, timed_out: bool,
                values: Sequence[Any]) -> list[Any]:
@@ -190,6 +215,7 @@ class LiveFeed:
             *values, request = rest
             since = last.versions if last is not None else None
             lazy_at = last.lazy_at if last is not None else float("-inf")
+            drawn = dict(last.servers) if last is not None else {}
             try:
                 user = await anyio.to_thread.run_sync(user_of, services, request)
             except gr.Error:
@@ -199,14 +225,14 @@ class LiveFeed:
             services.monitor.touch()
             now = await wait_for_news(services.changes, since, HOLD_S, LAZY_TOPICS,
                                       lazy_at + FIGURES_EVERY_S)
-            now = await self.settled(since, now)
+            now, servers = await self.settled(since, now, drawn)
             moved = now.moved(since)
             if moved & LAZY_TOPICS:
                 lazy_at = asyncio.get_running_loop().time()
             with refusals(f"live update for {user.email}"):
-                drawn = await anyio.to_thread.run_sync(
+                parts = await anyio.to_thread.run_sync(
                     self.redraw, user, since, now, not moved, values)
-            return [Seen(now, lazy_at), *drawn]
+            return [Seen(now, lazy_at, tuple(sorted(servers.items()))), *parts]
 
         params = [inspect.Parameter(f"value_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD)
                   for i in range(len(inputs))]

@@ -10,12 +10,14 @@ from typing import Any
 import gradio as gr
 import pytest
 
+from components import live
 from components.live import (
     LAZY_TOPICS,
     SETTLE_S,
     START_SETTLE_S,
     LiveFeed,
     LivePart,
+    settle_allowance,
     wait_for_news,
 )
 from components.servers_tab import CHART_REFRESH_S, chart_due
@@ -99,32 +101,90 @@ def test_the_servers_chart_is_asked_for_once_it_is_due() -> None:
     assert chart_due(100.0, 100.0 + CHART_REFRESH_S)
 
 
-@pytest.mark.parametrize("settle_s", [SETTLE_S, START_SETTLE_S], ids=["stopping", "starting"])
-def test_news_of_a_server_on_its_way_waits_for_it_to_arrive(services: Services,
-                                                           settle_s: float) -> None:
+READY, STARTING, STOPPING, FAILED = (ServerState.READY, ServerState.STARTING,
+                                     ServerState.STOPPING, ServerState.FAILED)
+
+
+def test_how_long_news_of_servers_may_wait_for_them_to_arrive() -> None:
+    assert settle_allowance({1: READY}, {1: STOPPING}) == SETTLE_S
+    assert settle_allowance({}, {1: STARTING}) == START_SETTLE_S
+    assert settle_allowance({1: READY}, {1: STOPPING, 2: STARTING}) == SETTLE_S
+    # Arrived (ready, gone, failed), or nothing new: show it now.
+    assert settle_allowance({}, {1: READY}) == 0.0
+    assert settle_allowance({1: READY}, {}) == 0.0
+    assert settle_allowance({1: READY}, {1: READY}) == 0.0
+    # Bug: while one server started, another's crash waited for it (up to 1 s).
+    assert settle_allowance({2: READY}, {1: STARTING, 2: FAILED}) == 0.0
+
+
+def _settling(feed: LiveFeed, since: Any, drawn: dict) -> dict[str, Any]:
+    """feed.settled on its own loop thread (a browser test's Playwright keeps a loop on
+    the main thread; the test thread stays free to make the changes)."""
+    found: dict[str, Any] = {}
+    threading.Thread(target=lambda: found.update(out=asyncio.run(
+        feed.settled(since, feed._services.changes.versions(), drawn))), daemon=True).start()
+    return found
+
+
+class _Feed(LiveFeed):
+    """The supervisor's states as the test sets them."""
+
+    def __init__(self, services: Services, states: dict[int, ServerState]) -> None:
+        super().__init__(services)
+        self.now = states
+
+    def states(self) -> dict[int, ServerState]:
+        return dict(self.now)
+
+
+@pytest.mark.parametrize("on_the_way, arrived, drawn", [
+    (STOPPING, ServerState.STOPPED, {1: READY}), (STARTING, READY, {})],
+    ids=["stopping", "starting"])
+def test_news_of_a_server_on_its_way_waits_for_it_to_arrive(
+        services: Services, monkeypatch: pytest.MonkeyPatch, on_the_way: ServerState,
+        arrived: ServerState, drawn: dict) -> None:
     """Bugs: a stop showed 'Stopping' first and the tile's going only a page round trip
-    later (1.5 s p50 in bench.live_updates); 'Ready' reached other pages 0.5-1.4 s late on
-    a quiet machine, behind the page's redraw of 'Starting' a moment before. The tick now
-    lets a stop (up to SETTLE_S) or a start (up to START_SETTLE_S) under way end."""
-    on_its_way = {"now": True}
-
-    class Feed(LiveFeed):
-        def settling(self) -> float:  # the supervisor's answer, as the test sets it
-            return settle_s if on_its_way["now"] else 0.0
-
+    later (1.5 s p50 in bench.live_updates); 'Ready' reached other pages behind the
+    page's redraw of 'Starting' a moment before. The tick now lets a stop (up to
+    SETTLE_S) or a start (up to START_SETTLE_S) under way end."""
+    monkeypatch.setattr(live, "SETTLE_S", 3600.0)  # the arrival, not the limit, ends it
+    monkeypatch.setattr(live, "START_SETTLE_S", 3600.0)
     changes = services.changes
     listening = changes.listeners
     since = changes.versions()
+    feed = _Feed(services, {1: on_the_way})
     changes.bump(Topic.SERVERS)  # -> STOPPING / STARTING
-    found: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: found.update(
-        versions=asyncio.run(Feed(services).settled(since, changes.versions()))))
-    thread.start()
+    found = _settling(feed, since, drawn)
     wait_for(lambda: changes.listeners > listening, what="the tick to wait for the server")
-    on_its_way["now"] = False
+    feed.now = {1: arrived}
     changes.bump(Topic.SERVERS)  # -> STOPPED / READY
-    thread.join()
-    assert found["versions"].of(Topic.SERVERS) == since.of(Topic.SERVERS) + 2
+    versions, states = wait_for(lambda: found.get("out"), what="the arrival to be told")
+    assert versions.of(Topic.SERVERS) == since.of(Topic.SERVERS) + 2
+    assert states == {1: arrived}
+
+
+@pytest.mark.parametrize("news", ["pending user", "download step", "another server failed"])
+def test_other_news_is_not_held_for_a_server_on_its_way(
+        services: Services, monkeypatch: pytest.MonkeyPatch, news: str) -> None:
+    """Bug: while a server was starting (or stopping), every other change waited with it,
+    up to START_SETTLE_S (1 s) of the 1 s goal: a new pending user, a download step,
+    another server's crash."""
+    monkeypatch.setattr(live, "START_SETTLE_S", 3600.0)  # a start that takes its time
+    changes = services.changes
+    listening = changes.listeners
+    since = changes.versions()
+    feed = _Feed(services, {1: STARTING, 2: READY})
+    changes.bump(Topic.SERVERS)  # 1 -> STARTING
+    found = _settling(feed, since, {2: READY})
+    wait_for(lambda: changes.listeners > listening, what="the tick to wait for the start")
+    if news == "another server failed":
+        feed.now = {1: STARTING, 2: FAILED}
+        changes.bump(Topic.SERVERS)
+    else:
+        changes.bump(Topic.ACCOUNTS if news == "pending user" else Topic.DOWNLOADS)
+    versions, states = wait_for(lambda: found.get("out"), what=f"the {news} to be told")
+    assert versions == changes.versions()
+    assert states == feed.now
 
 
 def test_a_settled_machine_answers_at_once(services: Services) -> None:
@@ -133,14 +193,9 @@ def test_a_settled_machine_answers_at_once(services: Services) -> None:
     since = changes.versions()
     changes.bump(Topic.SERVERS)
     now = changes.versions()
-    assert LiveFeed(services).settling() == 0.0
-    found: dict[str, Any] = {}
-    # On a thread of its own: a browser test's Playwright keeps a loop on the main thread.
-    thread = threading.Thread(target=lambda: found.update(
-        versions=asyncio.run(LiveFeed(services).settled(since, now))))
-    thread.start()
-    thread.join()
-    assert found["versions"] == now
+    assert LiveFeed(services).states() == {}
+    found = _settling(LiveFeed(services), since, {})
+    assert wait_for(lambda: found.get("out"), what="the answer") == (now, {})
 
 
 def test_the_live_bench_times_each_change_from_its_own_transition(services: Services,
