@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from manager.errors import Conflict, PermissionDenied
 from manager.models.download_types import DiskFull, DownloadStatus, DownloadView
 from manager.models.downloads import DownloadManager
 from manager.models.hub import GatedRepo, HubClient, HubConfig, NoMLXWeights, RepoNotFound
+from manager.models.transfer import RETRIES, RETRY_WAIT_S
 from manager.net import free_port
 from manager.services import Services
 from manager.settings import Settings
@@ -47,11 +47,13 @@ def big_repo(hub: LocalHub, tiny_models: dict[str, Path]) -> str:
 
 
 def make_manager(store_dir: Path, hub: LocalHub, cache: Path, *, token: str | None = None,
-                 free_space: Callable[[Path], int] | None = None) -> DownloadManager:
+                 free_space: Callable[[Path], int] | None = None,
+                 retry_wait_s: float = RETRY_WAIT_S) -> DownloadManager:
     store = Store(store_dir / "manager.db")
     client = HubClient(HubConfig(endpoint=hub.url, token=token, cache_dir=cache))
     kwargs = {"free_space": free_space} if free_space else {}
-    manager = DownloadManager(store, client, cache_dir=cache, max_concurrent=2, **kwargs)
+    manager = DownloadManager(store, client, cache_dir=cache, max_concurrent=2,
+                              retry_wait_s=retry_wait_s, **kwargs)
     manager.start_workers()
     return manager
 
@@ -63,7 +65,8 @@ def cache(hf_home: Path) -> Path:
 
 @pytest.fixture
 def manager(tmp_path: Path, hub: LocalHub, cache: Path) -> Iterator[DownloadManager]:
-    made = make_manager(tmp_path, hub, cache)
+    # Lost connections are retried at once: no test here needs the real pause between tries.
+    made = make_manager(tmp_path, hub, cache, retry_wait_s=0.01)
     yield made
     made.close()
 
@@ -288,40 +291,37 @@ def test_a_connection_dropped_mid_file_is_resumed_with_a_range_request(
 
 def test_a_lost_connection_fails_clearly_and_resumes_later(
         manager: DownloadManager, hub: LocalHub, cache: Path, big_repo: str) -> None:
-    """Every attempt is cut: FAILED with a message, partial kept, Resume finishes."""
+    """Every attempt is cut: after the retries FAILED with a message, partial kept, Resume
+    finishes."""
     hub.throttle_bytes_per_sec = 600_000
     view = manager.start(None, big_repo)
     wait_bytes(manager, view.id, 100_000)
-    cutting = threading.Event()
-
-    def cut_every_attempt() -> None:
-        while not cutting.wait(0.02):  # re-arm the cut for every reconnect until told to stop
-            hub.drop_after_bytes(big_repo, WEIGHTS, 0)
-
-    cutter = threading.Thread(target=cut_every_attempt, daemon=True)
-    hub.drop_after_bytes(big_repo, WEIGHTS, 0)
-    # The running transfer is cut at its next reconnect; make the current one end too.
-    cutter.start()
-    try:
-        # The transfer retries 5 times (1 s apart) without progress, then gives up.
-        manager.pause(None, view.id)
-        manager.wait(view.id, 30)
-        manager.resume(None, view.id)
-        failed = manager.wait(view.id, 60)
-    finally:
-        cutting.set()
-        cutter.join()
+    hub.drop_after_bytes(big_repo, WEIGHTS, 0, times=None)
+    # Pause ends the running transfer; from the resume on, every attempt is cut.
+    manager.pause(None, view.id)
+    manager.wait(view.id, 30)
+    hub.clear_requests()
+    manager.resume(None, view.id)
+    failed = manager.wait(view.id, 60)
     assert failed.status is DownloadStatus.FAILED
     assert "Lost the connection" in failed.error and "Resume" in failed.error
+    attempts = [r for r in hub.requests if r.method == "GET" and r.path.endswith("/" + WEIGHTS)]
+    assert len(attempts) == RETRIES + 1  # the first attempt and every retry, each cut
     [partial] = partials(cache, big_repo)
     assert partial.stat().st_size > 0
     assert not (storage(cache, big_repo) / "snapshots").exists()
+    hub.stop_dropping(big_repo, WEIGHTS)
     hub.throttle_bytes_per_sec = None
     hub.clear_requests()
-    manager.resume(None, view.id)  # (one armed cut may remain: the transfer retries past it)
+    manager.resume(None, view.id)
     done = manager.wait(view.id, 30)
     assert done.status is DownloadStatus.DONE, done.error
     assert any(r.range for r in hub.requests if r.path.endswith("/" + WEIGHTS))
+
+
+def test_the_retry_wait_cannot_be_negative(tmp_path: Path, hub: LocalHub, cache: Path) -> None:
+    with pytest.raises(ValueError, match="retry_wait_s"):
+        make_manager(tmp_path, hub, cache, retry_wait_s=-1)
 
 
 def test_free_disk_space_is_checked_before_starting(tmp_path: Path, hub: LocalHub,

@@ -42,7 +42,7 @@ from manager.models.download_types import (
 )
 from manager.models.hf_cache import PARTIAL_SUFFIX, CacheFolder, default_free_space
 from manager.models.hub import NETWORK_ERRORS, DownloadPlan, HubClient, PlannedFile
-from manager.models.transfer import fetch_rest
+from manager.models.transfer import RETRY_WAIT_S, fetch_rest
 from manager.store import Store, inserted_id
 from manager.units import format_bytes
 
@@ -68,7 +68,10 @@ class DownloadManager:
         on_finished: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[], None] | None = None,
+        retry_wait_s: float = RETRY_WAIT_S,
     ) -> None:
+        if retry_wait_s < 0:
+            raise ValueError(f"retry_wait_s must be 0 or more, not {retry_wait_s}")
         self.store = store
         self.hub = hub
         self.cache_dir = Path(cache_dir)
@@ -79,6 +82,9 @@ class DownloadManager:
         #: Called (lock held: keep it quick) on every status change and progress step.
         self.on_change = on_change or (lambda: None)
         self.clock = clock
+        #: Seconds between the retries of a lost connection (transfer.RETRIES of them
+        #: without progress before the download fails, resumable).
+        self.retry_wait_s = retry_wait_s
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._jobs: dict[int, Job] = {}
@@ -348,7 +354,8 @@ class DownloadManager:
                 resume = 0
             self._file_started(job, planned.path, resume)
             fetch_rest(url, fh, size=planned.size, headers=headers,
-                       on_bytes=lambda n: self._advance(job, planned.path, n))
+                       on_bytes=lambda n: self._advance(job, planned.path, n),
+                       retry_wait_s=self.retry_wait_s)
         os.replace(partial, blob)
 
     # -- progress hooks (called from transfer threads) ------------------------------------
