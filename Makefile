@@ -23,12 +23,16 @@ lint: $(STAMP)
 # Everything that needs no model server and no browser (tests marked slow are left out),
 # on FAST_WORKERS pytest-xdist workers; a file's tests stay on one worker (its shared app).
 # Temp files (the tests' SQLite databases, whose every commit is an fsync) go to RAM where
-# Linux has it: on a disk the fsyncs were a third of the wall time.
+# Linux has it: on a disk the fsyncs were a third of the wall time. Bytecode caches are on
+# even where the environment sets PYTHONDONTWRITEBYTECODE: without them every worker and
+# every Python subprocess compiles our modules again, and pytest rewrites every test
+# module's asserts again (~3 s of CPU per worker). __pycache__/ is git-ignored.
 FAST_WORKERS ?= 2
 FAST_TMPDIR ?= $(if $(wildcard /dev/shm/.),/dev/shm,$(or $(TMPDIR),/tmp))
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
-	TMPDIR=$(FAST_TMPDIR) $(PY) -m pytest -m "not slow" -q -n $(FAST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= TMPDIR=$(FAST_TMPDIR) $(PY) -m pytest -m "not slow" -q \
+		-n $(FAST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
