@@ -21,7 +21,7 @@ from manager.servers.inference import InferenceError, MetricsStore
 from manager.servers.profiles import Backend, Profile
 from manager.servers.server_stream import ServerStream, open_counted
 from manager.servers.snapshot import ServerSnapshot, ServerState
-from manager.servers.upstream import Upstream, _Reader, error_message
+from manager.servers.upstream import Connections, Upstream, _Reader, error_message
 from tests.conftest import run_uvicorn
 
 T = TypeVar("T")
@@ -427,3 +427,54 @@ def test_tokens_sent_while_the_socket_is_held_stay_in_the_kernel_and_the_end_wak
 def test_tokens_held_in_the_kernel_are_read_together_when_the_interval_is_over() -> None:
     together, woken, reads, held = on_own_loop(lambda: held_stream(0.05, False))
     assert held and together == TOKEN * 3 and reads == 1
+
+
+def test_a_spare_connection_carries_the_next_request_and_a_closed_one_is_replaced(
+        ) -> None:
+    """The first request opens a spare connection for the next one; a spare the server
+    closed while it waited is not used (the request goes on a new connection)."""
+    async def go() -> tuple[list[bytes], list[int], int]:
+        conns: list[asyncio.StreamWriter] = []
+        asked: list[int] = []  # the connection each request came on
+        ended = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            me = len(conns)
+            conns.append(writer)
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                asked.append(me)
+                writer.write(HEAD + TOKEN + DONE)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass  # a spare closed unused
+            writer.close()
+            if len(conns) == 5:
+                ended.set()
+
+        async def spare_open(count: int) -> None:
+            while len(conns) < count:
+                await asyncio.sleep(0.005)
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        connections = Connections()
+        bodies = []
+        for n, before in enumerate((0, 2, 3)):
+            await spare_open(before)  # the spare the previous request opened
+            if n == 2:
+                spare = next(i for i in range(len(conns)) if i not in asked)
+                conns[spare].close()  # the server drops the spare waiting for request 3
+            upstream = await Upstream.open(base, "/v1/x", {}, connections=connections)
+            bodies.append(await upstream.read_all())
+        await spare_open(5)
+        connections.close()
+        await ended.wait()
+        server.close()
+        return bodies, asked, len(conns)
+
+    bodies, asked, opened = on_own_loop(go)
+    assert bodies == [TOKEN + DONE] * 3
+    # Request 2 came on the spare opened during request 1 (connection 0 or 1), request 3
+    # on a new connection (3 or 4), not on the spare (2) the server had closed.
+    assert asked[0] in (0, 1) and asked[1] == 1 - asked[0]
+    assert asked[2] in (3, 4) and opened == 5

@@ -103,6 +103,7 @@ from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile
 from manager.servers.server_stream import ServerStream, open_counted
 from manager.servers.snapshot import CancelEvent
 from manager.servers.supervisor import ServerSnapshot, ServerState
+from manager.servers.upstream import Connections
 from manager.services import Services
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,8 @@ class Gateway:
                                 allow_remote=settings.gateway_remote_images)
         self.facts = ModelFacts(services.profiles)  # shared with the /api routes
         self.responses = ResponsesApi(services.responses)
+        # Spare connections to the model servers (the gateway's streams run on one loop).
+        self._connections = Connections()
 
     # -- entry points (event loop) ----------------------------------------------------------
 
@@ -386,10 +389,12 @@ class Gateway:
             fmt.served_as(snap.model_path)
         elif isinstance(fmt, AnthropicFormat):  # message_start carries the prompt's count
             stream, fmt.translator.input_tokens = await open_counted(
-                self._services.metrics, snap, body, completion=job.completion)
+                self._services.metrics, snap, body, completion=job.completion,
+                connections=self._connections)
             return stream
         return await ServerStream.open(self._services.metrics, snap, body,
-                                       completion=job.completion)
+                                       completion=job.completion,
+                                       connections=self._connections)
 
     def _wait_ready(self, profile: Profile, cancel: CancelEvent) -> ServerSnapshot:
         # Woken by the server's transition, or at once when the client goes away.

@@ -32,7 +32,7 @@ from manager.servers.inference import (
     prepare_body,
 )
 from manager.servers.snapshot import ServerSnapshot
-from manager.servers.upstream import Upstream, UpstreamClosed, error_message
+from manager.servers.upstream import Connections, Upstream, UpstreamClosed, error_message
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +119,19 @@ class ServerStream:
 
     @classmethod
     async def open(cls, metrics: MetricsStore, snap: ServerSnapshot, body: Mapping[str, Any],
-                   *, completion: bool = False) -> ServerStream:
-        """Send the request; raises InferenceError when the server refuses it (with its
-        status) or cannot be reached. Counted in the metrics either way."""
+                   *, completion: bool = False, connections: Connections | None = None
+                   ) -> ServerStream:
+        """Send the request (on a spare connection from `connections` when there is one);
+        raises InferenceError when the server refuses it (with its status) or cannot be
+        reached. Counted in the metrics either way."""
         payload = prepare_body(snap, body, stream=True, completion=completion)
         path = COMPLETIONS_PATH if completion else CHAT_PATH
         started = time.perf_counter()
         name = snap.profile.name
         try:
             upstream = await Upstream.open(snap.base_url, path, payload,
-                                           headers=snap.profile.auth_headers())
+                                           headers=snap.profile.auth_headers(),
+                                           connections=connections)
         except (OSError, UpstreamClosed, TimeoutError) as exc:
             log.warning("request to %s failed: %s", name, exc)
             _record_failure(metrics, snap, started)
@@ -231,16 +234,19 @@ def _record_failure(metrics: MetricsStore, snap: ServerSnapshot, started: float)
 
 
 async def open_counted(metrics: MetricsStore, snap: ServerSnapshot, body: Mapping[str, Any],
-                       *, completion: bool = False) -> tuple[ServerStream, int]:
+                       *, completion: bool = False, connections: Connections | None = None
+                       ) -> tuple[ServerStream, int]:
     """The stream of `body` and its prompt's tokens as the server counts them (templates,
     tools, images): a 1-token request (not metered) goes first, and the real one as soon
     as the server took the count in (its status line), so the real request's connection
     and prompt rendering overlap the count's prefill, and mlx_lm's prompt cache spares it
     most of its own. (Sent at the same moment the count could arrive second, and mlx_lm
     admits a request to a running batch only between bursts of up to 0.5 s.)"""
-    count = await ServerStream.open(MetricsStore(), snap, {**body, "max_tokens": 1})
+    count = await ServerStream.open(MetricsStore(), snap, {**body, "max_tokens": 1},
+                                    connections=connections)
     try:
-        stream = await ServerStream.open(metrics, snap, body, completion=completion)
+        stream = await ServerStream.open(metrics, snap, body, completion=completion,
+                                         connections=connections)
     except BaseException:
         count.close()
         raise

@@ -15,6 +15,10 @@ each; when the interval is over the hold is released and whatever came is read a
 A closed connection wakes the loop whatever the low-water mark (the server's end of an
 HTTP/1.0 stream), so the stream's end is never held back; neither is a first token
 after a pause (the hold is released when an interval passes without data).
+
+`Connections` keeps one connection per server opened ahead of need: mlx_lm closes each
+connection after its answer, and a TCP handshake on the event loop (several loop turns)
+is time the client waits for its first token.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
 #: Longest silence between two reads of a stream (big models can be slow).
 READ_TIMEOUT_S = 600.0
+#: A connection opened ahead of need is closed after this long unused.
+SPARE_IDLE_S = 30.0
 _MAX_HEAD_BYTES = 64 * 1024
 _DONE = b"[DONE]"
 #: A paced hand-over this close to its time is due (timers may fire a little early).
@@ -93,6 +99,7 @@ class _Reader(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._sock: Any = None  # the transport's socket, to hold and release
         self.held = False  # SO_RCVLOWAT is raised: the kernel keeps what arrives
+        self.answered = False  # the server sent something
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -100,10 +107,26 @@ class _Reader(asyncio.Protocol):
         # A socket transport (not an asyncio.Transport instance under uvloop).
         self.transport = cast(asyncio.Transport, transport)
         self._sock = transport.get_extra_info("socket")
-        self._watchdog = self._loop.call_later(self._read_timeout_s, self._check_silence)
+
+    def send(self, data: bytes) -> None:
+        """Write the request; from now on a server silent for the read timeout is
+        given up on."""
+        if self.transport is None or self.closed:
+            raise UpstreamClosed("the connection to the server is closed")
+        self._last_read = self._loop.time()
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(self._read_timeout_s, self._check_silence)
+        self.transport.write(data)
+
+    @property
+    def idle(self) -> bool:
+        """Connected, nothing sent or received yet, and still open."""
+        return (self.transport is not None and not self.closed and self._watchdog is None
+                and not self._head_buf and not self.transport.is_closing())
 
     def data_received(self, data: bytes) -> None:
         self._last_read = self._loop.time()
+        self.answered = True
         if not self.head.done():
             self._head_buf += data
             end = self._head_buf.find(b"\r\n\r\n")
@@ -246,6 +269,8 @@ class _Reader(asyncio.Protocol):
         if not self.head.done():
             self.head.set_exception(self.error or UpstreamClosed(
                 "the server closed the connection before answering"))
+            if self._watchdog is None:  # never used (a spare): nobody awaits the head
+                self.head.exception()
         self._wake()
 
     def _due(self) -> float:
@@ -322,17 +347,32 @@ class Upstream:
     async def open(cls, base_url: str, path: str, payload: Mapping[str, Any], *,
                    headers: Mapping[str, str] | None = None,
                    connect_timeout_s: float = CONNECT_TIMEOUT_S,
-                   read_timeout_s: float = READ_TIMEOUT_S) -> Upstream:
+                   read_timeout_s: float = READ_TIMEOUT_S,
+                   connections: Connections | None = None) -> Upstream:
         """Raises OSError / UpstreamClosed / TimeoutError when the server cannot be
-        reached or closes before its status line."""
-        loop = asyncio.get_running_loop()
+        reached or closes before its status line. With `connections`, a connection
+        opened ahead of need is used when there is one."""
         target = Target.of(base_url, path)
         body = json.dumps(payload, ensure_ascii=False).encode()
-        transport, reader = await asyncio.wait_for(loop.create_connection(
-            lambda: _Reader(loop, read_timeout_s), target.host, target.port),
-            connect_timeout_s)
+        request = request_head(target, len(body), headers or {}) + body
+        spare = connections.take(target) if connections is not None else None
+        if spare is not None:
+            try:
+                return await cls._ask(spare, request)
+            except (OSError, UpstreamClosed) as exc:
+                if spare.answered:
+                    raise
+                # Closed by the server while it waited unused (a restart, an idle
+                # timeout): the request never reached it, so it goes on a new one.
+                log.info("a spare connection to %s:%s was closed (%s): connecting again",
+                         target.host, target.port, exc)
+        reader = await _connect(target, read_timeout_s, connect_timeout_s)
+        return await cls._ask(reader, request)
+
+    @classmethod
+    async def _ask(cls, reader: _Reader, request: bytes) -> Upstream:
         try:
-            transport.write(request_head(target, len(body), headers or {}) + body)
+            reader.send(request)
             status, answer_headers = await reader.head
         except BaseException:
             reader.abort()
@@ -365,6 +405,80 @@ class Upstream:
     @property
     def error(self) -> BaseException | None:
         return self._reader.error
+
+
+async def _connect(target: Target, read_timeout_s: float, connect_timeout_s: float
+                   ) -> _Reader:
+    loop = asyncio.get_running_loop()
+    _, reader = await asyncio.wait_for(loop.create_connection(
+        lambda: _Reader(loop, read_timeout_s), target.host, target.port), connect_timeout_s)
+    return reader
+
+
+class Connections:
+    """One connection per server opened ahead of need (mlx_lm closes each after its
+    answer): `take` hands it to a request and opens the next one in the background.
+    One per event loop and owner (the gateway); `close` ends them."""
+
+    def __init__(self, read_timeout_s: float = READ_TIMEOUT_S,
+                 idle_s: float = SPARE_IDLE_S) -> None:
+        self._read_timeout_s = read_timeout_s
+        self._idle_s = idle_s
+        self._spares: dict[tuple[str, int], tuple[_Reader, asyncio.TimerHandle]] = {}
+        self._opening: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def take(self, target: Target) -> _Reader | None:
+        """The server's spare connection if it is still open (else None); a new one is
+        opened either way, for the next request."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a transport serves only the loop that made it
+            self._spares.clear()
+            self._opening.clear()
+            self._loop = loop
+        key = (target.host, target.port)
+        found = self._spares.pop(key, None)
+        if key not in self._opening:
+            task = asyncio.ensure_future(self._open(key))
+            self._opening[key] = task
+        if found is None:
+            return None
+        reader, expiry = found
+        expiry.cancel()
+        if reader.idle:
+            return reader
+        reader.abort()
+        return None
+
+    def close(self) -> None:
+        for task in self._opening.values():
+            task.cancel()
+        self._opening.clear()
+        for reader, expiry in self._spares.values():
+            expiry.cancel()
+            reader.abort()
+        self._spares.clear()
+
+    async def _open(self, key: tuple[str, int]) -> None:
+        try:
+            reader = await _connect(Target(key[0], key[1], "/"), self._read_timeout_s,
+                                    CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:  # the request that needs it will say so
+            log.info("could not open a spare connection to %s:%s: %s", *key, exc)
+            return
+        finally:
+            self._opening.pop(key, None)
+        old = self._spares.pop(key, None)
+        if old is not None:
+            old[1].cancel()
+            old[0].abort()
+        expiry = asyncio.get_running_loop().call_later(self._idle_s, self._expire, key)
+        self._spares[key] = (reader, expiry)
+
+    def _expire(self, key: tuple[str, int]) -> None:
+        found = self._spares.pop(key, None)
+        if found is not None:
+            found[0].abort()
 
 
 def error_message(body: bytes, fallback: str) -> str:
