@@ -40,12 +40,14 @@ typecheck: $(STAMP)
 # Everything, in two rounds: what test-fast runs (on FAST_WORKERS workers), then the slow
 # tests (model servers, browsers) one at a time: they wait on real processes, and a second
 # worker would only slow them. Both rounds always run; exit code 5 is "no test selected"
-# (PYTEST_ARGS narrowed to files of one kind).
+# (PYTEST_ARGS narrowed to files of one kind). Bytecode caches are on, as in test-fast: the
+# slow round starts a dashboard or CLI subprocess in most of its tests.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	fast=0; slow=0; \
-	$(PY) -m pytest -m "not slow" -n $(FAST_WORKERS) --dist loadfile $(PYTEST_ARGS) || fast=$$?; \
+	fast=0; slow=0; export PYTHONDONTWRITEBYTECODE=; \
+	TMPDIR=$(FAST_TMPDIR) $(PY) -m pytest -m "not slow" -n $(FAST_WORKERS) --dist loadfile \
+		$(PYTEST_ARGS) || fast=$$?; \
 	$(PY) -m pytest -m slow $(PYTEST_ARGS) || slow=$$?; \
 	for code in $$fast $$slow; do [ $$code -eq 0 ] || [ $$code -eq 5 ] || exit $$code; done
 
