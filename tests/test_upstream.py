@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TypeVar
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from manager.net import free_port
 from manager.servers.inference import InferenceError, MetricsStore
 from manager.servers.profiles import Backend, Profile
+from manager.servers.prompt_counts import PromptCounts
 from manager.servers.server_stream import ServerStream, open_counted
 from manager.servers.snapshot import ServerSnapshot, ServerState
 from manager.servers.upstream import Connections, Upstream, _Reader, error_message
@@ -478,3 +480,44 @@ def test_a_spare_connection_carries_the_next_request_and_a_closed_one_is_replace
     # on a new connection (3 or 4), not on the spare (2) the server had closed.
     assert asked[0] in (0, 1) and asked[1] == 1 - asked[0]
     assert asked[2] in (3, 4) and opened == 5
+
+
+def test_a_prompt_counted_once_is_not_counted_again_for_the_same_request_and_server_run(
+        ) -> None:
+    """The second identical request goes out without a count (the count kept for it);
+    another prompt, or the same one to a restarted server, is counted again."""
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": %d, "completion_tokens": 1}}\n\n'
+
+    async def go() -> tuple[list[tuple[int, str]], list[int]]:
+        arrived: list[tuple[int, str]] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            request = json.loads(await reader.readexactly(length))
+            text = request["messages"][-1]["content"]
+            arrived.append((request["max_tokens"], text))
+            writer.write(HEAD + TOKEN + usage % (10 + len(text)) + DONE)
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        snap = ready_snapshot(server.sockets[0].getsockname()[1])
+        counts = PromptCounts()
+        reported = []
+        try:
+            for text, run in (("hi", snap), ("hi", snap), ("hello", snap),
+                              ("hi", replace(snap, pid=4242))):
+                body = {"messages": [{"role": "user", "content": text}], "max_tokens": 9}
+                stream, count = await open_counted(MetricsStore(), snap=run, body=body,
+                                                   counts=counts)
+                reported.append(count)
+                async for _ in stream.batches():
+                    continue
+        finally:
+            server.close()
+        return arrived, reported
+
+    arrived, reported = on_own_loop(go)
+    assert reported == [12, 12, 15, 12]
+    assert arrived == [(1, "hi"), (9, "hi"), (9, "hi"), (1, "hello"), (9, "hello"),
+                       (1, "hi"), (9, "hi")]

@@ -24,17 +24,15 @@ the profile and the model's context, images become data the gateway checked itse
 and a client that leaves aborts its model server request at once (servers/abort.py).
 
 Every request goes through manager/inference.py (metering, the profile's defaults and
-system prompt). A stopped profile is started on demand (manager/servers/placement.py)
-and waited for (bounded, on the supervisor's Condition); streaming requests then get SSE comments as keepalives.
+system prompt). A stopped profile is started on demand (manager/servers/placement.py) and
+waited for (bounded, on the supervisor's Condition); streams get keepalive comments.
 
-Streams (manager/api/relay.py, whose docstring is the contract a streaming route
-follows): everything up to the request to the model server runs on the event loop for a
-READY server, and the server's answer is read and relayed there too, as bytes for OpenAI
-clients and through a `StreamFormat` for the others. Only blocking work goes to a worker
-thread: a start on demand and the wait for it (the status line goes out at once with a
-keepalive comment), large bodies (image checks), and whole (non-streamed) answers. Errors
-before the status line get their own HTTP status; later ones end the stream with an error
-event in the API's format.
+Streams (manager/api/relay.py has the contract): for a READY server everything up to the
+request to the server runs on the event loop, and the answer is read and relayed there
+too, as bytes for OpenAI clients and through a `StreamFormat` for the others. Worker
+threads only for blocking work: a start on demand and the wait for it (the status line
+goes out at once with a keepalive), large bodies (image checks), whole answers. Errors
+before the status line get their own HTTP status; later ones an error event.
 """
 
 from __future__ import annotations
@@ -100,6 +98,7 @@ from manager.errors import ValidationError
 from manager.servers.abort import Abort
 from manager.servers.inference import RequestAborted
 from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile
+from manager.servers.prompt_counts import PromptCounts
 from manager.servers.server_stream import ServerStream, open_counted
 from manager.servers.snapshot import CancelEvent
 from manager.servers.supervisor import ServerSnapshot, ServerState
@@ -249,8 +248,8 @@ class Gateway:
                                 allow_remote=settings.gateway_remote_images)
         self.facts = ModelFacts(services.profiles)  # shared with the /api routes
         self.responses = ResponsesApi(services.responses)
-        # Spare connections to the model servers (the gateway's streams run on one loop).
-        self._connections = Connections()
+        self._connections = Connections()  # to the servers, opened ahead of need
+        self._counts = PromptCounts()  # an Anthropic stream's prompt, counted once
 
     # -- entry points (event loop) ----------------------------------------------------------
 
@@ -385,16 +384,15 @@ class Gateway:
 
     async def _connect(self, job: _Job, fmt: StreamFormat, body: dict[str, Any],
                        snap: ServerSnapshot) -> ServerStream:
+        metrics, connections = self._services.metrics, self._connections
         if isinstance(fmt, OpenAIPassthrough):
             fmt.served_as(snap.model_path)
         elif isinstance(fmt, AnthropicFormat):  # message_start carries the prompt's count
             stream, fmt.translator.input_tokens = await open_counted(
-                self._services.metrics, snap, body, completion=job.completion,
-                connections=self._connections)
+                metrics, snap, body, connections=connections, counts=self._counts)
             return stream
-        return await ServerStream.open(self._services.metrics, snap, body,
-                                       completion=job.completion,
-                                       connections=self._connections)
+        return await ServerStream.open(metrics, snap, body, completion=job.completion,
+                                       connections=connections)
 
     def _wait_ready(self, profile: Profile, cancel: CancelEvent) -> ServerSnapshot:
         # Woken by the server's transition, or at once when the client goes away.

@@ -31,6 +31,7 @@ from manager.servers.inference import (
     decode_rate,
     prepare_body,
 )
+from manager.servers.prompt_counts import PromptCounts
 from manager.servers.snapshot import ServerSnapshot
 from manager.servers.upstream import Connections, Upstream, UpstreamClosed, error_message
 
@@ -234,14 +235,24 @@ def _record_failure(metrics: MetricsStore, snap: ServerSnapshot, started: float)
 
 
 async def open_counted(metrics: MetricsStore, snap: ServerSnapshot, body: Mapping[str, Any],
-                       *, completion: bool = False, connections: Connections | None = None
-                       ) -> tuple[ServerStream, int]:
+                       *, completion: bool = False, connections: Connections | None = None,
+                       counts: PromptCounts | None = None) -> tuple[ServerStream, int]:
     """The stream of `body` and its prompt's tokens as the server counts them (templates,
     tools, images): a 1-token request (not metered) goes first, and the real one as soon
     as the server took the count in (its status line), so the real request's connection
     and prompt rendering overlap the count's prefill, and mlx_lm's prompt cache spares it
     most of its own. (Sent at the same moment the count could arrive second, and mlx_lm
-    admits a request to a running batch only between bursts of up to 0.5 s.)"""
+    admits a request to a running batch only between bursts of up to 0.5 s.)
+    With `counts`, a count the server gave for the same request and server run is used
+    instead, and the stream goes out at once."""
+    key = b""
+    if counts is not None:
+        key = counts.key(snap, prepare_body(snap, body, stream=True, completion=completion),
+                         completion)
+        known = counts.get(key)
+        if known is not None:
+            return await ServerStream.open(metrics, snap, body, completion=completion,
+                                           connections=connections), known
     count = await ServerStream.open(MetricsStore(), snap, {**body, "max_tokens": 1},
                                     connections=connections)
     try:
@@ -260,4 +271,7 @@ async def open_counted(metrics: MetricsStore, snap: ServerSnapshot, body: Mappin
     finally:
         count.close()
     usage = count.usage
-    return stream, (usage.prompt_tokens if usage is not None else None) or 0
+    prompt_tokens = usage.prompt_tokens if usage is not None else None
+    if counts is not None and prompt_tokens is not None:
+        counts.put(key, prompt_tokens)
+    return stream, prompt_tokens or 0
