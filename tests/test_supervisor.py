@@ -18,6 +18,7 @@ import pytest
 
 from manager.errors import ValidationError
 from manager.net import free_port, port_is_free
+from manager.servers.monitor import Monitor
 from manager.servers.process import build_command
 from manager.servers.profiles import Backend, Profile
 from manager.servers.records import read_records
@@ -145,6 +146,25 @@ def test_kill_9_is_failed_within_one_tick_with_exit_code_and_log(
     # The tile offers Restart: it works.
     env.supervisor.restart(text_profile.id)
     assert env.supervisor.wait_ready(text_profile.id, 90).state is ServerState.READY
+
+
+def test_a_crash_is_known_when_it_happens_not_at_the_next_tick(
+        env: ServerEnv, text_profile: Profile) -> None:
+    """Bug: a READY server's crash was noticed only by the monitor's next tick (up to
+    2 s while a page watches, 5 s when nobody does), before any page could show it."""
+    pid = ready(env, text_profile)  # READY since the restart above: no new start
+    monitor = Monitor(env.supervisor, fast_interval_s=3600, steady_interval_s=3600,
+                      idle_interval_s=3600, detect_gpu_reader=False)
+    monitor.start()  # its first tick runs now, its next one not within this test
+    try:
+        wait_for(lambda: monitor.ticks >= 1, what="the monitor's first tick")
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: env.supervisor.snapshot(text_profile.id).state
+                        is ServerState.FAILED, what="the crash to be noticed")
+        assert "SIGKILL" in env.supervisor.snapshot(text_profile.id).reason
+        assert monitor.ticks >= 2  # the exit asked for a tick
+    finally:
+        monitor.stop()
 
 
 def test_a_broken_model_is_failed_with_the_log_tail(env: ServerEnv,

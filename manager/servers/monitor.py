@@ -13,6 +13,8 @@ until a tab touches the monitor or a server changes state. Each sample calls
 
 Interval (BUGFIX-04): FAST_INTERVAL_S while a server starts or stops, then
 STEADY_INTERVAL_S while someone watches, IDLE_INTERVAL_S when nobody does.
+While the job is scheduled, a server process that exits asks for a tick at once
+(`exit_watch.ExitWatches`), so a crash is known when it happens, not a tick later.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import psutil
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from manager.servers.exit_watch import ExitWatches
 from manager.servers.logs import LOG_TAIL_LINES, read_tail
 from manager.servers.snapshot import Clock
 from manager.servers.supervisor import Supervisor
@@ -249,6 +252,8 @@ class Monitor:
         self._asleep = False
         self._wakes = 0  # touches and wakes so far: a tick that saw none may sleep
         self._unsubscribe: Callable[[], None] | None = None
+        # A server's exit asks for a tick at once (reconcile notices it), while started.
+        self._exits = ExitWatches(supervisor, self._run_now)
         self.ticks = 0
         self.samples_taken = 0
 
@@ -271,13 +276,15 @@ class Monitor:
     def start(self) -> None:
         if self._scheduler is not None:
             return
+        self._exits = ExitWatches(self._supervisor, self._run_now)  # fresh after a stop
         scheduler = BackgroundScheduler(daemon=True, timezone="UTC")
         scheduler.add_job(self.tick, IntervalTrigger(seconds=self._interval), id=_JOB_ID,
                           max_instances=1, coalesce=True, next_run_time=datetime.now().astimezone())
         scheduler.start()
         self._scheduler = scheduler
-        # A server that starts (or is started again) while the job sleeps wakes it.
-        self._unsubscribe = self._supervisor.subscribe(lambda _change: self.wake())
+        # A server that starts (or is started again) while the job sleeps wakes it; its
+        # process is watched for an exit from then on.
+        self._unsubscribe = self._supervisor.subscribe(lambda _change: self._changed())
 
     def stop(self) -> None:
         scheduler, self._scheduler = self._scheduler, None
@@ -286,6 +293,7 @@ class Monitor:
             unsubscribe()
         if scheduler is not None:
             scheduler.shutdown(wait=True)
+        self._exits.close()
 
     def touch(self) -> None:
         """A tab is watching: sample at the steady pace (at once if we were idle)."""
@@ -297,6 +305,10 @@ class Monitor:
             self._asleep = False
         if was_idle:
             self._run_now()
+
+    def _changed(self) -> None:
+        self.wake()
+        self._exits.sync()
 
     def wake(self) -> None:
         """Run the job now if it sleeps (a server changed state)."""
@@ -327,6 +339,8 @@ class Monitor:
         with self._lock:
             wakes = self._wakes
         transitional = self._supervisor.reconcile()
+        if self._scheduler is not None:
+            self._exits.sync()  # also adopted servers, which no transition announced
         watched = self.watched()
         live = self._supervisor.live_processes()
         if live:

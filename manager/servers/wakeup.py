@@ -85,21 +85,23 @@ class ChildWatch:
                 flags=select.KQ_EV_ADD | select.KQ_EV_ONESHOT, fflags=select.KQ_NOTE_EXIT))
         queue.control(changes, 0)
 
-    def wait(self, timeout: float) -> None:
-        """Return when the log grew or the process ended, or after `timeout` seconds."""
+    def wait(self, timeout: float) -> bool:
+        """Return when the log grew or the process ended (True), or after `timeout`
+        seconds (False)."""
         timeout = max(0.0, timeout)
         try:
             if self._poll is not None:
                 if self._poll.poll(timeout * 1000):
                     self._drain()
-                return
+                    return True
+                return False
             if self._kqueue is not None:
-                self._kqueue.control(None, 4, timeout)  # type: ignore[attr-defined]
-                return
+                return bool(self._kqueue.control(None, 4, timeout))  # type: ignore[attr-defined]
         except OSError as exc:
             log.info("change notification failed (%s): checking on a timer", exc)
             self.close()
         self._idle.wait(timeout)
+        return False
 
     def _drain(self) -> None:
         if self._inotify is None:
