@@ -238,6 +238,12 @@ def main() -> int:
                 page.get_by_role("tab", name="Servers").click()
                 page.evaluate(OBSERVER_JS)
                 pages.append(page)
+            for page in pages:
+                # Measure open pages, not pages still loading: the Servers tab's first
+                # chart drawn and the main thread idle once (a change right after the
+                # last page opened waited up to 2 s for its first plotly render).
+                page.wait_for_selector("#server-chart .js-plotly-plot", timeout=120_000)
+                page.evaluate("() => new Promise(r => requestIdleCallback(r, {timeout: 10000}))")
             try:
                 delays, noticed = run(dash, pages, args.rounds, model, hub)
             finally:
