@@ -354,6 +354,14 @@ class StreamTranslator:
         return b"".join((_DELTA_EVENT, str(self._index).encode(), head,
                          json.dumps(text).encode(), b"}}\n\n"))
 
+    def literal_delta(self, thinking: bool, literal: bytes) -> bytes | None:
+        """`next_delta` for a chunk that only adds `literal` (a JSON string as the server
+        wrote it) to the open text or thinking block; None when that block is not open."""
+        if not self._started or self._open != ("thinking" if thinking else "text"):
+            return None
+        return b"".join((_DELTA_EVENT, str(self._index).encode(),
+                         _THINKING_DELTA if thinking else _TEXT_DELTA, literal, b"}}\n\n"))
+
     def finish(self) -> Iterator[Event]:
         if not self._started:
             yield from self.start()

@@ -20,13 +20,14 @@ from manager.api.ollama import (
     generate_request,
     parse_keep_alive,
 )
-from manager.api.ollama_wire import CHAT, GENERATE, NDJSON, OllamaReply, dumps_line
+from manager.api.ollama_wire import CHAT, GENERATE, NDJSON, OllamaReply, dumps_line, timestamp
 from manager.api.stream_formats import ChunkFormat
 from manager.api.wire import Failure, GatewayError, resolve_profile
 from manager.errors import ManagerError
 from manager.models.capabilities import is_apple_silicon
 from manager.servers.placement import Placement
 from manager.servers.profiles import Profile
+from manager.servers.server_stream import Batch
 from manager.services import Services
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class OllamaFormat(ChunkFormat):
     def __init__(self, reply: OllamaReply) -> None:
         self.reply = reply
         self.model = reply.model
+        self._stamp = ""
 
     def start(self) -> bytes:
         self.reply.ready()  # the server took the request: the load is over
@@ -48,6 +50,13 @@ class OllamaFormat(ChunkFormat):
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         return b"".join(dumps_line(line) for line in self.reply.feed(chunk))
+
+    def batch(self, batch: Batch) -> bytes:
+        self._stamp = timestamp()  # the lines of one read arrived together
+        return super().batch(batch)
+
+    def plain_delta(self, thinking: bool, literal: bytes) -> bytes | None:
+        return self.reply.literal_line(thinking, literal, self._stamp)
 
     def finish(self) -> bytes:
         return b"".join(dumps_line(line) for line in self.reply.finish())

@@ -82,6 +82,8 @@ class OllamaReply:
         self._finish: str | None = None
         self._prompt_tokens: int | None = None
         self._completion_tokens: int | None = None
+        self._head = b'{"model":' + json.dumps(model, ensure_ascii=False).encode() \
+            + b',"created_at":"'
 
     def ready(self, at_ns: int | None = None) -> None:
         self._ready = self._clock() if at_ns is None else at_ns
@@ -102,6 +104,20 @@ class OllamaReply:
                 line["thinking"] = thinking
         line["done"] = False
         return line
+
+    def literal_line(self, thinking: bool, literal: bytes, created_at: str) -> bytes | None:
+        """The line `feed` streams for a chunk that only adds `literal` (a JSON string as
+        the server wrote it) to the text or thinking, written without decoding it."""
+        if literal == b'""':
+            return None
+        if self._first is None:
+            self._first = self._clock()
+        text, extra = (b'""', b',"thinking":' + literal) if thinking else (literal, b"")
+        if self.kind == CHAT:
+            body = b'"message":{"role":"assistant","content":' + text + extra + b"}"
+        else:
+            body = b'"response":' + text + extra
+        return b"".join((self._head, created_at.encode(), b'",', body, b',"done":false}\n'))
 
     def _gather(self, chunk: Mapping[str, Any]) -> tuple[str, str]:
         """Counts, the finish reason and tool calls of one chunk (a stream's delta or a

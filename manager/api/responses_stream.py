@@ -125,6 +125,17 @@ class ResponsesStream:
         return b"".join((self._delta_head, str(seq).encode(), self._delta_middle,
                          json.dumps(text, ensure_ascii=False).encode(), self._delta_tail))
 
+    def literal_delta(self, thinking: bool, literal: bytes) -> bytes | None:
+        """`next_delta` for a chunk that only adds `literal` (a JSON string as the server
+        wrote it) to the open message (or reasoning) item; None when it is not open."""
+        item = self._open
+        if item is None or item["type"] != ("reasoning" if thinking else "message"):
+            return None
+        self._parts.append(json.loads(literal))
+        seq, self._seq = self._seq, self._seq + 1
+        return b"".join((self._delta_head, str(seq).encode(), self._delta_middle, literal,
+                         self._delta_tail))
+
     def finish(self) -> Iterator[Event]:
         if not self._started:
             yield from self.start()
@@ -298,6 +309,9 @@ class ResponsesFormat(ChunkFormat):
     def feed(self, chunk: dict[str, Any]) -> bytes:
         quick = self.stream.next_delta(chunk)
         return quick if quick is not None else _sse(self.stream.feed(chunk))
+
+    def plain_delta(self, thinking: bool, literal: bytes) -> bytes | None:
+        return self.stream.literal_delta(thinking, literal)
 
     def finish(self) -> bytes:
         last = list(self.stream.finish())

@@ -9,7 +9,10 @@ to a `StreamFormat` as a `Batch` (manager/servers/server_stream.py): whole OpenA
   Nothing else is decoded.
 - `ChunkFormat` is the base of formats that translate: it decodes each chunk and calls
   `feed(chunk) -> bytes` (start / feed / finish, like anthropic.StreamTranslator).
-  `AnthropicFormat` is one; the Responses and Ollama streams are others.
+  `AnthropicFormat` is one; the Responses and Ollama streams are others. Most chunks
+  only add a piece of text or thinking: in mlx_lm's own layout (`_PLAIN_DELTA`) they are
+  not decoded, their JSON string goes into the format's template as it is
+  (`plain_delta`).
 """
 
 from __future__ import annotations
@@ -28,12 +31,17 @@ from manager.api.wire import (
     scrub_fingerprint,
     stream_error,
 )
-from manager.servers.server_stream import Batch
+from manager.servers.server_stream import Batch, decode_event
 
 log = logging.getLogger(__name__)
 
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
+#: A chunk that only adds text (or thinking) as mlx_lm writes it (`json.dumps`); group 2
+#: is the text's JSON string. Any other field (logprobs, tool calls, a finish reason)
+#: and any other layout does not match, and the chunk is decoded.
+_PLAIN_DELTA = re.compile(rb'"finish_reason": null, "delta": \{"role": "assistant", '
+                          rb'"(content|reasoning)": ("(?:[^"\\]|\\.)*")\}\}\]\}$')
 
 
 class StreamFormat(Protocol):
@@ -79,6 +87,12 @@ class ChunkFormat:
     def feed(self, chunk: dict[str, Any]) -> bytes:
         raise NotImplementedError
 
+    def plain_delta(self, thinking: bool, literal: bytes) -> bytes | None:
+        """The bytes for a chunk that only adds `literal` (a JSON string as the server
+        wrote it) to the answer (or its thinking); None when it must be fed decoded
+        (nothing open to add to yet, say). The same JSON `feed` would write."""
+        return None
+
     def finish(self) -> bytes:
         return b""
 
@@ -89,7 +103,17 @@ class ChunkFormat:
         return sse_comment(text) if self.media_type == SSE else b""
 
     def batch(self, batch: Batch) -> bytes:
-        out = [self.feed(chunk) for chunk in batch.chunks()]
+        out = []
+        for event in batch.data.split(b"\n\n"):
+            plain = _PLAIN_DELTA.search(event)
+            if plain is not None:
+                quick = self.plain_delta(plain[1] == b"reasoning", plain[2])
+                if quick is not None:
+                    out.append(quick)
+                    continue
+            chunk = decode_event(event)
+            if chunk is not None:
+                out.append(self.feed(chunk))
         if batch.usage is not None:
             out.append(self.feed(batch.usage))
         return b"".join(out)
@@ -108,6 +132,9 @@ class AnthropicFormat(ChunkFormat):
     def feed(self, chunk: dict[str, Any]) -> bytes:
         quick = self.translator.next_delta(chunk)
         return quick if quick is not None else _sse_events(self.translator.feed(chunk))
+
+    def plain_delta(self, thinking: bool, literal: bytes) -> bytes | None:
+        return self.translator.literal_delta(thinking, literal)
 
     def finish(self) -> bytes:
         return _sse_events(self.translator.finish())

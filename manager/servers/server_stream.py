@@ -61,18 +61,20 @@ class Batch:
     def chunks(self) -> list[dict[str, Any]]:
         """The data events decoded (for formats that translate every chunk); events that
         are not JSON objects are logged and left out."""
-        out = []
-        for event in self.data.split(b"\n\n"):
-            if not event:
-                continue
-            try:
-                chunk = json.loads(event[5:])
-            except ValueError as exc:
-                log.warning("bad chunk from a model server: %s (%r)", exc, event[:200])
-                continue
-            if isinstance(chunk, dict):
-                out.append(chunk)
-        return out
+        found = (decode_event(event) for event in self.data.split(b"\n\n"))
+        return [chunk for chunk in found if chunk is not None]
+
+
+def decode_event(event: bytes) -> dict[str, Any] | None:
+    """One `data: {...}` event's chunk; None for b"" and (logged) anything else."""
+    if not event:
+        return None
+    try:
+        chunk = json.loads(event[5:])
+    except ValueError as exc:
+        log.warning("bad chunk from a model server: %s (%r)", exc, event[:200])
+        return None
+    return chunk if isinstance(chunk, dict) else None
 
 
 def split_events(block: bytes) -> tuple[bytes, bytes, bool]:
