@@ -18,7 +18,7 @@ import pytest
 from argon2 import PasswordHasher
 
 from manager.accounts.limits import LoginLimiter, RegistrationLimiter
-from manager.net import free_port
+from manager.net import free_port, tls_context
 from manager.settings import WARM_SPARE_ENV, Settings
 from tests.waits import wait_for
 
@@ -145,6 +145,9 @@ class LiveDashboard:
     def client(self, **kwargs: Any) -> httpx.Client:
         if self.transport is not None:
             kwargs.setdefault("transport", self.transport)
+        # The process's one TLS context: a client otherwise loads the CA bundle (~30 ms of
+        # CPU), and tests make hundreds of clients.
+        kwargs.setdefault("verify", tls_context())
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
     def register(self, email: str, password: str = PASSWORD) -> httpx.Response:

@@ -4,7 +4,6 @@ straight to the tab's API, as a curious colleague could."""
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from gradio_client import Client
 
@@ -21,8 +20,8 @@ def client_for(dashboard: LiveDashboard, email: str) -> Client:
 
 
 def models_status(dashboard: LiveDashboard, key: str) -> int:
-    return httpx.get(dashboard.url + "/v1/models", headers={"Authorization": f"Bearer {key}"},
-                     timeout=30).status_code
+    with dashboard.client() as client:
+        return client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
 
 
 def value(output: object) -> object:
