@@ -27,7 +27,8 @@ from manager.services import Services
 
 
 def build_dashboard(services: Services) -> gr.Blocks:
-    with gr.Blocks(title="MLX Model Manager") as demo:
+    # No analytics: they would also ask the internet for the latest Gradio at every build.
+    with gr.Blocks(title="MLX Model Manager", analytics_enabled=False) as demo:
         header = gr.HTML(header_html(None, 0), elem_id="mm-header")
         banner = first_run.build()
         with gr.Tabs() as tabs:

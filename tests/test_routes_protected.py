@@ -191,6 +191,14 @@ def test_with_a_session_the_same_routes_work(dashboard: LiveDashboard) -> None:
         assert page.status_code == 200 and "gradio" in page.text.lower()
 
 
+def test_the_dashboard_does_not_phone_home(dashboard: LiveDashboard) -> None:
+    """Gradio's analytics are off: with them on, every app build also started a thread that
+    asked the internet for Gradio's latest version."""
+    dashboard.register("alice@example.com")
+    with dashboard.login("alice@example.com") as client:
+        assert client.get("/config").json()["analytics_enabled"] is False
+
+
 def test_a_redirect_keeps_where_the_user_was_going(anonymous: LiveDashboard) -> None:
     with anonymous.client(follow_redirects=False) as client:
         response = client.get("/?tab=chat", headers={"Accept": "text/html"})
