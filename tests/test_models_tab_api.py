@@ -4,7 +4,6 @@ action is checked on the server, whatever the page shows."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from manager.net import free_port
 from manager.settings import Settings
 from tests.conftest import LiveDashboard
 from tests.fixtures.local_hub import LocalHub
-from tests.gradio_clients import gradio_client
+from tests.gradio_clients import close_without_waiting, gradio_client
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +36,11 @@ def dashboard(shared_live_dashboard: LiveDashboard, hub: LocalHub,
 
 @pytest.fixture(scope="module")
 def _clients() -> Iterator[list[Client]]:
-    """Every gradio client the module's tests made, closed together at the module's end:
-    each close waits up to 1 s for its heartbeat thread, and an open client's heartbeat
-    stream would hold up the server's stop."""
+    """Every gradio client the module's tests made, closed at the module's end (an open
+    client's heartbeat stream would hold up the server's stop)."""
     made: list[Client] = []
     yield made
-    with ThreadPoolExecutor(max_workers=max(1, len(made))) as pool:
-        list(pool.map(lambda client: client.close(), made))
+    close_without_waiting(made)
 
 
 @pytest.fixture
