@@ -12,9 +12,9 @@ import secrets
 import sys
 import threading
 from collections.abc import Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING
 
-from manager.cli import notebook  # noqa: F401 - `from app import notebook` in a notebook
 from manager.cli.instance import (
     DataDirBusy,
     control_path,
@@ -23,13 +23,14 @@ from manager.cli.instance import (
     write_control,
 )
 from manager.cli.main import build_parser, run_command, settings_from_args
-from manager.cli.serving import DashboardServer, Shutdown, configure_logging
+from manager.cli.serving import configure_logging
 from manager.net import port_is_free
-from manager.services import Services
 from manager.settings import Settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a command other than serve (or --help) loads no services and no UI
     from fastapi import FastAPI
+
+    from manager.services import Services
 
 log = logging.getLogger("mlx_manager")
 
@@ -173,7 +174,9 @@ def _serve_with(settings: Settings, log_level: str, control_token: str, url_host
                 ) -> int:
     import uvicorn
 
+    from manager.cli.serving import DashboardServer, Shutdown
     from manager.servers.process import install_exit_hooks
+    from manager.services import Services
 
     services = Services.create(settings)
     # By default the model servers stop with the dashboard; with --keep-servers (the
@@ -200,6 +203,15 @@ def _serve_with(settings: Settings, log_level: str, control_token: str, url_host
     # Gradio's whole object graph, seconds on a busy machine after the goodbye line.
     gc.freeze()
     return 0
+
+
+def __getattr__(name: str) -> ModuleType:
+    """`from app import notebook` in a notebook, loaded when asked for (the services with it)."""
+    if name == "notebook":
+        from manager.cli import notebook
+
+        return notebook
+    raise AttributeError(f"module 'app' has no attribute {name!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

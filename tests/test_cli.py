@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -56,11 +57,27 @@ def test_help_lists_the_dashboard_flags() -> None:
     assert "MLX_MANAGER_DATA_DIR" in result.stdout
 
 
-def test_console_script_is_installed_and_answers() -> None:
+def test_console_script_is_installed_and_answers_without_loading_the_services() -> None:
+    """Help, backup, service and the like need no services: loading them (the database
+    layer pulls in pandas through sqlite-utils, the model code huggingface_hub) cost every
+    command ~1.5 s of CPU before it did anything."""
+    # PYTHONPATH: the code of this tree, should the editable install point at another.
     result = subprocess.run([str(CONSOLE_SCRIPT), "users", "--help"], capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=60,
+                            env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1",
+                                 "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0
     assert "reset-password" in result.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert {"app", "manager.cli.main", "manager.cli.servers"} <= imported
+    assert not imported & {"manager.services", "sqlite_utils", "huggingface_hub", "gradio"}
+
+
+def test_the_notebook_helper_is_still_reached_through_app() -> None:
+    from app import notebook
+
+    assert notebook.__name__ == "manager.cli.notebook" and callable(notebook.show)
 
 
 def test_flags_and_env_make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

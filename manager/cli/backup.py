@@ -24,7 +24,6 @@ from typing import TextIO
 from manager.cli.instance import hold_data_dir
 from manager.errors import ManagerError
 from manager.settings import Settings
-from manager.store import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +109,8 @@ def backup(settings: Settings, destination: Path, out: TextIO) -> DatabaseInfo:
 
 def restore(settings: Settings, source: Path, out: TextIO) -> Path | None:
     """Replace the data dir's database with `source`; returns where the old one was kept."""
+    from manager.store import MIGRATIONS  # (sqlite-utils: `backup` and `--help` need none)
+
     info = inspect_database(source)
     known = {migration.name for migration in MIGRATIONS}
     newer = [name for name in info.migrations if name not in known]

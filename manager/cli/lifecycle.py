@@ -16,18 +16,19 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Generator, Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from manager.chat.events import ChatEvent
-from manager.cli.chat_session import TerminalChats, event_from_json
 from manager.cli.instance import hold_data_dir
-from manager.cli.remote import Dashboard, find_dashboard
-from manager.cli.terminal_chat import Repl
+from manager.cli.remote import find_dashboard
 from manager.errors import ManagerError
-from manager.servers.snapshot import ServerSnapshot
 from manager.servers.states import ServerState
-from manager.services import Services
 from manager.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: the other commands and `--help` need none of it
+    from manager.chat.events import ChatEvent
+    from manager.cli.remote import Dashboard
+    from manager.servers.snapshot import ServerSnapshot
+    from manager.services import Services
 
 #: How long a direct start is waited for at most: the supervisor's own start timeout
 #: fails a server that never loads well before this.
@@ -93,6 +94,8 @@ def run(args: argparse.Namespace, settings: Settings, stdin: TextIO, out: TextIO
             return _through(dashboard, args, stdin, out, err)
         finally:
             dashboard.close()
+    from manager.services import Services
+
     with ended_by_hangup(), hold_data_dir(settings.data_dir, f"mlx-manager {args.command}"):
         services = Services.create(settings, run_servers=False)
         try:
@@ -133,6 +136,8 @@ def _through(dashboard: Dashboard, args: argparse.Namespace, stdin: TextIO, out:
         print(f"{server['profile']} is ready on port {server['port']} ({already}pid "
               f"{server['pid']}; run by {dashboard.label}).", file=out)
         return 0
+    from manager.cli.chat_session import event_from_json
+
     chat_id = dashboard.call("POST", "/chats", {"profile": name})["chat"]
 
     def turns(text: str) -> Generator[ChatEvent, None, None]:
@@ -195,6 +200,8 @@ def _direct(services: Services, args: argparse.Namespace, stdin: TextIO, out: Te
         print(f"{profile.name} is ready on port {profile.port} ({already}pid {snap.pid}). It "
               f"keeps running: `mlx-manager stop {profile.name}` stops it.", file=out)
         return 0
+    from manager.cli.chat_session import TerminalChats
+
     chats = TerminalChats(services)
     chat_id = chats.open(profile)
     try:
@@ -209,6 +216,8 @@ def _direct(services: Services, args: argparse.Namespace, stdin: TextIO, out: Te
 
 def _repl(turns: Callable[[str], Generator[ChatEvent, None, None]],
           args: argparse.Namespace, stdin: TextIO, out: TextIO) -> None:
+    from manager.cli.terminal_chat import Repl
+
     Repl(turns, stdin=stdin, out=out, tty=out.isatty(),
          verbose=bool(getattr(args, "verbose", False))).run()
 

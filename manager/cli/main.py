@@ -11,7 +11,7 @@ import getpass
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from manager.cli import backup as cli_backup
 from manager.cli import lifecycle as cli_lifecycle
@@ -21,7 +21,6 @@ from manager.cli import service as cli_service
 from manager.cli import toolcheck as cli_toolcheck
 from manager.cli.remote import find_dashboard
 from manager.errors import Conflict, ManagerError, ValidationError
-from manager.services import Services
 from manager.settings import (
     DATA_DIR_ENV,
     DEFAULT_HOST,
@@ -30,6 +29,9 @@ from manager.settings import (
     Settings,
     normalize_origins,
 )
+
+if TYPE_CHECKING:  # built by the commands that need it: `--help` and the others load none
+    from manager.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +196,8 @@ def run_command(
                     dashboard.close()
         if args.command == "check-tools":  # holds the data dir, then builds its services
             return cli_toolcheck.run(args, settings, out, err)
+        from manager.services import Services
+
         # Commands never adopt, start or sample the servers a dashboard runs.
         services = Services.create(settings, run_servers=False)
         if args.command in ("profiles", "status", "ps"):

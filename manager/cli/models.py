@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from manager.cli.remote import Dashboard, find_dashboard
+from manager.cli.remote import find_dashboard
 from manager.errors import NotFound
 from manager.models.download_types import DownloadStatus, DownloadView
-from manager.models.downloads import DownloadManager
-from manager.models.library import Library, LocalModel
-from manager.services import Services
 from manager.settings import Settings
 from manager.units import format_bytes, format_duration
+
+if TYPE_CHECKING:  # the commands import what they use: `--help` needs none of it
+    from manager.cli.remote import Dashboard
+    from manager.models.downloads import DownloadManager
+    from manager.models.library import Library, LocalModel
+    from manager.services import Services
 
 BAR_WIDTH = 30
 
@@ -48,6 +51,8 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
                 return _rm_through(dashboard, args.model, out)
             finally:
                 dashboard.close()
+    from manager.services import Services
+
     services = Services.create(settings, run_servers=False)
     try:
         if args.command == "ls":

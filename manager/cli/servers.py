@@ -12,18 +12,18 @@ import argparse
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import psutil
 
-from manager.cli.remote import Dashboard
 from manager.errors import ValidationError
-from manager.servers.process import live_process, tree_memory_bytes
-from manager.servers.profiles import Backend, ProfileSpec
-from manager.servers.records import read_records
+from manager.servers.backends import Backend
 from manager.servers.states import FAILED_STATES, ServerState
-from manager.services import Services
 from manager.units import format_bytes, format_duration
+
+if TYPE_CHECKING:  # the commands import what they use: `--help` needs none of it
+    from manager.cli.remote import Dashboard
+    from manager.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ def run(args: argparse.Namespace, services: Services, out: TextIO) -> int:
              p.model] for p in rows]))
         return 0
     if args.profiles_command == "add":
+        from manager.servers.profiles import ProfileSpec
+
         spec = ProfileSpec(
             name=args.name, model=args.model, description=args.description,
             backend=Backend(args.backend) if args.backend else None, host=args.host,
@@ -118,6 +120,8 @@ def status_through(dashboard: Dashboard, out: TextIO) -> int:
     if not servers:
         _say(out, "No servers running.")
         return 0
+    from manager.servers.process import tree_memory_bytes
+
     now = time.time()
     rows = [["PROFILE", "STATE", "PID", "PORT", "UPTIME", "MEMORY"]]
     for server in servers:
@@ -143,6 +147,9 @@ def _process(pid: int | None) -> psutil.Process | None:
 
 
 def _status(services: Services, out: TextIO) -> int:
+    from manager.servers.process import live_process, tree_memory_bytes
+    from manager.servers.records import read_records
+
     records = [r for r in read_records(services.store) if r.state is not ServerState.STOPPED]
     if not records:
         _say(out, "No servers running.")

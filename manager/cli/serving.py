@@ -21,13 +21,15 @@ import socket
 import sys
 import threading
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import uvicorn
 
-from manager.servers.snapshot import ServerSnapshot
 from manager.servers.states import ACTIVE_STATES
-from manager.services import Services
+
+if TYPE_CHECKING:  # every command configures logging here; only serving needs these
+    from manager.servers.snapshot import ServerSnapshot
+    from manager.services import Services
 
 log = logging.getLogger("mlx_manager")
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from manager.chat.toolcheck import CheckRun, Progress
 from manager.cli.instance import DataDirBusy, hold_data_dir
 from manager.errors import ManagerError
-from manager.services import Services
 from manager.settings import Settings
+
+if TYPE_CHECKING:  # imported by the command: the others and `--help` need none of it
+    from manager.chat.toolcheck import CheckRun, Progress
 
 #: Exit code when the score is below --min-score (errors exit 1 too; scripts only need
 #: "non-zero"). Kept apart from 2, argparse's usage error.
@@ -51,6 +52,7 @@ def _report(run: CheckRun, out: TextIO) -> None:
 def run(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) -> int:
     if args.min_score is not None and args.min_score < 0:
         raise ManagerError("--min-score must be 0 or more.")
+    from manager.services import Services
 
     def progress(step: Progress) -> None:
         print(f"[{step.done}/{step.total}] {step.result.scenario}: "

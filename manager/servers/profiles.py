@@ -14,7 +14,6 @@ Who may do what (checked here through accounts.permissions, whatever the page sh
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import logging
 import re
@@ -32,6 +31,7 @@ from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from manager.models.capabilities import Capabilities, detect
 from manager.models.hf_cache import cached_repo_ids, resolve_model
 from manager.net import port_is_free
+from manager.servers.backends import Backend
 from manager.servers.distributed.spec import DistributedSpec
 from manager.store import Store, inserted_id
 
@@ -46,19 +46,6 @@ MAX_DESCRIPTION = 4000
 MAX_SYSTEM_PROMPT = 32000
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_IDLE_MINUTES = 7 * 24 * 60
-
-
-class Backend(str, enum.Enum):
-    """Which server runs the model: mlx_lm for text models, mlx_vlm for vision models."""
-
-    MLX_LM = "mlx_lm"
-    MLX_VLM = "mlx_vlm"
-
-    @property
-    def api_key_env(self) -> str | None:
-        """The environment variable through which this server takes an API key (the
-        twin of mlx_vlm.server's --api-key), or None: `mlx_lm server` has no such option."""
-        return "MLX_VLM_SERVER_API_KEY" if self is Backend.MLX_VLM else None
 
 
 #: The longest answer each server writes when neither the profile nor the request sets
