@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -427,8 +428,12 @@ def test_tokens_sent_while_the_socket_is_held_stay_in_the_kernel_and_the_end_wak
 
 
 def test_tokens_held_in_the_kernel_are_read_together_when_the_interval_is_over() -> None:
+    """Read by the paced hand-over itself on Linux (the transport is not woken at all);
+    a BSD kernel says "would block" below the mark: the hold ends and the transport
+    reads them, once."""
     together, woken, reads, held = on_own_loop(lambda: held_stream(0.05, False))
-    assert held and together == TOKEN * 3 and reads == 1
+    assert held and together == TOKEN * 3
+    assert reads == (0 if sys.platform == "linux" else 1)
 
 
 def test_a_spare_connection_carries_the_next_request_and_a_closed_one_is_replaced(

@@ -11,7 +11,7 @@ interval, so one wake-up of the relay (a task step, a format pass, a write to th
 client) carries every token that came meanwhile. Between hand-overs the socket is
 "held" (SO_RCVLOWAT raised): the kernel keeps the tokens and wakes nobody, so the
 tokens of one interval cost one epoll wake-up and one recv together instead of one
-each; when the interval is over the hold is released and whatever came is read at once.
+each; when the interval is over whatever came is read at once.
 A closed connection wakes the loop whatever the low-water mark (the server's end of an
 HTTP/1.0 stream), so the stream's end is never held back; neither is a first token
 after a pause (the hold is released when an interval passes without data).
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ _SLACK_S = 0.0005
 #: of tokens (so it does not wake the loop), small enough that Linux keeps its receive
 #: buffer and window as they are.
 HOLD_BYTES = 32 * 1024
+_READ_BYTES = 256 * 1024  # as much as asyncio's own transports read at once
 
 
 class UpstreamClosed(Exception):
@@ -302,14 +304,39 @@ class _Reader(asyncio.Protocol):
             self._timer = self._loop.call_later(self._due(), self._release)
 
     def _release(self) -> None:
-        """The interval is over: whatever arrived meanwhile makes the socket readable at
-        once, and the next token after a pause wakes the loop when it comes."""
+        """The interval is over: what arrived meanwhile is read here and handed over
+        (the socket stays held); with nothing there the hold ends, so the next token
+        after a pause wakes the loop when it comes."""
         self._timer = None
+        if self.held and self._read_held():
+            return
         if self.held:
             self.held = False
             self._set_low_water(1)
         if self._body:
             self._wake()
+
+    def _read_held(self) -> bool:
+        """One read of the held socket, past the transport (which waits for the mark):
+        True when it brought bytes. Linux returns what is there; a BSD kernel says
+        "would block" below the mark, and then the hold ends as when nothing came."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing() or self._sock is None:
+            return False
+        try:
+            data = os.read(self._sock.fileno(), _READ_BYTES)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._fail(exc)
+            return True
+        if not data:  # the end: the transport sees it too (an end wakes it at any mark)
+            return False
+        self._last_read = self._loop.time()
+        self.answered = True
+        self._take(data)
+        self._wake()
+        return True
 
     def _set_low_water(self, size: int) -> bool:
         if self._sock is None:
