@@ -19,12 +19,13 @@ from typing import TypeVar
 import pytest
 
 from manager.net import free_port
+from manager.servers.connections import Connections
 from manager.servers.inference import InferenceError, MetricsStore
 from manager.servers.profiles import Backend, Profile
 from manager.servers.prompt_counts import PromptCounts
 from manager.servers.server_stream import ServerStream, open_counted
 from manager.servers.snapshot import ServerSnapshot, ServerState
-from manager.servers.upstream import Connections, Upstream, _Reader, error_message
+from manager.servers.upstream import Upstream, _Reader, error_message
 from tests.conftest import run_uvicorn
 
 T = TypeVar("T")

@@ -96,13 +96,13 @@ from manager.api.wire import (
 )
 from manager.errors import ValidationError
 from manager.servers.abort import Abort
+from manager.servers.connections import Connections
 from manager.servers.inference import RequestAborted
 from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile
 from manager.servers.prompt_counts import PromptCounts
 from manager.servers.server_stream import ServerStream, open_counted
 from manager.servers.snapshot import CancelEvent
 from manager.servers.supervisor import ServerSnapshot, ServerState
-from manager.servers.upstream import Connections
 from manager.services import Services
 
 log = logging.getLogger(__name__)

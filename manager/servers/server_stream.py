@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from manager.servers.connections import Connections
 from manager.servers.inference import (
     CHAT_PATH,
     COMPLETIONS_PATH,
@@ -33,7 +34,7 @@ from manager.servers.inference import (
 )
 from manager.servers.prompt_counts import PromptCounts
 from manager.servers.snapshot import ServerSnapshot
-from manager.servers.upstream import Connections, Upstream, UpstreamClosed, error_message
+from manager.servers.upstream import Upstream, UpstreamClosed, error_message
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,7 @@ A closed connection wakes the loop whatever the low-water mark (the server's end
 HTTP/1.0 stream), so the stream's end is never held back; neither is a first token
 after a pause (the hold is released when an interval passes without data).
 
-`Connections` keeps one connection per server opened ahead of need: mlx_lm closes each
-connection after its answer, and a TCP handshake on the event loop (several loop turns)
-is time the client waits for its first token.
+`connections.Connections` keeps one connection per server opened ahead of need.
 """
 
 from __future__ import annotations
@@ -30,16 +28,17 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from manager.servers.connections import Connections
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
 #: Longest silence between two reads of a stream (big models can be slow).
 READ_TIMEOUT_S = 600.0
-#: A connection opened ahead of need is closed after this long unused.
-SPARE_IDLE_S = 30.0
 _MAX_HEAD_BYTES = 64 * 1024
 _DONE = b"[DONE]"
 #: A paced hand-over this close to its time is due (timers may fire a little early).
@@ -393,7 +392,7 @@ class Upstream:
                 # timeout): the request never reached it, so it goes on a new one.
                 log.info("a spare connection to %s:%s was closed (%s): connecting again",
                          target.host, target.port, exc)
-        reader = await _connect(target, read_timeout_s, connect_timeout_s)
+        reader = await connect(target, read_timeout_s, connect_timeout_s)
         return await cls._ask(reader, request)
 
     @classmethod
@@ -434,78 +433,12 @@ class Upstream:
         return self._reader.error
 
 
-async def _connect(target: Target, read_timeout_s: float, connect_timeout_s: float
+async def connect(target: Target, read_timeout_s: float, connect_timeout_s: float
                    ) -> _Reader:
     loop = asyncio.get_running_loop()
     _, reader = await asyncio.wait_for(loop.create_connection(
         lambda: _Reader(loop, read_timeout_s), target.host, target.port), connect_timeout_s)
     return reader
-
-
-class Connections:
-    """One connection per server opened ahead of need (mlx_lm closes each after its
-    answer): `take` hands it to a request and opens the next one in the background.
-    One per event loop and owner (the gateway); `close` ends them."""
-
-    def __init__(self, read_timeout_s: float = READ_TIMEOUT_S,
-                 idle_s: float = SPARE_IDLE_S) -> None:
-        self._read_timeout_s = read_timeout_s
-        self._idle_s = idle_s
-        self._spares: dict[tuple[str, int], tuple[_Reader, asyncio.TimerHandle]] = {}
-        self._opening: dict[tuple[str, int], asyncio.Task[None]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def take(self, target: Target) -> _Reader | None:
-        """The server's spare connection if it is still open (else None); a new one is
-        opened either way, for the next request."""
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a transport serves only the loop that made it
-            self._spares.clear()
-            self._opening.clear()
-            self._loop = loop
-        key = (target.host, target.port)
-        found = self._spares.pop(key, None)
-        if key not in self._opening:
-            task = asyncio.ensure_future(self._open(key))
-            self._opening[key] = task
-        if found is None:
-            return None
-        reader, expiry = found
-        expiry.cancel()
-        if reader.idle:
-            return reader
-        reader.abort()
-        return None
-
-    def close(self) -> None:
-        for task in self._opening.values():
-            task.cancel()
-        self._opening.clear()
-        for reader, expiry in self._spares.values():
-            expiry.cancel()
-            reader.abort()
-        self._spares.clear()
-
-    async def _open(self, key: tuple[str, int]) -> None:
-        try:
-            reader = await _connect(Target(key[0], key[1], "/"), self._read_timeout_s,
-                                    CONNECT_TIMEOUT_S)
-        except (OSError, TimeoutError) as exc:  # the request that needs it will say so
-            log.info("could not open a spare connection to %s:%s: %s", *key, exc)
-            return
-        finally:
-            self._opening.pop(key, None)
-        old = self._spares.pop(key, None)
-        if old is not None:
-            old[1].cancel()
-            old[0].abort()
-        expiry = asyncio.get_running_loop().call_later(self._idle_s, self._expire, key)
-        self._spares[key] = (reader, expiry)
-
-    def _expire(self, key: tuple[str, int]) -> None:
-        found = self._spares.pop(key, None)
-        if found is not None:
-            found[0].abort()
 
 
 def error_message(body: bytes, fallback: str) -> str:
