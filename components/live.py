@@ -21,7 +21,7 @@ answered: a stop usually ends within that, and one redraw then shows it gone ins
 "Stopping" first and "gone" only after the page's next round trip. A starting server is
 given up to `START_SETTLE_S` to be ready, for the same reason: with the warm spare a small
 model is ready within it, and "Ready" no longer waits behind the page's redraw of
-"Starting" (0.5-1.4 s p95 on a quiet machine). The page that pressed Start shows
+"Starting" (0.5-0.7 s p50 on a quiet machine). The page that pressed Start shows
 "Starting" from its own click at once. Only news that is nothing but servers on their
 way waits so: a new pending user, a download step or another server's change (a crash)
 ends the wait at once (`settle_allowance`).
@@ -203,6 +203,41 @@ class LiveFeed:
                 out.extend(gr.skip() for _ in part.outputs)
         return out
 
+    async def answer(self, user: User, last: Seen | None, values: Sequence[Any]
+                     ) -> list[Any]:
+        """The page's next `Seen` and its parts, once there is news since `last`.
+
+        News that comes while the parts are drawn (a user registering just as the pages
+        redraw a server's Ready) is drawn with them, once: else it waited for the page to
+        render this answer and ask again, a whole round trip (0.5-0.85 s at load 4,
+        docs/benchmarks.md). Servers that just set out are left to the next tick, which
+        lets them arrive (`settled`)."""
+        changes = self._services.changes
+        since = last.versions if last is not None else None
+        lazy_at = last.lazy_at if last is not None else float("-inf")
+        drawn = dict(last.servers) if last is not None else {}
+        now = await wait_for_news(changes, since, HOLD_S, LAZY_TOPICS,
+                                  lazy_at + FIGURES_EVERY_S)
+        now, servers = await self.settled(since, now, drawn)
+        for catching_up in (False, True):
+            moved = now.moved(since)
+            parts = await anyio.to_thread.run_sync(
+                self.redraw, user, since, now, not moved, values)
+            later = changes.versions()
+            news = later.moved(now) - LAZY_TOPICS
+            if catching_up or not news:
+                break
+            states = await anyio.to_thread.run_sync(self.states) \
+                if Topic.SERVERS in news else servers
+            if not news - SETTLING_TOPICS and settle_allowance(servers, states) > 0:
+                break  # only servers on their way: the next tick lets them arrive
+            log.debug("news came while drawing (%s): drawn too",
+                      ", ".join(sorted(t.value for t in news)))
+            now, servers = later, states
+        if now.moved(since) & LAZY_TOPICS:
+            lazy_at = asyncio.get_running_loop().time()
+        return [Seen(now, lazy_at, tuple(sorted(servers.items()))), *parts]
+
     def attach(self) -> gr.Timer:
         """Wire the page's tick (inside the page's Blocks, after every part was added)."""
         services = self._services
@@ -213,9 +248,6 @@ class LiveFeed:
 
         async def tick(last: Seen | None, *rest: Any) -> list[Any]:
             *values, request = rest
-            since = last.versions if last is not None else None
-            lazy_at = last.lazy_at if last is not None else float("-inf")
-            drawn = dict(last.servers) if last is not None else {}
             try:
                 user = await anyio.to_thread.run_sync(user_of, services, request)
             except gr.Error:
@@ -223,16 +255,8 @@ class LiveFeed:
                 await asyncio.sleep(HOLD_S)
                 raise
             services.monitor.touch()
-            now = await wait_for_news(services.changes, since, HOLD_S, LAZY_TOPICS,
-                                      lazy_at + FIGURES_EVERY_S)
-            now, servers = await self.settled(since, now, drawn)
-            moved = now.moved(since)
-            if moved & LAZY_TOPICS:
-                lazy_at = asyncio.get_running_loop().time()
             with refusals(f"live update for {user.email}"):
-                parts = await anyio.to_thread.run_sync(
-                    self.redraw, user, since, now, not moved, values)
-            return [Seen(now, lazy_at, tuple(sorted(servers.items()))), *parts]
+                return await self.answer(user, last, values)
 
         params = [inspect.Parameter(f"value_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD)
                   for i in range(len(inputs))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from components.live import (
     START_SETTLE_S,
     LiveFeed,
     LivePart,
+    Seen,
     settle_allowance,
     wait_for_news,
 )
@@ -185,6 +187,68 @@ def test_other_news_is_not_held_for_a_server_on_its_way(
     versions, states = wait_for(lambda: found.get("out"), what=f"the {news} to be told")
     assert versions == changes.versions()
     assert states == feed.now
+
+
+def _answer(feed: LiveFeed, last: Seen) -> list[Any]:
+    """feed.answer on its own loop thread (see _settling)."""
+    found: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: found.update(
+        out=asyncio.run(feed.answer(None, last, []))))  # type: ignore[arg-type]
+    thread.start()
+    thread.join()
+    return found["out"]
+
+
+def _drawing_brings_news(services: Services, news: Callable[[], None]) -> _Feed:
+    """A feed whose pending badge's drawing is accompanied by `news` (once)."""
+    feed = _Feed(services, {})
+    told: list[bool] = []
+
+    def badge(_user: User) -> tuple[str]:
+        if not told:
+            told.append(True)
+            news()  # e.g. a download step, just as the page's answer is drawn
+        return ("badge",)
+
+    feed.add(LivePart(frozenset({Topic.ACCOUNTS}), badge, [gr.Markdown()]))
+    feed.add(LivePart(frozenset({Topic.DOWNLOADS}), lambda _user: ("downloads",),
+                      [gr.Markdown()]))
+    feed.add(LivePart(frozenset({Topic.SERVERS}), lambda _user: ("tiles",), [gr.Markdown()]))
+    return feed
+
+
+def test_news_that_comes_while_the_answer_is_drawn_goes_with_it(services: Services) -> None:
+    """Bug: a user who registered just as the pages drew a server's Ready waited for every
+    page to render that answer and ask again: 0.55-0.85 s instead of ~0.1 s."""
+    changes = services.changes
+    with gr.Blocks():
+        feed = _drawing_brings_news(services, lambda: changes.bump(Topic.DOWNLOADS))
+    last = Seen(changes.versions(), float("-inf"))
+    changes.bump(Topic.ACCOUNTS)
+    seen, badge, downloads, tiles = _answer(feed, last)
+    assert seen.versions == changes.versions()  # the download step is drawn: not news again
+    assert (badge, downloads) == ("badge", "downloads")
+    assert isinstance(tiles, type(gr.skip()))
+
+
+def test_a_server_setting_out_while_the_answer_is_drawn_is_left_to_the_next_tick(
+        services: Services) -> None:
+    changes = services.changes
+
+    def sets_out() -> None:
+        feed.now = {1: STARTING}
+        changes.bump(Topic.SERVERS)
+
+    with gr.Blocks():
+        feed = _drawing_brings_news(services, sets_out)
+    before = changes.versions()
+    last = Seen(before, float("-inf"))
+    changes.bump(Topic.ACCOUNTS)
+    seen, badge, downloads, tiles = _answer(feed, last)
+    # The next tick waits for the start to end (`settled`), then draws it once.
+    assert seen.versions.of(Topic.SERVERS) == before.of(Topic.SERVERS)
+    assert seen.servers == () and badge == "badge"
+    assert isinstance(tiles, type(gr.skip()))
 
 
 def test_a_settled_machine_answers_at_once(services: Services) -> None:
