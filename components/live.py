@@ -219,10 +219,10 @@ class LiveFeed:
         now = await wait_for_news(changes, since, HOLD_S, LAZY_TOPICS,
                                   lazy_at + FIGURES_EVERY_S)
         now, servers = await self.settled(since, now, drawn)
+        timed_out = not now.moved(since)  # also in a second pass: on_timeout parts too
         for catching_up in (False, True):
-            moved = now.moved(since)
             parts = await anyio.to_thread.run_sync(
-                self.redraw, user, since, now, not moved, values)
+                self.redraw, user, since, now, timed_out, values)
             later = changes.versions()
             news = later.moved(now) - LAZY_TOPICS
             if catching_up or not news:

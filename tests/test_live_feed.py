@@ -231,6 +231,31 @@ def test_news_that_comes_while_the_answer_is_drawn_goes_with_it(services: Servic
     assert isinstance(tiles, type(gr.skip()))
 
 
+def test_a_quiet_wait_still_redraws_its_on_timeout_parts_when_news_comes_meanwhile(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Accounts edited with the CLI are drawn when a wait ends without news (on_timeout);
+    # news during that drawing must not take the redraw away again.
+    monkeypatch.setattr(live, "HOLD_S", 0.0)  # the wait ends at once, without news
+    changes = services.changes
+    with gr.Blocks():
+        feed = _Feed(services, {})
+        told: list[bool] = []
+
+        def header(_user: User) -> tuple[str]:
+            if not told:
+                told.append(True)
+                changes.bump(Topic.DOWNLOADS)
+            return ("header",)
+
+        feed.add(LivePart(frozenset({Topic.ACCOUNTS}), header, [gr.Markdown()],
+                          on_timeout=True))
+        feed.add(LivePart(frozenset({Topic.DOWNLOADS}), lambda _user: ("downloads",),
+                          [gr.Markdown()]))
+    seen, drawn_header, downloads = _answer(feed, Seen(changes.versions(), float("-inf")))
+    assert (drawn_header, downloads) == ("header", "downloads")
+    assert seen.versions == changes.versions()
+
+
 def test_a_server_setting_out_while_the_answer_is_drawn_is_left_to_the_next_tick(
         services: Services) -> None:
     changes = services.changes
