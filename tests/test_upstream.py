@@ -19,13 +19,12 @@ from typing import TypeVar
 import pytest
 
 from manager.net import free_port
-from manager.servers.connections import Connections
 from manager.servers.inference import InferenceError, MetricsStore
 from manager.servers.profiles import Backend, Profile
 from manager.servers.prompt_counts import PromptCounts
 from manager.servers.server_stream import ServerStream, open_counted
 from manager.servers.snapshot import ServerSnapshot, ServerState
-from manager.servers.upstream import Target, Upstream, _Reader, error_message
+from manager.servers.upstream import Upstream, _Reader, error_message
 from tests.conftest import run_uvicorn
 
 T = TypeVar("T")
@@ -435,102 +434,6 @@ def test_tokens_held_in_the_kernel_are_read_together_when_the_interval_is_over()
     together, woken, reads, held = on_own_loop(lambda: held_stream(0.05, False))
     assert held and together == TOKEN * 3
     assert reads == (0 if sys.platform == "linux" else 1)
-
-
-def test_a_spare_connection_carries_the_next_request_and_a_closed_one_is_replaced(
-        ) -> None:
-    """The first request opens a spare connection for the next one; a spare the server
-    closed while it waited is not used (the request goes on a new connection)."""
-    async def go() -> tuple[list[bytes], list[int], int]:
-        conns: list[asyncio.StreamWriter] = []
-        asked: list[int] = []  # the connection each request came on
-        ended = asyncio.Event()
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            me = len(conns)
-            conns.append(writer)
-            try:
-                await reader.readuntil(b"\r\n\r\n")
-                asked.append(me)
-                writer.write(HEAD + TOKEN + DONE)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass  # a spare closed unused
-            writer.close()
-            if len(conns) == 5:
-                ended.set()
-
-        async def spare_open(count: int) -> None:
-            while len(conns) < count:
-                await asyncio.sleep(0.005)
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        connections = Connections()
-        bodies = []
-        for n, before in enumerate((0, 2, 3)):
-            await spare_open(before)  # the spare the previous request opened
-            if n == 2:
-                spare = next(i for i in range(len(conns)) if i not in asked)
-                conns[spare].close()  # the server drops the spare waiting for request 3
-            upstream = await Upstream.open(base, "/v1/x", {}, connections=connections)
-            bodies.append(await upstream.read_all())
-        await spare_open(5)
-        connections.close()
-        await ended.wait()
-        server.close()
-        return bodies, asked, len(conns)
-
-    bodies, asked, opened = on_own_loop(go)
-    assert bodies == [TOKEN + DONE] * 3
-    # Request 2 came on the spare opened during request 1 (connection 0 or 1), request 3
-    # on a new connection, not on the spare (2) the server had closed.
-    assert asked[0] in (0, 1) and asked[1] == 1 - asked[0]
-    assert asked[2] >= 3 and opened >= 5
-
-
-def test_as_many_spares_are_kept_as_requests_came_together() -> None:
-    """After a burst of 3 requests (one spare, so 2 had to connect), 3 spares are kept:
-    the next burst of 3 goes out without connecting (a request of a burst that came
-    first would start mlx_lm's batch alone, the others waiting for its next admission)."""
-    async def go() -> tuple[list[int], int, list[int]]:
-        conns: list[int] = []
-        asked: list[int] = []
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            me = len(conns)
-            conns.append(me)
-            try:
-                await reader.readuntil(b"\r\n\r\n")
-                asked.append(me)
-                writer.write(HEAD + TOKEN + DONE)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass  # a spare closed unused
-            writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        target = Target.of(base, "/v1/x")
-        connections = Connections()
-
-        async def ask() -> bytes:
-            upstream = await Upstream.open(base, "/v1/x", {}, connections=connections)
-            return await upstream.read_all()
-
-        await ask()  # the first request ever: no spare yet
-        while connections.spares(target) < 1:
-            await asyncio.sleep(0.005)  # until the spare it opened is there
-        assert await asyncio.gather(ask(), ask(), ask()) == [TOKEN + DONE] * 3
-        while connections.spares(target) < 3:
-            await asyncio.sleep(0.005)
-        before, first = len(conns), len(asked)
-        await asyncio.gather(ask(), ask(), ask())
-        second = asked[first:]
-        connections.close()
-        server.close()
-        return second, before, conns
-
-    second, before, conns = on_own_loop(go)
-    assert len(second) == 3 and all(n < before for n in second)  # all on spares
 
 
 def test_a_prompt_counted_once_is_not_counted_again_for_the_same_request_and_server_run(

@@ -96,7 +96,6 @@ from manager.api.wire import (
 )
 from manager.errors import ValidationError
 from manager.servers.abort import Abort
-from manager.servers.connections import Connections
 from manager.servers.inference import RequestAborted
 from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile
 from manager.servers.prompt_counts import PromptCounts
@@ -248,7 +247,6 @@ class Gateway:
                                 allow_remote=settings.gateway_remote_images)
         self.facts = ModelFacts(services.profiles)  # shared with the /api routes
         self.responses = ResponsesApi(services.responses)
-        self._connections = Connections()  # to the servers, opened ahead of need
         self._counts = PromptCounts()  # an Anthropic stream's prompt, counted once
 
     # -- entry points (event loop) ----------------------------------------------------------
@@ -384,15 +382,14 @@ class Gateway:
 
     async def _connect(self, job: _Job, fmt: StreamFormat, body: dict[str, Any],
                        snap: ServerSnapshot) -> ServerStream:
-        metrics, connections = self._services.metrics, self._connections
+        metrics = self._services.metrics
         if isinstance(fmt, OpenAIPassthrough):
             fmt.served_as(snap.model_path)
         elif isinstance(fmt, AnthropicFormat):  # message_start carries the prompt's count
             stream, fmt.translator.input_tokens = await open_counted(
-                metrics, snap, body, connections=connections, counts=self._counts)
+                metrics, snap, body, counts=self._counts)
             return stream
-        return await ServerStream.open(metrics, snap, body, completion=job.completion,
-                                       connections=connections)
+        return await ServerStream.open(metrics, snap, body, completion=job.completion)
 
     def _wait_ready(self, profile: Profile, cancel: CancelEvent) -> ServerSnapshot:
         # Woken by the server's transition, or at once when the client goes away.

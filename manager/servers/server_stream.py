@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from manager.servers.connections import Connections
 from manager.servers.inference import (
     CHAT_PATH,
     COMPLETIONS_PATH,
@@ -123,19 +122,16 @@ class ServerStream:
 
     @classmethod
     async def open(cls, metrics: MetricsStore, snap: ServerSnapshot, body: Mapping[str, Any],
-                   *, completion: bool = False, connections: Connections | None = None
-                   ) -> ServerStream:
-        """Send the request (on a spare connection from `connections` when there is one);
-        raises InferenceError when the server refuses it (with its status) or cannot be
-        reached. Counted in the metrics either way."""
+                   *, completion: bool = False) -> ServerStream:
+        """Send the request; raises InferenceError when the server refuses it (with its
+        status) or cannot be reached. Counted in the metrics either way."""
         payload = prepare_body(snap, body, stream=True, completion=completion)
         path = COMPLETIONS_PATH if completion else CHAT_PATH
         started = time.perf_counter()
         name = snap.profile.name
         try:
             upstream = await Upstream.open(snap.base_url, path, payload,
-                                           headers=snap.profile.auth_headers(),
-                                           connections=connections)
+                                           headers=snap.profile.auth_headers())
         except (OSError, UpstreamClosed, TimeoutError) as exc:
             log.warning("request to %s failed: %s", name, exc)
             _record_failure(metrics, snap, started)
@@ -238,8 +234,8 @@ def _record_failure(metrics: MetricsStore, snap: ServerSnapshot, started: float)
 
 
 async def open_counted(metrics: MetricsStore, snap: ServerSnapshot, body: Mapping[str, Any],
-                       *, completion: bool = False, connections: Connections | None = None,
-                       counts: PromptCounts | None = None) -> tuple[ServerStream, int]:
+                       *, completion: bool = False, counts: PromptCounts | None = None
+                       ) -> tuple[ServerStream, int]:
     """The stream of `body` and its prompt's tokens as the server counts them (templates,
     tools, images): a 1-token request (not metered) goes first, and the real one as soon
     as the server took the count in (its status line), so the real request's connection
@@ -254,13 +250,10 @@ async def open_counted(metrics: MetricsStore, snap: ServerSnapshot, body: Mappin
                          completion)
         known = counts.get(key)
         if known is not None:
-            return await ServerStream.open(metrics, snap, body, completion=completion,
-                                           connections=connections), known
-    count = await ServerStream.open(MetricsStore(), snap, {**body, "max_tokens": 1},
-                                    connections=connections)
+            return await ServerStream.open(metrics, snap, body, completion=completion), known
+    count = await ServerStream.open(MetricsStore(), snap, {**body, "max_tokens": 1})
     try:
-        stream = await ServerStream.open(metrics, snap, body, completion=completion,
-                                         connections=connections)
+        stream = await ServerStream.open(metrics, snap, body, completion=completion)
     except BaseException:
         count.close()
         raise

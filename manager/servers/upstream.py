@@ -16,7 +16,6 @@ A closed connection wakes the loop whatever the low-water mark (the server's end
 HTTP/1.0 stream), so the stream's end is never held back; neither is a first token
 after a pause (the hold is released when an interval passes without data).
 
-`connections.Connections` keeps one connection per server opened ahead of need.
 """
 
 from __future__ import annotations
@@ -28,11 +27,8 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 from urllib.parse import urlsplit
-
-if TYPE_CHECKING:
-    from manager.servers.connections import Connections
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +96,6 @@ class _Reader(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._sock: Any = None  # the transport's socket, to hold and release
         self.held = False  # SO_RCVLOWAT is raised: the kernel keeps what arrives
-        self.answered = False  # the server sent something
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -119,15 +114,8 @@ class _Reader(asyncio.Protocol):
             self._watchdog = self._loop.call_later(self._read_timeout_s, self._check_silence)
         self.transport.write(data)
 
-    @property
-    def idle(self) -> bool:
-        """Connected, nothing sent or received yet, and still open."""
-        return (self.transport is not None and not self.closed and self._watchdog is None
-                and not self._head_buf and not self.transport.is_closing())
-
     def data_received(self, data: bytes) -> None:
         self._last_read = self._loop.time()
-        self.answered = True
         if not self.head.done():
             self._head_buf += data
             end = self._head_buf.find(b"\r\n\r\n")
@@ -270,8 +258,6 @@ class _Reader(asyncio.Protocol):
         if not self.head.done():
             self.head.set_exception(self.error or UpstreamClosed(
                 "the server closed the connection before answering"))
-            if self._watchdog is None:  # never used (a spare): nobody awaits the head
-                self.head.exception()
         self._wake()
 
     def _due(self) -> float:
@@ -332,7 +318,6 @@ class _Reader(asyncio.Protocol):
         if not data:  # the end: the transport sees it too (an end wakes it at any mark)
             return False
         self._last_read = self._loop.time()
-        self.answered = True
         self._take(data)
         self._wake()
         return True
@@ -373,32 +358,14 @@ class Upstream:
     async def open(cls, base_url: str, path: str, payload: Mapping[str, Any], *,
                    headers: Mapping[str, str] | None = None,
                    connect_timeout_s: float = CONNECT_TIMEOUT_S,
-                   read_timeout_s: float = READ_TIMEOUT_S,
-                   connections: Connections | None = None) -> Upstream:
+                   read_timeout_s: float = READ_TIMEOUT_S) -> Upstream:
         """Raises OSError / UpstreamClosed / TimeoutError when the server cannot be
-        reached or closes before its status line. With `connections`, a connection
-        opened ahead of need is used when there is one."""
+        reached or closes before its status line."""
         target = Target.of(base_url, path)
         body = json.dumps(payload, ensure_ascii=False).encode()
-        request = request_head(target, len(body), headers or {}) + body
-        spare = connections.take(target) if connections is not None else None
-        if spare is not None:
-            try:
-                return await cls._ask(spare, request)
-            except (OSError, UpstreamClosed) as exc:
-                if spare.answered:
-                    raise
-                # Closed by the server while it waited unused (a restart, an idle
-                # timeout): the request never reached it, so it goes on a new one.
-                log.info("a spare connection to %s:%s was closed (%s): connecting again",
-                         target.host, target.port, exc)
         reader = await connect(target, read_timeout_s, connect_timeout_s)
-        return await cls._ask(reader, request)
-
-    @classmethod
-    async def _ask(cls, reader: _Reader, request: bytes) -> Upstream:
         try:
-            reader.send(request)
+            reader.send(request_head(target, len(body), headers or {}) + body)
             status, answer_headers = await reader.head
         except BaseException:
             reader.abort()
