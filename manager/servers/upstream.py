@@ -9,13 +9,12 @@ byte read so far in one piece, chunked bodies decoded (mlx_vlm runs on uvicorn),
 hand-overs paced once data flows (`pace`): the reader is woken at most once per pace
 interval, so one wake-up of the relay (a task step, a format pass, a write to the
 client) carries every token that came meanwhile. Between hand-overs the socket is
-"held" (SO_RCVLOWAT raised): the kernel keeps the tokens and wakes nobody, so the
-tokens of one interval cost one epoll wake-up and one recv together instead of one
-each; when the interval is over whatever came is read at once.
-A closed connection wakes the loop whatever the low-water mark (the server's end of an
-HTTP/1.0 stream), so the stream's end is never held back; neither is a first token
-after a pause (the hold is released when an interval passes without data).
-
+"held" (SO_RCVLOWAT raised): the kernel keeps the tokens and wakes nobody, and when
+the interval is over the hand-over reads them itself, all in one read (instead of an
+epoll wake-up and a recv per token). A closed connection wakes the loop whatever the
+low-water mark (the server's end of an HTTP/1.0 stream), so the stream's end is never
+held back; neither is a first token after a pause (the hold is released when an
+interval passes without data).
 """
 
 from __future__ import annotations
