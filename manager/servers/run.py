@@ -57,6 +57,9 @@ class ServerRun:
     #: Seconds without requests before an idle stop, set by a request for this run
     #: (Ollama's keep_alive); None: the profile's idle timeout; negative: never.
     idle_limit_s: float | None = None
+    #: Why the manager is ending this run's start (the model did not load, or took too
+    #: long): the reason to show once the process is gone, whoever notices the exit.
+    giving_up: str = ""
 
     def spawned(self, popen: ServerProcess, create_time: float | None,
                 argv: list[str], model_dir: str, log_path: Path, clock: Clock) -> None:
@@ -68,6 +71,7 @@ class ServerRun:
         self.ready_at = self.exit_code = None
         self.failure_tail, self.adopted = "", False
         self.idle_limit_s = None
+        self.giving_up = ""
         self.generation += 1
 
     def adopt(self, record: ServerRecord, proc: psutil.Process, clock: Clock) -> None:
@@ -80,6 +84,7 @@ class ServerRun:
         # Monotonic time of a start in an earlier run is unknown: count from now.
         self.started_mono = clock.monotonic()
         self.adopted = True
+        self.giving_up = ""
         self.generation += 1
 
     def restore_failure(self, record: ServerRecord) -> None:

@@ -429,7 +429,7 @@ class Supervisor(ServerRegistry):
                     ServerState.STARTING, ServerState.READY):
                 return
             during = "while loading the model" if server.state is ServerState.STARTING else ""
-            reason = failure_of(server.popen) or " ".join(
+            reason = server.giving_up or failure_of(server.popen) or " ".join(
                 f"The server exited {during} with {describe_exit(code)}.".split())
             server.exit_code = code
             self._fail(server, reason)
@@ -439,6 +439,9 @@ class Supervisor(ServerRegistry):
             if server.generation != generation or server.state is not ServerState.STARTING:
                 return
             pid, popen, proc = server.pid, server.popen, server.proc
+            # Whoever sees the process gone first (this thread or a reconcile woken by its
+            # exit) fails the run with this reason, not with "killed by SIGTERM".
+            server.giving_up = reason
         terminate(pid, popen, proc, min(self._stop_grace_s, 3.0))
         with self._changing():
             if server.generation != generation or server.state is not ServerState.STARTING:
