@@ -351,16 +351,18 @@ class StreamTranslator:
             head, text = _THINKING_DELTA, thinking
         else:
             return None
-        return b"".join((_DELTA_EVENT, str(self._index).encode(), head,
-                         json.dumps(text).encode(), b"}}\n\n"))
+        return self._delta_event(head, json.dumps(text).encode())
 
     def literal_delta(self, thinking: bool, literal: bytes) -> bytes | None:
         """`next_delta` for a chunk that only adds `literal` (a JSON string as the server
         wrote it) to the open text or thinking block; None when that block is not open."""
         if not self._started or self._open != ("thinking" if thinking else "text"):
             return None
-        return b"".join((_DELTA_EVENT, str(self._index).encode(),
-                         _THINKING_DELTA if thinking else _TEXT_DELTA, literal, b"}}\n\n"))
+        return self._delta_event(_THINKING_DELTA if thinking else _TEXT_DELTA, literal)
+
+    def _delta_event(self, head: bytes, literal: bytes) -> bytes:
+        """The open block's delta event adding `literal` (a JSON string) after `head`."""
+        return b"".join((_DELTA_EVENT, str(self._index).encode(), head, literal, b"}}\n\n"))
 
     def finish(self) -> Iterator[Event]:
         if not self._started:

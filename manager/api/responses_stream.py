@@ -121,9 +121,7 @@ class ResponsesStream:
         else:
             return None
         self._parts.append(text)
-        seq, self._seq = self._seq, self._seq + 1
-        return b"".join((self._delta_head, str(seq).encode(), self._delta_middle,
-                         json.dumps(text, ensure_ascii=False).encode(), self._delta_tail))
+        return self._delta_event(json.dumps(text, ensure_ascii=False).encode())
 
     def literal_delta(self, thinking: bool, literal: bytes) -> bytes | None:
         """`next_delta` for a chunk that only adds `literal` (a JSON string as the server
@@ -132,6 +130,10 @@ class ResponsesStream:
         if item is None or item["type"] != ("reasoning" if thinking else "message"):
             return None
         self._parts.append(json.loads(literal))
+        return self._delta_event(literal)
+
+    def _delta_event(self, literal: bytes) -> bytes:
+        """The next delta event of the open item, adding `literal` (a JSON string)."""
         seq, self._seq = self._seq, self._seq + 1
         return b"".join((self._delta_head, str(seq).encode(), self._delta_middle, literal,
                          self._delta_tail))

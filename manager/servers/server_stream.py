@@ -58,12 +58,6 @@ class Batch:
     usage: dict[str, Any] | None = None
     usage_event: bytes = b""  # the usage chunk's JSON text, as sent
 
-    def chunks(self) -> list[dict[str, Any]]:
-        """The data events decoded (for formats that translate every chunk); events that
-        are not JSON objects are logged and left out."""
-        found = (decode_event(event) for event in self.data.split(b"\n\n"))
-        return [chunk for chunk in found if chunk is not None]
-
 
 def decode_event(event: bytes) -> dict[str, Any] | None:
     """One `data: {...}` event's chunk; None for b"" and (logged) anything else."""
