@@ -475,3 +475,38 @@ def test_a_prompt_counted_once_is_not_counted_again_for_the_same_request_and_ser
     assert reported == [12, 12, 15, 12]
     assert arrived == [(1, "hi"), (9, "hi"), (9, "hi"), (1, "hello"), (9, "hello"),
                        (1, "hi"), (9, "hi")]
+
+
+def test_the_first_token_goes_on_before_the_socket_is_held() -> None:
+    """Holding the socket (a setsockopt and a timer) is for the tokens after the first:
+    the first batch is handed on unpaced and unheld, the hold starts with the next."""
+
+    async def go() -> list[tuple[bytes, bool]]:
+        more = asyncio.Event()
+        end = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(HEAD + TOKEN)
+            await more.wait()
+            writer.write(TOKEN)
+            await end.wait()
+            writer.write(DONE)
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        snap = ready_snapshot(server.sockets[0].getsockname()[1])
+        seen = []
+        try:
+            stream = await ServerStream.open(MetricsStore(), snap, {"messages": []})
+            async for batch in stream.batches(0.01):
+                seen.append((batch.data, stream._upstream.held))
+                (end if more.is_set() else more).set()
+        finally:
+            server.close()
+        return seen
+
+    seen = on_own_loop(go)
+    assert seen == [(TOKEN, False), (TOKEN, True)]

@@ -162,15 +162,18 @@ class ServerStream:
                     usage = _decode(usage_event, name)
                     if usage is not None:
                         self._usage = Usage.parse(usage.get("usage"))
+                first = False
                 if events:
                     self._last_at = arrived
                     if self._first_at is None:
                         self._first_at = arrived
-                        self._upstream.pace(pace_s)
+                        first = True
                 if events or usage is not None:
                     yield Batch(events, usage, usage_event if usage is not None else b"")
                 if self.done:
                     return
+                if first:  # paced (the socket held) once the first token went on, not before
+                    self._upstream.pace(pace_s)
             if self._aborted:
                 raise RequestAborted(f"The request to {name} was cancelled.")
             # Both servers end a stream with [DONE]; mlx_lm speaks HTTP/1.0, so a server

@@ -387,6 +387,11 @@ class Upstream:
     def pace(self, seconds: float) -> None:
         self._reader.pace(seconds)
 
+    @property
+    def held(self) -> bool:
+        """The socket is held (see `_Reader.held`)."""
+        return self._reader.held
+
     def abort(self) -> None:
         self._reader.abort()
 
