@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -510,3 +511,73 @@ def test_the_first_token_goes_on_before_the_socket_is_held() -> None:
 
     seen = on_own_loop(go)
     assert seen == [(TOKEN, False), (TOKEN, True)]
+
+
+async def answer_one(server: socket.socket) -> bytes:
+    """Accept one connection on `server`, read its whole request, answer with one event
+    and [DONE], and close; returns the request's body."""
+    loop = asyncio.get_running_loop()
+    conn, _ = await loop.sock_accept(server)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await loop.sock_recv(conn, 65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += await loop.sock_recv(conn, 1 << 20)
+    await loop.sock_sendall(conn, HEAD + TOKEN + DONE)
+    conn.close()
+    return body
+
+
+def listening(backlog: int = 8) -> socket.socket:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(backlog)
+    server.setblocking(False)
+    return server
+
+
+@pytest.mark.parametrize(("host", "size"), [
+    ("127.0.0.1", 10),  # sent on the socket before asyncio's transport exists
+    ("127.0.0.1", 8 << 20),  # more than the socket takes at once: the transport sends the rest
+    ("localhost", 10),  # a host name: asyncio resolves and connects
+])
+def test_a_request_reaches_the_server_whole(host: str, size: int) -> None:
+    async def go() -> tuple[int, bytes, int]:
+        server = listening()
+        port = server.getsockname()[1]
+        served = asyncio.ensure_future(answer_one(server))
+        try:
+            upstream = await Upstream.open(f"http://{host}:{port}", "/v1/x", {"pad": "x" * size})
+            body = await upstream.read_all()
+            return upstream.status, body, len(json.loads(await served)["pad"])
+        finally:
+            server.close()
+
+    assert on_own_loop(go) == (200, TOKEN + DONE, size)
+
+
+def test_a_connection_not_established_at_once_still_sends_its_request() -> None:
+    """The server's accept queue is full: the handshake waits for room (the kernel
+    retries the SYN), and the request goes out once the connection is there."""
+    async def go() -> tuple[int, bytes]:
+        server = listening(backlog=0)
+        address = server.getsockname()
+        filler = socket.create_connection(address)  # takes the queue's one place
+        opening = asyncio.ensure_future(
+            Upstream.open(f"http://127.0.0.1:{address[1]}", "/v1/x", {"n": 1}))
+        for _ in range(5):
+            await asyncio.sleep(0)  # the open is under way, its connection still queued
+        waiting = not opening.done()
+        first, _ = await asyncio.get_running_loop().sock_accept(server)  # room again
+        first.close()
+        filler.close()
+        served = asyncio.ensure_future(answer_one(server))
+        try:
+            upstream = await opening
+            return upstream.status, await served, waiting
+        finally:
+            server.close()
+
+    assert on_own_loop(go) == (200, b'{"n": 1}', True)
