@@ -436,6 +436,12 @@ class Store:
             db = self._reader.db = Database(conn)
         return db
 
+    def data_version(self) -> int:
+        """A number that changes when another connection committed to the file since
+        this thread last asked (SQLite's data_version on this thread's read()
+        connection): what read_cache.ReadCache checks."""
+        return int(self.read().conn.execute("PRAGMA data_version").fetchone()[0])
+
     def migrate(self) -> list[str]:
         """Apply pending migrations in order; returns the names applied now."""
         applied_now: list[str] = []

@@ -8,6 +8,7 @@ from manager.accounts.api_keys import KEY_PREFIX
 from manager.accounts.auth import Role, User
 from manager.errors import NotFound, PermissionDenied, ValidationError
 from manager.services import Services
+from manager.store import Store
 
 PW = "correct horse battery"
 
@@ -126,3 +127,30 @@ def test_cli_keys_create_prints_a_working_key(services: Services) -> None:
     missing = run_cli("keys", "create", "ghost@example.com", data_dir=data)
     assert missing.returncode == 1 and "No account with the email ghost@example.com" in \
         missing.stderr
+
+
+@pytest.mark.parametrize("elsewhere", [False, True])
+@pytest.mark.parametrize("change", ["revoke", "disable"])
+def test_a_key_in_use_is_refused_from_the_next_lookup_once_revoked_or_disabled(
+    services: Services, people: dict[str, User], change: str, elsewhere: bool
+) -> None:
+    """The gateway keeps what a lookup read until the database changes: a change made
+    here or by another process (the CLI, on its own connection) is seen at once."""
+    keys = services.api_keys
+    new = keys.create(people["bob"])
+    assert keys.lookup(new.secret).user.id == people["bob"].id
+    assert keys.lookup(new.secret).user.id == people["bob"].id  # kept, nothing changed
+    if elsewhere:
+        other = Store(services.store.path)
+        with other.connect() as db:
+            if change == "revoke":
+                db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?",
+                           ["2026-12-02T00:00:00+00:00", new.key.id])
+            else:
+                db.execute("UPDATE users SET status = 'disabled' WHERE id = ?",
+                           [people["bob"].id])
+    elif change == "revoke":
+        keys.revoke(people["bob"], new.key.id)
+    else:
+        services.auth.disable(people["alice"], people["bob"].id)
+    assert keys.lookup(new.secret) is None

@@ -23,6 +23,7 @@ from manager.servers.profiles import (
     suggest_port,
 )
 from manager.services import Services
+from manager.store import Store
 from tests.conftest import PASSWORD
 
 
@@ -279,3 +280,16 @@ def test_only_admins_save_ranks_on_other_machines_or_network_addresses(
     pooled = services.profiles.update(admin, mine.id, replace(mine.spec(), distributed=ranks(
         "local 127.0.0.1\nmac2 192.168.1.11")))
     assert pooled.distributed is not None and not pooled.distributed.hosts[1].is_local
+
+
+def test_the_profile_list_sees_changes_made_here_and_elsewhere_at_once(
+        services: Services, tiny_models: dict[str, Path]) -> None:
+    """list() (the gateway's name lookup on every request) is kept between calls until
+    the database changes, whoever changed it."""
+    first = services.profiles.create(None, spec(tiny_models["text"], name="one"))
+    assert [p.name for p in services.profiles.list()] == ["one"]
+    services.profiles.create(None, spec(tiny_models["text"], name="two"))
+    assert [p.name for p in services.profiles.list()] == ["one", "two"]
+    with Store(services.store.path).connect() as db:  # as the CLI would, on its own
+        db.execute("UPDATE profiles SET name = 'zero' WHERE id = ?", [first.id])
+    assert [p.name for p in services.profiles.list()] == ["two", "zero"]

@@ -17,6 +17,7 @@ from manager.accounts.auth import AuthService, User
 from manager.accounts.permissions import Action, Owned, require
 from manager.clock import utc_now
 from manager.errors import NotFound, PermissionDenied, ValidationError
+from manager.read_cache import ReadCache
 from manager.store import Store
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class ApiKeyService:
     def __init__(self, store: Store, auth: AuthService) -> None:
         self._store = store
         self._auth = auth
+        # A key's owner and name per secret digest, until the database changes.
+        self._found: ReadCache[tuple[User, int, str | None, str] | None] = ReadCache(store)
 
     def create(self, owner: User, name: str = "") -> NewKey:
         label = (name or "").strip() or "default"
@@ -135,25 +138,33 @@ class ApiKeyService:
 
     def lookup(self, secret: str | None) -> KeyMatch | None:
         """The active user behind a key, or None: one indexed read on this thread's
-        long-lived connection (Store.read), ~10 us and no write, so a revoked key or a
-        disabled account is refused from the very next request. The gateway calls it
-        on every request and leaves the `touch` (a write) to a worker thread."""
+        long-lived connection (Store.read), kept until the next commit to the database
+        (read_cache), and no write, so a revoked key or a disabled account is refused
+        from the very next request. The gateway calls it on every request and leaves
+        the `touch` (a write) to a worker thread."""
         if not secret or not secret.startswith(KEY_PREFIX):
             return None
+        digest = _digest(secret)
+        found = self._found.get(digest, lambda: self._read_key(digest))
+        if found is None:
+            return None
+        user, key_id, used_at, name = found
+        return KeyMatch(user, key_id, _touch_due(used_at, utc_now()), name)
+
+    def _read_key(self, digest: str) -> tuple[User, int, str | None, str] | None:
         rows = list(self._store.read().query(
             "SELECT users.*, api_keys.id AS key_id, api_keys.last_used_at AS key_used_at,"
             " api_keys.name AS key_name"
             " FROM api_keys JOIN users ON users.id = api_keys.user_id"
             " WHERE api_keys.key_hash = ? AND api_keys.revoked_at IS NULL",
-            [_digest(secret)],
+            [digest],
         ))
         if not rows:
             return None
         user = User.from_row(rows[0])
         if user.status.value != "active":
             return None
-        return KeyMatch(user, rows[0]["key_id"], _touch_due(rows[0]["key_used_at"], utc_now()),
-                        rows[0]["key_name"] or "")
+        return user, rows[0]["key_id"], rows[0]["key_used_at"], rows[0]["key_name"] or ""
 
     def touch(self, key_id: int) -> None:
         """Record that a key was used now (last_used_at is kept to the minute)."""
