@@ -42,6 +42,9 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
     """The whole HTTP app. Routes must be added before Gradio is mounted at '/'.
     `control_token`: opens the local control API the CLI uses (none without it)."""
     # Imported here so `mlx-manager users ...` answers without loading Gradio (~3 s).
+    from components.gradio_startup import skip_stub_regeneration
+
+    skip_stub_regeneration()  # before Gradio's first import
     import gradio as gr
     from fastapi import FastAPI, Request
     from starlette.middleware.cors import CORSMiddleware

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from argon2 import PasswordHasher
 
+from components.gradio_startup import skip_stub_regeneration
 from manager.accounts.limits import LoginLimiter, RegistrationLimiter
 from manager.net import free_port, tls_context
 from manager.settings import WARM_SPARE_ENV, Settings
@@ -30,6 +31,9 @@ if TYPE_CHECKING:  # imported where used: pytest-xdist's controller process need
     from manager.services import Services
 
 pytest_plugins = ["tests.fixtures.plugin"]
+
+# Before any test module imports Gradio: its import then costs each worker ~1 s less CPU.
+skip_stub_regeneration()
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
