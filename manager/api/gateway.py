@@ -265,7 +265,7 @@ class Gateway:
         return Response(dumps(payload), media_type="application/json")
 
     async def serve(self, request: Request, kind: Kind) -> Response:
-        fmt = api_format(request.url.path)
+        fmt = api_format(request.scope["path"])  # not request.url: built per request
         user = api_user(request)
         key_id = api_key_id(request)
         if user is None or key_id is None:

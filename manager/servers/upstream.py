@@ -20,8 +20,6 @@ interval passes without data).
 from __future__ import annotations
 
 import asyncio
-import errno
-import ipaddress
 import json
 import logging
 import os
@@ -30,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
+
+from manager.servers.connect import connect_and_send
 
 log = logging.getLogger(__name__)
 
@@ -408,58 +408,14 @@ class Upstream:
 
 async def send_request(target: Target, request: bytes, read_timeout_s: float,
                        connect_timeout_s: float) -> _Reader:
-    """Connect to `target` and send `request`; the reader of the answer. A server at an
-    IP address gets the request before asyncio wraps the socket in a transport: on this
-    machine the TCP handshake is over when connect() returns, so the request leaves at
-    once and the transport's setup (several loop iterations) overlaps the server's work
-    instead of coming before it (the time to first token)."""
+    """Connect to `target` and send `request` (connect.py: at once on this machine);
+    the reader of the answer."""
     loop = asyncio.get_running_loop()
-    sock = _socket_for(target.host)
-    if sock is None:  # a host name: asyncio resolves it
-        _, reader = await asyncio.wait_for(loop.create_connection(
-            lambda: _Reader(loop, read_timeout_s), target.host, target.port),
-            connect_timeout_s)
-        reader.send(request)
-        return reader
-    try:
-        sent = _send_at_once(sock, (target.host, target.port), request)
-        if sent is None:  # the handshake is still under way (another machine)
-            await asyncio.wait_for(loop.sock_connect(sock, (target.host, target.port)),
-                                   connect_timeout_s)
-            sent = 0
-        _, reader = await loop.create_connection(lambda: _Reader(loop, read_timeout_s),
-                                                 sock=sock)
-    except BaseException:
-        sock.close()
-        raise
-    reader.send(request[sent:])  # what did not fit in the socket's buffer (and the watchdog)
+    reader, sent = await connect_and_send(
+        target.host, target.port, request, lambda: _Reader(loop, read_timeout_s),
+        connect_timeout_s)
+    reader.send(request[sent:])  # the rest, if any (and the read watchdog starts)
     return reader
-
-
-def _socket_for(host: str) -> socket.socket | None:
-    """A non-blocking TCP socket for an IP address (None for a host name)."""
-    try:
-        version = ipaddress.ip_address(host).version
-    except ValueError:
-        return None
-    sock = socket.socket(socket.AF_INET6 if version == 6 else socket.AF_INET,
-                         socket.SOCK_STREAM)
-    sock.setblocking(False)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def _send_at_once(sock: socket.socket, address: tuple[str, int], request: bytes
-                  ) -> int | None:
-    """Start connecting and send what the socket takes of `request` at once; None when the
-    connection is not established yet. Raises OSError when it was refused."""
-    error = sock.connect_ex(address)
-    if error not in (0, errno.EINPROGRESS):
-        raise OSError(error, os.strerror(error))
-    try:
-        return sock.send(request)
-    except BlockingIOError:
-        return None
 
 
 def error_message(body: bytes, fallback: str) -> str:

@@ -1,0 +1,81 @@
+"""A connection to a model server with the request already on its way.
+
+`loop.create_connection()` takes several loop iterations (the connect's writer wait,
+`connection_made` and the waiter through call_soon) before anything can be written.
+On this machine a TCP handshake is over when a non-blocking connect() returns, so the
+request is sent on the bare socket at once and asyncio builds its transport afterwards,
+while the server already works on the request (the gateway's time to first token).
+A connection still being established (another machine, a full accept queue) waits for
+its handshake first; a host name goes through asyncio, which resolves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import ipaddress
+import os
+import socket
+from collections.abc import Callable
+from typing import TypeVar
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+async def connect_and_send(host: str, port: int, request: bytes, make: Callable[[], P],
+                           connect_timeout_s: float) -> tuple[P, int]:
+    """The protocol made by `make`, connected, and how many bytes of `request` were
+    sent already (write the rest through its transport). Raises OSError when the
+    server cannot be reached, TimeoutError after `connect_timeout_s`."""
+    loop = asyncio.get_running_loop()
+    sock = _socket_for(host)
+    if sock is None:  # a host name: asyncio resolves it
+        _, protocol = await asyncio.wait_for(
+            loop.create_connection(make, host, port), connect_timeout_s)
+        return protocol, 0
+    try:
+        sent = _send_at_once(sock, (host, port), request)
+        if sent is None:  # the handshake is still under way
+            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), connect_timeout_s)
+            sent = 0
+        _, protocol = await loop.create_connection(make, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return protocol, sent
+
+
+def _socket_for(host: str) -> socket.socket | None:
+    """A non-blocking TCP socket for an IP address (None for a host name)."""
+    family = _family(host)
+    if family is None:
+        return None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+@functools.lru_cache(maxsize=64)
+def _family(host: str) -> socket.AddressFamily | None:
+    """The address family of an IP address, None for a host name (asked per request:
+    parsing the address each time costs more than the connect's own Python work)."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
+
+
+def _send_at_once(sock: socket.socket, address: tuple[str, int], request: bytes
+                  ) -> int | None:
+    """Start connecting and send what the socket takes of `request` at once; None when
+    the connection is not established yet. Raises OSError when it was refused."""
+    error = sock.connect_ex(address)
+    if error not in (0, errno.EINPROGRESS):
+        raise OSError(error, os.strerror(error))
+    try:
+        return sock.send(request)
+    except BlockingIOError:
+        return None
