@@ -241,6 +241,7 @@ class Monitor:
         self._history_s = history_s
         self._gpu = gpu if gpu is not None or not detect_gpu_reader else detect_gpu(self._clock)
         self._lock = threading.Lock()
+        self._ticking = threading.Lock()  # held by the scheduled job while it runs
         self._trees: dict[int, _Tree] = {}
         self._latest: dict[int, ResourceSample] = {}
         self._history: dict[int, deque[ResourceSample]] = {}
@@ -278,8 +279,9 @@ class Monitor:
             return
         self._exits = ExitWatches(self._supervisor, self._run_now)  # fresh after a stop
         scheduler = BackgroundScheduler(daemon=True, timezone="UTC")
-        scheduler.add_job(self.tick, IntervalTrigger(seconds=self._interval), id=_JOB_ID,
-                          max_instances=1, coalesce=True, next_run_time=datetime.now().astimezone())
+        scheduler.add_job(self._scheduled_tick, IntervalTrigger(seconds=self._interval),
+                          id=_JOB_ID, max_instances=1, coalesce=True,
+                          next_run_time=datetime.now().astimezone())
         scheduler.start()
         self._scheduler = scheduler
         # A server that starts (or is started again) while the job sleeps wakes it; its
@@ -292,7 +294,12 @@ class Monitor:
         if unsubscribe is not None:
             unsubscribe()
         if scheduler is not None:
-            scheduler.shutdown(wait=True)
+            # Not shutdown(wait=True): APScheduler holds its job store lock while it waits
+            # for the job, and a tick that pauses or reschedules its job needs that lock, so
+            # each waited for the other forever. The tick in flight is waited for here.
+            scheduler.shutdown(wait=False)
+            with self._ticking:
+                pass
         self._exits.close()
 
     def touch(self) -> None:
@@ -333,6 +340,13 @@ class Monitor:
             return self._clock.monotonic() - self._last_touch <= self._watch_timeout_s
 
     # -- the job ------------------------------------------------------------------------------
+
+    def _scheduled_tick(self) -> None:
+        """The job. A tick already handed to the thread pool may start after stop() (which
+        shuts the scheduler down without waiting): it then does nothing."""
+        with self._ticking:
+            if self._scheduler is not None:
+                self.tick()
 
     def tick(self) -> None:
         """Reconcile, then sample if a tab is watching, then pick the next interval."""

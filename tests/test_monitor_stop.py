@@ -1,0 +1,39 @@
+"""Monitor.stop() while the job is pausing itself: both finish (they used to wait for each
+other forever, seen as a 300 s timeout when services closed)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
+
+from manager.servers.monitor import Monitor
+from manager.services import Services
+from tests.waits import wait_for
+
+
+def test_stop_while_a_tick_pauses_the_job_finishes(services: Services,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real_pause = BackgroundScheduler.pause_job
+    parked = threading.Event()
+
+    def pause_once_stop_began(scheduler: BackgroundScheduler, job_id: str,
+                              jobstore: str | None = None) -> Any:
+        # The tick has decided to sleep (nobody watches, no server runs); hold it here
+        # until stop() is shutting the scheduler down, then let it pause the job.
+        parked.set()
+        wait_for(lambda: scheduler.state == STATE_STOPPED, 30, "stop() to begin")
+        return real_pause(scheduler, job_id, jobstore)
+
+    monkeypatch.setattr(BackgroundScheduler, "pause_job", pause_once_stop_began)
+    monitor = Monitor(services.supervisor, detect_gpu_reader=False)
+    monitor.start()
+    assert parked.wait(30), "the first tick did not try to sleep"
+    stopper = threading.Thread(target=monitor.stop, daemon=True)
+    stopper.start()
+    stopper.join(30)
+    assert not stopper.is_alive(), "stop() and the tick are waiting for each other"
+    assert monitor.asleep
