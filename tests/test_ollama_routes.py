@@ -4,7 +4,6 @@ official ollama client over the real app in-process (no model server needed)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +14,7 @@ from anyio.from_thread import BlockingPortal
 
 from manager.servers.profiles import ProfileSpec
 from manager.services import Services
-from manager.settings import Settings
-from tests.conftest import PASSWORD, TEST_HASHER, InProcessTransport
+from tests.conftest import PASSWORD, InProcessTransport, SharedApp
 
 
 @dataclass
@@ -35,22 +33,18 @@ class Api:
                             headers={"Authorization": f"Bearer {self.key}"})
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, asgi_portal: BlockingPortal,
-        tiny_models: dict[str, Path]) -> Iterator[Api]:
-    from app import create_app
-
-    root = tmp_path_factory.mktemp("ollama_routes")
-    services = Services.create(Settings(data_dir=root / "data"), run_servers=False,
-                               hasher=TEST_HASHER)
+@pytest.fixture
+def api(shared_app: SharedApp, asgi_portal: BlockingPortal,
+        tiny_models: dict[str, Path]) -> Api:
+    """The session's shared app (in-process), handed over as new, with three profiles."""
+    services = shared_app.fresh()
     admin = services.auth.register("alice@example.com", PASSWORD)
     for name, model, extra in (("thinker", "thinking", {"temperature": 0.5, "max_tokens": 64}),
                                ("tools", "tools", {}), ("eyes", "vision", {})):
         services.profiles.create(admin, ProfileSpec(name=name, model=str(tiny_models[model]),
                                                     **extra))
-    yield Api(services, InProcessTransport(create_app(services), asgi_portal),
-              services.api_keys.create(admin, "tests").secret)
-    services.close()
+    return Api(services, InProcessTransport(shared_app.app, asgi_portal),
+               services.api_keys.create(admin, "tests").secret)
 
 
 def test_version_list_and_show_describe_the_profiles(api: Api) -> None:

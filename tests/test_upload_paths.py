@@ -25,10 +25,7 @@ from PIL import Image
 
 from manager.api.login import SESSION_COOKIE
 from manager.chat.attachments import NotUploaded, uploaded_file
-from manager.net import free_port
-from manager.services import Services
-from manager.settings import Settings
-from tests.conftest import TEST_HASHER, LiveDashboard, run_uvicorn
+from tests.conftest import LiveDashboard
 from tests.file_watch import OpenWatch
 
 USER = "mallory@example.com"
@@ -46,31 +43,17 @@ def message_box(*paths: Path | str) -> dict[str, Any]:
     return {"text": "What is in this picture?", "files": [file_data(p) for p in paths]}
 
 
-@pytest.fixture(scope="module")
-def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDashboard]:
-    """One live dashboard for the module (starting one takes seconds)."""
-    from app import create_app
-
-    services = Services.create(Settings(data_dir=tmp_path_factory.mktemp("uploads") / "data",
-                                        port=free_port(), warm_spare=False),
-                               run_servers=False, hasher=TEST_HASHER)
-    server, thread = run_uvicorn(create_app(services), services.settings.port)
-    live = LiveDashboard(f"http://127.0.0.1:{services.settings.port}", services)
-    live.register(USER)
-    yield live
-    server.should_exit = True
-    thread.join(timeout=15)
-    services.close()
-
-
-@pytest.fixture(scope="module")
-def cookie(dashboard: LiveDashboard) -> str:
-    return dashboard.session_cookie(USER)
+@pytest.fixture
+def dashboard(shared_live_dashboard: LiveDashboard) -> LiveDashboard:
+    """The session's shared live dashboard (starting one costs ~0.5 s of CPU), handed over
+    as new, with the user signed up."""
+    shared_live_dashboard.register(USER)
+    return shared_live_dashboard
 
 
 @pytest.fixture
-def client(dashboard: LiveDashboard, cookie: str) -> Iterator[httpx.Client]:
-    with dashboard.client(cookies={SESSION_COOKIE: cookie}) as signed_in:
+def client(dashboard: LiveDashboard) -> Iterator[httpx.Client]:
+    with dashboard.client(cookies={SESSION_COOKIE: dashboard.session_cookie(USER)}) as signed_in:
         yield signed_in
 
 
