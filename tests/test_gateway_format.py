@@ -11,6 +11,7 @@ from manager.api.anthropic import StreamTranslator, sse
 from manager.api.prometheus import escape_label, render
 from manager.api.stream_formats import AnthropicFormat, OpenAIPassthrough
 from manager.api.wire import (
+    SYSTEM_FINGERPRINT,
     ApiFormat,
     Failure,
     GatewayError,
@@ -19,6 +20,7 @@ from manager.api.wire import (
     api_key_from,
     error_body,
     failure_for,
+    fingerprint_swap,
     is_gateway_path,
     model_list,
     parse_body,
@@ -248,6 +250,36 @@ def test_passthrough_renames_a_model_field_written_another_way() -> None:
     inner = mlx_event({"content": '"model": "' + MODEL_PATH + '"'})
     assert json.loads(fmt.batch(Batch(inner))[6:])["choices"][0]["delta"]["content"] == \
         '"model": "' + MODEL_PATH + '"'
+
+
+def test_fingerprints_written_alike_or_not_all_become_ours_in_every_batch() -> None:
+    swap = fingerprint_swap()
+    ours = json.dumps(SYSTEM_FINGERPRINT)
+
+    def fingerprints(data: bytes) -> list[str]:
+        return [json.loads(e[6:])["system_fingerprint"] for e in data.split(b"\n\n") if e]
+
+    def event(fingerprint: str, compact: bool = False) -> bytes:
+        text = json.dumps({"system_fingerprint": fingerprint, "x": '"system_fingerprint": "'},
+                          separators=(",", ":") if compact else None)
+        return b"data: " + text.encode() + b"\n\n"
+
+    same = event("0.29-linux") * 3
+    for _ in range(2):  # the first batch teaches the server's text, the second uses it
+        swapped, left = swap.swap(same)
+        assert left == 0 and fingerprints(swapped) == [SYSTEM_FINGERPRINT] * 3
+        assert swapped.count(ours.encode()) == 3
+    mixed = event("0.29-linux") + event("other", compact=True) + event('a "quoted" one')
+    swapped, left = swap.swap(mixed)
+    assert left == 0 and fingerprints(swapped) == [SYSTEM_FINGERPRINT] * 3
+    assert swap.swap(b'data: {"x": 1}\n\n') == (b'data: {"x": 1}\n\n', 0)
+
+
+def test_passthrough_renames_every_batch_after_one_written_another_way() -> None:
+    fmt = OpenAIPassthrough("tiny", include_usage=False, served=MODEL_PATH)
+    plain, compact = mlx_event({"content": "a"}), mlx_event({"content": "b"}, compact=True)
+    for raw in (plain * 2, compact + plain, plain, compact):
+        assert {c["model"] for c in decoded(fmt.batch(Batch(raw)) + fmt.finish())} == {"tiny"}
 
 
 def test_split_events_keeps_data_and_sets_aside_usage_comments_and_done() -> None:

@@ -28,7 +28,8 @@ from manager.api.wire import (
     SYSTEM_FINGERPRINT,
     ApiFormat,
     Failure,
-    scrub_fingerprint,
+    FieldSwap,
+    fingerprint_swap,
     stream_error,
 )
 from manager.servers.server_stream import Batch, decode_event
@@ -153,8 +154,9 @@ class OpenAIPassthrough:
         self.public = public
         self.include_usage = include_usage
         self._public = b'"model": ' + json.dumps(public, ensure_ascii=False).encode()
-        self._template = self._public.replace(b"\\", b"\\\\")  # for re.subn
-        self._served = re.compile(rb"(?!)")  # matches nothing until served_as
+        self._fingerprint = fingerprint_swap()
+        # Matches nothing until served_as.
+        self._model = FieldSwap(b'"model"', re.compile(rb"(?!)"), self._public)
         if served is not None:
             self.served_as(served)
 
@@ -164,8 +166,8 @@ class OpenAIPassthrough:
         # UTF-8). In JSON text a "model" key in those quotes cannot come from inside a
         # string (quotes there are escaped).
         names = {json.dumps(served).encode(), json.dumps(served, ensure_ascii=False).encode()}
-        self._served = re.compile(rb'"model": ?(?:' + b"|".join(re.escape(n) for n in names)
-                                  + rb")")
+        self._model = FieldSwap(b'"model"', re.compile(
+            rb'"model": ?(?:' + b"|".join(re.escape(n) for n in names) + rb")"), self._public)
 
     def start(self) -> bytes:
         return b""
@@ -191,9 +193,9 @@ class OpenAIPassthrough:
         return sse_comment(text)
 
     def _rename(self, data: bytes) -> bytes:
-        data = scrub_fingerprint(data)
-        renamed, count = self._served.subn(self._template, data)
-        if count == data.count(b'"model"'):
+        data, _ = self._fingerprint.swap(data)
+        renamed, others = self._model.swap(data)
+        if not others:
             return renamed
         # A model field written some other way: decode and write those events again.
         out = []

@@ -284,11 +284,41 @@ _FINGERPRINT = re.compile(rb'"system_fingerprint": ?"(?:[^"\\]|\\.)*"')
 _FINGERPRINT_OUT = b'"system_fingerprint": "' + SYSTEM_FINGERPRINT.encode() + b'"'
 
 
-def scrub_fingerprint(data: bytes) -> bytes:
-    """JSON text with any `system_fingerprint` string replaced by SYSTEM_FINGERPRINT."""
-    if b'"system_fingerprint"' not in data:
-        return data
-    return _FINGERPRINT.sub(_FINGERPRINT_OUT, data)
+class FieldSwap:
+    """Replaces a JSON field that a server writes the same way in every chunk of a stream
+    (`key` and its value, found by `pattern`) with `out`, in JSON text as sent.
+
+    The relay meets the field in every chunk: after the first match, its exact text is
+    swapped with a bytes replace, and the pattern runs only where some occurrence of
+    `key` is written differently. Text inside a JSON string cannot match (its quotes
+    are escaped), so the literal is as safe as the pattern."""
+
+    def __init__(self, key: bytes, pattern: re.Pattern[bytes], out: bytes) -> None:
+        self._key = key
+        self._pattern = pattern
+        self._out = out
+        self._seen: bytes | None = None  # the field's text as the server wrote it
+
+    def swap(self, data: bytes) -> tuple[bytes, int]:
+        """(`data` with the field replaced, how many occurrences of `key` were not)."""
+        total = data.count(self._key)
+        if not total:
+            return data, 0
+        seen = self._seen
+        if seen is not None and data.count(seen) == total:
+            return data.replace(seen, self._out), 0
+        first = self._pattern.search(data)
+        if first is not None:
+            self._seen = first[0]
+        out = self._out
+        swapped, count = self._pattern.subn(lambda _: out, data)
+        return swapped, total - count
+
+
+def fingerprint_swap() -> FieldSwap:
+    """Every `system_fingerprint` string in the chunks of one stream becomes
+    SYSTEM_FINGERPRINT (see FieldSwap)."""
+    return FieldSwap(b'"system_fingerprint"', _FINGERPRINT, _FINGERPRINT_OUT)
 
 
 class ModelRenamer:
