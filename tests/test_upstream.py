@@ -242,6 +242,43 @@ def test_a_paced_read_is_handed_over_once_the_interval_is_over() -> None:
     assert on_own_loop(go) == TOKEN + TOKEN
 
 
+def test_streams_paced_at_different_moments_are_handed_over_in_the_same_loop_pass(
+        ) -> None:
+    """Every stream's paced hand-overs fall on one grid of times: two streams whose
+    tokens keep coming share their wake-ups instead of waking the loop once each."""
+    async def go() -> tuple[list[int], list[int]]:
+        loop = asyncio.get_running_loop()
+        passes = 0
+        done = False
+
+        def each_pass() -> None:  # runs once per pass of the loop; the tokens keep coming
+            nonlocal passes
+            passes += 1
+            if passes % 20 == 0:
+                for reader in readers:
+                    reader.data_received(TOKEN)
+            if not done:
+                loop.call_soon(each_pass)
+
+        async def consume(reader: _Reader, seen: list[int]) -> None:
+            while len(seen) < 8:
+                await reader.read()
+                seen.append(passes)
+
+        first = await paced_reader(0.02)
+        await asyncio.sleep(0.007)  # paced a part of an interval later
+        readers = [first, await paced_reader(0.02)]
+        each_pass()
+        seen: tuple[list[int], list[int]] = ([], [])
+        await asyncio.gather(*(consume(r, s) for r, s in zip(readers, seen, strict=True)))
+        done = True
+        return seen
+
+    first, second = on_own_loop(go)
+    shared = set(first) & set(second)
+    assert len(shared) >= 4  # each stream's own interval would share none
+
+
 def test_a_closed_connection_hands_over_what_was_held_at_once() -> None:
     async def go() -> tuple[bytes, bytes, bool]:
         reader = await paced_reader(3600.0)
