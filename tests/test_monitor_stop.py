@@ -37,3 +37,32 @@ def test_stop_while_a_tick_pauses_the_job_finishes(services: Services,
     stopper.join(30)
     assert not stopper.is_alive(), "stop() and the tick are waiting for each other"
     assert monitor.asleep
+
+
+def test_a_first_tick_that_runs_before_start_returns_still_ticks(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: start() set `_scheduler` after starting the scheduler, whose first tick runs at
+    once on its pool; a tick that came first took the monitor for stopped and did
+    nothing, so with a long interval the first reconcile came an interval late."""
+    real_start = BackgroundScheduler.start
+    real_tick = Monitor._scheduled_tick
+    scheduled: list[int] = []
+
+    def counted_tick(monitor: Monitor) -> None:
+        scheduled.append(1)
+        real_tick(monitor)
+
+    def start_then_let_the_first_tick_run(scheduler: BackgroundScheduler,
+                                          *args: Any, **kwargs: Any) -> None:
+        real_start(scheduler, *args, **kwargs)
+        wait_for(lambda: scheduled, 30, "the first scheduled tick")  # before start returns
+
+    monkeypatch.setattr(Monitor, "_scheduled_tick", counted_tick)
+    monkeypatch.setattr(BackgroundScheduler, "start", start_then_let_the_first_tick_run)
+    monitor = Monitor(services.supervisor, fast_interval_s=3600, steady_interval_s=3600,
+                      idle_interval_s=3600, detect_gpu_reader=False)
+    monitor.start()
+    try:
+        wait_for(lambda: monitor.ticks >= 1, 10, "the first tick to do its work")
+    finally:
+        monitor.stop()

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,7 +163,42 @@ def test_a_crash_is_known_when_it_happens_not_at_the_next_tick(
         assert wait_for(lambda: env.supervisor.snapshot(text_profile.id).state
                         is ServerState.FAILED, what="the crash to be noticed")
         assert "SIGKILL" in env.supervisor.snapshot(text_profile.id).reason
-        assert monitor.ticks >= 2  # the exit asked for a tick
+        # The exit asked for a tick (which counts itself after its reconcile set FAILED).
+        wait_for(lambda: monitor.ticks >= 2, what="the tick the exit asked for")
+    finally:
+        monitor.stop()
+
+
+def test_a_crash_during_a_tick_is_known_at_once_not_an_interval_later(
+        env: ServerEnv, text_profile: Profile, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: the exit watch asks the job to run now; when the server died while a tick ran,
+    the scheduler skipped that run (one at a time) and the tick rescheduled the job an
+    interval later, so the crash waited for the next tick."""
+    pid = ready(env, text_profile)
+    real_sample, real_run_now = Monitor.sample_all, Monitor._run_now
+    asked = threading.Event()
+    killed: list[int] = []
+
+    def run_now(monitor: Monitor) -> None:
+        real_run_now(monitor)
+        asked.set()
+
+    def sample_and_kill_once(monitor: Monitor) -> None:
+        real_sample(monitor)
+        if not killed:  # inside the first tick, after it watched the process
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+            assert asked.wait(30), "the exit watch did not ask for a run"
+
+    monkeypatch.setattr(Monitor, "_run_now", run_now)
+    monkeypatch.setattr(Monitor, "sample_all", sample_and_kill_once)
+    monitor = Monitor(env.supervisor, fast_interval_s=3600, steady_interval_s=3600,
+                      idle_interval_s=3600, detect_gpu_reader=False)
+    monitor.start()
+    try:
+        assert wait_for(lambda: env.supervisor.snapshot(text_profile.id).state
+                        is ServerState.FAILED, what="the crash to be noticed")
+        assert killed == [pid]
     finally:
         monitor.stop()
 

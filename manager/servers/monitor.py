@@ -54,6 +54,9 @@ HISTORY_S = 10 * 60
 RESCAN_TREE_EVERY = 5
 _HISTORY_MAX = 2000
 _JOB_ID = "monitor"
+#: Ticks in a row one job run may take when runs are asked for while it ticks (each exit
+#: asks once, so a few are plenty; the bound keeps a storm of them from holding the pool).
+_RERUNS = 4
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,7 @@ class Monitor:
         self._on_sample = on_sample
         self._asleep = False
         self._wakes = 0  # touches and wakes so far: a tick that saw none may sleep
+        self._nudges = 0  # runs asked for (_run_now) so far: one during a tick is redone
         self._unsubscribe: Callable[[], None] | None = None
         # A server's exit asks for a tick at once (reconcile notices it), while started.
         self._exits = ExitWatches(supervisor, self._run_now)
@@ -282,8 +286,10 @@ class Monitor:
         scheduler.add_job(self._scheduled_tick, IntervalTrigger(seconds=self._interval),
                           id=_JOB_ID, max_instances=1, coalesce=True,
                           next_run_time=datetime.now().astimezone())
-        scheduler.start()
+        # Set before start(): the first tick runs at once on the pool and may come before
+        # start() returns; it does nothing once _scheduler is None (after a stop).
         self._scheduler = scheduler
+        scheduler.start()
         # A server that starts (or is started again) while the job sleeps wakes it; its
         # process is watched for an exit from then on.
         self._unsubscribe = self._supervisor.subscribe(lambda _change: self._changed())
@@ -327,6 +333,8 @@ class Monitor:
             self._run_now()
 
     def _run_now(self) -> None:
+        with self._lock:
+            self._nudges += 1
         scheduler = self._scheduler
         if scheduler is None:
             return
@@ -343,10 +351,20 @@ class Monitor:
 
     def _scheduled_tick(self) -> None:
         """The job. A tick already handed to the thread pool may start after stop() (which
-        shuts the scheduler down without waiting): it then does nothing."""
+        shuts the scheduler down without waiting): it then does nothing. A run asked for
+        while this one ran (a server exited mid-tick) is done here at once: the scheduler
+        skips a run while one is in flight, and the tick's own reschedule would push it
+        back a whole interval."""
         with self._ticking:
-            if self._scheduler is not None:
+            for _ in range(_RERUNS):
+                if self._scheduler is None:
+                    return
+                with self._lock:
+                    nudges = self._nudges
                 self.tick()
+                with self._lock:
+                    if self._nudges == nudges:
+                        return
 
     def tick(self) -> None:
         """Reconcile, then sample if a tab is watching, then pick the next interval."""
