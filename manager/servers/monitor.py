@@ -54,9 +54,7 @@ HISTORY_S = 10 * 60
 RESCAN_TREE_EVERY = 5
 _HISTORY_MAX = 2000
 _JOB_ID = "monitor"
-#: Ticks in a row one job run may take when runs are asked for while it ticks (each exit
-#: asks once, so a few are plenty; the bound keeps a storm of them from holding the pool).
-_RERUNS = 4
+_RERUNS = 4  #: ticks in a row one job run takes when runs are asked for while it ticks
 
 
 @dataclass(frozen=True)
@@ -255,7 +253,7 @@ class Monitor:
         self._on_sample = on_sample
         self._asleep = False
         self._wakes = 0  # touches and wakes so far: a tick that saw none may sleep
-        self._nudges = 0  # runs asked for (_run_now) so far: one during a tick is redone
+        self._nudges = 0  # runs asked for (_run_now): one during a tick is done again
         self._unsubscribe: Callable[[], None] | None = None
         # A server's exit asks for a tick at once (reconcile notices it), while started.
         self._exits = ExitWatches(supervisor, self._run_now)
@@ -286,9 +284,7 @@ class Monitor:
         scheduler.add_job(self._scheduled_tick, IntervalTrigger(seconds=self._interval),
                           id=_JOB_ID, max_instances=1, coalesce=True,
                           next_run_time=datetime.now().astimezone())
-        # Set before start(): the first tick runs at once on the pool and may come before
-        # start() returns; it does nothing once _scheduler is None (after a stop).
-        self._scheduler = scheduler
+        self._scheduler = scheduler  # before start(): the first tick may come before it returns
         scheduler.start()
         # A server that starts (or is started again) while the job sleeps wakes it; its
         # process is watched for an exit from then on.
@@ -333,8 +329,7 @@ class Monitor:
             self._run_now()
 
     def _run_now(self) -> None:
-        with self._lock:
-            self._nudges += 1
+        self._nudges += 1  # (a lost race between two still changes it: all a tick asks)
         scheduler = self._scheduler
         if scheduler is None:
             return
@@ -350,21 +345,17 @@ class Monitor:
     # -- the job ------------------------------------------------------------------------------
 
     def _scheduled_tick(self) -> None:
-        """The job. A tick already handed to the thread pool may start after stop() (which
-        shuts the scheduler down without waiting): it then does nothing. A run asked for
-        while this one ran (a server exited mid-tick) is done here at once: the scheduler
-        skips a run while one is in flight, and the tick's own reschedule would push it
-        back a whole interval."""
+        """The job; after stop() (which does not wait for the pool) it does nothing. A run
+        asked for during a tick (a server exited) is done here: the scheduler skips runs
+        while one is in flight, and the tick's reschedule would put it an interval away."""
         with self._ticking:
             for _ in range(_RERUNS):
+                nudges = self._nudges
                 if self._scheduler is None:
                     return
-                with self._lock:
-                    nudges = self._nudges
                 self.tick()
-                with self._lock:
-                    if self._nudges == nudges:
-                        return
+                if self._nudges == nudges:
+                    return
 
     def tick(self) -> None:
         """Reconcile, then sample if a tab is watching, then pick the next interval."""
