@@ -65,6 +65,13 @@ def make_broken_model(dest: Path, source: Path) -> Path:
     return dest
 
 
+def monitor_ticking_only_when_asked(supervisor: Supervisor) -> Monitor:
+    """A Monitor whose job runs once at start and then only when something asks for it
+    (an hour between its own ticks): what a test of event-driven ticks needs."""
+    return Monitor(supervisor, fast_interval_s=3600, steady_interval_s=3600,
+                   idle_interval_s=3600, detect_gpu_reader=False)
+
+
 def exited(pid: int) -> bool:
     """True once our child `pid` has exited and can be reaped (it is not reaped here)."""
     result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)

@@ -12,6 +12,7 @@ from apscheduler.schedulers.base import STATE_STOPPED
 
 from manager.servers.monitor import Monitor
 from manager.services import Services
+from tests.server_helpers import monitor_ticking_only_when_asked
 from tests.waits import wait_for
 
 
@@ -59,8 +60,7 @@ def test_a_first_tick_that_runs_before_start_returns_still_ticks(
 
     monkeypatch.setattr(Monitor, "_scheduled_tick", counted_tick)
     monkeypatch.setattr(BackgroundScheduler, "start", start_then_let_the_first_tick_run)
-    monitor = Monitor(services.supervisor, fast_interval_s=3600, steady_interval_s=3600,
-                      idle_interval_s=3600, detect_gpu_reader=False)
+    monitor = monitor_ticking_only_when_asked(services.supervisor)
     monitor.start()
     try:
         wait_for(lambda: monitor.ticks >= 1, 10, "the first tick to do its work")

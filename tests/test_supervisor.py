@@ -38,6 +38,7 @@ from tests.server_helpers import (
     exited,
     hf_home_env,
     make_broken_model,
+    monitor_ticking_only_when_asked,
     server_env,
     tree_pids,
 )
@@ -154,8 +155,7 @@ def test_a_crash_is_known_when_it_happens_not_at_the_next_tick(
     """Bug: a READY server's crash was noticed only by the monitor's next tick (up to
     2 s while a page watches, 5 s when nobody does), before any page could show it."""
     pid = ready(env, text_profile)  # READY since the restart above: no new start
-    monitor = Monitor(env.supervisor, fast_interval_s=3600, steady_interval_s=3600,
-                      idle_interval_s=3600, detect_gpu_reader=False)
+    monitor = monitor_ticking_only_when_asked(env.supervisor)
     monitor.start()  # its first tick runs now, its next one not within this test
     try:
         wait_for(lambda: monitor.ticks >= 1, what="the monitor's first tick")
@@ -192,8 +192,7 @@ def test_a_crash_during_a_tick_is_known_at_once_not_an_interval_later(
 
     monkeypatch.setattr(Monitor, "_run_now", run_now)
     monkeypatch.setattr(Monitor, "sample_all", sample_and_kill_once)
-    monitor = Monitor(env.supervisor, fast_interval_s=3600, steady_interval_s=3600,
-                      idle_interval_s=3600, detect_gpu_reader=False)
+    monitor = monitor_ticking_only_when_asked(env.supervisor)
     monitor.start()
     try:
         assert wait_for(lambda: env.supervisor.snapshot(text_profile.id).state
