@@ -12,6 +12,7 @@ import uvicorn
 from gradio_client import Client
 
 from manager.accounts.auth import User
+from manager.errors import ValidationError
 from manager.net import free_port
 from manager.servers.profiles import Profile, ProfileSpec
 from manager.services import Services
@@ -80,6 +81,21 @@ class ChatDashboard:
         self._thread.join(timeout=15)
 
 
+def _create_on_a_free_port(services: Services, name: str, spec: ProfileSpec) -> Profile:
+    """The profile on a port free_port() gave; another program can take that port before
+    the profile's own check (an outgoing connection's ephemeral port: seen once in a
+    browser test), and then another port is asked for."""
+    for _ in range(4):
+        try:
+            return services.profiles.create(None, ProfileSpec(
+                **{**spec.__dict__, "name": name, "port": free_port()}))
+        except ValidationError as exc:
+            if exc.field != "port":
+                raise
+            last = exc
+    raise last
+
+
 @contextmanager
 def chat_dashboard(root: Path, specs: dict[str, ProfileSpec]) -> Iterator[ChatDashboard]:
     """Start the servers of `specs` (name -> spec, port filled in) and the dashboard."""
@@ -90,8 +106,7 @@ def chat_dashboard(root: Path, specs: dict[str, ProfileSpec]) -> Iterator[ChatDa
         try:
             profiles = {}
             for name, spec in specs.items():
-                profile = services.profiles.create(None, ProfileSpec(
-                    **{**spec.__dict__, "name": name, "port": free_port()}))
+                profile = _create_on_a_free_port(services, name, spec)
                 services.supervisor.start(profile.id)
                 profiles[name] = profile
             for profile in profiles.values():
