@@ -163,10 +163,10 @@ def process_cpu_s(proc: psutil.Process) -> float:
     psutil's user + system times come in 10 ms clock ticks, about one paired round's
     whole CPU at 1 stream, which made the per-token figure swing between runs."""
     if sys.platform == "linux":
-        try:  # the kernel's clock id for "this pid's CPU time" (CPUCLOCK_SCHED)
-            return time.clock_gettime_ns(((~proc.pid) << 3) | 2) / 1e9
-        except OSError:
-            pass
+        # The kernel's clock id for "this pid's CPU time" (CPUCLOCK_SCHED), there since
+        # Linux 2.6.12; an OSError means the process is gone, an error here as in psutil
+        # (and falling back would mix two clocks in one run).
+        return time.clock_gettime_ns(((~proc.pid) << 3) | 2) / 1e9
     times = proc.cpu_times()
     return times.user + times.system
 
