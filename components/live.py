@@ -75,6 +75,12 @@ class LivePart:
     `render(user, *input_values)` returns one value per output (`gr.skip()` allowed);
     `on_timeout` parts are also redrawn when a wait ends without news (for state that
     can change outside this process, such as accounts edited with the CLI).
+
+    `follows` are inputs that the page's other events set (the Chat tab's picked server,
+    the Models tab's filter). A tick reads its inputs when it sets out, so one that waited
+    through such a change draws the part for the old values, and its answer can land
+    after the event's own drawing. So the values each part was drawn with are kept, and a
+    tick that reads others draws the part again at once, without waiting for news.
     """
 
     topics: frozenset[Topic]
@@ -82,6 +88,21 @@ class LivePart:
     outputs: list[Any]
     inputs: list[Any] = field(default_factory=list)
     on_timeout: bool = False
+    follows: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if any(all(f is not i for i in self.inputs) for f in self.follows):
+            raise ValueError("a part follows only its own inputs")
+        if any(any(f is o for o in self.outputs) for f in self.follows):
+            # Its own drawing would change them, and every tick would draw it again.
+            raise ValueError("a part cannot follow what it draws")
+
+    def followed(self, values: Sequence[Any]) -> tuple[Any, ...] | None:
+        """The values of `follows` among this part's input values (None: follows none)."""
+        if not self.follows:
+            return None
+        return tuple(v for c, v in zip(self.inputs, values, strict=True)
+                     if any(c is f for f in self.follows))
 
 
 #: A server's state by profile id (stopped ones may be left out).
@@ -91,11 +112,13 @@ States = Mapping[int, ServerState]
 @dataclass(frozen=True)
 class Seen:
     """What a page last drew: the versions, when (event loop time) it last drew the
-    lazy topics' news, and the servers' states (profile id, state) as it drew them."""
+    lazy topics' news, the servers' states (profile id, state) as it drew them, and for
+    each part the values of its `follows` it was drawn with."""
 
     versions: Versions
     lazy_at: float
     servers: tuple[tuple[int, ServerState], ...] = ()
+    drawn_with: tuple[tuple[Any, ...] | None, ...] = ()
 
 
 _ON_THE_WAY = frozenset({ServerState.STARTING, ServerState.STOPPING})
@@ -180,19 +203,37 @@ class LiveFeed:
             if news - SETTLING_TOPICS:
                 return now, await anyio.to_thread.run_sync(self.states)
 
-    def redraw(self, user: User, since: Versions | None, now: Versions, timed_out: bool,
-               values: Sequence[Any]) -> list[Any]:
-        """Every part's outputs: drawn when its topics moved, else skipped."""
-        moved = now.moved(since)
-        out: list[Any] = []
+    def split(self, values: Sequence[Any]) -> list[Sequence[Any]]:
+        """The tick's input values, part by part."""
+        out: list[Sequence[Any]] = []
         offset = 0
         for part in self._parts:
-            mine = values[offset:offset + len(part.inputs)]
+            out.append(values[offset:offset + len(part.inputs)])
             offset += len(part.inputs)
+        return out
+
+    def behind(self, last: Seen | None, values: Sequence[Any]) -> frozenset[int]:
+        """The parts drawn for other values of their `follows` than the page has now."""
+        if last is None:
+            return frozenset()  # the page load draws them
+        drawn = last.drawn_with
+        return frozenset(
+            i for i, (part, mine) in enumerate(zip(self._parts, self.split(values),
+                                                    strict=True))
+            if (now := part.followed(mine)) is not None
+            and (i >= len(drawn) or drawn[i] != now))
+
+    def redraw(self, user: User, since: Versions | None, now: Versions, timed_out: bool,
+               values: Sequence[Any], behind: frozenset[int] = frozenset()) -> list[Any]:
+        """Every part's outputs: drawn when its topics moved or it is `behind` the
+        page's inputs, else skipped."""
+        moved = now.moved(since)
+        out: list[Any] = []
+        for i, (part, mine) in enumerate(zip(self._parts, self.split(values), strict=True)):
             # A page's first tick can read its inputs before the page load has filled them
             # (the Chat tab's picked server is still empty): the load draws those parts.
             first_with_inputs = since is None and bool(part.inputs)
-            if not first_with_inputs and (part.topics & moved
+            if not first_with_inputs and (i in behind or part.topics & moved
                                           or (timed_out and part.on_timeout)):
                 drawn = list(part.render(user, *mine))
                 if len(drawn) != len(part.outputs):
@@ -216,13 +257,18 @@ class LiveFeed:
         since = last.versions if last is not None else None
         lazy_at = last.lazy_at if last is not None else float("-inf")
         drawn = dict(last.servers) if last is not None else {}
-        now = await wait_for_news(changes, since, HOLD_S, LAZY_TOPICS,
-                                  lazy_at + FIGURES_EVERY_S)
+        behind = self.behind(last, values)
+        if behind:  # drawn for what the page no longer shows: no waiting for news
+            now = changes.versions()
+        else:
+            now = await wait_for_news(changes, since, HOLD_S, LAZY_TOPICS,
+                                      lazy_at + FIGURES_EVERY_S)
         now, servers = await self.settled(since, now, drawn)
-        timed_out = not now.moved(since)  # also in a second pass: on_timeout parts too
+        # Also in a second pass: on_timeout parts too.
+        timed_out = not behind and not now.moved(since)
         for catching_up in (False, True):
             parts = await anyio.to_thread.run_sync(
-                self.redraw, user, since, now, timed_out, values)
+                self.redraw, user, since, now, timed_out, values, behind)
             later = changes.versions()
             news = later.moved(now) - LAZY_TOPICS
             if catching_up or not news:
@@ -236,7 +282,10 @@ class LiveFeed:
             now, servers = later, states
         if now.moved(since) & LAZY_TOPICS:
             lazy_at = asyncio.get_running_loop().time()
-        return [Seen(now, lazy_at, tuple(sorted(servers.items()))), *parts]
+        # Each part is now drawn for these values: it was not behind, or was drawn now.
+        drawn_with = tuple(part.followed(mine)
+                           for part, mine in zip(self._parts, self.split(values), strict=True))
+        return [Seen(now, lazy_at, tuple(sorted(servers.items())), drawn_with), *parts]
 
     def attach(self) -> gr.Timer:
         """Wire the page's tick (inside the page's Blocks, after every part was added)."""

@@ -235,16 +235,20 @@ def build(services: Services) -> TabLoader:
             LOCAL, len(hidden) if all(m.name in hidden for m in local) else 0,
             nothing_local=not local))
 
-    def signature(views: list[DownloadView]) -> tuple:
-        return tuple(sorted((v.id, v.status.value) for v in views))
+    def signature(which: str, filt: ModelFilter, items: list[RemoteItem],
+                  views: list[DownloadView]) -> tuple:
+        """What the list was drawn for: the view, filter and hits, and each download's
+        status (a download that starts, ends or stops moves a tile)."""
+        return (which, filt, tuple(item.model.repo_id for item in items),
+                tuple(sorted((v.id, v.status.value) for v in views)))
 
     def render(user: User, which: str, filt: ModelFilter,
                items: list[RemoteItem]) -> dict[Any, Any]:
-        """The downloads strip, the list of tiles and the downloads' signature."""
+        """The downloads strip, the list of tiles and what the list was drawn for."""
         views = downloads.snapshot()
         return {downloads_html: downloads_part(user, views),
                 list_html: list_part(user, which, filt, items, views),
-                shown: signature(views)}
+                shown: signature(which, filt, items, views)}
 
     def more_visible(which: str, sess: object) -> gr.Button:
         exhausted = getattr(sess, "exhausted", True)
@@ -343,13 +347,15 @@ def build(services: Services) -> TabLoader:
     def tick(user: User, which: str, items: list[RemoteItem], filt: ModelFilter,
              last: tuple | None) -> tuple:
         views = downloads.snapshot()
-        sig = signature(views)
+        filt = filt or ModelFilter()
+        sig = signature(which, filt, items, views)
         dl = downloads_part(user, views)
         if sig == last:
             return dl, gr.skip(), sig, gr.skip()
         # A download started, finished or stopped: the list changes (tile hidden / landed),
         # and a line such as "resume requested." is no longer news (the tile says it).
-        return dl, list_part(user, which, filt or ModelFilter(), items, views), sig, ""
+        # Or the list was drawn for another view or filter (see LivePart.follows).
+        return dl, list_part(user, which, filt, items, views), sig, ""
 
     # ---- admin: extra folders -------------------------------------------------------------
     def folders_view() -> tuple:
@@ -407,5 +413,6 @@ def build(services: Services) -> TabLoader:
                             folder_pick],
                      live=(LivePart(frozenset({Topic.DOWNLOADS}), tick,
                                     [downloads_html, list_html, shown, status],
-                                    inputs=[view, remote, filt_state, shown]),))
+                                    inputs=[view, remote, filt_state, shown],
+                                    follows=[view, remote, filt_state]),))
 

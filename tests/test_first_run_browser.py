@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from playwright.sync_api import Page
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from manager.api.login import SESSION_COOKIE
 from manager.models.recommended import TOOL_USE_MODELS
 from manager.net import free_port
+from manager.servers.logs import read_tail
 from manager.services import Services
 from manager.settings import Settings
 from tests.conftest import TEST_HASHER, LiveDashboard, run_uvicorn
@@ -71,9 +74,14 @@ def test_each_tab_says_what_to_do_and_one_click_ends_in_a_chat_with_tools(
         page.wait_for_selector("#chat-server-status:has-text('No servers to chat with yet')")
 
         page.click("#first-run-try")
-        # The flow's lines, then the Chat tab on the new chat with tools on.
-        page.wait_for_selector("#chat-server-status:has-text('is ready')", timeout=120_000)
+        # The flow's lines, then the Chat tab on the new chat with tools on (or a ⚠ line).
+        try:
+            page.wait_for_selector("#chat-server-status:has-text('is ready'), "
+                                   "#first-run-progress:has-text('⚠')", timeout=120_000)
+        except PlaywrightTimeout as exc:
+            raise AssertionError(where_the_flow_is(page, fresh.services)) from exc
         lines = page.inner_text("#first-run-progress")
+        assert "⚠" not in lines, where_the_flow_is(page, fresh.services)
         assert "Downloaded " in lines and "is ready on port" in lines, lines
         assert "Chat open on" in lines and "with tools on" in lines, lines
         (profile,) = fresh.services.profiles.list()
@@ -86,3 +94,12 @@ def test_each_tab_says_what_to_do_and_one_click_ends_in_a_chat_with_tools(
         assert page.is_checked("#chat-tools input")
     finally:
         context.close()
+
+
+def where_the_flow_is(page: Page, services: Services) -> str:
+    """The flow's lines, each server's state and its log's tail: what a failure needs."""
+    parts = [f"progress:\n{page.inner_text('#first-run-progress')}"]
+    for snap in services.supervisor.snapshots():
+        parts.append(f"{snap.profile.name}: {snap.state.value} {snap.reason or ''}\n"
+                     f"{read_tail(snap.log_path, lines=30)}")
+    return "\n".join(parts)

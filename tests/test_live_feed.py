@@ -309,3 +309,58 @@ def test_the_live_bench_times_each_change_from_its_own_transition(services: Serv
     recorder.transition(Transition(profile, ServerState.STARTING, ServerState.READY, "", 2.0))
     waiter.join()
     assert found["at"] == 2.0
+
+
+def _picked_status_feed(services: Services) -> LiveFeed:
+    """The Chat tab's shape: a status line drawn for the server the page has picked."""
+    feed = LiveFeed(services)
+    picker = gr.Dropdown()
+    feed.add(LivePart(frozenset({Topic.ACCOUNTS}), lambda _user: ("badge",), [gr.Markdown()]))
+    feed.add(LivePart(frozenset({Topic.SERVERS}), lambda _user, picked: (f"status of {picked}",),
+                      [gr.Markdown()], inputs=[picker], follows=[picker]))
+    return feed
+
+
+def _answer_with(feed: LiveFeed, last: Seen, values: list[Any]) -> list[Any]:
+    found: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: found.update(
+        out=asyncio.run(feed.answer(None, last, values))))  # type: ignore[arg-type]
+    thread.start()
+    thread.join()
+    return found["out"]
+
+
+def test_a_part_drawn_for_the_old_pick_is_drawn_again_for_the_new_one_at_once(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug (CI, test_first_run_browser): a tick set out while the Chat tab showed no
+    server; the first-run flow then picked the new server and drew 'is ready', and the
+    tick, woken by that server's Ready, answered after it with the line for no server.
+    Nothing changed afterwards, so the page kept the wrong line."""
+    monkeypatch.setattr(live, "HOLD_S", 0.0)  # a wait without news ends at once
+    changes = services.changes
+    with gr.Blocks():
+        feed = _picked_status_feed(services)
+    first = Seen(changes.versions(), float("-inf"), drawn_with=(None, (None,)))
+    changes.bump(Topic.SERVERS)  # the server's Ready, heard by a tick that read no pick
+    stale, badge, status = _answer_with(feed, first, [None])
+    assert status == "status of None" and isinstance(badge, type(gr.skip()))
+    assert stale.drawn_with == (None, (None,))
+
+    # The page now shows the flow's pick; no news since. The next tick draws it again.
+    seen, badge, status = _answer_with(feed, stale, ["weather"])
+    assert status == "status of weather" and isinstance(badge, type(gr.skip()))
+    assert seen.versions == stale.versions and seen.drawn_with == (None, ("weather",))
+
+    # Drawn for what the page shows: the next tick waits for news as before.
+    _, badge, status = _answer_with(feed, seen, ["weather"])
+    assert isinstance(badge, type(gr.skip())) and isinstance(status, type(gr.skip()))
+
+
+def test_a_part_follows_only_its_own_inputs_and_never_what_it_draws() -> None:
+    with gr.Blocks():
+        picker, line = gr.Dropdown(), gr.Markdown()
+        with pytest.raises(ValueError, match="its own inputs"):
+            LivePart(frozenset({Topic.SERVERS}), lambda _user: ("",), [line], follows=[picker])
+        with pytest.raises(ValueError, match="what it draws"):
+            LivePart(frozenset({Topic.SERVERS}), lambda _user, _p: ("",), [picker],
+                     inputs=[picker], follows=[picker])

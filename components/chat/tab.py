@@ -45,4 +45,4 @@ def build_page(services: Services) -> tuple[TabLoader, ChatPage]:
 
     return TabLoader(load, outputs, live=(
         LivePart(frozenset({Topic.SERVERS}), status_line, [page.ui.server_status],
-                 inputs=[page.ui.server]),)), page
+                 inputs=[page.ui.server], follows=[page.ui.server]),)), page
