@@ -67,12 +67,13 @@ def settled_status(snap: ServerSnapshot | None) -> str:
     return ""
 
 
-def status_update(pending: int | None, snap: ServerSnapshot | None) -> tuple[Any, int | None]:
-    """(new status line or `gr.skip()`, still-pending profile id) for the live redraw."""
-    if pending is None:
-        return gr.skip(), None
-    if snap is not None and snap.state in _UNDER_WAY:
-        return gr.skip(), pending
+def status_update(pending: int | None, snap: ServerSnapshot | None) -> tuple[Any, Any]:
+    """(new status line, new pending profile id) for the live redraw; `gr.skip()` leaves
+    either as the page has it. The pending id is written only when the start it names
+    settled: a tick reads it when it sets out, and one that waited through a click on
+    Start would otherwise answer with the old value and lose the new start's line."""
+    if pending is None or (snap is not None and snap.state in _UNDER_WAY):
+        return gr.skip(), gr.skip()
     return settled_status(snap), None
 
 
@@ -139,7 +140,7 @@ def build(services: Services) -> TabLoader:
         api_button = gr.Button("Run", elem_id="server-api-run")
 
     def draw_tiles(user: User, pending_id: int | None, drawn_at: float | None
-                   ) -> tuple[str, Any, int | None, Any]:
+                   ) -> tuple[str, Any, Any, Any]:
         snap = supervisor.snapshot(pending_id) if pending_id is not None else None
         now = time.monotonic()
         return (render_tiles(services, user), *status_update(pending_id, snap),
