@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
+import math
+import random
 import socket
 import ssl
+import subprocess
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -28,38 +32,74 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-class _RecentPorts:
-    """The ports free_port handed out lately in this process. The system may give back a
-    port it just gave: nothing listens there yet, so it is "free" again. Callers that ask
-    for several ports before starting anything (a test making 17 profiles) need distinct ones."""
+#: free_port's ports start here (below it: well-known and registered services).
+_FIRST_PORT = 20000
+#: Ports free_port hands out one after another are this far apart (or a little more).
+_STRIDE = 37
+#: Where the system's ephemeral range starts when it cannot be read (Linux's default).
+_EPHEMERAL_DEFAULT = 32768
 
-    def __init__(self, size: int = 4096) -> None:
+
+def ephemeral_start() -> int:
+    """The first port the system gives outgoing connections (and `bind(0)`)."""
+    try:
+        low = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]
+        return int(low)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # macOS and the BSDs
+        found = subprocess.run(["sysctl", "-n", "net.inet.ip.portrange.first"],  # noqa: S607
+                               capture_output=True, text=True, timeout=5, check=True)
+        return int(found.stdout.strip())
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return _EPHEMERAL_DEFAULT
+
+
+class _PortCursor:
+    """Hands out the ports below the ephemeral range in turn, `_STRIDE` apart, from a
+    random start.
+
+    Below that range because an outgoing connection takes its local port from it: a port
+    the system handed out there could be taken by any program's connection before its
+    server binds it (seen in CI: "Port 47215 is in use" right after free_port gave it).
+    In turn, so this process does not hand out one port twice while its server is still
+    starting; apart, so the ports just above one handed out stay free for what counts up
+    from it (a distributed profile's ranks); from a random start, so processes picking at
+    once rarely meet."""
+
+    def __init__(self, start: int | None = None) -> None:
         self._lock = threading.Lock()
-        self._ports: collections.deque[int] = collections.deque(maxlen=size)
+        self._next = start  # None: a random one, on first use
+        self._span: tuple[int, int] | None = None
 
-    def claim(self, port: int) -> bool:
-        """Record `port`; False when it was handed out lately."""
+    def candidates(self) -> Iterator[int]:
         with self._lock:
-            if port in self._ports:
-                return False
-            self._ports.append(port)
-            return True
+            if self._span is None:
+                end = max(_FIRST_PORT + 1024, ephemeral_start())
+                self._span = (_FIRST_PORT, end)
+                if self._next is None or not _FIRST_PORT <= self._next < end:
+                    self._next = random.randrange(_FIRST_PORT, end)  # noqa: S311 - not secret
+        first, end = self._span
+        span = end - first
+        step = next(n for n in range(_STRIDE, span) if math.gcd(n, span) == 1)  # visits all
+        for _ in range(span):
+            with self._lock:
+                port = self._next if self._next is not None else first
+                self._next = first + (port - first + step) % span
+            yield port
 
 
-_recent = _RecentPorts()
+_cursor = _PortCursor()
 
 
 def free_port(host: str = LOOPBACK) -> int:
-    """A port the system says is free on `host` now, not one this process was given lately
-    (another process may still take it)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    while True:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-        if _recent.claim(port):
+    """A port nothing listens on now on `host`, outside the ephemeral range and not
+    handed out lately by this process (see _PortCursor); another process may still take
+    it, so whoever binds it says clearly when it is taken."""
+    for port in _cursor.candidates():
+        if port_is_free(host, port):
             return port
-        log.debug("port %s was handed out lately; asking for another", port)
+    raise OSError(f"no free port below {ephemeral_start()} on {host}")
 
 
 @functools.cache

@@ -5,16 +5,47 @@ from __future__ import annotations
 
 import socket
 import ssl
+from pathlib import Path
 
 import pytest
 
-from manager.net import LOOPBACK, free_port, port_is_free, tls_context
+from manager import net
+from manager.net import LOOPBACK, ephemeral_start, free_port, port_is_free, tls_context
 
 
 def test_free_port_is_free() -> None:
     port = free_port()
     assert 1024 <= port <= 65535
     assert port_is_free(LOOPBACK, port)
+
+
+def test_free_ports_are_outside_the_range_outgoing_connections_take_theirs_from() -> None:
+    """Bug (CI): free_port asked the system for a port (bind to port 0, which takes it from
+    the ephemeral range); before the test's server bound it, another program's outgoing
+    connection had taken it: "Port 47215 is in use by another program on this machine"."""
+    start = ephemeral_start()
+    assert start == int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(200)]
+    assert all(1024 <= port < start for port in ports)
+    assert len(set(ports)) == len(ports)  # none handed out twice while its server starts
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, ports[-1]))
+        listener.listen()
+        with socket.create_connection((LOOPBACK, ports[-1])) as outgoing:
+            assert outgoing.getsockname()[1] >= start  # where the system puts a connection
+
+
+def test_a_port_something_listens_on_is_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = free_port()
+    monkeypatch.setattr(net, "_cursor", net._PortCursor(start=taken))
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, taken))
+        listener.listen()
+        assert free_port() != taken
+    monkeypatch.setattr(net, "_cursor", net._PortCursor(start=taken))
+    assert free_port() == taken  # nothing listens any more
+    # What counts up from a port handed out (a distributed profile's ranks) stays clear.
+    assert abs(free_port() - taken) >= net._STRIDE
 
 
 @pytest.mark.parametrize(
