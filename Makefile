@@ -27,7 +27,11 @@ lint: $(STAMP)
 # even where the environment sets PYTHONDONTWRITEBYTECODE: without them every worker and
 # every Python subprocess compiles our modules again, and pytest rewrites every test
 # module's asserts again (~3 s of CPU per worker). __pycache__/ is git-ignored.
-FAST_WORKERS ?= 2
+# Three workers on a 2-core machine: about a third of a worker's time is spent waiting on
+# the processes and sockets its tests start (sshd, MCP servers, the local hub's throttled
+# downloads), and a third worker runs tests meanwhile. A fourth added ~10 s of CPU (one
+# more collection and per-worker fixtures) and no speed.
+FAST_WORKERS ?= 3
 FAST_TMPDIR ?= $(if $(wildcard /dev/shm/.),/dev/shm,$(or $(TMPDIR),/tmp))
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
