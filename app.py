@@ -46,7 +46,7 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
 
     skip_stub_regeneration()  # before Gradio's first import
     import gradio as gr
-    from fastapi import FastAPI, Request
+    from fastapi import Request
     from starlette.middleware.cors import CORSMiddleware
 
     from components.dashboard import build_dashboard
@@ -54,13 +54,13 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
     from components.theme import THEME_CSS, dashboard_theme
     from components.views import DASHBOARD_CSS
     from manager.api.control import build_control_router, control_auth, first_claim
-    from manager.api.gateway_front import GatewayFront
-    from manager.api.gateway_routes import build_gateway_router
+    from manager.api.gateway_front import DashboardApp, GatewayFront
+    from manager.api.gateway_routes import build_gateway_routes
     from manager.api.key_auth import gateway_auth
     from manager.api.login import build_auth_router, font_paths
     from manager.api.session_gate import PUBLIC_PATHS, SessionGate, current_user
 
-    app = FastAPI(title="MLX Model Manager")
+    app = DashboardApp(title="MLX Model Manager")
     dashboard = build_dashboard(services)
     # The sign-in pages wear the dashboard's theme (its CSS is ready once mounted).
     app.include_router(
@@ -69,8 +69,8 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
                           theme_css=lambda: dashboard.theme_css)
     )
     # OpenAI/Anthropic endpoint (/v1/*, /metrics): API keys, never the session cookie.
-    gateway = build_gateway_router(services)
-    app.include_router(gateway)
+    gateway = build_gateway_routes(services)
+    app.include_router(gateway.router)
     if control_token is not None:
         # `mlx-manager start|stop|run|pull|rm|ps` while this dashboard runs.
         app.include_router(build_control_router(services))
@@ -120,9 +120,9 @@ def create_app(services: Services, control_token: str | None = None) -> FastAPI:
         allow_headers=["*"],
         allow_credentials=False,
     )
-    # Outermost of all: API requests (no Origin header) go straight to the gateway's
-    # routes, past the stack above, which costs CPU per streamed token.
-    app.add_middleware(GatewayFront, gateway=gateway, claim=gateway_claim)
+    # In front of it all: API requests (no Origin header) go straight to the gateway,
+    # past the stack above, which costs time to first token and CPU per streamed token.
+    app.front = GatewayFront(gateway.router, gateway_claim, gateway.direct)
     return app
 
 

@@ -1,24 +1,61 @@
 """The gateway's routes: each path and method to its handler on the `Gateway`
 (gateway.py), the Responses API's stored responses (responses_routes.py) and Ollama's
-/api (ollama_routes.py)."""
+/api (ollama_routes.py).
+
+The POSTs that can stream are also served past the router (`GatewayRoutes.direct`, used
+by gateway_front.py): one dict lookup instead of matching the path against each route
+in turn and Starlette's per-route wrappers, on every request's way to its first token.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from manager.api.gateway import WAIT_READY_S, Gateway, Kind
 from manager.api.ollama_routes import OllamaRoutes, add_ollama_routes
 from manager.services import Services
 
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+#: The POST routes served by `Gateway.serve`, by path.
+SERVED: Mapping[str, Kind] = {
+    "/v1/chat/completions": Kind.CHAT, "/v1/completions": Kind.COMPLETION,
+    "/v1/messages": Kind.MESSAGES, "/v1/messages/count_tokens": Kind.COUNT_TOKENS,
+    "/v1/responses": Kind.RESPONSES,
+    "/api/chat": Kind.OLLAMA_CHAT, "/api/generate": Kind.OLLAMA_GENERATE,
+}
+
+
+@dataclass(frozen=True)
+class GatewayRoutes:
+    """Every gateway route (`router`), and the POSTs of `SERVED` as plain ASGI apps by
+    path (`direct`): what the router would run for them, without the router."""
+
+    router: APIRouter
+    direct: Mapping[str, ASGIApp]
+
+
+def _served(gateway: Gateway, kind: Kind) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        response = await gateway.serve(Request(scope, receive, send), kind)
+        await response(scope, receive, send)
+    return app
 
 
 def build_gateway_router(services: Services, *, wait_ready_s: float = WAIT_READY_S
                          ) -> APIRouter:
-    """The gateway's routes; include it before Gradio is mounted at '/'.
+    """The gateway's routes; include it before Gradio is mounted at '/'."""
+    return build_gateway_routes(services, wait_ready_s=wait_ready_s).router
+
+
+def build_gateway_routes(services: Services, *, wait_ready_s: float = WAIT_READY_S
+                         ) -> GatewayRoutes:
+    """The gateway's routes and its direct way to the POSTs that stream.
 
     Plain Starlette routes (`add_route`): the handlers read the request themselves, so
     FastAPI's per-request dependency and response-model machinery (~0.1 ms) is skipped.
@@ -77,4 +114,4 @@ def build_gateway_router(services: Services, *, wait_ready_s: float = WAIT_READY
         ("/v1/{rest:path}", unknown, _ALL_METHODS),
     ):
         router.add_route(path, endpoint, methods=methods, include_in_schema=False)
-    return router
+    return GatewayRoutes(router, {path: _served(gateway, kind) for path, kind in SERVED.items()})
