@@ -6,6 +6,7 @@ refuse with 401 in their API's own error format, and a session cookie does not o
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ import pytest
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from manager.api.control import is_control_path
+from manager.api.gateway_routes import SERVED
 from manager.api.login import CODE_PATH, CODE_USED
 from manager.api.session_gate import PUBLIC_PATHS, SESSION_COOKIE
 from manager.api.wire import ApiFormat, api_format, is_gateway_path
@@ -241,3 +243,27 @@ def test_a_signed_in_caller_gets_a_link_that_signs_a_browser_in_once(
         again = other.get(path)
         assert again.status_code == 401 and CODE_USED.split(".")[0] in again.text
         assert SESSION_COOKIE not in again.cookies
+
+
+def test_the_posts_served_past_the_router_answer_as_the_router_does(
+    dashboard: LiveDashboard,
+) -> None:
+    # A browser (Origin) takes the full stack and the router; an API client the direct
+    # handlers (gateway_routes.SERVED): both answer alike, and other methods on those
+    # paths still reach the router's Ollama- or OpenAI-shaped 404.
+    dashboard.register("alice@example.com")
+    alice = dashboard.services.auth.get_by_email("alice@example.com")
+    key = dashboard.services.api_keys.create(alice, "direct").secret
+    with dashboard.client(follow_redirects=False) as client:
+        for path in SERVED:
+            for headers in ({}, {"Authorization": "Bearer mlxm-wrong"},
+                            {"Authorization": f"Bearer {key}"}):
+                direct = client.post(path, headers=headers, content=b"{not json")
+                routed = client.post(path, headers={**headers, "Origin": "http://x.test"},
+                                     content=b"{not json")
+                assert direct.status_code == routed.status_code, (path, headers)
+                assert direct.json() == routed.json(), (path, headers)
+            assert direct.status_code == 400, path  # the key is good, the body is not
+            other = client.get(path, headers={"Authorization": f"Bearer {key}"})
+            assert other.status_code == 404, path
+            assert "No such endpoint" in json.dumps(other.json()), path
