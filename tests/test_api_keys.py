@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 
-from manager.accounts.api_keys import KEY_PREFIX
+from manager.accounts.api_keys import KEY_PREFIX, TOUCH_EVERY_S
 from manager.accounts.auth import Role, User
 from manager.errors import NotFound, PermissionDenied, ValidationError
 from manager.services import Services
@@ -154,3 +156,23 @@ def test_a_key_in_use_is_refused_from_the_next_lookup_once_revoked_or_disabled(
     else:
         services.auth.disable(people["alice"], people["bob"].id)
     assert keys.lookup(new.secret) is None
+
+
+def test_last_used_is_written_again_once_a_minute_old(
+    services: Services, people: dict[str, User]
+) -> None:
+    keys = services.api_keys
+    new = keys.create(people["bob"])
+    assert keys.lookup(new.secret).touch_due  # never used
+    keys.touch(new.key.id)
+    assert not keys.lookup(new.secret).touch_due
+    now = datetime.now(timezone.utc)
+    for used, due in [(now - timedelta(seconds=TOUCH_EVERY_S + 5), True),
+                      (now - timedelta(seconds=TOUCH_EVERY_S - 30), False),
+                      # written without an offset: read as UTC, as clock.utc_now writes
+                      ((now - timedelta(seconds=10)).replace(tzinfo=None), False),
+                      ("not a time", True)]:
+        with services.store.connect() as db:
+            db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?",
+                       [used if isinstance(used, str) else used.isoformat(), new.key.id])
+        assert keys.lookup(new.secret).touch_due is due, used

@@ -41,7 +41,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from functools import partial
@@ -65,7 +65,7 @@ from manager.api.limits import (
     token_limit,
 )
 from manager.api.ollama_routes import not_found
-from manager.api.relay import Loading, Once, RelayResponse
+from manager.api.relay import Loading, Once, RelayResponse, client_gone, unless_gone
 from manager.api.responses import left_out_tools, warning_header
 from manager.api.responses_routes import Prepared, ResponsesApi
 from manager.api.schema import (
@@ -96,10 +96,9 @@ from manager.api.wire import (
 )
 from manager.errors import ValidationError
 from manager.servers.abort import Abort
-from manager.servers.inference import RequestAborted
 from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile
 from manager.servers.prompt_counts import PromptCounts
-from manager.servers.server_stream import ServerStream, open_counted
+from manager.servers.server_stream import ServerStream, known_count, open_counted
 from manager.servers.snapshot import CancelEvent
 from manager.servers.supervisor import ServerSnapshot, ServerState
 from manager.services import Services
@@ -167,30 +166,12 @@ class _Job:
         return bool(self.body.get("stream")) and self.kind is not Kind.COUNT_TOKENS
 
 
-async def _client_gone(request: Request) -> None:
-    """Returns once the client closed its connection (the body was read already)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        continue
-
-
-async def _unless_gone(request: Request, opening: Awaitable[ServerStream]) -> ServerStream:
-    """Open a stream, or cancel the opening (closing its requests to the server) when the
-    client leaves first: an Anthropic stream counts its prompt first, which can take a
-    while on a long prompt."""
-    task = asyncio.ensure_future(opening)
-    gone = asyncio.ensure_future(_client_gone(request))
-    try:
-        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not task.done():
-            task.cancel()
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if not gone.done() or gone.cancelled():
-            raise  # cancelled from outside, not by the client leaving
-        raise RequestAborted("The request was cancelled: its client went away.") from None
+def _fit(fmt: StreamFormat, snap: ServerSnapshot, prompt_tokens: int) -> None:
+    """What a format learns from the server: its model's name, the prompt's tokens."""
+    if isinstance(fmt, OpenAIPassthrough):
+        fmt.served_as(snap.model_path)
+    elif isinstance(fmt, AnthropicFormat):
+        fmt.translator.input_tokens = prompt_tokens
 
 
 def _openai_format(job: _Job, profile: Profile) -> StreamFormat:
@@ -312,7 +293,7 @@ class Gateway:
         abort = Abort()
         work = asyncio.ensure_future(to_thread.run_sync(self._answer, job, abort,
                                                         limiter=self._limiter))
-        gone = asyncio.ensure_future(_client_gone(request))
+        gone = asyncio.ensure_future(client_gone(request))
         try:
             await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -362,34 +343,56 @@ class Gateway:
             else:
                 body = await to_thread.run_sync(self._upstream_body, profile, job,
                                                 limiter=self._limiter)
-            fmt = _FORMATS[job.kind](job, profile)
             held.enter_context(self._services.placement.lease(profile.id))
             snap = self._services.supervisor.snapshot(profile.id)
-            connect = partial(self._connect, job, fmt, body)
             if snap is not None and snap.state is ServerState.READY:
-                stream = await (_unless_gone(request, connect(snap))
-                                if isinstance(fmt, AnthropicFormat) else connect(snap))
-                return RelayResponse(fmt, held, stream=stream, model=job.model)
+                return await self._relay_ready(request, job, profile, body, snap, held)
+            fmt = _FORMATS[job.kind](job, profile)
             started = await to_thread.run_sync(partial(
                 self._services.placement.ensure_started, job.user, profile,
                 by=f"gateway ({job.user.email})"), limiter=self._limiter)
             return RelayResponse(fmt, held, loading=Loading(
                 f"{profile.name} is {'starting' if started else 'loading'}",
-                partial(self._wait_ready, profile), connect, self._limiter), model=job.model)
+                partial(self._wait_ready, profile), partial(self._connect, job, fmt, body),
+                self._limiter), model=job.model)
         except Exception as exc:  # noqa: BLE001 - every failure is answered in the API's format
             held.close()
             return error_response(job.fmt, failure_for(exc), request, job.model)
 
+    async def _relay_ready(self, request: Request, job: _Job, profile: Profile,
+                           body: dict[str, Any], snap: ServerSnapshot, held: ExitStack
+                           ) -> RelayResponse:
+        """The request goes out first, then the stream format is made (regexes, names,
+        templates) while the server works on it: off the time to first token."""
+        stream, prompt_tokens = await self._open(job, body, snap, request)
+        try:
+            fmt = _FORMATS[job.kind](job, profile)
+            _fit(fmt, snap, prompt_tokens)
+        except BaseException:
+            stream.abort()
+            stream.close()
+            raise
+        return RelayResponse(fmt, held, stream=stream, model=job.model)
+
     async def _connect(self, job: _Job, fmt: StreamFormat, body: dict[str, Any],
                        snap: ServerSnapshot) -> ServerStream:
+        stream, prompt_tokens = await self._open(job, body, snap)
+        _fit(fmt, snap, prompt_tokens)
+        return stream
+
+    async def _open(self, job: _Job, body: dict[str, Any], snap: ServerSnapshot,
+                    request: Request | None = None) -> tuple[ServerStream, int]:
+        """The stream, and for an Anthropic one its prompt's tokens (message_start
+        carries them; 0 for the others). With `request`, a prompt still to be counted
+        (which can take a while) is given up when its client leaves."""
         metrics = self._services.metrics
-        if isinstance(fmt, OpenAIPassthrough):
-            fmt.served_as(snap.model_path)
-        elif isinstance(fmt, AnthropicFormat):  # message_start carries the prompt's count
-            stream, fmt.translator.input_tokens = await open_counted(
-                metrics, snap, body, counts=self._counts)
-            return stream
-        return await ServerStream.open(metrics, snap, body, completion=job.completion)
+        if job.kind is Kind.MESSAGES:
+            _, known = known_count(self._counts, snap, body)
+            if known is None:
+                opening = open_counted(metrics, snap, body, counts=self._counts)
+                return await (opening if request is None else unless_gone(request, opening))
+            return await ServerStream.open(metrics, snap, body), known
+        return await ServerStream.open(metrics, snap, body, completion=job.completion), 0
 
     def _wait_ready(self, profile: Profile, cancel: CancelEvent) -> ServerSnapshot:
         # Woken by the server's transition, or at once when the client goes away.

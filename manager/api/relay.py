@@ -32,10 +32,10 @@ import threading
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from anyio import CapacityLimiter, to_thread
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -43,10 +43,12 @@ from manager.api.key_auth import log_refusal
 from manager.api.stream_formats import StreamFormat
 from manager.api.wire import failure_for
 from manager.servers.abort import Abort
+from manager.servers.inference import RequestAborted
 from manager.servers.server_stream import PACE_S, ServerStream
 from manager.servers.snapshot import CancelEvent, ServerSnapshot
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Seconds between keepalive comments while a model loads.
 KEEPALIVE_S = 5.0
@@ -191,3 +193,29 @@ class Once:
                 return
             self._done = True
         self._fn()
+
+
+async def client_gone(request: Request) -> None:
+    """Returns once the client closed its connection (the body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        continue
+
+
+async def unless_gone(request: Request, opening: Awaitable[T]) -> T:
+    """Open a stream, or cancel the opening (closing its requests to the server) when the
+    client leaves first: an Anthropic stream counts its prompt first, which can take a
+    while on a long prompt."""
+    task = asyncio.ensure_future(opening)
+    gone = asyncio.ensure_future(client_gone(request))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not gone.done() or gone.cancelled():
+            raise  # cancelled from outside, not by the client leaving
+        raise RequestAborted("The request was cancelled: its client went away.") from None

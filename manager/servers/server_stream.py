@@ -233,6 +233,14 @@ def _record_failure(metrics: MetricsStore, snap: ServerSnapshot, started: float)
         prompt_tokens=None, completion_tokens=None, ok=False))
 
 
+def known_count(counts: PromptCounts, snap: ServerSnapshot, body: Mapping[str, Any], *,
+                completion: bool = False) -> tuple[bytes, int | None]:
+    """The key of `body`'s prompt in `counts`, and the count kept for it (or None)."""
+    key = counts.key(snap, prepare_body(snap, body, stream=True, completion=completion),
+                     completion)
+    return key, counts.get(key)
+
+
 async def open_counted(metrics: MetricsStore, snap: ServerSnapshot, body: Mapping[str, Any],
                        *, completion: bool = False, counts: PromptCounts | None = None
                        ) -> tuple[ServerStream, int]:
@@ -246,9 +254,7 @@ async def open_counted(metrics: MetricsStore, snap: ServerSnapshot, body: Mappin
     instead, and the stream goes out at once."""
     key = b""
     if counts is not None:
-        key = counts.key(snap, prepare_body(snap, body, stream=True, completion=completion),
-                         completion)
-        known = counts.get(key)
+        key, known = known_count(counts, snap, body, completion=completion)
         if known is not None:
             return await ServerStream.open(metrics, snap, body, completion=completion), known
     count = await ServerStream.open(MetricsStore(), snap, {**body, "max_tokens": 1})

@@ -24,6 +24,7 @@ one wake-up each (on a small machine a wake-up, not the bytes, is most of the co
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -66,6 +67,12 @@ class Target:
     def of(cls, base_url: str, path: str) -> Target:
         parts = urlsplit(base_url)
         return cls(parts.hostname or "127.0.0.1", parts.port or 80, path)
+
+
+@functools.lru_cache(maxsize=64)
+def _target(base_url: str, path: str) -> Target:
+    """A server's address, parsed once (urlsplit on every request cost ~20 us)."""
+    return Target.of(base_url, path)
 
 
 def request_head(target: Target, body_length: int, headers: Mapping[str, str]) -> bytes:
@@ -374,7 +381,7 @@ class Upstream:
                    read_timeout_s: float = READ_TIMEOUT_S) -> Upstream:
         """Raises OSError / UpstreamClosed / TimeoutError when the server cannot be
         reached or closes before its status line."""
-        target = Target.of(base_url, path)
+        target = _target(base_url, path)
         body = json.dumps(payload, ensure_ascii=False).encode()
         request = request_head(target, len(body), headers or {}) + body
         reader = await send_request(target, request, read_timeout_s, connect_timeout_s)
