@@ -22,6 +22,7 @@ from manager.api.wire import (
     failure_for,
     fingerprint_swap,
     is_gateway_path,
+    loads,
     model_list,
     parse_body,
     resolve_profile,
@@ -38,6 +39,7 @@ from manager.servers.placement import InsufficientMemory, PlacementStats, StartF
 from manager.servers.profiles import Backend, Profile
 from manager.servers.server_stream import Batch, split_events
 from manager.servers.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
+from manager.servers.upstream import encode
 
 MODEL_PATH = "/models/tiny qwen"
 
@@ -401,3 +403,29 @@ def test_anthropic_text_and_thinking_deltas_written_from_templates_are_the_same_
         assert fast.feed(chunk) == expected
     assert templated == 2  # the second thinking chunk and the second text chunk
     assert fast.finish() == b"".join(sse(name, data) for name, data in slow.finish())
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model": "tiny", "max_tokens": 200, "temperature": 0.5, "stream": true}',
+    b'{"seed": 123456789012345678901234567890}',  # exact, not a float
+    b'{"a": NaN, "b": -Infinity}',  # json reads them (check_values refuses them after)
+    b'\xef\xbb\xbf{"a": 1}',  # a BOM
+    b'{"a": "\\ud800"}',  # a lone surrogate (check_values refuses it after)
+    b'{"a": 1, "a": 2}',
+    '{"text": "caf\u00e9 \u2603"}'.encode(),
+])
+def test_bodies_are_read_as_json_reads_them(raw: bytes) -> None:
+    read = loads(raw)
+    expected = json.loads(raw)
+    assert json.dumps(read) == json.dumps(expected)  # NaN == NaN here, types compared too
+    assert [type(v) for v in read.values()] == [type(v) for v in expected.values()]
+
+
+@pytest.mark.parametrize("payload", [
+    {"model": "/m/tiny", "messages": [{"role": "user", "content": "caf\u00e9"}],
+     "max_tokens": 3, "stream": True, "top_p": 0.25},
+    {"seed": 2 ** 70},  # past orjson's 64 bits
+    {"logit_bias": {1: 2.0}},  # a key that is not a string
+])
+def test_requests_to_servers_are_the_json_of_their_payload(payload: dict) -> None:
+    assert json.loads(encode(payload)) == json.loads(json.dumps(payload))
