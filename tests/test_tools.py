@@ -31,16 +31,20 @@ from tests.waits import wait_for
 
 EXTRA_SERVER = textwrap.dedent('''
     """A small MCP server for tests: tools that work, raise, hang and die."""
+    import gc
     import logging
     import os
     import time
 
+    gc.disable()  # as manager.chat.mcp_builtin does while the SDK is imported
     from mcp.server.mcpserver import MCPServer
 
     # Plain log lines: the SDK's own logging setup (rich, kept out by this one) renders a
     # crash's traceback in colour, ~0.4 s of CPU for explode's, and no test reads them.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     server = MCPServer("extra", log_level="WARNING")
+    gc.freeze()
+    gc.enable()
 
 
     @server.tool(description="Repeat the text in capitals.")
