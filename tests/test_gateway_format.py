@@ -22,7 +22,6 @@ from manager.api.wire import (
     failure_for,
     fingerprint_swap,
     is_gateway_path,
-    loads,
     model_list,
     parse_body,
     resolve_profile,
@@ -30,6 +29,7 @@ from manager.api.wire import (
     with_thinking_switch,
 )
 from manager.errors import ManagerError, NotFound, ValidationError
+from manager.json_text import encode, loads
 from manager.servers.inference import (
     InferenceError,
     MetricsStore,
@@ -39,7 +39,6 @@ from manager.servers.placement import InsufficientMemory, PlacementStats, StartF
 from manager.servers.profiles import Backend, Profile
 from manager.servers.server_stream import Batch, split_events
 from manager.servers.supervisor import ServerLoading, ServerNotReady, ServerSnapshot, ServerState
-from manager.servers.upstream import encode
 
 MODEL_PATH = "/models/tiny qwen"
 

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from manager.json_text import loads
 from manager.servers.inference import (
     CHAT_PATH,
     COMPLETIONS_PATH,
@@ -67,7 +68,7 @@ def decode_event(event: bytes) -> dict[str, Any] | None:
     if not event:
         return None
     try:
-        chunk = json.loads(event[5:])
+        chunk = loads(event[5:])
     except ValueError as exc:
         log.warning("bad chunk from a model server: %s (%r)", exc, event[:200])
         return None
