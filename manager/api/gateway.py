@@ -65,7 +65,7 @@ from manager.api.limits import (
     token_limit,
 )
 from manager.api.ollama_routes import not_found
-from manager.api.relay import Loading, Once, RelayResponse, client_gone, unless_gone
+from manager.api.relay import Loading, Once, RelayResponse, done_unless_gone, unless_gone
 from manager.api.responses import left_out_tools, warning_header
 from manager.api.responses_routes import Prepared, ResponsesApi
 from manager.api.schema import (
@@ -293,13 +293,7 @@ class Gateway:
         abort = Abort()
         work = asyncio.ensure_future(to_thread.run_sync(self._answer, job, abort,
                                                         limiter=self._limiter))
-        gone = asyncio.ensure_future(client_gone(request))
-        try:
-            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not work.done():
-                abort.set()
+        await done_unless_gone(request, work, abort.set)
         try:
             payload = await work
         except Exception as exc:  # noqa: BLE001 - every failure is answered in the API's format

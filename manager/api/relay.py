@@ -201,21 +201,31 @@ async def client_gone(request: Request) -> None:
         continue
 
 
+async def done_unless_gone(request: Request, work: asyncio.Future[Any],
+                           stop: Callable[[], object]) -> bool:
+    """Wait for `work` or for the client to leave, whichever comes first, and call `stop`
+    if `work` is still running then (the client left, or this wait was cancelled).
+    True when the client left."""
+    gone = asyncio.ensure_future(client_gone(request))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left = gone.done() and not gone.cancelled()
+        gone.cancel()
+        if not work.done():
+            stop()
+    return left
+
+
 async def unless_gone(request: Request, opening: Awaitable[T]) -> T:
     """Open a stream, or cancel the opening (closing its requests to the server) when the
     client leaves first: an Anthropic stream counts its prompt first, which can take a
     while on a long prompt."""
     task = asyncio.ensure_future(opening)
-    gone = asyncio.ensure_future(client_gone(request))
-    try:
-        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not task.done():
-            task.cancel()
+    left = await done_unless_gone(request, task, task.cancel)
     try:
         return await task
     except asyncio.CancelledError:
-        if not gone.done() or gone.cancelled():
+        if not left:
             raise  # cancelled from outside, not by the client leaving
         raise RequestAborted("The request was cancelled: its client went away.") from None
