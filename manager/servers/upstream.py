@@ -12,9 +12,10 @@ client) carries every token that came meanwhile. Between hand-overs the socket i
 "held" (SO_RCVLOWAT raised): the kernel keeps the tokens and wakes nobody, and when
 the interval is over the hand-over reads them itself, all in one read (instead of an
 epoll wake-up and a recv per token). A closed connection wakes the loop whatever the
-low-water mark (the server's end of an HTTP/1.0 stream), so the stream's end is never
-held back; neither is a first token after a pause (the hold is released when an
-interval passes without data).
+low-water mark (the server's end of an HTTP/1.0 stream), so the stream's end waits at
+most for that close: mlx_lm writes its last chunks and `[DONE]`, tidies up and closes,
+0.2-0.5 ms later here. A first token after a pause is not held (the hold is released
+when an interval passes without data).
 
 Paced hand-overs fall on one grid of loop times shared by every stream (multiples of
 the interval): concurrent streams are handed over in the same wake-up of the loop, not
@@ -184,7 +185,8 @@ class _Reader(asyncio.Protocol):
 
     def pace(self, seconds: float) -> None:
         """From now on hand bytes over at most once per `seconds` (0: as they come); a
-        first read after a pause and the stream's end are never held back."""
+        first read after a pause is not held back, the stream's end only until the
+        server closes the connection."""
         self._pace_s = max(0.0, seconds)
         self._next_at = self._next_tick()
         if self._pace_s and not (self.complete or self.closed):
