@@ -98,7 +98,7 @@ from manager.errors import ValidationError
 from manager.servers.abort import Abort
 from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile
 from manager.servers.prompt_counts import PromptCounts
-from manager.servers.server_stream import ServerStream, known_count, open_counted
+from manager.servers.server_stream import ServerStream, count_then_open, known_count
 from manager.servers.snapshot import CancelEvent
 from manager.servers.supervisor import ServerSnapshot, ServerState
 from manager.services import Services
@@ -381,9 +381,9 @@ class Gateway:
         (which can take a while) is given up when its client leaves."""
         metrics = self._services.metrics
         if job.kind is Kind.MESSAGES:
-            _, known = known_count(self._counts, snap, body)
+            key, known = known_count(self._counts, snap, body)
             if known is None:
-                opening = open_counted(metrics, snap, body, counts=self._counts)
+                opening = count_then_open(metrics, snap, body, counts=self._counts, key=key)
                 return await (opening if request is None else unless_gone(request, opening))
             return await ServerStream.open(metrics, snap, body), known
         return await ServerStream.open(metrics, snap, body, completion=job.completion), 0

@@ -245,19 +245,28 @@ def known_count(counts: PromptCounts, snap: ServerSnapshot, body: Mapping[str, A
 async def open_counted(metrics: MetricsStore, snap: ServerSnapshot, body: Mapping[str, Any],
                        *, completion: bool = False, counts: PromptCounts | None = None
                        ) -> tuple[ServerStream, int]:
+    """The stream of `body` and its prompt's tokens as the server counts them (see
+    count_then_open). With `counts`, a count the server gave for the same request and
+    server run is used instead, and the stream goes out at once."""
+    key = b""
+    if counts is not None:
+        key, known = known_count(counts, snap, body, completion=completion)
+        if known is not None:
+            return await ServerStream.open(metrics, snap, body, completion=completion), known
+    return await count_then_open(metrics, snap, body, completion=completion, counts=counts,
+                                 key=key)
+
+
+async def count_then_open(metrics: MetricsStore, snap: ServerSnapshot, body: Mapping[str, Any],
+                          *, completion: bool = False, counts: PromptCounts | None = None,
+                          key: bytes = b"") -> tuple[ServerStream, int]:
     """The stream of `body` and its prompt's tokens as the server counts them (templates,
     tools, images): a 1-token request (not metered) goes first, and the real one as soon
     as the server took the count in (its status line), so the real request's connection
     and prompt rendering overlap the count's prefill, and mlx_lm's prompt cache spares it
     most of its own. (Sent at the same moment the count could arrive second, and mlx_lm
     admits a request to a running batch only between bursts of up to 0.5 s.)
-    With `counts`, a count the server gave for the same request and server run is used
-    instead, and the stream goes out at once."""
-    key = b""
-    if counts is not None:
-        key, known = known_count(counts, snap, body, completion=completion)
-        if known is not None:
-            return await ServerStream.open(metrics, snap, body, completion=completion), known
+    The count is kept in `counts` under `key` (known_count's)."""
     count = await ServerStream.open(MetricsStore(), snap, {**body, "max_tokens": 1})
     try:
         stream = await ServerStream.open(metrics, snap, body, completion=completion)
