@@ -45,8 +45,8 @@ def ephemeral_start() -> int:
     try:
         low = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]
         return int(low)
-    except (OSError, ValueError, IndexError):
-        pass
+    except (OSError, ValueError, IndexError) as exc:
+        log.debug("no Linux port range (%s): asking sysctl", exc)
     try:  # macOS and the BSDs
         found = subprocess.run(["sysctl", "-n", "net.inet.ip.portrange.first"],  # noqa: S607
                                capture_output=True, text=True, timeout=5, check=True)
@@ -70,18 +70,19 @@ class _PortCursor:
     def __init__(self, start: int | None = None) -> None:
         self._lock = threading.Lock()
         self._next = start  # None: a random one, on first use
-        self._span: tuple[int, int] | None = None
+        self._walk: tuple[int, int, int] | None = None  # first port, how many, step
 
     def candidates(self) -> Iterator[int]:
         with self._lock:
-            if self._span is None:
+            if self._walk is None:
                 end = max(_FIRST_PORT + 1024, ephemeral_start())
-                self._span = (_FIRST_PORT, end)
+                span = end - _FIRST_PORT
+                # A step prime to the span visits every port before coming back.
+                step = next(n for n in range(_STRIDE, span) if math.gcd(n, span) == 1)
+                self._walk = (_FIRST_PORT, span, step)
                 if self._next is None or not _FIRST_PORT <= self._next < end:
                     self._next = random.randrange(_FIRST_PORT, end)  # noqa: S311 - not secret
-        first, end = self._span
-        span = end - first
-        step = next(n for n in range(_STRIDE, span) if math.gcd(n, span) == 1)  # visits all
+        first, span, step = self._walk
         for _ in range(span):
             with self._lock:
                 port = self._next if self._next is not None else first
