@@ -189,11 +189,11 @@ def test_other_news_is_not_held_for_a_server_on_its_way(
     assert states == feed.now
 
 
-def _answer(feed: LiveFeed, last: Seen) -> list[Any]:
-    """feed.answer on its own loop thread (see _settling)."""
+def _answer(feed: LiveFeed, last: Seen, values: list[Any] | None = None) -> list[Any]:
+    """feed.answer on its own loop thread (see _settling), with the page's input values."""
     found: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: found.update(
-        out=asyncio.run(feed.answer(None, last, []))))  # type: ignore[arg-type]
+        out=asyncio.run(feed.answer(None, last, values or []))))  # type: ignore[arg-type]
     thread.start()
     thread.join()
     return found["out"]
@@ -321,15 +321,6 @@ def _picked_status_feed(services: Services) -> LiveFeed:
     return feed
 
 
-def _answer_with(feed: LiveFeed, last: Seen, values: list[Any]) -> list[Any]:
-    found: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: found.update(
-        out=asyncio.run(feed.answer(None, last, values))))  # type: ignore[arg-type]
-    thread.start()
-    thread.join()
-    return found["out"]
-
-
 def test_a_part_drawn_for_the_old_pick_is_drawn_again_for_the_new_one_at_once(
         services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     """Bug (CI, test_first_run_browser): a tick set out while the Chat tab showed no
@@ -342,17 +333,17 @@ def test_a_part_drawn_for_the_old_pick_is_drawn_again_for_the_new_one_at_once(
         feed = _picked_status_feed(services)
     first = Seen(changes.versions(), float("-inf"), drawn_with=(None, (None,)))
     changes.bump(Topic.SERVERS)  # the server's Ready, heard by a tick that read no pick
-    stale, badge, status = _answer_with(feed, first, [None])
+    stale, badge, status = _answer(feed, first, [None])
     assert status == "status of None" and isinstance(badge, type(gr.skip()))
     assert stale.drawn_with == (None, (None,))
 
     # The page now shows the flow's pick; no news since. The next tick draws it again.
-    seen, badge, status = _answer_with(feed, stale, ["weather"])
+    seen, badge, status = _answer(feed, stale, ["weather"])
     assert status == "status of weather" and isinstance(badge, type(gr.skip()))
     assert seen.versions == stale.versions and seen.drawn_with == (None, ("weather",))
 
     # Drawn for what the page shows: the next tick waits for news as before.
-    _, badge, status = _answer_with(feed, seen, ["weather"])
+    _, badge, status = _answer(feed, seen, ["weather"])
     assert isinstance(badge, type(gr.skip())) and isinstance(status, type(gr.skip()))
 
 
