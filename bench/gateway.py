@@ -2,10 +2,10 @@
 
 A real dashboard (`app.py serve`, its own process) fronts a tiny model (~1000 tok/s on
 this CPU, so per-chunk costs show). Each round runs both paths back to back (the order
-alternates), with 1 and 8 concurrent streams, all asking for the same completion (usage
-included on both sides); statistics are over the pairs, so load from elsewhere on the
-machine hits both sides. Every streaming route of the gateway is measured against the
-same direct baseline (the server's own /v1/chat/completions stream): OpenAI chat
+alternates; --pause puts a pause before each), with 1 and 8 concurrent streams, all asking
+for the same completion (usage included on both sides); statistics are over the pairs, so
+load from elsewhere on the machine hits both sides. Every streaming route of the gateway
+is measured against the same direct baseline (the server's own /v1/chat/completions stream): OpenAI chat
 completions, Anthropic /v1/messages, and, where this build has them, /v1/responses and
 Ollama's /api/chat (a route that answers 404 is reported as skipped).
 
@@ -21,7 +21,7 @@ Then requests/s of GET /v1/models with 32 concurrent clients, against the mlx_lm
 server's own /v1/models and the dashboard's public /login page as baselines.
 
 Run: .venv/bin/python -m bench.gateway [--rounds 30] [--tokens 200] [--streams 1,8]
-     [--routes chat,messages,responses,ollama] [--baseline CHECKOUT]
+     [--routes chat,messages,responses,ollama] [--pause 0.05] [--baseline CHECKOUT]
 
 With --baseline (e.g. a `git worktree` of the code before a change) a second dashboard
 runs that code with its own model server; the two take turns every few rounds, so both
@@ -202,7 +202,7 @@ class Tally:
 
 def measure(tally: Tally, concurrency: int, rounds: int, gateway: Side, direct: Side,
             dashboard: psutil.Process, metrics: Callable[[], tuple[float, int]], *,
-            warm: bool = True) -> Tally:
+            warm: bool = True, gap_s: float = 0.0) -> Tally:
     """Paired rounds: each round runs both sides back to back (the order alternates), so
     load from elsewhere on the machine hits both; statistics are over the pairs."""
     clients = [httpx.Client(timeout=120) for _ in range(concurrency)]
@@ -214,6 +214,7 @@ def measure(tally: Tally, concurrency: int, rounds: int, gateway: Side, direct: 
             pair: dict[str, list[Stream]] = {}
             order = [("gateway", gateway), ("direct", direct)]
             for name, side in order if (tally.rounds + n) % 2 == 0 else reversed(order):
+                time.sleep(gap_s)  # see PAUSE_S
                 if name == "gateway":
                     seen = metrics()
                 cpu_before, wall_before = process_cpu_s(dashboard), time.perf_counter()
@@ -400,6 +401,11 @@ def stop_dashboard(board: Dashboard) -> None:
 
 #: With --baseline, the two dashboards take turns in blocks of this many rounds.
 BLOCK = 5
+#: Seconds before each side's streams (--pause). 0: back to back, as an agent's loop
+#: sends them (what the last request set off as it ended, on the server and in the
+#: gateway, overlaps the next one's start); a pause lets that settle first, as between a
+#: person's requests.
+PAUSE_S = 0.0
 
 
 def main() -> int:
@@ -410,6 +416,8 @@ def main() -> int:
     parser.add_argument("--routes", default=",".join(ROUTES),
                         help="gateway routes to measure: " + ", ".join(ROUTES))
     parser.add_argument("--no-rps", action="store_true", help="skip the /v1/models test")
+    parser.add_argument("--pause", type=float, default=PAUSE_S,
+                        help="seconds of pause before each side's streams (default %(default)s)")
     parser.add_argument("--floor", action="store_true", help="also measure a bare asyncio "
                         "byte relay (bench/bare_relay.py) in front of the same server: the "
                         "least CPU per token a Python relay on this machine needs")
@@ -457,7 +465,8 @@ def run(args: argparse.Namespace, boards: list[Dashboard]) -> int:
                     gateway = (board.base + route.path, route.body(args.tokens), board.auth,
                                route)
                     measure(tallies[board.label], concurrency, min(block, rounds - done),
-                            gateway, board.direct, board.proc, board.metrics, warm=done == 0)
+                            gateway, board.direct, board.proc, board.metrics, warm=done == 0,
+                            gap_s=args.pause)
             for board in here:
                 report(tallies[board.label], route.path, concurrency, idle[board.label],
                        board.label)
@@ -505,7 +514,7 @@ def measure_floor(args: argparse.Namespace, board: Dashboard) -> None:
         for concurrency in (int(n) for n in args.streams.split(",")):
             rounds = args.rounds if concurrency == 1 else max(4, args.rounds // 2)
             tally = measure(Tally(), concurrency, rounds, through, board.direct,
-                            psutil.Process(relay.pid), lambda: (0.0, 0))
+                            psutil.Process(relay.pid), lambda: (0.0, 0), gap_s=args.pause)
             report(tally, "bare asyncio byte relay (the floor; its 'own TTFT' is the "
                    "client's)", concurrency, idle)
     finally:

@@ -6,7 +6,9 @@ On this machine a TCP handshake is over when a non-blocking connect() returns, s
 request is sent on the bare socket at once and asyncio builds its transport afterwards,
 while the server already works on the request (the gateway's time to first token).
 A connection still being established (another machine, a full accept queue) waits for
-its handshake first; a host name goes through asyncio, which resolves it.
+its handshake first; a host name goes through asyncio, which resolves it. A loopback
+server's connection opened ahead of the request (standby.py) is used first when there is
+one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import socket
 from collections.abc import Callable
 from typing import TypeVar
 
+from manager.servers.standby import standby
+
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
@@ -29,6 +33,17 @@ async def connect_and_send(host: str, port: int, request: bytes, make: Callable[
     sent already (write the rest through its transport). Raises OSError when the
     server cannot be reached, TimeoutError after `connect_timeout_s`."""
     loop = asyncio.get_running_loop()
+    ready = standby().take((host, port))
+    if ready is not None:
+        sent = _send_on(ready, request)
+        if sent is not None:
+            try:
+                _, protocol = await loop.create_connection(make, sock=ready)
+            except BaseException:
+                ready.close()
+                raise
+            return protocol, sent
+        ready.close()  # closed by the server just now: nothing went out, connect anew
     sock = _socket_for(host)
     if sock is None:  # a host name: asyncio resolves it
         _, protocol = await asyncio.wait_for(
@@ -66,6 +81,17 @@ def _family(host: str) -> socket.AddressFamily | None:
     except ValueError:
         return None
     return socket.AF_INET6 if version == 6 else socket.AF_INET
+
+
+def _send_on(sock: socket.socket, request: bytes) -> int | None:
+    """Send what an open connection takes of `request` at once (0 while it is still
+    being established: its transport sends it then); None when the server closed it."""
+    try:
+        return sock.send(request)
+    except BlockingIOError:
+        return 0
+    except OSError:
+        return None
 
 
 def _send_at_once(sock: socket.socket, address: tuple[str, int], request: bytes

@@ -4,7 +4,8 @@ The gateway relays thousands of small writes a second from a model server; a thr
 stream and a general HTTP client cost more CPU per token than the model server can spare
 on a small machine (bench/gateway.py). So this is the least HTTP/1.1 client that does
 the job: one connection per request (mlx_lm speaks HTTP/1.0 and closes it anyway, and
-closing it is how a request is ended early), an `asyncio.Protocol` that hands on every
+closing it is how a request is ended early; the next one is opened as this one ends,
+standby.py), an `asyncio.Protocol` that hands on every
 byte read so far in one piece, chunked bodies decoded (mlx_vlm runs on uvicorn), and
 hand-overs paced once data flows (`pace`): the reader is woken at most once per pace
 interval, so one wake-up of the relay (a task step, a format pass, a write to the
@@ -31,13 +32,14 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from manager.json_text import encode
 from manager.servers.connect import connect_and_send
+from manager.servers.standby import standby
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ class _Reader(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._sock: Any = None  # the transport's socket, to hold and release
         self.held = False  # SO_RCVLOWAT is raised: the kernel keeps what arrives
+        self.on_closed: Callable[[], None] | None = None  # once, when the connection ends
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -275,6 +278,8 @@ class _Reader(asyncio.Protocol):
             self.head.set_exception(self.error or UpstreamClosed(
                 "the server closed the connection before answering"))
         self._wake()
+        if self.on_closed is not None:
+            self.on_closed()
 
     def _due(self) -> float:
         """Seconds until the bytes read so far may be handed over (<= 0: now)."""
@@ -437,6 +442,8 @@ async def send_request(target: Target, request: bytes, read_timeout_s: float,
         target.host, target.port, request, lambda: _Reader(loop, read_timeout_s),
         connect_timeout_s)
     reader.send(request[sent:])  # the rest, if any (and the read watchdog starts)
+    # The server's next request goes out on a connection opened once this one ends.
+    reader.on_closed = functools.partial(standby().refill, (target.host, target.port))
     return reader
 
 

@@ -1,0 +1,170 @@
+"""A loopback model server's next connection is opened ahead of its request
+(manager/servers/standby.py), against a real `http.server.ThreadingHTTPServer` (the
+server class mlx_lm uses: HTTP/1.0, a thread per accepted connection).
+
+Each test runs its event loop on a thread of its own (see test_upstream.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import select
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from manager.net import free_port
+from manager.servers.standby import standby
+from manager.servers.upstream import Upstream
+from tests.test_upstream import on_own_loop
+
+DONE = b"data: [DONE]\n\n"
+
+
+class Recorder(ThreadingHTTPServer):
+    """Which connections it accepted (by the client's port), in order, and on which one
+    each request came."""
+
+    daemon_threads = True
+
+    def __init__(self, port: int) -> None:
+        self.accepted: list[int] = []
+        self.requests: list[int] = []
+        self.connections: dict[int, socket.socket] = {}
+        self.changed = threading.Condition()
+        super().__init__(("127.0.0.1", port), Handler)
+
+    def process_request(self, request: object, client_address: tuple[str, int]) -> None:
+        with self.changed:
+            self.accepted.append(client_address[1])
+            self.connections[client_address[1]] = request  # type: ignore[assignment]
+            self.changed.notify_all()
+        super().process_request(request, client_address)  # type: ignore[arg-type]
+
+    def wait_for(self, accepted: int) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: len(self.accepted) >= accepted, timeout=30)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Recorder
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append(self.client_address[1])
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(b"data: " + json.dumps(body).encode() + b"\n\n" + DONE)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass  # quiet: the test reads what it recorded instead
+
+
+@pytest.fixture
+def server() -> Iterator[Recorder]:
+    recorder = Recorder(free_port())
+    thread = threading.Thread(target=recorder.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield recorder
+    recorder.shutdown()
+    recorder.server_close()
+    thread.join(timeout=10)
+
+
+def url(server: Recorder) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+async def ask(base: str, n: int) -> bytes:
+    upstream = await Upstream.open(base, "/v1/chat/completions", {"n": n})
+    return await upstream.read_all()
+
+
+async def in_thread(fn: object, *args: object) -> object:
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)  # type: ignore[arg-type]
+
+
+def test_the_next_request_goes_out_on_the_connection_opened_when_the_last_one_ended(
+        server: Recorder) -> None:
+    async def go() -> tuple[bytes, bytes, bool, bool, int]:
+        first = await ask(url(server), 1)
+        opened_ahead = await in_thread(server.wait_for, 2)  # the standby, before any request
+        second = await ask(url(server), 2)
+        next_one = await in_thread(server.wait_for, 3)
+        return first, second, bool(opened_ahead), bool(next_one), len(standby())
+
+    first, second, opened_ahead, next_one, held = on_own_loop(go)
+    assert first == b'data: {"n": 1}\n\n' + DONE and second == b'data: {"n": 2}\n\n' + DONE
+    assert opened_ahead and next_one and held == 1
+    # Request 1 on its own connection; request 2 on the one opened when 1 ended; and
+    # again a connection waits for the next request.
+    assert server.requests == server.accepted[:2]
+    assert len(server.accepted) == 3 and len(set(server.accepted)) == 3
+
+
+def test_a_server_that_closed_the_waiting_connection_gets_the_request_on_a_new_one(
+        server: Recorder) -> None:
+    """A server that restarted (or stopped) closes its end of the idle connection; the
+    request still goes out whole, on a connection of its own, even when the loop has
+    not yet seen the close."""
+    address = ("127.0.0.1", server.server_address[1])
+
+    async def go() -> tuple[bytes, int]:
+        await ask(url(server), 1)
+        await in_thread(server.wait_for, 2)
+        with server.changed:
+            idle_port = server.accepted[1]
+        server.connections[idle_port].shutdown(socket.SHUT_RDWR)  # as a dying process
+        # The close has reached this end (readable), but the loop has not run since.
+        waiting = standby()._socks[address]  # noqa: SLF001 - the test looks inside
+        readable, _, _ = select.select([waiting], [], [], 30)
+        assert readable
+        return await ask(url(server), 3), idle_port
+
+    answer, idle_port = on_own_loop(go)
+    assert answer == b'data: {"n": 3}\n\n' + DONE
+    assert server.requests == [server.accepted[0], server.accepted[2]]
+    assert idle_port == server.accepted[1]
+
+
+def test_a_waiting_connection_the_server_closes_is_let_go_at_once(server: Recorder) -> None:
+    """Not kept (a socket in CLOSE_WAIT) until some later request finds it closed."""
+    async def go() -> tuple[int, int]:
+        await ask(url(server), 1)
+        await in_thread(server.wait_for, 2)
+        before = len(standby())
+        with server.changed:
+            server.connections[server.accepted[1]].shutdown(socket.SHUT_RDWR)
+        for _ in range(5):
+            await asyncio.sleep(0)  # a yield to the loop: it sees the close
+        return before, len(standby())
+
+    assert on_own_loop(go) == (1, 0)
+
+
+def test_a_refused_connection_is_not_kept() -> None:
+    port = free_port()  # nothing listens there
+
+    async def go() -> int:
+        standby().refill(("127.0.0.1", port))
+        for _ in range(5):
+            await asyncio.sleep(0)  # a yield to the loop: the refusal arrives meanwhile
+        return len(standby())
+
+    assert on_own_loop(go) == 0
+
+
+@pytest.mark.parametrize("host", ["192.0.2.1", "localhost"])
+def test_only_a_loopback_address_gets_a_waiting_connection(host: str) -> None:
+    """Idle across a network a connection can be dropped silently; a host name is
+    resolved on each request."""
+    async def go() -> int:
+        standby().refill((host, 9))
+        return len(standby())
+
+    assert on_own_loop(go) == 0
