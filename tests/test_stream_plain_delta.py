@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from manager.api.anthropic import StreamTranslator, sse
 from manager.api.ollama_flow import OllamaFormat
 from manager.api.ollama_wire import CHAT, GENERATE, OllamaReply
 from manager.api.responses_stream import ResponsesFormat, ResponsesStream
@@ -104,3 +105,36 @@ def test_chunks_with_more_than_text_are_decoded() -> None:
     with_calls = json.loads(mlx_lm_chunk(content="a")[6:])
     with_calls["choices"][0]["delta"]["tool_calls"] = [{"index": 0}]
     assert not _PLAIN_DELTA.search(b"data: " + json.dumps(with_calls).encode())
+
+
+@pytest.mark.parametrize("first", ["content", "reasoning", "empty"])
+def test_anthropic_stream_bytes_with_a_plain_first_token(first: str) -> None:
+    """message_start is written by `start` (before the first token) and the first plain
+    chunk opens its block from templates: the bytes are those of feeding every chunk
+    decoded to StreamTranslator and encoding each event with `sse`."""
+    opening = {"content": [mlx_lm_chunk(content="Hi")],
+               "reasoning": [mlx_lm_chunk(reasoning="Hm")],
+               "empty": [mlx_lm_chunk(content=""), mlx_lm_chunk(content="Hi")]}[first]
+    chunks = [*opening, *STREAM, b"data: " + json.dumps(USAGE).encode() + b"\n\n"]
+    fast = AnthropicFormat("tïny", input_tokens=5)
+    slow = StreamTranslator("tïny", message_id=fast.translator.message_id, input_tokens=5)
+    expected = b"".join(sse(name, data) for chunk in chunks
+                        for name, data in slow.feed(json.loads(chunk[6:])))
+    expected += b"".join(sse(name, data) for name, data in slow.finish())
+    out = fast.start() + b"".join(fast.batch(Batch(chunk)) for chunk in chunks[:-1])
+    out += fast.batch(Batch(b"", USAGE, json.dumps(USAGE).encode())) + fast.finish()
+    assert out == expected
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_a_first_plain_chunk_opens_its_block_without_decoding(name: str) -> None:
+    """The stream's first token (after `start`) is a plain chunk too; `""` is not (a
+    decoded empty delta opens nothing)."""
+    fmt = FORMATS[name]()
+    fmt.start()
+    assert fmt.plain_delta(False, b'""') is None
+    out = fmt.plain_delta(False, b'"Hi"')
+    assert out is not None
+    reference = FORMATS[name]()
+    reference.start()
+    assert decoded(out) == decoded(reference.feed(json.loads(mlx_lm_chunk(content="Hi")[6:])))

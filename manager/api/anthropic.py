@@ -355,10 +355,22 @@ class StreamTranslator:
 
     def literal_delta(self, thinking: bool, literal: bytes) -> bytes | None:
         """`next_delta` for a chunk that only adds `literal` (a JSON string as the server
-        wrote it) to the open text or thinking block; None when that block is not open."""
-        if not self._started or self._open != ("thinking" if thinking else "text"):
+        wrote it) to the open text or thinking block, or opens that block when none is
+        open (a stream's first token: no event built and encoded on its way); None
+        otherwise. The same bytes `feed` gives."""
+        kind = "thinking" if thinking else "text"
+        head = _THINKING_DELTA if thinking else _TEXT_DELTA
+        if not self._started:
             return None
-        return self._delta_event(_THINKING_DELTA if thinking else _TEXT_DELTA, literal)
+        if self._open == kind:
+            return self._delta_event(head, literal)
+        if self._open is not None or literal == b'""':  # feed opens no block for ""
+            return None
+        self._index += 1
+        self._open = kind
+        return b"".join((_BLOCK_START, str(self._index).encode(),
+                         _THINKING_BLOCK if thinking else _TEXT_BLOCK,
+                         self._delta_event(head, literal)))
 
     def _delta_event(self, head: bytes, literal: bytes) -> bytes:
         """The open block's delta event adding `literal` (a JSON string) after `head`."""
@@ -421,7 +433,11 @@ class StreamTranslator:
         self._open, self._tool_slot = None, None
 
 
-# The pieces of a text or thinking content_block_delta, as `sse` writes it.
+# The pieces of a text or thinking content_block_start and content_block_delta, as
+# `sse` writes them.
+_BLOCK_START = b'event: content_block_start\ndata: {"type":"content_block_start","index":'
+_TEXT_BLOCK = b',"content_block":{"type":"text","text":""}}\n\n'
+_THINKING_BLOCK = b',"content_block":{"type":"thinking","thinking":"","signature":""}}\n\n'
 _DELTA_EVENT = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
 _TEXT_DELTA = b',"delta":{"type":"text_delta","text":'
 _THINKING_DELTA = b',"delta":{"type":"thinking_delta","thinking":'

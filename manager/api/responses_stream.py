@@ -72,6 +72,9 @@ class ResponsesStream:
         self._usage = usage_object(0, 0)
         # The open item's delta event as bytes around its sequence number and its text.
         self._delta_head = self._delta_middle = self._delta_tail = b""
+        #: A message or reasoning item opened ahead (`open_ahead`), by kind: the state
+        #: before and after `_begin` and the bytes of its events.
+        self._ahead: dict[str, tuple[tuple[Any, ...], tuple[Any, ...], bytes]] = {}
 
     # -- public ---------------------------------------------------------------------------
 
@@ -125,12 +128,43 @@ class ResponsesStream:
 
     def literal_delta(self, thinking: bool, literal: bytes) -> bytes | None:
         """`next_delta` for a chunk that only adds `literal` (a JSON string as the server
-        wrote it) to the open message (or reasoning) item; None when it is not open."""
+        wrote it) to the open message (or reasoning) item, or to the one opened ahead
+        for it (`open_ahead`); None otherwise."""
         item = self._open
-        if item is None or item["type"] != ("reasoning" if thinking else "message"):
+        kind = "reasoning" if thinking else "message"
+        opening = b""
+        if item is None:
+            ahead = self._ahead.get(kind)
+            if ahead is None or literal == b'""' or ahead[0] != self._state():
+                return None
+            self._ahead.clear()
+            _, after, opening = ahead
+            self._set_state(after)
+        elif item["type"] != kind:
             return None
         self._parts.append(json.loads(literal))
-        return self._delta_event(literal)
+        return opening + self._delta_event(literal) if opening else self._delta_event(literal)
+
+    def open_ahead(self) -> None:
+        """Build the events that open a message and a reasoning item now, while the
+        server works on the first token (encoding them takes longer than the rest of
+        the first token's way); `literal_delta` uses one if nothing changed meanwhile."""
+        if self._open is not None:
+            return
+        before = self._state()
+        for kind in ("message", "reasoning"):
+            opening = _sse(self._begin(kind))
+            self._ahead[kind] = (before, self._state(), opening)
+            self._set_state(before)
+
+    def _state(self) -> tuple[Any, ...]:
+        """What `_begin` changes (and what it reads: the sequence, the output so far)."""
+        return (self._seq, len(self.output), self._open, self._parts, self._delta_head,
+                self._delta_middle, self._delta_tail)
+
+    def _set_state(self, state: tuple[Any, ...]) -> None:
+        (self._seq, _, self._open, self._parts, self._delta_head, self._delta_middle,
+         self._delta_tail) = state
 
     def _delta_event(self, literal: bytes) -> bytes:
         """The next delta event of the open item, adding `literal` (a JSON string)."""
@@ -306,7 +340,9 @@ class ResponsesFormat(ChunkFormat):
 
     def start(self) -> bytes:
         self._started = True
-        return _sse(self.stream.start())
+        head = _sse(self.stream.start())
+        self.stream.open_ahead()
+        return head
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         quick = self.stream.next_delta(chunk)

@@ -130,6 +130,11 @@ class AnthropicFormat(ChunkFormat):
     def __init__(self, model: str, *, input_tokens: int = 0) -> None:
         self.translator = StreamTranslator(model, input_tokens=input_tokens)
 
+    def start(self) -> bytes:
+        """message_start, written while the server works on the first token (the relay
+        sends it with that token); `input_tokens` must be set by now."""
+        return _sse_events(self.translator.start())
+
     def feed(self, chunk: dict[str, Any]) -> bytes:
         quick = self.translator.next_delta(chunk)
         return quick if quick is not None else _sse_events(self.translator.feed(chunk))
