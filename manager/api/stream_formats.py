@@ -172,7 +172,8 @@ class OpenAIPassthrough:
         # string (quotes there are escaped).
         names = {json.dumps(served).encode(), json.dumps(served, ensure_ascii=False).encode()}
         self._model = FieldSwap(b'"model"', re.compile(
-            rb'"model": ?(?:' + b"|".join(re.escape(n) for n in names) + rb")"), self._public)
+            rb'"model": ?(?:' + b"|".join(re.escape(n) for n in names) + rb")"), self._public,
+            seen=b'"model": ' + json.dumps(served).encode())  # as mlx_lm writes it
 
     def start(self) -> bytes:
         return b""

@@ -294,11 +294,14 @@ class FieldSwap:
     `key` is written differently. Text inside a JSON string cannot match (its quotes
     are escaped), so the literal is as safe as the pattern."""
 
-    def __init__(self, key: bytes, pattern: re.Pattern[bytes], out: bytes) -> None:
+    def __init__(self, key: bytes, pattern: re.Pattern[bytes], out: bytes,
+                 seen: bytes | None = None) -> None:
         self._key = key
         self._pattern = pattern
         self._out = out
-        self._seen: bytes | None = None  # the field's text as the server wrote it
+        #: The field's text as the server wrote it (`seen`: as it is likely to, a text
+        #: `pattern` matches; a stream that writes it otherwise falls back to `pattern`).
+        self._seen = seen
 
     def swap(self, data: bytes) -> tuple[bytes, int]:
         """(`data` with the field replaced, how many occurrences of `key` were not)."""
@@ -310,7 +313,9 @@ class FieldSwap:
             return data.replace(seen, self._out), 0
         first = self._pattern.search(data)
         if first is not None:
-            self._seen = first[0]
+            seen = self._seen = first[0]
+            if data.count(seen) == total:  # one regex pass on a stream's first chunk
+                return data.replace(seen, self._out), 0
         out = self._out
         swapped, count = self._pattern.subn(lambda _: out, data)
         return swapped, total - count
