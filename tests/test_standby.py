@@ -12,7 +12,7 @@ import json
 import select
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -81,8 +81,12 @@ def url(server: Recorder) -> str:
 
 
 async def ask(base: str, n: int) -> bytes:
+    """A request read to its end, then closed (as the gateway's ServerStream.close does)."""
     upstream = await Upstream.open(base, "/v1/chat/completions", {"n": n})
-    return await upstream.read_all()
+    try:
+        return await upstream.read_all()
+    finally:
+        upstream.abort()
 
 
 async def in_thread(fn: object, *args: object) -> object:
@@ -168,3 +172,43 @@ def test_only_a_loopback_address_gets_a_waiting_connection(host: str) -> None:
         return len(standby())
 
     assert on_own_loop(go) == 0
+
+
+def test_a_uvicorn_server_mlx_vlm_runs_on_gets_the_next_request_on_the_waiting_one() -> None:
+    """mlx_vlm's server is uvicorn (HTTP/1.1): it keeps a connection that has not sent a
+    request yet open, and answers the request that comes on it later."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    from tests.conftest import run_uvicorn
+
+    async def stream(request: Request) -> StreamingResponse:
+        body = await request.json()
+        client = request.client.port if request.client else 0
+
+        async def events() -> AsyncIterator[bytes]:
+            yield b"data: " + json.dumps({**body, "client": client}).encode() + b"\n\n"
+            yield DONE
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    port = free_port()
+    app = Starlette(routes=[Route("/v1/chat/completions", stream, methods=["POST"])])
+    server, thread = run_uvicorn(app, port)
+    base = f"http://127.0.0.1:{port}"
+
+    async def go() -> tuple[int, int, int]:
+        first = json.loads((await ask(base, 1))[6:].split(b"\n\n")[0])["client"]
+        waiting = standby()._socks[("127.0.0.1", port)]  # noqa: SLF001 - the test looks inside
+        opened_ahead = waiting.getsockname()[1]
+        second = json.loads((await ask(base, 2))[6:].split(b"\n\n")[0])["client"]
+        return first, opened_ahead, second
+
+    try:
+        first, opened_ahead, second = on_own_loop(go)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+    assert second == opened_ahead and first != second
