@@ -26,12 +26,18 @@ def loads(raw: bytes | bytearray) -> Any:
     """`json.loads(raw)`. Not by orjson with integers past 64 bits, nor what orjson
     refuses and json reads (NaN, a lone surrogate, a BOM, ...): json decides those,
     with its own errors."""
+    return loads_strict(raw)[0]
+
+
+def loads_strict(raw: bytes | bytearray) -> tuple[Any, bool]:
+    """`loads(raw)`, and True when orjson read it: then every number in it is finite
+    and every string valid Unicode (orjson refuses NaN, infinities and lone surrogates)."""
     if _LONG_DIGITS.search(raw) is None:
         try:
-            return orjson.loads(raw)
+            return orjson.loads(raw), True
         except orjson.JSONDecodeError as exc:
             log.debug("orjson refused a JSON text (%s): json reads it", exc)
-    return json.loads(raw)
+    return json.loads(raw), False
 
 
 def encode(payload: Mapping[str, Any]) -> bytes:

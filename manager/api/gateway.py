@@ -75,6 +75,7 @@ from manager.api.schema import (
     check_messages,
     check_responses,
     check_values,
+    values_known_good,
 )
 from manager.api.stream_formats import AnthropicFormat, OpenAIPassthrough, StreamFormat
 from manager.api.wire import (
@@ -88,7 +89,7 @@ from manager.api.wire import (
     failure_for,
     model_entry,
     model_list,
-    parse_body,
+    parse_body_strict,
     requested_model,
     resolve_profile,
     with_developer_as_system,
@@ -128,9 +129,7 @@ OLLAMA = (Kind.OLLAMA_CHAT, Kind.OLLAMA_GENERATE)
 _CHECKS: dict[Kind, Checker] = {Kind.CHAT: check_chat, Kind.COMPLETION: check_completion,
                                 Kind.MESSAGES: check_messages,
                                 Kind.COUNT_TOKENS: check_messages,
-                                Kind.RESPONSES: check_responses,
-                                Kind.OLLAMA_CHAT: partial(ollama_flow.check, False),
-                                Kind.OLLAMA_GENERATE: partial(ollama_flow.check, True)}
+                                Kind.RESPONSES: check_responses}
 
 
 @dataclass(frozen=True)
@@ -261,13 +260,16 @@ class Gateway:
         try:
             try:
                 raw = await read_body(request, self._max_body)
-                body = parse_body(raw)
-                check_values(body)
-                if kind in OLLAMA:  # its own words for a missing model
-                    _CHECKS[kind](body)
+                body, strict = parse_body_strict(raw)
+                values = not values_known_good(raw, strict)  # still to check
+                if kind in OLLAMA:  # its own words for a missing model (values first)
+                    ollama_flow.check(kind is Kind.OLLAMA_GENERATE, body, values=values)
+                elif values:
+                    check_values(body)
                 job = _Job(kind, user, requested_model(body), body, len(raw),
                            received_ns=received)
-                _CHECKS[kind](body)
+                if kind not in OLLAMA:
+                    _CHECKS[kind](body)
                 if kind is Kind.RESPONSES:  # served as the chat request it becomes
                     prepared = await self.responses.prepare_async(user, body, self._limiter)
                     job = replace(job, body=prepared.chat, responses=prepared,

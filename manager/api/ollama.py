@@ -151,8 +151,9 @@ def _check_options(options: Any) -> None:
         _strings(stop, "options.stop")
 
 
-def _check_common(body: Mapping[str, Any]) -> OllamaCall:
-    check_values(body)
+def _check_common(body: Mapping[str, Any], values: bool) -> OllamaCall:
+    if values:
+        check_values(body)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise GatewayError(400, "model is required: name a model from GET /api/tags.",
@@ -176,9 +177,10 @@ def _check_images(value: Any, field: str) -> None:
             raise invalid(f"{field}[{i}]", "must not be empty")
 
 
-def check_chat(body: Mapping[str, Any]) -> OllamaCall:
-    """A POST /api/chat body; refuses what would fail later with a 400 naming the field."""
-    call = _check_common(body)
+def check_chat(body: Mapping[str, Any], *, values: bool = True) -> OllamaCall:
+    """A POST /api/chat body; refuses what would fail later with a 400 naming the field.
+    `values` False: the caller knows check_values has nothing to refuse."""
+    call = _check_common(body, values)
     messages = body.get("messages")
     if messages is None:
         messages = []
@@ -220,9 +222,9 @@ def check_chat(body: Mapping[str, Any]) -> OllamaCall:
     return OllamaCall(call.model, call.stream, call.keep_alive_s, load_only=not messages)
 
 
-def check_generate(body: Mapping[str, Any]) -> OllamaCall:
-    """A POST /api/generate body."""
-    call = _check_common(body)
+def check_generate(body: Mapping[str, Any], *, values: bool = True) -> OllamaCall:
+    """A POST /api/generate body (`values` as for check_chat)."""
+    call = _check_common(body, values)
     prompt = _typed(body, "prompt", (str,), "a string")
     _typed(body, "system", (str,), "a string")
     raw = _typed(body, "raw", (bool,), "true or false")

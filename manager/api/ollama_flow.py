@@ -72,8 +72,8 @@ def wire_kind(generate: bool) -> str:
     return GENERATE if generate else CHAT
 
 
-def check(generate: bool, body: Mapping[str, Any]) -> None:
-    (check_generate if generate else check_chat)(body)
+def check(generate: bool, body: Mapping[str, Any], *, values: bool = True) -> None:
+    (check_generate if generate else check_chat)(body, values=values)
 
 
 def streams(generate: bool, body: Mapping[str, Any]) -> bool:

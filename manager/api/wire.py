@@ -19,7 +19,7 @@ from typing import Any
 
 from manager.api.anthropic import anthropic_error, sse
 from manager.errors import ManagerError, NotFound, PermissionDenied, ValidationError
-from manager.json_text import loads
+from manager.json_text import loads_strict
 from manager.servers.inference import InferenceError
 from manager.servers.placement import InsufficientMemory, StartFailed
 from manager.servers.profiles import Profile
@@ -177,8 +177,14 @@ def dumps(payload: Any) -> bytes:
 
 def parse_body(raw: bytes | bytearray) -> dict[str, Any]:
     """The JSON object of a request body, or a 400 GatewayError saying what is wrong."""
+    return parse_body_strict(raw)[0]
+
+
+def parse_body_strict(raw: bytes | bytearray) -> tuple[dict[str, Any], bool]:
+    """`parse_body`, and whether its numbers and strings are known to be finite and
+    valid Unicode (json_text.loads_strict)."""
     try:
-        body = loads(raw)
+        body, strict = loads_strict(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise GatewayError(400, f"The request body is not valid JSON: {exc}.",
                            "invalid_json") from exc
@@ -187,7 +193,7 @@ def parse_body(raw: bytes | bytearray) -> dict[str, Any]:
                            "invalid_json") from exc
     if not isinstance(body, dict):
         raise GatewayError(400, "The request body must be a JSON object.", "invalid_json")
-    return body
+    return body, strict
 
 
 def requested_model(body: Mapping[str, Any]) -> str:
