@@ -22,6 +22,15 @@ T = TypeVar("T")
 #: kept too, and anyone can send those).
 MAX_ENTRIES = 256
 
+#: A data_version as one thread read it: (thread ident, version). The numbers are the
+#: thread's own connection's, so another thread asks SQLite itself.
+Checked = tuple[int, int]
+
+
+def checked_now(store: Store) -> Checked:
+    """The store's data_version, read now on this thread, for `ReadCache.get(checked=)`."""
+    return threading.get_ident(), store.data_version()
+
 
 class ReadCache(Generic[T]):
     """Values computed from rows read through `store.read()`, per thread, dropped at
@@ -31,9 +40,16 @@ class ReadCache(Generic[T]):
         self._store = store
         self._local = threading.local()
 
-    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+    def get(self, key: Hashable, compute: Callable[[], T], *,
+            checked: Checked | None = None) -> T:
+        """The value of `key`. `checked`: a version this thread read earlier in the same
+        unit of work (a gateway request checks it once, for its key, and reads its
+        profile as of then) instead of asking SQLite again (~50 us with cold caches)."""
         local = self._local
-        version = self._store.data_version()
+        if checked is not None and checked[0] == threading.get_ident():
+            version = checked[1]
+        else:
+            version = self._store.data_version()
         values: dict[Hashable, T] | None = getattr(local, "values", None)
         if values is None or local.version != version:
             # Read after the version: a commit in between is seen by the read, and then

@@ -6,7 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from manager.read_cache import MAX_ENTRIES, ReadCache
+from manager.read_cache import MAX_ENTRIES, ReadCache, checked_now
 from manager.store import Store
 
 
@@ -54,3 +54,39 @@ def test_each_thread_keeps_its_own_and_a_full_cache_starts_again(tmp_path: Path)
         assert pool.submit(cache.get, 0, lambda: value(-2)).result() == -2
     assert cache.get(MAX_ENTRIES, lambda: value(MAX_ENTRIES)) == MAX_ENTRIES
     assert cache.get(0, lambda: value(-3)) == -3  # the full cache was started again
+
+
+def test_a_version_checked_earlier_on_this_thread_is_used_not_asked_again(
+        tmp_path: Path) -> None:
+    """A gateway request checks the database version once (its key) and reads its
+    profile as of then: no second PRAGMA data_version. Another thread's check is not
+    this thread's (each has its own connection and numbers): it asks."""
+    store = Store(tmp_path / "m.db")
+    with store.connect() as db:
+        db.execute("CREATE TABLE notes (name TEXT)")
+        db.execute("INSERT INTO notes VALUES ('a')")
+    cache: ReadCache[list[str]] = ReadCache(store)
+    asked: list[str] = []
+    store.read().conn.set_trace_callback(
+        lambda sql: asked.append(sql) if "data_version" in sql else None)
+    checked = checked_now(store)
+    assert cache.get("k", lambda: names(store), checked=checked) == ["a"]
+    assert len(asked) == 1  # checked_now's own
+    with store.connect() as db:
+        db.execute("INSERT INTO notes VALUES ('b')")
+    assert cache.get("k", lambda: names(store), checked=checked) == ["a"]  # as of then
+    assert len(asked) == 1
+    assert cache.get("k", lambda: names(store)) == ["a", "b"]  # a new request asks
+    assert len(asked) == 2
+
+
+    def elsewhere() -> int:  # the token of another thread is not used: it asks
+        mine: list[str] = []
+        store.read().conn.set_trace_callback(
+            lambda sql: mine.append(sql) if "data_version" in sql else None)
+        cache.get("k", lambda: names(store), checked=checked)
+        cache.get("k", lambda: names(store), checked=checked)
+        return len(mine)
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(elsewhere).result() == 2

@@ -18,7 +18,7 @@ from manager.accounts.auth import AuthService, User
 from manager.accounts.permissions import Action, Owned, require
 from manager.clock import utc_now
 from manager.errors import NotFound, PermissionDenied, ValidationError
-from manager.read_cache import ReadCache
+from manager.read_cache import Checked, ReadCache, checked_now
 from manager.store import Store
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ class KeyMatch:
     touch_due: bool
     #: The key's name (for logs: never the key itself).
     name: str = ""
+    #: The database's version this lookup saw (read_cache.Checked): the same request's
+    #: other reads (its profile) may use it instead of asking SQLite again.
+    checked: Checked | None = None
 
 
 def _digest(secret: str) -> str:
@@ -151,11 +154,13 @@ class ApiKeyService:
         # Kept by the secret itself, and the time of the next touch as a number: a hash
         # and two timestamps parsed per request cost ~50 us on the gateway's cold path
         # (the code runs once per request, out of the CPU's caches).
-        found = self._found.get(secret, lambda: self._read_key(_digest(secret)))
+        checked = checked_now(self._store)
+        found = self._found.get(secret, lambda: self._read_key(_digest(secret)),
+                                checked=checked)
         if found is None:
             return None
         user, key_id, touch_at, name = found
-        return KeyMatch(user, key_id, time.time() >= touch_at, name)
+        return KeyMatch(user, key_id, time.time() >= touch_at, name, checked)
 
     def _read_key(self, digest: str) -> tuple[User, int, float, str] | None:
         rows = list(self._store.read().query(

@@ -55,7 +55,7 @@ from manager.accounts.auth import User
 from manager.api import ollama_flow, prometheus
 from manager.api.anthropic import from_openai_response, to_openai_request
 from manager.api.images import MediaGate
-from manager.api.key_auth import api_key_id, api_user, log_refusal, refusal
+from manager.api.key_auth import api_checked, api_key_id, api_user, log_refusal, refusal
 from manager.api.limits import (
     KeyLimiter,
     ModelFacts,
@@ -96,6 +96,7 @@ from manager.api.wire import (
     with_thinking_switch,
 )
 from manager.errors import ValidationError
+from manager.read_cache import Checked
 from manager.servers.abort import Abort
 from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile
 from manager.servers.prompt_counts import PromptCounts
@@ -333,7 +334,7 @@ class Gateway:
         # Runs once the lease below is released (an ExitStack unwinds last in, first out).
         held.callback(self._keep_alive, job)
         try:
-            profile = self._profile(job)
+            profile = self._profile(job, api_checked(request))
             if job.size <= INLINE_BODY_BYTES and not self._media.fetches_remote:
                 body = self._upstream_body(profile, job)
             else:
@@ -412,8 +413,8 @@ class Gateway:
             {s.profile_id: s for s in services.supervisor.snapshots()},
             services.metrics.all(), services.placement.stats())
 
-    def _profile(self, job: _Job) -> Profile:
-        profile = resolve_profile(self._services.profiles.list(), job.model)
+    def _profile(self, job: _Job, checked: Checked | None = None) -> Profile:
+        profile = resolve_profile(self._services.profiles.list(checked), job.model)
         if job.kind is Kind.COMPLETION and profile.backend is Backend.MLX_VLM:
             raise GatewayError(400, f"{profile.name} runs on mlx_vlm, which only answers chat "
                                "requests: use /v1/chat/completions.", "unsupported_endpoint")

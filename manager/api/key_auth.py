@@ -14,6 +14,7 @@ from starlette.requests import HTTPConnection
 from manager.accounts.auth import User
 from manager.api.session_gate import ExtraAuth
 from manager.api.wire import Failure, api_key_from, is_gateway_path
+from manager.read_cache import Checked
 from manager.services import Services
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 _STATE_KEY = "api_user"
 _KEY_ID = "api_key_id"
 _KEY_NAME = "api_key_name"
+_CHECKED = "api_checked"
 
 
 def api_user(conn: HTTPConnection) -> User | None:
@@ -29,6 +31,12 @@ def api_user(conn: HTTPConnection) -> User | None:
 
 def api_key_id(conn: HTTPConnection) -> int | None:
     return conn.scope.get("state", {}).get(_KEY_ID)
+
+
+def api_checked(conn: HTTPConnection) -> Checked | None:
+    """The database version the key's lookup saw (read_cache.Checked), for the
+    request's own reads."""
+    return conn.scope.get("state", {}).get(_CHECKED)
 
 
 def gateway_auth(services: Services) -> ExtraAuth:
@@ -61,6 +69,7 @@ def gateway_auth(services: Services) -> ExtraAuth:
         state[_STATE_KEY] = found.user if found else None
         state[_KEY_ID] = found.key_id if found else None
         state[_KEY_NAME] = found.name if found else None
+        state[_CHECKED] = found.checked if found else None
         return True
 
     return claim

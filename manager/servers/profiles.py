@@ -31,7 +31,7 @@ from manager.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from manager.models.capabilities import Capabilities, detect
 from manager.models.hf_cache import cached_repo_ids, resolve_model
 from manager.net import port_is_free
-from manager.read_cache import ReadCache
+from manager.read_cache import Checked, ReadCache
 from manager.servers.backends import Backend
 from manager.servers.distributed.spec import DistributedSpec
 from manager.store import Store, inserted_id
@@ -328,10 +328,12 @@ class ProfileService:
     def cached_repo_ids(self) -> list[str]:
         return cached_repo_ids(self.hub_cache)
 
-    def list(self) -> list[Profile]:
+    def list(self, checked: Checked | None = None) -> list[Profile]:
+        """Every profile. `checked`: the database version this thread saw earlier in the
+        same request (read_cache.ReadCache.get)."""
         # The gateway resolves a model name on every request: read on a long-lived
         # connection and kept until the database changes (read_cache).
-        return list(self._all.get(None, self._read_all))
+        return list(self._all.get(None, self._read_all, checked=checked))
 
     def _read_all(self) -> tuple[Profile, ...]:
         rows = self._store.read().query("SELECT * FROM profiles ORDER BY name COLLATE NOCASE")
