@@ -384,11 +384,11 @@ class Gateway:
         (which can take a while) is given up when its client leaves."""
         metrics = self._services.metrics
         if job.kind is Kind.MESSAGES:
-            key, known = known_count(self._counts, snap, body)
+            key, known, prepared = known_count(self._counts, snap, body)
             if known is None:
                 opening = count_then_open(metrics, snap, body, counts=self._counts, key=key)
                 return await (opening if request is None else unless_gone(request, opening))
-            return await ServerStream.open(metrics, snap, body), known
+            return await ServerStream.open(metrics, snap, body, prepared=prepared), known
         return await ServerStream.open(metrics, snap, body, completion=job.completion), 0
 
     def _wait_ready(self, profile: Profile, cancel: CancelEvent) -> ServerSnapshot:

@@ -18,6 +18,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from manager.servers.snapshot import ServerSnapshot
 
 #: The request fields that do not change what the prompt is.
@@ -37,9 +39,12 @@ class PromptCounts:
     def key(snap: ServerSnapshot, payload: Mapping[str, Any], completion: bool) -> bytes:
         """`payload` as sent to the server (profile defaults and system prompt applied)."""
         kept = {k: v for k, v in payload.items() if k not in _NOT_PROMPT}
-        text = json.dumps([snap.profile_id, snap.pid, snap.started_at, snap.model_path,
-                           completion, kept], ensure_ascii=False, default=str)
-        return hashlib.blake2b(text.encode(), digest_size=16).digest()
+        parts = [snap.profile_id, snap.pid, snap.started_at, snap.model_path, completion, kept]
+        try:  # orjson: ~4x less time on an Anthropic stream's way to its first token
+            text = orjson.dumps(parts, default=str)
+        except TypeError:  # integers past 64 bits, keys that are not strings
+            text = json.dumps(parts, ensure_ascii=False, default=str).encode()
+        return hashlib.blake2b(text, digest_size=16).digest()
 
     def get(self, key: bytes) -> int | None:
         count = self._counts.get(key)

@@ -120,10 +120,13 @@ class ServerStream:
 
     @classmethod
     async def open(cls, metrics: MetricsStore, snap: ServerSnapshot, body: Mapping[str, Any],
-                   *, completion: bool = False) -> ServerStream:
+                   *, completion: bool = False, prepared: Mapping[str, Any] | None = None
+                   ) -> ServerStream:
         """Send the request; raises InferenceError when the server refuses it (with its
-        status) or cannot be reached. Counted in the metrics either way."""
-        payload = prepare_body(snap, body, stream=True, completion=completion)
+        status) or cannot be reached. Counted in the metrics either way. `prepared`: what
+        prepare_body made of `body` for `snap` already (known_count's)."""
+        payload = prepared if prepared is not None else \
+            prepare_body(snap, body, stream=True, completion=completion)
         path = COMPLETIONS_PATH if completion else CHAT_PATH
         started = time.perf_counter()
         name = snap.profile.name
@@ -235,11 +238,12 @@ def _record_failure(metrics: MetricsStore, snap: ServerSnapshot, started: float)
 
 
 def known_count(counts: PromptCounts, snap: ServerSnapshot, body: Mapping[str, Any], *,
-                completion: bool = False) -> tuple[bytes, int | None]:
-    """The key of `body`'s prompt in `counts`, and the count kept for it (or None)."""
-    key = counts.key(snap, prepare_body(snap, body, stream=True, completion=completion),
-                     completion)
-    return key, counts.get(key)
+                completion: bool = False) -> tuple[bytes, int | None, dict[str, Any]]:
+    """The key of `body`'s prompt in `counts`, the count kept for it (or None), and the
+    request as prepared for the server (ServerStream.open's `prepared`)."""
+    prepared = prepare_body(snap, body, stream=True, completion=completion)
+    key = counts.key(snap, prepared, completion)
+    return key, counts.get(key), prepared
 
 
 async def open_counted(metrics: MetricsStore, snap: ServerSnapshot, body: Mapping[str, Any],
@@ -250,9 +254,10 @@ async def open_counted(metrics: MetricsStore, snap: ServerSnapshot, body: Mappin
     server run is used instead, and the stream goes out at once."""
     key = b""
     if counts is not None:
-        key, known = known_count(counts, snap, body, completion=completion)
+        key, known, prepared = known_count(counts, snap, body, completion=completion)
         if known is not None:
-            return await ServerStream.open(metrics, snap, body, completion=completion), known
+            return await ServerStream.open(metrics, snap, body, completion=completion,
+                                           prepared=prepared), known
     return await count_then_open(metrics, snap, body, completion=completion, counts=counts,
                                  key=key)
 
