@@ -16,6 +16,7 @@ from manager.accounts.auth import AuthService
 from manager.api.responses import (
     from_chat_response,
     left_out_tools,
+    new_id,
     output_text,
     to_chat_request,
     warning_header,
@@ -441,3 +442,15 @@ def test_a_response_saved_from_the_event_loop_is_found_at_once_and_written(
     with pytest.raises(NotFound):
         again.get(ada, "resp_gone")
     again.close()
+
+
+def test_ids_are_a_prefix_and_a_random_version_4_uuid() -> None:
+    import uuid
+
+    ids = {new_id("resp") for _ in range(200)}
+    assert len(ids) == 200
+    for made in ids:
+        prefix, _, text = made.partition("_")
+        parsed = uuid.UUID(hex=text)
+        assert prefix == "resp" and parsed.hex == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122

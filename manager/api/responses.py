@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +37,13 @@ Item = dict[str, Any]
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    """`prefix`_ and the hex of a random (version 4) UUID: the bits `uuid.uuid4()` sets,
+    without building its object (~4x less time out of the CPU's caches; a Responses
+    request makes two on its way to the model server)."""
+    n = int.from_bytes(os.urandom(16), "big")
+    n = (n & ~(0xC000 << 48)) | (0x8000 << 48)  # the RFC 4122 variant
+    n = (n & ~(0xF000 << 64)) | (4 << 76)  # version 4
+    return f"{prefix}_{n:032x}"
 
 
 # --- input items ----------------------------------------------------------------------
