@@ -340,7 +340,7 @@ class Gateway:
             else:
                 body = await to_thread.run_sync(self._upstream_body, profile, job,
                                                 limiter=self._limiter)
-            held.enter_context(self._services.placement.lease(profile.id))
+            held.callback(self._services.placement.hold(profile.id))
             snap = self._services.supervisor.snapshot(profile.id)
             if snap is not None and snap.state is ServerState.READY:
                 return await self._relay_ready(request, job, profile, body, snap, held)

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from manager.servers.snapshot import Activity
 
@@ -33,16 +34,27 @@ class Leases:
     def lease(self, profile_id: int) -> Iterator[None]:
         """Held while a request uses the server: counts as busy, and as just used from
         its start to its end."""
-        with self._lock:
-            count = self._counts.setdefault(profile_id, _Count())
-            count.leases += 1
-            count.last_used = self._now()
+        release = self.hold(profile_id)
         try:
             yield
         finally:
-            with self._lock:
-                count.leases -= 1
-                count.last_used = self._now()
+            release()
+
+    def hold(self, profile_id: int) -> Callable[[], None]:
+        """`lease` taken now; returns its release, to call once (the gateway's requests:
+        no generator and context manager on each one's way to its first token)."""
+        with self._lock:
+            count = self._counts.get(profile_id)
+            if count is None:
+                count = self._counts[profile_id] = _Count()
+            count.leases += 1
+            count.last_used = self._now()
+        return partial(self._release, count)
+
+    def _release(self, count: _Count) -> None:
+        with self._lock:
+            count.leases -= 1
+            count.last_used = self._now()
 
     def touch(self, profile_id: int) -> None:
         """Count as used now (a start, a server that became ready or was adopted)."""

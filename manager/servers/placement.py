@@ -259,6 +259,10 @@ class Placement:
         never idle, and just used for the LRU order)."""
         return self._supervisor.lease(profile_id)
 
+    def hold(self, profile_id: int) -> Callable[[], None]:
+        """`lease` taken now; returns its release, to call once."""
+        return self._supervisor.hold(profile_id)
+
     def wait_ready(self, profile_id: int, timeout: float,
                    cancel: CancelEvent | None = None) -> ServerSnapshot:
         """Wait (on the supervisor's Condition) until the server is READY; see

@@ -118,6 +118,10 @@ class ServerRegistry:
         from before its start to its last byte): never idle-stopped nor evicted then."""
         return self.leases.lease(profile_id)
 
+    def hold(self, profile_id: int) -> Callable[[], None]:
+        """`lease` as a call that takes it and returns its release (Leases.hold)."""
+        return self.leases.hold(profile_id)
+
     def activity(self, profile_id: int) -> Activity:
         return self.leases.of(profile_id)
 
