@@ -296,3 +296,16 @@ def test_a_whole_openai_answer_becomes_one_ollama_answer() -> None:
     assert answer.done_reason == "length" and answer.prompt_eval_count == 5
     assert (answer.load_duration, answer.prompt_eval_duration, answer.eval_duration) == \
         (100, 400, 600)
+
+
+def test_a_streams_timestamps_read_as_timestamp_writes_them() -> None:
+    import random
+
+    from manager.api.ollama_wire import Timestamps, timestamp
+
+    stamps = Timestamps()
+    rng = random.Random(7)
+    moments = [1764705600.0, 1764705600.9999996, 1764705600.9999994, 1764705601.0000005,
+               1764705599.5, 0.25, *(rng.uniform(1.7e9, 1.8e9) for _ in range(2000))]
+    for when in sorted(moments) + moments:  # in order (one prefix per second) and not
+        assert stamps(when) == timestamp(when)

@@ -20,7 +20,14 @@ from manager.api.ollama import (
     generate_request,
     parse_keep_alive,
 )
-from manager.api.ollama_wire import CHAT, GENERATE, NDJSON, OllamaReply, dumps_line, timestamp
+from manager.api.ollama_wire import (
+    CHAT,
+    GENERATE,
+    NDJSON,
+    OllamaReply,
+    Timestamps,
+    dumps_line,
+)
 from manager.api.stream_formats import ChunkFormat
 from manager.api.wire import Failure, GatewayError, resolve_profile
 from manager.errors import ManagerError
@@ -43,16 +50,18 @@ class OllamaFormat(ChunkFormat):
         self.reply = reply
         self.model = reply.model
         self._stamp = ""
+        self._timestamps = Timestamps()
 
     def start(self) -> bytes:
         self.reply.ready()  # the server took the request: the load is over
+        self._timestamps()  # the date and time to the second, written before a token
         return b""
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         return b"".join(dumps_line(line) for line in self.reply.feed(chunk))
 
     def batch(self, batch: Batch) -> bytes:
-        self._stamp = timestamp()  # the lines of one read arrived together
+        self._stamp = self._timestamps()  # the lines of one read arrived together
         return super().batch(batch)
 
     def plain_delta(self, thinking: bool, literal: bytes) -> bytes | None:

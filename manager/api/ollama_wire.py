@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -42,6 +43,28 @@ def timestamp(when: float | None = None) -> str:
     """RFC 3339 in UTC, as Ollama writes `created_at`."""
     moment = datetime.fromtimestamp(time.time() if when is None else when, timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Timestamps:
+    """`timestamp()` for the reads of one stream: the text down to the second is
+    written once per second (a stream's first in `OllamaFormat.start`, before its first
+    token), the microseconds rounded as datetime.fromtimestamp rounds them."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, when: float | None = None) -> str:
+        fraction, whole = math.modf(time.time() if when is None else when)
+        micros = round(fraction * 1e6)
+        second = int(whole)
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
+        if second != self._second:
+            self._prefix = datetime.fromtimestamp(second, timezone.utc).strftime(
+                "%Y-%m-%dT%H:%M:%S.")
+            self._second = second
+        return f"{self._prefix}{micros:06d}Z"
 
 
 def _count(value: Any) -> int | None:
