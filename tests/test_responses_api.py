@@ -454,3 +454,12 @@ def test_ids_are_a_prefix_and_a_random_version_4_uuid() -> None:
         parsed = uuid.UUID(hex=text)
         assert prefix == "resp" and parsed.hex == text
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_a_prepared_requests_id_is_made_once() -> None:
+    from manager.api.responses_routes import Prepared
+
+    prepared = Prepared(None, {}, {}, [], [], None)  # type: ignore[arg-type]
+    first = prepared.response_id
+    assert first.startswith("resp_") and prepared.response_id == first
+    assert prepared.format("tiny").stream.response_id == first

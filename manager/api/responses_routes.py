@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 
 from anyio import CapacityLimiter, to_thread
@@ -58,8 +58,13 @@ class Prepared:
     store: ResponseStore | None
     #: Bytes of the stored conversation it continues (it joins the request body).
     history_size: int = 0
-    response_id: str = field(default_factory=lambda: new_id("resp"))
     created_at: float = field(default_factory=time.time)
+
+    @cached_property
+    def response_id(self) -> str:
+        """Made when first asked: by a stream's format once the request went out to the
+        model server (an id takes a random read), or by the whole answer."""
+        return new_id("resp")
 
     def answer(self, model: str, raw: Mapping[str, Any]) -> bytes:
         """A whole chat completion as the Response (stored when asked)."""
