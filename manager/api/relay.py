@@ -13,8 +13,9 @@ The contract (what a route that streams uses; the Responses and Ollama routes to
    status line goes out at once with `fmt.comment(...)`, keepalives follow every
    KEEPALIVE_S while `Loading.ready` waits in a worker thread (woken at once when the
    client leaves), then `Loading.connect` opens the stream.
-3. `fmt` is a `StreamFormat` (manager/api/stream_formats.py): `start()`, `batch(Batch)`
-   per read of the server, `finish()` after [DONE], `error(Failure)` for a failure
+3. `fmt` is a `StreamFormat` (manager/api/stream_formats.py): `start()` (its events go
+   out at once, so a client has read them by the first token), `batch(Batch)` per read
+   of the server, `finish()` after [DONE], `error(Failure)` for a failure
    after the status line, `comment(text)` for keepalives. OpenAI streams are relayed as
    bytes (`OpenAIPassthrough`); translating formats subclass `ChunkFormat` and
    implement `feed(chunk) -> bytes` on decoded OpenAI chunks (`AnthropicFormat`).
@@ -115,13 +116,13 @@ class RelayResponse(Response):
                     return b""
             stream = self._stream
             head = fmt.start()
+            if head:  # read by the client while the server works on the first token
+                await send({"type": "http.response.body", "body": head, "more_body": True})
             async for batch in stream.batches(self._pace_s):
                 piece = fmt.batch(batch)
-                if head:
-                    piece, head = head + piece, b""
                 if piece:
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
-            return head + fmt.finish()
+            return fmt.finish()
         except Exception as exc:  # noqa: BLE001 - every failure ends the stream in its format
             if self.gone:
                 log.info("stream cancelled: its client went away (%s)", exc)

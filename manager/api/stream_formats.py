@@ -131,8 +131,8 @@ class AnthropicFormat(ChunkFormat):
         self.translator = StreamTranslator(model, input_tokens=input_tokens)
 
     def start(self) -> bytes:
-        """message_start, written while the server works on the first token (the relay
-        sends it with that token); `input_tokens` must be set by now."""
+        """message_start, sent while the server works on the first token (a client reads
+        it meanwhile); `input_tokens` must be set by now."""
         return _sse_events(self.translator.start())
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
