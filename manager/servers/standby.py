@@ -1,10 +1,10 @@
 """A connection to each local model server, opened ahead of its next request.
 
 mlx_lm speaks HTTP/1.0: every request needs a new connection, and the server's answer
-to one begins with its accept loop waking and starting a thread for it. Measured on a
-small machine through the gateway (bench/gateway.py), that start is on the way to the
-first token and costs about half a millisecond, more than the gateway's own work. So
-when a request's connection ends, the next one is opened at once (`refill`): the
+to one begins with its accept loop waking and starting a thread for it. That start is
+on the way to the first token: about half a millisecond of added time to first token
+when requests follow each other, measured on a small machine through the gateway
+(bench/gateway.py; docs/benchmarks.md also records a higher p95 with it). So when a request's connection ends, the next one is opened at once (`refill`): the
 server accepts it and parks a thread on it while nobody waits, and the next request is
 written on it (`take`).
 
