@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from manager.net import free_port
+from manager.servers.connect import open_ahead
 from manager.servers.standby import standby
 from manager.servers.upstream import Upstream
 from tests.test_upstream import on_own_loop
@@ -155,7 +156,7 @@ def test_a_refused_connection_is_not_kept() -> None:
     port = free_port()  # nothing listens there
 
     async def go() -> int:
-        standby().refill(("127.0.0.1", port))
+        open_ahead("127.0.0.1", port)
         for _ in range(5):
             await asyncio.sleep(0)  # a yield to the loop: the refusal arrives meanwhile
         return len(standby())
@@ -168,7 +169,7 @@ def test_only_a_loopback_address_gets_a_waiting_connection(host: str) -> None:
     """Idle across a network a connection can be dropped silently; a host name is
     resolved on each request."""
     async def go() -> int:
-        standby().refill((host, 9))
+        open_ahead(host, 9)
         return len(standby())
 
     assert on_own_loop(go) == 0

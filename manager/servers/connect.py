@@ -37,12 +37,7 @@ async def connect_and_send(host: str, port: int, request: bytes, make: Callable[
     if ready is not None:
         sent = _send_on(ready, request)
         if sent is not None:
-            try:
-                _, protocol = await loop.create_connection(make, sock=ready)
-            except BaseException:
-                ready.close()
-                raise
-            return protocol, sent
+            return await _transport(loop, ready, make, sent)
         ready.close()  # closed by the server just now: nothing went out, connect anew
     sock = _socket_for(host)
     if sock is None:  # a host name: asyncio resolves it
@@ -54,6 +49,21 @@ async def connect_and_send(host: str, port: int, request: bytes, make: Callable[
         if sent is None:  # the handshake is still under way
             await asyncio.wait_for(loop.sock_connect(sock, (host, port)), connect_timeout_s)
             sent = 0
+    except BaseException:
+        sock.close()
+        raise
+    return await _transport(loop, sock, make, sent)
+
+
+def open_ahead(host: str, port: int) -> None:
+    """A request's connection to the server ended: open its next one now (standby.py)."""
+    standby().refill((host, port), _connecting)
+
+
+async def _transport(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                     make: Callable[[], P], sent: int) -> tuple[P, int]:
+    """The protocol made by `make` on the connected `sock` (closed when that fails)."""
+    try:
         _, protocol = await loop.create_connection(make, sock=sock)
     except BaseException:
         sock.close()
@@ -98,10 +108,29 @@ def _send_at_once(sock: socket.socket, address: tuple[str, int], request: bytes
                   ) -> int | None:
     """Start connecting and send what the socket takes of `request` at once; None when
     the connection is not established yet. Raises OSError when it was refused."""
-    error = sock.connect_ex(address)
-    if error not in (0, errno.EINPROGRESS):
-        raise OSError(error, os.strerror(error))
+    _start_connect(sock, address)
     try:
         return sock.send(request)
     except BlockingIOError:
         return None
+
+
+def _connecting(address: tuple[str, int]) -> socket.socket:
+    """A socket to an IP address with its connect started. Raises OSError when it was
+    refused at once."""
+    sock = _socket_for(address[0])
+    if sock is None:
+        raise OSError(f"{address[0]} is not an IP address")
+    try:
+        _start_connect(sock, address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _start_connect(sock: socket.socket, address: tuple[str, int]) -> None:
+    """Start connecting the non-blocking `sock`; raises OSError when refused at once."""
+    error = sock.connect_ex(address)
+    if error not in (0, errno.EINPROGRESS):
+        raise OSError(error, os.strerror(error))

@@ -4,9 +4,10 @@ mlx_lm speaks HTTP/1.0: every request needs a new connection, and the server's a
 to one begins with its accept loop waking and starting a thread for it. That start is
 on the way to the first token: about half a millisecond of added time to first token
 when requests follow each other, measured on a small machine through the gateway
-(bench/gateway.py; docs/benchmarks.md also records a higher p95 with it). So when a request's connection ends, the next one is opened at once (`refill`): the
-server accepts it and parks a thread on it while nobody waits, and the next request is
-written on it (`take`).
+(bench/gateway.py; docs/benchmarks.md also records a higher p95 with it). So when a
+request's connection ends, the next one is opened at once (`refill`, through
+connect.open_ahead): the server accepts it and parks a thread on it while nobody
+waits, and the next request is written on it (`take`).
 
 Only loopback servers get one: a connection idle across a network can be dropped by a
 firewall without either end hearing of it, and a request written on it would wait for
@@ -21,13 +22,12 @@ when the loop is collected.
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import ipaddress
 import logging
-import os
 import socket
 import weakref
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +52,19 @@ class Standby:
             return None
         return sock
 
-    def refill(self, address: Address) -> None:
-        """Open the address's next connection unless one is there (a loopback server
-        only). Never raises: without it the next request connects as usual."""
+    def refill(self, address: Address,
+               connect: Callable[[Address], socket.socket]) -> None:
+        """Open the address's next connection with `connect` (a socket whose connect
+        has started; OSError when refused), unless one is there or the server is not
+        on loopback. Never raises: without it the next request connects as usual."""
         if address in self._socks or not _loopback(address[0]):
             return
-        sock = socket.socket(_family(address[0]), socket.SOCK_STREAM)
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            error = sock.connect_ex(address)
-            if error not in (0, errno.EINPROGRESS):
-                raise OSError(error, os.strerror(error))
-            asyncio.get_running_loop().add_reader(sock.fileno(), self._drop, address, sock)
+            sock = connect(address)
         except OSError as exc:  # the server is gone: the next request will say so
             log.debug("no standby connection to %s:%s (%s)", *address, exc)
-            sock.close()
             return
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._drop, address, sock)
         self._socks[address] = sock
 
     def __len__(self) -> int:
@@ -122,6 +118,3 @@ def _loopback(host: str) -> bool:
     except ValueError:
         return False  # a host name: resolved by asyncio on each request
 
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
