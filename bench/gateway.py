@@ -203,7 +203,7 @@ class Tally:
 
 def measure(tally: Tally, concurrency: int, rounds: int, gateway: Side, direct: Side,
             dashboard: psutil.Process, metrics: Callable[[], tuple[float, int]], *,
-            warm: bool = True, gap_s: float = 0.0) -> Tally:
+            warm: bool = True, pause_s: float = 0.0) -> Tally:
     """Paired rounds: each round runs both sides back to back (the order alternates), so
     load from elsewhere on the machine hits both; statistics are over the pairs."""
     clients = [httpx.Client(timeout=120) for _ in range(concurrency)]
@@ -215,7 +215,7 @@ def measure(tally: Tally, concurrency: int, rounds: int, gateway: Side, direct: 
             pair: dict[str, list[Stream]] = {}
             order = [("gateway", gateway), ("direct", direct)]
             for name, side in order if (tally.rounds + n) % 2 == 0 else reversed(order):
-                time.sleep(gap_s)  # see PAUSE_S
+                time.sleep(pause_s)  # see PAUSE_S
                 if name == "gateway":
                     seen = metrics()
                 cpu_before, wall_before = process_cpu_s(dashboard), time.perf_counter()
@@ -467,7 +467,7 @@ def run(args: argparse.Namespace, boards: list[Dashboard]) -> int:
                                route)
                     measure(tallies[board.label], concurrency, min(block, rounds - done),
                             gateway, board.direct, board.proc, board.metrics, warm=done == 0,
-                            gap_s=args.pause)
+                            pause_s=args.pause)
             for board in here:
                 report(tallies[board.label], route.path, concurrency, idle[board.label],
                        board.label)
@@ -515,7 +515,7 @@ def measure_floor(args: argparse.Namespace, board: Dashboard) -> None:
         for concurrency in (int(n) for n in args.streams.split(",")):
             rounds = args.rounds if concurrency == 1 else max(4, args.rounds // 2)
             tally = measure(Tally(), concurrency, rounds, through, board.direct,
-                            psutil.Process(relay.pid), lambda: (0.0, 0), gap_s=args.pause)
+                            psutil.Process(relay.pid), lambda: (0.0, 0), pause_s=args.pause)
             report(tally, "bare asyncio byte relay (the floor; its 'own TTFT' is the "
                    "client's)", concurrency, idle)
     finally:
