@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from manager.net import free_port
+from manager.servers import standby as standby_module
 from manager.servers.connect import open_ahead
 from manager.servers.standby import standby
 from manager.servers.upstream import Upstream
@@ -33,6 +34,7 @@ class Recorder(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, port: int) -> None:
+        self.hold_until = 0  # no answer until this many requests came (concurrent ones)
         self.accepted: list[int] = []
         self.requests: list[int] = []
         self.connections: dict[int, socket.socket] = {}
@@ -56,7 +58,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append(self.client_address[1])
+        with self.server.changed:
+            self.server.requests.append(self.client_address[1])
+            self.server.changed.notify_all()
+            held = self.server.changed.wait_for(
+                lambda: len(self.server.requests) >= self.server.hold_until, timeout=30)
+        assert held, "the concurrent requests did not all come"
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
@@ -112,6 +119,48 @@ def test_the_next_request_goes_out_on_the_connection_opened_when_the_last_one_en
     assert len(server.accepted) == 3 and len(set(server.accepted)) == 3
 
 
+def test_as_many_connections_wait_as_requests_were_open_at_once(server: Recorder) -> None:
+    """Three agents at once: after their requests, three connections wait, and their next
+    three requests all go out on them. Then one request alone: one is kept."""
+    async def burst(first: int) -> list[bytes]:
+        return list(await asyncio.gather(*(ask(url(server), first + n) for n in range(3))))
+
+    async def go() -> tuple[list[bytes], list[bytes], int, int, int]:
+        server.hold_until = 3  # no answer until all three are in: open at once
+        first = await burst(0)
+        await in_thread(server.wait_for, 6)
+        waiting = len(standby())
+        server.hold_until = 6
+        second = await burst(3)
+        await in_thread(server.wait_for, 9)
+        after_burst = len(standby())
+        await ask(url(server), 6)
+        return first, second, waiting, after_burst, len(standby())
+
+    first, second, waiting, after_burst, after_one = on_own_loop(go)
+    assert sorted(first + second) == [
+        b'data: {"n": %d}\n\n' % n + DONE for n in range(6)]
+    assert waiting == after_burst == 3 and after_one == 1
+    with server.changed:
+        opened_ahead = set(server.accepted[3:6])
+        assert set(server.requests[3:6]) == opened_ahead  # the second burst's
+        assert server.requests[6] in server.accepted[6:9]  # opened after the second
+    assert len(server.accepted) == 9  # the lone request connected nothing anew
+
+
+def test_no_more_than_most_idle_connections_wait(server: Recorder,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(standby_module, "MOST_IDLE", 2)
+
+    async def go() -> int:
+        server.hold_until = 3
+        await asyncio.gather(*(ask(url(server), n) for n in range(3)))
+        await in_thread(server.wait_for, 5)
+        return len(standby())
+
+    assert on_own_loop(go) == 2
+
+
 def test_a_server_that_closed_the_waiting_connection_gets_the_request_on_a_new_one(
         server: Recorder) -> None:
     """A server that restarted (or stopped) closes its end of the idle connection; the
@@ -126,7 +175,7 @@ def test_a_server_that_closed_the_waiting_connection_gets_the_request_on_a_new_o
             idle_port = server.accepted[1]
         server.connections[idle_port].shutdown(socket.SHUT_RDWR)  # as a dying process
         # The close has reached this end (readable), but the loop has not run since.
-        waiting = standby()._socks[address]  # noqa: SLF001 - the test looks inside
+        waiting = standby()._pools[address].idle[-1]  # noqa: SLF001 - the test looks inside
         readable, _, _ = select.select([waiting], [], [], 30)
         assert readable
         return await ask(url(server), 3), idle_port
@@ -202,7 +251,7 @@ def test_a_uvicorn_server_mlx_vlm_runs_on_gets_the_next_request_on_the_waiting_o
 
     async def go() -> tuple[int, int, int]:
         first = json.loads((await ask(base, 1))[6:].split(b"\n\n")[0])["client"]
-        waiting = standby()._socks[("127.0.0.1", port)]  # noqa: SLF001 - the test looks inside
+        waiting = standby()._pools[("127.0.0.1", port)].idle[-1]  # noqa: SLF001
         opened_ahead = waiting.getsockname()[1]
         second = json.loads((await ask(base, 2))[6:].split(b"\n\n")[0])["client"]
         return first, opened_ahead, second

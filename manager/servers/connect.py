@@ -55,6 +55,13 @@ async def connect_and_send(host: str, port: int, request: bytes, make: Callable[
     return await _transport(loop, sock, make, sent)
 
 
+def connection_open(host: str, port: int) -> Callable[[], None]:
+    """A request's connection to the server is open: counted (standby.py keeps as many
+    idle ones as were open at once). Returns what to call once when it ends."""
+    standby().opened((host, port))
+    return functools.partial(open_ahead, host, port)
+
+
 def open_ahead(host: str, port: int) -> None:
     """A request's connection to the server ended: open its next one now (standby.py)."""
     standby().refill((host, port), _connecting)

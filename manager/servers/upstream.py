@@ -38,7 +38,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from manager.json_text import encode
-from manager.servers.connect import connect_and_send, open_ahead
+from manager.servers.connect import connect_and_send, connection_open
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +442,7 @@ async def send_request(target: Target, request: bytes, read_timeout_s: float,
         connect_timeout_s)
     reader.send(request[sent:])  # the rest, if any (and the read watchdog starts)
     # The server's next request goes out on a connection opened once this one ends.
-    reader.on_closed = functools.partial(open_ahead, target.host, target.port)
+    reader.on_closed = connection_open(target.host, target.port)
     return reader
 
 
