@@ -15,6 +15,10 @@ Reports, per route and concurrency:
 - the TTFT the gateway itself adds: client TTFT minus the TTFT the gateway measured
   from its own request to the server (/metrics), which mlx_lm's batch admission (a
   request arriving while a batch runs waits for it) does not blur;
+- with concurrent streams, how many rounds mlx_lm did not admit in one batch on each
+  side, and added TTFT and tokens/s ratio over the pairs it did on both: a request that
+  misses the first batch waits for its whole decode burst, which decides a round's
+  figures by hundreds of ms whoever sent the requests;
 - decode tokens/s ratio gateway/direct (tokens after the first over the time between
   first and last token; goal >= 0.97), and the dashboard's CPU per streamed token
   (goal <= 60 us), also net of what the idle dashboard uses in the same time.
@@ -33,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,108 +51,19 @@ from pathlib import Path
 import httpx
 import psutil
 
+from bench._gateway_dashboards import (
+    Dashboard,
+    prepare,  # noqa: F401 - run as bench.gateway.prepare in the measured checkout
+    start_dashboard,
+    stop_dashboard,
+)
+from bench._gateway_streams import ROUTES, Route, Side, Stream, run_round
 from manager.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TTFT_GOAL_MS = 1.0
 RATE_GOAL = 0.97
 CPU_GOAL_US = 60.0
-PROMPT = [{"role": "user", "content": "Tell me a long story about a quick brown fox."}]
-
-
-@dataclass(frozen=True)
-class Stream:
-    ttft_s: float
-    decode_tokens: int
-    decode_s: float
-
-
-def _openai_tokens(event: dict, seen: dict) -> bool:
-    """OpenAI chat chunks: True for a token; the usage chunk's count goes to `seen`."""
-    if event.get("usage"):
-        seen["tokens"] = event["usage"]["completion_tokens"]
-    choices = event.get("choices") or []
-    delta = choices[0].get("delta", {}) if choices else {}
-    return bool(delta.get("content") or delta.get("reasoning"))
-
-
-def _anthropic_tokens(event: dict, seen: dict) -> bool:
-    if event.get("type") == "message_delta":
-        seen["tokens"] = event["usage"]["output_tokens"]
-    return event.get("type") == "content_block_delta"
-
-
-def _responses_tokens(event: dict, seen: dict) -> bool:
-    kind = event.get("type", "")
-    if kind in ("response.completed", "response.incomplete"):  # incomplete: max tokens
-        seen["tokens"] = event["response"]["usage"]["output_tokens"]
-    return kind in ("response.output_text.delta", "response.reasoning_text.delta",
-                    "response.reasoning_summary_text.delta")
-
-
-def _ollama_tokens(event: dict, seen: dict) -> bool:
-    if event.get("done"):
-        seen["tokens"] = event.get("eval_count", 0)
-    message = event.get("message") or {}
-    return bool(message.get("content") or message.get("thinking"))
-
-
-@dataclass(frozen=True)
-class Route:
-    """A streaming route of the gateway: its path, request and how to read its stream."""
-
-    name: str
-    path: str
-    body: Callable[[int], dict]
-    tokens: Callable[[dict, dict], bool]
-    ndjson: bool = False
-
-
-ROUTES = {
-    "chat": Route("chat", "/v1/chat/completions", lambda n: {
-        "model": "tiny", "messages": PROMPT, "max_tokens": n, "stream": True,
-        "stream_options": {"include_usage": True}}, _openai_tokens),
-    "messages": Route("messages", "/v1/messages", lambda n: {
-        "model": "tiny", "messages": PROMPT, "max_tokens": n, "stream": True},
-        _anthropic_tokens),
-    "responses": Route("responses", "/v1/responses", lambda n: {
-        "model": "tiny", "input": PROMPT[0]["content"], "max_output_tokens": n,
-        "stream": True, "store": False}, _responses_tokens),
-    "ollama": Route("ollama", "/api/chat", lambda n: {
-        "model": "tiny", "messages": PROMPT, "stream": True,
-        "options": {"num_predict": n}}, _ollama_tokens, ndjson=True),
-}
-
-
-def one_stream(client: httpx.Client, url: str, body: dict, headers: dict[str, str],
-               route: Route) -> Stream:
-    started = time.perf_counter()
-    first = last = None
-    seen = {"tokens": 0}
-    with client.stream("POST", url, json=body, headers=headers) as answer:
-        answer.raise_for_status()
-        for line in answer.iter_lines():
-            if route.ndjson:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-            elif not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            else:
-                event = json.loads(line[6:])
-            if route.tokens(event, seen):
-                last = time.perf_counter()
-                first = first or last
-    tokens = seen["tokens"]
-    if first is None or last is None or tokens < 2:
-        raise RuntimeError(f"no usable stream from {url}")
-    return Stream(first - started, tokens - 1, last - first)
-
-
-def run_round(pool: ThreadPoolExecutor, clients: list[httpx.Client], url: str, body: dict,
-              headers: dict[str, str], route: Route) -> list[Stream]:
-    jobs = [pool.submit(one_stream, c, url, body, headers, route) for c in clients]
-    return [job.result() for job in jobs]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -172,18 +85,6 @@ def process_cpu_s(proc: psutil.Process) -> float:
     return times.user + times.system
 
 
-def upstream_ttft(base: str, auth: dict[str, str]) -> tuple[float, int]:
-    """(sum of seconds, count) of the TTFT the gateway itself measured upstream (/metrics)."""
-    text = httpx.get(base + "/metrics", headers=auth, timeout=30).text
-    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-              for line in text.splitlines() if line and not line.startswith("#")}
-    name = 'mlx_manager_time_to_first_token_seconds_{}{{profile="tiny"}}'
-    return values[name.format("sum")], int(values[name.format("count")])
-
-
-Side = tuple[str, dict, dict, Route]  # url, body, headers, how to read the stream
-
-
 @dataclass
 class Tally:
     """One gateway's figures against the direct stream, over any number of rounds."""
@@ -195,6 +96,11 @@ class Tally:
     # request to the server, i.e. the time the gateway adds whatever the server's
     # scheduling does (mlx_lm only admits requests to a running batch between bursts).
     own_ms: list[float] = field(default_factory=list)
+    # Concurrent streams: rounds whose requests mlx_lm did not admit in one batch, per
+    # side, and added TTFT and tokens/s ratio over the pairs where both sides' were.
+    split: dict[str, int] = field(default_factory=lambda: {"gateway": 0, "direct": 0})
+    one_batch_added_ms: list[float] = field(default_factory=list)
+    one_batch_ratios: list[float] = field(default_factory=list)
     cpu_s: float = 0.0  # the dashboard's, during gateway rounds
     wall_s: float = 0.0
     tokens: int = 0
@@ -233,12 +139,28 @@ def measure(tally: Tally, concurrency: int, rounds: int, gateway: Side, direct: 
                     for k, v in pair.items()}
             tally.added_ms.append(first["gateway"] - first["direct"])
             tally.ratios.append(rate["gateway"] / rate["direct"])
+            if concurrency > 1:
+                together = {k: one_batch(v) for k, v in pair.items()}
+                for k, admitted in together.items():
+                    tally.split[k] += not admitted
+                if all(together.values()):
+                    tally.one_batch_added_ms.append(first["gateway"] - first["direct"])
+                    tally.one_batch_ratios.append(rate["gateway"] / rate["direct"])
             for k, v in pair.items():
                 tally.ttft[k] += [s.ttft_s * 1000 for s in v]
     tally.rounds += rounds
     for client in clients:
         client.close()
     return tally
+
+
+def one_batch(streams: list[Stream]) -> bool:
+    """Whether mlx_lm admitted all of a round's concurrent requests in one batch. It
+    admits a request only between decode bursts, so one that missed the first batch
+    waits about a whole stream's decode for its first token (hundreds of ms); within one
+    batch the first tokens come a few ms apart."""
+    firsts = [s.ttft_s for s in streams]
+    return max(firsts) - min(firsts) < 0.25 * statistics.median(s.decode_s for s in streams)
 
 
 def report(tally: Tally, route: str, concurrency: int, idle_share: float,
@@ -260,6 +182,8 @@ def report(tally: Tally, route: str, concurrency: int, idle_share: float,
     print(f"  TTFT the gateway itself adds (client TTFT - the gateway's own upstream TTFT, "
           f"per round): p50 {own_p50:.2f} ms, p95 {percentile(own_ms, 0.95):.2f} ms "
           f"{'OK' if own_p50 <= TTFT_GOAL_MS else 'ABOVE GOAL'}")
+    if concurrency > 1:
+        report_one_batch(tally)
     cpu_s, wall_s, tokens = tally.cpu_s, tally.wall_s, tally.tokens
     per_token = cpu_s / tokens * 1e6
     net = max(0.0, cpu_s - idle_share * wall_s) / tokens * 1e6
@@ -268,6 +192,23 @@ def report(tally: Tally, route: str, concurrency: int, idle_share: float,
           f"{'OK' if per_token <= CPU_GOAL_US else 'ABOVE GOAL'}; net of the idle "
           f"dashboard's {idle_share * 100:.1f}% of a core: {net:.0f} us per token")
     return added_p50, added_p95, ratio, per_token
+
+
+def report_one_batch(tally: Tally) -> None:
+    """Concurrent streams: which rounds mlx_lm split over batches (`one_batch`), and the
+    added TTFT and tokens/s ratio over the pairs it split on neither side. A split decides
+    a round's median by hundreds of ms either way, whoever sent the requests."""
+    pairs, split = len(tally.one_batch_added_ms), tally.split
+    print(f"  rounds mlx_lm did not admit in one batch: gateway {split['gateway']}, direct "
+          f"{split['direct']} of {tally.rounds}", end="")
+    if not pairs:
+        print("; no pair admitted in one batch on both sides")
+        return
+    added = percentile(tally.one_batch_added_ms, 0.5)
+    print(f"; over the {pairs} pairs in one batch on both sides: added TTFT p50 "
+          f"{added:+.2f} ms, p95 {percentile(tally.one_batch_added_ms, 0.95):+.2f} ms "
+          f"{'OK' if added <= TTFT_GOAL_MS else 'ABOVE GOAL'}, tokens/s ratio median "
+          f"{statistics.median(tally.one_batch_ratios):.3f}")
 
 
 def idle_cpu_share(proc: psutil.Process, seconds: float = 5.0) -> float:
@@ -307,97 +248,6 @@ async def requests_per_s(url: str, headers: dict[str, str], clients: int = 32,
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         return count / (time.perf_counter() - started)
-
-
-def prepare(root: Path, tokens: int) -> tuple[str, int, Path]:
-    """A data dir with an admin, a key and a profile for the tiny model."""
-    from manager.servers.profiles import ProfileSpec
-    from manager.services import Services
-    from manager.settings import Settings
-    from tests.fixtures.tiny_models import make_text_model
-
-    model = make_text_model(root / "model")
-    services = Services.create(Settings(data_dir=root / "data"), run_servers=False)
-    try:
-        admin = services.auth.register("bench@example.com", "correct horse battery")
-        key = services.api_keys.create(admin, "bench").secret
-        profile = services.profiles.create(admin, ProfileSpec(
-            name="tiny", model=str(model), port=free_port(), max_tokens=tokens))
-    finally:
-        services.close()
-    return key, profile.port, model
-
-
-@dataclass(frozen=True)
-class Dashboard:
-    """One dashboard under test, its own model server and the direct stream to it."""
-
-    label: str
-    process: subprocess.Popen[bytes]
-    base: str
-    auth: dict[str, str]
-    data_dir: Path
-    direct: Side
-
-    @property
-    def proc(self) -> psutil.Process:
-        return psutil.Process(self.process.pid)
-
-    def metrics(self) -> tuple[float, int]:
-        return upstream_ttft(self.base, self.auth)
-
-
-def start_dashboard(label: str, code: Path, root: Path, tokens: int,
-                    env: dict[str, str] | None = None) -> Dashboard:
-    """A data dir made by `code`'s own bench (so its migrations), then its dashboard, its
-    model server started by a first request."""
-    root.mkdir(parents=True)
-    made = subprocess.run(  # noqa: S603 - argv list, no shell
-        [sys.executable, "-c", "import json, sys; from bench.gateway import prepare; "
-         "k, p, m = prepare(__import__('pathlib').Path(sys.argv[1]), int(sys.argv[2])); "
-         "print(json.dumps([k, p, str(m)]))", str(root), str(tokens)],
-        cwd=code, check=True, capture_output=True, text=True)
-    key, server_port, model = json.loads(made.stdout.strip().splitlines()[-1])
-    port = free_port()
-    process = subprocess.Popen(  # noqa: S603 - argv list, no shell
-        [sys.executable, str(code / "app.py"), "serve", "--data-dir", str(root / "data"),
-         "--port", str(port), "--log-level", "warning"],
-        cwd=code, start_new_session=True, stdout=subprocess.DEVNULL,
-        # Every round uses the one key: no per-minute limit while measuring speed.
-        env={**os.environ, "MLX_MANAGER_GATEWAY_REQUESTS_PER_MINUTE": "0", **(env or {})})
-    base = f"http://127.0.0.1:{port}"
-    auth = {"Authorization": f"Bearer {key}"}
-    chat = ROUTES["chat"]
-    direct: Side = (f"http://127.0.0.1:{server_port}/v1/chat/completions",
-              {**chat.body(tokens), "model": model}, {}, chat)
-    board = Dashboard(label, process, base, auth, root / "data", direct)
-    deadline = time.monotonic() + 300  # a loaded machine imports slowly
-    last_error: Exception | None = None
-    while True:
-        try:
-            if httpx.get(base + "/login", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError as exc:
-            # Not listening yet; give up at the deadline with the last error.
-            last_error = exc
-        if time.monotonic() > deadline or process.poll() is not None:
-            stop_dashboard(board)
-            raise RuntimeError(f"the dashboard did not start ({last_error!r})")
-        time.sleep(0.2)
-    # The first request starts the server on demand.
-    httpx.post(base + chat.path, headers=auth, timeout=120,
-               json={**chat.body(tokens), "stream": False}).raise_for_status()
-    return board
-
-
-def stop_dashboard(board: Dashboard) -> None:
-    os.killpg(board.process.pid, signal.SIGTERM)
-    try:
-        board.process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(board.process.pid, signal.SIGKILL)
-        board.process.wait()
-    stop_leftovers(board.data_dir)
 
 
 #: With --baseline, the two dashboards take turns in blocks of this many rounds.
@@ -522,28 +372,6 @@ def measure_floor(args: argparse.Namespace, board: Dashboard) -> None:
         relay.terminate()
         relay.wait(30)
 
-
-def stop_leftovers(data_dir: Path) -> None:
-    """The dashboard leaves its model servers running (the next start adopts them)."""
-    import psutil
-
-    from manager.servers.process import live_process
-    from manager.servers.records import read_records
-    from manager.store import Store
-
-    for record in read_records(Store(data_dir / "manager.db")):
-        proc = live_process(record)
-        if proc is None:
-            continue
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(15)
-                break
-            except ProcessLookupError:
-                break
-            except psutil.TimeoutExpired:
-                print(f"model server {proc.pid} ignored {sig.name}")
 
 
 if __name__ == "__main__":
