@@ -3,7 +3,9 @@ and writes the same as the standard json module, by json where it does not.
 
 Each request runs this code once, out of the CPU's caches on a small shared machine,
 where orjson takes a fraction of json's time: reading a request body ~67 -> ~26 us,
-writing the request to the model server ~70 -> ~18 us, reading a first chunk alike.
+writing the request to the model server ~70 -> ~18 us, reading a first chunk alike,
+the Responses stream's opening events (two whole Response objects, the first items
+built ahead) ~80 -> ~35 us timed in a loop.
 """
 
 from __future__ import annotations
@@ -47,4 +49,4 @@ def encode(payload: Mapping[str, Any]) -> bytes:
         return orjson.dumps(payload)
     except TypeError as exc:
         log.debug("orjson cannot write this payload (%s): json writes it", exc)
-        return json.dumps(payload, ensure_ascii=False).encode()
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()

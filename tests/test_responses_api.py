@@ -463,3 +463,20 @@ def test_a_prepared_requests_id_is_made_once() -> None:
     first = prepared.response_id
     assert first.startswith("resp_") and prepared.response_id == first
     assert prepared.format("tiny").stream.response_id == first
+
+
+@pytest.mark.parametrize("extra", [
+    {"metadata": {"note": "café ☃ \u2028 \x01"}},  # raw UTF-8, control characters escaped
+    {"metadata": {"n": 2**70}},  # past 64 bits: orjson cannot write it, json does
+    {"temperature": 0.7, "top_p": 1e-05},
+])
+def test_an_event_is_its_compact_json_whatever_writes_it(extra: dict[str, Any]) -> None:
+    event = {"type": "response.created", "sequence_number": 0,
+             "response": {"id": "resp_1", **extra}}
+    written = sse(event)
+    head, data, tail = written.split(b"\n", 2)
+    assert head == b"event: response.created" and tail == b"\n"
+    assert data.startswith(b"data: ") and json.loads(data[6:]) == event
+    assert b": " not in data[6:] and b", " not in data[6:]  # compact
+    if extra.get("metadata", {}).get("note"):
+        assert "café ☃".encode() in data  # not escaped as \uXXXX

@@ -37,6 +37,7 @@ from manager.api.responses import (
 )
 from manager.api.stream_formats import ChunkFormat
 from manager.api.wire import ApiFormat, Failure, stream_error
+from manager.json_text import encode, loads
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,8 @@ Event = dict[str, Any]
 
 def sse(event: Mapping[str, Any]) -> bytes:
     """One event in the framing the openai SDK reads (`event:` names its type)."""
-    return (f"event: {event['type']}\ndata: "
-            f"{json.dumps(event, separators=(',', ':'), ensure_ascii=False)}\n\n").encode()
+    return b"".join((b"event: ", event["type"].encode(), b"\ndata: ", encode(event),
+                     b"\n\n"))
 
 
 class ResponsesStream:
@@ -323,7 +324,7 @@ class ResponsesStream:
 
 
 def _copy(item: Item) -> Item:
-    return json.loads(json.dumps(item))
+    return loads(encode(item))
 
 
 class ResponsesFormat(ChunkFormat):
