@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -19,9 +19,10 @@ from bench._gateway_streams import ROUTES, Side
 from manager.net import free_port
 
 
-def upstream_ttft(base: str, auth: dict[str, str]) -> tuple[float, int]:
+def upstream_ttft(scraper: httpx.Client, base: str, auth: dict[str, str]
+                  ) -> tuple[float, int]:
     """(sum of seconds, count) of the TTFT the gateway itself measured upstream (/metrics)."""
-    text = httpx.get(base + "/metrics", headers=auth, timeout=30).text
+    text = scraper.get(base + "/metrics", headers=auth, timeout=30).text
     values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
               for line in text.splitlines() if line and not line.startswith("#")}
     name = 'mlx_manager_time_to_first_token_seconds_{}{{profile="tiny"}}'
@@ -58,13 +59,17 @@ class Dashboard:
     auth: dict[str, str]
     data_dir: Path
     direct: Side
+    # Reads /metrics on one kept connection, as a Prometheus scraper does. A new client
+    # per read (a TLS context built, a connection opened and closed just before each
+    # gateway round) put several ms on about one stream in twenty (docs/benchmarks.md).
+    scraper: httpx.Client = field(default_factory=httpx.Client)
 
     @property
     def proc(self) -> psutil.Process:
         return psutil.Process(self.process.pid)
 
     def metrics(self) -> tuple[float, int]:
-        return upstream_ttft(self.base, self.auth)
+        return upstream_ttft(self.scraper, self.base, self.auth)
 
 
 def start_dashboard(label: str, code: Path, root: Path, tokens: int,
@@ -111,6 +116,7 @@ def start_dashboard(label: str, code: Path, root: Path, tokens: int,
 
 
 def stop_dashboard(board: Dashboard) -> None:
+    board.scraper.close()
     os.killpg(board.process.pid, signal.SIGTERM)
     try:
         board.process.wait(30)
