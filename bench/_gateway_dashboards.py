@@ -29,7 +29,6 @@ def upstream_ttft(scraper: httpx.Client, base: str, auth: dict[str, str]
     return values[name.format("sum")], int(values[name.format("count")])
 
 
-
 def prepare(root: Path, tokens: int) -> tuple[str, int, Path]:
     """A data dir with an admin, a key and a profile for the tiny model."""
     from manager.servers.profiles import ProfileSpec
@@ -62,7 +61,10 @@ class Dashboard:
     # Reads /metrics on one kept connection, as a Prometheus scraper does. A new client
     # per read (a TLS context built, a connection opened and closed just before each
     # gateway round) put several ms on about one stream in twenty (docs/benchmarks.md).
-    scraper: httpx.Client = field(default_factory=httpx.Client)
+    # Idle through the other dashboard's turn: let it go before uvicorn's 5 s keep-alive
+    # does, never reusing one the server closes at that moment.
+    scraper: httpx.Client = field(default_factory=lambda: httpx.Client(
+        limits=httpx.Limits(keepalive_expiry=4)))
 
     @property
     def proc(self) -> psutil.Process:
@@ -109,9 +111,12 @@ def start_dashboard(label: str, code: Path, root: Path, tokens: int,
             stop_dashboard(board)
             raise RuntimeError(f"the dashboard did not start ({last_error!r})")
         time.sleep(0.2)
-    # The first request starts the server on demand.
-    httpx.post(base + chat.path, headers=auth, timeout=120,
-               json={**chat.body(tokens), "stream": False}).raise_for_status()
+    try:  # the first request starts the server on demand
+        httpx.post(base + chat.path, headers=auth, timeout=120,
+                   json={**chat.body(tokens), "stream": False}).raise_for_status()
+    except BaseException:
+        stop_dashboard(board)
+        raise
     return board
 
 

@@ -109,6 +109,4 @@ def run_round(pool: ThreadPoolExecutor, clients: list[httpx.Client], url: str, b
     return [job.result() for job in jobs]
 
 
-
-
 Side = tuple[str, dict, dict, Route]  # url, body, headers, how to read the stream

@@ -63,7 +63,7 @@ class Standby:
         caller's now."""
         pool = self._pools.get(address)
         while pool is not None and pool.idle:
-            sock = pool.idle.pop()
+            sock = pool.idle.pop(0)  # the oldest: surely accepted, its thread parked
             asyncio.get_running_loop().remove_reader(sock.fileno())
             if _open_and_quiet(sock):
                 return sock
@@ -81,9 +81,10 @@ class Standby:
     def refill(self, address: Address,
                connect: Callable[[Address], socket.socket]) -> None:
         """A request's connection to the address ended: keep as many idle ones as its
-        requests were open at once since none was (at least one, at most MOST_IDLE),
-        opening one with `connect` (a socket whose connect has started; OSError when
-        refused) or closing the oldest. Never raises: without one the next request
+        requests were open at once since none was (at least one, at most MOST_IDLE;
+        while some stay open that is the most at once all along), opening one with
+        `connect` (a socket whose connect has started; OSError when refused) or closing
+        the newest. Never raises: without one the next request
         connects as usual. Not for a server off loopback."""
         if not _loopback(address[0]):
             return
@@ -91,7 +92,7 @@ class Standby:
         pool.busy = max(0, pool.busy - 1)
         want = min(max(pool.peak, 1), MOST_IDLE)
         while len(pool.idle) > want:  # fewer requests at once than before: let go
-            self._close(pool.idle.pop(0))
+            self._close(pool.idle.pop())
         if len(pool.idle) == want:
             return
         try:
