@@ -4,9 +4,8 @@ mlx_lm speaks HTTP/1.0: every request needs a new connection, and the server's a
 to one begins with its accept loop waking and starting a thread for it. That start is
 on the way to the first token: about half a millisecond of added time to first token
 when requests follow each other, measured on a small machine through the gateway
-(bench/gateway.py; docs/benchmarks.md also records a higher p95 with it), and for
-concurrent requests it comes once per request, one after another, while the server's
-batch waits for the last of them. So when a request's connection ends, the next one is
+(bench/gateway.py), and for concurrent requests it comes once per request, one after
+another, while the server's batch waits for the last of them. So when a request's connection ends, the next one is
 opened at once (`refill`, through connect.open_ahead): the server accepts it and parks
 a thread on it while nobody waits, and a next request is written on it (`take`). As
 many are kept as the server's requests were open at once lately (`opened` counts
