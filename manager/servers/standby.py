@@ -5,11 +5,12 @@ to one begins with its accept loop waking and starting a thread for it. That sta
 on the way to the first token: about half a millisecond of added time to first token
 when requests follow each other, measured on a small machine through the gateway
 (bench/gateway.py), and for concurrent requests it comes once per request, one after
-another, while the server's batch waits for the last of them. So when a request's connection ends, the next one is
-opened at once (`refill`, through connect.open_ahead): the server accepts it and parks
-a thread on it while nobody waits, and a next request is written on it (`take`). As
-many are kept as the server's requests were open at once lately (`opened` counts
-them): one for requests that follow each other, eight for eight agents at once.
+another, while the server's batch waits for the last of them. So when a request's
+connection ends, the next one is opened at once (`refill`, through connect.open_ahead):
+the server accepts it and parks a thread on it while nobody waits, and a next request is
+written on it (`take`). As many are kept as the server's requests were open at once
+lately (`opened` counts them): one for requests that follow each other, eight for eight
+agents at once.
 
 Only loopback servers get one: a connection idle across a network can be dropped by a
 firewall without either end hearing of it, and a request written on it would wait for
@@ -71,9 +72,9 @@ class Standby:
 
     def opened(self, address: Address) -> None:
         """A request's connection to the address is open (counted until `refill`)."""
-        if not _loopback(address[0]):
+        pool = self._pool(address)
+        if pool is None:
             return
-        pool = self._pools.setdefault(address, _Pool())
         pool.busy += 1
         pool.peak = 1 if pool.busy == 1 else max(pool.peak, pool.busy)
 
@@ -83,11 +84,10 @@ class Standby:
         requests were open at once since none was (at least one, at most MOST_IDLE;
         while some stay open that is the most at once all along), opening one with
         `connect` (a socket whose connect has started; OSError when refused) or closing
-        the newest. Never raises: without one the next request
-        connects as usual. Not for a server off loopback."""
-        if not _loopback(address[0]):
+        the newest. Never raises: without one the next request connects as usual."""
+        pool = self._pool(address)
+        if pool is None:
             return
-        pool = self._pools.setdefault(address, _Pool())
         pool.busy = max(0, pool.busy - 1)
         want = min(max(pool.peak, 1), MOST_IDLE)
         while len(pool.idle) > want:  # fewer requests at once than before: let go
@@ -104,6 +104,12 @@ class Standby:
 
     def __len__(self) -> int:
         return sum(len(pool.idle) for pool in self._pools.values())
+
+    def _pool(self, address: Address) -> _Pool | None:
+        """The address's pool, made on first use; None for a server off loopback."""
+        if not _loopback(address[0]):
+            return None
+        return self._pools.setdefault(address, _Pool())
 
     def _drop(self, pool: _Pool, sock: socket.socket) -> None:
         """An idle connection became readable: the server closed it (or refused it)."""
