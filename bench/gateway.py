@@ -137,15 +137,17 @@ def measure(tally: Tally, concurrency: int, rounds: int, gateway: Side, direct: 
             first = {k: statistics.median(s.ttft_s * 1000 for s in v) for k, v in pair.items()}
             rate = {k: sum(s.decode_tokens for s in v) / sum(s.decode_s for s in v)
                     for k, v in pair.items()}
-            tally.added_ms.append(first["gateway"] - first["direct"])
-            tally.ratios.append(rate["gateway"] / rate["direct"])
+            added = first["gateway"] - first["direct"]
+            ratio = rate["gateway"] / rate["direct"]
+            tally.added_ms.append(added)
+            tally.ratios.append(ratio)
             if concurrency > 1:
                 together = {k: one_batch(v) for k, v in pair.items()}
                 for k, admitted in together.items():
                     tally.split[k] += not admitted
                 if all(together.values()):
-                    tally.one_batch_added_ms.append(first["gateway"] - first["direct"])
-                    tally.one_batch_ratios.append(rate["gateway"] / rate["direct"])
+                    tally.one_batch_added_ms.append(added)
+                    tally.one_batch_ratios.append(ratio)
             for k, v in pair.items():
                 tally.ttft[k] += [s.ttft_s * 1000 for s in v]
     tally.rounds += rounds
