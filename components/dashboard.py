@@ -18,7 +18,7 @@ from components import (
 )
 from components.chat.tab import build_page as build_chat
 from components.live import LiveFeed, LivePart
-from components.session import user_of
+from components.session import TabLoader, user_of
 from components.views import admin_tab_label, header_html
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, allowed
@@ -59,21 +59,17 @@ def build_dashboard(services: Services) -> gr.Blocks:
             return {header: shown_header, admin: shown_tab, **load_admin.fn(request),
                     **first_run.load_values(services, banner)}
 
-        demo.load(on_open, None, [header, admin, *load_admin.outputs, *banner.outputs])
-        demo.load(load_models.fn, None, load_models.outputs)
-        demo.load(load_profiles.fn, None, load_profiles.outputs)
-        demo.load(load_servers.fn, None, load_servers.outputs)
-        demo.load(load_chat.fn, None, load_chat.outputs)
-        demo.load(load_keys.fn, None, load_keys.outputs)
-        demo.load(load_toolcheck.fn, None, load_toolcheck.outputs)
         live = LiveFeed(services)
-        # Accounts may also change through the CLI (another process): redrawn on each
+        # One load fills every tab and starts the live feed (components/live.py). Accounts
+        # may also change through the CLI (another process): the header is redrawn on each
         # wait that ends without news too.
-        live.add(LivePart(frozenset({Topic.ACCOUNTS}), shell, [header, admin], on_timeout=True))
+        live.add_loader(TabLoader(on_open, [header, admin, *load_admin.outputs, *banner.outputs],
+                                  live=(LivePart(frozenset({Topic.ACCOUNTS}), shell,
+                                                 [header, admin], on_timeout=True),
+                                        *load_admin.live)))
         for loader in (load_models, load_profiles, load_servers, load_chat, load_keys,
-                       load_toolcheck, load_admin):
-            for part in loader.live:
-                live.add(part)
-        live.attach()
+                       load_toolcheck):
+            live.add_loader(loader)
+        live.attach(demo)
     return demo
 

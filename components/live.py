@@ -26,7 +26,14 @@ model is ready within it, and "Ready" no longer waits behind the page's redraw o
 way waits so: a new pending user, a download step or another server's change (a crash)
 ends the wait at once (`settle_allowance`).
 
-Tabs add their parts (`LiveFeed.add`) while the page is built; `attach` wires the tick.
+Tabs add what fills them when a page opens and their parts (`LiveFeed.add_loader`) while
+the page is built; `attach` wires the page's load and its tick. The load is one event that
+reads the versions before it reads any state, draws every tab, and writes them as the
+page's `Seen`; the timer starts only once that answer has landed. Why: with separate loads
+and a tick running from the start, a load's drawing could land after a tick that had drawn
+a newer state and recorded its versions, and the part stayed stale until its topic moved
+again. Now the page never records versions newer than what it shows; whatever moved since
+the load is redrawn by the first tick (possibly drawn twice, never missed).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from typing import Any
 import anyio.to_thread
 import gradio as gr
 
-from components.session import refusals, user_of
+from components.session import TabLoader, refusals, user_of
 from manager.accounts.auth import User
 from manager.changes import Changes, Topic, Versions
 from manager.servers.states import ServerState
@@ -66,6 +73,8 @@ SETTLING_TOPICS = frozenset({Topic.SERVERS, Topic.SAMPLES})
 #: Pages whose ticks may wait at once; more pages queue (each waiting tick holds one
 #: of Gradio's worker slots, and chat streams need theirs).
 MAX_WAITING_PAGES = 16
+#: Pages that may load at once (a load is a few short reads per tab, each in a thread).
+MAX_OPENING_PAGES = 4
 
 
 @dataclass(frozen=True)
@@ -113,12 +122,14 @@ States = Mapping[int, ServerState]
 class Seen:
     """What a page last drew: the versions, when (event loop time) it last drew the
     lazy topics' news, the servers' states (profile id, state) as it drew them, and for
-    each part the values of its `follows` it was drawn with."""
+    each part the values of its `follows` it was drawn with (None: drawn by the page
+    load, which also set those values, so they are whatever the page has at its next
+    tick)."""
 
     versions: Versions
     lazy_at: float
     servers: tuple[tuple[int, ServerState], ...] = ()
-    drawn_with: tuple[tuple[Any, ...] | None, ...] = ()
+    drawn_with: tuple[tuple[Any, ...] | None, ...] | None = None
 
 
 _ON_THE_WAY = frozenset({ServerState.STARTING, ServerState.STOPPING})
@@ -175,9 +186,16 @@ class LiveFeed:
     def __init__(self, services: Services) -> None:
         self._services = services
         self._parts: list[LivePart] = []
+        self._loaders: list[TabLoader] = []
 
     def add(self, part: LivePart) -> None:
         self._parts.append(part)
+
+    def add_loader(self, loader: TabLoader) -> None:
+        """What fills a tab when a page opens (drawn by the page's load), and its parts."""
+        self._loaders.append(loader)
+        for part in loader.live:
+            self.add(part)
 
     def states(self) -> dict[int, ServerState]:
         """Every known server's state, by profile id."""
@@ -214,8 +232,8 @@ class LiveFeed:
 
     def behind(self, last: Seen | None, values: Sequence[Any]) -> frozenset[int]:
         """The parts drawn for other values of their `follows` than the page has now."""
-        if last is None:
-            return frozenset()  # the page load draws them
+        if last is None or last.drawn_with is None:
+            return frozenset()  # the page load drew them, for the values it set
         drawn = last.drawn_with
         return frozenset(
             i for i, (part, mine) in enumerate(zip(self._parts, self.split(values),
@@ -230,11 +248,7 @@ class LiveFeed:
         moved = now.moved(since)
         out: list[Any] = []
         for i, (part, mine) in enumerate(zip(self._parts, self.split(values), strict=True)):
-            # A page's first tick can read its inputs before the page load has filled them
-            # (the Chat tab's picked server is still empty): the load draws those parts.
-            first_with_inputs = since is None and bool(part.inputs)
-            if not first_with_inputs and (i in behind or part.topics & moved
-                                          or (timed_out and part.on_timeout)):
+            if i in behind or part.topics & moved or (timed_out and part.on_timeout):
                 drawn = list(part.render(user, *mine))
                 if len(drawn) != len(part.outputs):
                     raise ValueError(f"{part.render.__name__} drew {len(drawn)} values for "
@@ -252,11 +266,15 @@ class LiveFeed:
         redraw a server's Ready) is drawn with them, once: else it waited for the page to
         render this answer and ask again, a whole round trip (0.5-0.85 s at load 4,
         docs/benchmarks.md). Servers that just set out are left to the next tick, which
-        lets them arrive (`settled`)."""
+        lets them arrive (`settled`).
+
+        Before the page's load has landed (`last` is None; the timer only starts with the
+        load's answer, so this is a safeguard) it draws and records nothing: its answer
+        could land before the load's older drawing, which would then hide what it drew."""
+        if last is None:
+            return [gr.skip() for _ in range(1 + sum(len(p.outputs) for p in self._parts))]
         changes = self._services.changes
-        since = last.versions if last is not None else None
-        lazy_at = last.lazy_at if last is not None else float("-inf")
-        drawn = dict(last.servers) if last is not None else {}
+        since, lazy_at, drawn = last.versions, last.lazy_at, dict(last.servers)
         behind = self.behind(last, values)
         if behind:  # drawn for what the page no longer shows: no waiting for news
             now = changes.versions()
@@ -287,13 +305,44 @@ class LiveFeed:
                            for part, mine in zip(self._parts, self.split(values), strict=True))
         return [Seen(now, lazy_at, tuple(sorted(servers.items())), drawn_with), *parts]
 
-    def attach(self) -> gr.Timer:
-        """Wire the page's tick (inside the page's Blocks, after every part was added)."""
+    async def load(self, request: gr.Request) -> tuple[Seen, dict[Any, Any]]:
+        """What a page shows when it opens: every loader's drawing (side by side, as the
+        separate loads were), and the page's first `Seen`. Its versions are read before
+        any loader reads state, so they are never newer than what the page shows: the
+        ticks after it redraw whatever moved since, even if a loader saw it already."""
+        versions = self._services.changes.versions()
+        lazy_at = asyncio.get_running_loop().time()
+        servers, *answers = await asyncio.gather(
+            anyio.to_thread.run_sync(self.states),
+            *(anyio.to_thread.run_sync(loader.fn, request) for loader in self._loaders))
+        shown: dict[Any, Any] = {}
+        for loader, answer in zip(self._loaders, answers, strict=True):
+            if not isinstance(answer, dict):  # one value per output, in order
+                answer = dict(zip(loader.outputs, answer if len(loader.outputs) > 1
+                                  else (answer,), strict=True))
+            shown.update(answer)
+        return Seen(versions, lazy_at, tuple(sorted(servers.items()))), shown
+
+    def attach(self, page: gr.Blocks) -> gr.Timer:
+        """Wire the page's load and tick (inside the page's Blocks, after every loader and
+        part was added)."""
         services = self._services
         seen = gr.State(None)  # the Seen of this page
-        timer = gr.Timer(TICK_S)
+        # Started by the load's answer: no tick may record versions before the page shows
+        # the load's drawing (see the module's docstring).
+        timer = gr.Timer(TICK_S, active=False)
         inputs = [seen, *(c for part in self._parts for c in part.inputs)]
         outputs = [seen, *(c for part in self._parts for c in part.outputs)]
+        loaded = [c for loader in self._loaders for c in loader.outputs]
+        if len({id(c) for c in loaded}) != len(loaded):
+            raise ValueError("a component is filled by two loaders")
+
+        async def load(request: gr.Request) -> dict[Any, Any]:
+            first, shown = await self.load(request)
+            return {seen: first, timer: gr.Timer(active=True), **shown}
+
+        page.load(load, None, [seen, timer, *loaded], concurrency_limit=MAX_OPENING_PAGES,
+                  concurrency_id="page-load", api_visibility="private")
 
         async def tick(last: Seen | None, *rest: Any) -> list[Any]:
             *values, request = rest

@@ -44,20 +44,18 @@ def _feed(services: Services) -> LiveFeed:
     return feed
 
 
-def test_the_first_tick_leaves_parts_with_inputs_to_the_page_load(
+def test_a_tick_before_the_page_load_landed_draws_and_records_nothing(
         services: Services) -> None:
-    """Bug: the Chat tab's first tick read its server picker before the page load had
-    filled it and drew 'Pick a server' over the load's 'is ready' line."""
+    """Bugs: the Chat tab's first tick read its server picker before the page load had
+    filled it and drew 'Pick a server' over the load's 'is ready' line; and a first tick
+    that drew a newer state than a page load landing after it recorded those versions, so
+    the load's older drawing stayed (test_live_page_load). The timer now starts with the
+    load's answer, and a tick without a Seen leaves everything, the Seen too, as it is."""
     with gr.Blocks():
         feed = _feed(services)
-    changes = Changes()
-    first = changes.versions()
-    drawn = feed.redraw(None, None, first, False, [None])  # type: ignore[arg-type]
-    assert drawn[0] == "badge"
-    assert isinstance(drawn[1], type(gr.skip()))
-    changes.bump(Topic.SERVERS)
-    later = feed.redraw(None, first, changes.versions(), False, ["weather"])  # type: ignore[arg-type]
-    assert isinstance(later[0], type(gr.skip())) and later[1] == "status of weather"
+    services.changes.bump(Topic.SERVERS)
+    drawn = _answer(feed, None, [None])
+    assert len(drawn) == 3 and all(isinstance(d, type(gr.skip())) for d in drawn)
 
 
 def _waiting(changes: Changes, since: Any, lazy_from: float) -> Any:
@@ -189,7 +187,7 @@ def test_other_news_is_not_held_for_a_server_on_its_way(
     assert states == feed.now
 
 
-def _answer(feed: LiveFeed, last: Seen, values: list[Any] | None = None) -> list[Any]:
+def _answer(feed: LiveFeed, last: Seen | None, values: list[Any] | None = None) -> list[Any]:
     """feed.answer on its own loop thread (see _settling), with the page's input values."""
     found: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: found.update(
@@ -381,3 +379,41 @@ def test_an_account_made_by_another_process_shows_in_the_admin_table_after_a_qui
     now = services.changes.versions()
     table, _target = feed.redraw(admin, now, now, True, [])
     assert any("bob@example.com" in str(cell) for row in table for cell in row)
+
+
+def test_the_page_load_records_the_versions_from_before_it_read_anything(
+        services: Services) -> None:
+    """The load's Seen is never newer than its drawing: a change while the tabs are drawn
+    (a server failing after the Servers tab read its list) is news for the first tick,
+    which draws it at once; the load's own values stand for the parts that follow them."""
+    from components.session import TabLoader
+
+    changes = services.changes
+    with gr.Blocks():
+        feed = LiveFeed(services)
+        tiles, picker = gr.Markdown(), gr.Dropdown()
+
+        def load_servers(_request: Any) -> tuple[str, str]:
+            drawn = ("tiles as read", "weather")
+            changes.bump(Topic.SERVERS)  # after the read: not in this drawing
+            return drawn
+
+        feed.add_loader(TabLoader(load_servers, [tiles, picker], live=(
+            LivePart(frozenset({Topic.SERVERS}), lambda _user, picked: (f"tiles for {picked}",),
+                     [tiles], inputs=[picker], follows=[picker]),)))
+    before = changes.versions()
+    seen, shown = _run_load(feed)
+    assert shown == {tiles: "tiles as read", picker: "weather"}
+    assert seen.versions == before and seen.drawn_with is None
+    after, drawn = _answer(feed, seen, ["weather"])
+    assert drawn == "tiles for weather" and after.versions == changes.versions()
+    assert after.drawn_with == (("weather",),)
+
+
+def _run_load(feed: LiveFeed) -> Any:
+    found: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: found.update(
+        out=asyncio.run(feed.load(None))))  # type: ignore[arg-type]
+    thread.start()
+    thread.join()
+    return found["out"]

@@ -1,0 +1,99 @@
+"""A page load whose answer lands after the live feed's tick (components/live.py): the real
+dashboard's events, run through Gradio's own `process_api` with one page's session state;
+the test decides when each answer lands in the page, as the network would."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pytest
+from gradio.blocks import BlockFunction
+from gradio.state_holder import SessionState
+
+from components import live
+from components.dashboard import build_dashboard
+from manager.servers.profiles import ProfileSpec
+from manager.services import Services
+
+
+def _run(work: Coroutine[Any, Any, Any]) -> Any:
+    """`work` on its own loop thread (as test_live_feed's helpers: no loop of the test's)."""
+    found: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: found.update(out=asyncio.run(work)))
+    thread.start()
+    thread.join()
+    return found["out"]
+
+
+class _Page:
+    """One open page as Gradio's front end runs it: the props it shows, per component, and
+    its session's state (server-side, as gr.State is); an answer changes what it shows only
+    when it `lands`."""
+
+    def __init__(self, demo: gr.Blocks, email: str) -> None:
+        self.demo = demo
+        self.session = SessionState(demo)
+        self.request = gr.Request(username=email, session_hash="page")
+        self.props = {i: dict(demo.blocks[i].get_config()) for i in demo.blocks}
+        self.timer = next(b for b in demo.blocks.values() if isinstance(b, gr.Timer)
+                          and any(t[1] == "tick" and f.fn.__name__ == "tick"
+                                  for f in demo.fns.values() for t in f.targets
+                                  if t[0] == b._id))
+
+    def events(self, name: str) -> list[BlockFunction]:
+        return [f for f in self.demo.fns.values() if any(t[1] == name for t in f.targets)]
+
+    def send(self, fn: BlockFunction) -> list[Any]:
+        """The answer of one event (its handler runs now; the page does not show it yet)."""
+        inputs = [self.props[c._id].get("value") for c in fn.inputs]
+        return _run(self.demo.process_api(fn, inputs, self.session, self.request))["data"]
+
+    def land(self, fn: BlockFunction, answer: list[Any]) -> None:
+        for block, value in zip(fn.outputs, answer, strict=True):
+            if isinstance(value, dict) and value.get("__type__") == "update":
+                self.props[block._id].update({k: v for k, v in value.items()
+                                              if k != "__type__"})
+            elif not block.stateful:
+                self.props[block._id]["value"] = value
+
+    def tick(self) -> None:
+        """The live timer's tick, if the timer runs, landing at once."""
+        if self.props[self.timer._id].get("active", True):
+            for fn in self.events("tick"):
+                if fn.fn.__name__ == "tick":
+                    self.land(fn, self.send(fn))
+
+
+def test_a_page_load_landing_after_the_first_tick_does_not_leave_the_page_stale(
+        services: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Bug: the page's loads read the servers, a server failed, the first live tick drew
+    and recorded the versions after that, and the loads' older drawing landed last. The
+    page had 'seen' the failure and the Servers tab never showed it (nothing moved
+    again): issue 12 wants every change in every open page within 1 s."""
+    monkeypatch.setattr(live, "HOLD_S", 0.0)  # a tick without news answers at once
+    services.auth.register("admin@example.com", "correct horse battery")
+    (tmp_path / "config.json").write_text("{}")  # a model folder, as far as profiles check
+    profile = services.profiles.create(None, ProfileSpec(name="tiny", model=str(tmp_path)))
+    page = _Page(build_dashboard(services), "admin@example.com")
+    tiles, header = (next(b for b in page.demo.blocks.values() if b.elem_id == elem_id)
+                     for elem_id in ("server-tiles", "mm-header"))
+
+    loads = [(fn, page.send(fn)) for fn in page.events("load")]  # read before the failure
+    before = services.changes.versions()
+    services.supervisor.fail_to_start(profile.id, "The port is busy.")
+    services.auth.register("bob@example.com", "correct horse battery")  # pending
+    assert services.changes.versions() != before
+    page.tick()  # the first tick (if the timer already runs) lands before the loads
+    for fn, answer in loads:
+        page.land(fn, answer)
+    assert "data-state='failed'" not in page.props[tiles._id]["value"]  # the loads' drawing
+
+    page.tick()  # no news since the failure: the page must still get to show it
+    assert "data-state='failed'" in page.props[tiles._id]["value"], \
+        "the Servers tab still shows the drawing from before the failure"
+    assert "pending-badge" in page.props[header._id]["value"]
