@@ -166,8 +166,7 @@ def build(services: Services) -> TabLoader:
         return snapshot(actor)
 
     # Also redrawn when a wait ends without news, as the header's badge is: accounts
-    # change through the CLI too (another process), and a page load that read them
-    # before a change can land after the tick that drew it.
+    # change through the CLI too (another process).
     return TabLoader(load_all, [table, target, *mcp.outputs, *sessions.outputs,
                                 *settings.outputs],
                      live=(LivePart(frozenset({Topic.ACCOUNTS}), redraw, [table, target],
