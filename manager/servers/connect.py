@@ -3,8 +3,9 @@
 `loop.create_connection()` takes several loop iterations (the connect's writer wait,
 `connection_made` and the waiter through call_soon) before anything can be written.
 On this machine a TCP handshake is over when a non-blocking connect() returns, so the
-request is sent on the bare socket at once and asyncio builds its transport afterwards,
-while the server already works on the request (the gateway's time to first token).
+request is sent on the bare socket at once and its transport is made afterwards
+(socket_transport.py), while the server already works on the request (the gateway's
+time to first token).
 A connection still being established (another machine, a full accept queue) waits for
 its handshake first; a host name goes through asyncio, which resolves it. A loopback
 server's connection opened ahead of the request (standby.py) is used first when there is
@@ -20,8 +21,9 @@ import ipaddress
 import os
 import socket
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
+from manager.servers.socket_transport import SocketTransport
 from manager.servers.standby import standby
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
@@ -37,7 +39,7 @@ async def connect_and_send(host: str, port: int, request: bytes, make: Callable[
     if ready is not None:
         sent = _send_on(ready, request)
         if sent is not None:
-            return await _transport(loop, ready, make, sent)
+            return _transport(loop, ready, make, sent)
         ready.close()  # closed by the server just now: nothing went out, connect anew
     sock = _socket_for(host)
     if sock is None:  # a host name: asyncio resolves it
@@ -52,7 +54,7 @@ async def connect_and_send(host: str, port: int, request: bytes, make: Callable[
     except BaseException:
         sock.close()
         raise
-    return await _transport(loop, sock, make, sent)
+    return _transport(loop, sock, make, sent)
 
 
 def connection_open(host: str, port: int) -> Callable[[], None]:
@@ -67,11 +69,12 @@ def open_ahead(host: str, port: int) -> None:
     standby().refill((host, port), _connecting)
 
 
-async def _transport(loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                     make: Callable[[], P], sent: int) -> tuple[P, int]:
+def _transport(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+               make: Callable[[], P], sent: int) -> tuple[P, int]:
     """The protocol made by `make` on the connected `sock` (closed when that fails)."""
     try:
-        _, protocol = await loop.create_connection(make, sock=sock)
+        protocol = make()
+        SocketTransport(loop, sock, cast(asyncio.Protocol, protocol))
     except BaseException:
         sock.close()
         raise
