@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import statistics
 import subprocess
@@ -64,6 +65,18 @@ ROOT = Path(__file__).resolve().parent.parent
 TTFT_GOAL_MS = 1.0
 RATE_GOAL = 0.97
 CPU_GOAL_US = 60.0
+
+
+def median_interval(values: list[float], z: float = 1.645) -> tuple[float, float]:
+    """A 90 % confidence interval for the median (z = 1.645), from order statistics: the
+    number of values below the true median is binomial(n, 1/2), so ranks n/2 -+ z*sqrt(n)/2
+    bound it whatever the distribution. Tells a p50 above a goal from noise around it."""
+    ordered = sorted(values)
+    n = len(ordered)
+    half = z * math.sqrt(n) / 2
+    low = max(0, math.floor(n / 2 - half))
+    high = min(n - 1, math.ceil(n / 2 + half) - 1)
+    return ordered[low], ordered[high]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -175,12 +188,14 @@ def report(tally: Tally, route: str, concurrency: int, idle_share: float,
     """Prints the figures; returns (added TTFT p50 ms, p95 ms, tokens/s ratio, CPU us per
     token)."""
     added_p50, added_p95 = percentile(tally.added_ms, 0.5), percentile(tally.added_ms, 0.95)
+    low, high = median_interval(tally.added_ms)
     ratio = statistics.median(tally.ratios)
     ttft, ratios, own_ms = tally.ttft, tally.ratios, tally.own_ms
     print(f"{label}{route}, {concurrency} stream(s), {tally.rounds} paired rounds: TTFT p50 "
           f"direct {percentile(ttft['direct'], 0.5):.1f} ms, gateway "
-          f"{percentile(ttft['gateway'], 0.5):.1f} ms; added TTFT p50 {added_p50:+.2f} ms, "
-          f"p95 {added_p95:+.2f} ms (goal p50 <= {TTFT_GOAL_MS:g}) "
+          f"{percentile(ttft['gateway'], 0.5):.1f} ms; added TTFT p50 {added_p50:+.2f} ms "
+          f"(90% interval {low:+.2f} to {high:+.2f}), p95 {added_p95:+.2f} ms "
+          f"(goal p50 <= {TTFT_GOAL_MS:g}) "
           f"{'OK' if added_p50 <= TTFT_GOAL_MS else 'ABOVE GOAL'}")
     print(f"  decode tokens/s ratio gateway/direct: median {ratio:.3f} "
           f"(quartiles {percentile(ratios, 0.25):.3f}-{percentile(ratios, 0.75):.3f}; "
@@ -212,8 +227,10 @@ def report_one_batch(tally: Tally) -> None:
         print("; no pair admitted in one batch on both sides")
         return
     added = percentile(tally.one_batch_added_ms, 0.5)
+    low, high = median_interval(tally.one_batch_added_ms)
     print(f"; over the {pairs} pairs in one batch on both sides: added TTFT p50 "
-          f"{added:+.2f} ms, p95 {percentile(tally.one_batch_added_ms, 0.95):+.2f} ms "
+          f"{added:+.2f} ms (90% interval {low:+.2f} to {high:+.2f}), "
+          f"p95 {percentile(tally.one_batch_added_ms, 0.95):+.2f} ms "
           f"{'OK' if added <= TTFT_GOAL_MS else 'ABOVE GOAL'}, tokens/s ratio median "
           f"{statistics.median(tally.one_batch_ratios):.3f}")
 
