@@ -314,14 +314,36 @@ class LiveFeed:
         lazy_at = asyncio.get_running_loop().time()
         servers, *answers = await asyncio.gather(
             anyio.to_thread.run_sync(self.states),
-            *(anyio.to_thread.run_sync(loader.fn, request) for loader in self._loaders))
+            *(anyio.to_thread.run_sync(loader.fn, request) for loader in self._loaders),
+            return_exceptions=True)
+        if isinstance(servers, BaseException):
+            raise servers
+        refused = [a for a in answers if isinstance(a, gr.Error)]
+        if refused and len(refused) == len(answers):
+            raise refused[0]  # the session ended: the page says so (as each load did)
         shown: dict[Any, Any] = {}
         for loader, answer in zip(self._loaders, answers, strict=True):
+            if isinstance(answer, BaseException):
+                # One tab's failure leaves that tab as built; the rest of the page and
+                # its live feed work as usual.
+                self._failed_to_load(loader, answer)
+                continue
             if not isinstance(answer, dict):  # one value per output, in order
                 answer = dict(zip(loader.outputs, answer if len(loader.outputs) > 1
                                   else (answer,), strict=True))
             shown.update(answer)
         return Seen(versions, lazy_at, tuple(sorted(servers.items()))), shown
+
+    @staticmethod
+    def _failed_to_load(loader: TabLoader, error: BaseException) -> None:
+        """Told in the page (a toast) and, when it is not a refusal, in the log."""
+        if isinstance(error, gr.Error):
+            gr.Warning(str(error.message))
+            return
+        log.error("%s failed while a page opened", getattr(loader.fn, "__qualname__", loader.fn),
+                  exc_info=error)
+        gr.Warning("Part of this page could not be filled; reload it to try again. "
+                   "The dashboard's log says why.")
 
     def attach(self, page: gr.Blocks) -> gr.Timer:
         """Wire the page's load and tick (inside the page's Blocks, after every loader and

@@ -410,10 +410,58 @@ def test_the_page_load_records_the_versions_from_before_it_read_anything(
     assert after.drawn_with == (("weather",),)
 
 
+def test_a_tab_that_fails_to_load_leaves_the_rest_of_the_page_and_its_feed_working(
+        services: Services, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in one tab's loader is logged, and the other tabs are filled and followed as
+    usual (the page's load is one event: a failure there blanked every tab and never
+    started the live feed); when every loader refuses (the session ended), the load
+    itself is refused."""
+    from components.session import TabLoader
+
+    with gr.Blocks():
+        feed = LiveFeed(services)
+        tiles, models = gr.Markdown(), gr.Markdown()
+
+        def broken(_request: Any) -> str:
+            raise RuntimeError("a bug in the Models tab")
+
+        feed.add_loader(TabLoader(broken, [models]))
+        feed.add_loader(TabLoader(lambda _request: "tiles", [tiles], live=(
+            LivePart(frozenset({Topic.SERVERS}), lambda _user: ("tiles again",), [tiles]),)))
+    # gr.Warning, outside a browser's event (in the page it is a toast).
+    with pytest.warns(UserWarning, match="could not be filled; reload it"):
+        seen, shown = _run_load(feed)
+    assert shown == {tiles: "tiles"}
+    assert seen.versions == services.changes.versions()
+    assert "a bug in the Models tab" in caplog.text
+    services.changes.bump(Topic.SERVERS)
+    _after, drawn = _answer(feed, seen, [])
+    assert drawn == "tiles again"
+
+    with gr.Blocks():
+        refusing = LiveFeed(services)
+
+        def ended(_request: Any) -> str:
+            raise gr.Error("Your session ended: sign in again.")
+
+        refusing.add_loader(TabLoader(ended, [gr.Markdown()]))
+        refusing.add_loader(TabLoader(ended, [gr.Markdown()]))
+    with pytest.raises(gr.Error, match="session ended"):
+        _run_load(refusing)
+
+
 def _run_load(feed: LiveFeed) -> Any:
     found: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: found.update(
-        out=asyncio.run(feed.load(None))))  # type: ignore[arg-type]
+
+    def load() -> None:
+        try:
+            found["out"] = asyncio.run(feed.load(None))  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - raised in the test's thread
+            found["error"] = exc
+
+    thread = threading.Thread(target=load)
     thread.start()
     thread.join()
+    if "error" in found:
+        raise found["error"]
     return found["out"]
