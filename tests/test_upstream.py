@@ -291,6 +291,30 @@ def test_a_closed_connection_hands_over_what_was_held_at_once() -> None:
     assert (held, rest, complete) == (TOKEN[:20], b"", False)
 
 
+def test_the_reader_hears_of_the_end_before_what_ends_with_the_connection_runs() -> None:
+    """The relay hands the stream's end to its client before the next connection is
+    opened ahead (a connect wakes the server, which can take the core from the relay)."""
+    async def run() -> list[str]:
+        reader = _Reader(asyncio.get_running_loop(), 600)
+        order: list[str] = []
+        reader.on_closed = lambda: order.append("connection ended")
+        reader.data_received(b"HTTP/1.0 200 OK\r\n\r\ndata: [DONE]\n\n")
+        assert await reader.read() == b"data: [DONE]\n\n"
+
+        async def relay() -> None:
+            assert await reader.read() == b""
+            order.append("relay saw the end")
+
+        task = asyncio.ensure_future(relay())
+        await asyncio.sleep(0)  # the relay waits for more
+        reader.eof_received()
+        await task
+        await asyncio.sleep(0)
+        return order
+
+    assert on_own_loop(run) == ["relay saw the end", "connection ended"]
+
+
 def test_unpaced_reads_hand_over_every_read_at_once() -> None:
     async def go() -> list[bytes]:
         reader = await paced_reader(0.0)

@@ -278,7 +278,10 @@ class _Reader(asyncio.Protocol):
                 "the server closed the connection before answering"))
         self._wake()
         if self.on_closed is not None:
-            self.on_closed()
+            # After the reader's wake-up: the relay sends the stream's end to its client
+            # first; what ends with the connection (the next one opened ahead: a connect
+            # that wakes the server) waits for that.
+            self._loop.call_soon(self.on_closed)
 
     def _due(self) -> float:
         """Seconds until the bytes read so far may be handed over (<= 0: now)."""
