@@ -51,6 +51,15 @@ class Recorder(asyncio.Protocol):
         self.lost.set_result(exc)
 
 
+def connected(protocol: Recorder | None = None
+              ) -> tuple[SocketTransport, Recorder, socket.socket]:
+    """A transport on a fresh loopback connection: (it, its protocol, the server's end)."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = pair()
+    protocol = protocol or Recorder(loop)
+    return SocketTransport(loop, ours, protocol), protocol, theirs
+
+
 def pair() -> tuple[socket.socket, socket.socket]:
     """A connected loopback TCP pair: (ours, non-blocking; the server's end)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -62,13 +71,10 @@ def pair() -> tuple[socket.socket, socket.socket]:
 
 @on_loop
 async def test_the_protocol_is_told_at_once_then_reads_until_the_server_closes() -> None:
-    loop = asyncio.get_running_loop()
-    ours, theirs = pair()
-    protocol = Recorder(loop)
-    transport = SocketTransport(loop, ours, protocol)
+    transport, protocol, theirs = connected()
+    ours = transport.get_extra_info("socket")
     # Told before the constructor returns: a request can be written at once.
     assert protocol.events == [("made", None)]
-    assert transport.get_extra_info("socket") is ours
     theirs.sendall(b"HTTP/1.0 200 OK\r\n\r\nhello")
     theirs.close()
     assert await asyncio.wait_for(protocol.lost, 10) is None
@@ -81,9 +87,7 @@ async def test_the_protocol_is_told_at_once_then_reads_until_the_server_closes()
 @on_loop
 async def test_what_the_socket_does_not_take_at_once_is_sent_when_it_can() -> None:
     loop = asyncio.get_running_loop()
-    ours, theirs = pair()
-    protocol = Recorder(loop)
-    transport = SocketTransport(loop, ours, protocol)
+    transport, protocol, theirs = connected()
     big = bytes(range(256)) * (32 << 10)  # 8 MiB: far more than the socket buffers hold
     transport.write(big)
     transport.write(b"the end")  # queued behind the rest, in order
@@ -105,10 +109,7 @@ async def test_what_the_socket_does_not_take_at_once_is_sent_when_it_can() -> No
 
 @on_loop
 async def test_abort_drops_what_was_not_sent_and_tells_the_protocol_once() -> None:
-    loop = asyncio.get_running_loop()
-    ours, theirs = pair()
-    protocol = Recorder(loop)
-    transport = SocketTransport(loop, ours, protocol)
+    transport, protocol, theirs = connected()
     transport.write(b"x" * (8 << 20))
     transport.abort()
     transport.abort()
@@ -123,10 +124,7 @@ async def test_abort_drops_what_was_not_sent_and_tells_the_protocol_once() -> No
 
 @on_loop
 async def test_a_reset_connection_is_lost_with_its_error() -> None:
-    loop = asyncio.get_running_loop()
-    ours, theirs = pair()
-    protocol = Recorder(loop)
-    SocketTransport(loop, ours, protocol)
+    _transport, protocol, theirs = connected()
     # SO_LINGER 0: close sends RST instead of FIN.
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     theirs.close()
@@ -136,15 +134,11 @@ async def test_a_reset_connection_is_lost_with_its_error() -> None:
 
 @on_loop
 async def test_a_protocol_that_fails_on_data_ends_the_connection_with_its_error() -> None:
-    loop = asyncio.get_running_loop()
-    ours, theirs = pair()
-
     class Failing(Recorder):
         def data_received(self, data: bytes) -> None:
             raise ValueError("cannot parse this")
 
-    protocol = Failing(loop)
-    SocketTransport(loop, ours, protocol)
+    _transport, protocol, theirs = connected(Failing(asyncio.get_running_loop()))
     theirs.sendall(b"garbage")
     error = await asyncio.wait_for(protocol.lost, 10)
     assert isinstance(error, ValueError)
@@ -154,10 +148,8 @@ async def test_a_protocol_that_fails_on_data_ends_the_connection_with_its_error(
 @pytest.mark.parametrize("keep_open", [False, True])
 @on_loop
 async def test_the_protocol_decides_whether_an_end_of_stream_closes(keep_open: bool) -> None:
-    loop = asyncio.get_running_loop()
-    ours, theirs = pair()
-    protocol = Recorder(loop, keep_open_on_eof=keep_open)
-    transport = SocketTransport(loop, ours, protocol)
+    transport, protocol, theirs = connected(
+        Recorder(asyncio.get_running_loop(), keep_open_on_eof=keep_open))
     theirs.shutdown(socket.SHUT_WR)
     await asyncio.wait_for(protocol.eof, 10)
     if keep_open:
