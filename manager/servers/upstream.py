@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 from manager.json_text import encode
 from manager.servers.connect import connect_and_send, connection_open
+from manager.servers.socket_transport import READ_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ _SLACK_S = 0.0005
 #: of tokens (so it does not wake the loop), small enough that Linux keeps its receive
 #: buffer and window as they are.
 HOLD_BYTES = 32 * 1024
-_READ_BYTES = 256 * 1024  # as much as asyncio's own transports read at once
 
 
 class UpstreamClosed(Exception):
@@ -339,7 +339,7 @@ class _Reader(asyncio.Protocol):
         if self.closed or transport is None or transport.is_closing() or self._sock is None:
             return False
         try:
-            data = os.read(self._sock.fileno(), _READ_BYTES)
+            data = os.read(self._sock.fileno(), READ_BYTES)
         except BlockingIOError:
             return False
         except OSError as exc:
