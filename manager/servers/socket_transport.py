@@ -55,7 +55,7 @@ class SocketTransport(asyncio.Transport):
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:
-                self._fatal(exc)
+                self._force_close(exc)
                 return
             if sent == len(data):
                 return
@@ -86,7 +86,7 @@ class SocketTransport(asyncio.Transport):
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self._fatal(exc)
+            self._force_close(exc)
             return
         try:
             if data:
@@ -96,7 +96,7 @@ class SocketTransport(asyncio.Transport):
             if not self._protocol.eof_received():
                 self.close()
         except Exception as exc:  # noqa: BLE001 - as asyncio: the connection fails with it
-            self._fatal(exc)
+            self._force_close(exc)
 
     def _write_ready(self) -> None:
         if self._sock is None:
@@ -106,7 +106,7 @@ class SocketTransport(asyncio.Transport):
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self._fatal(exc)
+            self._force_close(exc)
             return
         del self._pending[:sent]
         if self._pending:
@@ -122,10 +122,8 @@ class SocketTransport(asyncio.Transport):
             self._reading = False
             self._loop.remove_reader(self._fd)
 
-    def _fatal(self, exc: Exception) -> None:
-        self._force_close(exc)
-
     def _force_close(self, exc: Exception | None) -> None:
+        """End the connection now (abort, or a failure: `exc`)."""
         if self._lost_due:
             return
         if self._pending:
