@@ -90,6 +90,10 @@ class LivePart:
     through such a change draws the part for the old values, and its answer can land
     after the event's own drawing. So the values each part was drawn with are kept, and a
     tick that reads others draws the part again at once, without waiting for news.
+    `opened_with` are the values of `follows` that the tab's page load draws the part for
+    (None: the load sets them itself, or the part follows none). A change made while the
+    page was opening lands before the load's drawing, which then shows the part for these;
+    the first tick draws it again for what the page has.
     """
 
     topics: frozenset[Topic]
@@ -98,6 +102,7 @@ class LivePart:
     inputs: list[Any] = field(default_factory=list)
     on_timeout: bool = False
     follows: list[Any] = field(default_factory=list)
+    opened_with: tuple[Any, ...] | None = None
 
     def __post_init__(self) -> None:
         if any(all(f is not i for i in self.inputs) for f in self.follows):
@@ -105,6 +110,8 @@ class LivePart:
         if any(any(f is o for o in self.outputs) for f in self.follows):
             # Its own drawing would change them, and every tick would draw it again.
             raise ValueError("a part cannot follow what it draws")
+        if self.opened_with is not None and len(self.opened_with) != len(self.follows):
+            raise ValueError("opened_with gives one value per followed input")
 
     def followed(self, values: Sequence[Any]) -> tuple[Any, ...] | None:
         """The values of `follows` among this part's input values (None: follows none)."""
@@ -122,9 +129,9 @@ States = Mapping[int, ServerState]
 class Seen:
     """What a page last drew: the versions, when (event loop time) it last drew the
     lazy topics' news, the servers' states (profile id, state) as it drew them, and for
-    each part the values of its `follows` it was drawn with (None: drawn by the page
-    load, which also set those values, so they are whatever the page has at its next
-    tick)."""
+    each part the values of its `follows` it was drawn with (None for a part, or for all:
+    drawn by the page load, which also set those values, so they are whatever the page
+    has at its next tick)."""
 
     versions: Versions
     lazy_at: float
@@ -233,13 +240,13 @@ class LiveFeed:
     def behind(self, last: Seen | None, values: Sequence[Any]) -> frozenset[int]:
         """The parts drawn for other values of their `follows` than the page has now."""
         if last is None or last.drawn_with is None:
-            return frozenset()  # the page load drew them, for the values it set
+            return frozenset()
         drawn = last.drawn_with
         return frozenset(
             i for i, (part, mine) in enumerate(zip(self._parts, self.split(values),
                                                     strict=True))
             if (now := part.followed(mine)) is not None
-            and (i >= len(drawn) or drawn[i] != now))
+            and (i >= len(drawn) or (drawn[i] is not None and drawn[i] != now)))
 
     def redraw(self, user: User, since: Versions | None, now: Versions, timed_out: bool,
                values: Sequence[Any], behind: frozenset[int] = frozenset()) -> list[Any]:
@@ -332,7 +339,8 @@ class LiveFeed:
                 answer = dict(zip(loader.outputs, answer if len(loader.outputs) > 1
                                   else (answer,), strict=True))
             shown.update(answer)
-        return Seen(versions, lazy_at, tuple(sorted(servers.items()))), shown
+        return Seen(versions, lazy_at, tuple(sorted(servers.items())),
+                    tuple(part.opened_with for part in self._parts)), shown
 
     @staticmethod
     def _failed_to_load(loader: TabLoader, error: BaseException) -> None:

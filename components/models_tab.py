@@ -401,11 +401,15 @@ def build(services: Services) -> TabLoader:
     remove_folder.click(on_remove_folder, folder_pick, [folders_md, folder_pick, status],
                         api_name="models_remove_folder")
 
+    # What the page shows when it opens: the view, hits and filter the load draws for.
+    opened_with: tuple[str, list[RemoteItem], ModelFilter] = (LOCAL, [], ModelFilter())
+
     @handler(services, "models tab load")
     def load(user: User) -> dict[Any, Any]:
         may_manage = allowed(user, Action.MANAGE_FOLDERS)
         folder_lines, picker = folders_view() if may_manage else ("", gr.Dropdown())
-        return {**render(user, LOCAL, ModelFilter(), []),
+        which, items, filt = opened_with
+        return {**render(user, which, filt, items),
                 folders_box: gr.Accordion(visible=may_manage), folders_md: folder_lines,
                 folder_pick: picker}
 
@@ -414,5 +418,6 @@ def build(services: Services) -> TabLoader:
                      live=(LivePart(frozenset({Topic.DOWNLOADS}), tick,
                                     [downloads_html, list_html, shown, status],
                                     inputs=[view, remote, filt_state, shown],
-                                    follows=[view, remote, filt_state]),))
+                                    follows=[view, remote, filt_state],
+                                    opened_with=opened_with),))
 

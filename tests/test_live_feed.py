@@ -404,7 +404,7 @@ def test_the_page_load_records_the_versions_from_before_it_read_anything(
     before = changes.versions()
     seen, shown = _run_load(feed)
     assert shown == {tiles: "tiles as read", picker: "weather"}
-    assert seen.versions == before and seen.drawn_with is None
+    assert seen.versions == before and seen.drawn_with == (None,)  # the load set picker
     after, drawn = _answer(feed, seen, ["weather"])
     assert drawn == "tiles for weather" and after.versions == changes.versions()
     assert after.drawn_with == (("weather",),)

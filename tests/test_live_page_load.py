@@ -97,3 +97,43 @@ def test_a_page_load_landing_after_the_first_tick_does_not_leave_the_page_stale(
     assert "data-state='failed'" in page.props[tiles._id]["value"], \
         "the Servers tab still shows the drawing from before the failure"
     assert "pending-badge" in page.props[header._id]["value"]
+
+
+def _model(folder: Path, architecture: str) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(f'{{"model_type": "{architecture}"}}')
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+
+
+def test_a_filter_set_before_the_page_load_landed_is_drawn_by_the_first_tick(
+        services: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Bug: on a slow page open, the user set a filter on the Models tab, its event drew
+    the filtered list, and the load's answer (the list for no filter) landed after it.
+    The filter box still said "llama" over an unfiltered list until the user touched a
+    filter again, because the page load recorded nothing about what it drew the list for."""
+    monkeypatch.setattr(live, "HOLD_S", 0.0)
+    admin = services.auth.register("admin@example.com", "correct horse battery")
+    _model(tmp_path / "models" / "acme" / "qwen-small", "qwen3")
+    _model(tmp_path / "models" / "acme" / "llama-small", "llama")
+    services.library.add_folder(admin, str(tmp_path / "models"))
+    page = _Page(build_dashboard(services), "admin@example.com")
+    listed, arch = (next(b for b in page.demo.blocks.values() if b.elem_id == elem_id)
+                    for elem_id in ("models-list", "models-arch"))
+
+    # The page is opening (its load still on its way) when the user types a filter; the
+    # filter's event is done first (answers land in the order they are done).
+    page.props[arch._id]["value"] = "llama"
+    [on_arch] = [f for f in page.events("change") if any(
+        t == (arch._id, "change") for t in f.targets)]
+    page.land(on_arch, page.send(on_arch))
+    assert "qwen-small" not in page.props[listed._id]["value"]
+    assert "llama-small" in page.props[listed._id]["value"]
+    for fn in page.events("load"):
+        page.land(fn, page.send(fn))
+    assert "qwen-small" in page.props[listed._id]["value"]  # the load's list, no filter
+
+    page.tick()
+    shown = page.props[listed._id]["value"]
+    assert "llama-small" in shown
+    assert "qwen-small" not in shown, "the list still ignores the Architecture filter"
+
