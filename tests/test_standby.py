@@ -13,6 +13,7 @@ import select
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -73,15 +74,24 @@ class Handler(BaseHTTPRequestHandler):
         pass  # quiet: the test reads what it recorded instead
 
 
-@pytest.fixture
-def server() -> Iterator[Recorder]:
+@contextmanager
+def recording() -> Iterator[Recorder]:
+    """A Recorder serving on a thread of its own, until the block ends."""
     recorder = Recorder(free_port())
     thread = threading.Thread(target=recorder.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield recorder
-    recorder.shutdown()
-    recorder.server_close()
-    thread.join(timeout=10)
+    try:
+        yield recorder
+    finally:
+        recorder.shutdown()
+        recorder.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def server() -> Iterator[Recorder]:
+    with recording() as recorder:
+        yield recorder
 
 
 def url(server: Recorder) -> str:

@@ -2,14 +2,15 @@
 
 `loop.create_connection()` takes several loop iterations (the connect's writer wait,
 `connection_made` and the waiter through call_soon) before anything can be written.
-On this machine a TCP handshake is over when a non-blocking connect() returns, so the
+On Linux a loopback handshake is over when a non-blocking connect() returns, so the
 request is sent on the bare socket at once and its transport is made afterwards
 (socket_transport.py), while the server already works on the request (the gateway's
 time to first token).
-A connection still being established (another machine, a full accept queue) waits for
-its handshake first; a host name goes through asyncio, which resolves it. A loopback
-server's connection opened ahead of the request (standby.py) is used first when there is
-one.
+A connection still being established (another machine, a full accept queue, or loopback
+on macOS, whose handshake ends on another kernel thread) waits for its handshake first:
+Linux says so with EAGAIN from send(), macOS with ENOTCONN. A host name goes through
+asyncio, which resolves it. A loopback server's connection opened ahead of the request
+(standby.py) is used first when there is one.
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ async def connect_and_send(host: str, port: int, request: bytes, make: Callable[
     loop = asyncio.get_running_loop()
     ready = standby().take((host, port))
     if ready is not None:
-        sent = _send_on(ready, request)
+        try:
+            sent = _send_on(ready, request)
+            if sent == NOT_YET:
+                await asyncio.wait_for(_handshake(ready), connect_timeout_s)
+                sent = 0
+        except BaseException:
+            ready.close()
+            raise
         if sent is not None:
             return _transport(loop, ready, make, sent)
         ready.close()  # closed by the server just now: nothing went out, connect anew
@@ -47,9 +55,10 @@ async def connect_and_send(host: str, port: int, request: bytes, make: Callable[
             loop.create_connection(make, host, port), connect_timeout_s)
         return protocol, 0
     try:
-        sent = _send_at_once(sock, (host, port), request)
-        if sent is None:  # the handshake is still under way
-            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), connect_timeout_s)
+        _start_connect(sock, (host, port))
+        sent = _send_now(sock, request)
+        if sent == NOT_YET:
+            await asyncio.wait_for(_handshake(sock), connect_timeout_s)
             sent = 0
     except BaseException:
         sock.close()
@@ -103,26 +112,55 @@ def _family(host: str) -> socket.AddressFamily | None:
     return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
-def _send_on(sock: socket.socket, request: bytes) -> int | None:
-    """Send what an open connection takes of `request` at once (0 while it is still
-    being established: its transport sends it then); None when the server closed it."""
+#: What `_send_on` returns for a connection whose handshake is still under way.
+NOT_YET = -1
+
+
+def _not_connected_yet(exc: OSError) -> bool:
+    """send() or recv() on a socket still connecting: EAGAIN on Linux, ENOTCONN on macOS."""
+    return isinstance(exc, BlockingIOError) or exc.errno == errno.ENOTCONN
+
+
+def _send_now(sock: socket.socket, request: bytes) -> int:
+    """Send what a connection takes of `request` at once: the bytes sent, or NOT_YET
+    while it is still being established (nothing went out). Raises OSError when the
+    connection failed."""
     try:
         return sock.send(request)
-    except BlockingIOError:
-        return 0
+    except OSError as exc:
+        if _not_connected_yet(exc):
+            return NOT_YET
+        raise
+
+
+def _send_on(sock: socket.socket, request: bytes) -> int | None:
+    """`_send_now` on an idle connection kept open: None when the server closed it."""
+    try:
+        return _send_now(sock, request)
     except OSError:
         return None
 
 
-def _send_at_once(sock: socket.socket, address: tuple[str, int], request: bytes
-                  ) -> int | None:
-    """Start connecting and send what the socket takes of `request` at once; None when
-    the connection is not established yet. Raises OSError when it was refused."""
-    _start_connect(sock, address)
+async def _handshake(sock: socket.socket) -> None:
+    """Until the connecting `sock` is connected (it turns writable); raises OSError when
+    the connection failed. Not a second connect(): on macOS that raises EISCONN once the
+    handshake is over, and on Linux too if it ended since send() was tried."""
+    loop = asyncio.get_running_loop()
+    writable: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def turned_writable() -> None:
+        if not writable.done():
+            writable.set_result(None)
+
+    loop.add_writer(fd, turned_writable)
     try:
-        return sock.send(request)
-    except BlockingIOError:
-        return None
+        await writable
+    finally:
+        loop.remove_writer(fd)
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))
 
 
 def _connecting(address: tuple[str, int]) -> socket.socket:

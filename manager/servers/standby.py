@@ -25,6 +25,7 @@ when the loop is collected.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import ipaddress
 import logging
@@ -152,8 +153,8 @@ def _open_and_quiet(sock: socket.socket) -> bool:
         sock.recv(1, socket.MSG_PEEK)  # b"": the server closed it; bytes: unasked for
     except BlockingIOError:
         return True  # nothing to read: open and idle
-    except OSError:
-        return False  # refused or reset
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN  # still connecting (macOS), else refused or reset
     return False
 
 
