@@ -34,6 +34,11 @@ and a tick running from the start, a load's drawing could land after a tick that
 a newer state and recorded its versions, and the part stayed stale until its topic moved
 again. Now the page never records versions newer than what it shows; whatever moved since
 the load is redrawn by the first tick (possibly drawn twice, never missed).
+
+Failures stay small: a tab whose loader fails is left as built; a part that fails to draw
+is left as it was while the others are drawn; a tick that fails anyway answers only after
+`HOLD_S` (its `Seen` did not move, so the next tick would fail at once again); and a page
+whose state is gone under a running timer (a restart) is drawn afresh.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ import gradio as gr
 from components.session import TabLoader, refusals, user_of
 from manager.accounts.auth import User
 from manager.changes import Changes, Topic, Versions
+from manager.errors import ManagerError
 from manager.servers.states import ServerState
 from manager.services import Services
 
@@ -237,6 +243,11 @@ class LiveFeed:
             offset += len(part.inputs)
         return out
 
+    def drawn_with(self, values: Sequence[Any]) -> tuple[tuple[Any, ...] | None, ...]:
+        """Each part's `follows` values among the page's input values."""
+        return tuple(part.followed(mine)
+                     for part, mine in zip(self._parts, self.split(values), strict=True))
+
     def behind(self, last: Seen | None, values: Sequence[Any]) -> frozenset[int]:
         """The parts drawn for other values of their `follows` than the page has now."""
         if last is None or last.drawn_with is None:
@@ -256,7 +267,16 @@ class LiveFeed:
         out: list[Any] = []
         for i, (part, mine) in enumerate(zip(self._parts, self.split(values), strict=True)):
             if i in behind or part.topics & moved or (timed_out and part.on_timeout):
-                drawn = list(part.render(user, *mine))
+                try:
+                    drawn = list(part.render(user, *mine))
+                except ManagerError:
+                    raise  # a refusal: the page is told (components.session.refusals)
+                except Exception:
+                    # That part stays as it was, until its topics move again; the others
+                    # are drawn, and the page's feed goes on.
+                    log.exception("%s failed to redraw", _name(part.render))
+                    out.extend(gr.skip() for _ in part.outputs)
+                    continue
                 if len(drawn) != len(part.outputs):
                     raise ValueError(f"{part.render.__name__} drew {len(drawn)} values for "
                                      f"{len(part.outputs)} outputs")
@@ -275,12 +295,16 @@ class LiveFeed:
         docs/benchmarks.md). Servers that just set out are left to the next tick, which
         lets them arrive (`settled`).
 
-        Before the page's load has landed (`last` is None; the timer only starts with the
-        load's answer, so this is a safeguard) it draws and records nothing: its answer
-        could land before the load's older drawing, which would then hide what it drew."""
-        if last is None:
-            return [gr.skip() for _ in range(1 + sum(len(p.outputs) for p in self._parts))]
+        Without a `Seen` the page's state is gone while its timer runs: the dashboard
+        restarted under it, or Gradio dropped the state of a page that was away for an
+        hour. Every part is drawn afresh and the page starts over from there (answering
+        nothing instead left the page stale, and its timer asked again every TICK_S).
+        The timer only starts with the page load's answer, so no such tick runs before
+        the load; and both record the versions they read before drawing, so whichever
+        lands last leaves the page consistent."""
         changes = self._services.changes
+        if last is None:
+            return await self._afresh(user, values)
         since, lazy_at, drawn = last.versions, last.lazy_at, dict(last.servers)
         behind = self.behind(last, values)
         if behind:  # drawn for what the page no longer shows: no waiting for news
@@ -308,9 +332,17 @@ class LiveFeed:
         if now.moved(since) & LAZY_TOPICS:
             lazy_at = asyncio.get_running_loop().time()
         # Each part is now drawn for these values: it was not behind, or was drawn now.
-        drawn_with = tuple(part.followed(mine)
-                           for part, mine in zip(self._parts, self.split(values), strict=True))
-        return [Seen(now, lazy_at, tuple(sorted(servers.items())), drawn_with), *parts]
+        return [Seen(now, lazy_at, tuple(sorted(servers.items())), self.drawn_with(values)),
+                *parts]
+
+    async def _afresh(self, user: User, values: Sequence[Any]) -> list[Any]:
+        """Every part drawn, with the page's new `Seen` first (see `answer`)."""
+        now = self._services.changes.versions()  # before anything is read
+        lazy_at = asyncio.get_running_loop().time()
+        servers = await anyio.to_thread.run_sync(self.states)
+        parts = await anyio.to_thread.run_sync(self.redraw, user, None, now, True, values)
+        return [Seen(now, lazy_at, tuple(sorted(servers.items())), self.drawn_with(values)),
+                *parts]
 
     async def load(self, request: gr.Request) -> tuple[Seen, dict[Any, Any]]:
         """What a page shows when it opens: every loader's drawing (side by side, as the
@@ -324,20 +356,25 @@ class LiveFeed:
             *(anyio.to_thread.run_sync(loader.fn, request) for loader in self._loaders),
             return_exceptions=True)
         if isinstance(servers, BaseException):
-            raise servers
+            log.error("the servers' states could not be read while a page opened",
+                      exc_info=servers)
+            servers = {}  # the first tick's settling reads them again
         refused = [a for a in answers if isinstance(a, gr.Error)]
         if refused and len(refused) == len(answers):
             raise refused[0]  # the session ended: the page says so (as each load did)
         shown: dict[Any, Any] = {}
         for loader, answer in zip(self._loaders, answers, strict=True):
-            if isinstance(answer, BaseException):
+            try:
+                if isinstance(answer, BaseException):
+                    raise answer
+                if not isinstance(answer, dict):  # one value per output, in order
+                    answer = dict(zip(loader.outputs, answer if len(loader.outputs) > 1
+                                      else (answer,), strict=True))
+            except Exception as exc:  # noqa: BLE001 - told in the page and the log
                 # One tab's failure leaves that tab as built; the rest of the page and
                 # its live feed work as usual.
-                self._failed_to_load(loader, answer)
+                self._failed_to_load(loader, exc)
                 continue
-            if not isinstance(answer, dict):  # one value per output, in order
-                answer = dict(zip(loader.outputs, answer if len(loader.outputs) > 1
-                                  else (answer,), strict=True))
             shown.update(answer)
         return Seen(versions, lazy_at, tuple(sorted(servers.items())),
                     tuple(part.opened_with for part in self._parts)), shown
@@ -348,8 +385,7 @@ class LiveFeed:
         if isinstance(error, gr.Error):
             gr.Warning(str(error.message))
             return
-        log.error("%s failed while a page opened", getattr(loader.fn, "__qualname__", loader.fn),
-                  exc_info=error)
+        log.error("%s failed while a page opened", _name(loader.fn), exc_info=error)
         gr.Warning("Part of this page could not be filled; reload it to try again. "
                    "The dashboard's log says why.")
 
@@ -383,8 +419,14 @@ class LiveFeed:
                 await asyncio.sleep(HOLD_S)
                 raise
             services.monitor.touch()
-            with refusals(f"live update for {user.email}"):
-                return await self.answer(user, last, values)
+            try:
+                with refusals(f"live update for {user.email}"):
+                    return await self.answer(user, last, values)
+            except Exception:
+                # Not again at once: the page's Seen did not move, so the next tick
+                # (TICK_S later) would fail the same way.
+                await asyncio.sleep(HOLD_S)
+                raise
 
         params = [inspect.Parameter(f"value_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD)
                   for i in range(len(inputs))]
@@ -397,3 +439,7 @@ class LiveFeed:
                    concurrency_limit=MAX_WAITING_PAGES, concurrency_id="live",
                    api_visibility="private")
         return timer
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return str(getattr(fn, "__qualname__", fn))

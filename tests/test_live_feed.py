@@ -44,18 +44,23 @@ def _feed(services: Services) -> LiveFeed:
     return feed
 
 
-def test_a_tick_before_the_page_load_landed_draws_and_records_nothing(
+def test_a_tick_without_a_seen_draws_every_part_afresh_and_records_one(
         services: Services) -> None:
-    """Bugs: the Chat tab's first tick read its server picker before the page load had
-    filled it and drew 'Pick a server' over the load's 'is ready' line; and a first tick
-    that drew a newer state than a page load landing after it recorded those versions, so
-    the load's older drawing stayed (test_live_page_load). The timer now starts with the
-    load's answer, and a tick without a Seen leaves everything, the Seen too, as it is."""
+    """Bug: a page whose state was gone while its timer ran (the dashboard restarted
+    under it, or Gradio dropped the state of a page away for an hour) was answered
+    "nothing" at once, so it never showed a change again and asked every TICK_S. Now it
+    is drawn afresh, and the next tick waits for news as usual. (Before the page load
+    no tick runs: the timer starts with the load's answer, test_live_page_load.)"""
     with gr.Blocks():
         feed = _feed(services)
+    before = services.changes.versions()
+    seen, badge, status = _answer(feed, None, ["weather"])
+    assert (badge, status) == ("badge", "status of weather")
+    assert isinstance(seen, Seen) and seen.versions == before
+    assert seen.drawn_with == (None, None)
     services.changes.bump(Topic.SERVERS)
-    drawn = _answer(feed, None, [None])
-    assert len(drawn) == 3 and all(isinstance(d, type(gr.skip())) for d in drawn)
+    _, badge, status = _answer(feed, seen, ["weather"])
+    assert isinstance(badge, type(gr.skip())) and status == "status of weather"
 
 
 def _waiting(changes: Changes, since: Any, lazy_from: float) -> Any:

@@ -83,6 +83,7 @@ def test_a_page_load_landing_after_the_first_tick_does_not_leave_the_page_stale(
     tiles, header = (next(b for b in page.demo.blocks.values() if b.elem_id == elem_id)
                      for elem_id in ("server-tiles", "mm-header"))
 
+    assert page.props[page.timer._id]["active"] is False  # until the load's answer lands
     loads = [(fn, page.send(fn)) for fn in page.events("load")]  # read before the failure
     before = services.changes.versions()
     services.supervisor.fail_to_start(profile.id, "The port is busy.")

@@ -1,0 +1,111 @@
+"""The live feed (components/live.py) when something fails: one part's drawing, the page
+load's reads, a whole tick. The page keeps what works and never asks in a tight loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import gradio as gr
+import pytest
+
+from components import live
+from components.live import LiveFeed, LivePart, Seen
+from components.session import TabLoader
+from manager.accounts.auth import User
+from manager.changes import Topic
+from manager.services import Services
+from tests.test_live_feed import _answer, _run_load
+from tests.test_upstream import on_own_loop
+
+
+def _broken(_user: User) -> tuple[str]:
+    raise RuntimeError("the drawing broke")
+
+
+def test_a_part_that_fails_to_draw_leaves_the_others_and_the_feed_going(
+        services: Services, caplog: pytest.LogCaptureFixture) -> None:
+    """Bug: one part's failure failed the whole tick. Its Seen did not move, so the next
+    tick found the same news and failed again, every TICK_S, and no part of the page
+    showed a change any more."""
+    with gr.Blocks():
+        feed = LiveFeed(services)
+        feed.add(LivePart(frozenset({Topic.ACCOUNTS}), _broken, [gr.Markdown()]))
+        feed.add(LivePart(frozenset({Topic.ACCOUNTS}), lambda _user: ("badge",),
+                          [gr.Markdown()]))
+    seen = Seen(services.changes.versions(), 0.0)
+    services.changes.bump(Topic.ACCOUNTS)
+    with caplog.at_level(logging.ERROR, logger=live.__name__):
+        after, broken, badge = _answer(feed, seen)
+    assert isinstance(broken, type(gr.skip())) and badge == "badge"
+    assert after.versions == services.changes.versions()  # the news counts as drawn
+    assert "_broken failed to redraw" in caplog.text and "the drawing broke" in caplog.text
+
+
+def test_a_page_opens_and_its_feed_starts_when_the_servers_cannot_be_read(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: an error reading the servers' states failed the page load, so the page stayed
+    as built and its live timer (started by the load's answer) never ran."""
+    with gr.Blocks():
+        feed = LiveFeed(services)
+        badge = gr.Markdown()
+        feed.add_loader(TabLoader(lambda _request: "drawn", [badge]))
+
+    def unreadable() -> dict[int, Any]:
+        raise RuntimeError("the supervisor is busy")
+
+    monkeypatch.setattr(feed, "states", unreadable)
+    seen, shown = _run_load(feed)
+    assert shown == {badge: "drawn"} and seen.servers == ()
+
+
+def test_a_tab_whose_load_answers_the_wrong_number_of_values_fails_alone(
+        services: Services) -> None:
+    """A tab loader that answers two values for three outputs is that tab's failure (left
+    as built, logged, a toast), not the whole page's."""
+    with gr.Blocks():
+        feed = LiveFeed(services)
+        first, second, third, other = gr.Markdown(), gr.Markdown(), gr.Markdown(), gr.Markdown()
+        feed.add_loader(TabLoader(lambda _request: ("a", "b"), [first, second, third]))
+        feed.add_loader(TabLoader(lambda _request: "fine", [other]))
+    seen, shown = _run_load(feed)
+    assert shown == {other: "fine"} and isinstance(seen, Seen)
+
+
+def test_a_tick_that_fails_waits_before_it_answers(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tick that fails (its Seen unchanged) would be followed by another TICK_S later,
+    failing the same way: it answers only after HOLD_S, like a tick for an ended
+    session."""
+    services.auth.register("admin@example.com", "correct horse battery")
+    with gr.Blocks() as page:
+        feed = LiveFeed(services)
+        feed.add(LivePart(frozenset({Topic.ACCOUNTS}), lambda _user: ("badge",),
+                          [gr.Markdown()]))
+        feed.attach(page)
+    [tick] = [f.fn for f in page.fns.values() if getattr(f.fn, "__name__", "") == "tick"]
+    monkeypatch.setattr(live, "HOLD_S", 60.0)
+
+    async def go() -> tuple[bool, bool]:
+        failed = asyncio.Event()
+
+        async def failing(*_args: Any) -> list[Any]:
+            failed.set()
+            raise RuntimeError("the tick broke")
+
+        monkeypatch.setattr(feed, "answer", failing)
+        request = gr.Request(username="admin@example.com", session_hash="page")
+        answering = asyncio.ensure_future(tick(Seen(services.changes.versions(), 0.0), request))
+        await failed.wait()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        waiting = not answering.done()
+        answering.cancel()
+        try:
+            await answering
+        except asyncio.CancelledError:
+            return waiting, True
+        return waiting, False
+
+    assert on_own_loop(go) == (True, True)
