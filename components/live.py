@@ -38,7 +38,7 @@ the load is redrawn by the first tick (possibly drawn twice, never missed).
 Failures stay small: a tab whose loader fails is left as built; a part that fails to draw
 is left as it was while the others are drawn; a tick that fails anyway answers only after
 `HOLD_S` (its `Seen` did not move, so the next tick would fail at once again); and a page
-whose state is gone under a running timer (a restart) is drawn afresh.
+whose state Gradio dropped under a running timer is drawn afresh.
 """
 
 from __future__ import annotations
@@ -295,9 +295,10 @@ class LiveFeed:
         docs/benchmarks.md). Servers that just set out are left to the next tick, which
         lets them arrive (`settled`).
 
-        Without a `Seen` the page's state is gone while its timer runs: the dashboard
-        restarted under it, or Gradio dropped the state of a page that was away for an
-        hour. Every part is drawn afresh and the page starts over from there (answering
+        Without a `Seen` the page's state is gone while its timer runs: Gradio drops
+        the state of a page whose connection closed an hour ago (a laptop asleep), and
+        the page's timer ticks again when it wakes. (After a dashboard restart Gradio
+        reloads the page instead.) Every part is drawn afresh and the page starts over from there (answering
         nothing instead left the page stale, and its timer asked again every TICK_S).
         The timer only starts with the page load's answer, so no such tick runs before
         the load; and both record the versions they read before drawing, so whichever

@@ -46,8 +46,8 @@ def _feed(services: Services) -> LiveFeed:
 
 def test_a_tick_without_a_seen_draws_every_part_afresh_and_records_one(
         services: Services) -> None:
-    """Bug: a page whose state was gone while its timer ran (the dashboard restarted
-    under it, or Gradio dropped the state of a page away for an hour) was answered
+    """Bug: a page whose state was gone while its timer ran (Gradio drops the state of
+    a page whose connection closed an hour ago: a laptop asleep) was answered
     "nothing" at once, so it never showed a change again and asked every TICK_S. Now it
     is drawn afresh, and the next tick waits for news as usual. (Before the page load
     no tick runs: the timer starts with the load's answer, test_live_page_load.)"""
