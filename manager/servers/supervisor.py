@@ -294,6 +294,10 @@ class Supervisor(ServerRegistry):
             if self._closed:
                 raise ManagerError("The dashboard is shutting down.")
             server = self._servers.get(profile.id)
+            if automatic and (server is None or server.state is not ServerState.BACKOFF):
+                # Its restart was due when the pass looked; someone stopped (dismissed) it
+                # or started it since.
+                raise _NoLongerDue(profile.name)
             if server is not None and server.state in ACTIVE_STATES:
                 raise Conflict(f"{profile.name} is already {server.state.value}.")
             clash = next((s for s in self._servers.values() if s is not server
@@ -353,6 +357,9 @@ class Supervisor(ServerRegistry):
             profile = self._profiles.get(server.profile.id)
             self._start(profile, by="auto-restart", started_by=server.started_by,
                         automatic=True)
+        except _NoLongerDue:
+            log.info("auto-restart of %s dropped: it was stopped or started meanwhile",
+                     server.profile.name)
         except ManagerError as exc:
             log.warning("auto-restart of %s failed: %s", server.profile.name, exc.message)
             self.fail_to_start(server.profile.id, f"Auto-restart failed: {exc.message}")
@@ -487,3 +494,7 @@ class Supervisor(ServerRegistry):
 
     def _persist(self, server: ServerRun) -> None:
         write_record(self._store, server.record())
+
+
+class _NoLongerDue(Exception):
+    """An automatic restart whose server left BACKOFF before it ran."""
