@@ -1,14 +1,18 @@
-"""The supervisor when a person's action lands in the middle of its own work: real
-processes (/bin/false as the interpreter: it exits at once with code 1, as a crash)."""
+"""The supervisor when a person's action or a request lands in the middle of its own work,
+with real processes (a real model server, or /bin/false as the interpreter: it exits at
+once with code 1, as a crash)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from manager.servers.supervisor import ServerState
-from tests.server_helpers import server_env
+from manager.servers.inference import InferenceClient, MetricsStore
+from manager.servers.supervisor import ServerNotReady, ServerState
+from tests.server_helpers import hf_home_env, server_env
 from tests.waits import wait_for
 
 
@@ -42,4 +46,67 @@ def test_a_server_dismissed_while_its_due_restart_is_on_its_way_stays_stopped(
         assert snap.state is ServerState.STOPPED, snap.reason
         assert snap.reason == "dismissed by alice"
     finally:
+        env.close()
+
+
+@pytest.mark.slow
+def test_a_request_that_arrives_as_the_idle_stop_sets_out_keeps_its_server(
+        tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: the supervision pass found the server idle, and the stop it then ran never
+    looked again: a request that took its lease meanwhile had its stream cut off."""
+    with hf_home_env(tmp_path / "hf"):
+        env = server_env(tmp_path / "data")
+        try:
+            profile = env.profile("idle", tiny_models["text"], idle_timeout_minutes=1)
+            env.supervisor.start(profile.id)
+            env.supervisor.wait_ready(profile.id, 90)
+            env.clock.advance(61)  # idle for longer than its timeout
+            arrived: list[Callable[[], None]] = []
+            sample = env.supervisor.spares.sample
+
+            def a_request_arrives() -> None:  # between the pass's look and its stop
+                arrived.append(env.supervisor.hold(profile.id))
+                sample()
+
+            monkeypatch.setattr(env.supervisor.spares, "sample", a_request_arrives)
+            env.supervisor.reconcile()
+            for thread in threading.enumerate():
+                if thread.name == f"idle-stop-{profile.id}":
+                    thread.join(30)
+            assert arrived, "the pass did not find the server idle"
+            snap = env.supervisor.snapshot(profile.id)
+            assert snap.state is ServerState.READY, snap.reason
+            arrived[0]()  # the request ends; idle again from now
+        finally:
+            env.close()
+
+
+def test_a_chat_request_waiting_for_its_server_holds_it(tmp_path: Path) -> None:
+    """A request holds the server (idle stop and eviction leave it be) from before it
+    looks for it, not only once it found it ready: else an idle stop could come between
+    the two."""
+    loading = tmp_path / "loading"
+    loading.write_text("#!/bin/sh\nexec sleep 60\n")  # a server that never gets ready
+    loading.chmod(0o755)
+    env = server_env(tmp_path / "data", python=str(loading))
+    client = InferenceClient(env.supervisor, MetricsStore(), wait_ready_s=30)
+    try:
+        profile = env.profile("slow", _model(tmp_path / "model"))
+        env.supervisor.start(profile.id)
+        failed: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                client.chat(profile.id, {"messages": [{"role": "user", "content": "hi"}]})
+            except ServerNotReady as exc:  # the stop below ends the wait
+                failed.append(exc)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        assert wait_for(lambda: env.supervisor.activity(profile.id).leases == 1, 10)
+        env.supervisor.stop(profile.id)
+        asking.join(30)
+        assert failed and env.supervisor.activity(profile.id).leases == 0
+    finally:
+        client.close()
         env.close()

@@ -346,6 +346,17 @@ class InferenceClient:
                 on_stats: Callable[[RequestStats], None] | None = None, *,
                 on_open: Callable[[], None] | None = None,
                 abort: Abort | None = None) -> ChunkStream:
+        # The lease before the server is looked for: an idle stop either sees it or the
+        # request sees the server stopping (Supervisor.stop).
+        with self._busy(profile_id):
+            yield from self._stream_leased(profile_id, body, path, wait_s, on_stats,
+                                           on_open=on_open, abort=abort)
+
+    def _stream_leased(self, profile_id: int, body: Mapping[str, Any], path: str,
+                       wait_s: float | None,
+                       on_stats: Callable[[RequestStats], None] | None = None, *,
+                       on_open: Callable[[], None] | None = None,
+                       abort: Abort | None = None) -> ChunkStream:
         snap = self.ready_server(profile_id, wait_s)
         payload = prepare_body(snap, body, stream=True, completion=path == COMPLETIONS_PATH)
         url = snap.base_url + path
@@ -354,9 +365,8 @@ class InferenceClient:
         ok = False
         http, extensions = self._client(abort)
         try:
-            with self._busy(profile_id), \
-                    http.stream("POST", url, json=payload, extensions=extensions,
-                                headers=snap.profile.auth_headers()) as response:
+            with http.stream("POST", url, json=payload, extensions=extensions,
+                             headers=snap.profile.auth_headers()) as response:
                 if abort is not None and "network_stream" in response.extensions:
                     abort.attach(response.extensions["network_stream"])
                 if response.status_code >= 400:
@@ -413,6 +423,11 @@ class InferenceClient:
 
     def _once(self, profile_id: int, body: Mapping[str, Any], path: str,
               wait_s: float | None, abort: Abort | None = None) -> ChatResult:
+        with self._busy(profile_id):  # before the server is looked for, as in _stream
+            return self._once_leased(profile_id, body, path, wait_s, abort)
+
+    def _once_leased(self, profile_id: int, body: Mapping[str, Any], path: str,
+                     wait_s: float | None, abort: Abort | None = None) -> ChatResult:
         snap = self.ready_server(profile_id, wait_s)
         if abort is not None and snap.profile.backend is Backend.MLX_LM:
             return self._once_streamed(profile_id, body, path, abort)
@@ -422,9 +437,8 @@ class InferenceClient:
         ok, usage, parsed = False, None, ChatChunk()
         http, extensions = self._client(abort)
         try:
-            with self._busy(profile_id):
-                response = http.post(snap.base_url + path, json=payload, extensions=extensions,
-                                     headers=snap.profile.auth_headers())
+            response = http.post(snap.base_url + path, json=payload, extensions=extensions,
+                                 headers=snap.profile.auth_headers())
             if response.status_code >= 400:
                 raise self._refused(snap, response, log_from)
             try:

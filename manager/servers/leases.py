@@ -66,6 +66,11 @@ class Leases:
             count = self._counts.get(profile_id) or _Count()
             return Activity(count.leases, count.last_used)
 
+    def used_since(self, profile_id: int, since: float) -> bool:
+        """Held now, or used after `since` (the supervisor's clock)."""
+        found = self.of(profile_id)
+        return bool(found.leases) or found.last_used > since
+
     def idle_for(self, profile_id: int, now: float) -> float | None:
         """Seconds since the last use; None while a lease is held."""
         found = self.of(profile_id)

@@ -245,11 +245,12 @@ class Placement:
         now = self._supervisor.snapshot(snap.profile_id)
         if now is None or now.started_at != snap.started_at or now.state not in _UNDERWAY:
             return
+        checked = self._supervisor.clock.monotonic()
         if self._supervisor.activity(snap.profile_id).leases:
             log.info("%s stays loaded: another request uses it", snap.profile.name)
             return
         try:
-            self._supervisor.stop(snap.profile_id, by=who,
+            self._supervisor.stop(snap.profile_id, by=who, unused_since=checked,
                                   reason=f"unloaded after a request with keep_alive 0 ({who})")
         except ManagerError as exc:
             log.info("unload of %s skipped: %s", snap.profile.name, exc.message)
@@ -287,6 +288,7 @@ class Placement:
                      profile.name)
             return
         while True:
+            checked = self._supervisor.clock.monotonic()  # what is idle is idle since then
             running = [s for s in self._supervisor.snapshots()
                        if s.state in PLACED_STATES and s.profile_id != profile.id]
             held = {s.profile_id: self.need_bytes(s.profile) or 0 for s in running}
@@ -313,7 +315,7 @@ class Placement:
                     f"budget is free, and only idle servers the gateway started may be "
                     f"stopped to make room. Running: {kept}. Stop one on the Servers tab "
                     "and try again.")
-            self._evict(candidates[0], profile)
+            self._evict(candidates[0], profile, checked)
 
     def _evictable(self, snap: ServerSnapshot) -> bool:
         return (snap.state is ServerState.READY and self.started_on_demand(snap)
@@ -332,11 +334,13 @@ class Placement:
         return sorted(candidates,
                       key=lambda s: self._supervisor.activity(s.profile_id).last_used)
 
-    def _evict(self, victim: ServerSnapshot, newcomer: Profile) -> None:
+    def _evict(self, victim: ServerSnapshot, newcomer: Profile, victim_checked: float
+               ) -> None:
         reason = f"stopped to make room for {newcomer.name} (least recently used)"
         log.info("evicting %s: %s", victim.profile.name, reason)
         try:
-            self._supervisor.stop(victim.profile_id, by="placement", reason=reason)
+            self._supervisor.stop(victim.profile_id, by="placement", reason=reason,
+                                  unused_since=victim_checked)
         except ManagerError as exc:
             log.info("eviction of %s skipped: %s", victim.profile.name, exc.message)
         with self._lock:

@@ -152,3 +152,8 @@ class ServerRun:
             host=self.profile.host, port=self.profile.port, started_at=self.started_at,
             exit_code=self.exit_code, reason=self.reason,
             log_path=str(self.log_path) if self.log_path else None)
+
+
+class RestartNoLongerDue(Exception):
+    """An automatic restart whose server left BACKOFF (dismissed, or started) before it
+    ran (Supervisor._start)."""

@@ -54,7 +54,7 @@ from manager.servers.process import (
 from manager.servers.profiles import Profile, ProfileService, unguarded_exposure
 from manager.servers.records import ServerRecord, read_records, write_record
 from manager.servers.registry import ServerRegistry
-from manager.servers.run import MAX_QUICK_FAILURES, ServerRun
+from manager.servers.run import MAX_QUICK_FAILURES, RestartNoLongerDue, ServerRun
 from manager.servers.snapshot import (
     Activity,
     CancelEvent,
@@ -128,14 +128,17 @@ class Supervisor(ServerRegistry):
                            started_by=actor.id if actor is not None else None, automatic=False)
 
     def stop(self, profile_id: int, *, actor: User | None = None, by: str | None = None,
-             reason: str = "") -> ServerSnapshot:
+             reason: str = "", unused_since: float | None = None) -> ServerSnapshot:
         """SIGTERM to the server's process group, wait, SIGKILL; returns when it is gone.
-        A failed server is dismissed (STOPPED)."""
+        A failed server is dismissed (STOPPED). `unused_since` (idle stop, eviction,
+        unload): Conflict if a request holds or used it since (checked under the lock)."""
         who = _who(actor, by)
         with self._changing():
             server = self._servers.get(profile_id)
             if server is None or server.state is ServerState.STOPPED:
                 raise Conflict(f"{self._name(profile_id)} is not running.")
+            if unused_since is not None and self.leases.used_since(profile_id, unused_since):
+                raise Conflict(f"{server.profile.name} is in use again.")
             require(actor, Action.SERVER_STOP,
                     Owned.by(server.profile.owner_id, server.started_by))
             if server.state is ServerState.STOPPING:
@@ -216,7 +219,7 @@ class Supervisor(ServerRegistry):
             limit = server.idle_limit() or 0.0
             idle_for = f"{limit / 60:g} min" if limit >= 60 else f"{limit:g} s"
             threading.Thread(target=self._stop_logged, name=f"idle-stop-{server.profile.id}",
-                             args=(server.profile.id, f"idle for {idle_for}"),
+                             args=(server.profile.id, f"idle for {idle_for}", now),
                              daemon=True).start()
         return self.transitional()
 
@@ -295,9 +298,7 @@ class Supervisor(ServerRegistry):
                 raise ManagerError("The dashboard is shutting down.")
             server = self._servers.get(profile.id)
             if automatic and (server is None or server.state is not ServerState.BACKOFF):
-                # Its restart was due when the pass looked; someone stopped (dismissed) it
-                # or started it since.
-                raise _NoLongerDue(profile.name)
+                raise RestartNoLongerDue(profile.name)  # stopped (dismissed) or started since due
             if server is not None and server.state in ACTIVE_STATES:
                 raise Conflict(f"{profile.name} is already {server.state.value}.")
             clash = next((s for s in self._servers.values() if s is not server
@@ -357,9 +358,8 @@ class Supervisor(ServerRegistry):
             profile = self._profiles.get(server.profile.id)
             self._start(profile, by="auto-restart", started_by=server.started_by,
                         automatic=True)
-        except _NoLongerDue:
-            log.info("auto-restart of %s dropped: it was stopped or started meanwhile",
-                     server.profile.name)
+        except RestartNoLongerDue:
+            log.info("auto-restart of %s dropped: stopped or started since", server.profile.name)
         except ManagerError as exc:
             log.warning("auto-restart of %s failed: %s", server.profile.name, exc.message)
             self.fail_to_start(server.profile.id, f"Auto-restart failed: {exc.message}")
@@ -471,9 +471,10 @@ class Supervisor(ServerRegistry):
             self._transition(server, ServerState.STOPPED, "trying again")
         self._transition(server, ServerState.FAILED, reason)
 
-    def _stop_logged(self, profile_id: int, reason: str) -> None:
+    def _stop_logged(self, profile_id: int, reason: str,
+                     unused_since: float | None = None) -> None:
         try:
-            self.stop(profile_id, reason=reason)
+            self.stop(profile_id, reason=reason, unused_since=unused_since)
         except ManagerError as exc:
             log.info("stop of profile %s (%s) skipped: %s", profile_id, reason, exc.message)
 
@@ -494,7 +495,3 @@ class Supervisor(ServerRegistry):
 
     def _persist(self, server: ServerRun) -> None:
         write_record(self._store, server.record())
-
-
-class _NoLongerDue(Exception):
-    """An automatic restart whose server left BACKOFF before it ran."""
