@@ -221,14 +221,17 @@ def _wait_gone(popen: ServerProcess | None, family: list[psutil.Process],
 
 
 def live_process(record: ServerRecord) -> psutil.Process | None:
-    """The recorded server's process if it still runs: same pid, create time and argv."""
+    """The recorded server's process if it still runs: same pid, create time and
+    arguments. Not the interpreter's path: a framework build of Python on macOS starts
+    through a launcher that execs Python.app's binary, so the process's argv[0] is not
+    the path it was started with."""
     if record.pid is None or record.create_time is None:
         return None
     try:
         proc = psutil.Process(record.pid)
         if abs(proc.create_time() - record.create_time) > 0.05:
             return None
-        if tuple(proc.cmdline()) != record.cmdline:
+        if tuple(proc.cmdline()[1:]) != record.cmdline[1:]:
             return None
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
