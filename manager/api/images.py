@@ -22,13 +22,13 @@ import http.client
 import ipaddress
 import logging
 import socket
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from manager.api.schema import invalid
+from manager.net import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,9 @@ class _PinnedHTTP(http.client.HTTPConnection):
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
     def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        self._tls = ssl.create_default_context()
+        # The process's one context (certifi's CAs, as every other client): the
+        # python.org build on macOS has no CA store of its own until a script is run.
+        self._tls = tls_context()
         super().__init__(host, port, timeout=timeout, context=self._tls)
         self._address = address
 
