@@ -19,15 +19,26 @@ LOOPBACK = "127.0.0.1"
 
 
 def port_is_free(host: str, port: int) -> bool:
-    """True when nothing listens on host:port now (SO_REUSEADDR ignores TIME_WAIT)."""
-    bind_host = "" if host in ("0.0.0.0", "::") else host
+    """True when nothing listens on host:port now (SO_REUSEADDR ignores TIME_WAIT).
+
+    A bind alone is not proof on macOS and the BSDs: there SO_REUSEADDR lets a wildcard
+    bind succeed next to a program listening on 127.0.0.1 (and the reverse), and the
+    model server would then share the port with it, its requests answered by the other
+    program. So a port that binds is also tried with a connect."""
+    wildcard = host in ("0.0.0.0", "::")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((bind_host, port))
+            sock.bind(("" if wildcard else host, port))
         except OSError as exc:
             log.debug("port %s on %s is taken: %s", port, host or "all interfaces", exc)
+            return False
+    target = ("::1" if family == socket.AF_INET6 else LOOPBACK) if wildcard else host
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        if probe.connect_ex((target, port)) == 0:
+            log.debug("port %s on %s is taken: %s answers on it", port, host, target)
             return False
     return True
 
