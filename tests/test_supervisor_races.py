@@ -4,13 +4,17 @@ once with code 1, as a crash)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from manager.errors import ManagerError
 from manager.servers.inference import InferenceClient, MetricsStore
+from manager.servers.states import ACTIVE_STATES
 from manager.servers.supervisor import ServerNotReady, ServerState
 from tests.server_helpers import hf_home_env, server_env
 from tests.waits import wait_for
@@ -20,6 +24,14 @@ def _model(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text('{"model_type": "llama"}')
     return folder
+
+
+def _loading_script(folder: Path) -> Path:
+    """An "interpreter" whose server never gets ready: it sleeps, as a big model loads."""
+    script = folder / "loading"
+    script.write_text("#!/bin/sh\nexec sleep 60\n")
+    script.chmod(0o755)
+    return script
 
 
 def test_a_server_dismissed_while_its_due_restart_is_on_its_way_stays_stopped(
@@ -85,10 +97,7 @@ def test_a_chat_request_waiting_for_its_server_holds_it(tmp_path: Path) -> None:
     """A request holds the server (idle stop and eviction leave it be) from before it
     looks for it, not only once it found it ready: else an idle stop could come between
     the two."""
-    loading = tmp_path / "loading"
-    loading.write_text("#!/bin/sh\nexec sleep 60\n")  # a server that never gets ready
-    loading.chmod(0o755)
-    env = server_env(tmp_path / "data", python=str(loading))
+    env = server_env(tmp_path / "data", python=str(_loading_script(tmp_path)))
     client = InferenceClient(env.supervisor, MetricsStore(), wait_ready_s=30)
     try:
         profile = env.profile("slow", _model(tmp_path / "model"))
@@ -110,3 +119,37 @@ def test_a_chat_request_waiting_for_its_server_holds_it(tmp_path: Path) -> None:
     finally:
         client.close()
         env.close()
+
+
+def test_a_start_while_the_dashboard_stops_its_servers_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: closing listed the running servers, stopped them, and only then refused new
+    starts. A start from a request still under way in between went ahead, and its
+    server outlived the dashboard with nothing managing it."""
+    env = server_env(tmp_path / "data", python=str(_loading_script(tmp_path)))
+    supervisor = env.supervisor
+    first = env.profile("first", _model(tmp_path / "m1"))
+    second = env.profile("second", _model(tmp_path / "m2"))
+    supervisor.start(first.id)
+    meanwhile: list[object] = []
+    stop_logged = supervisor._stop_logged
+
+    def a_start_comes_meanwhile(profile_id: int, reason: str,
+                                unused_since: float | None = None) -> None:
+        if not meanwhile:  # the close is under way: it listed what runs
+            try:
+                meanwhile.append(supervisor.start(second.id))
+            except ManagerError as exc:
+                meanwhile.append(exc)
+        stop_logged(profile_id, reason, unused_since)
+
+    monkeypatch.setattr(supervisor, "_stop_logged", a_start_comes_meanwhile)
+    try:
+        env.close()
+        assert isinstance(meanwhile[0], ManagerError), "the start went ahead"
+        assert "shutting down" in meanwhile[0].message
+    finally:
+        for snap in supervisor.snapshots():  # whatever the bug left running
+            if snap.pid is not None and snap.state in ACTIVE_STATES:
+                os.killpg(snap.pid, signal.SIGKILL)
+    assert all(s.state not in ACTIVE_STATES for s in supervisor.snapshots())

@@ -109,6 +109,7 @@ class Supervisor(ServerRegistry):
         # CLI command must not touch the logs of servers a dashboard runs.
         self._in_charge = False
         self._wake = threading.Event()  # set at close: readiness watches stop pausing
+        self._closing = False  # close() began: no start from then on
         self._http = httpx.Client(timeout=httpx.Timeout(30.0, connect=2.0), verify=tls_context())
         #: The warm spare interpreters the next starts are handed to; one that is never
         #: started (the default, and the CLI's) hands nothing over.
@@ -192,7 +193,7 @@ class Supervisor(ServerRegistry):
         idle: list[ServerRun] = []
         logs: list[Path] = []
         with self._lock:
-            if self._closed:
+            if self._closed or self._closing:
                 return False
             for server in self._servers.values():
                 if server.state in (ServerState.STARTING, ServerState.READY):
@@ -271,6 +272,8 @@ class Supervisor(ServerRegistry):
         with self._lock:
             if self._closed:
                 return
+            # Under the lock a start spawns under: what runs now is all that will run.
+            self._closing = True
             active = [s.profile.id for s in self._servers.values() if s.state in ACTIVE_STATES]
         if not keep_servers:
             threads = [threading.Thread(target=self._stop_logged, args=(pid, "dashboard closed"),
@@ -294,7 +297,7 @@ class Supervisor(ServerRegistry):
                automatic: bool) -> ServerSnapshot:
         model_dir = str(self._profiles.resolve_model(profile.model))
         with self._changing():
-            if self._closed:
+            if self._closed or self._closing:
                 raise ManagerError("The dashboard is shutting down.")
             server = self._servers.get(profile.id)
             if automatic and (server is None or server.state is not ServerState.BACKOFF):
