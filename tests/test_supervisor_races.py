@@ -4,12 +4,15 @@ once with code 1, as a crash)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from manager.errors import ManagerError
@@ -153,3 +156,55 @@ def test_a_start_while_the_dashboard_stops_its_servers_is_refused(
             if snap.pid is not None and snap.state in ACTIVE_STATES:
                 os.killpg(snap.pid, signal.SIGKILL)
     assert all(s.state not in ACTIVE_STATES for s in supervisor.snapshots())
+
+
+def test_a_state_that_cannot_be_recorded_does_not_stop_the_server_moving(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Bug: with the database unwritable (a full disk), a stop set STOPPING, failed to
+    record it and raised: the server stayed "Stopping" for ever with its process alive.
+    The record is for `mlx-manager status` and the next dashboard; the state machine
+    goes on without it, and the failure is logged."""
+    env = server_env(tmp_path / "data", python=str(_loading_script(tmp_path)))
+    try:
+        profile = env.profile("loading", _model(tmp_path / "model"))
+        pid = env.supervisor.start(profile.id).pid
+        assert pid is not None
+
+        def full_disk(*_args: object, **_kwargs: object) -> object:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(env.store, "connect", full_disk)
+        with caplog.at_level(logging.ERROR):
+            snap = env.supervisor.stop(profile.id)
+        assert snap.state is ServerState.STOPPED
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert "database or disk is full" in caplog.text
+    finally:
+        monkeypatch.undo()
+        env.close()
+
+
+def test_a_restart_that_fails_unexpectedly_is_shown_failed_not_restarting_for_ever(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: the pass took the restart as due (clearing it), and an error other than the
+    manager's own (the model's disk gone: an I/O error) escaped the restart: the server
+    said "Restarting soon" for ever, and the rest of the pass was skipped."""
+    env = server_env(tmp_path / "data", python="/bin/false")
+    try:
+        flaky = env.profile("flaky", _model(tmp_path / "model"), auto_restart=True)
+        env.supervisor.start(flaky.id)
+        assert wait_for(lambda: env.supervisor.snapshot(flaky.id).state
+                        is ServerState.BACKOFF, 10)
+
+        def disk_gone(_model: str) -> Path:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(env.profiles, "resolve_model", disk_gone)
+        env.clock.advance(120)
+        env.supervisor.reconcile()
+        snap = env.supervisor.snapshot(flaky.id)
+        assert snap.state is ServerState.FAILED
+        assert "Auto-restart failed" in snap.reason and "Input/output error" in snap.reason
+    finally:
+        env.close()

@@ -86,3 +86,9 @@ def write_record(store: Store, record: ServerRecord) -> None:
     except sqlite3.IntegrityError as exc:
         # The profile was deleted meanwhile: nothing left to record against.
         log.info("not recording server of deleted profile %s: %s", record.profile_id, exc)
+    except sqlite3.Error as exc:
+        # A full disk, a database locked too long: the supervisor's state machine goes on
+        # (a stop must not stay "Stopping"); `mlx-manager status` and the next dashboard
+        # see the last state that was recorded.
+        log.error("could not record that the server of profile %s is %s: %s",
+                  record.profile_id, record.state.value, exc)

@@ -272,8 +272,7 @@ class Supervisor(ServerRegistry):
         with self._lock:
             if self._closed:
                 return
-            # Under the lock a start spawns under: what runs now is all that will run.
-            self._closing = True
+            self._closing = True  # under the lock a start spawns under: no start from now
             active = [s.profile.id for s in self._servers.values() if s.state in ACTIVE_STATES]
         if not keep_servers:
             threads = [threading.Thread(target=self._stop_logged, args=(pid, "dashboard closed"),
@@ -363,9 +362,10 @@ class Supervisor(ServerRegistry):
                         automatic=True)
         except RestartNoLongerDue:
             log.info("auto-restart of %s dropped: stopped or started since", server.profile.name)
-        except ManagerError as exc:
-            log.warning("auto-restart of %s failed: %s", server.profile.name, exc.message)
-            self.fail_to_start(server.profile.id, f"Auto-restart failed: {exc.message}")
+        except Exception as exc:  # noqa: BLE001 - else it would say "Restarting soon" for ever
+            message = exc.message if isinstance(exc, ManagerError) else str(exc)
+            log.warning("auto-restart of %s failed: %s", server.profile.name, message)
+            self.fail_to_start(server.profile.id, f"Auto-restart failed: {message}")
 
     def fail_to_start(self, profile_id: int, reason: str) -> None:
         """Show a start that never got a process (busy port, missing model) as FAILED."""
