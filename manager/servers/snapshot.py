@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -150,10 +151,28 @@ def uses_model(snaps: Iterable[ServerSnapshot], path_or_repo: str) -> bool:
     for snap in snaps:
         if snap.state not in PLACED_STATES:
             continue
-        if snap.profile.model.strip() == wanted:
+        # Repo ids are not case-sensitive (the hub, and the cache on macOS's disks).
+        if snap.profile.model.strip().casefold() == wanted.casefold():
             return True
         if target.is_absolute() and snap.model_path:
             running = Path(snap.model_path)
-            if running == target or target in running.parents:
+            if running == target or target in running.parents \
+                    or _same_or_inside(target, running):
                 return True
+    return False
+
+
+def _same_or_inside(target: Path, running: Path) -> bool:
+    """`running` is `target` or inside it, however either is spelled: through symlinks
+    (macOS's /tmp and /var), in another case (macOS's disks ignore it)."""
+    try:
+        wanted = target.stat()
+    except OSError:
+        return False
+    for folder in (running, *running.parents):
+        try:
+            if os.path.samestat(wanted, folder.stat()):
+                return True
+        except OSError:
+            continue
     return False
