@@ -577,6 +577,7 @@ def test_a_client_that_leaves_before_a_whole_answer_aborts_the_model_request(gw:
     before = gw.services.metrics.get(pid)
     broken = _server_log(gw, "long").count("BrokenPipeError") \
         + _server_log(gw, "long").count("ConnectionResetError")
+    working = _server_log(gw, "long").count("Prompt processing progress")
     body = json.dumps({"model": "long", "messages": HI, "max_tokens": 3000}).encode()
     port = int(gw.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as client:
@@ -585,8 +586,11 @@ def test_a_client_that_leaves_before_a_whole_answer_aborts_the_model_request(gw:
                        b"Content-Type: application/json\r\n"
                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         # Two leases: the gateway's for the request, the inference client's for the
-        # request to the model server (open now).
+        # request to the model server (taken before it looks for the server); then the
+        # server works on it.
         assert wait_for(lambda: gw.services.supervisor.activity(pid).leases == 2, 60)
+        assert wait_for(lambda: _server_log(gw, "long").count("Prompt processing progress")
+                        > working, 60)
     # The gateway noticed the closed connection and ended its request to the server,
     # which stopped generating (it was asked for a stream: mlx_lm notices a closed
     # connection only when it writes, and a whole answer is written at the end).

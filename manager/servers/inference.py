@@ -415,7 +415,7 @@ class InferenceClient:
         """A whole answer read as a stream, so that `abort` stops mlx_lm at its next
         token (see manager/servers/assemble.py)."""
         measured: list[RequestStats] = []
-        raw = whole_response(chunk.raw for chunk in self._stream(
+        raw = whole_response(chunk.raw for chunk in self._stream_leased(  # leased by _once
             profile_id, body, path, 0, measured.append, abort=abort))
         parsed = parse_chunk(raw)
         return ChatResult(parsed.content, parsed.reasoning, parsed.tool_calls,
