@@ -333,13 +333,17 @@ class _Reader(asyncio.Protocol):
 
     def _read_held(self) -> bool:
         """One read of the held socket, past the transport (which waits for the mark):
-        True when it brought bytes. Linux returns what is there; a BSD kernel says
-        "would block" below the mark, and then the hold ends as when nothing came."""
+        True when it brought bytes. MSG_DONTWAIT: a BSD kernel (macOS) answers a plain
+        read of a non-blocking socket below its mark with "would block", and returns
+        what is there only with this flag; Linux returns it either way."""
         transport = self.transport
         if self.closed or transport is None or transport.is_closing() or self._sock is None:
             return False
         try:
-            data = os.read(self._sock.fileno(), READ_BYTES)
+            if isinstance(self._sock, socket.socket):  # ours (socket_transport.py)
+                data = self._sock.recv(READ_BYTES, socket.MSG_DONTWAIT)
+            else:  # asyncio's wrapper (a host name's connection) has no recv
+                data = os.read(self._sock.fileno(), READ_BYTES)
         except BlockingIOError:
             return False
         except OSError as exc:
