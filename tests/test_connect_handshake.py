@@ -10,7 +10,6 @@ such a socket: a real TCP socket whose first calls fail with ENOTCONN, as macOS'
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import socket
@@ -21,9 +20,8 @@ import pytest
 
 from manager.servers import connect
 from manager.servers.standby import standby
-from manager.servers.upstream import Upstream
-from tests.test_standby import DONE, Recorder, recording, url
-from tests.test_upstream import listening, on_own_loop
+from tests.test_standby import DONE, Recorder, ask, recording, url
+from tests.test_upstream import on_own_loop, opening_in_a_full_queue
 
 
 class MacLoopbackSocket(socket.socket):
@@ -53,14 +51,6 @@ class MacLoopbackSocket(socket.socket):
 def server() -> Iterator[Recorder]:
     with recording() as recorder:
         yield recorder
-
-
-async def ask(base: str, n: int) -> bytes:
-    upstream = await Upstream.open(base, "/v1/chat/completions", {"n": n})
-    try:
-        return await upstream.read_all()
-    finally:
-        upstream.abort()
 
 
 def test_a_request_whose_send_finds_the_handshake_under_way_waits_for_it(
@@ -109,14 +99,8 @@ def test_a_handshake_that_fails_is_told_as_the_connection_failing() -> None:
     SYN), and then the server goes away: the request fails with the connection's own
     error instead of waiting for ever."""
     async def go() -> None:
-        queue = listening(backlog=0)
-        address = queue.getsockname()
-        filler = socket.create_connection(address)  # takes the queue's one place
-        opening = asyncio.ensure_future(
-            Upstream.open(f"http://127.0.0.1:{address[1]}", "/v1/x", {"n": 1}))
-        for _ in range(5):
-            await asyncio.sleep(0)  # under way, its SYN dropped
-        assert not opening.done()
+        queue, filler, opening, waiting = await opening_in_a_full_queue()
+        assert waiting
         queue.close()  # the retried SYN is refused
         filler.close()
         await opening

@@ -17,9 +17,10 @@ import pytest
 
 from manager.errors import ManagerError
 from manager.servers.inference import InferenceClient, MetricsStore
+from manager.servers.profiles import Profile
 from manager.servers.states import ACTIVE_STATES
 from manager.servers.supervisor import ServerNotReady, ServerState
-from tests.server_helpers import hf_home_env, server_env
+from tests.server_helpers import ServerEnv, hf_home_env, server_env
 from tests.waits import wait_for
 
 
@@ -37,6 +38,15 @@ def _loading_script(folder: Path) -> Path:
     return script
 
 
+def _backing_off(env: ServerEnv, tmp_path: Path) -> Profile:
+    """A profile with auto-restart whose server crashed (/bin/false): in BACKOFF."""
+    flaky = env.profile("flaky", _model(tmp_path / "model"), auto_restart=True)
+    env.supervisor.start(flaky.id)
+    assert wait_for(lambda: env.supervisor.snapshot(flaky.id).state is ServerState.BACKOFF,
+                    10)
+    return flaky
+
+
 def test_a_server_dismissed_while_its_due_restart_is_on_its_way_stays_stopped(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Bug: the supervision pass took a crashed server's restart as due, let go of its
@@ -44,10 +54,7 @@ def test_a_server_dismissed_while_its_due_restart_is_on_its_way_stays_stopped(
     server the user had just stopped came back."""
     env = server_env(tmp_path / "data", python="/bin/false")
     try:
-        flaky = env.profile("flaky", _model(tmp_path / "model"), auto_restart=True)
-        env.supervisor.start(flaky.id)
-        assert wait_for(lambda: env.supervisor.snapshot(flaky.id).state
-                        is ServerState.BACKOFF, 10)
+        flaky = _backing_off(env, tmp_path)
         env.clock.advance(120)  # its restart is due
         sample = env.supervisor.spares.sample
 
@@ -192,10 +199,7 @@ def test_a_restart_that_fails_unexpectedly_is_shown_failed_not_restarting_for_ev
     said "Restarting soon" for ever, and the rest of the pass was skipped."""
     env = server_env(tmp_path / "data", python="/bin/false")
     try:
-        flaky = env.profile("flaky", _model(tmp_path / "model"), auto_restart=True)
-        env.supervisor.start(flaky.id)
-        assert wait_for(lambda: env.supervisor.snapshot(flaky.id).state
-                        is ServerState.BACKOFF, 10)
+        flaky = _backing_off(env, tmp_path)
 
         def disk_gone(_model: str) -> Path:
             raise OSError(5, "Input/output error")

@@ -619,18 +619,26 @@ def test_a_request_reaches_the_server_whole(host: str, size: int) -> None:
     assert on_own_loop(go) == (200, TOKEN + DONE, size)
 
 
+async def opening_in_a_full_queue() -> tuple[socket.socket, socket.socket,
+                                             asyncio.Future[Upstream], bool]:
+    """A server whose accept queue is full (a filler connection takes its one place),
+    an `Upstream.open` to it under way (its SYN dropped, the kernel retries it), and
+    whether that open was still waiting after a few loop passes."""
+    server = listening(backlog=0)
+    address = server.getsockname()
+    filler = socket.create_connection(address)
+    opening = asyncio.ensure_future(
+        Upstream.open(f"http://127.0.0.1:{address[1]}", "/v1/x", {"n": 1}))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return server, filler, opening, not opening.done()
+
+
 def test_a_connection_not_established_at_once_still_sends_its_request() -> None:
     """The server's accept queue is full: the handshake waits for room (the kernel
     retries the SYN), and the request goes out once the connection is there."""
     async def go() -> tuple[int, object, bool]:
-        server = listening(backlog=0)
-        address = server.getsockname()
-        filler = socket.create_connection(address)  # takes the queue's one place
-        opening = asyncio.ensure_future(
-            Upstream.open(f"http://127.0.0.1:{address[1]}", "/v1/x", {"n": 1}))
-        for _ in range(5):
-            await asyncio.sleep(0)  # the open is under way, its connection still queued
-        waiting = not opening.done()
+        server, filler, opening, waiting = await opening_in_a_full_queue()
         first, _ = await asyncio.get_running_loop().sock_accept(server)  # room again
         first.close()
         filler.close()

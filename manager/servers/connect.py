@@ -38,16 +38,9 @@ async def connect_and_send(host: str, port: int, request: bytes, make: Callable[
     loop = asyncio.get_running_loop()
     ready = standby().take((host, port))
     if ready is not None:
-        try:
-            sent = _send_on(ready, request)
-            if sent == NOT_YET:
-                await asyncio.wait_for(_handshake(ready), connect_timeout_s)
-                sent = 0
-        except BaseException:
-            ready.close()
-            raise
-        if sent is not None:
-            return _transport(loop, ready, make, sent)
+        taken = await _sent_once_connected(_send_on, ready, request, connect_timeout_s)
+        if taken is not None:
+            return _transport(loop, ready, make, taken)
         ready.close()  # closed by the server just now: nothing went out, connect anew
     sock = _socket_for(host)
     if sock is None:  # a host name: asyncio resolves it
@@ -56,14 +49,31 @@ async def connect_and_send(host: str, port: int, request: bytes, make: Callable[
         return protocol, 0
     try:
         _start_connect(sock, (host, port))
-        sent = _send_now(sock, request)
+    except BaseException:
+        sock.close()
+        raise
+    sent = await _sent_once_connected(_send_now, sock, request, connect_timeout_s)
+    return _transport(loop, sock, make, sent)
+
+
+_Sent = TypeVar("_Sent", int, "int | None")
+
+
+async def _sent_once_connected(send: Callable[[socket.socket, bytes], _Sent],
+                               sock: socket.socket, request: bytes, timeout_s: float
+                               ) -> _Sent:
+    """What `send` sent of `request` on `sock`; when the handshake is still under way
+    (NOT_YET), 0 once it is over (the transport sends it all). `sock` is closed when
+    this raises."""
+    try:
+        sent = send(sock, request)
         if sent == NOT_YET:
-            await asyncio.wait_for(_handshake(sock), connect_timeout_s)
+            await asyncio.wait_for(_handshake(sock), timeout_s)
             sent = 0
     except BaseException:
         sock.close()
         raise
-    return _transport(loop, sock, make, sent)
+    return sent
 
 
 def connection_open(host: str, port: int) -> Callable[[], None]:
