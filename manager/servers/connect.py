@@ -122,7 +122,7 @@ def _family(host: str) -> socket.AddressFamily | None:
     return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
-#: What `_send_on` returns for a connection whose handshake is still under way.
+#: What `_send_now` and `_send_on` return for a connection whose handshake is still under way.
 NOT_YET = -1
 
 
