@@ -37,7 +37,10 @@ def port_is_free(host: str, port: int) -> bool:
     target = ("::1" if family == socket.AF_INET6 else LOOPBACK) if wildcard else host
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.settimeout(0.5)
-        if probe.connect_ex((target, port)) == 0:
+        # Connected to itself (the kernel gave the probe this very port as its own, a
+        # port in the ephemeral range): nobody listens.
+        if probe.connect_ex((target, port)) == 0 \
+                and probe.getsockname()[:2] != probe.getpeername()[:2]:
             log.debug("port %s on %s is taken: %s answers on it", port, host, target)
             return False
     return True

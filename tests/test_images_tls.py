@@ -13,5 +13,4 @@ def test_https_images_are_verified_against_the_process_ca_bundle() -> None:
     every https image failed verification there while the rest of the dashboard (httpx,
     certifi's CAs) worked."""
     connection = images._PinnedHTTPS("images.example.com", 443, "127.0.0.1", 5.0)
-    assert connection._tls is tls_context()
-    assert connection._tls.cert_store_stats()["x509_ca"] > 0  # a bundle is loaded
+    assert connection._tls is tls_context()  # test_net checks that one verifies

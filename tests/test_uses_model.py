@@ -39,3 +39,15 @@ def test_a_repo_named_in_another_case_is_in_use() -> None:
     snaps = [_running("mlx-community/qwen3-0.6b-4bit", "")]
     assert uses_model(snaps, "mlx-community/Qwen3-0.6B-4bit")
     assert not uses_model(snaps, "mlx-community/Qwen3-1.7B-4bit")
+
+
+def test_a_folder_in_another_case_is_another_folder_where_the_disk_says_so(
+        tmp_path: Path) -> None:
+    """Only repo ids are compared without case: on a case-sensitive disk /models/Foo
+    and /models/foo are two models, and the one not running may be deleted."""
+    running = tmp_path / "Foo"
+    running.mkdir()
+    (tmp_path / "foo").mkdir()
+    snaps = [_running(str(running), str(running))]
+    assert uses_model(snaps, str(running))
+    assert not uses_model(snaps, str(tmp_path / "foo"))

@@ -151,8 +151,12 @@ def uses_model(snaps: Iterable[ServerSnapshot], path_or_repo: str) -> bool:
     for snap in snaps:
         if snap.state not in PLACED_STATES:
             continue
-        # Repo ids are not case-sensitive (the hub, and the cache on macOS's disks).
-        if snap.profile.model.strip().casefold() == wanted.casefold():
+        named = snap.profile.model.strip()
+        if named == wanted:
+            return True
+        # Repo ids are not case-sensitive (the hub, and the cache on macOS's disks); a
+        # path is compared below by what stat says.
+        if not target.is_absolute() and named.casefold() == wanted.casefold():
             return True
         if target.is_absolute() and snap.model_path:
             running = Path(snap.model_path)
