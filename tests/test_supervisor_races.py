@@ -212,3 +212,30 @@ def test_a_restart_that_fails_unexpectedly_is_shown_failed_not_restarting_for_ev
         assert "Auto-restart failed" in snap.reason and "Input/output error" in snap.reason
     finally:
         env.close()
+
+
+@pytest.mark.slow
+def test_a_server_a_request_kept_from_eviction_can_still_be_evicted_later(
+        tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """Bug: an eviction refused because a request had just taken the server (a907884)
+    still counted as an eviction and dropped the server's "started on demand" mark, so
+    it was never evicted again and later starts failed as if it had been started by
+    hand."""
+    with hf_home_env(tmp_path / "hf"):
+        env = server_env(tmp_path / "data")
+        try:
+            gateway_started = env.profile("on demand", tiny_models["text"])
+            newcomer = env.profile("newcomer", tiny_models["text"])
+            env.placement.ensure_started(None, gateway_started)
+            snap = env.supervisor.wait_ready(gateway_started.id, 90)
+            assert env.placement.started_on_demand(snap)
+            checked = env.supervisor.clock.monotonic()
+            with env.supervisor.lease(gateway_started.id):  # a request takes it
+                env.placement._evict(snap, newcomer, checked)
+            after = env.supervisor.snapshot(gateway_started.id)
+            assert after.state is ServerState.READY
+            assert env.placement.started_on_demand(after), "no longer evictable"
+            assert gateway_started.id not in env.placement.stats() \
+                or env.placement.stats()[gateway_started.id].evictions == 0
+        finally:
+            env.close()

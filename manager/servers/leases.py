@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
+from manager.errors import Conflict
 from manager.servers.snapshot import Activity
 
 
@@ -81,3 +82,8 @@ class Leases:
             count = self._counts.get(profile_id)
             if count is not None and count.leases == 0:
                 del self._counts[profile_id]
+
+
+class ServerInUse(Conflict):
+    """A stop the dashboard decided itself (idle, eviction, unload) found the server
+    taken by a request since it looked (Supervisor.stop's `unused_since`)."""

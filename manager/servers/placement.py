@@ -41,6 +41,7 @@ from manager.models.capabilities import (
     is_apple_silicon,
     memory_budget_bytes,
 )
+from manager.servers.leases import ServerInUse
 from manager.servers.profiles import Profile, ProfileService
 from manager.servers.states import PLACED_STATES, ServerState
 from manager.servers.supervisor import MANAGER, CancelEvent, ServerSnapshot, Supervisor
@@ -341,6 +342,9 @@ class Placement:
         try:
             self._supervisor.stop(victim.profile_id, by="placement", reason=reason,
                                   unused_since=victim_checked)
+        except ServerInUse as exc:  # a request took it: still on demand, not evicted
+            log.info("eviction of %s skipped: %s", victim.profile.name, exc.message)
+            return
         except ManagerError as exc:
             log.info("eviction of %s skipped: %s", victim.profile.name, exc.message)
         with self._lock:

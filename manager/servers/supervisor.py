@@ -32,6 +32,7 @@ from manager.errors import Conflict, ManagerError, NotFound, ValidationError
 from manager.net import port_is_free, tls_context
 from manager.servers import readiness
 from manager.servers.distributed.group import GroupLauncher
+from manager.servers.leases import ServerInUse
 from manager.servers.logs import (
     LOG_MAX_BYTES,
     cap_log,
@@ -130,16 +131,15 @@ class Supervisor(ServerRegistry):
 
     def stop(self, profile_id: int, *, actor: User | None = None, by: str | None = None,
              reason: str = "", unused_since: float | None = None) -> ServerSnapshot:
-        """SIGTERM to the server's process group, wait, SIGKILL; returns when it is gone.
-        A failed server is dismissed (STOPPED). `unused_since` (idle stop, eviction,
-        unload): Conflict if a request holds or used it since (checked under the lock)."""
+        """SIGTERM to the process group, wait, SIGKILL; returns when it is gone (a failed
+        server is dismissed). ServerInUse if a request held or used it since `unused_since`."""
         who = _who(actor, by)
         with self._changing():
             server = self._servers.get(profile_id)
             if server is None or server.state is ServerState.STOPPED:
                 raise Conflict(f"{self._name(profile_id)} is not running.")
             if unused_since is not None and self.leases.used_since(profile_id, unused_since):
-                raise Conflict(f"{server.profile.name} is in use again.")
+                raise ServerInUse(f"{server.profile.name} is in use again.")
             require(actor, Action.SERVER_STOP,
                     Owned.by(server.profile.owner_id, server.started_by))
             if server.state is ServerState.STOPPING:
