@@ -260,13 +260,15 @@ class LiveFeed:
             and (i >= len(drawn) or (drawn[i] is not None and drawn[i] != now)))
 
     def redraw(self, user: User, since: Versions | None, now: Versions, timed_out: bool,
-               values: Sequence[Any], behind: frozenset[int] = frozenset()) -> list[Any]:
+               values: Sequence[Any], behind: frozenset[int] = frozenset(),
+               left: frozenset[int] = frozenset()) -> list[Any]:
         """Every part's outputs: drawn when its topics moved or it is `behind` the
-        page's inputs, else skipped."""
+        page's inputs, else (and for the parts `left` as they are) skipped."""
         moved = now.moved(since)
         out: list[Any] = []
         for i, (part, mine) in enumerate(zip(self._parts, self.split(values), strict=True)):
-            if i in behind or part.topics & moved or (timed_out and part.on_timeout):
+            if i not in left and (i in behind or part.topics & moved
+                                  or (timed_out and part.on_timeout)):
                 try:
                     drawn = list(part.render(user, *mine))
                 except ManagerError:
@@ -337,13 +339,20 @@ class LiveFeed:
                 *parts]
 
     async def _afresh(self, user: User, values: Sequence[Any]) -> list[Any]:
-        """Every part drawn, with the page's new `Seen` first (see `answer`)."""
+        """Every part drawn, with the page's new `Seen` first (see `answer`); but not a
+        part that follows a gr.State: Gradio reset it with the page's state, while the
+        page's own controls (a filter box) still show what the user chose, and a drawing
+        for the reset value would contradict them. That part keeps what it shows."""
         now = self._services.changes.versions()  # before anything is read
         lazy_at = asyncio.get_running_loop().time()
+        left = frozenset(i for i, part in enumerate(self._parts)
+                         if any(isinstance(c, gr.State) for c in part.follows))
         servers = await anyio.to_thread.run_sync(self.states)
-        parts = await anyio.to_thread.run_sync(self.redraw, user, None, now, True, values)
-        return [Seen(now, lazy_at, tuple(sorted(servers.items())), self.drawn_with(values)),
-                *parts]
+        parts = await anyio.to_thread.run_sync(self.redraw, user, None, now, True, values,
+                                               frozenset(), left)
+        drawn_with = tuple(None if i in left else drawn
+                           for i, drawn in enumerate(self.drawn_with(values)))
+        return [Seen(now, lazy_at, tuple(sorted(servers.items())), drawn_with), *parts]
 
     async def load(self, request: gr.Request) -> tuple[Seen, dict[Any, Any]]:
         """What a page shows when it opens: every loader's drawing (side by side, as the

@@ -109,3 +109,22 @@ def test_a_tick_that_fails_waits_before_it_answers(
         return waiting, False
 
     assert on_own_loop(go) == (True, True)
+
+
+def test_a_page_whose_state_is_gone_keeps_what_a_part_following_a_state_shows(
+        services: Services) -> None:
+    """Gradio resets every gr.State of a page it dropped, while the page's own controls
+    (the Models tab's filter boxes, its view) keep what the user chose. The drawing afresh
+    leaves a part that follows a State as it is (drawn for the reset value, the list
+    would contradict the filter shown above it); the other parts are drawn."""
+    with gr.Blocks():
+        feed = LiveFeed(services)
+        chosen = gr.State("the default filter")
+        feed.add(LivePart(frozenset({Topic.DOWNLOADS}),
+                          lambda _user, filt: (f"list for {filt}",), [gr.HTML()],
+                          inputs=[chosen], follows=[chosen]))
+        feed.add(LivePart(frozenset({Topic.ACCOUNTS}), lambda _user: ("badge",),
+                          [gr.Markdown()]))
+    seen, listed, badge = _answer(feed, None, ["the default filter"])
+    assert isinstance(listed, type(gr.skip())) and badge == "badge"
+    assert seen.drawn_with == (None, None)  # not "drawn for the default filter"
