@@ -71,10 +71,13 @@ def pair() -> tuple[socket.socket, socket.socket]:
 
 @on_loop
 async def test_the_protocol_is_told_at_once_then_reads_until_the_server_closes() -> None:
-    transport, protocol, theirs = connected()
-    ours = transport.get_extra_info("socket")
+    loop = asyncio.get_running_loop()
+    ours, theirs = pair()
+    protocol = Recorder(loop)
+    transport = SocketTransport(loop, ours, protocol)
     # Told before the constructor returns: a request can be written at once.
     assert protocol.events == [("made", None)]
+    assert transport.get_extra_info("socket") is ours
     theirs.sendall(b"HTTP/1.0 200 OK\r\n\r\nhello")
     theirs.close()
     assert await asyncio.wait_for(protocol.lost, 10) is None
