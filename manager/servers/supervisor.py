@@ -193,7 +193,7 @@ class Supervisor(ServerRegistry):
         idle: list[ServerRun] = []
         logs: list[Path] = []
         with self._lock:
-            if self._closed or self._closing:
+            if self._closing:  # set first by close(), before _closed
                 return False
             for server in self._servers.values():
                 if server.state in (ServerState.STARTING, ServerState.READY):
@@ -296,7 +296,7 @@ class Supervisor(ServerRegistry):
                automatic: bool) -> ServerSnapshot:
         model_dir = str(self._profiles.resolve_model(profile.model))
         with self._changing():
-            if self._closed or self._closing:
+            if self._closing:
                 raise ManagerError("The dashboard is shutting down.")
             server = self._servers.get(profile.id)
             if automatic and (server is None or server.state is not ServerState.BACKOFF):
