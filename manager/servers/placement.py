@@ -246,13 +246,12 @@ class Placement:
         now = self._supervisor.snapshot(snap.profile_id)
         if now is None or now.started_at != snap.started_at or now.state not in _UNDERWAY:
             return
-        checked = self._supervisor.clock.monotonic()
-        if self._supervisor.activity(snap.profile_id).leases:
-            log.info("%s stays loaded: another request uses it", snap.profile.name)
-            return
-        try:
-            self._supervisor.stop(snap.profile_id, by=who, unused_since=checked,
+        try:  # not if a request holds it or took it since (checked under the lock)
+            self._supervisor.stop(snap.profile_id, by=who,
+                                  unused_since=self._supervisor.clock.monotonic(),
                                   reason=f"unloaded after a request with keep_alive 0 ({who})")
+        except ServerInUse:
+            log.info("%s stays loaded: another request uses it", snap.profile.name)
         except ManagerError as exc:
             log.info("unload of %s skipped: %s", snap.profile.name, exc.message)
 
@@ -342,11 +341,10 @@ class Placement:
         try:
             self._supervisor.stop(victim.profile_id, by="placement", reason=reason,
                                   unused_since=victim_checked)
-        except ServerInUse as exc:  # a request took it: still on demand, not evicted
-            log.info("eviction of %s skipped: %s", victim.profile.name, exc.message)
-            return
         except ManagerError as exc:
             log.info("eviction of %s skipped: %s", victim.profile.name, exc.message)
+            if isinstance(exc, ServerInUse):
+                return  # a request took it: still on demand, and not evicted
         with self._lock:
             old = self._stats.get(victim.profile_id, PlacementStats())
             self._stats[victim.profile_id] = PlacementStats(old.starts, old.evictions + 1)
