@@ -300,8 +300,8 @@ class LiveFeed:
         Without a `Seen` the page's state is gone while its timer runs: Gradio drops
         the state of a page whose connection closed an hour ago (a laptop asleep), and
         the page's timer ticks again when it wakes. (After a dashboard restart Gradio
-        reloads the page instead.) Every part is drawn afresh and the page starts over from there (answering
-        nothing instead left the page stale, and its timer asked again every TICK_S).
+        reloads the page instead.) The page is drawn afresh and starts over from there
+        (`_afresh`; answering nothing left it stale, its timer asking every TICK_S).
         The timer only starts with the page load's answer, so no such tick runs before
         the load; and both record the versions they read before drawing, so whichever
         lands last leaves the page consistent."""
