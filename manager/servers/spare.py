@@ -138,11 +138,14 @@ class SparePool:
             del self._spares[backend]
             spare.taken = True
             self._changed.notify_all()
-        order = {"argv": argv, "log": str(log_file), "env": dict(env), "cwd": str(cwd)}
         try:
             with log_file.open("ab") as handle:
                 write_header(handle, argv, by, ", warm spare interpreter")
-                handle.write(spare.log_path.read_bytes())  # its import-time output
+                copied = handle.write(spare.log_path.read_bytes())  # its output so far
+            # The spare adds what it writes after this copy (spare_main._switch_output)
+            # and its own log is removed once it writes to the server's (_listen).
+            order = {"argv": argv, "log": str(log_file), "env": dict(env), "cwd": str(cwd),
+                     "spare_log": str(spare.log_path), "copied": copied}
             stdin = spare.popen.stdin
             if stdin is None:
                 raise OSError("the spare has no stdin")
@@ -153,7 +156,6 @@ class SparePool:
                         backend.value, spare.popen.pid, exc)
             self._end(spare)
             return None
-        spare.log_path.unlink(missing_ok=True)
         try:
             create_time: float | None = psutil.Process(spare.popen.pid).create_time()
         except psutil.Error as exc:
@@ -260,6 +262,8 @@ class SparePool:
                     self._changed_view()
         with self._lock:
             if spare.taken or self._spares.get(spare.backend) is not spare:
+                if spare.taken:  # its output moved to the server's log (or it died)
+                    spare.log_path.unlink(missing_ok=True)
                 return  # a server now, or ended on purpose
         code = spare.popen.wait()
         tail = read_tail(spare.log_path, lines=5)

@@ -5,13 +5,22 @@ interpreter, spawned, never forked: safe with Metal) in its own session. It impo
 server module (`mlx_lm.server`, `mlx_vlm.server`), writes `warm` on stdout, then waits
 for ONE JSON line on stdin:
 
-    {"argv": [python, "-m", module, ...args], "log": path, "env": {...}, "cwd": path}
+    {"argv": [python, "-m", module, ...args], "log": path, "env": {...}, "cwd": path,
+     "spare_log": path, "copied": n}
+
+("spare_log": the spare's own log, of which the dashboard put the first n bytes in the
+server's log.)
 
 It then does what `python -m module args` would have done: its stdout and stderr go to
 the log, its environment, working directory, sys.argv and sys.path[0] become the
 server's, and the module's `__main__` runs in this process (runpy, as `-m` does). The
 end of stdin before that line (the dashboard closed it, or died) ends the spare at
 once, even halfway through its imports.
+
+A start can be handed over while the imports still run. The output moves to the
+server's log as soon as the order arrives, with whatever the spare wrote to its own log
+since the dashboard copied it, so an import that fails after the hand-over says why in
+the server's log (and `warm` is not written there).
 
 Stdlib only, nothing from the dashboard: this module runs in the child. The server
 module is imported by name so the dashboard's own import checks never see mlx here.
@@ -42,6 +51,25 @@ def preload(module: str) -> None:
         importlib.import_module("mlx_lm.server")
 
 
+def _switch_output(order: Mapping[str, Any]) -> None:
+    """Write to the server's log from now on, after what the spare's own log got since
+    the dashboard copied it (lines written during the switch itself may come after
+    newer ones, none is lost)."""
+    spare_log = order.get("spare_log")
+    try:
+        old = os.open(str(spare_log), os.O_RDONLY) if spare_log else None
+    except OSError:
+        old = None  # gone (the dashboard cleans up a spare that died): nothing to add
+    _redirect_output(str(order["log"]))
+    if old is None:
+        return
+    with os.fdopen(old, "rb") as earlier:
+        earlier.seek(int(order.get("copied", 0)))
+        rest = earlier.read()
+    if rest:
+        os.write(2, rest)
+
+
 def _redirect_output(log: str) -> None:
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     sys.stdout.flush()
@@ -67,29 +95,50 @@ def run(module: str, order: Mapping[str, Any]) -> None:
     if argv[1:3] != ["-m", module]:
         raise SystemExit(f"spare for {module} was handed {argv[1:3]}")
     env = {str(k): str(v) for k, v in order["env"].items()}
-    _redirect_output(str(order["log"]))
     _become(env, str(order["cwd"]))
     sys.argv = [module, *argv[3:]]  # runpy sets argv[0] to the module's file
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
-def _read_order(orders: queue.Queue[str]) -> None:
-    line = sys.stdin.readline()
-    if not line.strip():
-        os._exit(0)  # stdin ended: the dashboard is gone or wants no spare; nothing to undo
-    orders.put(line)
+class _Orders:
+    """The one order, read on its own thread while the imports run."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Mapping[str, Any]] = queue.Queue(maxsize=1)
+        self._lock = threading.Lock()  # the output switch against the `warm` line
+        self._handed = False
+
+    def read(self) -> None:
+        line = sys.stdin.readline()
+        if not line.strip():
+            os._exit(0)  # stdin ended: the dashboard is gone or wants no spare
+        try:
+            order = json.loads(line)
+        except ValueError as exc:
+            sys.stderr.write(f"the spare's order is not JSON: {exc}\n")
+            os._exit(2)
+        with self._lock:
+            _switch_output(order)
+            self._handed = True
+        self.queue.put(order)
+
+    def say_warm(self) -> None:
+        """`warm` on stdout, unless an order came first (stdout is the server's log)."""
+        with self._lock:
+            if not self._handed:
+                sys.stdout.write(WARM + "\n")
+                sys.stdout.flush()
 
 
 def main() -> None:
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m manager.servers.spare_main MODULE")
     module = sys.argv[1]
-    orders: queue.Queue[str] = queue.Queue(maxsize=1)
-    threading.Thread(target=_read_order, args=(orders,), daemon=True).start()
+    orders = _Orders()
+    threading.Thread(target=orders.read, daemon=True).start()
     preload(module)
-    sys.stdout.write(WARM + "\n")
-    sys.stdout.flush()
-    run(module, json.loads(orders.get()))
+    orders.say_warm()
+    run(module, orders.queue.get())
 
 
 if __name__ == "__main__":
