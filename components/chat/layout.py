@@ -90,8 +90,10 @@ def build_layout(services: Services) -> ChatUI:
     shown = gr.State(ALL_SERVERS)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):
+            # Usable once the page load filled it: a pick made before that landed would
+            # be replaced by the load's choice (picking.wire's `load`).
             server = gr.Dropdown(label="Server", choices=[], allow_custom_value=True,
-                                 filterable=True, elem_id="chat-server",
+                                 filterable=True, elem_id="chat-server", interactive=False,
                                  info="A Ready server, or a profile to start.")
             server_status = gr.Markdown(status_markdown(services, None),
                                         elem_id="chat-server-status")

@@ -89,7 +89,7 @@ class ChatPage:
 
     def server_update(self, profile: Profile | None) -> Any:
         return gr.Dropdown(choices=server_choices(self.services),
-                           value=profile.id if profile is not None else None)
+                           value=profile.id if profile is not None else None, interactive=True)
 
     def timer_for(self, profile: Profile | None) -> gr.Timer:
         starting = (profile is not None

@@ -1,0 +1,58 @@
+"""The Chat tab's server picker in headless Chromium: it cannot be used before the page
+load filled it, since the load's answer would then replace the pick with its own choice
+(the most recent chat's server, or the first Ready one)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from manager.api.login import SESSION_COOKIE
+from manager.net import free_port
+from manager.servers.profiles import ProfileSpec
+from tests.conftest import LiveDashboard
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+PICKER = "#chat-server input"
+
+
+def test_the_picker_waits_for_the_page_load(
+        dashboard: LiveDashboard, browser, tiny_models: dict[str, Path],  # noqa: ANN001
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    dashboard.register("admin@example.com")
+    services = dashboard.services
+    services.profiles.create(None, ProfileSpec(name="Later", model=str(tiny_models["text"]),
+                                               port=free_port()))
+    # The Chat tab's part of the page load reads the user's chats first: held there.
+    loading, go_on = threading.Event(), threading.Event()
+    listed: Callable[..., Any] = services.chats.list
+
+    def held_list(*args: Any, **kwargs: Any) -> Any:
+        loading.set()
+        go_on.wait(60)
+        return listed(*args, **kwargs)
+
+    monkeypatch.setattr(services.chats, "list", held_list)
+    context = browser.new_context(viewport={"width": 1100, "height": 700})
+    context.add_cookies([{"name": SESSION_COOKIE, "url": dashboard.url,
+                          "value": dashboard.session_cookie("admin@example.com")}])
+    try:
+        page = context.new_page()
+        page.goto(dashboard.url + "/")
+        page.wait_for_selector("#mm-header")
+        assert loading.wait(60), "the page load never read the chats"
+        page.get_by_role("tab", name="Chat").click()
+        page.wait_for_selector(PICKER, state="attached")
+        assert page.locator(PICKER).is_disabled()  # the load has not answered yet
+        go_on.set()
+        page.wait_for_selector(f"{PICKER}:not([disabled])", timeout=30_000)
+        page.locator(PICKER).click()
+        page.get_by_role("option", name="Later", exact=False).wait_for(timeout=30_000)
+    finally:
+        go_on.set()
+        context.close()
