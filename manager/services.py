@@ -118,7 +118,15 @@ class Services:
                                placement=placement, tools=tools, metrics=metrics)
         # Responses API answers kept for previous_response_id, pruned as new ones arrive.
         responses = ResponseStore(store, settings.responses_retention_days)
-        if run_servers:
+        services = cls(settings=settings, store=store, auth=auth, api_keys=api_keys,
+                       chats=chats, hub=hub, library=library, downloads=downloads,
+                       profiles=profiles, supervisor=supervisor, monitor=monitor,
+                       metrics=metrics, inference=inference, tools=tools, placement=placement,
+                       chat_engine=chat_engine, tool_check=tool_check, responses=responses,
+                       changes=changes)
+        if not run_servers:
+            return services
+        try:
             # Adopt servers an earlier run left running, then clear logs nobody needs.
             supervisor.adopt_or_reap()
             supervisor.cleanup_logs()
@@ -128,11 +136,13 @@ class Services:
             monitor.start()
             # Downloads that were running when the dashboard stopped continue now.
             downloads.start_workers()
-        return cls(settings=settings, store=store, auth=auth, api_keys=api_keys, chats=chats,
-                   hub=hub, library=library, downloads=downloads, profiles=profiles,
-                   supervisor=supervisor, monitor=monitor, metrics=metrics, inference=inference,
-                   tools=tools, placement=placement, chat_engine=chat_engine,
-                   tool_check=tool_check, responses=responses, changes=changes)
+        except BaseException:
+            # Ctrl-C during the auto-starts (or a failure): the servers started so far run
+            # in their own sessions and would outlive this process. They go as at a
+            # dashboard's exit (kept in service mode, for the next start to adopt).
+            services.close(keep_servers=settings.keep_servers)
+            raise
+        return services
 
     def close(self, *, keep_servers: bool = False) -> None:
         """Stop background work; safe to call twice. Model servers are stopped unless

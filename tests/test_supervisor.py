@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -465,3 +466,39 @@ def test_auto_start_profiles_start_with_the_dashboard(tmp_path: Path, hf_home: P
         assert services.supervisor.snapshot(manual.id) is None
     finally:
         services.close()
+
+
+def test_ctrl_c_during_the_auto_starts_leaves_no_server_running(
+        tmp_path: Path, hf_home: Path, tiny_models: dict[str, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The servers run in their own sessions: started before a Ctrl-C that ends the
+    dashboard's start-up, they would outlive it (nothing had installed the exit hooks)."""
+    from dataclasses import replace
+
+    from manager.servers.placement import Placement
+
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), warm_spare=False)
+    setup = Services.create(settings, run_servers=False)
+    for name in ("first", "second"):
+        setup.profiles.create(None, replace(_spec(name, tiny_models["text"]), auto_start=True))
+    setup.close()
+    started: list[int] = []
+    real_start = Placement.start
+
+    def start_then_ctrl_c(self: Placement, actor: object, profile_id: int, **kwargs: object
+                          ) -> object:
+        if started:  # the second auto-start: Ctrl-C arrives
+            raise KeyboardInterrupt
+        snap = real_start(self, actor, profile_id, **kwargs)  # type: ignore[arg-type]
+        started.extend(tree_pids(snap.pid))
+        return snap
+
+    monkeypatch.setattr(Placement, "start", start_then_ctrl_c)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Services.create(settings)
+        assert started and all_gone(started)
+    finally:
+        for pid in started:  # whatever the outcome, nothing is left for later tests
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
