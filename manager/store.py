@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -19,15 +18,6 @@ log = logging.getLogger(__name__)
 
 # How long a unit of work waits for another writer before "database is locked".
 BUSY_TIMEOUT_S = 15.0
-
-#: How soon `Store.version()` changes for a commit made by another process (the CLI's
-#: `keys revoke` while the dashboard runs): SQLite is asked at most this often per
-#: thread. This process's own commits change it at once.
-OTHER_PROCESSES_S = 1.0
-
-#: What `Store.version()` answers: (this process's commits, SQLite's data_version as
-#: this thread last asked it).
-Version = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -393,10 +383,6 @@ class Store:
         self.path = path
         self._migrations = migrations
         self._reader = threading.local()  # per-thread connections for read()
-        #: Where version() reads the time (tests move it).
-        self.clock: Callable[[], float] = time.monotonic
-        self._commits = 0  # write units committed through connect(), counted after each
-        self._commits_lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         # WAL is a property of the file: set once, outside any transaction.
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
@@ -430,9 +416,6 @@ class Store:
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            if immediate:
-                with self._commits_lock:
-                    self._commits += 1
         finally:
             conn.close()
 
@@ -456,22 +439,8 @@ class Store:
     def data_version(self) -> int:
         """A number that changes when another connection committed to the file since
         this thread last asked (SQLite's data_version on this thread's read()
-        connection)."""
+        connection): what read_cache.ReadCache checks."""
         return int(self.read().conn.execute("PRAGMA data_version").fetchone()[0])
-
-    def version(self) -> Version:
-        """Changes when something was committed to the file: through this Store's
-        connect() at once, by anyone else (another process) within OTHER_PROCESSES_S.
-        What read_cache.ReadCache checks, on every gateway request: a counter read
-        instead of asking SQLite (the PRAGMA takes ~5 us in a warm loop, 50-90 us on the
-        gateway's cold path, where it was a tenth of a request's work before the send)."""
-        local = self._reader
-        now = self.clock()
-        asked_at = getattr(local, "asked_at", None)
-        if asked_at is None or not asked_at <= now < asked_at + OTHER_PROCESSES_S:
-            local.external = self.data_version()
-            local.asked_at = now
-        return self._commits, local.external
 
     def migrate(self) -> list[str]:
         """Apply pending migrations in order; returns the names applied now."""

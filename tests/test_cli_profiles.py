@@ -14,8 +14,6 @@ from manager.net import free_port
 from manager.servers.supervisor import ServerState
 from manager.services import Services
 from manager.settings import Settings
-from manager.store import OTHER_PROCESSES_S
-from tests.conftest import Clock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,17 +57,13 @@ def test_add_list_rm_with_data_dir_before_or_after(tmp_path: Path, tiny_models: 
 
 
 def test_a_running_dashboard_sees_profiles_added_by_the_cli(
-        services: Services, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str],
-        clock: Clock) -> None:
-    """Once store.OTHER_PROCESSES_S passed (the CLI is another process; in-process
-    here, with its own Store)."""
-    services.store.clock = clock
+        services: Services, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     data = str(services.settings.data_dir)
     assert services.profiles.list() == []
     code, _, _ = cli(capsys, "profiles", "add", "from-cli", "--model", str(tiny_models["text"]),
                      "--data-dir", data, "--port", str(free_port()))
     assert code == 0
-    clock.now += OTHER_PROCESSES_S
     assert [p.name for p in services.profiles.list()] == ["from-cli"]
 
 

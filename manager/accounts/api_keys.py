@@ -146,9 +146,8 @@ class ApiKeyService:
     def lookup(self, secret: str | None) -> KeyMatch | None:
         """The active user behind a key, or None: one indexed read on this thread's
         long-lived connection (Store.read), kept until the next commit to the database
-        (read_cache), and no write. A key revoked or an account disabled by the
-        dashboard is refused from the very next request; by the CLI (another process)
-        within store.OTHER_PROCESSES_S. The gateway calls it on every request and leaves
+        (read_cache), and no write, so a revoked key or a disabled account is refused
+        from the very next request. The gateway calls it on every request and leaves
         the `touch` (a write) to a worker thread."""
         if not secret or not secret.startswith(KEY_PREFIX):
             return None
