@@ -1,13 +1,17 @@
 """A start handed to a spare that is still importing: everything the spare writes from
-then on, and an import that fails after the hand-over, is in the server's log. A real
-spare interpreter (manager/servers/spare_main.py) importing a stand-in server module
-that waits on a FIFO, so the hand-over lands in the middle of its imports."""
+then on is in the server's log, an import that fails included, whether the spare moved
+its output before it ended or not. Real spare interpreters
+(manager/servers/spare_main.py) import a stand-in server module that waits on a FIFO,
+so the hand-over lands in the middle of their imports."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,45 +22,129 @@ from manager.servers.spare import SparePool
 from tests.waits import wait_for
 
 MODULE = "held_server"
+TRACEBACK = "RuntimeError: this server module cannot load"
 
 
-def test_an_import_that_fails_after_the_hand_over_says_why_in_the_servers_log(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@dataclass
+class Held:
+    """A pool whose spare is halfway through importing MODULE."""
+
+    pool: SparePool
+    fifo: Path  # opened for writing: the imports go on
+    spare_log: Path
+    server_log: Path
+
+    def take(self):  # noqa: ANN201 - the Popen
+        handed = self.pool.take(Backend.MLX_LM, [sys.executable, "-m", MODULE],
+                                self.server_log, dict(os.environ), self.server_log.parent,
+                                by="alice@example.com")
+        assert handed is not None
+        return handed[0]
+
+    def go_on(self) -> None:
+        with open(self.fifo, "w"):
+            pass
+
+    def server_text(self) -> str:
+        return self.server_log.read_text() if self.server_log.exists() else ""
+
+
+def held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, fails: bool) -> Iterator[Held]:
     modules = tmp_path / "modules"
     modules.mkdir()
     fifo = tmp_path / "go-on"
     os.mkfifo(fifo)
     (modules / f"{MODULE}.py").write_text(textwrap.dedent(f"""
         import sys
-        print("loading the weights", file=sys.stderr, flush=True)
-        with open({str(fifo)!r}) as held:  # until the test opens the other end
-            held.read()
-        print("still importing after the hand-over", file=sys.stderr, flush=True)
-        raise RuntimeError("this server module cannot load")
+        if __name__ != "__main__":  # the spare's import; run again as __main__ to serve
+            print("loading the weights", file=sys.stderr, flush=True)
+            with open({str(fifo)!r}) as held:
+                held.read()
+            print("still importing after the hand-over", file=sys.stderr, flush=True)
+            if {fails!r}:
+                raise RuntimeError("this server module cannot load")
+        else:
+            print("serving", flush=True)
     """))
     monkeypatch.setenv("PYTHONPATH", str(modules))
     monkeypatch.setattr(spare_module, "server_module", lambda backend: MODULE)
     logs = tmp_path / "logs"
+    logs.mkdir()
     pool = SparePool(sys.executable, tmp_path / "hub", logs)
     try:
         pool.start({Backend.MLX_LM})
         (spare_log,) = wait_for(lambda: [p for p in logs.glob("spare-*.log")
                                          if "loading the weights" in p.read_text()],
                                 30, "the spare halfway through its imports")
-        server_log = logs / "server.log"
-        handed = pool.take(Backend.MLX_LM, [sys.executable, "-m", MODULE], server_log,
-                           dict(os.environ), tmp_path, by="alice@example.com")
-        assert handed is not None
-        popen, _ = handed
-        with open(fifo, "w"):  # the imports go on, and fail
-            pass
-        assert popen.wait(timeout=30) == 1
-        text = server_log.read_text()
-        assert text.startswith("# mlx-manager: ") and "warm spare interpreter" in text
-        for line in ("loading the weights", "still importing after the hand-over",
-                     "RuntimeError: this server module cannot load"):
-            assert text.count(line) == 1, (line, text)
-        assert "warm" not in text.splitlines()  # `warm` was not written on stdout (the log)
-        wait_for(lambda: not spare_log.exists(), 30, "the spare's own log to be removed")
+        yield Held(pool, fifo, spare_log, logs / "server.log")
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def failing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Held]:
+    yield from held(tmp_path, monkeypatch, fails=True)
+
+
+@pytest.fixture
+def working(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Held]:
+    yield from held(tmp_path, monkeypatch, fails=False)
+
+
+def test_an_import_that_fails_right_after_the_hand_over_says_why_in_the_servers_log(
+        failing: Held) -> None:
+    popen = failing.take()
+    failing.go_on()  # the failure may come before or after the spare moves its output
+    assert popen.wait(timeout=30) == 1
+    text = wait_for(lambda: TRACEBACK in (t := failing.server_text()) and t, 30,
+                    "the traceback in the server's log")
+    assert text.startswith("# mlx-manager: ") and "warm spare interpreter" in text
+    for line in ("loading the weights", "still importing after the hand-over", TRACEBACK):
+        assert text.count(line) == 1, (line, text)
+    wait_for(lambda: not failing.spare_log.exists(), 30, "the spare's own log removed")
+
+
+def test_imports_that_end_after_the_hand_over_run_the_server_with_all_its_output(
+        working: Held) -> None:
+    popen = working.take()
+    # The spare moved its output (its own log is removed once it said so)...
+    wait_for(lambda: not working.spare_log.exists(), 30, "the spare's own log removed")
+    working.go_on()  # ...then its imports end and it runs the server
+    assert popen.wait(timeout=30) == 0
+    lines = working.server_text().splitlines()
+    for line in ("loading the weights", "still importing after the hand-over", "serving"):
+        assert lines.count(line) == 1, (line, lines)
+    assert "warm" not in lines  # stdout is the server's log by then
+
+
+def test_a_spare_that_ends_before_moving_its_output_leaves_the_rest_to_the_dashboard(
+        failing: Held) -> None:
+    (spare,) = failing.pool.views()
+    assert spare.pid is not None
+    os.kill(spare.pid, signal.SIGSTOP)  # it cannot read its order and move its output
+    server = failing.take()
+    with failing.spare_log.open("a") as its_stderr:  # its last words, after the copy
+        its_stderr.write("a line written after the copy\n")
+    server.kill()
+    server.wait(timeout=30)
+    text = wait_for(lambda: "after the copy" in (t := failing.server_text()) and t, 30,
+                    "the spare's last words in the server's log")
+    assert text.count("loading the weights") == 1
+    wait_for(lambda: not failing.spare_log.exists(), 30, "the spare's own log removed")
+
+
+def test_the_logs_of_spares_an_earlier_dashboard_left_are_removed_at_the_start(
+        tmp_path: Path) -> None:
+    """A dashboard that ended between a hand-over and the spare moving its output."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    stale = logs / "spare-mlx_lm-1.log"
+    stale.write_text("old\n")
+    server_log = logs / "server-1-1.log"
+    server_log.write_text("a server's\n")
+    pool = SparePool(sys.executable, tmp_path / "hub", logs, enabled=False)
+    try:
+        pool.start({Backend.MLX_LM})  # off: no spare, and still the clean-up
+        assert not stale.exists() and server_log.exists()
     finally:
         pool.close()

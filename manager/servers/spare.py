@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import threading
 import time
@@ -33,7 +34,7 @@ from manager.accounts.permissions import Action, require
 from manager.servers.logs import read_tail
 from manager.servers.process import child_env, server_module, terminate, write_header
 from manager.servers.profiles import Backend
-from manager.servers.spare_main import WARM
+from manager.servers.spare_main import HANDED, WARM
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class _Spare:
     warm: bool = False
     taken: bool = False
     memory_bytes: int | None = None
+    #: Taken: the server's log, and how much of the spare's own log went there.
+    server_log: Path | None = None
+    copied: int = 0
+    handed: bool = False  # it said so: its output goes to the server's log now
 
 
 class SparePool:
@@ -100,8 +105,13 @@ class SparePool:
         """Keep a spare for each of these backends (those the profiles use) and, from
         now on, for every backend a server is started with."""
         with self._lock:
-            self._running = True
+            first, self._running = not self._running, True
             self._wanted.update(backends)
+            kept = {spare.log_path for spare in self._spares.values()}
+        if first:  # logs of spares an earlier dashboard left (it ended mid hand-over)
+            for stale in self._logs_dir.glob("spare-*.log"):
+                if stale not in kept:
+                    stale.unlink(missing_ok=True)
         self.refill()
 
     def switch(self, actor: User | None, on: bool) -> None:
@@ -142,8 +152,10 @@ class SparePool:
             with log_file.open("ab") as handle:
                 write_header(handle, argv, by, ", warm spare interpreter")
                 copied = handle.write(spare.log_path.read_bytes())  # its output so far
-            # The spare adds what it writes after this copy (spare_main._switch_output)
-            # and its own log is removed once it writes to the server's (_listen).
+            # What the spare writes after this copy reaches the server's log too, by the
+            # spare (spare_main._switch_output) or, if it ends first, by _listen.
+            with self._lock:
+                spare.server_log, spare.copied = log_file, copied
             order = {"argv": argv, "log": str(log_file), "env": dict(env), "cwd": str(cwd),
                      "spare_log": str(spare.log_path), "copied": copied}
             stdin = spare.popen.stdin
@@ -154,6 +166,8 @@ class SparePool:
         except OSError as exc:
             log.warning("could not hand the start to the %s spare (pid %s): %s",
                         backend.value, spare.popen.pid, exc)
+            with self._lock:
+                spare.server_log = None  # the caller spawns the server itself
             self._end(spare)
             return None
         try:
@@ -253,7 +267,10 @@ class SparePool:
             return
         with stdout:
             for line in stdout:
-                if line.strip() == WARM.encode():
+                word = line.strip()
+                if word == HANDED.encode():
+                    spare.handed = True
+                elif word == WARM.encode():
                     with self._lock:
                         spare.warm = True
                         self._deaths.pop(spare.backend, None)
@@ -261,10 +278,13 @@ class SparePool:
                         self._changed.notify_all()
                     self._changed_view()
         with self._lock:
-            if spare.taken or self._spares.get(spare.backend) is not spare:
-                if spare.taken:  # its output moved to the server's log (or it died)
-                    spare.log_path.unlink(missing_ok=True)
-                return  # a server now, or ended on purpose
+            taken, server_log = spare.taken, spare.server_log
+            mine = self._spares.get(spare.backend) is spare
+        if taken:  # a server now (its output moved), or it ended first
+            self._settle_log(spare, None if spare.handed else server_log)
+            return
+        if not mine:
+            return  # ended on purpose
         code = spare.popen.wait()
         tail = read_tail(spare.log_path, lines=5)
         spare.log_path.unlink(missing_ok=True)
@@ -283,6 +303,20 @@ class SparePool:
                     spare.backend.value, spare.popen.pid, code, tail or "no output")
         self._changed_view()
         self.refill()
+
+    def _settle_log(self, spare: _Spare, server_log: Path | None) -> None:
+        """A taken spare's own log once its stdout ended: what the spare wrote there after
+        the copy goes to `server_log` (one that ended before moving its output itself),
+        then the log is removed."""
+        if server_log is not None:
+            try:
+                with spare.log_path.open("rb") as earlier, server_log.open("ab") as server:
+                    earlier.seek(spare.copied)
+                    shutil.copyfileobj(earlier, server)
+            except OSError as exc:
+                log.warning("could not add the last output of spare %s to %s: %s",
+                            spare.popen.pid, server_log, exc)
+        spare.log_path.unlink(missing_ok=True)
 
     def _changed_view(self) -> None:
         if self._on_change is not None:

@@ -18,9 +18,11 @@ end of stdin before that line (the dashboard closed it, or died) ends the spare 
 once, even halfway through its imports.
 
 A start can be handed over while the imports still run. The output moves to the
-server's log as soon as the order arrives, with whatever the spare wrote to its own log
-since the dashboard copied it, so an import that fails after the hand-over says why in
-the server's log (and `warm` is not written there).
+server's log as soon as the order arrives (right after a `handed` line on stdout), with
+what the spare wrote to its own log since the dashboard copied it. A spare that ends
+before that (its imports failed first) leaves the rest of its log to the dashboard,
+which adds it to the server's log. Either way an import that fails after the hand-over
+says why in the server's log, and `warm` is never written there.
 
 Stdlib only, nothing from the dashboard: this module runs in the child. The server
 module is imported by name so the dashboard's own import checks never see mlx here.
@@ -35,11 +37,14 @@ import queue
 import runpy
 import sys
 import threading
+import traceback
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 #: The first line on stdout once the imports are done.
 WARM = "warm"
+#: On stdout right before the output moves to the server's log.
+HANDED = "handed"
 
 
 def preload(module: str) -> None:
@@ -53,25 +58,16 @@ def preload(module: str) -> None:
 
 def _switch_output(order: Mapping[str, Any]) -> None:
     """Write to the server's log from now on, after what the spare's own log got since
-    the dashboard copied it (lines written during the switch itself may come after
-    newer ones, none is lost)."""
+    the dashboard copied it. `handed` on stdout first: from then on the dashboard leaves
+    the spare's log to the spare (it adds that log's rest itself for a spare that ended
+    before). Raises OSError when the server's log cannot be opened (nothing switched)."""
     spare_log = order.get("spare_log")
     try:
         old = os.open(str(spare_log), os.O_RDONLY) if spare_log else None
     except OSError:
-        old = None  # gone (the dashboard cleans up a spare that died): nothing to add
-    _redirect_output(str(order["log"]))
-    if old is None:
-        return
-    with os.fdopen(old, "rb") as earlier:
-        earlier.seek(int(order.get("copied", 0)))
-        rest = earlier.read()
-    if rest:
-        os.write(2, rest)
-
-
-def _redirect_output(log: str) -> None:
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        old = None  # gone: nothing to add
+    fd = os.open(str(order["log"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    sys.stdout.write(HANDED + "\n")
     sys.stdout.flush()
     sys.stderr.flush()
     os.dup2(fd, 1)
@@ -80,6 +76,13 @@ def _redirect_output(log: str) -> None:
     null = os.open(os.devnull, os.O_RDONLY)  # the server's stdin, as for a spawned one
     os.dup2(null, 0)
     os.close(null)
+    if old is None:
+        return
+    with os.fdopen(old, "rb") as earlier:
+        earlier.seek(int(order.get("copied", 0)))
+        rest = earlier.read()
+    if rest:
+        os.write(2, rest)
 
 
 def _become(env: Mapping[str, str], cwd: str) -> None:
@@ -101,24 +104,29 @@ def run(module: str, order: Mapping[str, Any]) -> None:
 
 
 class _Orders:
-    """The one order, read on its own thread while the imports run."""
+    """The one order, read on its own thread while the imports run. One lock orders the
+    output switch, the `warm` line and a failed import's last words."""
 
     def __init__(self) -> None:
         self.queue: queue.Queue[Mapping[str, Any]] = queue.Queue(maxsize=1)
-        self._lock = threading.Lock()  # the output switch against the `warm` line
-        self._handed = False
+        self._lock = threading.Lock()
+        self._handed = False  # output goes to the server's log
+        self._ending = False  # the imports failed: no switch any more
 
     def read(self) -> None:
         line = sys.stdin.readline()
         if not line.strip():
             os._exit(0)  # stdin ended: the dashboard is gone or wants no spare
-        try:
-            order = json.loads(line)
-        except ValueError as exc:
-            sys.stderr.write(f"the spare's order is not JSON: {exc}\n")
-            os._exit(2)
         with self._lock:
-            _switch_output(order)
+            if self._ending:
+                return  # the dashboard adds what the spare's log got (no `handed`)
+            try:
+                order = json.loads(line)
+                _switch_output(order)
+            except (ValueError, OSError) as exc:
+                sys.stderr.write(f"the spare could not take its order: {exc}\n")
+                sys.stderr.flush()
+                os._exit(2)
             self._handed = True
         self.queue.put(order)
 
@@ -129,6 +137,15 @@ class _Orders:
                 sys.stdout.write(WARM + "\n")
                 sys.stdout.flush()
 
+    def failed(self) -> NoReturn:
+        """The imports raised: say why where the output goes, after a switch under way
+        (not halfway through one), and end."""
+        with self._lock:
+            self._ending = True
+            traceback.print_exc()
+            sys.stderr.flush()
+        os._exit(1)
+
 
 def main() -> None:
     if len(sys.argv) != 2:
@@ -136,7 +153,10 @@ def main() -> None:
     module = sys.argv[1]
     orders = _Orders()
     threading.Thread(target=orders.read, daemon=True).start()
-    preload(module)
+    try:
+        preload(module)
+    except BaseException:  # noqa: BLE001 - whatever the import raised, it is told
+        orders.failed()
     orders.say_warm()
     run(module, orders.queue.get())
 
