@@ -381,9 +381,10 @@ class LiveFeed:
                     answer = dict(zip(loader.outputs, answer if len(loader.outputs) > 1
                                       else (answer,), strict=True))
             except Exception as exc:  # noqa: BLE001 - told in the page and the log
-                # One tab's failure leaves that tab as built; the rest of the page and
-                # its live feed work as usual.
+                # One tab's failure leaves that tab as built (or as its `if_failed`
+                # says); the rest of the page and its live feed work as usual.
                 self._failed_to_load(loader, exc)
+                shown.update(_if_failed(loader))
                 continue
             shown.update(answer)
         return Seen(versions, lazy_at, tuple(sorted(servers.items())),
@@ -449,6 +450,17 @@ class LiveFeed:
                    concurrency_limit=MAX_WAITING_PAGES, concurrency_id="live",
                    api_visibility="private")
         return timer
+
+
+def _if_failed(loader: TabLoader) -> dict[Any, Any]:
+    """What a tab whose load failed shows instead (nothing if that fails too)."""
+    if loader.if_failed is None:
+        return {}
+    try:
+        return loader.if_failed()
+    except Exception:  # noqa: BLE001 - the tab stays as built; the log says why
+        log.exception("%s failed as well", _name(loader.if_failed))
+        return {}
 
 
 def _name(fn: Callable[..., Any]) -> str:

@@ -119,3 +119,5 @@ class TabLoader:
     fn: Callable[[gr.Request], Any]
     outputs: list[gr.components.Component] = field(default_factory=list)
     live: tuple[LivePart, ...] = ()
+    #: What the tab shows when `fn` failed (some of `outputs`; else it stays as built).
+    if_failed: Callable[[], dict[Any, Any]] | None = None

@@ -56,3 +56,30 @@ def test_the_picker_waits_for_the_page_load(
     finally:
         go_on.set()
         context.close()
+
+
+def test_the_picker_is_usable_after_a_failed_chat_tab_load(
+        dashboard: LiveDashboard, browser, tiny_models: dict[str, Path],  # noqa: ANN001
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    dashboard.register("admin@example.com")
+    services = dashboard.services
+    services.profiles.create(None, ProfileSpec(name="Later", model=str(tiny_models["text"]),
+                                               port=free_port()))
+
+    def unreadable(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("the chats could not be read")
+
+    monkeypatch.setattr(services.chats, "list", unreadable)
+    context = browser.new_context(viewport={"width": 1100, "height": 700})
+    context.add_cookies([{"name": SESSION_COOKIE, "url": dashboard.url,
+                          "value": dashboard.session_cookie("admin@example.com")}])
+    try:
+        page = context.new_page()
+        page.goto(dashboard.url + "/")
+        page.wait_for_selector("#mm-header")
+        page.get_by_role("tab", name="Chat").click()
+        page.wait_for_selector(f"{PICKER}:not([disabled])", timeout=30_000)
+        page.locator(PICKER).click()
+        page.get_by_role("option", name="Later", exact=False).wait_for(timeout=30_000)
+    finally:
+        context.close()

@@ -73,6 +73,29 @@ def test_a_tab_whose_load_answers_the_wrong_number_of_values_fails_alone(
     assert shown == {other: "fine"} and isinstance(seen, Seen)
 
 
+def test_a_tab_whose_load_fails_shows_what_it_asks_for_then(
+        services: Services, caplog: pytest.LogCaptureFixture) -> None:
+    """`TabLoader.if_failed`: the Chat tab's picker is built disabled and only its load
+    enables it; a failed load still leaves it usable. A fallback that fails as well
+    leaves its tab as built, and the page still opens."""
+    def broken(_request: gr.Request) -> str:
+        raise RuntimeError("the chats could not be read")
+
+    def also_broken() -> dict[Any, Any]:
+        raise RuntimeError("nor the profiles")
+
+    with gr.Blocks():
+        feed = LiveFeed(services)
+        picker, other, third = gr.Markdown(), gr.Markdown(), gr.Markdown()
+        feed.add_loader(TabLoader(broken, [picker], if_failed=lambda: {picker: "usable"}))
+        feed.add_loader(TabLoader(lambda _request: "fine", [other]))
+        feed.add_loader(TabLoader(broken, [third], if_failed=also_broken))
+    with caplog.at_level(logging.ERROR, logger=live.__name__):
+        seen, shown = _run_load(feed)
+    assert shown == {picker: "usable", other: "fine"} and isinstance(seen, Seen)
+    assert "nor the profiles" in caplog.text
+
+
 def test_a_tick_that_fails_waits_before_it_answers(
         services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     """A tick that fails (its Seen unchanged) would be followed by another TICK_S later,

@@ -6,8 +6,10 @@ so the hand-over lands in the middle of their imports."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -122,15 +124,47 @@ def test_a_spare_that_ends_before_moving_its_output_leaves_the_rest_to_the_dashb
     (spare,) = failing.pool.views()
     assert spare.pid is not None
     os.kill(spare.pid, signal.SIGSTOP)  # it cannot read its order and move its output
+    wait_for(lambda: all_stopped(spare.pid), 30, "every thread of the spare stopped")
     server = failing.take()
     with failing.spare_log.open("a") as its_stderr:  # its last words, after the copy
         its_stderr.write("a line written after the copy\n")
     server.kill()
     server.wait(timeout=30)
-    text = wait_for(lambda: "after the copy" in (t := failing.server_text()) and t, 30,
-                    "the spare's last words in the server's log")
+    # What the supervisor waits for before it reads the gone server's log tail.
+    failing.pool.settled(server.pid)
+    text = failing.server_text()
+    assert "a line written after the copy" in text, text
     assert text.count("loading the weights") == 1
-    wait_for(lambda: not failing.spare_log.exists(), 30, "the spare's own log removed")
+    assert not failing.spare_log.exists()
+
+
+def all_stopped(pid: int) -> bool:
+    """Every thread of `pid` stopped (kill() returns before a thread on another core,
+    or one just woken, has stopped)."""
+    return all(thread.read_text().rsplit(")", 1)[1].split()[0] == "T"
+               for thread in Path(f"/proc/{pid}/task").glob("*/stat"))
+
+
+def test_a_spare_whose_dashboard_is_gone_still_becomes_its_server(tmp_path: Path) -> None:
+    """A dashboard that keeps its servers (service mode) may exit right after a
+    hand-over: the spare's `warm` or `handed` line then meets a closed pipe, whichever
+    comes first (its imports ending, or its order being read), and it goes on."""
+    (tmp_path / "quick_server.py").write_text(
+        'if __name__ == "__main__":\n    print("serving", flush=True)\n')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    spare = subprocess.Popen(  # noqa: S603 - as SparePool starts one, minus the dashboard
+        [sys.executable, "-m", "manager.servers.spare_main", "quick_server"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+        cwd=Path(spare_module.__file__).parents[2])
+    assert spare.stdin is not None and spare.stdout is not None
+    spare.stdout.close()  # the dashboard is gone
+    server_log = tmp_path / "server.log"
+    spare.stdin.write(json.dumps({"argv": [sys.executable, "-m", "quick_server"],
+                                  "log": str(server_log), "env": env,
+                                  "cwd": str(tmp_path)}).encode() + b"\n")
+    spare.stdin.close()
+    assert spare.wait(timeout=30) == 0
+    assert server_log.read_text().splitlines() == ["serving"]
 
 
 def test_the_logs_of_spares_an_earlier_dashboard_left_are_removed_at_the_start(

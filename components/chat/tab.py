@@ -43,6 +43,10 @@ def build_page(services: Services) -> tuple[TabLoader, ChatPage]:
         except NotFound:
             return (status_markdown(services, None),)
 
-    return TabLoader(load, outputs, live=(
+    def if_failed() -> dict[Any, Any]:
+        """A failed load still leaves a picker to use (it is built disabled: layout.py)."""
+        return {page.ui.server: page.server_update(None)}
+
+    return TabLoader(load, outputs, if_failed=if_failed, live=(
         LivePart(frozenset({Topic.SERVERS}), status_line, [page.ui.server_status],
                  inputs=[page.ui.server], follows=[page.ui.server]),)), page

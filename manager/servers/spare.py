@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 MAX_QUICK_DEATHS = 3
 #: A spare's memory moving by less than this is not news for the Servers tab.
 _MEMORY_STEP = 1024 * 1024
+#: The longest a server's exit waits for the last output of the spare it was (`settled`).
+SETTLE_S = 5.0
 #: The folder `python -m manager.servers.spare_main` runs from (where `manager` is).
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,6 +71,7 @@ class _Spare:
     server_log: Path | None = None
     copied: int = 0
     handed: bool = False  # it said so: its output goes to the server's log now
+    settled: threading.Event = field(default_factory=threading.Event)  # _settle_log ran
 
 
 class SparePool:
@@ -89,6 +92,7 @@ class SparePool:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._spares: dict[Backend, _Spare] = {}
+        self._handing: dict[int, _Spare] = {}  # by pid: taken, own log not settled yet
         self._wanted: set[Backend] = set()
         self._deaths: dict[Backend, int] = {}
         self._problems: dict[Backend, str] = {}
@@ -110,8 +114,11 @@ class SparePool:
             kept = {spare.log_path for spare in self._spares.values()}
         if first:  # logs of spares an earlier dashboard left (it ended mid hand-over)
             for stale in self._logs_dir.glob("spare-*.log"):
-                if stale not in kept:
-                    stale.unlink(missing_ok=True)
+                try:
+                    if stale not in kept:
+                        stale.unlink(missing_ok=True)
+                except OSError as exc:
+                    log.warning("could not remove the old spare log %s: %s", stale, exc)
         self.refill()
 
     def switch(self, actor: User | None, on: bool) -> None:
@@ -156,6 +163,7 @@ class SparePool:
             # spare (spare_main._switch_output) or, if it ends first, by _listen.
             with self._lock:
                 spare.server_log, spare.copied = log_file, copied
+                self._handing[spare.popen.pid] = spare
             order = {"argv": argv, "log": str(log_file), "env": dict(env), "cwd": str(cwd),
                      "spare_log": str(spare.log_path), "copied": copied}
             stdin = spare.popen.stdin
@@ -168,6 +176,7 @@ class SparePool:
                         backend.value, spare.popen.pid, exc)
             with self._lock:
                 spare.server_log = None  # the caller spawns the server itself
+                self._handing.pop(spare.popen.pid, None)
             self._end(spare)
             return None
         try:
@@ -317,6 +326,18 @@ class SparePool:
                 log.warning("could not add the last output of spare %s to %s: %s",
                             spare.popen.pid, server_log, exc)
         spare.log_path.unlink(missing_ok=True)
+        with self._lock:
+            self._handing.pop(spare.popen.pid, None)
+        spare.settled.set()
+
+    def settled(self, pid: int | None, timeout: float = SETTLE_S) -> None:
+        """Once a server handed to a spare as `pid` has all the spare's output in its log
+        (one that ended before moving it leaves that to `_listen`): the supervisor reads
+        the log's tail when the server is gone. At once for any other pid."""
+        with self._lock:
+            spare = self._handing.get(pid) if pid is not None else None
+        if spare is not None and not spare.settled.wait(timeout):
+            log.warning("the last output of spare %s is not in its server's log yet", pid)
 
     def _changed_view(self) -> None:
         if self._on_change is not None:

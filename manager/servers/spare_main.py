@@ -67,8 +67,13 @@ def _switch_output(order: Mapping[str, Any]) -> None:
     except OSError:
         old = None  # gone: nothing to add
     fd = os.open(str(order["log"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    sys.stdout.write(HANDED + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+        # On a line of its own whatever an import printed; unbuffered, so nothing of it
+        # is left to reach the server's log.
+        os.write(1, f"\n{HANDED}\n".encode())
+    except OSError:
+        pass  # the dashboard is gone (it keeps its servers): the server still runs
     sys.stderr.flush()
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -131,11 +136,15 @@ class _Orders:
         self.queue.put(order)
 
     def say_warm(self) -> None:
-        """`warm` on stdout, unless an order came first (stdout is the server's log)."""
+        """`warm` on stdout, unless an order came first (stdout is the server's log).
+        Unbuffered, and a dashboard that is gone is no reason to end: its order may be
+        on its way to the reader (else the end of stdin ends the spare)."""
         with self._lock:
             if not self._handed:
-                sys.stdout.write(WARM + "\n")
-                sys.stdout.flush()
+                try:
+                    os.write(1, f"{WARM}\n".encode())
+                except OSError:
+                    pass
 
     def failed(self) -> NoReturn:
         """The imports raised: say why where the output goes, after a switch under way

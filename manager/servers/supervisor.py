@@ -112,8 +112,7 @@ class Supervisor(ServerRegistry):
         self._wake = threading.Event()  # set at close: readiness watches stop pausing
         self._closing = False  # close() began: no start from then on
         self._http = httpx.Client(timeout=httpx.Timeout(30.0, connect=2.0), verify=tls_context())
-        #: The warm spare interpreters the next starts are handed to; one that is never
-        #: started (the default, and the CLI's) hands nothing over.
+        #: The warm spares the next starts go to (one never started, the CLI's, hands none).
         self.spares = spares or SparePool(python, hub_cache, logs_dir, enabled=False)
         self.groups = groups or GroupLauncher(logs_dir)  # distributed profiles' ranks
 
@@ -434,6 +433,7 @@ class Supervisor(ServerRegistry):
     # -- internals: failing and stopping ------------------------------------------------------
 
     def _on_exit(self, server: ServerRun, generation: int, code: int | None) -> None:
+        self.spares.settled(server.pid)  # a spare's last words in the log, for its tail
         with self._changing():
             if server.generation != generation or server.state not in (
                     ServerState.STARTING, ServerState.READY):
