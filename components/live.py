@@ -384,7 +384,8 @@ class LiveFeed:
                 # One tab's failure leaves that tab as built (or as its `if_failed`
                 # says); the rest of the page and its live feed work as usual.
                 self._failed_to_load(loader, exc)
-                shown.update(_if_failed(loader))
+                # It may read state, as loaders do: not on the event loop.
+                shown.update(await anyio.to_thread.run_sync(_if_failed, loader))
                 continue
             shown.update(answer)
         return Seen(versions, lazy_at, tuple(sorted(servers.items())),

@@ -7,6 +7,7 @@ so the hand-over lands in the middle of their imports."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -136,6 +137,32 @@ def test_a_spare_that_ends_before_moving_its_output_leaves_the_rest_to_the_dashb
     assert "a line written after the copy" in text, text
     assert text.count("loading the weights") == 1
     assert not failing.spare_log.exists()
+
+
+def test_a_spare_log_that_cannot_be_removed_does_not_hold_up_the_servers_exit(
+        failing: Held, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The supervisor waits (`settled`) before it reads a gone server's log tail: a
+    failure while the dashboard settles the spare's log must still end that wait."""
+    real_unlink = Path.unlink
+
+    def stuck(self: Path, missing_ok: bool = False) -> None:
+        if self.name.startswith("spare-"):
+            raise PermissionError(f"cannot remove {self}")
+        real_unlink(self, missing_ok=missing_ok)
+
+    (spare,) = failing.pool.views()
+    assert spare.pid is not None
+    os.kill(spare.pid, signal.SIGSTOP)
+    wait_for(lambda: all_stopped(spare.pid), 30, "every thread of the spare stopped")
+    monkeypatch.setattr(Path, "unlink", stuck)
+    server = failing.take()
+    server.kill()
+    server.wait(timeout=30)
+    with caplog.at_level(logging.WARNING, logger=spare_module.__name__):
+        failing.pool.settled(server.pid)
+    assert "could not settle the log of spare" in caplog.text
+    assert "not in its server's log yet" not in caplog.text
 
 
 def all_stopped(pid: int) -> bool:

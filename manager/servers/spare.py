@@ -317,18 +317,19 @@ class SparePool:
         """A taken spare's own log once its stdout ended: what the spare wrote there after
         the copy goes to `server_log` (one that ended before moving its output itself),
         then the log is removed."""
-        if server_log is not None:
-            try:
+        try:
+            if server_log is not None:
                 with spare.log_path.open("rb") as earlier, server_log.open("ab") as server:
                     earlier.seek(spare.copied)
                     shutil.copyfileobj(earlier, server)
-            except OSError as exc:
-                log.warning("could not add the last output of spare %s to %s: %s",
-                            spare.popen.pid, server_log, exc)
-        spare.log_path.unlink(missing_ok=True)
-        with self._lock:
-            self._handing.pop(spare.popen.pid, None)
-        spare.settled.set()
+            spare.log_path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not settle the log of spare %s (%s): %s",
+                        spare.popen.pid, server_log or "moved by the spare", exc)
+        finally:  # whatever happened, a server's exit waits no longer
+            with self._lock:
+                self._handing.pop(spare.popen.pid, None)
+            spare.settled.set()
 
     def settled(self, pid: int | None, timeout: float = SETTLE_S) -> None:
         """Once a server handed to a spare as `pid` has all the spare's output in its log

@@ -141,8 +141,8 @@ class _Orders:
         on its way to the reader (else the end of stdin ends the spare)."""
         with self._lock:
             if not self._handed:
-                try:
-                    os.write(1, f"{WARM}\n".encode())
+                try:  # on a line of its own, as `handed`
+                    os.write(1, f"\n{WARM}\n".encode())
                 except OSError:
                     pass
 
