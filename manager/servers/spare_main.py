@@ -56,24 +56,30 @@ def preload(module: str) -> None:
         importlib.import_module("mlx_lm.server")
 
 
+def _tell(word: str) -> None:
+    """`word` to the dashboard on stdout: on a line of its own whatever an import printed,
+    unbuffered (nothing of it is left behind to reach a server's log later). A dashboard
+    that is gone (it keeps its servers) is no reason to end; stderr says so."""
+    try:
+        sys.stdout.flush()
+        os.write(1, f"\n{word}\n".encode())
+    except OSError as exc:
+        sys.stderr.write(f"the spare could not tell the dashboard {word!r}: {exc}\n")
+
+
 def _switch_output(order: Mapping[str, Any]) -> None:
     """Write to the server's log from now on, after what the spare's own log got since
     the dashboard copied it. `handed` on stdout first: from then on the dashboard leaves
     the spare's log to the spare (it adds that log's rest itself for a spare that ended
     before). Raises OSError when the server's log cannot be opened (nothing switched)."""
     spare_log = order.get("spare_log")
+    unread: OSError | None = None
     try:
         old = os.open(str(spare_log), os.O_RDONLY) if spare_log else None
-    except OSError:
-        old = None  # gone: nothing to add
+    except OSError as exc:
+        old, unread = None, exc  # said in the server's log below
     fd = os.open(str(order["log"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        sys.stdout.flush()
-        # On a line of its own whatever an import printed; unbuffered, so nothing of it
-        # is left to reach the server's log.
-        os.write(1, f"\n{HANDED}\n".encode())
-    except OSError:
-        pass  # the dashboard is gone (it keeps its servers): the server still runs
+    _tell(HANDED)
     sys.stderr.flush()
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -81,6 +87,8 @@ def _switch_output(order: Mapping[str, Any]) -> None:
     null = os.open(os.devnull, os.O_RDONLY)  # the server's stdin, as for a spawned one
     os.dup2(null, 0)
     os.close(null)
+    if unread is not None:
+        sys.stderr.write(f"(the spare's own output after the hand-over is lost: {unread})\n")
     if old is None:
         return
     with os.fdopen(old, "rb") as earlier:
@@ -136,15 +144,12 @@ class _Orders:
         self.queue.put(order)
 
     def say_warm(self) -> None:
-        """`warm` on stdout, unless an order came first (stdout is the server's log).
-        Unbuffered, and a dashboard that is gone is no reason to end: its order may be
-        on its way to the reader (else the end of stdin ends the spare)."""
+        """`warm` to the dashboard, unless an order came first (stdout is the server's
+        log then). One that is gone may still have sent its order (else the end of
+        stdin ends the spare)."""
         with self._lock:
             if not self._handed:
-                try:  # on a line of its own, as `handed`
-                    os.write(1, f"\n{WARM}\n".encode())
-                except OSError:
-                    pass
+                _tell(WARM)
 
     def failed(self) -> NoReturn:
         """The imports raised: say why where the output goes, after a switch under way
