@@ -1,6 +1,7 @@
-"""The Chat tab's server picker in headless Chromium: it cannot be used before the page
+"""The Chat tab's pickers in headless Chromium. The server picker cannot be used before the page
 load filled it, since the load's answer would then replace the pick with its own choice
-(the most recent chat's server, or the first Ready one)."""
+(the most recent chat's server, or the first Ready one); the history filter's own answers
+keep what the person picked."""
 
 from __future__ import annotations
 
@@ -96,4 +97,78 @@ def test_the_picker_is_usable_after_a_failed_chat_tab_load(
         page.get_by_role("tab", name="Chat").click()
         pick_later(page)
     finally:
+        context.close()
+
+
+FILTER = "#chat-history-server input"
+
+
+class HeldChoices:
+    """The history filter's choices, read when the filter gets the focus: the first read
+    after `hold()` waits for `release()`; reads after that wait until the test ends."""
+
+    def __init__(self, read: Callable[..., Any]) -> None:
+        self._read = read
+        self.holding, self.held, self.released = (threading.Event(), threading.Event(),
+                                                  threading.Event())
+        self.later, self.ended = threading.Event(), threading.Event()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.later.is_set():
+            self.ended.wait(60)
+        elif self.holding.is_set():
+            self.held.set()
+            self.released.wait(60)
+        return self._read(*args, **kwargs)
+
+    def release(self) -> None:
+        self.later.set()
+        self.released.set()
+
+
+def test_a_late_answer_to_the_filters_focus_keeps_the_persons_pick(
+        dashboard: LiveDashboard, tiny_models: dict[str, Path], browser,  # noqa: ANN001
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The filter reads its choices afresh on focus. That answer carried the value the
+    filter had at the focus, so when it landed after the person picked another server, it
+    put the old one back (CI: a chat deleted in the browser was still in the database,
+    since the late answer's list, not the delete's, was what the test saw)."""
+    dashboard.register("admin@example.com")
+    services = dashboard.services
+    admin = services.auth.get_by_email("admin@example.com")
+
+    def chat_with(name: str) -> None:
+        profile = services.profiles.create(None, ProfileSpec(
+            name=name, model=str(tiny_models["text"]), port=free_port()))
+        services.chats.create(admin, name, title=f"About {name}", profile_id=profile.id)
+
+    chat_with("eyes")
+    chat_with("weather")
+    choices = HeldChoices(services.chats.servers)
+    monkeypatch.setattr(services.chats, "servers", choices)
+    weather_chat = "#chat-list button[data-chat]:has-text('About weather')"
+    context = signed_in_context(browser, dashboard)
+    try:
+        page = open_page(context, dashboard)
+        page.get_by_role("tab", name="Chat").click()
+        page.wait_for_selector(weather_chat)
+        page.locator(FILTER).click()
+        page.get_by_role("option", name="eyes (1)").click()
+        page.wait_for_selector(weather_chat, state="detached")
+
+        choices.holding.set()
+        page.locator(FILTER).click()
+        assert choices.held.wait(60), "the filter's focus never read its choices"
+        page.get_by_role("option", name="All servers").click()
+        page.wait_for_selector(weather_chat)
+        chat_with("later")  # so the held answer's own choices show when it has landed
+        choices.release()
+        page.locator(FILTER).press("ArrowDown")  # opens the options; its focus read waits
+        page.get_by_role("option", name="later (1)").wait_for(timeout=30_000)
+        assert page.input_value(FILTER) == "All servers"
+        page.locator(FILTER).press("Escape")
+        assert page.locator(weather_chat).count() == 1
+    finally:
+        choices.ended.set()
+        choices.released.set()
         context.close()

@@ -32,7 +32,7 @@ def wire(page: ChatPage) -> None:
 
     @handler(services, "chat history servers")
     def refresh_filter(user: User, shown: Any) -> Any:
-        return page.filter_update(user, shown)
+        return page.filter_refresh(user, shown)
 
     @handler(services, "opening a chat")
     def open_chat(user: User, chat_ref: Any, search_text: str, shown: Any) -> dict[Any, Any]:

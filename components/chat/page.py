@@ -79,13 +79,28 @@ class ChatPage:
                               server=profile.name if profile is not None else None)
 
     def filter_update(self, user: User, shown: int | str | None) -> Any:
-        """The history filter: all servers, or one the user has chats with."""
+        """The history filter set to `shown`: all servers, or one the user has chats with."""
         profile = self.shown_profile(shown)
-        choices: list[tuple[str, Any]] = [("All servers", ALL_SERVERS)]
-        choices += [(f"{s.name} ({s.chats})", s.profile_id)
-                    for s in self.services.chats.servers(user)]
-        return gr.Dropdown(choices=choices,
+        return gr.Dropdown(choices=self._filter_choices(user, profile),
                            value=profile.id if profile is not None else ALL_SERVERS)
+
+    def filter_refresh(self, user: User, shown: int | str | None) -> Any:
+        """The history filter's choices read afresh, its value left alone: the answer can
+        land after the person picked another (an update carrying the value undid the pick).
+        A filter naming a server that is gone falls back to all servers."""
+        profile = self.shown_profile(shown)
+        choices = self._filter_choices(user, profile)
+        if profile is None and str(shown or "").strip() not in ("", ALL_SERVERS):
+            return gr.Dropdown(choices=choices, value=ALL_SERVERS)
+        return gr.Dropdown(choices=choices)
+
+    def _filter_choices(self, user: User, profile: Profile | None) -> list[tuple[str, Any]]:
+        servers = self.services.chats.servers(user)
+        choices: list[tuple[str, Any]] = [("All servers", ALL_SERVERS)]
+        choices += [(f"{s.name} ({s.chats})", s.profile_id) for s in servers]
+        if profile is not None and all(s.profile_id != profile.id for s in servers):
+            choices.append((f"{profile.name} (0)", profile.id))  # its last chat was deleted
+        return choices
 
     def server_update(self, profile: Profile | None) -> Any:
         return gr.Dropdown(choices=server_choices(self.services),
