@@ -172,3 +172,48 @@ def test_a_late_answer_to_the_filters_focus_keeps_the_persons_pick(
         choices.ended.set()
         choices.released.set()
         context.close()
+
+
+def test_a_status_tick_that_lands_after_another_pick_keeps_that_pick(
+        dashboard_with_a_profile: LiveDashboard, tiny_models: dict[str, Path],
+        browser, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A picked server that is starting is polled for its state. A poll that set out
+    before the person picked another server, and landed after, put the first one back in
+    the picker: the next message went to the server they had left."""
+    dashboard = dashboard_with_a_profile
+    services = dashboard.services
+    services.profiles.create(None, ProfileSpec(
+        name="Other", model=str(tiny_models["text"]), port=free_port()))
+    from components.chat import picking
+
+    state_of: Callable[..., Any] = picking.server_state
+    holding, held, released = threading.Event(), threading.Event(), threading.Event()
+
+    def held_state(*args: Any, **kwargs: Any) -> Any:
+        if holding.is_set() and not held.is_set():  # the first look after holding: a poll
+            held.set()
+            released.wait(60)
+        return state_of(*args, **kwargs)
+
+    monkeypatch.setattr(picking, "server_state", held_state)
+    context = signed_in_context(browser, dashboard)
+    try:
+        page = open_page(context, dashboard)
+        page.get_by_role("tab", name="Chat").click()
+        pick_later(page)
+        page.get_by_role("option", name="Later", exact=False).click()
+        page.wait_for_selector("#chat-server-status:has-text('Started Later for you')",
+                               timeout=30_000)
+        holding.set()  # Later is starting, so its status is polled: the next poll waits
+        assert held.wait(60), "the status of the starting server was never polled"
+        page.locator(PICKER).click()
+        page.get_by_role("option", name="Other", exact=False).click()
+        page.wait_for_selector("#chat-server-status:has-text('Started Other for you')",
+                               timeout=30_000)
+        released.set()
+        # The late poll's answer draws Later's line; the picker must still say Other.
+        page.wait_for_selector("#chat-server-status:has-text('Later')", timeout=30_000)
+        assert page.input_value(PICKER).startswith("Other")
+    finally:
+        released.set()
+        context.close()

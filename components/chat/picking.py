@@ -63,8 +63,11 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
         if profile is not None and server_state(services, profile) is ServerState.STARTING:
             return {ui.server_status: status_markdown(services, profile, started=True),
                     ui.status_timer: page.timer_for(profile)}
+        # The picker's choices only (their states moved): a tick that set out before the
+        # person picked another server lands after that pick, and must not undo it.
         return {ui.server_status: status_markdown(services, profile),
-                ui.status_timer: page.timer_for(profile), ui.server: page.server_update(profile)}
+                ui.status_timer: page.timer_for(profile),
+                ui.server: gr.Dropdown(choices=server_choices(services))}
 
     @handler(services, "chat server list")
     def refresh_servers(_user: User, ref: Any) -> Any:
