@@ -60,8 +60,11 @@ def open_chat_tab(page) -> None:  # noqa: ANN001 - a Playwright Page
 
 
 def pick_server(page, name: str) -> None:  # noqa: ANN001
+    """Picks a Ready server and waits for the pick's own answer: it empties the chat, so
+    no chat in the list is marked open (a live tick can draw the status line first)."""
     page.locator("#chat-server input").click()
     page.get_by_role("option", name=f"{name} · Ready").click()
+    page.wait_for_selector("#chat-list .mm-chat-active", state="detached", timeout=30_000)
     page.wait_for_selector(f"#chat-server-status:has-text('{name} is ready')", timeout=30_000)
 
 
@@ -154,7 +157,9 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
         tool.locator(".title").click()
         page.wait_for_selector(f"{THOUGHT} :text('Sample data for demonstrations')",
                                timeout=10_000)
-        assert "tokens/s" in page.inner_text(BOT)
+        # The stats line comes with the turn's last update (a streamed one can already
+        # hold the whole answer).
+        page.wait_for_selector(f"{BOT} :text('tokens/s')", timeout=30_000)
 
         # Reload: the chat comes back with its panels, and goes on.
         page.reload()
@@ -177,12 +182,18 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
                                state="detached", timeout=10_000)
         assert "What colour is this?" in page.inner_text("#chat-list")
         filter_chats(page, "All servers")
+        # The chat is open already: a new one first, so the wait below is the open's own.
+        page.click("#chat-new")
+        page.wait_for_selector("#chat-list .mm-chat-active", state="detached", timeout=10_000)
         page.click("#chat-list button[data-chat]:has-text('Weather in Paris?')")
+        page.wait_for_selector("#chat-list .mm-chat-active:has-text('Weather in Paris?')",
+                               timeout=10_000)
         page.wait_for_selector(f"{BOT} :text('And tomorrow?')", timeout=10_000)
 
         # Delete takes a confirmation; then the chat and its files are gone.
         page.click("#chat-delete")
         page.click("#chat-cancel-delete")
+        page.wait_for_selector("#chat-confirm-delete", state="hidden", timeout=10_000)
         assert dash.services.chats.list(alice, dash.profiles["weather"].id)
         page.click("#chat-delete")
         page.click("#chat-confirm-delete")
