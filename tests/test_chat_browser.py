@@ -61,7 +61,8 @@ def open_chat_tab(page) -> None:  # noqa: ANN001 - a Playwright Page
 
 def pick_server(page, name: str) -> None:  # noqa: ANN001
     """Picks a Ready server and waits for the pick's own answer: it empties the chat, so
-    no chat in the list is marked open (a live tick can draw the status line first)."""
+    an open chat's mark leaves the list (a live tick can draw the status line first; with
+    no chat open, the status line is all there is to wait for)."""
     page.locator("#chat-server input").click()
     page.get_by_role("option", name=f"{name} · Ready").click()
     page.wait_for_selector("#chat-list .mm-chat-active", state="detached", timeout=30_000)
@@ -182,6 +183,8 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
                                state="detached", timeout=10_000)
         assert "What colour is this?" in page.inner_text("#chat-list")
         filter_chats(page, "All servers")
+        page.wait_for_selector("#chat-list .mm-chat-active:has-text('Weather in Paris?')",
+                               timeout=10_000)
         # The chat is open already: a new one first, so the wait below is the open's own.
         page.click("#chat-new")
         page.wait_for_selector("#chat-list .mm-chat-active", state="detached", timeout=10_000)

@@ -90,7 +90,7 @@ class ChatPage:
         A filter naming a server that is gone falls back to all servers."""
         profile = self.shown_profile(shown)
         choices = self._filter_choices(user, profile)
-        if profile is None and str(shown or "").strip() not in ("", ALL_SERVERS):
+        if profile is None and shown is not None and str(shown).strip() not in ("", ALL_SERVERS):
             return gr.Dropdown(choices=choices, value=ALL_SERVERS)
         return gr.Dropdown(choices=choices)
 
