@@ -282,7 +282,8 @@ def test_a_check_in_the_browser_shows_progress_results_transcript_and_badge(
         page.get_by_role("option", name="in-browser").click()
         # Tool use guessed from the template, nothing measured yet. The page opened on
         # cli-silent (first by name), whose badge line reads the same but also shows its
-        # measured chip: only the pick's drawing takes that away.
+        # measured chip (the command-line test above measured it; run alone, this waits
+        # for nothing): only the pick's drawing takes that away.
         page.wait_for_selector("#toolcheck-badges .mm-chip-measured", state="detached",
                                timeout=30_000)
         assert "tools · guessed" in page.inner_text("#toolcheck-badges")
