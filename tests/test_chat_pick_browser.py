@@ -104,8 +104,8 @@ FILTER = "#chat-history-server input"
 
 
 class HeldChoices:
-    """The history filter's choices, read when the filter gets the focus: the first read
-    after `hold()` waits for `release()`; reads after that wait until the test ends."""
+    """The history filter's choices, read when the filter gets the focus: once `holding`
+    is set, the first read waits for `release()`; reads after that wait for `ended`."""
 
     def __init__(self, read: Callable[..., Any]) -> None:
         self._read = read
