@@ -60,7 +60,7 @@ class ChatPage:
 
     def shown_profile(self, shown: int | str | None) -> Profile | None:
         """The server the history filter names; None shows every server's chats."""
-        if shown is None or str(shown).strip() in ("", ALL_SERVERS):
+        if _all_servers(shown):
             return None
         try:
             return self.services.profiles.find(shown if isinstance(shown, int)
@@ -90,7 +90,7 @@ class ChatPage:
         A filter naming a server that is gone falls back to all servers."""
         profile = self.shown_profile(shown)
         choices = self._filter_choices(user, profile)
-        if profile is None and shown is not None and str(shown).strip() not in ("", ALL_SERVERS):
+        if profile is None and not _all_servers(shown):
             return gr.Dropdown(choices=choices, value=ALL_SERVERS)
         return gr.Dropdown(choices=choices)
 
@@ -105,6 +105,11 @@ class ChatPage:
     def server_update(self, profile: Profile | None) -> Any:
         return gr.Dropdown(choices=server_choices(self.services),
                            value=profile.id if profile is not None else None, interactive=True)
+
+    def server_refresh(self) -> Any:
+        """The picker's choices read afresh (their states move), its value left alone: an
+        answer that set out before the person picked another server lands after that pick."""
+        return gr.Dropdown(choices=server_choices(self.services))
 
     def timer_for(self, profile: Profile | None) -> gr.Timer:
         starting = (profile is not None
@@ -129,3 +134,8 @@ class ChatPage:
         ui = self.ui
         return {ui.chatbot: [], ui.current: None, ui.title: "",
                 ui.chat_list: self.sidebar(user, shown, search_text, None)}
+
+
+def _all_servers(shown: int | str | None) -> bool:
+    """The history filter shows every server's chats (it names none)."""
+    return shown is None or str(shown).strip() in ("", ALL_SERVERS)

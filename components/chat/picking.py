@@ -10,7 +10,7 @@ import gradio as gr
 
 from components.chat.layout import ALL_SERVERS
 from components.chat.page import ChatPage
-from components.chat.status import server_choices, server_state, status_markdown
+from components.chat.status import server_state, status_markdown
 from components.chat_view import chatbot_messages
 from components.session import handler
 from manager.accounts.auth import User
@@ -63,15 +63,12 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
         if profile is not None and server_state(services, profile) is ServerState.STARTING:
             return {ui.server_status: status_markdown(services, profile, started=True),
                     ui.status_timer: page.timer_for(profile)}
-        # The picker's choices only (their states moved): a tick that set out before the
-        # person picked another server lands after that pick, and must not undo it.
         return {ui.server_status: status_markdown(services, profile),
-                ui.status_timer: page.timer_for(profile),
-                ui.server: gr.Dropdown(choices=server_choices(services))}
+                ui.status_timer: page.timer_for(profile), ui.server: page.server_refresh()}
 
     @handler(services, "chat server list")
     def refresh_servers(_user: User, ref: Any) -> Any:
-        return gr.Dropdown(choices=server_choices(services))
+        return page.server_refresh()
 
     ui.server.select(pick_server, [ui.server, ui.search, ui.shown],
                      [ui.server, ui.server_status, ui.chat_list, ui.chatbot, ui.current,
