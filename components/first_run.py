@@ -18,6 +18,7 @@ import gradio as gr
 
 from components.chat.layout import ALL_SERVERS
 from components.chat.page import ChatPage
+from components.chat.page_views import session_of
 from components.chat.status import status_markdown
 from components.session import handler
 from manager.accounts.auth import User
@@ -116,7 +117,7 @@ def wire(services: Services, parts: FirstRun, tabs: gr.Tabs, page: ChatPage) -> 
     ui = page.ui
 
     @handler(services, "trying a tool-use model")
-    def run(user: User, repo_id: str) -> Iterator[dict[Any, Any]]:
+    def run(user: User, repo_id: str, request: gr.Request) -> Iterator[dict[Any, Any]]:
         suggestion = find(repo_id or "")
         if suggestion is None:
             raise gr.Error("Reload the page: the suggested model is no longer on the list.")
@@ -129,7 +130,7 @@ def wire(services: Services, parts: FirstRun, tabs: gr.Tabs, page: ChatPage) -> 
                 if not update.done:
                     yield {parts.progress: progress_markdown(lines)}
                     continue
-                yield opened(user, update, lines)
+                yield opened(user, update, lines, session_of(request))
                 return
         except FirstRunFailed as exc:
             log.info("trying %s for %s stopped at %s: %s", suggestion.repo_id, user.email,
@@ -137,9 +138,12 @@ def wire(services: Services, parts: FirstRun, tabs: gr.Tabs, page: ChatPage) -> 
             yield {parts.progress: progress_markdown(lines, exc.message),
                    parts.button: gr.Button(interactive=True, value="Try again")}
 
-    def opened(user: User, update: FlowUpdate, lines: list[FlowUpdate]) -> dict[Any, Any]:
+    def opened(user: User, update: FlowUpdate, lines: list[FlowUpdate], session: str | None
+               ) -> dict[Any, Any]:
         profile = services.profiles.get(update.profile_id or 0)
         chat = services.chats.get(user, update.chat_id or 0)
+        page.views.show(session, chat.id)
+        page.views.pick(session, profile.id)
         return {parts.progress: progress_markdown(lines),
                 parts.button: gr.Button(interactive=True, value="Try a tool-use model"),
                 tabs: gr.Tabs(selected=CHAT_TAB),

@@ -96,6 +96,8 @@ class LivePart:
     through such a change draws the part for the old values, and its answer can land
     after the event's own drawing. So the values each part was drawn with are kept, and a
     tick that reads others draws the part again at once, without waiting for news.
+    `with_session`: `render` also gets the page's Gradio session as `session=` (to ask
+    what the page shows now, where a value the tick read can be older).
     `opened_with` are the values of `follows` that the tab's page load draws the part for
     (None: the load sets them itself, or the part follows none). A change made while the
     page was opening lands before the load's drawing, which then shows the part for these;
@@ -109,6 +111,7 @@ class LivePart:
     on_timeout: bool = False
     follows: list[Any] = field(default_factory=list)
     opened_with: tuple[Any, ...] | None = None
+    with_session: bool = False
 
     def __post_init__(self) -> None:
         if any(all(f is not i for i in self.inputs) for f in self.follows):
@@ -261,7 +264,7 @@ class LiveFeed:
 
     def redraw(self, user: User, since: Versions | None, now: Versions, timed_out: bool,
                values: Sequence[Any], behind: frozenset[int] = frozenset(),
-               left: frozenset[int] = frozenset()) -> list[Any]:
+               left: frozenset[int] = frozenset(), session: str | None = None) -> list[Any]:
         """Every part's outputs: drawn when its topics moved or it is `behind` the
         page's inputs, else (and for the parts `left` as they are) skipped."""
         moved = now.moved(since)
@@ -270,7 +273,8 @@ class LiveFeed:
             if i not in left and (i in behind or part.topics & moved
                                   or (timed_out and part.on_timeout)):
                 try:
-                    drawn = list(part.render(user, *mine))
+                    extra = {"session": session} if part.with_session else {}
+                    drawn = list(part.render(user, *mine, **extra))
                 except ManagerError:
                     raise  # a refusal: the page is told (components.session.refusals)
                 except Exception:
@@ -287,8 +291,8 @@ class LiveFeed:
                 out.extend(gr.skip() for _ in part.outputs)
         return out
 
-    async def answer(self, user: User, last: Seen | None, values: Sequence[Any]
-                     ) -> list[Any]:
+    async def answer(self, user: User, last: Seen | None, values: Sequence[Any],
+                     session: str | None = None) -> list[Any]:
         """The page's next `Seen` and its parts, once there is news since `last`.
 
         News that comes while the parts are drawn (a user registering just as the pages
@@ -307,7 +311,7 @@ class LiveFeed:
         lands last leaves the page consistent."""
         changes = self._services.changes
         if last is None:
-            return await self._afresh(user, values)
+            return await self._afresh(user, values, session)
         since, lazy_at, drawn = last.versions, last.lazy_at, dict(last.servers)
         behind = self.behind(last, values)
         if behind:  # drawn for what the page no longer shows: no waiting for news
@@ -320,7 +324,7 @@ class LiveFeed:
         timed_out = not behind and not now.moved(since)
         for catching_up in (False, True):
             parts = await anyio.to_thread.run_sync(
-                self.redraw, user, since, now, timed_out, values, behind)
+                self.redraw, user, since, now, timed_out, values, behind, frozenset(), session)
             later = changes.versions()
             news = later.moved(now) - LAZY_TOPICS
             if catching_up or not news:
@@ -338,7 +342,8 @@ class LiveFeed:
         return [Seen(now, lazy_at, tuple(sorted(servers.items())), self.drawn_with(values)),
                 *parts]
 
-    async def _afresh(self, user: User, values: Sequence[Any]) -> list[Any]:
+    async def _afresh(self, user: User, values: Sequence[Any], session: str | None = None
+                      ) -> list[Any]:
         """Every part drawn, with the page's new `Seen` first (see `answer`); but not a
         part that follows a gr.State: Gradio reset it with the page's state, while the
         page's own controls (a filter box) still show what the user chose, and a drawing
@@ -349,7 +354,7 @@ class LiveFeed:
                          if any(isinstance(c, gr.State) for c in part.follows))
         servers = await anyio.to_thread.run_sync(self.states)
         parts = await anyio.to_thread.run_sync(self.redraw, user, None, now, True, values,
-                                               frozenset(), left)
+                                               frozenset(), left, session)
         drawn_with = tuple(None if i in left else drawn
                            for i, drawn in enumerate(self.drawn_with(values)))
         return [Seen(now, lazy_at, tuple(sorted(servers.items())), drawn_with), *parts]
@@ -433,7 +438,8 @@ class LiveFeed:
             services.monitor.touch()
             try:
                 with refusals(f"live update for {user.email}"):
-                    return await self.answer(user, last, values)
+                    return await self.answer(user, last, values,
+                                             getattr(request, "session_hash", None))
             except Exception:
                 # Not again at once: the page's Seen did not move, so the next tick
                 # (TICK_S later) would fail the same way.

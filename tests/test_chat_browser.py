@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from manager.api.login import SESSION_COOKIE
+from manager.chat.events import ChatEventKind
+from manager.chat.history import NewMessage
 from manager.servers.profiles import ProfileSpec
 from tests.chat_helpers import ChatDashboard, chat_dashboard
 from tests.waits import wait_for
@@ -19,6 +23,7 @@ from tests.waits import wait_for
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ALICE = "alice@example.com"
+BOB = "bob@example.com"
 # What a file dragged from the desktop does: dragenter, dragover, drop with a DataTransfer.
 DROP_JS = """([selector, name, b64, type]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -224,3 +229,58 @@ def test_the_page_empties_the_box_in_a_quick_event_of_its_own(dash: ChatDashboar
     assert writers and all(not d["queue"] and not d["types"]["generator"] for d in writers)
     turns = [d for d in deps if d.get("trigger_after") in {w["id"] for w in writers}]
     assert turns and all(d["types"]["generator"] and box not in d["outputs"] for d in turns)
+
+
+def test_an_answer_streams_on_unseen_while_another_chat_is_open(
+        dash: ChatDashboard, browser, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+        ) -> None:
+    """Gradio runs a page's events side by side: a turn's updates drew its chat over
+    another the person opened while the answer streamed. The turn goes on unseen, is saved
+    whole, and shows when its chat is opened again."""
+    bob = dash.user(BOB)
+    chats, engine = dash.services.chats, dash.services.chat_engine
+    sunny = chats.create(bob, "weather", title="Sunny days",
+                         profile_id=dash.profiles["weather"].id)
+    chats.add_message(bob, sunny.id, NewMessage("user", "Is it sunny?"))
+    # The turn is held once the person's message is drawn, before the model answers.
+    drawn, release = threading.Event(), threading.Event()
+    send: Callable[..., Any] = engine.send
+
+    def held_send(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for event in send(*args, **kwargs):
+            yield event
+            if event.kind is ChatEventKind.USER:
+                drawn.set()
+                release.wait(60)
+
+    monkeypatch.setattr(engine, "send", held_send)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_cookies([{"name": SESSION_COOKIE, "url": dash.url,
+                          "value": dash.cookie(BOB)}])
+    page = context.new_page()
+    try:
+        page.goto(dash.url + "/")
+        open_chat_tab(page)
+        pick_server(page, "eyes")
+        say(page, "Describe a cat")
+        assert drawn.wait(60), "the message was never sent"
+        page.wait_for_selector(f"{BOT} :text('Describe a cat')", timeout=30_000)
+        page.wait_for_selector("#chat-stop:not([disabled])", timeout=30_000)
+        page.click("#chat-list button[data-chat]:has-text('Sunny days')")
+        page.wait_for_selector(f"{BOT} :text('Is it sunny?')", timeout=30_000)
+        (cat,) = chats.list(bob, dash.profiles["eyes"].id)
+        release.set()
+        assert engine.wait_idle(cat.id, 60), "the answer never ended"
+        # Stop turns grey with the turn's last update (which drew the chat before).
+        page.wait_for_selector("#chat-stop[disabled]", timeout=30_000)
+        assert page.locator(f"{BOT} :text('Describe a cat')").count() == 0
+        assert page.locator(f"{BOT} :text('Is it sunny?')").count() == 1
+        saved = chats.get(bob, cat.id).messages
+        assert [m.role for m in saved] == ["user", "assistant"]
+        assert not saved[-1].meta.get("stopped")
+        page.click("#chat-list button[data-chat]:has-text('Describe a cat')")
+        page.wait_for_selector(f"{BOT} :text('Describe a cat')", timeout=30_000)
+        assert page.locator(f"{BOT} :text('Is it sunny?')").count() == 0
+    finally:
+        release.set()
+        context.close()

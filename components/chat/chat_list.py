@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from components.chat.page import ChatPage
+from components.chat.page_views import session_of
 from components.session import handler
 from manager.accounts.auth import User
 
@@ -35,18 +36,22 @@ def wire(page: ChatPage) -> None:
         return page.filter_refresh(user, shown)
 
     @handler(services, "opening a chat")
-    def open_chat(user: User, chat_ref: Any, search_text: str, shown: Any) -> dict[Any, Any]:
-        return page.opened(user, page.read_chat(user, chat_ref), search_text, shown)
+    def open_chat(user: User, chat_ref: Any, search_text: str, shown: Any,
+                  request: gr.Request) -> dict[Any, Any]:
+        return page.opened(user, page.read_chat(user, chat_ref), search_text, shown,
+                           session_of(request))
 
     @handler(services, "opening a chat from the list")
-    def open_from_list(user: User, search_text: str, shown: Any, evt: gr.EventData
-                       ) -> dict[Any, Any]:
+    def open_from_list(user: User, search_text: str, shown: Any, evt: gr.EventData,
+                       request: gr.Request) -> dict[Any, Any]:
         data = getattr(evt, "_data", None) or {}
-        return page.opened(user, page.read_chat(user, data.get("chat")), search_text, shown)
+        return page.opened(user, page.read_chat(user, data.get("chat")), search_text, shown,
+                           session_of(request))
 
     @handler(services, "starting a new chat")
-    def start_new(user: User, shown: Any, search_text: str) -> dict[Any, Any]:
-        return page.emptied(user, shown, search_text)
+    def start_new(user: User, shown: Any, search_text: str, request: gr.Request
+                  ) -> dict[Any, Any]:
+        return page.emptied(user, shown, search_text, session_of(request))
 
     @handler(services, "renaming a chat")
     def rename_chat(user: User, chat_id: int | None, new_title: str, shown: Any,
@@ -59,11 +64,11 @@ def wire(page: ChatPage) -> None:
 
     @handler(services, "deleting a chat")
     def delete_chat(user: User, chat_id: int | None, shown: Any,
-                    search_text: str) -> dict[Any, Any]:
+                    search_text: str, request: gr.Request) -> dict[Any, Any]:
         chat = page.read_chat(user, chat_id)
         chats.delete(user, chat.id)
         gr.Info(f"Deleted “{chat.summary.title}”.")
-        return {**page.emptied(user, shown, search_text),
+        return {**page.emptied(user, shown, search_text, session_of(request)),
                 ui.confirm_row: gr.Row(visible=False)}
 
     ui.search.input(list_chats, [ui.history_server, ui.search, ui.current], ui.chat_list,

@@ -5,12 +5,13 @@ filtered by server when the person asks."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 
 from components.chat.layout import ALL_SERVERS, ChatUI
+from components.chat.page_views import PageViews
 from components.chat.status import server_choices, server_state, status_markdown
 from components.chat_view import chat_list_html, chatbot_messages
 from components.session import refusals
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 class ChatPage:
     services: Services
     ui: ChatUI
+    #: What each open page shows (its late updates check it before drawing).
+    views: PageViews = field(default_factory=PageViews)
 
     def profile_of(self, ref: Any) -> Profile:
         """The profile a page value names (its id, or a name typed into the picker)."""
@@ -116,22 +119,25 @@ class ChatPage:
                     and server_state(self.services, profile) is ServerState.STARTING)
         return gr.Timer(active=starting)
 
-    def opened(self, user: User, chat: Chat, search_text: str, shown: int | str | None
-               ) -> dict[Any, Any]:
-        """Showing a chat: its messages, title and sidebar, and its server (a chat goes on
-        with the server it was started with)."""
+    def opened(self, user: User, chat: Chat, search_text: str, shown: int | str | None,
+               session: str | None) -> dict[Any, Any]:
+        """Showing a chat on the page `session`: its messages, title and sidebar, and its
+        server (a chat goes on with the server it was started with)."""
         ui = self.ui
         profile = self.profile_of_chat(chat.summary.profile_id)
+        self.views.show(session, chat.id)
+        self.views.pick(session, profile.id if profile is not None else None)
         return {ui.chatbot: chatbot_messages(chat.messages), ui.current: chat.id,
                 ui.title: chat.summary.title,
                 ui.chat_list: self.sidebar(user, shown, search_text, chat.id),
                 ui.server: self.server_update(profile),
                 ui.server_status: status_markdown(self.services, profile)}
 
-    def emptied(self, user: User, shown: int | str | None, search_text: str
-                ) -> dict[Any, Any]:
-        """No chat open (a new one starts with the next message)."""
+    def emptied(self, user: User, shown: int | str | None, search_text: str,
+                session: str | None) -> dict[Any, Any]:
+        """No chat open on the page `session` (a new one starts with the next message)."""
         ui = self.ui
+        self.views.show(session, None)
         return {ui.chatbot: [], ui.current: None, ui.title: "",
                 ui.chat_list: self.sidebar(user, shown, search_text, None)}
 

@@ -10,6 +10,7 @@ import gradio as gr
 
 from components.chat.layout import ALL_SERVERS
 from components.chat.page import ChatPage
+from components.chat.page_views import session_of
 from components.chat.status import server_state, status_markdown
 from components.chat_view import chatbot_messages
 from components.session import handler
@@ -24,7 +25,7 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
     services, ui = page.services, page.ui
 
     @handler(services, "chat tab load")
-    def load(user: User) -> dict[Any, Any]:
+    def load(user: User, request: gr.Request) -> dict[Any, Any]:
         recent = services.chats.list(user)
         profile = page.profile_of_chat(recent[0].profile_id) if recent else None
         if profile is None:
@@ -35,6 +36,8 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
             chat = services.chats.get(user, recent[0].id)
             shown = {ui.chatbot: chatbot_messages(chat.messages), ui.current: chat.id,
                      ui.title: chat.summary.title}
+        page.views.show(session_of(request), shown[ui.current])
+        page.views.pick(session_of(request), profile.id if profile is not None else None)
         # The history opens unfiltered: every chat of the user, each with its server.
         return {**shown, ui.server: page.server_update(profile),
                 ui.server_status: status_markdown(services, profile),
@@ -44,27 +47,34 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
                 ui.status_timer: page.timer_for(profile)}
 
     @handler(services, "picking a chat server")
-    def pick_server(user: User, ref: Any, search_text: str, shown_ref: Any
-                    ) -> dict[Any, Any]:
+    def pick_server(user: User, ref: Any, search_text: str, shown_ref: Any,
+                    request: gr.Request) -> dict[Any, Any]:
         profile = page.profile_of(ref)
+        page.views.pick(session_of(request), profile.id)
         started = False
         if server_state(services, profile) not in ACTIVE_STATES:
             services.placement.start(user, profile.id)
             started = True
             log.info("%s started %s from the chat tab", user.email, profile.name)
-        return {**page.emptied(user, shown_ref, search_text),
+        return {**page.emptied(user, shown_ref, search_text, session_of(request)),
                 ui.server: page.server_update(profile),
                 ui.server_status: status_markdown(services, profile, started=started),
                 ui.status_timer: page.timer_for(profile)}
 
     @handler(services, "chat server status")
-    def poll_status(_user: User, ref: Any) -> dict[Any, Any]:
+    def poll_status(_user: User, ref: Any, request: gr.Request) -> dict[Any, Any]:
         profile = page.maybe_profile(ref)
         if profile is not None and server_state(services, profile) is ServerState.STARTING:
-            return {ui.server_status: status_markdown(services, profile, started=True),
-                    ui.status_timer: page.timer_for(profile)}
-        return {ui.server_status: status_markdown(services, profile),
-                ui.status_timer: page.timer_for(profile), ui.server: page.server_refresh()}
+            answer = {ui.server_status: status_markdown(services, profile, started=True),
+                      ui.status_timer: page.timer_for(profile)}
+        else:
+            answer = {ui.server_status: status_markdown(services, profile),
+                      ui.status_timer: page.timer_for(profile), ui.server: page.server_refresh()}
+        if not page.views.picked(session_of(request), profile.id if profile else None):
+            # Set out before the person picked another server, whose pick drew its own line
+            # and set the timer for it: this answer would undo both.
+            return {ui.server_status: gr.skip()}
+        return answer
 
     @handler(services, "chat server list")
     def refresh_servers(_user: User, ref: Any) -> Any:

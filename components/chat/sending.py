@@ -13,6 +13,7 @@ import gradio as gr
 
 from components.chat.attachments import message_parts
 from components.chat.page import ChatPage
+from components.chat.page_views import session_of
 from components.chat.status import server_state, status_markdown
 from components.chat_view import TurnView, chatbot_messages
 from components.session import handler
@@ -81,26 +82,38 @@ def wire(page: ChatPage) -> None:
     engine, chats = services.chat_engine, services.chats
 
     def stream(user: User, chat_id: int, history: Sequence[Any], events: EventStream,
-               search_text: str, shown: Any, profile: Profile) -> Iterator[dict[Any, Any]]:
-        """Push the turn to the page as it happens, then show exactly what was saved."""
+               search_text: str, shown: Any, profile: Profile, session: str | None
+               ) -> Iterator[dict[Any, Any]]:
+        """Push the turn to the page as it happens, then show exactly what was saved. Once
+        the page shows another chat, the turn goes on (and is saved) without drawing."""
         view = TurnView(history)
         pushed = 0.0
         streamed = 0  # characters of thinking and answer so far
-        yield {ui.stop: stop_button(True)}
-        with closing(events):
-            for event in events:
-                view.apply(event)
-                if event.kind in _STREAMED:
-                    streamed += len(event.text)
-                now = time.monotonic()
-                if event.kind in _STRUCTURAL or now - pushed >= push_interval(streamed):
-                    pushed = now
-                    yield {ui.chatbot: view.messages()}
+        views = page.views
+        views.started(session, chat_id)
+        try:
+            yield {ui.stop: stop_button(True)}
+            with closing(events):
+                for event in events:
+                    view.apply(event)
+                    if event.kind in _STREAMED:
+                        streamed += len(event.text)
+                    now = time.monotonic()
+                    if event.kind in _STRUCTURAL or now - pushed >= push_interval(streamed):
+                        pushed = now
+                        # Unseen, it still yields: a cancel (Stop) closes it at a yield.
+                        yield {ui.chatbot: view.messages() if views.shows(session, chat_id)
+                               else gr.skip()}
+        finally:
+            views.ended(session, chat_id)
+        rest = stop_button(bool(views.running(session)))  # another turn may stream on
+        if not views.shows(session, chat_id):
+            yield {ui.stop: rest}
+            return
         chat = chats.get(user, chat_id)
         yield {ui.chatbot: chatbot_messages(chat.messages), ui.title: chat.summary.title,
                ui.chat_list: page.sidebar(user, shown, search_text, chat_id),
-               ui.server_status: status_markdown(services, profile),
-               ui.stop: stop_button(False)}
+               ui.server_status: status_markdown(services, profile), ui.stop: rest}
 
     def checked(box_value: Any, ref: Any, tools: bool, rounds: float, frames: float,
                 video: str) -> tuple[PreparedMessage, ChatOptions]:
@@ -111,13 +124,15 @@ def wire(page: ChatPage) -> None:
         return engine.prepare(profile.id, text, files, options), options
 
     def turn(user: User, prepared: PreparedMessage, options: ChatOptions,
-             chat_id: int | None, search_text: str, shown: Any, first: dict[Any, Any]
-             ) -> Iterator[dict[Any, Any]]:
+             chat_id: int | None, search_text: str, shown: Any, first: dict[Any, Any],
+             session: str | None) -> Iterator[dict[Any, Any]]:
         """Save and send a checked message, streaming its turn (`first` goes with the
         first update)."""
         profile = prepared.profile
         chat = chats.get(user, int(chat_id)) if chat_id is not None else None
         summary = chat.summary if chat is not None else engine.start_chat(user, profile)
+        page.views.show(session, summary.id)
+        page.views.pick(session, profile.id)
         started = server_state(services, profile) not in ACTIVE_STATES
         if started:
             # A stopped or failed server is started; the message waits for it.
@@ -131,17 +146,17 @@ def wire(page: ChatPage) -> None:
         yield first
         yield from stream(user, summary.id, history,
                           engine.send(user, summary.id, prepared, options), search_text,
-                          shown, profile)
+                          shown, profile, session)
 
     @handler(services, "sending a chat message")
     def send(user: User, box_value: Any, ref: Any, chat_id: int | None, tools: bool,
-             rounds: float, frames: float, video: str, search_text: str, shown: Any
-             ) -> Iterator[dict[Any, Any]]:
+             rounds: float, frames: float, video: str, search_text: str, shown: Any,
+             request: gr.Request) -> Iterator[dict[Any, Any]]:
         """API clients' send: one event takes the box's value and empties it."""
         # A refusal here sends and saves nothing; the box keeps the message to fix it.
         prepared, options = checked(box_value, ref, tools, rounds, frames, video)
         yield from turn(user, prepared, options, chat_id, search_text, shown,
-                        {ui.box: gr.MultimodalTextbox(value=None)})
+                        {ui.box: gr.MultimodalTextbox(value=None)}, session_of(request))
 
     @handler(services, "taking a chat message")
     def take(_user: User, box_value: Any, ref: Any, tools: bool, rounds: float,
@@ -155,18 +170,19 @@ def wire(page: ChatPage) -> None:
 
     @handler(services, "sending a chat message")
     def send_taken(user: User, taken: tuple[PreparedMessage, ChatOptions] | None,
-                   chat_id: int | None, search_text: str, shown: Any
+                   chat_id: int | None, search_text: str, shown: Any, request: gr.Request
                    ) -> Iterator[dict[Any, Any]]:
         """The page's send, second step: the outbox's message, streamed."""
         if taken is None:
             raise gr.Error("Nothing to send: type a message first.")
         prepared, options = taken
-        yield from turn(user, prepared, options, chat_id, search_text, shown, {})
+        yield from turn(user, prepared, options, chat_id, search_text, shown, {},
+                        session_of(request))
 
     @handler(services, "retrying a chat turn")
     def retry_turn(user: User, ref: Any, chat_id: int | None, tools: bool, rounds: float,
-                   frames: float, video: str, search_text: str, shown: Any
-                   ) -> Iterator[dict[Any, Any]]:
+                   frames: float, video: str, search_text: str, shown: Any,
+                   request: gr.Request) -> Iterator[dict[Any, Any]]:
         profile = page.profile_of(ref)
         options = options_of(tools, rounds, frames, video)
         if chat_id is None:
@@ -178,21 +194,31 @@ def wire(page: ChatPage) -> None:
         history = [m for m in chat.messages if m.position <= last_user.position]
         yield from stream(user, chat.id, history,
                           engine.retry(user, chat.id, profile.id, options), search_text,
-                          shown, profile)
+                          shown, profile, session_of(request))
 
     @handler(services, "stopping a chat turn")
-    def after_stop(user: User, chat_id: int | None) -> tuple[Any, Any]:
-        """Show what was saved when the user stopped (the partial answer, marked)."""
-        if chat_id is None:
-            return gr.skip(), stop_button(False)
-        chat = page.read_chat(user, chat_id)
+    def after_stop(user: User, chat_id: int | None, request: gr.Request) -> tuple[Any, Any]:
+        """Stop the page's turns, which may stream to a chat it no longer shows; then show
+        what the open chat saved (a stopped answer's part, marked)."""
+        running = page.views.running(session_of(request))
+        if not running and chat_id is not None:
+            running = [page.read_chat(user, chat_id).id]
         # Gradio cancels the generation too, but its generator, busy in a worker thread,
         # closes only once it yields: the engine is told directly, and saves the partial
         # answer as the turn ends.
-        engine.stop(chat.id)
-        if not engine.wait_idle(chat.id, STOP_WAIT_S):
-            log.warning("chat %s still answering %.0f s after Stop", chat.id, STOP_WAIT_S)
-        return chatbot_messages(page.read_chat(user, chat.id).messages), stop_button(False)
+        for each in running:
+            engine.stop(each)
+        for each in running:
+            if not engine.wait_idle(each, STOP_WAIT_S):
+                log.warning("chat %s still answering %.0f s after Stop", each, STOP_WAIT_S)
+        if chat_id is None:
+            return gr.skip(), stop_button(False)
+        return (chatbot_messages(page.read_chat(user, chat_id).messages),
+                stop_button(False))
+
+    def stop_at_rest(request: gr.Request) -> Any:
+        """After a turn ended (in an error too): Stop stays red while another streams."""
+        return stop_button(bool(page.views.running(session_of(request))))
 
     @handler(services, "listing chat tools")
     def list_tools(_user: User) -> str:
@@ -219,7 +245,7 @@ def wire(page: ChatPage) -> None:
                              show_progress="minimal", show_progress_on=ui.chatbot)
     # A turn that ended in an error leaves Stop grey too.
     for turn_event in (sent, api_sent, retried):
-        turn_event.then(lambda: stop_button(False), None, ui.stop, show_progress="hidden",
+        turn_event.then(stop_at_rest, None, ui.stop, show_progress="hidden",
                         api_visibility="private")
     # The page sends the cancel once the click's own event is done: keep that event empty,
     # then show what the stopped turn saved.

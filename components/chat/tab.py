@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import gradio as gr
+
 from components.chat import chat_list, exports, picking, sending
 from components.chat.layout import build_layout
 from components.chat.page import ChatPage
@@ -36,12 +38,17 @@ def build_page(services: Services) -> tuple[TabLoader, ChatPage]:
     sending.wire(page)
     exports.wire(page)
 
-    def status_line(_user: User, ref: Any) -> tuple[Any]:
-        """The picked server's state line, redrawn when a server changes state."""
+    def status_line(_user: User, ref: Any, *, session: str | None) -> tuple[Any]:
+        """The picked server's state line, redrawn when a server changes state; not for a
+        server the page picked another over since this tick set out (the next tick, seeing
+        the new pick, draws its line at once)."""
         try:
-            return (status_markdown(services, page.maybe_profile(ref)),)
+            profile = page.maybe_profile(ref)
         except NotFound:
             return (status_markdown(services, None),)
+        if not page.views.picked(session, profile.id if profile is not None else None):
+            return (gr.skip(),)
+        return (status_markdown(services, profile),)
 
     def if_failed() -> dict[Any, Any]:
         """A failed load still leaves a picker to use (it is built disabled: layout.py)."""
@@ -49,4 +56,4 @@ def build_page(services: Services) -> tuple[TabLoader, ChatPage]:
 
     return TabLoader(load, outputs, if_failed=if_failed, live=(
         LivePart(frozenset({Topic.SERVERS}), status_line, [page.ui.server_status],
-                 inputs=[page.ui.server], follows=[page.ui.server]),)), page
+                 inputs=[page.ui.server], follows=[page.ui.server], with_session=True),)), page

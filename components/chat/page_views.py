@@ -1,0 +1,105 @@
+"""What each open page shows in the Chat tab: the chat on screen, the server picked, and
+the turns it has running.
+
+Gradio runs a page's events side by side. A turn's updates kept drawing its chat over
+another the person opened while it streamed, and a status poll that set out before a
+pick drew the server left behind. Handlers record here what the page shows now, keyed
+by the page's Gradio session; an update that set out earlier checks it before drawing.
+A page this does not know (none of its events has run here yet, or it was forgotten to
+keep the record small) is drawn as before.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+#: Pages remembered; the oldest untouched one is forgotten past this (a page that was
+#: closed says nothing, so the record would grow with every page ever opened).
+MAX_PAGES = 2048
+
+
+@dataclass
+class _Page:
+    chat_id: int | None = None
+    profile_id: int | None = None
+    running: Counter[int] = field(default_factory=Counter)
+
+
+def session_of(request: gr.Request | None) -> str | None:
+    """The page a request comes from (one per browser tab or API client)."""
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
+class PageViews:
+    """Per page: the open chat (None: a new chat, not saved yet), the picked profile and
+    the chats whose turns it is streaming. Safe to share between Gradio's worker threads."""
+
+    def __init__(self, max_pages: int = MAX_PAGES) -> None:
+        self._max = max_pages
+        self._lock = threading.Lock()
+        self._pages: OrderedDict[str, _Page] = OrderedDict()
+
+    def show(self, session: str | None, chat_id: int | None) -> None:
+        """The page now shows this chat."""
+        with self._lock:
+            page = self._page(session)
+            if page is not None:
+                page.chat_id = chat_id
+
+    def pick(self, session: str | None, profile_id: int | None) -> None:
+        """The picker now names this profile (None: none)."""
+        with self._lock:
+            page = self._page(session)
+            if page is not None:
+                page.profile_id = profile_id
+
+    def shows(self, session: str | None, chat_id: int) -> bool:
+        """Whether this chat is (still) the one on the page."""
+        with self._lock:
+            page = self._pages.get(session) if session is not None else None
+            return page is None or page.chat_id == chat_id
+
+    def picked(self, session: str | None, profile_id: int | None) -> bool:
+        """Whether the picker still names this profile."""
+        with self._lock:
+            page = self._pages.get(session) if session is not None else None
+            return page is None or page.profile_id == profile_id
+
+    def started(self, session: str | None, chat_id: int) -> None:
+        """A turn of this chat streams to the page (until `ended`)."""
+        with self._lock:
+            page = self._page(session)
+            if page is not None:
+                page.running[chat_id] += 1
+
+    def ended(self, session: str | None, chat_id: int) -> None:
+        with self._lock:
+            page = self._pages.get(session) if session is not None else None
+            if page is not None and page.running[chat_id] > 0:
+                page.running[chat_id] -= 1
+                if not page.running[chat_id]:
+                    del page.running[chat_id]
+
+    def running(self, session: str | None) -> list[int]:
+        """The chats whose turns stream to this page now."""
+        with self._lock:
+            page = self._pages.get(session) if session is not None else None
+            return list(page.running) if page is not None else []
+
+    def _page(self, session: str | None) -> _Page | None:
+        if session is None:
+            return None
+        page = self._pages.get(session)
+        if page is None:
+            page = self._pages[session] = _Page()
+            if len(self._pages) > self._max:  # the oldest page with nothing streaming
+                idle = next((s for s, p in self._pages.items() if not p.running), None)
+                if idle is not None and idle != session:
+                    del self._pages[idle]
+        else:
+            self._pages.move_to_end(session)
+        return page

@@ -1,0 +1,61 @@
+"""What the Chat tab records per open page (components/chat/page_views.py): the chat it
+shows, its pick and its running turns, so that late updates do not draw over them."""
+
+from __future__ import annotations
+
+from components.chat.page_views import PageViews
+
+
+def test_a_page_shows_its_latest_chat_and_pick() -> None:
+    views = PageViews()
+    views.show("page-1", 7)
+    views.pick("page-1", 3)
+    assert views.shows("page-1", 7) and not views.shows("page-1", 8)
+    assert views.picked("page-1", 3) and not views.picked("page-1", 4)
+    views.show("page-1", None)  # a new chat
+    assert not views.shows("page-1", 7)
+    assert views.picked("page-1", 3)  # the pick stays with the page's picker
+    views.pick("page-1", None)
+    assert views.picked("page-1", None) and not views.picked("page-1", 3)
+    # Another page is its own.
+    views.show("page-2", 7)
+    assert views.shows("page-2", 7) and not views.shows("page-1", 7)
+
+
+def test_a_page_not_known_here_is_drawn_as_before() -> None:
+    views = PageViews()
+    assert views.shows("unknown", 5) and views.picked("unknown", 5)
+    assert views.shows(None, 5) and views.picked(None, 5) and views.running(None) == []
+    views.show(None, 5)  # a request with no page: nothing to remember
+    views.started(None, 5)
+    assert views.running(None) == []
+
+
+def test_turns_are_counted_per_chat() -> None:
+    views = PageViews()
+    views.started("page", 1)
+    views.started("page", 1)  # a retry while the turn still ends
+    views.started("page", 2)
+    assert sorted(views.running("page")) == [1, 2]
+    views.ended("page", 1)
+    assert sorted(views.running("page")) == [1, 2]
+    views.ended("page", 1)
+    views.ended("page", 1)  # once too often: no count below zero
+    assert views.running("page") == [2]
+    views.ended("page", 2)
+    assert views.running("page") == []
+
+
+def test_the_oldest_idle_page_is_forgotten() -> None:
+    views = PageViews(max_pages=2)
+    views.started("streaming", 1)  # the oldest, but streaming: kept
+    views.show("idle", 4)
+    views.show("newest", 5)
+    assert views.running("streaming") == [1]
+    assert views.shows("newest", 5) and not views.shows("newest", 4)
+    # "idle" was forgotten: drawn as before for anything.
+    assert views.shows("idle", 99)
+    views.show("streaming", 2)  # touched: now the newest
+    views.show("another", 6)
+    assert views.shows("newest", 99)  # the oldest idle one went
+    assert not views.shows("streaming", 1) and views.running("streaming") == [1]
