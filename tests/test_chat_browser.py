@@ -7,6 +7,7 @@ import base64
 import io
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
+CAROL = "carol@example.com"
 # What a file dragged from the desktop does: dragenter, dragover, drop with a DataTransfer.
 DROP_JS = """([selector, name, b64, type]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -231,6 +233,42 @@ def test_the_page_empties_the_box_in_a_quick_event_of_its_own(dash: ChatDashboar
     assert turns and all(d["types"]["generator"] and box not in d["outputs"] for d in turns)
 
 
+@dataclass
+class HeldTurns:
+    """Turns sent while `armed` is set are held once the person's message is drawn,
+    before the model answers (`drawn` is set then), until `release` is set."""
+
+    armed: threading.Event = field(default_factory=threading.Event)
+    drawn: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+def hold_turns(dash: ChatDashboard, monkeypatch: pytest.MonkeyPatch) -> HeldTurns:
+    engine = dash.services.chat_engine
+    held = HeldTurns()
+    send: Callable[..., Any] = engine.send
+
+    def held_send(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for event in send(*args, **kwargs):
+            yield event
+            if event.kind is ChatEventKind.USER and held.armed.is_set():
+                held.drawn.set()
+                held.release.wait(60)
+
+    monkeypatch.setattr(engine, "send", held_send)
+    return held
+
+
+def signed_in_page(dash: ChatDashboard, browser, email: str):  # noqa: ANN001, ANN201
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_cookies([{"name": SESSION_COOKIE, "url": dash.url,
+                          "value": dash.cookie(email)}])
+    page = context.new_page()
+    page.goto(dash.url + "/")
+    open_chat_tab(page)
+    return context, page
+
+
 def test_an_answer_streams_on_unseen_while_another_chat_is_open(
         dash: ChatDashboard, browser, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
         ) -> None:
@@ -242,34 +280,19 @@ def test_an_answer_streams_on_unseen_while_another_chat_is_open(
     sunny = chats.create(bob, "weather", title="Sunny days",
                          profile_id=dash.profiles["weather"].id)
     chats.add_message(bob, sunny.id, NewMessage("user", "Is it sunny?"))
-    # The turn is held once the person's message is drawn, before the model answers.
-    drawn, release = threading.Event(), threading.Event()
-    send: Callable[..., Any] = engine.send
-
-    def held_send(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        for event in send(*args, **kwargs):
-            yield event
-            if event.kind is ChatEventKind.USER:
-                drawn.set()
-                release.wait(60)
-
-    monkeypatch.setattr(engine, "send", held_send)
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.add_cookies([{"name": SESSION_COOKIE, "url": dash.url,
-                          "value": dash.cookie(BOB)}])
-    page = context.new_page()
+    held = hold_turns(dash, monkeypatch)
+    held.armed.set()
+    context, page = signed_in_page(dash, browser, BOB)
     try:
-        page.goto(dash.url + "/")
-        open_chat_tab(page)
         pick_server(page, "eyes")
         say(page, "Describe a cat")
-        assert drawn.wait(60), "the message was never sent"
+        assert held.drawn.wait(60), "the message was never sent"
         page.wait_for_selector(f"{BOT} :text('Describe a cat')", timeout=30_000)
         page.wait_for_selector("#chat-stop:not([disabled])", timeout=30_000)
         page.click("#chat-list button[data-chat]:has-text('Sunny days')")
         page.wait_for_selector(f"{BOT} :text('Is it sunny?')", timeout=30_000)
         (cat,) = chats.list(bob, dash.profiles["eyes"].id)
-        release.set()
+        held.release.set()
         assert engine.wait_idle(cat.id, 60), "the answer never ended"
         # Stop turns grey with the turn's last update (which drew the chat before).
         page.wait_for_selector("#chat-stop[disabled]", timeout=30_000)
@@ -282,5 +305,38 @@ def test_an_answer_streams_on_unseen_while_another_chat_is_open(
         page.wait_for_selector(f"{BOT} :text('Describe a cat')", timeout=30_000)
         assert page.locator(f"{BOT} :text('Is it sunny?')").count() == 0
     finally:
-        release.set()
+        held.release.set()
+        context.close()
+
+
+def test_a_title_being_typed_outlasts_the_turn(dash: ChatDashboard, browser,  # noqa: ANN001
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The turn's first and last updates set the title box: a new title typed while the
+    answer streamed, not saved yet, was replaced by the old one."""
+    carol = dash.user(CAROL)
+    held = hold_turns(dash, monkeypatch)
+    context, page = signed_in_page(dash, browser, CAROL)
+    try:
+        pick_server(page, "eyes")
+        say(page, "First question")
+        page.wait_for_selector("#chat-list .mm-chat-active:has-text('2 messages')",
+                               timeout=60_000)
+        assert page.input_value("#chat-title textarea, #chat-title input") == "First question"
+        held.armed.set()
+        say(page, "Second question")
+        assert held.drawn.wait(60), "the message was never sent"
+        page.wait_for_selector(f"{BOT} :text('Second question')", timeout=30_000)
+        page.wait_for_selector("#chat-stop:not([disabled])", timeout=30_000)
+        page.fill("#chat-title textarea, #chat-title input", "My own title")
+        held.release.set()
+        (chat,) = dash.services.chats.list(carol, dash.profiles["eyes"].id)
+        assert dash.services.chat_engine.wait_idle(chat.id, 60), "the answer never ended"
+        # The turn's last update turns Stop grey (and drew the old title with it).
+        page.wait_for_selector("#chat-stop[disabled]", timeout=30_000)
+        page.wait_for_selector("#chat-list .mm-chat-active:has-text('4 messages')",
+                               timeout=30_000)
+        assert page.input_value("#chat-title textarea, #chat-title input") == "My own title"
+        assert dash.services.chats.get(carol, chat.id).summary.title == "First question"
+    finally:
+        held.release.set()
         context.close()

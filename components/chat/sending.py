@@ -82,10 +82,11 @@ def wire(page: ChatPage) -> None:
     engine, chats = services.chat_engine, services.chats
 
     def stream(user: User, chat_id: int, history: Sequence[Any], events: EventStream,
-               search_text: str, shown: Any, profile: Profile, session: str | None
-               ) -> Iterator[dict[Any, Any]]:
+               search_text: str, shown: Any, profile: Profile, session: str | None,
+               title: str) -> Iterator[dict[Any, Any]]:
         """Push the turn to the page as it happens, then show exactly what was saved. Once
-        the page shows another chat, the turn goes on (and is saved) without drawing."""
+        the page shows another chat, the turn goes on (and is saved) without drawing.
+        `title` is the one the page showed as the turn began."""
         view = TurnView(history)
         pushed = 0.0
         streamed = 0  # characters of thinking and answer so far
@@ -111,9 +112,14 @@ def wire(page: ChatPage) -> None:
             yield {ui.stop: rest}
             return
         chat = chats.get(user, chat_id)
-        yield {ui.chatbot: chatbot_messages(chat.messages), ui.title: chat.summary.title,
-               ui.chat_list: page.sidebar(user, shown, search_text, chat_id),
-               ui.server_status: status_markdown(services, profile), ui.stop: rest}
+        last = {ui.chatbot: chatbot_messages(chat.messages),
+                ui.chat_list: page.sidebar(user, shown, search_text, chat_id),
+                ui.server_status: status_markdown(services, profile), ui.stop: rest}
+        if chat.summary.title != title:
+            # Named after its first message: else the box keeps what the person may be
+            # typing there meanwhile (a new title, not saved yet).
+            last[ui.title] = chat.summary.title
+        yield last
 
     def checked(box_value: Any, ref: Any, tools: bool, rounds: float, frames: float,
                 video: str) -> tuple[PreparedMessage, ChatOptions]:
@@ -139,14 +145,16 @@ def wire(page: ChatPage) -> None:
             services.placement.start(user, profile.id)
         history = list(chat.messages) if chat is not None else []
         first = {**first, ui.chatbot: chatbot_messages(history), ui.current: summary.id,
-                 ui.title: summary.title, ui.stop: stop_button(True),
+                 ui.stop: stop_button(True),
                  ui.chat_list: page.sidebar(user, shown, search_text, summary.id)}
+        if chat is None:  # an open chat's title box may hold a new title being typed
+            first[ui.title] = summary.title
         if started:
             first[ui.server_status] = status_markdown(services, profile, started=True)
         yield first
         yield from stream(user, summary.id, history,
                           engine.send(user, summary.id, prepared, options), search_text,
-                          shown, profile, session)
+                          shown, profile, session, summary.title)
 
     @handler(services, "sending a chat message")
     def send(user: User, box_value: Any, ref: Any, chat_id: int | None, tools: bool,
@@ -194,7 +202,7 @@ def wire(page: ChatPage) -> None:
         history = [m for m in chat.messages if m.position <= last_user.position]
         yield from stream(user, chat.id, history,
                           engine.retry(user, chat.id, profile.id, options), search_text,
-                          shown, profile, session_of(request))
+                          shown, profile, session_of(request), chat.summary.title)
 
     @handler(services, "stopping a chat turn")
     def after_stop(user: User, chat_id: int | None, request: gr.Request) -> tuple[Any, Any]:
