@@ -18,7 +18,7 @@ import gradio as gr
 
 from components.chat.layout import ALL_SERVERS
 from components.chat.page import ChatPage
-from components.chat.page_views import session_of
+from components.chat.page_views import page_of
 from components.chat.status import status_markdown
 from components.session import handler
 from manager.accounts.auth import User
@@ -130,7 +130,7 @@ def wire(services: Services, parts: FirstRun, tabs: gr.Tabs, page: ChatPage) -> 
                 if not update.done:
                     yield {parts.progress: progress_markdown(lines)}
                     continue
-                yield opened(user, update, lines, session_of(request))
+                yield opened(user, update, lines, page_of(user, request))
                 return
         except FirstRunFailed as exc:
             log.info("trying %s for %s stopped at %s: %s", suggestion.repo_id, user.email,

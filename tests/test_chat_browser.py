@@ -26,6 +26,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
 CAROL = "carol@example.com"
+DAVE = "dave@example.com"
+# Every text the chat shows from the moment this runs (a drawing can be overdrawn before
+# the test reads the chat).
+WATCH_BOT_JS = """() => {
+  const bot = document.querySelector('#chat-bot');
+  window.botTexts = [bot.textContent];
+  new MutationObserver(() => window.botTexts.push(bot.textContent))
+    .observe(bot, {subtree: true, childList: true, characterData: true});
+}"""
 # What a file dragged from the desktop does: dragenter, dragover, drop with a DataTransfer.
 DROP_JS = """([selector, name, b64, type]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -338,5 +347,58 @@ def test_a_title_being_typed_outlasts_the_turn(dash: ChatDashboard, browser,  # 
         assert page.input_value("#chat-title textarea, #chat-title input") == "My own title"
         assert dash.services.chats.get(carol, chat.id).summary.title == "First question"
     finally:
+        held.release.set()
+        context.close()
+
+
+def test_a_chat_opened_while_stop_waits_is_not_drawn_over(
+        dash: ChatDashboard, browser, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+        ) -> None:
+    """Stop waits (up to 10 s) for the stopped turn to save what arrived, then showed the
+    chat it was clicked in, also over another chat the person opened meanwhile."""
+    dave = dash.user(DAVE)
+    chats, engine = dash.services.chats, dash.services.chat_engine
+    other = chats.create(dave, "weather", title="Other chat",
+                         profile_id=dash.profiles["weather"].id)
+    chats.add_message(dave, other.id, NewMessage("user", "Another question"))
+    held = hold_turns(dash, monkeypatch)
+    held.armed.set()
+    # Stop's wait for the stopped turn is held, as a turn slow to end holds it.
+    waiting, go_on, answered = threading.Event(), threading.Event(), threading.Event()
+    wait_idle: Callable[..., bool] = engine.wait_idle
+
+    def watched_wait(*args: Any, **kwargs: Any) -> bool:
+        waiting.set()
+        go_on.wait(60)
+        idle = wait_idle(*args, **kwargs)
+        answered.set()  # Stop's answer is made right after
+        return idle
+
+    monkeypatch.setattr(engine, "wait_idle", watched_wait)
+    context, page = signed_in_page(dash, browser, DAVE)
+    try:
+        pick_server(page, "chatter")
+        say(page, "Tell me a story")
+        assert held.drawn.wait(60), "the message was never sent"
+        page.wait_for_selector(f"{BOT} :text('Tell me a story')", timeout=30_000)
+        page.click("#chat-stop")
+        assert waiting.wait(60), "Stop never waited for the turn"
+        page.click("#chat-list button[data-chat]:has-text('Other chat')")
+        page.wait_for_selector(f"{BOT} :text('Another question')", timeout=30_000)
+        page.evaluate(WATCH_BOT_JS)
+        go_on.set()
+        held.release.set()
+        assert answered.wait(60), "Stop never answered"
+        # The search is answered after Stop, whose answer was made before the search was
+        # typed: by then Stop's drawing, if it drew, is on the page.
+        page.locator("#chat-search textarea, #chat-search input").press_sequentially("zz")
+        page.wait_for_selector("#chat-list :text('No chats match')", timeout=30_000)
+        texts = page.evaluate("window.botTexts")
+        assert texts and not any("Tell me a story" in text for text in texts), texts
+        assert page.locator(f"{BOT} :text('Another question')").count() == 1
+        (story,) = chats.list(dave, dash.profiles["chatter"].id)
+        wait_for(lambda: not engine.running(story.id), 120, "the stopped turn's end")
+    finally:
+        go_on.set()
         held.release.set()
         context.close()

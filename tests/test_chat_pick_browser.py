@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 
 from manager.api.login import SESSION_COOKIE
+from manager.chat.history import NewMessage
 from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
 from tests.conftest import LiveDashboard
+from tests.waits import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -250,4 +252,55 @@ def test_a_status_tick_that_lands_after_another_pick_keeps_that_pick(
         assert "Other" in page.locator("#chat-server-status").inner_text()
     finally:
         released.set()
+        context.close()
+
+
+def test_a_chat_opened_while_a_message_waits_for_its_server_stays_shown(
+        dashboard_with_a_profile: LiveDashboard, browser,  # noqa: ANN001
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message to a stopped server waits for the server's start (seconds). A chat the
+    person opened meanwhile was replaced by the new, empty one once the start returned,
+    and the answer never showed there either: the turn knew another chat was open."""
+    dashboard = dashboard_with_a_profile
+    services = dashboard.services
+    admin = services.auth.get_by_email("admin@example.com")
+    later = services.profiles.find("Later")
+    earlier = services.chats.create(admin, "Later", title="Earlier chat", profile_id=later.id)
+    services.chats.add_message(admin, earlier.id, NewMessage("user", "Old question"))
+    start: Callable[..., Any] = services.placement.start
+    starting, go_on = threading.Event(), threading.Event()
+
+    def held_start(*args: Any, **kwargs: Any) -> Any:
+        starting.set()
+        go_on.wait(60)
+        return start(*args, **kwargs)
+
+    monkeypatch.setattr(services.placement, "start", held_start)
+    bot = "#chat-bot"
+    context = signed_in_context(browser, dashboard)
+    try:
+        page = open_page(context, dashboard)
+        page.get_by_role("tab", name="Chat").click()
+        page.wait_for_selector(f"{bot} :text('Old question')", timeout=30_000)  # the latest
+        page.click("#chat-new")
+        page.wait_for_selector(f"{bot} :text('Old question')", state="detached",
+                               timeout=30_000)
+        page.fill("#chat-input textarea", "New question")
+        page.press("#chat-input textarea", "Enter")
+        assert starting.wait(60), "the message never started its server"
+        page.click("#chat-list button[data-chat]:has-text('Earlier chat')")
+        page.wait_for_selector(f"{bot} :text('Old question')", timeout=30_000)
+        go_on.set()
+        new = wait_for(lambda: next((c for c in services.chats.list(admin)
+                                     if c.id != earlier.id), None), 60, "the new chat")
+        wait_for(lambda: [m.role for m in services.chats.get(admin, new.id).messages]
+                 == ["user", "assistant"], 120, "the answer saved")
+        # Stop turns grey with the turn's last update.
+        page.wait_for_selector("#chat-stop[disabled]", timeout=30_000)
+        assert page.locator(f"{bot} :text('Old question')").count() == 1
+        assert page.locator(f"{bot} :text('New question')").count() == 0
+        page.click("#chat-list button[data-chat]:has-text('New question')")
+        page.wait_for_selector(f"{bot} :text('New question')", timeout=30_000)
+    finally:
+        go_on.set()
         context.close()

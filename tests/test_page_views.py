@@ -3,17 +3,21 @@ shows, its pick and its running turns, so that late updates do not draw over the
 
 from __future__ import annotations
 
-from components.chat.page_views import PageViews
+from components.chat.page_views import PageViews, page_key
+from manager.services import Services
 
 
 def test_a_page_shows_its_latest_chat_and_pick() -> None:
     views = PageViews()
+    assert views.chat_of("page-1") is None
     views.show("page-1", 7)
     views.pick("page-1", 3)
+    assert views.chat_of("page-1") == 7
     assert views.shows("page-1", 7) and not views.shows("page-1", 8)
     assert views.picked("page-1", 3) and not views.picked("page-1", 4)
     views.show("page-1", None)  # a new chat
-    assert not views.shows("page-1", 7)
+    assert not views.shows("page-1", 7) and views.shows("page-1", None)
+    assert views.chat_of("page-1") is None
     assert views.picked("page-1", 3)  # the pick stays with the page's picker
     views.pick("page-1", None)
     assert views.picked("page-1", None) and not views.picked("page-1", 3)
@@ -31,8 +35,30 @@ def test_a_page_not_known_here_is_drawn_as_before() -> None:
     assert views.running(None) == []
 
 
+def test_a_turn_does_not_make_a_forgotten_page_known() -> None:
+    """A turn records what its page shows before it starts; a page forgotten since then
+    stays forgotten (drawn as before), rather than known as showing nothing."""
+    views = PageViews()
+    views.started("forgotten", 3)
+    assert views.running("forgotten") == []
+    assert views.shows("forgotten", 3) and views.picked("forgotten", 1)
+
+
+def test_the_key_names_the_user_too(services: Services) -> None:
+    """The page says which session it is: another user naming it gets another page."""
+    alice = services.auth.register("alice@example.com", "correct horse battery")
+    mallory = services.auth.register("mallory@example.com", "correct horse battery")
+    assert page_key(alice, "abc") != page_key(mallory, "abc")
+    assert page_key(alice, None) is None and page_key(alice, "") is None
+    views = PageViews()
+    views.show(page_key(alice, "abc"), 7)
+    views.started(page_key(alice, "abc"), 7)
+    assert views.running(page_key(mallory, "abc")) == []
+
+
 def test_turns_are_counted_per_chat() -> None:
     views = PageViews()
+    views.show("page", 1)
     views.started("page", 1)
     views.started("page", 1)  # a retry while the turn still ends
     views.started("page", 2)
@@ -48,6 +74,7 @@ def test_turns_are_counted_per_chat() -> None:
 
 def test_the_oldest_idle_page_is_forgotten() -> None:
     views = PageViews(max_pages=2)
+    views.show("streaming", 1)
     views.started("streaming", 1)  # the oldest, but streaming: kept
     views.show("idle", 4)
     views.show("newest", 5)

@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 
 from components.chat.page import ChatPage
-from components.chat.page_views import session_of
+from components.chat.page_views import page_of
 from components.session import handler
 from manager.accounts.auth import User
 
@@ -39,19 +39,19 @@ def wire(page: ChatPage) -> None:
     def open_chat(user: User, chat_ref: Any, search_text: str, shown: Any,
                   request: gr.Request) -> dict[Any, Any]:
         return page.opened(user, page.read_chat(user, chat_ref), search_text, shown,
-                           session_of(request))
+                           page_of(user, request))
 
     @handler(services, "opening a chat from the list")
     def open_from_list(user: User, search_text: str, shown: Any, evt: gr.EventData,
                        request: gr.Request) -> dict[Any, Any]:
         data = getattr(evt, "_data", None) or {}
         return page.opened(user, page.read_chat(user, data.get("chat")), search_text, shown,
-                           session_of(request))
+                           page_of(user, request))
 
     @handler(services, "starting a new chat")
     def start_new(user: User, shown: Any, search_text: str, request: gr.Request
                   ) -> dict[Any, Any]:
-        return page.emptied(user, shown, search_text, session_of(request))
+        return page.emptied(user, shown, search_text, page_of(user, request))
 
     @handler(services, "renaming a chat")
     def rename_chat(user: User, chat_id: int | None, new_title: str, shown: Any,
@@ -68,7 +68,7 @@ def wire(page: ChatPage) -> None:
         chat = page.read_chat(user, chat_id)
         chats.delete(user, chat.id)
         gr.Info(f"Deleted “{chat.summary.title}”.")
-        return {**page.emptied(user, shown, search_text, session_of(request)),
+        return {**page.emptied(user, shown, search_text, page_of(user, request)),
                 ui.confirm_row: gr.Row(visible=False)}
 
     ui.search.input(list_chats, [ui.history_server, ui.search, ui.current], ui.chat_list,

@@ -4,9 +4,10 @@ the turns it has running.
 Gradio runs a page's events side by side. A turn's updates kept drawing its chat over
 another the person opened while it streamed, and a status poll that set out before a
 pick drew the server left behind. Handlers record here what the page shows now, keyed
-by the page's Gradio session; an update that set out earlier checks it before drawing.
-A page this does not know (none of its events has run here yet, or it was forgotten to
-keep the record small) is drawn as before.
+by the signed-in user and the page's Gradio session (the page says which session it is,
+so the user is part of the key: another user's page is never touched); an update that
+set out earlier checks it before drawing. A page this does not know (none of its events
+has run here yet, or it was forgotten to keep the record small) is drawn as before.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 import gradio as gr
+
+from manager.accounts.auth import User
 
 #: Pages remembered; the oldest untouched one is forgotten past this (a page that was
 #: closed says nothing, so the record would grow with every page ever opened).
@@ -29,9 +32,14 @@ class _Page:
     running: Counter[int] = field(default_factory=Counter)
 
 
-def session_of(request: gr.Request | None) -> str | None:
-    """The page a request comes from (one per browser tab or API client)."""
-    return getattr(request, "session_hash", None) if request is not None else None
+def page_key(user: User, session_hash: str | None) -> str | None:
+    """The key of a user's page (one Gradio session per browser tab or API client)."""
+    return f"{user.id}:{session_hash}" if session_hash else None
+
+
+def page_of(user: User, request: gr.Request | None) -> str | None:
+    """The key of the page a request comes from."""
+    return page_key(user, getattr(request, "session_hash", None))
 
 
 class PageViews:
@@ -57,11 +65,17 @@ class PageViews:
             if page is not None:
                 page.profile_id = profile_id
 
-    def shows(self, session: str | None, chat_id: int) -> bool:
-        """Whether this chat is (still) the one on the page."""
+    def shows(self, session: str | None, chat_id: int | None) -> bool:
+        """Whether this chat (None: a new one) is still the one on the page."""
         with self._lock:
             page = self._pages.get(session) if session is not None else None
             return page is None or page.chat_id == chat_id
+
+    def chat_of(self, session: str | None) -> int | None:
+        """The chat the page shows (None: a new one, or a page not known here)."""
+        with self._lock:
+            page = self._pages.get(session) if session is not None else None
+            return page.chat_id if page is not None else None
 
     def picked(self, session: str | None, profile_id: int | None) -> bool:
         """Whether the picker still names this profile."""
@@ -70,9 +84,10 @@ class PageViews:
             return page is None or page.profile_id == profile_id
 
     def started(self, session: str | None, chat_id: int) -> None:
-        """A turn of this chat streams to the page (until `ended`)."""
+        """A turn of this chat streams to the page (until `ended`). The turn recorded what
+        the page shows first: a page not known by now was forgotten, and stays so."""
         with self._lock:
-            page = self._page(session)
+            page = self._pages.get(session) if session is not None else None
             if page is not None:
                 page.running[chat_id] += 1
 

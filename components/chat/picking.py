@@ -10,7 +10,7 @@ import gradio as gr
 
 from components.chat.layout import ALL_SERVERS
 from components.chat.page import ChatPage
-from components.chat.page_views import session_of
+from components.chat.page_views import page_of
 from components.chat.status import server_state, status_markdown
 from components.chat_view import chatbot_messages
 from components.session import handler
@@ -36,8 +36,9 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
             chat = services.chats.get(user, recent[0].id)
             shown = {ui.chatbot: chatbot_messages(chat.messages), ui.current: chat.id,
                      ui.title: chat.summary.title}
-        page.views.show(session_of(request), shown[ui.current])
-        page.views.pick(session_of(request), profile.id if profile is not None else None)
+        session = page_of(user, request)
+        page.views.show(session, shown[ui.current])
+        page.views.pick(session, profile.id if profile is not None else None)
         # The history opens unfiltered: every chat of the user, each with its server.
         return {**shown, ui.server: page.server_update(profile),
                 ui.server_status: status_markdown(services, profile),
@@ -50,19 +51,25 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
     def pick_server(user: User, ref: Any, search_text: str, shown_ref: Any,
                     request: gr.Request) -> dict[Any, Any]:
         profile = page.profile_of(ref)
-        page.views.pick(session_of(request), profile.id)
+        session = page_of(user, request)
+        # Recorded before the start, which can take seconds: what the page opens or picks
+        # meanwhile is recorded after it, and drawn by its own answer.
+        page.views.pick(session, profile.id)
+        page.views.show(session, None)  # a pick empties the chat
         started = False
         if server_state(services, profile) not in ACTIVE_STATES:
             services.placement.start(user, profile.id)
             started = True
             log.info("%s started %s from the chat tab", user.email, profile.name)
-        return {**page.emptied(user, shown_ref, search_text, session_of(request)),
+        if not (page.views.picked(session, profile.id) and page.views.shows(session, None)):
+            return {ui.server_status: gr.skip()}
+        return {**page.emptied(user, shown_ref, search_text, session),
                 ui.server: page.server_update(profile),
                 ui.server_status: status_markdown(services, profile, started=started),
                 ui.status_timer: page.timer_for(profile)}
 
     @handler(services, "chat server status")
-    def poll_status(_user: User, ref: Any, request: gr.Request) -> dict[Any, Any]:
+    def poll_status(user: User, ref: Any, request: gr.Request) -> dict[Any, Any]:
         profile = page.maybe_profile(ref)
         if profile is not None and server_state(services, profile) is ServerState.STARTING:
             answer = {ui.server_status: status_markdown(services, profile, started=True),
@@ -70,7 +77,7 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
         else:
             answer = {ui.server_status: status_markdown(services, profile),
                       ui.status_timer: page.timer_for(profile), ui.server: page.server_refresh()}
-        if not page.views.picked(session_of(request), profile.id if profile else None):
+        if not page.views.picked(page_of(user, request), profile.id if profile else None):
             # Set out before the person picked another server, whose pick drew its own line
             # and set the timer for it: this answer would undo both.
             return {ui.server_status: gr.skip()}

@@ -13,7 +13,7 @@ import gradio as gr
 
 from components.chat.attachments import message_parts
 from components.chat.page import ChatPage
-from components.chat.page_views import session_of
+from components.chat.page_views import page_of
 from components.chat.status import server_state, status_markdown
 from components.chat_view import TurnView, chatbot_messages
 from components.session import handler
@@ -108,18 +108,21 @@ def wire(page: ChatPage) -> None:
         finally:
             views.ended(session, chat_id)
         rest = stop_button(bool(views.running(session)))  # another turn may stream on
-        if not views.shows(session, chat_id):
-            yield {ui.stop: rest}
-            return
-        chat = chats.get(user, chat_id)
-        last = {ui.chatbot: chatbot_messages(chat.messages),
-                ui.chat_list: page.sidebar(user, shown, search_text, chat_id),
-                ui.server_status: status_markdown(services, profile), ui.stop: rest}
-        if chat.summary.title != title:
-            # Named after its first message: else the box keeps what the person may be
-            # typing there meanwhile (a new title, not saved yet).
-            last[ui.title] = chat.summary.title
-        yield last
+        if views.shows(session, chat_id):
+            chat = chats.get(user, chat_id)
+            last = {ui.chatbot: chatbot_messages(chat.messages),
+                    ui.chat_list: page.sidebar(user, shown, search_text, chat_id),
+                    ui.server_status: status_markdown(services, profile), ui.stop: rest}
+            if chat.summary.title != title:
+                # Named after its first message: else the box keeps what the person may
+                # be typing there meanwhile (a new title, not saved yet).
+                last[ui.title] = chat.summary.title
+            if views.shows(session, chat_id):  # again: the reads took a while
+                yield last
+                return
+        # Unseen: the list still shows the chat's news, marking the one the page shows.
+        yield {ui.chat_list: page.sidebar(user, shown, search_text, views.chat_of(session)),
+               ui.stop: rest}
 
     def checked(box_value: Any, ref: Any, tools: bool, rounds: float, frames: float,
                 video: str) -> tuple[PreparedMessage, ChatOptions]:
@@ -137,6 +140,8 @@ def wire(page: ChatPage) -> None:
         profile = prepared.profile
         chat = chats.get(user, int(chat_id)) if chat_id is not None else None
         summary = chat.summary if chat is not None else engine.start_chat(user, profile)
+        # Recorded before the start, which can take seconds: what the page opens or picks
+        # meanwhile is recorded after, and this turn then streams unseen.
         page.views.show(session, summary.id)
         page.views.pick(session, profile.id)
         started = server_state(services, profile) not in ACTIVE_STATES
@@ -144,14 +149,17 @@ def wire(page: ChatPage) -> None:
             # A stopped or failed server is started; the message waits for it.
             services.placement.start(user, profile.id)
         history = list(chat.messages) if chat is not None else []
-        first = {**first, ui.chatbot: chatbot_messages(history), ui.current: summary.id,
-                 ui.stop: stop_button(True),
-                 ui.chat_list: page.sidebar(user, shown, search_text, summary.id)}
-        if chat is None:  # an open chat's title box may hold a new title being typed
-            first[ui.title] = summary.title
-        if started:
-            first[ui.server_status] = status_markdown(services, profile, started=True)
-        yield first
+        if page.views.shows(session, summary.id):
+            first = {**first, ui.chatbot: chatbot_messages(history), ui.current: summary.id,
+                     ui.chat_list: page.sidebar(user, shown, search_text, summary.id)}
+            if chat is None:  # an open chat's title box may hold a new title being typed
+                first[ui.title] = summary.title
+            if started:
+                first[ui.server_status] = status_markdown(services, profile, started=True)
+        else:  # the page opened another chat while the server started: listed, not shown
+            first = {**first, ui.chat_list: page.sidebar(user, shown, search_text,
+                                                         page.views.chat_of(session))}
+        yield {**first, ui.stop: stop_button(True)}
         yield from stream(user, summary.id, history,
                           engine.send(user, summary.id, prepared, options), search_text,
                           shown, profile, session, summary.title)
@@ -164,7 +172,7 @@ def wire(page: ChatPage) -> None:
         # A refusal here sends and saves nothing; the box keeps the message to fix it.
         prepared, options = checked(box_value, ref, tools, rounds, frames, video)
         yield from turn(user, prepared, options, chat_id, search_text, shown,
-                        {ui.box: gr.MultimodalTextbox(value=None)}, session_of(request))
+                        {ui.box: gr.MultimodalTextbox(value=None)}, page_of(user, request))
 
     @handler(services, "taking a chat message")
     def take(_user: User, box_value: Any, ref: Any, tools: bool, rounds: float,
@@ -185,7 +193,7 @@ def wire(page: ChatPage) -> None:
             raise gr.Error("Nothing to send: type a message first.")
         prepared, options = taken
         yield from turn(user, prepared, options, chat_id, search_text, shown, {},
-                        session_of(request))
+                        page_of(user, request))
 
     @handler(services, "retrying a chat turn")
     def retry_turn(user: User, ref: Any, chat_id: int | None, tools: bool, rounds: float,
@@ -200,15 +208,19 @@ def wire(page: ChatPage) -> None:
         if last_user is None:
             raise gr.Error("Nothing to retry yet: send a message first.")
         history = [m for m in chat.messages if m.position <= last_user.position]
+        session = page_of(user, request)
+        page.views.show(session, chat.id)
+        page.views.pick(session, profile.id)
         yield from stream(user, chat.id, history,
                           engine.retry(user, chat.id, profile.id, options), search_text,
-                          shown, profile, session_of(request), chat.summary.title)
+                          shown, profile, session, chat.summary.title)
 
     @handler(services, "stopping a chat turn")
     def after_stop(user: User, chat_id: int | None, request: gr.Request) -> tuple[Any, Any]:
         """Stop the page's turns, which may stream to a chat it no longer shows; then show
         what the open chat saved (a stopped answer's part, marked)."""
-        running = page.views.running(session_of(request))
+        session = page_of(user, request)
+        running = page.views.running(session)
         if not running and chat_id is not None:
             running = [page.read_chat(user, chat_id).id]
         # Gradio cancels the generation too, but its generator, busy in a worker thread,
@@ -216,17 +228,21 @@ def wire(page: ChatPage) -> None:
         # answer as the turn ends.
         for each in running:
             engine.stop(each)
+        deadline = time.monotonic() + STOP_WAIT_S  # one wait for them all
         for each in running:
-            if not engine.wait_idle(each, STOP_WAIT_S):
+            if not engine.wait_idle(each, max(0.0, deadline - time.monotonic())):
                 log.warning("chat %s still answering %.0f s after Stop", each, STOP_WAIT_S)
         if chat_id is None:
             return gr.skip(), stop_button(False)
-        return (chatbot_messages(page.read_chat(user, chat_id).messages),
-                stop_button(False))
+        chat = page.read_chat(user, chat_id)
+        # Opened meanwhile, another chat is not drawn over.
+        shown = page.views.shows(session, chat.id)
+        return chatbot_messages(chat.messages) if shown else gr.skip(), stop_button(False)
 
-    def stop_at_rest(request: gr.Request) -> Any:
+    @handler(services, "a chat turn's end")
+    def stop_at_rest(user: User, request: gr.Request) -> Any:
         """After a turn ended (in an error too): Stop stays red while another streams."""
-        return stop_button(bool(page.views.running(session_of(request))))
+        return stop_button(bool(page.views.running(page_of(user, request))))
 
     @handler(services, "listing chat tools")
     def list_tools(_user: User) -> str:

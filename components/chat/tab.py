@@ -17,6 +17,7 @@ import gradio as gr
 from components.chat import chat_list, exports, picking, sending
 from components.chat.layout import build_layout
 from components.chat.page import ChatPage
+from components.chat.page_views import page_key
 from components.chat.status import status_markdown
 from components.live import LivePart
 from components.session import TabLoader
@@ -38,7 +39,7 @@ def build_page(services: Services) -> tuple[TabLoader, ChatPage]:
     sending.wire(page)
     exports.wire(page)
 
-    def status_line(_user: User, ref: Any, *, session: str | None) -> tuple[Any]:
+    def status_line(user: User, ref: Any, *, session: str | None) -> tuple[Any]:
         """The picked server's state line, redrawn when a server changes state; not for a
         server the page picked another over since this tick set out (the next tick, seeing
         the new pick, draws its line at once)."""
@@ -46,7 +47,8 @@ def build_page(services: Services) -> tuple[TabLoader, ChatPage]:
             profile = page.maybe_profile(ref)
         except NotFound:
             return (status_markdown(services, None),)
-        if not page.views.picked(session, profile.id if profile is not None else None):
+        if not page.views.picked(page_key(user, session),
+                                 profile.id if profile is not None else None):
             return (gr.skip(),)
         return (status_markdown(services, profile),)
 
