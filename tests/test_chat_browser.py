@@ -27,6 +27,7 @@ ALICE = "alice@example.com"
 BOB = "bob@example.com"
 CAROL = "carol@example.com"
 DAVE = "dave@example.com"
+ERIN = "erin@example.com"
 # Every text the chat shows from the moment this runs (a drawing can be overdrawn before
 # the test reads the chat).
 WATCH_BOT_JS = """() => {
@@ -400,5 +401,48 @@ def test_a_chat_opened_while_stop_waits_is_not_drawn_over(
         wait_for(lambda: not engine.running(story.id), 120, "the stopped turn's end")
     finally:
         go_on.set()
+        held.release.set()
+        context.close()
+
+
+def test_another_chat_takes_a_message_while_one_answers(
+        dash: ChatDashboard, browser, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+        ) -> None:
+    """The page skipped a send while another turn of it ran (Gradio's "once"), after the
+    box was emptied: a message sent in another chat was lost without a word. The chat
+    that answers refuses a second message, and the box keeps it. A refused message's
+    reason shows (the box showed a bare "Error" for any refusal)."""
+    erin = dash.user(ERIN)
+    chats = dash.services.chats
+    second = chats.create(erin, "eyes", title="Second chat", profile_id=dash.profiles["eyes"].id)
+    held = hold_turns(dash, monkeypatch)
+    held.armed.set()
+    context, page = signed_in_page(dash, browser, ERIN)
+    try:
+        pick_server(page, "eyes")
+        say(page, "   ")
+        page.get_by_text("Type a message or attach an image").first.wait_for(timeout=30_000)
+        say(page, "First chat question")
+        assert held.drawn.wait(60), "the message was never sent"
+        page.wait_for_selector(f"{BOT} :text('First chat question')", timeout=30_000)
+        say(page, "Too soon")
+        page.get_by_text("This chat is still answering").first.wait_for(timeout=30_000)
+        assert page.input_value("#chat-input textarea") == "Too soon"
+        page.click("#chat-list button[data-chat]:has-text('Second chat')")
+        page.wait_for_selector("#chat-list .mm-chat-active:has-text('Second chat')",
+                               timeout=30_000)
+        page.wait_for_selector(f"{BOT} :text('First chat question')", state="detached",
+                               timeout=30_000)
+        say(page, "Second chat question")
+        page.wait_for_selector(f"{BOT} :text('Second chat question')", timeout=30_000)
+        held.release.set()
+        wait_for(lambda: [m.role for m in chats.get(erin, second.id).messages]
+                 == ["user", "assistant"], 60, "the second chat's answer")
+        first = next(c for c in chats.list(erin) if c.id != second.id)
+        wait_for(lambda: [m.role for m in chats.get(erin, first.id).messages]
+                 == ["user", "assistant"], 60, "the first chat's answer")
+        assert [m.content for m in chats.get(erin, first.id).messages][0] == \
+            "First chat question"  # "Too soon" was not sent
+    finally:
         held.release.set()
         context.close()

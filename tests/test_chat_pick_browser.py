@@ -295,12 +295,39 @@ def test_a_chat_opened_while_a_message_waits_for_its_server_stays_shown(
                                      if c.id != earlier.id), None), 60, "the new chat")
         wait_for(lambda: [m.role for m in services.chats.get(admin, new.id).messages]
                  == ["user", "assistant"], 120, "the answer saved")
-        # Stop turns grey with the turn's last update.
-        page.wait_for_selector("#chat-stop[disabled]", timeout=30_000)
+        # The turn's last update lists the chat, named after its message, with its answer.
+        page.wait_for_selector("#chat-list button[data-chat]:has-text('New question')"
+                               ":has-text('2 messages')", timeout=30_000)
         assert page.locator(f"{bot} :text('Old question')").count() == 1
         assert page.locator(f"{bot} :text('New question')").count() == 0
         page.click("#chat-list button[data-chat]:has-text('New question')")
         page.wait_for_selector(f"{bot} :text('New question')", timeout=30_000)
     finally:
         go_on.set()
+        context.close()
+
+
+def test_a_server_name_typed_into_the_picker_gets_its_status_line(
+        dashboard_with_a_profile: LiveDashboard, tiny_models: dict[str, Path],
+        browser) -> None:  # noqa: ANN001
+    """The picker takes a typed name (no option picked: no `select`). The status line
+    follows the page's recorded pick, so it must learn of that name, or it would keep
+    skipping the typed server's news."""
+    dashboard = dashboard_with_a_profile
+    services = dashboard.services
+    other = services.profiles.create(None, ProfileSpec(
+        name="Other", model=str(tiny_models["text"]), port=free_port()))
+    admin = services.auth.get_by_email("admin@example.com")
+    context = signed_in_context(browser, dashboard)
+    try:
+        page = open_page(context, dashboard)
+        page.get_by_role("tab", name="Chat").click()
+        page.wait_for_selector(f"{PICKER}:not([disabled])", timeout=30_000)
+        page.locator(PICKER).fill("Other")
+        page.locator(PICKER).press("Tab")
+        assert page.input_value(PICKER) == "Other"
+        services.placement.start(admin, other.id)
+        page.wait_for_selector("#chat-server-status:has-text('Other is ready')",
+                               timeout=120_000)
+    finally:
         context.close()

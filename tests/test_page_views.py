@@ -86,3 +86,32 @@ def test_the_oldest_idle_page_is_forgotten() -> None:
     views.show("another", 6)
     assert views.shows("newest", 99)  # the oldest idle one went
     assert not views.shows("streaming", 1) and views.running("streaming") == [1]
+
+
+def test_a_handler_that_waited_settles_only_if_nothing_was_recorded_meanwhile() -> None:
+    views = PageViews()
+    views.show("page", 1)
+    views.pick("page", 10)
+    seen = views.version("page")
+    assert views.settle("page", seen, None, 11)  # nothing happened meanwhile
+    assert views.shows("page", None) and views.picked("page", 11)
+    seen = views.version("page")
+    views.show("page", 2)  # the person opened a chat while the start waited
+    assert not views.settle("page", seen, None, 12)
+    assert views.shows("page", 2) and views.picked("page", 11)
+    # A page not known yet: settled if it stayed unknown, not if it became known.
+    assert views.version("new") == 0
+    assert views.settle("new", 0, 5, 13) and views.shows("new", 5)
+    views.show("other", 6)
+    assert not views.settle("other", 0, 7, 14) and views.shows("other", 6)
+    assert views.settle(None, 0, 7, 14)  # no page: nothing to check, drawn as before
+
+
+def test_what_was_never_recorded_stays_unknown() -> None:
+    """A page met first by an event that records only the chat (New chat on a page
+    forgotten since) does not claim to have picked nothing."""
+    views = PageViews()
+    views.show("page", None)
+    assert views.picked("page", 3) and views.picked("page", None)
+    views.pick("fresh", 4)
+    assert views.shows("fresh", 9) and views.chat_of("fresh") is None

@@ -51,7 +51,8 @@ def wire(page: ChatPage) -> None:
     @handler(services, "starting a new chat")
     def start_new(user: User, shown: Any, search_text: str, request: gr.Request
                   ) -> dict[Any, Any]:
-        return page.emptied(user, shown, search_text, page_of(user, request))
+        page.views.show(page_of(user, request), None)
+        return page.emptied(user, shown, search_text)
 
     @handler(services, "renaming a chat")
     def rename_chat(user: User, chat_id: int | None, new_title: str, shown: Any,
@@ -68,7 +69,8 @@ def wire(page: ChatPage) -> None:
         chat = page.read_chat(user, chat_id)
         chats.delete(user, chat.id)
         gr.Info(f"Deleted “{chat.summary.title}”.")
-        return {**page.emptied(user, shown, search_text, page_of(user, request)),
+        page.views.show(page_of(user, request), None)
+        return {**page.emptied(user, shown, search_text),
                 ui.confirm_row: gr.Row(visible=False)}
 
     ui.search.input(list_chats, [ui.history_server, ui.search, ui.current], ui.chat_list,

@@ -133,11 +133,10 @@ class ChatPage:
                 ui.server: self.server_update(profile),
                 ui.server_status: status_markdown(self.services, profile)}
 
-    def emptied(self, user: User, shown: int | str | None, search_text: str,
-                session: str | None) -> dict[Any, Any]:
-        """No chat open on the page `session` (a new one starts with the next message)."""
+    def emptied(self, user: User, shown: int | str | None, search_text: str
+                ) -> dict[Any, Any]:
+        """No chat open (a new one starts with the next message); the caller records it."""
         ui = self.ui
-        self.views.show(session, None)
         return {ui.chatbot: [], ui.current: None, ui.title: "",
                 ui.chat_list: self.sidebar(user, shown, search_text, None)}
 

@@ -6,8 +6,12 @@ another the person opened while it streamed, and a status poll that set out befo
 pick drew the server left behind. Handlers record here what the page shows now, keyed
 by the signed-in user and the page's Gradio session (the page says which session it is,
 so the user is part of the key: another user's page is never touched); an update that
-set out earlier checks it before drawing. A page this does not know (none of its events
-has run here yet, or it was forgotten to keep the record small) is drawn as before.
+set out earlier checks it before drawing. What is not known here (a page none of whose
+events has run yet, or one forgotten to keep the record small) is drawn as before.
+
+A handler that waits before it draws (a server's start can take seconds) reads the
+page's `version` first and `settle`s after: the page records what it draws only if
+nothing else was recorded meanwhile, and else leaves the page to what was.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from typing import Final
 
 import gradio as gr
 
@@ -25,11 +30,22 @@ from manager.accounts.auth import User
 MAX_PAGES = 2048
 
 
+class _Unknown:
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+#: A chat or a pick not recorded for a page (every check on it passes).
+UNKNOWN: Final = _Unknown()
+
+
 @dataclass
 class _Page:
-    chat_id: int | None = None
-    profile_id: int | None = None
+    chat_id: int | None | _Unknown = UNKNOWN
+    profile_id: int | None | _Unknown = UNKNOWN
     running: Counter[int] = field(default_factory=Counter)
+    #: Counts what was recorded for the page, so a handler can tell that nothing was.
+    version: int = 0
 
 
 def page_key(user: User, session_hash: str | None) -> str | None:
@@ -57,6 +73,7 @@ class PageViews:
             page = self._page(session)
             if page is not None:
                 page.chat_id = chat_id
+                page.version += 1
 
     def pick(self, session: str | None, profile_id: int | None) -> None:
         """The picker now names this profile (None: none)."""
@@ -64,24 +81,47 @@ class PageViews:
             page = self._page(session)
             if page is not None:
                 page.profile_id = profile_id
+                page.version += 1
+
+    def version(self, session: str | None) -> int:
+        """How many times what the page shows was recorded (0: not known here)."""
+        with self._lock:
+            page = self._pages.get(session) if session is not None else None
+            return page.version if page is not None else 0
+
+    def settle(self, session: str | None, version: int, chat_id: int | None,
+               profile_id: int) -> bool:
+        """Records that the page shows this chat and pick, if nothing was recorded for it
+        since it was at `version`; False (nothing recorded) if something was: that
+        drawing is the page's now."""
+        with self._lock:
+            page = self._pages.get(session) if session is not None else None
+            if session is not None and (page.version if page is not None else 0) != version:
+                return False
+            page = self._page(session)
+            if page is not None:
+                page.chat_id, page.profile_id = chat_id, profile_id
+                page.version += 1
+            return True
 
     def shows(self, session: str | None, chat_id: int | None) -> bool:
         """Whether this chat (None: a new one) is still the one on the page."""
         with self._lock:
             page = self._pages.get(session) if session is not None else None
-            return page is None or page.chat_id == chat_id
+            return page is None or page.chat_id is UNKNOWN or page.chat_id == chat_id
 
     def chat_of(self, session: str | None) -> int | None:
-        """The chat the page shows (None: a new one, or a page not known here)."""
+        """The chat the page shows (None: a new one, or not known here)."""
         with self._lock:
             page = self._pages.get(session) if session is not None else None
-            return page.chat_id if page is not None else None
+            chat_id = page.chat_id if page is not None else None
+            return chat_id if isinstance(chat_id, int) else None
 
     def picked(self, session: str | None, profile_id: int | None) -> bool:
         """Whether the picker still names this profile."""
         with self._lock:
             page = self._pages.get(session) if session is not None else None
-            return page is None or page.profile_id == profile_id
+            return page is None or page.profile_id is UNKNOWN or page.profile_id == profile_id
 
     def started(self, session: str | None, chat_id: int) -> None:
         """A turn of this chat streams to the page (until `ended`). The turn recorded what

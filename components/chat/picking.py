@@ -52,18 +52,17 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
                     request: gr.Request) -> dict[Any, Any]:
         profile = page.profile_of(ref)
         session = page_of(user, request)
-        # Recorded before the start, which can take seconds: what the page opens or picks
-        # meanwhile is recorded after it, and drawn by its own answer.
-        page.views.pick(session, profile.id)
-        page.views.show(session, None)  # a pick empties the chat
+        seen = page.views.version(session)
         started = False
         if server_state(services, profile) not in ACTIVE_STATES:
+            # Can take seconds (another start, room made in memory) or be refused.
             services.placement.start(user, profile.id)
             started = True
             log.info("%s started %s from the chat tab", user.email, profile.name)
-        if not (page.views.picked(session, profile.id) and page.views.shows(session, None)):
+        if not page.views.settle(session, seen, None, profile.id):
+            # The page opened or picked something else meanwhile, and drew it.
             return {ui.server_status: gr.skip()}
-        return {**page.emptied(user, shown_ref, search_text, session),
+        return {**page.emptied(user, shown_ref, search_text),
                 ui.server: page.server_update(profile),
                 ui.server_status: status_markdown(services, profile, started=started),
                 ui.status_timer: page.timer_for(profile)}
@@ -87,11 +86,25 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
     def refresh_servers(_user: User, ref: Any) -> Any:
         return page.server_refresh()
 
+    @handler(services, "typing a chat server")
+    def typed(user: User, ref: Any, request: gr.Request) -> None:
+        """A name typed into the picker and left there (no option picked, so no `select`):
+        the page's pick is that profile now, and its status line follows it."""
+        if isinstance(ref, str) and not ref.strip().isdigit():
+            try:
+                profile = page.maybe_profile(ref)
+            except gr.Error:
+                return  # names no profile: a send says so
+            if profile is not None:
+                page.views.pick(page_of(user, request), profile.id)
+
     ui.server.select(pick_server, [ui.server, ui.search, ui.shown],
                      [ui.server, ui.server_status, ui.chat_list, ui.chatbot, ui.current,
                       ui.title, ui.status_timer], api_name="chat_pick_server")
     ui.server.focus(refresh_servers, ui.server, ui.server, show_progress="hidden",
                     api_visibility="private")
+    ui.server.blur(typed, ui.server, None, queue=False, show_progress="hidden",
+                   api_visibility="private")
     ui.status_timer.tick(poll_status, ui.server, [ui.server_status, ui.status_timer, ui.server],
                          show_progress="hidden", api_visibility="private")
     return load, [ui.server, ui.server_status, ui.chat_list, ui.chatbot, ui.current, ui.title,

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -26,6 +27,7 @@ from manager.chat.events import (
     PreparedMessage,
     VideoMode,
 )
+from manager.errors import ManagerError
 from manager.servers.profiles import Profile
 from manager.servers.supervisor import ACTIVE_STATES
 
@@ -49,6 +51,13 @@ _STRUCTURAL = frozenset({
     ChatEventKind.ERROR, ChatEventKind.DONE,
 })
 _STREAMED = frozenset({ChatEventKind.ANSWER, ChatEventKind.THINKING})
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The outbox's note that the page's send was refused, and why."""
+
+    message: str
 
 
 def push_interval(streamed_chars: int) -> float:
@@ -83,17 +92,17 @@ def wire(page: ChatPage) -> None:
 
     def stream(user: User, chat_id: int, history: Sequence[Any], events: EventStream,
                search_text: str, shown: Any, profile: Profile, session: str | None,
-               title: str) -> Iterator[dict[Any, Any]]:
-        """Push the turn to the page as it happens, then show exactly what was saved. Once
-        the page shows another chat, the turn goes on (and is saved) without drawing.
-        `title` is the one the page showed as the turn began."""
+               title: str, first: dict[Any, Any]) -> Iterator[dict[Any, Any]]:
+        """Push the turn to the page as it happens (`first` with the first update), then
+        show exactly what was saved. Once the page shows another chat, the turn goes on
+        (and is saved) without drawing. `title` is the one the page showed as it began."""
         view = TurnView(history)
         pushed = 0.0
         streamed = 0  # characters of thinking and answer so far
         views = page.views
-        views.started(session, chat_id)
+        views.started(session, chat_id)  # before Stop turns red: another turn's end sees it
         try:
-            yield {ui.stop: stop_button(True)}
+            yield {**first, ui.stop: stop_button(True)}
             with closing(events):
                 for event in events:
                     view.apply(event)
@@ -124,6 +133,16 @@ def wire(page: ChatPage) -> None:
         yield {ui.chat_list: page.sidebar(user, shown, search_text, views.chat_of(session)),
                ui.stop: rest}
 
+    def one_turn_at_a_time(chat_id: int | None, session: str | None) -> None:
+        """Refuses a second turn in a chat that is answering (its messages would interleave);
+        another chat may be sent to meanwhile."""
+        if chat_id is None or not str(chat_id).strip().isdigit():
+            return
+        chat_id = int(str(chat_id).strip())
+        if engine.running(chat_id) or chat_id in page.views.running(session):
+            raise gr.Error("This chat is still answering: wait for it, or Stop it, before "
+                           "sending another message here.")
+
     def checked(box_value: Any, ref: Any, tools: bool, rounds: float, frames: float,
                 video: str) -> tuple[PreparedMessage, ChatOptions]:
         """The message and options, checked: a refusal sends and saves nothing."""
@@ -140,16 +159,14 @@ def wire(page: ChatPage) -> None:
         profile = prepared.profile
         chat = chats.get(user, int(chat_id)) if chat_id is not None else None
         summary = chat.summary if chat is not None else engine.start_chat(user, profile)
-        # Recorded before the start, which can take seconds: what the page opens or picks
-        # meanwhile is recorded after, and this turn then streams unseen.
-        page.views.show(session, summary.id)
-        page.views.pick(session, profile.id)
+        seen = page.views.version(session)
         started = server_state(services, profile) not in ACTIVE_STATES
         if started:
-            # A stopped or failed server is started; the message waits for it.
+            # A stopped or failed server is started (which can take seconds, or be
+            # refused); the message waits for it.
             services.placement.start(user, profile.id)
         history = list(chat.messages) if chat is not None else []
-        if page.views.shows(session, summary.id):
+        if page.views.settle(session, seen, summary.id, profile.id):
             first = {**first, ui.chatbot: chatbot_messages(history), ui.current: summary.id,
                      ui.chat_list: page.sidebar(user, shown, search_text, summary.id)}
             if chat is None:  # an open chat's title box may hold a new title being typed
@@ -159,10 +176,9 @@ def wire(page: ChatPage) -> None:
         else:  # the page opened another chat while the server started: listed, not shown
             first = {**first, ui.chat_list: page.sidebar(user, shown, search_text,
                                                          page.views.chat_of(session))}
-        yield {**first, ui.stop: stop_button(True)}
         yield from stream(user, summary.id, history,
                           engine.send(user, summary.id, prepared, options), search_text,
-                          shown, profile, session, summary.title)
+                          shown, profile, session, summary.title, first)
 
     @handler(services, "sending a chat message")
     def send(user: User, box_value: Any, ref: Any, chat_id: int | None, tools: bool,
@@ -170,25 +186,37 @@ def wire(page: ChatPage) -> None:
              request: gr.Request) -> Iterator[dict[Any, Any]]:
         """API clients' send: one event takes the box's value and empties it."""
         # A refusal here sends and saves nothing; the box keeps the message to fix it.
+        one_turn_at_a_time(chat_id, page_of(user, request))
         prepared, options = checked(box_value, ref, tools, rounds, frames, video)
         yield from turn(user, prepared, options, chat_id, search_text, shown,
                         {ui.box: gr.MultimodalTextbox(value=None)}, page_of(user, request))
 
     @handler(services, "taking a chat message")
-    def take(_user: User, box_value: Any, ref: Any, tools: bool, rounds: float,
-             frames: float, video: str) -> tuple[Any, Any]:
+    def take(user: User, box_value: Any, ref: Any, chat_id: int | None, tools: bool,
+             rounds: float, frames: float, video: str, request: gr.Request
+             ) -> tuple[Any, Any]:
         """The page's send, first step: the checked message goes to the outbox and the box
         empties, in a quick event of its own. Emptied by the streaming turn instead, the
         box kept a sent image when the page was slow (Gradio re-synced the box's old value
         during the turn's status updates); a refusal leaves the box as it was."""
-        return gr.MultimodalTextbox(value=None), checked(box_value, ref, tools, rounds,
-                                                         frames, video)
+        try:
+            one_turn_at_a_time(chat_id, page_of(user, request))
+            taken = checked(box_value, ref, tools, rounds, frames, video)
+        except (gr.Error, ManagerError) as exc:
+            # Said by the next step, a queued event: the page shows an unqueued event's
+            # error as a bare "Error" on the box, without its message.
+            message = str(exc.message)
+            log.info("chat message from %s refused: %s", user.email, message)
+            return gr.skip(), Refused(message)
+        return gr.MultimodalTextbox(value=None), taken
 
     @handler(services, "sending a chat message")
-    def send_taken(user: User, taken: tuple[PreparedMessage, ChatOptions] | None,
+    def send_taken(user: User, taken: tuple[PreparedMessage, ChatOptions] | Refused | None,
                    chat_id: int | None, search_text: str, shown: Any, request: gr.Request
                    ) -> Iterator[dict[Any, Any]]:
         """The page's send, second step: the outbox's message, streamed."""
+        if isinstance(taken, Refused):
+            raise gr.Error(taken.message)
         if taken is None:
             raise gr.Error("Nothing to send: type a message first.")
         prepared, options = taken
@@ -203,6 +231,7 @@ def wire(page: ChatPage) -> None:
         options = options_of(tools, rounds, frames, video)
         if chat_id is None:
             raise gr.Error("Nothing to retry yet: send a message first.")
+        one_turn_at_a_time(chat_id, page_of(user, request))
         chat = page.read_chat(user, chat_id)
         last_user = next((m for m in reversed(chat.messages) if m.role == "user"), None)
         if last_user is None:
@@ -213,7 +242,7 @@ def wire(page: ChatPage) -> None:
         page.views.pick(session, profile.id)
         yield from stream(user, chat.id, history,
                           engine.retry(user, chat.id, profile.id, options), search_text,
-                          shown, profile, session, chat.summary.title)
+                          shown, profile, session, chat.summary.title, {})
 
     @handler(services, "stopping a chat turn")
     def after_stop(user: User, chat_id: int | None, request: gr.Request) -> tuple[Any, Any]:
@@ -232,12 +261,14 @@ def wire(page: ChatPage) -> None:
         for each in running:
             if not engine.wait_idle(each, max(0.0, deadline - time.monotonic())):
                 log.warning("chat %s still answering %.0f s after Stop", each, STOP_WAIT_S)
+        # Red while a turn sent after the Stop runs (the stopped ones may not have closed).
+        rest = stop_button(bool(set(page.views.running(session)) - set(running)))
         if chat_id is None:
-            return gr.skip(), stop_button(False)
+            return gr.skip(), rest
         chat = page.read_chat(user, chat_id)
         # Opened meanwhile, another chat is not drawn over.
         shown = page.views.shows(session, chat.id)
-        return chatbot_messages(chat.messages) if shown else gr.skip(), stop_button(False)
+        return chatbot_messages(chat.messages) if shown else gr.skip(), rest
 
     @handler(services, "a chat turn's end")
     def stop_at_rest(user: User, request: gr.Request) -> Any:
@@ -251,22 +282,27 @@ def wire(page: ChatPage) -> None:
         lines += [f"- ⚠️ MCP server *{p.server}*: {p.message}" for p in toolset.problems]
         return "\n".join(lines) or "No tools are available."
 
+    # Several turns of one page may run (in different chats: one_turn_at_a_time), so a
+    # send while another answers is not skipped by the page (Gradio's default, "once").
     turn_outputs = [ui.chatbot, ui.current, ui.title, ui.chat_list, ui.stop, ui.server_status]
     api_sent = ui.api_send.click(send, [ui.box, ui.server, ui.current, *ui.options, ui.shown],
                                  [ui.chatbot, ui.current, ui.box, ui.title, ui.chat_list,
                                   ui.stop, ui.server_status],
                                  api_name="chat_send", concurrency_limit=CHAT_CONCURRENCY,
-                                 show_progress="minimal", show_progress_on=ui.chatbot)
-    taken = ui.box.submit(take, [ui.box, ui.server, *ui.send_options], [ui.box, ui.outbox],
-                          queue=False, show_progress="hidden", api_visibility="private")
+                                 show_progress="minimal", show_progress_on=ui.chatbot,
+                                 trigger_mode="multiple")
+    taken = ui.box.submit(take, [ui.box, ui.server, ui.current, *ui.send_options],
+                          [ui.box, ui.outbox], queue=False, show_progress="hidden",
+                          api_visibility="private", trigger_mode="multiple")
     sent = taken.success(send_taken, [ui.outbox, ui.current, ui.search, ui.shown],
                          turn_outputs, concurrency_limit=CHAT_CONCURRENCY,
                          show_progress="minimal", show_progress_on=ui.chatbot,
-                         api_visibility="private")
+                         api_visibility="private", trigger_mode="multiple")
     retried = ui.retry.click(retry_turn, [ui.server, ui.current, *ui.options, ui.shown],
                              [ui.chatbot, ui.title, ui.chat_list, ui.stop, ui.server_status],
                              api_name="chat_retry", concurrency_limit=CHAT_CONCURRENCY,
-                             show_progress="minimal", show_progress_on=ui.chatbot)
+                             show_progress="minimal", show_progress_on=ui.chatbot,
+                             trigger_mode="multiple")
     # A turn that ended in an error leaves Stop grey too.
     for turn_event in (sent, api_sent, retried):
         turn_event.then(stop_at_rest, None, ui.stop, show_progress="hidden",
