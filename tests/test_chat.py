@@ -31,7 +31,7 @@ from manager.chat.events import (
 from manager.chat.history import NewMessage
 from manager.chat.mcp_builtin import SAMPLE_NOTE
 from manager.chat.requests import ToolCallCollector, uses_native_video
-from manager.errors import ManagerError, ValidationError
+from manager.errors import Conflict, ManagerError, ValidationError
 from manager.models.capabilities import Capabilities
 from manager.net import free_port
 from manager.servers.failure_report import stream_error
@@ -523,3 +523,26 @@ def test_stop_asked_from_another_thread_ends_the_turn_it_does_not_own(env: ChatE
     assert answer.content and answer.meta["stopped"] is True
     assert answer.meta["error"] == STOPPED
     assert answer.meta.get("completion_tokens") is None or answer.meta["completion_tokens"] < 4000
+
+
+@pytest.mark.slow
+def test_a_chat_answers_one_turn_at_a_time(env: ChatEnv) -> None:
+    """Two turns at once in one chat (two pages, an API client, a double send) interleaved
+    their messages and answered each without the other. The second is refused while the
+    first runs, before anything of it is saved; then the chat takes messages again."""
+    chat_id = env.new_chat("text")
+    text = env.profiles["text"].id
+    first = env.engine.turn(env.alice, chat_id, text, "Talk to me")
+    assert next(first).kind is K.USER  # the turn holds the chat from its message on
+    assert env.engine.running(chat_id)
+    with pytest.raises(Conflict, match="still answering"):
+        next(env.engine.turn(env.alice, chat_id, text, "And to me"))
+    with pytest.raises(Conflict, match="still answering"):
+        next(env.engine.retry(env.alice, chat_id, text))  # before it drops anything
+    first.close()
+    assert not env.engine.running(chat_id)
+    saved = env.services.chats.get(env.alice, chat_id).messages
+    assert [m.content for m in saved if m.role == "user"] == ["Talk to me"]
+    again = env.engine.turn(env.alice, chat_id, text, "Now me")
+    assert next(again).kind is K.USER
+    again.close()

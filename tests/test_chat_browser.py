@@ -17,6 +17,7 @@ from PIL import Image
 from manager.api.login import SESSION_COOKIE
 from manager.chat.events import ChatEventKind
 from manager.chat.history import NewMessage
+from manager.errors import ValidationError
 from manager.servers.profiles import ProfileSpec
 from tests.chat_helpers import ChatDashboard, chat_dashboard
 from tests.waits import wait_for
@@ -28,6 +29,7 @@ BOB = "bob@example.com"
 CAROL = "carol@example.com"
 DAVE = "dave@example.com"
 ERIN = "erin@example.com"
+FRANK = "frank@example.com"
 # Every text the chat shows from the moment this runs (a drawing can be overdrawn before
 # the test reads the chat).
 WATCH_BOT_JS = """() => {
@@ -445,4 +447,30 @@ def test_another_chat_takes_a_message_while_one_answers(
             "First chat question"  # "Too soon" was not sent
     finally:
         held.release.set()
+        context.close()
+
+
+def test_stop_turns_grey_after_a_turn_that_failed(
+        dash: ChatDashboard, browser, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+        ) -> None:
+    """The page runs an event's `then` only after it did not fail: a turn that failed
+    once Stop was red left it red, with nothing to stop."""
+    dash.user(FRANK)
+    engine = dash.services.chat_engine
+    send: Callable[..., Any] = engine.send
+
+    def failing_send(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for event in send(*args, **kwargs):
+            yield event
+            if event.kind is ChatEventKind.USER:
+                raise ValidationError("The model server went away.")
+
+    monkeypatch.setattr(engine, "send", failing_send)
+    context, page = signed_in_page(dash, browser, FRANK)
+    try:
+        pick_server(page, "eyes")
+        say(page, "Are you there?")
+        page.get_by_text("The model server went away.").first.wait_for(timeout=30_000)
+        page.wait_for_selector("#chat-stop[disabled]", timeout=30_000)
+    finally:
         context.close()

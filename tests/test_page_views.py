@@ -3,7 +3,7 @@ shows, its pick and its running turns, so that late updates do not draw over the
 
 from __future__ import annotations
 
-from components.chat.page_views import PageViews, page_key
+from components.chat.page_views import PageViews, Settled, page_key
 from manager.services import Services
 
 
@@ -88,23 +88,71 @@ def test_the_oldest_idle_page_is_forgotten() -> None:
     assert not views.shows("streaming", 1) and views.running("streaming") == [1]
 
 
-def test_a_handler_that_waited_settles_only_if_nothing_was_recorded_meanwhile() -> None:
+def test_a_handler_that_waited_records_only_what_nothing_else_changed_meanwhile() -> None:
     views = PageViews()
     views.show("page", 1)
     views.pick("page", 10)
     seen = views.version("page")
-    assert views.settle("page", seen, None, 11)  # nothing happened meanwhile
+    assert views.settle("page", seen, None, 11) == Settled(True, True)  # nothing happened
     assert views.shows("page", None) and views.picked("page", 11)
+    # The person opened chat 2 of the same server while a start waited: the pick stands.
     seen = views.version("page")
-    views.show("page", 2)  # the person opened a chat while the start waited
-    assert not views.settle("page", seen, None, 12)
+    views.show("page", 2)
+    assert views.settle("page", seen, None, 11) == Settled(False, True)
     assert views.shows("page", 2) and views.picked("page", 11)
-    # A page not known yet: settled if it stayed unknown, not if it became known.
-    assert views.version("new") == 0
-    assert views.settle("new", 0, 5, 13) and views.shows("new", 5)
-    views.show("other", 6)
-    assert not views.settle("other", 0, 7, 14) and views.shows("other", 6)
-    assert views.settle(None, 0, 7, 14)  # no page: nothing to check, drawn as before
+    # ... or a chat of another server: neither.
+    seen = views.version("page")
+    views.show("page", 3)
+    views.pick("page", 12)
+    assert views.settle("page", seen, None, 13) == Settled(False, False)
+    assert views.shows("page", 3) and views.picked("page", 12)
+    # New chat, which records the chat only: the pick of a waiting handler stands.
+    seen = views.version("page")
+    views.show("page", None)
+    assert views.settle("page", seen, 4, 14) == Settled(False, True)
+    assert views.shows("page", None) and views.picked("page", 14)
+    # Recording what the page already shows changes nothing.
+    seen = views.version("page")
+    views.show("page", None)
+    views.pick("page", 14)
+    assert views.version("page") == seen
+
+
+def test_a_page_unknown_or_forgotten_during_a_wait_records_what_the_handler_draws() -> None:
+    views = PageViews(max_pages=1)
+    assert views.version("new") == (0, 0)
+    assert views.settle("new", views.version("new"), 5, 13) == Settled(True, True)
+    assert views.shows("new", 5) and views.picked("new", 13)
+    # Known at first, then forgotten (another page came) while the start waited.
+    seen = views.version("new")
+    views.show("another", 1)
+    assert views.settle("new", seen, 6, 14) == Settled(True, True)
+    assert views.shows("new", 6)
+    # Unknown at first, known since (an open recorded it): that open's drawing stands.
+    seen = views.version("later")
+    views.show("later", 7)
+    assert views.settle("later", seen, 8, 15) == Settled(False, True)
+    assert views.settle(None, (0, 0), 7, 14) == Settled(True, True)  # no page: as before
+
+
+def test_a_chat_takes_one_send_at_a_time_per_page() -> None:
+    views = PageViews()
+    claim = views.claim("page", 1)
+    assert claim and views.claim("page", 1) is None  # taken, not streaming yet
+    assert views.claim("page", 2) and views.claim("other", 1)  # another chat, another page
+    views.unclaim("page", 1, claim)  # refused before it streamed
+    claim = views.claim("page", 1)
+    assert claim
+    views.started("page", 1)  # its turn streams: still refused
+    assert views.claim("page", 1) is None
+    views.unclaim("page", 1, claim)  # the taken send's end after its turn: changes nothing
+    assert views.claim("page", 1) is None
+    views.ended("page", 1)
+    newer = views.claim("page", 1)
+    assert newer
+    views.unclaim("page", 1, claim)  # an older claim does not release a newer one
+    assert views.claim("page", 1) is None
+    assert views.claim(None, 1) == 0  # no page: nothing to refuse on
 
 
 def test_what_was_never_recorded_stays_unknown() -> None:

@@ -39,7 +39,8 @@ class ChatUI:
     """Every component of the tab, by name, for the handlers and the wiring."""
 
     current: gr.State  # the open chat's id; set only after an owner-checked read
-    outbox: gr.State  # the checked message the box handed over, until its turn streams
+    #: The token of the message the box handed over (components/chat/outbox.py), hidden
+    outbox: gr.Textbox
     shown: gr.State  # the history filter's value, for events whose API it must not change
     server: gr.Dropdown
     server_status: gr.Markdown
@@ -86,7 +87,7 @@ class ChatUI:
 
 def build_layout(services: Services) -> ChatUI:
     current = gr.State(None)
-    outbox = gr.State(None)
+    outbox = gr.Textbox(visible=False, elem_id="chat-outbox")
     shown = gr.State(ALL_SERVERS)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):

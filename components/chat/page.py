@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 from components.chat.layout import ALL_SERVERS, ChatUI
+from components.chat.outbox import Outbox
 from components.chat.page_views import PageViews
 from components.chat.status import server_choices, server_state, status_markdown
 from components.chat_view import chat_list_html, chatbot_messages
@@ -31,6 +32,8 @@ class ChatPage:
     ui: ChatUI
     #: What each open page shows (its late updates check it before drawing).
     views: PageViews = field(default_factory=PageViews)
+    #: Messages the pages' sends took, until their turns stream.
+    outbox: Outbox = field(default_factory=Outbox)
 
     def profile_of(self, ref: Any) -> Profile:
         """The profile a page value names (its id, or a name typed into the picker)."""

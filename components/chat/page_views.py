@@ -10,8 +10,9 @@ set out earlier checks it before drawing. What is not known here (a page none of
 events has run yet, or one forgotten to keep the record small) is drawn as before.
 
 A handler that waits before it draws (a server's start can take seconds) reads the
-page's `version` first and `settle`s after: the page records what it draws only if
-nothing else was recorded meanwhile, and else leaves the page to what was.
+page's `version` first and `settle`s after: it records (and draws) the chat only if no
+other chat was recorded meanwhile, and the pick likewise; else it leaves the page to
+what was.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 import gradio as gr
 
@@ -44,8 +45,26 @@ class _Page:
     chat_id: int | None | _Unknown = UNKNOWN
     profile_id: int | None | _Unknown = UNKNOWN
     running: Counter[int] = field(default_factory=Counter)
-    #: Counts what was recorded for the page, so a handler can tell that nothing was.
-    version: int = 0
+    #: Chats a send was taken for, whose turn has not started yet (chat id -> claim).
+    pending: dict[int, int] = field(default_factory=dict)
+    #: Count the changes recorded to the chat and to the pick, so that a handler can
+    #: tell that nothing was.
+    chat_version: int = 0
+    pick_version: int = 0
+
+
+class Version(NamedTuple):
+    """How many changes were recorded to a page's chat and to its pick."""
+
+    chat: int
+    pick: int
+
+
+class Settled(NamedTuple):
+    """Which of the chat and the pick `settle` recorded."""
+
+    chat: bool
+    pick: bool
 
 
 def page_key(user: User, session_hash: str | None) -> str | None:
@@ -66,43 +85,45 @@ class PageViews:
         self._max = max_pages
         self._lock = threading.Lock()
         self._pages: OrderedDict[str, _Page] = OrderedDict()
+        self._claims = 0
 
     def show(self, session: str | None, chat_id: int | None) -> None:
         """The page now shows this chat."""
         with self._lock:
-            page = self._page(session)
-            if page is not None:
-                page.chat_id = chat_id
-                page.version += 1
+            self._set_chat(self._page(session), chat_id)
 
     def pick(self, session: str | None, profile_id: int | None) -> None:
         """The picker now names this profile (None: none)."""
         with self._lock:
-            page = self._page(session)
-            if page is not None:
-                page.profile_id = profile_id
-                page.version += 1
+            self._set_pick(self._page(session), profile_id)
 
-    def version(self, session: str | None) -> int:
-        """How many times what the page shows was recorded (0: not known here)."""
+    def version(self, session: str | None) -> Version:
+        """What was recorded for the page so far, for `settle` (zeros: not known here)."""
         with self._lock:
             page = self._pages.get(session) if session is not None else None
-            return page.version if page is not None else 0
+            if session is None or page is None:
+                return Version(0, 0)
+            self._pages.move_to_end(session)  # a handler waits on it: keep it known
+            return Version(page.chat_version, page.pick_version)
 
-    def settle(self, session: str | None, version: int, chat_id: int | None,
-               profile_id: int) -> bool:
-        """Records that the page shows this chat and pick, if nothing was recorded for it
-        since it was at `version`; False (nothing recorded) if something was: that
-        drawing is the page's now."""
+    def settle(self, session: str | None, seen: Version, chat_id: int | None,
+               profile_id: int) -> Settled:
+        """Records the chat if no other chat was recorded for the page since `seen`, and
+        likewise the pick; says which it recorded (the other was drawn by what changed
+        it). A page forgotten meanwhile records both."""
         with self._lock:
-            page = self._pages.get(session) if session is not None else None
-            if session is not None and (page.version if page is not None else 0) != version:
-                return False
+            known = self._pages.get(session) if session is not None else None
             page = self._page(session)
-            if page is not None:
-                page.chat_id, page.profile_id = chat_id, profile_id
-                page.version += 1
-            return True
+            if page is None:
+                return Settled(True, True)
+            fresh = known is None
+            chat = fresh or page.chat_version == seen.chat
+            pick = fresh or page.pick_version == seen.pick
+            if chat:
+                self._set_chat(page, chat_id)
+            if pick:
+                self._set_pick(page, profile_id)
+            return Settled(chat, pick)
 
     def shows(self, session: str | None, chat_id: int | None) -> bool:
         """Whether this chat (None: a new one) is still the one on the page."""
@@ -123,12 +144,33 @@ class PageViews:
             page = self._pages.get(session) if session is not None else None
             return page is None or page.profile_id is UNKNOWN or page.profile_id == profile_id
 
+    def claim(self, session: str | None, chat_id: int) -> int | None:
+        """A send is taken for this chat: its claim (released by `started` or `unclaim`),
+        or None while another send of the page for this chat is taken or streams."""
+        with self._lock:
+            page = self._page(session)
+            if page is None:
+                return 0  # no page to keep: nothing to refuse on
+            if chat_id in page.pending or page.running[chat_id]:
+                return None
+            self._claims += 1
+            page.pending[chat_id] = self._claims
+            return self._claims
+
+    def unclaim(self, session: str | None, chat_id: int, claim: int) -> None:
+        """The taken send ended before its turn started (refused, or lost)."""
+        with self._lock:
+            page = self._pages.get(session) if session is not None else None
+            if page is not None and page.pending.get(chat_id) == claim:
+                del page.pending[chat_id]
+
     def started(self, session: str | None, chat_id: int) -> None:
         """A turn of this chat streams to the page (until `ended`). The turn recorded what
         the page shows first: a page not known by now was forgotten, and stays so."""
         with self._lock:
             page = self._pages.get(session) if session is not None else None
             if page is not None:
+                page.pending.pop(chat_id, None)
                 page.running[chat_id] += 1
 
     def ended(self, session: str | None, chat_id: int) -> None:
@@ -144,6 +186,18 @@ class PageViews:
         with self._lock:
             page = self._pages.get(session) if session is not None else None
             return list(page.running) if page is not None else []
+
+    @staticmethod
+    def _set_chat(page: _Page | None, chat_id: int | None) -> None:
+        if page is not None and page.chat_id != chat_id:
+            page.chat_id = chat_id
+            page.chat_version += 1
+
+    @staticmethod
+    def _set_pick(page: _Page | None, profile_id: int | None) -> None:
+        if page is not None and page.profile_id != profile_id:
+            page.profile_id = profile_id
+            page.pick_version += 1
 
     def _page(self, session: str | None) -> _Page | None:
         if session is None:

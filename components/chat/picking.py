@@ -59,13 +59,17 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
             services.placement.start(user, profile.id)
             started = True
             log.info("%s started %s from the chat tab", user.email, profile.name)
-        if not page.views.settle(session, seen, None, profile.id):
-            # The page opened or picked something else meanwhile, and drew it.
-            return {ui.server_status: gr.skip()}
-        return {**page.emptied(user, shown_ref, search_text),
-                ui.server: page.server_update(profile),
-                ui.server_status: status_markdown(services, profile, started=started),
-                ui.status_timer: page.timer_for(profile)}
+        settled = page.views.settle(session, seen, None, profile.id)
+        # What the page opened or picked meanwhile drew itself.
+        drawn: dict[Any, Any] = {ui.server_status: gr.skip()}
+        if settled.chat:
+            drawn.update(page.emptied(user, shown_ref, search_text))
+        if settled.pick:
+            drawn.update({ui.server: page.server_update(profile),
+                          ui.server_status: status_markdown(services, profile,
+                                                            started=started),
+                          ui.status_timer: page.timer_for(profile)})
+        return drawn
 
     @handler(services, "chat server status")
     def poll_status(user: User, ref: Any, request: gr.Request) -> dict[Any, Any]:

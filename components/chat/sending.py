@@ -7,12 +7,12 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from components.chat.attachments import message_parts
+from components.chat.outbox import Refused, Taken
 from components.chat.page import ChatPage
 from components.chat.page_views import page_of
 from components.chat.status import server_state, status_markdown
@@ -43,6 +43,8 @@ REDRAW_CHARS_PER_S = 40_000
 PUSH_MAX_S = 0.4
 #: How long Stop waits for the stopped generation to save its partial answer.
 STOP_WAIT_S = 10.0
+STILL_ANSWERING = ("This chat is still answering: wait for it, or Stop it, before sending "
+                   "another message here.")
 #: Generations that may stream at the same time (each waits on its own server).
 CHAT_CONCURRENCY = 16
 _STRUCTURAL = frozenset({
@@ -51,13 +53,6 @@ _STRUCTURAL = frozenset({
     ChatEventKind.ERROR, ChatEventKind.DONE,
 })
 _STREAMED = frozenset({ChatEventKind.ANSWER, ChatEventKind.THINKING})
-
-
-@dataclass(frozen=True)
-class Refused:
-    """The outbox's note that the page's send was refused, and why."""
-
-    message: str
 
 
 def push_interval(streamed_chars: int) -> float:
@@ -133,15 +128,18 @@ def wire(page: ChatPage) -> None:
         yield {ui.chat_list: page.sidebar(user, shown, search_text, views.chat_of(session)),
                ui.stop: rest}
 
-    def one_turn_at_a_time(chat_id: int | None, session: str | None) -> None:
-        """Refuses a second turn in a chat that is answering (its messages would interleave);
-        another chat may be sent to meanwhile."""
+    def claim_chat(chat_id: Any, session: str | None) -> tuple[int | None, int | None]:
+        """The open chat's id and this send's claim on it (None, None for a new chat).
+        A chat that is answering is refused a second message: they would interleave."""
         if chat_id is None or not str(chat_id).strip().isdigit():
-            return
-        chat_id = int(str(chat_id).strip())
-        if engine.running(chat_id) or chat_id in page.views.running(session):
-            raise gr.Error("This chat is still answering: wait for it, or Stop it, before "
-                           "sending another message here.")
+            return None, None
+        current = int(str(chat_id).strip())
+        claim = page.views.claim(session, current)
+        if claim is None or engine.running(current):
+            if claim:
+                page.views.unclaim(session, current, claim)
+            raise gr.Error(STILL_ANSWERING)
+        return current, claim
 
     def checked(box_value: Any, ref: Any, tools: bool, rounds: float, frames: float,
                 video: str) -> tuple[PreparedMessage, ChatOptions]:
@@ -166,12 +164,13 @@ def wire(page: ChatPage) -> None:
             # refused); the message waits for it.
             services.placement.start(user, profile.id)
         history = list(chat.messages) if chat is not None else []
-        if page.views.settle(session, seen, summary.id, profile.id):
+        settled = page.views.settle(session, seen, summary.id, profile.id)
+        if settled.chat:
             first = {**first, ui.chatbot: chatbot_messages(history), ui.current: summary.id,
                      ui.chat_list: page.sidebar(user, shown, search_text, summary.id)}
             if chat is None:  # an open chat's title box may hold a new title being typed
                 first[ui.title] = summary.title
-            if started:
+            if started and settled.pick:
                 first[ui.server_status] = status_markdown(services, profile, started=True)
         else:  # the page opened another chat while the server started: listed, not shown
             first = {**first, ui.chat_list: page.sidebar(user, shown, search_text,
@@ -185,43 +184,57 @@ def wire(page: ChatPage) -> None:
              rounds: float, frames: float, video: str, search_text: str, shown: Any,
              request: gr.Request) -> Iterator[dict[Any, Any]]:
         """API clients' send: one event takes the box's value and empties it."""
+        session = page_of(user, request)
         # A refusal here sends and saves nothing; the box keeps the message to fix it.
-        one_turn_at_a_time(chat_id, page_of(user, request))
-        prepared, options = checked(box_value, ref, tools, rounds, frames, video)
-        yield from turn(user, prepared, options, chat_id, search_text, shown,
-                        {ui.box: gr.MultimodalTextbox(value=None)}, page_of(user, request))
+        current, claim = claim_chat(chat_id, session)
+        try:
+            prepared, options = checked(box_value, ref, tools, rounds, frames, video)
+            yield from turn(user, prepared, options, current, search_text, shown,
+                            {ui.box: gr.MultimodalTextbox(value=None)}, session)
+        finally:
+            if claim:
+                page.views.unclaim(session, current or 0, claim)
 
     @handler(services, "taking a chat message")
     def take(user: User, box_value: Any, ref: Any, chat_id: int | None, tools: bool,
              rounds: float, frames: float, video: str, request: gr.Request
-             ) -> tuple[Any, Any]:
+             ) -> tuple[Any, str]:
         """The page's send, first step: the checked message goes to the outbox and the box
         empties, in a quick event of its own. Emptied by the streaming turn instead, the
         box kept a sent image when the page was slow (Gradio re-synced the box's old value
         during the turn's status updates); a refusal leaves the box as it was."""
+        session = page_of(user, request)
         try:
-            one_turn_at_a_time(chat_id, page_of(user, request))
-            taken = checked(box_value, ref, tools, rounds, frames, video)
+            current, claim = claim_chat(chat_id, session)
+        except gr.Error as exc:
+            return gr.skip(), page.outbox.put(Refused(str(exc.message)))
+        try:
+            prepared, options = checked(box_value, ref, tools, rounds, frames, video)
         except (gr.Error, ManagerError) as exc:
-            # Said by the next step, a queued event: the page shows an unqueued event's
-            # error as a bare "Error" on the box, without its message.
-            message = str(exc.message)
-            log.info("chat message from %s refused: %s", user.email, message)
-            return gr.skip(), Refused(message)
-        return gr.MultimodalTextbox(value=None), taken
+            if claim:
+                page.views.unclaim(session, current or 0, claim)
+            log.info("chat message from %s refused: %s", user.email, exc.message)
+            return gr.skip(), page.outbox.put(Refused(str(exc.message)))
+        return (gr.MultimodalTextbox(value=None),
+                page.outbox.put(Taken(prepared, options, current, claim)))
 
     @handler(services, "sending a chat message")
-    def send_taken(user: User, taken: tuple[PreparedMessage, ChatOptions] | Refused | None,
-                   chat_id: int | None, search_text: str, shown: Any, request: gr.Request
-                   ) -> Iterator[dict[Any, Any]]:
-        """The page's send, second step: the outbox's message, streamed."""
+    def send_taken(user: User, token: str | None, search_text: str, shown: Any,
+                   request: gr.Request) -> Iterator[dict[Any, Any]]:
+        """The page's send, second step: the taken message, streamed to the chat that was
+        open when it was sent."""
+        taken = page.outbox.pop(token)
         if isinstance(taken, Refused):
             raise gr.Error(taken.message)
         if taken is None:
             raise gr.Error("Nothing to send: type a message first.")
-        prepared, options = taken
-        yield from turn(user, prepared, options, chat_id, search_text, shown, {},
-                        page_of(user, request))
+        session = page_of(user, request)
+        try:
+            yield from turn(user, taken.prepared, taken.options, taken.chat_id, search_text,
+                            shown, {}, session)
+        finally:
+            if taken.claim:
+                page.views.unclaim(session, taken.chat_id or 0, taken.claim)
 
     @handler(services, "retrying a chat turn")
     def retry_turn(user: User, ref: Any, chat_id: int | None, tools: bool, rounds: float,
@@ -231,13 +244,23 @@ def wire(page: ChatPage) -> None:
         options = options_of(tools, rounds, frames, video)
         if chat_id is None:
             raise gr.Error("Nothing to retry yet: send a message first.")
-        one_turn_at_a_time(chat_id, page_of(user, request))
+        session = page_of(user, request)
+        current, claim = claim_chat(chat_id, session)
+        try:
+            yield from retried_turn(user, profile, options, current, search_text, shown,
+                                    session)
+        finally:
+            if claim:
+                page.views.unclaim(session, current or 0, claim)
+
+    def retried_turn(user: User, profile: Profile, options: ChatOptions, chat_id: Any,
+                     search_text: str, shown: Any, session: str | None
+                     ) -> Iterator[dict[Any, Any]]:
         chat = page.read_chat(user, chat_id)
         last_user = next((m for m in reversed(chat.messages) if m.role == "user"), None)
         if last_user is None:
             raise gr.Error("Nothing to retry yet: send a message first.")
         history = [m for m in chat.messages if m.position <= last_user.position]
-        session = page_of(user, request)
         page.views.show(session, chat.id)
         page.views.pick(session, profile.id)
         yield from stream(user, chat.id, history,
@@ -294,7 +317,7 @@ def wire(page: ChatPage) -> None:
     taken = ui.box.submit(take, [ui.box, ui.server, ui.current, *ui.send_options],
                           [ui.box, ui.outbox], queue=False, show_progress="hidden",
                           api_visibility="private", trigger_mode="multiple")
-    sent = taken.success(send_taken, [ui.outbox, ui.current, ui.search, ui.shown],
+    sent = taken.success(send_taken, [ui.outbox, ui.search, ui.shown],
                          turn_outputs, concurrency_limit=CHAT_CONCURRENCY,
                          show_progress="minimal", show_progress_on=ui.chatbot,
                          api_visibility="private", trigger_mode="multiple")
@@ -303,10 +326,12 @@ def wire(page: ChatPage) -> None:
                              api_name="chat_retry", concurrency_limit=CHAT_CONCURRENCY,
                              show_progress="minimal", show_progress_on=ui.chatbot,
                              trigger_mode="multiple")
-    # A turn that ended in an error leaves Stop grey too.
+    # A turn that ended in an error leaves Stop grey too (the page runs a `then` only
+    # after a success).
     for turn_event in (sent, api_sent, retried):
-        turn_event.then(stop_at_rest, None, ui.stop, show_progress="hidden",
-                        api_visibility="private")
+        for after in (turn_event.then, turn_event.failure):
+            after(stop_at_rest, None, ui.stop, show_progress="hidden",
+                  api_visibility="private")
     # The page sends the cancel once the click's own event is done: keep that event empty,
     # then show what the stopped turn saved.
     ui.stop.click(None, None, None, cancels=[sent, api_sent, retried]).then(

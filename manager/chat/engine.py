@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ from manager.chat.requests import (
 from manager.chat.thinking import EventKind as ThinkingKind
 from manager.chat.thinking import ThinkingEvent
 from manager.chat.tools import McpToolbox
-from manager.errors import ManagerError, ValidationError
+from manager.errors import Conflict, ManagerError, ValidationError
 from manager.models.capabilities import Capabilities, detect
 from manager.servers.inference import InferenceClient, RequestStats
 from manager.servers.profiles import Profile, ProfileService
@@ -91,7 +91,7 @@ class ChatEngine:
         self._profiles = profiles
         self._clock = clock
         self._media = MessageMedia()
-        # Chats with a turn in progress (chat id -> count), so Stop can wait for the save.
+        # Chats with a turn in progress (chat id -> 1), so Stop can wait for the save.
         self._turns = threading.Condition()
         self._running: dict[int, int] = {}
         self._stops: set[int] = set()  # chats whose running turn was asked to stop
@@ -149,18 +149,20 @@ class ChatEngine:
             prepared = self._media.frames_instead(
                 prepared, options, self.capabilities(prepared.profile))
         meta = {"notes": list(prepared.notes)} if prepared.notes else {}
-        user_message = self._chats.add_message(
-            owner, chat_id, NewMessage("user", prepared.text, meta=meta), prepared.attachments)
-        for stored, kind, made in zip(user_message.attachments, prepared.kinds, prepared.parts,
-                                      strict=False):
-            if made is not None:
-                self._media.remember(stored.path, kind, options, list(made))
-        yield ChatEvent(ChatEventKind.USER, message=user_message)
-        for note in prepared.notes:
-            # `message`: the note belongs to (and is saved with) the user's message.
-            yield ChatEvent(ChatEventKind.NOTE, text=note, message=user_message)
-        yield from self._answer(owner, chat_id, prepared.profile,
-                                (*chat.messages, user_message), options)
+        with self._one_turn(chat_id):
+            user_message = self._chats.add_message(
+                owner, chat_id, NewMessage("user", prepared.text, meta=meta),
+                prepared.attachments)
+            for stored, kind, made in zip(user_message.attachments, prepared.kinds,
+                                          prepared.parts, strict=False):
+                if made is not None:
+                    self._media.remember(stored.path, kind, options, list(made))
+            yield ChatEvent(ChatEventKind.USER, message=user_message)
+            for note in prepared.notes:
+                # `message`: the note belongs to (and is saved with) the user's message.
+                yield ChatEvent(ChatEventKind.NOTE, text=note, message=user_message)
+            yield from self._answer_turn(owner, chat_id, prepared.profile,
+                                         (*chat.messages, user_message), options)
 
     def turn(self, owner: User, chat_id: int, profile_id: int, text: str,
              attachments: Sequence[Path | str] = (), options: ChatOptions = DEFAULT_OPTIONS
@@ -184,9 +186,10 @@ class ChatEngine:
         last_user = next((m for m in reversed(chat.messages) if m.role == "user"), None)
         if last_user is None:
             raise ValidationError("There is no message to answer again yet.")
-        self._chats.truncate(owner, chat_id, last_user.position + 1)
-        chat = self._chats.get(owner, chat_id)
-        yield from self._answer(owner, chat_id, profile, chat.messages, options)
+        with self._one_turn(chat_id):
+            self._chats.truncate(owner, chat_id, last_user.position + 1)
+            chat = self._chats.get(owner, chat_id)
+            yield from self._answer_turn(owner, chat_id, profile, chat.messages, options)
 
     def running(self, chat_id: int) -> bool:
         """Whether a turn of this chat is being answered right now."""
@@ -246,18 +249,22 @@ class ChatEngine:
 
     # -- internals: answering ---------------------------------------------------------------
 
-    def _answer(self, owner: User, chat_id: int, profile: Profile,
-                history: Sequence[Message], options: ChatOptions) -> Iterator[ChatEvent]:
+    @contextmanager
+    def _one_turn(self, chat_id: int) -> Iterator[None]:
+        """One turn at a time per chat, from its message being saved to its answer's end:
+        two at once would interleave their messages (two pages, an API client, a double
+        send). Raises Conflict while one runs."""
         with self._turns:
-            self._running[chat_id] = self._running.get(chat_id, 0) + 1
+            if self._running.get(chat_id):
+                raise Conflict("This chat is still answering: wait for it, or stop it, "
+                               "before sending another message here.")
+            self._running[chat_id] = 1
         try:
-            yield from self._answer_turn(owner, chat_id, profile, history, options)
+            yield
         finally:
             with self._turns:
-                self._running[chat_id] -= 1
-                if not self._running[chat_id]:
-                    del self._running[chat_id]
-                    self._stops.discard(chat_id)
+                del self._running[chat_id]
+                self._stops.discard(chat_id)
                 self._turns.notify_all()
 
     def _answer_turn(self, owner: User, chat_id: int, profile: Profile,
