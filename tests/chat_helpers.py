@@ -60,7 +60,8 @@ class ChatDashboard:
         """A dashboard restart: the same data dir, servers left running and adopted."""
         self._stop_http()
         self.services.close(keep_servers=True)
-        settings = Settings(data_dir=self.root / "data", port=free_port(), warm_spare=False)
+        settings = Settings(data_dir=self.root / "data", port=free_port(), warm_spare=False,
+                            registrations_per_hour=50)
         self.services = Services.create(settings)
         self._serve()
         self.users = {email: self.services.auth.get_by_email(email) for email in self.users}
@@ -100,8 +101,9 @@ def _create_on_a_free_port(services: Services, name: str, spec: ProfileSpec) -> 
 def chat_dashboard(root: Path, specs: dict[str, ProfileSpec]) -> Iterator[ChatDashboard]:
     """Start the servers of `specs` (name -> spec, port filled in) and the dashboard."""
     with hf_home_env(root / "hf_home"):
+        # Its modules register a user per test, all from this address.
         services = Services.create(Settings(data_dir=root / "data", port=free_port(),
-                                            warm_spare=False))
+                                            warm_spare=False, registrations_per_hour=50))
         dashboard: ChatDashboard | None = None
         try:
             profiles = {}

@@ -111,11 +111,14 @@ def test_a_handler_that_waited_records_only_what_nothing_else_changed_meanwhile(
     views.show("page", None)
     assert views.settle("page", seen, 4, 14) == Settled(False, True)
     assert views.shows("page", None) and views.picked("page", 14)
-    # Recording what the page already shows changes nothing.
+    # Picking what the picker names already changes nothing (a name typed again) ...
     seen = views.version("page")
-    views.show("page", None)
     views.pick("page", 14)
     assert views.version("page") == seen
+    # ... but the chat drawn again does: a pick that waited must not empty a chat that a
+    # send drew meanwhile, though it was the one shown.
+    views.show("page", None)
+    assert views.settle("page", seen, None, 15) == Settled(False, True)
 
 
 def test_a_page_unknown_or_forgotten_during_a_wait_records_what_the_handler_draws() -> None:
@@ -153,6 +156,11 @@ def test_a_chat_takes_one_send_at_a_time_per_page() -> None:
     views.unclaim("page", 1, claim)  # an older claim does not release a newer one
     assert views.claim("page", 1) is None
     assert views.claim(None, 1) == 0  # no page: nothing to refuse on
+    # Stop cancels the page's sends, the queued ones too, whose steps never run: their
+    # claims (the newer one on chat 1, one on chat 3) go with them.
+    assert views.claim("page", 3) and views.claim("page", 3) is None
+    views.unclaim_all("page")
+    assert views.claim("page", 3) and views.claim("page", 1)
 
 
 def test_what_was_never_recorded_stays_unknown() -> None:

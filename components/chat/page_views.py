@@ -88,9 +88,10 @@ class PageViews:
         self._claims = 0
 
     def show(self, session: str | None, chat_id: int | None) -> None:
-        """The page now shows this chat."""
+        """The page now shows this chat (drawn anew, if it showed it already: a handler
+        that waited must not draw over it)."""
         with self._lock:
-            self._set_chat(self._page(session), chat_id)
+            self._set_chat(self._page(session), chat_id, again=True)
 
     def pick(self, session: str | None, profile_id: int | None) -> None:
         """The picker now names this profile (None: none)."""
@@ -120,7 +121,7 @@ class PageViews:
             chat = fresh or page.chat_version == seen.chat
             pick = fresh or page.pick_version == seen.pick
             if chat:
-                self._set_chat(page, chat_id)
+                self._set_chat(page, chat_id, again=True)
             if pick:
                 self._set_pick(page, profile_id)
             return Settled(chat, pick)
@@ -157,6 +158,14 @@ class PageViews:
             page.pending[chat_id] = self._claims
             return self._claims
 
+    def unclaim_all(self, session: str | None) -> None:
+        """Stop cancelled the page's sends, also those whose turns had not started (a
+        queued step that never runs cannot release its claim)."""
+        with self._lock:
+            page = self._pages.get(session) if session is not None else None
+            if page is not None:
+                page.pending.clear()
+
     def unclaim(self, session: str | None, chat_id: int, claim: int) -> None:
         """The taken send ended before its turn started (refused, or lost)."""
         with self._lock:
@@ -188,8 +197,8 @@ class PageViews:
             return list(page.running) if page is not None else []
 
     @staticmethod
-    def _set_chat(page: _Page | None, chat_id: int | None) -> None:
-        if page is not None and page.chat_id != chat_id:
+    def _set_chat(page: _Page | None, chat_id: int | None, *, again: bool) -> None:
+        if page is not None and (again or page.chat_id != chat_id):
             page.chat_id = chat_id
             page.chat_version += 1
 

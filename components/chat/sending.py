@@ -215,6 +215,10 @@ def wire(page: ChatPage) -> None:
                 page.views.unclaim(session, current or 0, claim)
             log.info("chat message from %s refused: %s", user.email, exc.message)
             return gr.skip(), page.outbox.put(Refused(str(exc.message)))
+        except BaseException:
+            if claim:  # no step follows to release it
+                page.views.unclaim(session, current or 0, claim)
+            raise
         return (gr.MultimodalTextbox(value=None),
                 page.outbox.put(Taken(prepared, options, current, claim)))
 
@@ -272,6 +276,7 @@ def wire(page: ChatPage) -> None:
         """Stop the page's turns, which may stream to a chat it no longer shows; then show
         what the open chat saved (a stopped answer's part, marked)."""
         session = page_of(user, request)
+        page.views.unclaim_all(session)  # sends still queued were cancelled with the rest
         running = page.views.running(session)
         if not running and chat_id is not None:
             running = [page.read_chat(user, chat_id).id]

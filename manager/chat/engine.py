@@ -167,15 +167,19 @@ class ChatEngine:
     def turn(self, owner: User, chat_id: int, profile_id: int, text: str,
              attachments: Sequence[Path | str] = (), options: ChatOptions = DEFAULT_OPTIONS
              ) -> EventStream:
-        """prepare + send; a refused message ends in an ERROR event and nothing is saved."""
+        """prepare + send; a refused message (also one sent while the chat still answers)
+        ends in an ERROR event and nothing is saved."""
         try:
             prepared = self.prepare(profile_id, text, attachments, options)
+            sent = self.send(owner, chat_id, prepared, options)
+            first = next(sent)  # a chat that still answers refuses here, before a save
         except ManagerError as exc:
             log.info("message to chat %s refused: %s", chat_id, exc.message)
             yield ChatEvent(ChatEventKind.ERROR, text=exc.message)
             yield ChatEvent(ChatEventKind.DONE)
             return
-        yield from self.send(owner, chat_id, prepared, options)
+        yield first
+        yield from sent
 
     def retry(self, owner: User, chat_id: int, profile_id: int,
               options: ChatOptions = DEFAULT_OPTIONS) -> EventStream:
