@@ -1,4 +1,5 @@
-"""A live dashboard with running tiny-model servers, shared by the chat tab's test modules."""
+"""A live dashboard with running tiny-model servers, shared by the chat tab's test modules;
+and a way to see every text a page element showed."""
 
 from __future__ import annotations
 
@@ -20,6 +21,25 @@ from manager.settings import Settings
 from tests.conftest import PASSWORD, LiveDashboard, run_uvicorn
 from tests.gradio_clients import gradio_client
 from tests.server_helpers import hf_home_env
+
+# Every text an element shows from the moment this runs: a late drawing can be drawn over
+# before a test reads the element.
+_WATCH_JS = """(selector) => {
+  const element = document.querySelector(selector);
+  window.shownTexts = window.shownTexts || {};
+  const seen = window.shownTexts[selector] = [element.textContent];
+  new MutationObserver(() => seen.push(element.textContent))
+    .observe(element, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def watch_texts(page, selector: str) -> None:  # noqa: ANN001 - a Playwright Page
+    page.evaluate(_WATCH_JS, selector)
+
+
+def texts_shown(page, selector: str) -> list[str]:  # noqa: ANN001
+    """What the element showed since `watch_texts`."""
+    return list(page.evaluate("(selector) => window.shownTexts[selector]", selector))
 
 
 @dataclass

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from manager.accounts.auth import User
 from manager.api.login import SESSION_COOKIE
 from manager.chat.events import ChatEventKind
-from manager.chat.history import NewMessage
+from manager.chat.history import ChatSummary, NewMessage
 from manager.errors import ValidationError
 from manager.servers.profiles import ProfileSpec
-from tests.chat_helpers import ChatDashboard, chat_dashboard
+from tests.chat_helpers import ChatDashboard, chat_dashboard, texts_shown, watch_texts
 from tests.waits import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -30,14 +31,6 @@ CAROL = "carol@example.com"
 DAVE = "dave@example.com"
 ERIN = "erin@example.com"
 FRANK = "frank@example.com"
-# Every text the chat shows from the moment this runs (a drawing can be overdrawn before
-# the test reads the chat).
-WATCH_BOT_JS = """() => {
-  const bot = document.querySelector('#chat-bot');
-  window.botTexts = [bot.textContent];
-  new MutationObserver(() => window.botTexts.push(bot.textContent))
-    .observe(bot, {subtree: true, childList: true, characterData: true});
-}"""
 # What a file dragged from the desktop does: dragenter, dragover, drop with a DataTransfer.
 DROP_JS = """([selector, name, b64, type]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -271,6 +264,14 @@ def hold_turns(dash: ChatDashboard, monkeypatch: pytest.MonkeyPatch) -> HeldTurn
     return held
 
 
+def saved_chat(dash: ChatDashboard, user: User, title: str, question: str) -> ChatSummary:
+    """A chat with the weather server, holding one question."""
+    chat = dash.services.chats.create(user, "weather", title=title,
+                                      profile_id=dash.profiles["weather"].id)
+    dash.services.chats.add_message(user, chat.id, NewMessage("user", question))
+    return chat
+
+
 def signed_in_page(dash: ChatDashboard, browser, email: str):  # noqa: ANN001, ANN201
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.add_cookies([{"name": SESSION_COOKIE, "url": dash.url,
@@ -289,9 +290,7 @@ def test_an_answer_streams_on_unseen_while_another_chat_is_open(
     whole, and shows when its chat is opened again."""
     bob = dash.user(BOB)
     chats, engine = dash.services.chats, dash.services.chat_engine
-    sunny = chats.create(bob, "weather", title="Sunny days",
-                         profile_id=dash.profiles["weather"].id)
-    chats.add_message(bob, sunny.id, NewMessage("user", "Is it sunny?"))
+    saved_chat(dash, bob, "Sunny days", "Is it sunny?")
     held = hold_turns(dash, monkeypatch)
     held.armed.set()
     context, page = signed_in_page(dash, browser, BOB)
@@ -361,9 +360,7 @@ def test_a_chat_opened_while_stop_waits_is_not_drawn_over(
     chat it was clicked in, also over another chat the person opened meanwhile."""
     dave = dash.user(DAVE)
     chats, engine = dash.services.chats, dash.services.chat_engine
-    other = chats.create(dave, "weather", title="Other chat",
-                         profile_id=dash.profiles["weather"].id)
-    chats.add_message(dave, other.id, NewMessage("user", "Another question"))
+    saved_chat(dash, dave, "Other chat", "Another question")
     held = hold_turns(dash, monkeypatch)
     held.armed.set()
     # Stop's wait for the stopped turn is held, as a turn slow to end holds it.
@@ -388,7 +385,7 @@ def test_a_chat_opened_while_stop_waits_is_not_drawn_over(
         assert waiting.wait(60), "Stop never waited for the turn"
         page.click("#chat-list button[data-chat]:has-text('Other chat')")
         page.wait_for_selector(f"{BOT} :text('Another question')", timeout=30_000)
-        page.evaluate(WATCH_BOT_JS)
+        watch_texts(page, BOT)
         go_on.set()
         held.release.set()
         assert answered.wait(60), "Stop never answered"
@@ -396,7 +393,7 @@ def test_a_chat_opened_while_stop_waits_is_not_drawn_over(
         # typed: by then Stop's drawing, if it drew, is on the page.
         page.locator("#chat-search textarea, #chat-search input").press_sequentially("zz")
         page.wait_for_selector("#chat-list :text('No chats match')", timeout=30_000)
-        texts = page.evaluate("window.botTexts")
+        texts = texts_shown(page, BOT)
         assert texts and not any("Tell me a story" in text for text in texts), texts
         assert page.locator(f"{BOT} :text('Another question')").count() == 1
         (story,) = chats.list(dave, dash.profiles["chatter"].id)

@@ -16,6 +16,7 @@ from manager.api.login import SESSION_COOKIE
 from manager.chat.history import NewMessage
 from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
+from tests.chat_helpers import texts_shown, watch_texts
 from tests.conftest import LiveDashboard
 from tests.waits import wait_for
 
@@ -177,16 +178,6 @@ def test_a_late_answer_to_the_filters_focus_keeps_the_persons_pick(
         context.close()
 
 
-# Every text the status line shows, from the moment this runs (a late answer can be
-# overdrawn before the test reads the line).
-WATCH_STATUS_JS = """() => {
-  const line = document.querySelector('#chat-server-status');
-  window.statusLines = [line.textContent];
-  new MutationObserver(() => window.statusLines.push(line.textContent))
-    .observe(line, {subtree: true, childList: true, characterData: true});
-}"""
-
-
 def test_a_status_tick_that_lands_after_another_pick_keeps_that_pick(
         dashboard_with_a_profile: LiveDashboard, tiny_models: dict[str, Path],
         browser, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
@@ -238,7 +229,7 @@ def test_a_status_tick_that_lands_after_another_pick_keeps_that_pick(
         page.get_by_role("option", name="Other", exact=False).click()
         page.wait_for_selector("#chat-server-status:has-text('Started Other for you')",
                                timeout=30_000)
-        page.evaluate(WATCH_STATUS_JS)
+        watch_texts(page, "#chat-server-status")
         released.set()
         assert answered.wait(60), "the held poll never answered"
         # The search is answered after the poll, whose answer was made before the search
@@ -247,7 +238,7 @@ def test_a_status_tick_that_lands_after_another_pick_keeps_that_pick(
         page.locator("#chat-search textarea, #chat-search input").press_sequentially("zz")
         page.wait_for_selector("#chat-list :text('No chats match')", timeout=30_000)
         assert page.input_value(PICKER).startswith("Other")
-        lines = page.evaluate("window.statusLines")
+        lines = texts_shown(page, "#chat-server-status")
         assert lines and not any("Later" in line for line in lines), lines
         assert "Other" in page.locator("#chat-server-status").inner_text()
     finally:
