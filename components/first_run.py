@@ -142,8 +142,7 @@ def wire(services: Services, parts: FirstRun, tabs: gr.Tabs, page: ChatPage) -> 
                ) -> dict[Any, Any]:
         profile = services.profiles.get(update.profile_id or 0)
         chat = services.chats.get(user, update.chat_id or 0)
-        page.views.show(session, chat.id)
-        page.views.pick(session, profile.id)
+        page.views.opened(session, chat.id, profile.id)
         return {parts.progress: progress_markdown(lines),
                 parts.button: gr.Button(interactive=True, value="Try a tool-use model"),
                 tabs: gr.Tabs(selected=CHAT_TAB),

@@ -128,8 +128,7 @@ class ChatPage:
         server (a chat goes on with the server it was started with)."""
         ui = self.ui
         profile = self.profile_of_chat(chat.summary.profile_id)
-        self.views.show(session, chat.id)
-        self.views.pick(session, profile.id if profile is not None else None)
+        self.views.opened(session, chat.id, profile.id if profile is not None else None)
         return {ui.chatbot: chatbot_messages(chat.messages), ui.current: chat.id,
                 ui.title: chat.summary.title,
                 ui.chat_list: self.sidebar(user, shown, search_text, chat.id),

@@ -93,6 +93,12 @@ class PageViews:
         with self._lock:
             self._set_chat(self._page(session), chat_id, again=True)
 
+    def opened(self, session: str | None, chat_id: int | None, profile_id: int | None
+               ) -> None:
+        """The page now shows this chat, and its picker names this profile."""
+        self.show(session, chat_id)
+        self.pick(session, profile_id)
+
     def pick(self, session: str | None, profile_id: int | None) -> None:
         """The picker now names this profile (None: none)."""
         with self._lock:
@@ -166,11 +172,13 @@ class PageViews:
             if page is not None:
                 page.pending.clear()
 
-    def unclaim(self, session: str | None, chat_id: int, claim: int) -> None:
-        """The taken send ended before its turn started (refused, or lost)."""
+    def unclaim(self, session: str | None, chat_id: int | None, claim: int | None) -> None:
+        """The taken send ended before its turn started (refused, or lost); nothing for a
+        send that claimed nothing (a new chat, no page)."""
         with self._lock:
             page = self._pages.get(session) if session is not None else None
-            if page is not None and page.pending.get(chat_id) == claim:
+            if claim and chat_id is not None and page is not None \
+                    and page.pending.get(chat_id) == claim:
                 del page.pending[chat_id]
 
     def started(self, session: str | None, chat_id: int) -> None:

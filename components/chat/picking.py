@@ -37,8 +37,8 @@ def wire(page: ChatPage) -> tuple[Any, list[gr.components.Component]]:
             shown = {ui.chatbot: chatbot_messages(chat.messages), ui.current: chat.id,
                      ui.title: chat.summary.title}
         session = page_of(user, request)
-        page.views.show(session, shown[ui.current])
-        page.views.pick(session, profile.id if profile is not None else None)
+        page.views.opened(session, shown[ui.current],
+                          profile.id if profile is not None else None)
         # The history opens unfiltered: every chat of the user, each with its server.
         return {**shown, ui.server: page.server_update(profile),
                 ui.server_status: status_markdown(services, profile),

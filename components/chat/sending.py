@@ -136,8 +136,7 @@ def wire(page: ChatPage) -> None:
         current = int(str(chat_id).strip())
         claim = page.views.claim(session, current)
         if claim is None or engine.running(current):
-            if claim:
-                page.views.unclaim(session, current, claim)
+            page.views.unclaim(session, current, claim)
             raise gr.Error(STILL_ANSWERING)
         return current, claim
 
@@ -192,8 +191,7 @@ def wire(page: ChatPage) -> None:
             yield from turn(user, prepared, options, current, search_text, shown,
                             {ui.box: gr.MultimodalTextbox(value=None)}, session)
         finally:
-            if claim:
-                page.views.unclaim(session, current or 0, claim)
+            page.views.unclaim(session, current, claim)
 
     @handler(services, "taking a chat message")
     def take(user: User, box_value: Any, ref: Any, chat_id: int | None, tools: bool,
@@ -211,13 +209,11 @@ def wire(page: ChatPage) -> None:
         try:
             prepared, options = checked(box_value, ref, tools, rounds, frames, video)
         except (gr.Error, ManagerError) as exc:
-            if claim:
-                page.views.unclaim(session, current or 0, claim)
+            page.views.unclaim(session, current, claim)
             log.info("chat message from %s refused: %s", user.email, exc.message)
             return gr.skip(), page.outbox.put(Refused(str(exc.message)))
         except BaseException:
-            if claim:  # no step follows to release it
-                page.views.unclaim(session, current or 0, claim)
+            page.views.unclaim(session, current, claim)  # no step follows to release it
             raise
         return (gr.MultimodalTextbox(value=None),
                 page.outbox.put(Taken(prepared, options, current, claim)))
@@ -237,8 +233,7 @@ def wire(page: ChatPage) -> None:
             yield from turn(user, taken.prepared, taken.options, taken.chat_id, search_text,
                             shown, {}, session)
         finally:
-            if taken.claim:
-                page.views.unclaim(session, taken.chat_id or 0, taken.claim)
+            page.views.unclaim(session, taken.chat_id, taken.claim)
 
     @handler(services, "retrying a chat turn")
     def retry_turn(user: User, ref: Any, chat_id: int | None, tools: bool, rounds: float,
@@ -254,8 +249,7 @@ def wire(page: ChatPage) -> None:
             yield from retried_turn(user, profile, options, current, search_text, shown,
                                     session)
         finally:
-            if claim:
-                page.views.unclaim(session, current or 0, claim)
+            page.views.unclaim(session, current, claim)
 
     def retried_turn(user: User, profile: Profile, options: ChatOptions, chat_id: Any,
                      search_text: str, shown: Any, session: str | None
@@ -265,8 +259,7 @@ def wire(page: ChatPage) -> None:
         if last_user is None:
             raise gr.Error("Nothing to retry yet: send a message first.")
         history = [m for m in chat.messages if m.position <= last_user.position]
-        page.views.show(session, chat.id)
-        page.views.pick(session, profile.id)
+        page.views.opened(session, chat.id, profile.id)
         yield from stream(user, chat.id, history,
                           engine.retry(user, chat.id, profile.id, options), search_text,
                           shown, profile, session, chat.summary.title, {})

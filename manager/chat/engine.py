@@ -91,9 +91,9 @@ class ChatEngine:
         self._profiles = profiles
         self._clock = clock
         self._media = MessageMedia()
-        # Chats with a turn in progress (chat id -> 1), so Stop can wait for the save.
+        # Chats with a turn in progress, so Stop can wait for the save.
         self._turns = threading.Condition()
-        self._running: dict[int, int] = {}
+        self._running: set[int] = set()
         self._stops: set[int] = set()  # chats whose running turn was asked to stop
 
     # -- public ---------------------------------------------------------------------------
@@ -198,7 +198,7 @@ class ChatEngine:
     def running(self, chat_id: int) -> bool:
         """Whether a turn of this chat is being answered right now."""
         with self._turns:
-            return self._running.get(chat_id, 0) > 0
+            return chat_id in self._running
 
     def stop(self, chat_id: int) -> bool:
         """Ask this chat's running turn to end after the chunk it is reading; it saves
@@ -206,7 +206,7 @@ class ChatEngine:
         a generator busy in another thread (Gradio's, under load) cannot be closed until
         it yields, so Stop does not rely on that alone. False if nothing was running."""
         with self._turns:
-            if not self._running.get(chat_id):
+            if chat_id not in self._running:
                 return False
             self._stops.add(chat_id)
             return True
@@ -219,7 +219,7 @@ class ChatEngine:
         """Wait (bounded) until no turn of this chat runs, e.g. after Stop: the partial
         answer is saved when the stopped turn closes. False if still running."""
         with self._turns:
-            return self._turns.wait_for(lambda: self._running.get(chat_id, 0) == 0, timeout)
+            return self._turns.wait_for(lambda: chat_id not in self._running, timeout)
 
     def openai_messages(self, messages: Sequence[Message], profile: Profile,
                         caps: Capabilities, options: ChatOptions) -> list[dict[str, Any]]:
@@ -259,15 +259,15 @@ class ChatEngine:
         two at once would interleave their messages (two pages, an API client, a double
         send). Raises Conflict while one runs."""
         with self._turns:
-            if self._running.get(chat_id):
+            if chat_id in self._running:
                 raise Conflict("This chat is still answering: wait for it, or stop it, "
                                "before sending another message here.")
-            self._running[chat_id] = 1
+            self._running.add(chat_id)
         try:
             yield
         finally:
             with self._turns:
-                del self._running[chat_id]
+                self._running.discard(chat_id)
                 self._stops.discard(chat_id)
                 self._turns.notify_all()
 
