@@ -198,6 +198,49 @@ def test_waits_wake_on_a_transition_and_on_cancel(world: World,
     assert all_gone([pid])
 
 
+def test_a_request_while_a_restart_stops_the_server_gets_the_restarted_run(
+        world: World, tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """A gateway request that arrived while Restart stopped the old run started the
+    server itself: Restart then failed ("already starting") and the new run counted as
+    on demand (evictable)."""
+    stubborn = tmp_path / "stubborn-python"  # ignores SIGTERM: its stop takes the grace
+    stubborn.write_text("#!/bin/sh\ntrap '' TERM\nexec sleep 600\n")
+    stubborn.chmod(0o755)
+    supervisor = Supervisor(world.services.store, world.services.profiles,
+                            world.services.settings.logs_dir,
+                            hub_cache=world.services.settings.hub_cache,
+                            python=str(stubborn), stop_grace_s=2)
+    placement = Placement(supervisor, world.services.profiles)
+    profile = world.profile("restarted", tiny_models["text"], world.carol)
+    try:
+        first = placement.start(world.carol, profile.id)
+        outcome: list[object] = []
+
+        def restart() -> None:
+            try:
+                outcome.append(placement.restart(world.carol, profile.id))
+            except Conflict as exc:
+                outcome.append(exc)
+
+        restarting = threading.Thread(target=restart)
+        restarting.start()
+        stopping = supervisor.wait_for(
+            profile.id, lambda s: s is not None and s.state is ServerState.STOPPING, 60)
+        assert stopping is not None and stopping.state is ServerState.STOPPING
+        started_here = placement.ensure_started(world.bob, profile, by="gateway")
+        restarting.join(60)
+        assert not restarting.is_alive()
+        [restarted] = outcome
+        assert isinstance(restarted, ServerSnapshot), restarted
+        assert restarted.state is ServerState.STARTING and restarted.pid != first.pid
+        assert started_here is False  # the request uses the restarted run
+        now = supervisor.snapshot(profile.id)
+        assert now.pid == restarted.pid and not placement.started_on_demand(now)
+        assert all_gone([first.pid])
+    finally:
+        supervisor.close(keep_servers=False)
+
+
 def test_only_owners_and_admins_stop_or_restart_a_server(world: World,
                                                          tiny_models: dict[str, Path]
                                                          ) -> None:

@@ -150,11 +150,16 @@ class Placement:
         profile = self._profiles.get(profile_id)
         require(actor, Action.SERVER_START, Owned.by(profile.owner_id))
         with self._start_lock:
-            snap = self._wait_while_stopping(profile)
-            if snap is not None and snap.state in _UNDERWAY:
-                raise Conflict(f"{profile.name} is already {snap.state.value}.")
-            self._make_room(profile)
-            return self._supervisor.start(profile.id, actor=actor, by=by)
+            return self._start_held(actor, profile, by)
+
+    def _start_held(self, actor: User | None, profile: Profile, by: str | None
+                    ) -> ServerSnapshot:
+        """`start`'s work; the caller holds the start lock."""
+        snap = self._wait_while_stopping(profile)
+        if snap is not None and snap.state in _UNDERWAY:
+            raise Conflict(f"{profile.name} is already {snap.state.value}.")
+        self._make_room(profile)
+        return self._supervisor.start(profile.id, actor=actor, by=by)
 
     def ensure_started(self, actor: User | None, profile: Profile, *, by: str | None = None
                        ) -> bool:
@@ -189,14 +194,24 @@ class Placement:
 
     def restart(self, actor: User | None, profile_id: int, *, by: str | None = None
                 ) -> ServerSnapshot:
-        """Stop it if it runs, then start it again through the budget."""
+        """Stop it if it runs, then start it again through the budget: one step for the
+        other starts. A request that finds it stopping waits for the new run (else it
+        started the server itself in between: the restart failed with a Conflict and the
+        run counted as on demand)."""
+        profile = self._profiles.get(profile_id)
         require(actor, Action.SERVER_RESTART, self._supervisor.owners(profile_id))
+        require(actor, Action.SERVER_START, Owned.by(profile.owner_id))
         who = by or (actor.email if actor is not None else MANAGER)
-        snap = self._supervisor.snapshot(profile_id)
-        if snap is not None and snap.state is not ServerState.STOPPED:
-            # The rights were checked above: the stop itself runs as the manager.
-            self._supervisor.stop(profile_id, by=who, reason=f"restart requested by {who}")
-        return self.start(actor, profile_id, by=by)
+        with self._start_lock:
+            snap = self._supervisor.snapshot(profile_id)
+            if snap is not None and snap.state is not ServerState.STOPPED:
+                try:
+                    # The rights were checked above: the stop itself runs as the manager.
+                    self._supervisor.stop(profile_id, by=who,
+                                          reason=f"restart requested by {who}")
+                except Conflict:
+                    log.info("%s stopped before its restart could stop it", profile.name)
+            return self._start_held(actor, profile, by)
 
     def auto_start(self) -> list[str]:
         """Start every auto-start profile that is not running; returns their names. A
