@@ -178,9 +178,11 @@ def _serve_with(settings: Settings, log_level: str, control_token: str, url_host
     import uvicorn
 
     from manager.cli.serving import DashboardServer, Shutdown
-    from manager.servers.process import install_exit_hooks
+    from manager.servers.process import exit_on_signals, install_exit_hooks
     from manager.services import Services
 
+    # A SIGTERM while Services.create auto-starts servers stops them, as Ctrl-C does.
+    exit_on_signals()
     services = Services.create(settings)
     # By default the model servers stop with the dashboard; with --keep-servers (the
     # service mode) they outlive it and the next start adopts them.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +20,12 @@ import pytest
 
 from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
+from manager.servers.records import read_records
 from manager.services import Services
 from manager.settings import Settings
+from manager.store import Store
 from tests.conftest import PASSWORD
-from tests.dashboard_process import DashboardProcess, launch
+from tests.dashboard_process import ROOT, DashboardProcess, launch
 from tests.server_helpers import hf_home_env
 from tests.waits import wait_for
 
@@ -136,3 +140,53 @@ def test_keep_servers_leaves_them_running_and_says_which(
         if pid is not None and not gone(pid):
             os.killpg(pid, signal.SIGTERM)
             wait_for(lambda: gone(pid), 30, "the kept server to stop")
+
+
+def test_a_sigterm_while_servers_auto_start_stops_those_started(
+        tmp_path: Path, tiny_models: dict[str, Path], model_home: Path) -> None:
+    """A SIGTERM (systemd's stop, `kill`) while the dashboard still auto-started its
+    servers ended it where it stood: the servers started so far, in sessions of their
+    own, ran on unseen. The second profile's model sits on a disk that does not answer
+    (its tokenizer_config.json is a FIFO nobody writes), which holds the start-up at its
+    memory estimate."""
+    data_dir = tmp_path / "data"
+    slow_disk = tmp_path / "slow-disk-model"
+    slow_disk.mkdir()
+    for part in tiny_models["text"].iterdir():
+        (slow_disk / part.name).symlink_to(part)
+    services = Services.create(Settings(data_dir=data_dir), run_servers=False)
+    try:
+        for name, model in (("a first", tiny_models["text"]), ("b held", slow_disk)):
+            services.profiles.create(None, ProfileSpec(
+                name=name, model=str(model), port=free_port(), auto_start=True))
+    finally:
+        services.close()
+    (slow_disk / "tokenizer_config.json").unlink()
+    os.mkfifo(slow_disk / "tokenizer_config.json")
+    store = Store(data_dir / "manager.db")
+
+    def first_server() -> int | None:
+        return next((r.pid for r in read_records(store) if r.profile_name == "a first"
+                     and r.pid is not None), None)
+
+    log_file = tmp_path / "dashboard.log"
+    with log_file.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port",
+             str(free_port()), "--no-warm-spare"], cwd=ROOT, stdout=out,
+            stderr=subprocess.STDOUT)
+    pid = None
+    try:
+        pid = wait_for(first_server, 240, "the first auto-started server")
+        assert process.poll() is None  # held at the second profile's model
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+        wait_for(lambda: gone(pid), 30, "the auto-started server to stop with the dashboard")
+        assert code == 128 + signal.SIGTERM  # a normal exit, not one by the signal
+        assert "Traceback" not in log_file.read_text(errors="replace")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        if pid is not None and not gone(pid):
+            os.killpg(pid, signal.SIGKILL)

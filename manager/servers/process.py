@@ -261,6 +261,14 @@ def install_exit_hooks(on_exit: Callable[[], None]) -> None:
     """Run `on_exit` at interpreter exit, and turn SIGTERM/SIGHUP into a normal exit so
     it runs then too (uvicorn re-raises the signals it caught once it has shut down)."""
     atexit.register(on_exit)
+    exit_on_signals()
+
+
+def exit_on_signals() -> None:
+    """SIGTERM and SIGHUP raise SystemExit in the main thread: `finally` blocks and
+    `except BaseException` clean-ups run, as at Ctrl-C (the default action ends the
+    process where it stands, and model servers it started, in sessions of their own,
+    outlive it). Elsewhere than the main thread this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         return
 
