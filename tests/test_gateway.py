@@ -35,7 +35,7 @@ from manager.servers.supervisor import ACTIVE_STATES, ServerState
 from manager.services import Services
 from manager.settings import Settings
 from tests.conftest import PASSWORD, run_uvicorn
-from tests.server_helpers import OffsetClock, hf_home_env, make_broken_model
+from tests.server_helpers import OffsetClock, all_gone, hf_home_env, make_broken_model
 from tests.waits import wait_for
 
 pytestmark = pytest.mark.slow
@@ -104,6 +104,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
             "long": ("text", {}),
             "short-context": ("text", {"context_length": 8}),
             "never": ("text", {}),
+            "deadend": ("text", {"max_tokens": 8}),
         }
         models = {**tiny_models,
                   "broken": make_broken_model(root / "broken", tiny_models["text"])}
@@ -255,6 +256,43 @@ def test_openai_legacy_completions(gw: Gateway) -> None:
                                             stream=True))
     assert chunks and {c.model for c in chunks} == {"text"}
     assert all(c.usage is None for c in chunks)
+    # What clients that always send a list send (a list of one prompt).
+    listed = client.completions.create(model="text", prompt=["The quick brown"],
+                                       max_tokens=5)
+    assert listed.choices[0].text == done.choices[0].text
+
+
+def test_a_server_that_will_never_answer_again_is_ended_and_started_anew(gw: Gateway
+                                                                          ) -> None:
+    """mlx_lm's generation thread dies on an empty prompt (the gateway now refuses one;
+    sent here straight to the server): its process lives on, READY, and refused every
+    request with "generation thread died" until someone stopped it by hand."""
+    profile_id = gw.profiles["deadend"].id
+    supervisor = gw.services.supervisor
+    client = gw.openai()
+    for streamed in (True, False):  # the relay's way to the server, then the whole answer's
+        assert client.chat.completions.create(model="deadend", messages=HI).choices
+        snap = supervisor.snapshot(profile_id)
+        with httpx.Client(base_url=snap.base_url, timeout=60) as direct:
+            try:
+                said = direct.post("/v1/completions", json={"prompt": "", "max_tokens": 2})
+                assert said.status_code >= 400, said.text
+            except httpx.RemoteProtocolError as exc:  # or it hangs up
+                logging.info("the server hung up: %s", exc)
+            # mlx_lm's own health check says so too.
+            assert wait_for(lambda: direct.get("/health").status_code == 503, 30)
+        with pytest.raises(openai.APIError, match="generation thread died"):
+            answer = client.chat.completions.create(model="deadend", messages=HI,
+                                                    stream=streamed)
+            list(answer) if streamed else None
+        failed = supervisor.wait_for(profile_id, lambda s: s is not None
+                                     and s.state is ServerState.FAILED, 60)
+        assert failed is not None and failed.state is ServerState.FAILED
+        assert "stopped generating" in failed.reason
+        assert all_gone([snap.pid])
+        # The next request starts it again, as it would after a crash.
+        assert client.chat.completions.create(model="deadend", messages=HI).choices
+        assert supervisor.snapshot(profile_id).pid != snap.pid
 
 
 def test_openai_tool_call_and_its_answer(gw: Gateway) -> None:

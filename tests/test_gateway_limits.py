@@ -289,6 +289,11 @@ def test_key_limiter_counts_in_flight_requests_and_a_sliding_minute() -> None:
      b'{"model": "parked", "messages": [{"role": "user", "content": "Hi"}], '
      b'"adapter_path": "/home"}', "adapter_path"),
     ("/v1/completions", b'{"model": "parked", "prompt": 5}', "prompt"),
+    # An empty prompt, or a list, killed mlx_lm's generation thread: its server then
+    # refused every request until stopped by hand.
+    ("/v1/completions", b'{"model": "parked", "prompt": ""}', "prompt"),
+    ("/v1/completions", b'{"model": "parked", "prompt": [""]}', "prompt"),
+    ("/v1/completions", b'{"model": "parked", "prompt": ["a", "b"]}', "prompt"),
     # A token id past the vocabulary (400 here) kills mlx_lm's server process.
     ("/v1/chat/completions",
      b'{"model": "parked", "messages": [{"role": "user", "content": "Hi"}], '

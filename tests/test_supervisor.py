@@ -146,8 +146,9 @@ def test_kill_9_is_failed_within_one_tick_with_exit_code_and_log(
     assert Path(snap.log_path).exists(), "the last log of a failed server is kept"
     record = next(r for r in read_records(env.store) if r.profile_id == text_profile.id)
     assert record.state is ServerState.FAILED and record.exit_code == -9
-    # The tile offers Restart: it works.
-    env.supervisor.restart(text_profile.id)
+    # The tile offers Restart (a dismissal, then a start): it works.
+    env.supervisor.stop(text_profile.id)
+    env.supervisor.start(text_profile.id)
     assert env.supervisor.wait_ready(text_profile.id, 90).state is ServerState.READY
 
 

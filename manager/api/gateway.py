@@ -10,12 +10,9 @@
     POST /api/chat, /api/generate    Ollama (the rest of /api: ollama_routes.py)
     GET  /metrics                    Prometheus text (admin keys only)
 
-The routes are registered in gateway_routes.py.
-
-Auth (manager/api/key_auth.py): `gateway_auth` is the SessionGate's `extra_auth`. It claims every gateway path,
-so a session cookie never opens them, and attaches the user of the API key
-(`Authorization: Bearer` or `x-api-key`) or None; every route here refuses None with
-401 in its API's own error format.
+The routes are registered in gateway_routes.py. Auth (manager/api/key_auth.py): every
+gateway path answers to the API key's user (`Authorization: Bearer` or `x-api-key`),
+never to a session cookie; no key is a 401 in the API's own error format.
 
 Limits (manager/api/limits.py, schema.py, images.py): the body is read up to a cap
 (413), each API key has a concurrency and a per-minute limit (429 + Retry-After), the
@@ -23,9 +20,9 @@ body's shape is checked field by field (400 naming the field), max_tokens is cap
 the profile and the model's context, images become data the gateway checked itself,
 and a client that leaves aborts its model server request at once (servers/abort.py).
 
-Every request goes through manager/inference.py (metering, the profile's defaults and
-system prompt). A stopped profile is started on demand (manager/servers/placement.py) and
-waited for (bounded, on the supervisor's Condition); streams get keepalive comments.
+A stopped profile is started on demand (manager/servers/placement.py) and waited for
+(bounded, on the supervisor's Condition); streams get keepalive comments. A server that
+refuses everything from then on (mlx_lm's dead generation thread) is ended.
 
 Streams (manager/api/relay.py has the contract): for a READY server everything up to the
 request to the server runs on the event loop, and the answer is read and relayed there
@@ -38,12 +35,11 @@ before the status line get their own HTTP status; later ones an error event.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -51,9 +47,9 @@ from anyio import CapacityLimiter, to_thread
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from manager.accounts.auth import User
 from manager.api import ollama_flow, prometheus
 from manager.api.anthropic import from_openai_response, to_openai_request
+from manager.api.gateway_job import OLLAMA, Job, Kind
 from manager.api.images import MediaGate
 from manager.api.key_auth import api_checked, api_key_id, api_user, log_refusal, refusal
 from manager.api.limits import (
@@ -67,7 +63,7 @@ from manager.api.limits import (
 from manager.api.ollama_routes import not_found
 from manager.api.relay import Loading, Once, RelayResponse, done_unless_gone, unless_gone
 from manager.api.responses import left_out_tools, warning_header
-from manager.api.responses_routes import Prepared, ResponsesApi
+from manager.api.responses_routes import ResponsesApi
 from manager.api.schema import (
     Checker,
     check_chat,
@@ -98,6 +94,8 @@ from manager.api.wire import (
 from manager.errors import ValidationError
 from manager.read_cache import Checked
 from manager.servers.abort import Abort
+from manager.servers.failure_report import beyond_answering
+from manager.servers.inference import InferenceError
 from manager.servers.profiles import MAX_TOKENS_LIMIT, Backend, Profile
 from manager.servers.prompt_counts import PromptCounts
 from manager.servers.server_stream import ServerStream, count_then_open, known_count
@@ -116,54 +114,10 @@ MAX_CONCURRENT = 256
 INLINE_BODY_BYTES = 64 * 1024
 
 
-class Kind(enum.Enum):
-    CHAT = "chat"
-    COMPLETION = "completion"
-    MESSAGES = "messages"
-    COUNT_TOKENS = "count_tokens"
-    RESPONSES = "responses"
-    OLLAMA_CHAT = "ollama_chat"  # manager/api/ollama_flow.py
-    OLLAMA_GENERATE = "ollama_generate"
-
-
-OLLAMA = (Kind.OLLAMA_CHAT, Kind.OLLAMA_GENERATE)
 _CHECKS: dict[Kind, Checker] = {Kind.CHAT: check_chat, Kind.COMPLETION: check_completion,
                                 Kind.MESSAGES: check_messages,
                                 Kind.COUNT_TOKENS: check_messages,
                                 Kind.RESPONSES: check_responses}
-
-
-@dataclass(frozen=True)
-class _Job:
-    kind: Kind
-    user: User
-    model: str
-    body: dict[str, Any]
-    size: int = 0  # bytes of the request body
-    #: A Responses request made ready (its body is then the chat request to send).
-    responses: Prepared | None = None
-    received_ns: int = 0  # perf_counter_ns when it arrived (Ollama's durations)
-
-    @property
-    def fmt(self) -> ApiFormat:
-        if self.kind in OLLAMA:
-            return ApiFormat.OLLAMA
-        return ApiFormat.ANTHROPIC if self.kind in (Kind.MESSAGES, Kind.COUNT_TOKENS) \
-            else ApiFormat.OPENAI
-
-    @property
-    def generate(self) -> bool:
-        return self.kind is Kind.OLLAMA_GENERATE
-
-    @property
-    def completion(self) -> bool:
-        """Sent to the server's /v1/completions (a prompt, no messages)."""
-        return self.kind is Kind.COMPLETION or ollama_flow.raw(self.generate, self.body)
-
-    def streams(self) -> bool:
-        if self.kind in OLLAMA:
-            return ollama_flow.streams(self.generate, self.body)
-        return bool(self.body.get("stream")) and self.kind is not Kind.COUNT_TOKENS
 
 
 def _fit(fmt: StreamFormat, snap: ServerSnapshot, prompt_tokens: int) -> None:
@@ -174,20 +128,20 @@ def _fit(fmt: StreamFormat, snap: ServerSnapshot, prompt_tokens: int) -> None:
         fmt.translator.input_tokens = prompt_tokens
 
 
-def _openai_format(job: _Job, profile: Profile) -> StreamFormat:
+def _openai_format(job: Job, profile: Profile) -> StreamFormat:
     options = job.body.get("stream_options")
     return OpenAIPassthrough(profile.name, include_usage=isinstance(options, dict)
                              and bool(options.get("include_usage")))
 
 
-def _responses_format(job: _Job, profile: Profile) -> StreamFormat:
+def _responses_format(job: Job, profile: Profile) -> StreamFormat:
     if job.responses is None:
         raise RuntimeError("a Responses stream without its prepared request")
     return job.responses.format(profile.name)
 
 
 #: The stream format of each route that streams.
-_FORMATS: dict[Kind, Callable[[_Job, Profile], StreamFormat]] = {
+_FORMATS: dict[Kind, Callable[[Job, Profile], StreamFormat]] = {
     Kind.CHAT: _openai_format, Kind.COMPLETION: _openai_format,
     Kind.MESSAGES: lambda job, profile: AnthropicFormat(profile.name),
     Kind.RESPONSES: _responses_format,
@@ -267,7 +221,7 @@ class Gateway:
                     ollama_flow.check(kind is Kind.OLLAMA_GENERATE, body, values=values)
                 elif values:
                     check_values(body)
-                job = _Job(kind, user, requested_model(body), body, len(raw),
+                job = Job(kind, user, requested_model(body), body, len(raw),
                            received_ns=received)
                 if kind not in OLLAMA:
                     _CHECKS[kind](body)
@@ -291,7 +245,7 @@ class Gateway:
             if not streaming:
                 release()
 
-    async def _answer_unless_gone(self, request: Request, job: _Job) -> Response:
+    async def _answer_unless_gone(self, request: Request, job: Job) -> Response:
         """The whole answer; a client that leaves first aborts the model's request."""
         abort = Abort()
         work = asyncio.ensure_future(to_thread.run_sync(self._answer, job, abort,
@@ -327,7 +281,7 @@ class Gateway:
             "/v1/responses.",
             "unknown_endpoint"), request)
 
-    async def _stream(self, request: Request, job: _Job, release: Once) -> Response:
+    async def _stream(self, request: Request, job: Job, release: Once) -> Response:
         """A stream (see manager/api/relay.py for the contract)."""
         held = ExitStack()
         held.callback(release)
@@ -356,7 +310,7 @@ class Gateway:
             held.close()
             return error_response(job.fmt, failure_for(exc), request, job.model)
 
-    async def _relay_ready(self, request: Request, job: _Job, profile: Profile,
+    async def _relay_ready(self, request: Request, job: Job, profile: Profile,
                            body: dict[str, Any], snap: ServerSnapshot, held: ExitStack
                            ) -> RelayResponse:
         """The request goes out first, then the stream format is made (regexes, names,
@@ -371,25 +325,33 @@ class Gateway:
             raise
         return RelayResponse(fmt, held, stream=stream, model=job.model)
 
-    async def _connect(self, job: _Job, fmt: StreamFormat, body: dict[str, Any],
+    async def _connect(self, job: Job, fmt: StreamFormat, body: dict[str, Any],
                        snap: ServerSnapshot) -> ServerStream:
         stream, prompt_tokens = await self._open(job, body, snap)
         _fit(fmt, snap, prompt_tokens)
         return stream
 
-    async def _open(self, job: _Job, body: dict[str, Any], snap: ServerSnapshot,
+    async def _open(self, job: Job, body: dict[str, Any], snap: ServerSnapshot,
                     request: Request | None = None) -> tuple[ServerStream, int]:
         """The stream, and for an Anthropic one its prompt's tokens (message_start
         carries them; 0 for the others). With `request`, a prompt still to be counted
         (which can take a while) is given up when its client leaves."""
         metrics = self._services.metrics
-        if job.kind is Kind.MESSAGES:
-            key, known, prepared = known_count(self._counts, snap, body)
-            if known is None:
-                opening = count_then_open(metrics, snap, body, counts=self._counts, key=key)
-                return await (opening if request is None else unless_gone(request, opening))
-            return await ServerStream.open(metrics, snap, body, prepared=prepared), known
-        return await ServerStream.open(metrics, snap, body, completion=job.completion), 0
+        try:
+            if job.kind is Kind.MESSAGES:
+                key, known, prepared = known_count(self._counts, snap, body)
+                if known is None:
+                    opening = count_then_open(metrics, snap, body, counts=self._counts,
+                                              key=key)
+                    return await (opening if request is None
+                                  else unless_gone(request, opening))
+                return await ServerStream.open(metrics, snap, body, prepared=prepared), known
+            return await ServerStream.open(metrics, snap, body, completion=job.completion), 0
+        except InferenceError as exc:
+            broken = beyond_answering(exc.message)
+            if broken is not None:
+                self._services.supervisor.end_broken(snap, broken)
+            raise
 
     def _wait_ready(self, profile: Profile, cancel: CancelEvent) -> ServerSnapshot:
         # Woken by the server's transition, or at once when the client goes away.
@@ -413,21 +375,21 @@ class Gateway:
             {s.profile_id: s for s in services.supervisor.snapshots()},
             services.metrics.all(), services.placement.stats())
 
-    def _profile(self, job: _Job, checked: Checked | None = None) -> Profile:
+    def _profile(self, job: Job, checked: Checked | None = None) -> Profile:
         profile = resolve_profile(self._services.profiles.list(checked), job.model)
         if job.kind is Kind.COMPLETION and profile.backend is Backend.MLX_VLM:
             raise GatewayError(400, f"{profile.name} runs on mlx_vlm, which only answers chat "
                                "requests: use /v1/chat/completions.", "unsupported_endpoint")
         return profile
 
-    def _ready(self, profile: Profile, job: _Job, abort: Abort) -> ServerSnapshot:
+    def _ready(self, profile: Profile, job: Job, abort: Abort) -> ServerSnapshot:
         """Start the profile's server if needed and wait (bounded) until it is READY."""
         placement = self._services.placement
         placement.ensure_started(job.user, profile, by=f"gateway ({job.user.email})")
         # Woken by the server's transition, or at once when the client goes away.
         return placement.wait_ready(profile.id, self._wait_ready_s, abort)
 
-    def _upstream_body(self, profile: Profile, job: _Job) -> dict[str, Any]:
+    def _upstream_body(self, profile: Profile, job: Job) -> dict[str, Any]:
         """The OpenAI request to send, checked before any server is started for it:
         max_tokens capped, images turned into data the gateway checked itself."""
         body = job.body
@@ -438,9 +400,11 @@ class Gateway:
                 body = {**body, "max_tokens": 1, "stream": False}
             body = with_thinking_switch(to_openai_request(body, profile.name), body)
         elif job.kind is Kind.COMPLETION:
-            if not isinstance(body.get("prompt"), (str, list)):
-                raise ValidationError("prompt: a string (or a list of them) is required",
-                                      "prompt")
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1:  # (schema.check_completion)
+                body = {**body, "prompt": prompt[0]}
+            elif not isinstance(prompt, str):
+                raise ValidationError("prompt: a string is required", "prompt")
         elif not isinstance(body.get("messages"), list) or not body["messages"]:
             raise ValidationError("messages: a non-empty list is required", "messages")
         else:
@@ -452,12 +416,12 @@ class Gateway:
             body["messages"] = self._media.messages(body["messages"])
         return body
 
-    def _keep_alive(self, job: _Job) -> None:
+    def _keep_alive(self, job: Job) -> None:
         """Ollama's keep_alive, once the request let go of its server (placement.py)."""
         if job.kind in OLLAMA:
             ollama_flow.keep_alive(self._services, job.user, job.model, job.body)
 
-    def _load(self, job: _Job, abort: Abort) -> bytes:
+    def _load(self, job: Job, abort: Abort) -> bytes:
         """An Ollama request with nothing to generate: load the model (or unload it)."""
         profile = self._profile(job)
         if ollama_flow.keep_alive_s(job.body) != 0:
@@ -466,7 +430,7 @@ class Gateway:
         return dumps(ollama_flow.loaded(self._services.placement, job.user, profile,
                                         job.generate, job.received_ns, job.body))
 
-    def _answer(self, job: _Job, abort: Abort) -> bytes:
+    def _answer(self, job: Job, abort: Abort) -> bytes:
         inference = self._services.inference
         if job.kind in OLLAMA and ollama_flow.load_only(job.generate, job.body):
             return self._load(job, abort)

@@ -17,7 +17,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from manager.api.gateway import WAIT_READY_S, Gateway, Kind
+from manager.api.gateway import WAIT_READY_S, Gateway
+from manager.api.gateway_job import Kind
 from manager.api.ollama_routes import OllamaRoutes, add_ollama_routes
 from manager.services import Services
 

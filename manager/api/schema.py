@@ -261,10 +261,17 @@ def check_completion(body: Mapping[str, Any]) -> None:
     """An OpenAI legacy completions request (a prompt)."""
     prompt = body.get("prompt")
     if isinstance(prompt, list):
-        if not prompt or not all(isinstance(p, str) for p in prompt):
-            raise invalid("prompt", "must be a string or a non-empty list of strings")
+        # A batch of prompts gets one choice each from OpenAI; a model server answers one
+        # prompt per request. Clients that always send a list send a list of one.
+        if len(prompt) != 1 or not isinstance(prompt[0], str):
+            raise invalid("prompt", "must be one string (or a list of exactly one): send "
+                                    "one request per prompt")
+        prompt = prompt[0]
     elif not isinstance(prompt, str):
         raise invalid("prompt", f"must be a string, not {kind_of(prompt)}")
+    if not prompt:
+        # mlx_lm's generation thread dies on an empty prompt, and its server with it.
+        raise invalid("prompt", "is empty: give the model some text to continue")
     _common(body)
 
 

@@ -24,6 +24,10 @@ from manager.servers.upstream import error_message
 
 log = logging.getLogger(__name__)
 
+#: mlx_lm's answer once its generation thread died (an empty prompt kills it, say): the
+#: process lives on and refuses every request from then on.
+DEAD_GENERATION = "generation thread died"
+
 #: At most this much of the log written during a request is read back.
 EXCERPT_BYTES = 64 * 1024
 #: "ValueError: ...", "torch.OutOfMemoryError: ...", "KeyboardInterrupt", "Killed".
@@ -128,3 +132,12 @@ def broken_answer(name: str, pid: int | None, log_path: str | Path | None, since
         return (f"{name} stopped answering: {what}, and its process exited (it crashed or "
                 f"was killed).{said} The Servers tab shows the rest.")
     return f"{name} stopped answering: {what}. It may have crashed: see the Servers tab.{said}"
+
+
+def beyond_answering(said: str) -> str | None:
+    """Why a READY server that refused a request with `said` must be ended (it will never
+    answer again: Supervisor.end_broken), or None for a refusal of that one request."""
+    if DEAD_GENERATION not in said:
+        return None
+    return (f"It stopped generating and refused every request ({said}); it was ended, so "
+            "that a start brings it back.")

@@ -30,7 +30,13 @@ from manager.errors import ManagerError
 from manager.net import tls_context
 from manager.servers.abort import Abort
 from manager.servers.assemble import whole_response
-from manager.servers.failure_report import broken_answer, log_size, refusal, stream_error
+from manager.servers.failure_report import (
+    beyond_answering,
+    broken_answer,
+    log_size,
+    refusal,
+    stream_error,
+)
 from manager.servers.metering import RequestStats, StreamMeter, Usage
 from manager.servers.metering import decode_rate as decode_rate  # where others import it
 from manager.servers.profiles import Backend
@@ -335,11 +341,13 @@ class InferenceClient:
         log.warning("request to %s failed: %s", snap.profile.name, message)
         return InferenceError(message)
 
-    @staticmethod
-    def _refused(snap: ServerSnapshot, response: httpx.Response, log_from: int
+    def _refused(self, snap: ServerSnapshot, response: httpx.Response, log_from: int
                  ) -> InferenceError:
-        return InferenceError(refusal(snap.profile.name, response, snap.log_path, log_from),
-                              response.status_code)
+        said = refusal(snap.profile.name, response, snap.log_path, log_from)
+        broken = beyond_answering(said)
+        if broken is not None:
+            self._supervisor.end_broken(snap, broken)
+        return InferenceError(said, response.status_code)
 
     def _stream(self, profile_id: int, body: Mapping[str, Any], path: str,
                 wait_s: float | None,

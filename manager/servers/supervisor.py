@@ -11,9 +11,8 @@ The supervisor keeps the one activity count of each server (`lease`): the idle
 timeout and the placement's evictions both read it. Who may start, stop or restart is
 checked here (`actor`, None being the manager itself). Which start is allowed to
 happen (memory budget, one at a time) is decided by manager/servers/placement.py,
-through which every start from a person, the gateway or auto-start goes.
-
-Time comes from a `Clock` (backoff, quick failures, idle timeout) so tests can move it.
+through which every start from a person, the gateway or auto-start goes. Time comes
+from a `Clock` (backoff, quick failures, idle timeout) so tests can move it.
 """
 
 from __future__ import annotations
@@ -83,6 +82,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 900.0
 #: Who acted when nobody did: auto-start, idle stop, the CLI.
 MANAGER = "the manager"
+_ENDABLE = (ServerState.STARTING, ServerState.READY)  # the runs `_give_up` ends
 
 
 def _who(actor: User | None, by: str | None) -> str:
@@ -121,8 +121,8 @@ class Supervisor(ServerRegistry):
     def start(self, profile_id: int, *, actor: User | None = None, by: str | None = None
               ) -> ServerSnapshot:
         """Spawn the profile's server; returns at once in STARTING (readiness runs in a
-        thread). Raises Conflict if it already runs, ValidationError for the port/model.
-        People start servers through Placement.start, which applies the memory budget."""
+        thread). Conflict if it runs, ValidationError for the port/model. People start
+        servers through Placement.start (the memory budget)."""
         profile = self._profiles.get(profile_id)
         require(actor, Action.SERVER_START, Owned.by(profile.owner_id))
         return self._start(profile, by=_who(actor, by),
@@ -163,16 +163,16 @@ class Supervisor(ServerRegistry):
             remove_logs(self.logs_dir, server.profile.id)
             return self._snap(server)
 
-    def restart(self, profile_id: int, *, actor: User | None = None, by: str | None = None
-                ) -> ServerSnapshot:
-        """Stop (when it runs) and start again, without a memory check (Placement.restart
-        is the one people use)."""
-        who = _who(actor, by)
-        require(actor, Action.SERVER_RESTART, self.owners(profile_id))
-        snap = self.snapshot(profile_id)
-        if snap is not None and snap.state is not ServerState.STOPPED:
-            self.stop(profile_id, by=who, reason=f"restart requested by {who}")
-        return self.start(profile_id, actor=actor, by=by)
+    def end_broken(self, snap: ServerSnapshot, reason: str) -> None:
+        """A READY run that refuses every request from now on (mlx_lm's generation thread
+        died; the process lives on): ended in the background and failed like a crash."""
+        with self._lock:
+            server = self._servers.get(snap.profile_id)
+            if server is None or server.pid != snap.pid or server.state is not ServerState.READY:
+                return  # already ended, or another run
+            generation = server.generation
+        threading.Thread(target=self._give_up, args=(server, generation, reason),
+                         name=f"end-broken-{snap.profile_id}", daemon=True).start()
 
     def forget(self, profile_id: int) -> None:
         """Drop a stopped or failed server whose profile was deleted."""
@@ -446,7 +446,7 @@ class Supervisor(ServerRegistry):
 
     def _give_up(self, server: ServerRun, generation: int, reason: str) -> None:
         with self._lock:
-            if server.generation != generation or server.state is not ServerState.STARTING:
+            if server.generation != generation or server.state not in _ENDABLE:
                 return
             pid, popen, proc = server.pid, server.popen, server.proc
             # Whoever sees the process gone first (this thread or a reconcile woken by its
@@ -454,7 +454,7 @@ class Supervisor(ServerRegistry):
             server.giving_up = reason
         terminate(pid, popen, proc, min(self._stop_grace_s, 3.0))
         with self._changing():
-            if server.generation != generation or server.state is not ServerState.STARTING:
+            if server.generation != generation or server.state not in _ENDABLE:
                 return
             server.exit_code = getattr(popen, "returncode", None)
             self._fail(server, reason)
