@@ -241,6 +241,22 @@ def test_a_request_while_a_restart_stops_the_server_gets_the_restarted_run(
         supervisor.close(keep_servers=False)
 
 
+def test_a_restart_whose_model_is_gone_leaves_the_running_server_be(
+        world: World, tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """Restart stopped the server that answered, then could not start it again."""
+    model = tmp_path / "moved-away"
+    model.mkdir()
+    for part in tiny_models["text"].iterdir():
+        (model / part.name).symlink_to(part)
+    profile = world.profile("moving", model, world.carol)
+    running = world.placement.start(world.carol, profile.id)
+    model.rename(tmp_path / "elsewhere")
+    with pytest.raises(ValidationError, match="No model folder"):
+        world.placement.restart(world.carol, profile.id)
+    now = world.supervisor.snapshot(profile.id)
+    assert now.state is ServerState.STARTING and now.pid == running.pid
+
+
 def test_only_owners_and_admins_stop_or_restart_a_server(world: World,
                                                          tiny_models: dict[str, Path]
                                                          ) -> None:

@@ -202,6 +202,8 @@ class Placement:
         require(actor, Action.SERVER_RESTART, self._supervisor.owners(profile_id))
         require(actor, Action.SERVER_START, Owned.by(profile.owner_id))
         who = by or (actor.email if actor is not None else MANAGER)
+        # A model that is gone is said before the running server is stopped for nothing.
+        self._profiles.resolve_model(profile.model)
         with self._start_lock:
             snap = self._supervisor.snapshot(profile_id)
             if snap is not None and snap.state is not ServerState.STOPPED:
