@@ -174,6 +174,18 @@ def test_ps_and_keep_alive_durations(live: Live) -> None:
     assert "idle for 2 min" in snap.reason
 
 
+def test_a_keep_alive_past_a_century_keeps_the_model_loaded_and_ps_answers(live: Live
+                                                                         ) -> None:
+    """A keep_alive of 1e12 s (any key may send one) made /api/ps a 500 for everyone
+    until the server stopped: its expiry was a year past 9999."""
+    client = live.client()
+    client.chat("text", messages=HI, keep_alive=1e12, options={"num_predict": 1})
+    running = {m.model: m for m in client.ps().models}
+    assert running["text"].expires_at.year >= 2100
+    client.chat("text", messages=HI, keep_alive=0, options={"num_predict": 1})
+    assert wait_for(lambda: live.state("text") is ServerState.STOPPED, 30)
+
+
 def test_keep_alive_zero_unloads_after_the_answer_and_an_empty_request_loads(live: Live
                                                                            ) -> None:
     client = live.client()

@@ -56,7 +56,9 @@ def png_base64() -> str:
     ("value", "seconds"),
     [(None, None), (0, 0.0), ("0", 0.0), (300, 300.0), (1.5, 1.5), ("300", 300.0),
      ("5m", 300.0), ("1h30m", 5400.0), ("250ms", 0.25), ("-1", -1.0), (-5, -1.0),
-     ("-1m", -1.0), ("2h45m10s", 9910.0)],
+     ("-1m", -1.0), ("2h45m10s", 9910.0),
+     # Past a century: kept loaded (a date in the year 31,000 made /api/ps a 500).
+     (1e12, -1.0), ("99999999999h", -1.0), (99999999999999999999, -1.0)],
 )
 def test_keep_alive_in_seconds_or_go_durations(value: Any, seconds: float | None) -> None:
     assert parse_keep_alive(value) == seconds

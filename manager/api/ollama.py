@@ -46,6 +46,9 @@ THINK_LEVELS = ("high", "medium", "low")
 _DURATION = re.compile(r"(-?)((?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+")
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: A keep_alive this long or longer means "keep it loaded" (-1): /api/ps has no date for
+#: a year past 9999.
+NEVER_S = 100 * 365 * 86400.0
 # option -> (OpenAI field, kind, low, high)
 _OPTIONS: dict[str, tuple[str, str, float | None, float | None]] = {
     "temperature": ("temperature", "number", 0, 100),
@@ -117,7 +120,7 @@ def parse_keep_alive(value: Any) -> float | None:
         raise _bad_keep_alive(value)
     if not math.isfinite(seconds):
         raise _bad_keep_alive(value)
-    return -1.0 if seconds < 0 else seconds
+    return -1.0 if seconds < 0 or seconds >= NEVER_S else seconds
 
 
 def _bad_keep_alive(value: Any) -> GatewayError:

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response
 
 from manager.api.key_auth import api_user, log_refusal, refusal
 from manager.api.limits import ModelFacts, read_body
-from manager.api.ollama import OLLAMA_VERSION
+from manager.api.ollama import NEVER_S, OLLAMA_VERSION
 from manager.api.ollama_wire import ps_entry, show_payload, tags_entry, timestamp
 from manager.api.wire import Failure, GatewayError, dumps, parse_body, resolve_profile
 from manager.errors import ManagerError, NotFound
@@ -36,8 +36,6 @@ from manager.services import Services
 
 log = logging.getLogger(__name__)
 
-#: expires_at of a model that is never unloaded for being idle.
-NEVER_S = 100 * 365 * 86400.0
 MANAGED_ON_DASHBOARD = (
     "Models are managed on the MLX Model Manager dashboard (Models and Profiles tabs), not "
     "through {path}. Every profile is served as a model: GET /api/tags lists them.")
@@ -92,7 +90,7 @@ class OllamaModels:
         activity = supervisor.activity(profile_id)
         clock = supervisor.clock
         idle = 0.0 if activity.leases else max(0.0, clock.monotonic() - activity.last_used)
-        return timestamp(clock.time() + max(0.0, limit - idle))
+        return timestamp(clock.time() + min(NEVER_S, max(0.0, limit - idle)))
 
     def show(self, name: str) -> dict[str, Any]:
         profile = resolve_profile(self._services.profiles.list(), name)
