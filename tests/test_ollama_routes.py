@@ -63,6 +63,8 @@ def test_version_list_and_show_describe_the_profiles(api: Api) -> None:
     assert "tools" in client.show("tools").capabilities
     assert "vision" in client.show("eyes").capabilities
     assert client.show("THINKER").details.family == "qwen3"  # names are case-insensitive
+    # Ollama's default tag: clients that add it name the same model (it was a 404).
+    assert client.show("thinker:latest").details.family == "qwen3"
     assert client.ps().models == []  # nothing is running
 
 

@@ -205,13 +205,15 @@ def requested_model(body: Mapping[str, Any]) -> str:
 
 
 def resolve_profile(profiles: Iterable[Profile], name: str) -> Profile:
-    """The profile a request names: by profile name (case-insensitive), else by the
-    model it serves (a repo id or folder) when exactly one profile serves that."""
+    """The profile a request names: by profile name (case-insensitive; Ollama's default
+    tag ":latest" may follow it), else by the model it serves (a repo id or folder)
+    when exactly one profile serves that."""
     profiles = list(profiles)
     wanted = " ".join(name.split()).casefold()
-    for profile in profiles:
-        if profile.name.casefold() == wanted:
-            return profile
+    for each in dict.fromkeys((wanted, wanted.removesuffix(":latest"))):
+        for profile in profiles:
+            if profile.name.casefold() == each:
+                return profile
     serving = [p for p in profiles if p.model.strip().casefold() == name.strip().casefold()]
     if len(serving) == 1:
         return serving[0]
