@@ -5,12 +5,14 @@ brings the chat back and it goes on. (MCP settings live in the Admin tab: test_g
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from gradio_client import Client
+from gradio_client.exceptions import AppError
 
 from manager.chat.history import NewMessage
 from manager.net import free_port
@@ -206,3 +208,29 @@ def test_picking_a_stopped_profile_starts_it_and_the_message_waits_for_it(
         assert "**sleeper** is ready" in status
     finally:
         services.supervisor.stop(profile.id)
+
+
+def test_a_message_to_a_server_that_cannot_start_makes_no_chat(
+        dash: ChatDashboard, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """A message to a stopped server whose model was moved away, or whose port another
+    program holds: the start refused it, after an empty "New chat" was made for it (one
+    more with every try)."""
+    services = dash.services
+    model = tmp_path / "moving-model"
+    model.mkdir()
+    for part in tiny_models["text"].iterdir():
+        (model / part.name).symlink_to(part)
+    profile = services.profiles.create(None, ProfileSpec(
+        name="unstartable", model=str(model), port=free_port()))
+    client = dash.client(BOB)
+    bob = dash.user(BOB)
+    model.rename(tmp_path / "moved")
+    with pytest.raises(AppError, match="No model folder"):
+        send(client, profile.id, "my carefully typed question")
+    (tmp_path / "moved").rename(model)
+    with socket.socket() as holder:  # another program on the profile's port
+        holder.bind(("127.0.0.1", profile.port))
+        holder.listen()
+        with pytest.raises(AppError, match="already in use by another program"):
+            send(client, profile.id, "my carefully typed question")
+    assert services.chats.list(bob, profile.id) == []

@@ -146,7 +146,12 @@ def wire(page: ChatPage) -> None:
         profile = page.profile_of(ref)
         options = options_of(tools, rounds, frames, video)
         text, files = message_parts(box_value)
-        return engine.prepare(profile.id, text, files, options), options
+        prepared = engine.prepare(profile.id, text, files, options)
+        if server_state(services, profile) not in ACTIVE_STATES:
+            # Its start would refuse a model that is gone: said while the box still
+            # holds the message.
+            services.profiles.resolve_model(profile.model)
+        return prepared, options
 
     def turn(user: User, prepared: PreparedMessage, options: ChatOptions,
              chat_id: int | None, search_text: str, shown: Any, first: dict[Any, Any],
@@ -155,13 +160,13 @@ def wire(page: ChatPage) -> None:
         first update)."""
         profile = prepared.profile
         chat = chats.get(user, int(chat_id)) if chat_id is not None else None
-        summary = chat.summary if chat is not None else engine.start_chat(user, profile)
         seen = page.views.version(session)
         started = server_state(services, profile) not in ACTIVE_STATES
         if started:
-            # A stopped or failed server is started (which can take seconds, or be
-            # refused); the message waits for it.
+            # A stopped or failed server is started (which can take seconds); the message
+            # waits for it. A start refused makes no chat.
             services.placement.start(user, profile.id)
+        summary = chat.summary if chat is not None else engine.start_chat(user, profile)
         history = list(chat.messages) if chat is not None else []
         settled = page.views.settle(session, seen, summary.id, profile.id)
         if settled.chat:
