@@ -262,6 +262,25 @@ def test_openai_legacy_completions(gw: Gateway) -> None:
     assert listed.choices[0].text == done.choices[0].text
 
 
+def test_a_request_the_model_server_refuses_is_a_400_not_retried(gw: Gateway) -> None:
+    """mlx_lm answers 404 for whatever its handling of a request raised (here a tool
+    call's arguments that are not JSON): the gateway called it its own failure, a 502
+    with x-should-retry that the SDKs sent three times."""
+    body = {"model": "text", "max_tokens": 4, "messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "", "tool_calls": [{
+            "id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "not json"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]}
+    with httpx.Client(base_url=gw.url, timeout=120,
+                      headers={"Authorization": f"Bearer {gw.admin_key}"}) as client:
+        answer = client.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["message"].startswith("text refused the request: ")
+    assert answer.headers["x-should-retry"] == "false"
+    assert gw.state("text") is ServerState.READY  # the server is fine
+
+
 def test_a_server_that_will_never_answer_again_is_ended_and_started_anew(gw: Gateway
                                                                           ) -> None:
     """mlx_lm's generation thread dies on an empty prompt (the gateway now refuses one;

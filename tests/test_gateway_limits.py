@@ -31,7 +31,7 @@ from manager.api.wire import GatewayError
 from manager.errors import ValidationError
 from manager.models.capabilities import detect
 from manager.net import free_port
-from manager.servers.profiles import ProfileSpec
+from manager.servers.profiles import Backend, ProfileSpec
 from manager.servers.supervisor import ServerState
 from manager.services import Services
 from manager.settings import Settings
@@ -123,9 +123,11 @@ def make_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
                                             **settings), run_servers=False,
                                    hasher=TEST_HASHER)
         admin = services.auth.register("alice@example.com", PASSWORD)
+        model = tiny_config_dir(root / "model")
         services.profiles.create(admin, ProfileSpec(
-            name="parked", model=str(tiny_config_dir(root / "model")), port=free_port(),
-            max_tokens=64))
+            name="parked", model=str(model), port=free_port(), max_tokens=64))
+        services.profiles.create(admin, ProfileSpec(  # a vision server's profile
+            name="eyes", model=str(model), port=free_port(), backend=Backend.MLX_VLM))
         made[wanted] = Api(services, build_app(services),
                            services.api_keys.create(admin, "t").secret,
                            services.api_keys.create(admin, "other").secret,
@@ -289,6 +291,12 @@ def test_key_limiter_counts_in_flight_requests_and_a_sliding_minute() -> None:
      b'{"model": "parked", "messages": [{"role": "user", "content": "Hi"}], '
      b'"adapter_path": "/home"}', "adapter_path"),
     ("/v1/completions", b'{"model": "parked", "prompt": 5}', "prompt"),
+    # MLX takes an unsigned 64-bit seed: another one was a 502 from the server.
+    ("/v1/chat/completions",
+     b'{"model": "parked", "messages": [{"role": "user", "content": "Hi"}], "seed": -1}',
+     "seed"),
+    ("/v1/completions", b'{"model": "parked", "prompt": "Hi", "seed": 18446744073709551616}',
+     "seed"),
     # An empty prompt, or a list, killed mlx_lm's generation thread: its server then
     # refused every request until stopped by hand.
     ("/v1/completions", b'{"model": "parked", "prompt": ""}', "prompt"),
@@ -447,9 +455,26 @@ def listener() -> Iterator[_Listener]:
     made.close()
 
 
-def _image_body(url: str) -> dict[str, Any]:
-    return {"model": "parked", "messages": [{"role": "user", "content": [
+def _image_body(url: str, model: str = "eyes") -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What?"}]}]}
+
+
+def test_an_image_or_audio_part_to_a_text_only_server_is_a_400_that_names_it(api: Api
+                                                                            ) -> None:
+    """mlx_lm refused them with a 404 the gateway passed on as its own failure: a 502
+    the SDKs retried three times."""
+    for part in ({"type": "image_url", "image_url": {"url": png_data_url()}},
+                 {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}):
+        answer = api.post("/v1/chat/completions", {"model": "parked", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "What?"}, part]}]})
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["param"] == "messages[0].content[1]"
+        assert "parked runs a text-only model" in error["message"]
+        assert part["type"] in error["message"]
+        assert answer.headers["x-should-retry"] == "false"
+    assert parked_state(api) is ServerState.STOPPED
 
 
 def test_image_urls_are_not_fetched_unless_an_admin_allows_them(
@@ -459,7 +484,7 @@ def test_image_urls_are_not_fetched_unless_an_admin_allows_them(
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == "messages[0].content[0].image_url"
     assert "not fetched on this dashboard" in answer.json()["error"]["message"]
-    anthropic = api.post("/v1/messages", {"model": "parked", "max_tokens": 5, "messages": [
+    anthropic = api.post("/v1/messages", {"model": "eyes", "max_tokens": 5, "messages": [
         {"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": url}}]}]})
     assert anthropic.status_code == 400
     assert "not fetched on this dashboard" in anthropic.json()["error"]["message"]

@@ -50,7 +50,7 @@ from fastapi.responses import JSONResponse, Response
 from manager.api import ollama_flow, prometheus
 from manager.api.anthropic import from_openai_response, to_openai_request
 from manager.api.gateway_job import OLLAMA, Job, Kind
-from manager.api.images import MediaGate
+from manager.api.images import MediaGate, text_parts_only
 from manager.api.key_auth import api_checked, api_key_id, api_user, log_refusal, refusal
 from manager.api.limits import (
     KeyLimiter,
@@ -413,6 +413,8 @@ class Gateway:
                                                 fallback=MAX_TOKENS_LIMIT))
         check_token_ids(body, self.facts.vocab_size(profile), profile.name)
         if not job.completion:
+            if profile.backend is Backend.MLX_LM:
+                text_parts_only(body["messages"], profile.name)
             body["messages"] = self._media.messages(body["messages"])
         return body
 

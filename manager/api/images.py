@@ -42,6 +42,20 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 AddressCheck = Callable[[IPAddress], str | None]
 
 
+def text_parts_only(messages: list[Any], server: str) -> None:
+    """A 400 for a part that is not text, in a request to a text-only (mlx_lm) server:
+    its server would refuse it with a 404 the gateway could only call its own failure."""
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, Mapping) else None
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind != "text":
+                raise invalid(f"messages[{i}].content[{j}]",
+                              f"{server} runs a text-only model (mlx_lm), which reads text "
+                              f"parts only, not {str(kind)[:40]!r}: pick a vision profile "
+                              "(mlx_vlm) for images, audio or video")
+
+
 def image_type(data: bytes) -> str | None:
     """The MIME type of an image by its first bytes, None if not an image we know."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):

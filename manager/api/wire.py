@@ -20,6 +20,7 @@ from typing import Any
 from manager.api.anthropic import anthropic_error, sse
 from manager.errors import ManagerError, NotFound, PermissionDenied, ValidationError
 from manager.json_text import loads_strict
+from manager.servers.failure_report import beyond_answering
 from manager.servers.inference import InferenceError
 from manager.servers.placement import InsufficientMemory, StartFailed
 from manager.servers.profiles import Profile
@@ -158,7 +159,9 @@ def failure_for(exc: BaseException) -> Failure:
     if isinstance(exc, ServerNotReady):
         return Failure(503, exc.message, "model_not_ready")
     if isinstance(exc, InferenceError):
-        if exc.status_code in (400, 413, 422):
+        # mlx_lm answers 404 for whatever its handling of a request raised (a template
+        # that refuses the messages, a bad argument), but for a dead generation thread.
+        if exc.status_code in (400, 404, 413, 422) and beyond_answering(exc.message) is None:
             return Failure(400, exc.message, "invalid_request")
         return Failure(502, exc.message, "backend_error", retry=True)
     if isinstance(exc, ManagerError):
