@@ -71,6 +71,13 @@ def test_keep_alive_that_is_no_duration_is_a_400(value: Any) -> None:
     assert caught.value.failure.status == 400
 
 
+def test_a_negative_ollama_seed_is_a_random_one_and_one_past_64_bits_a_400() -> None:
+    assert sampling({"seed": -1, "temperature": 0.2}) == {"temperature": 0.2}
+    with pytest.raises(GatewayError, match="options.seed: must be at most") as caught:
+        check_chat({"model": "tiny", "messages": [], "options": {"seed": 2 ** 64}})
+    assert caught.value.failure.status == 400
+
+
 def test_options_map_to_sampling_fields() -> None:
     assert sampling({"temperature": 0.2, "top_p": 0.9, "top_k": 20, "min_p": 0.05,
                      "seed": 7, "num_predict": 12, "stop": "END", "repeat_penalty": 1.1,

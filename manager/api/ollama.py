@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from manager.api.images import image_type
-from manager.api.schema import check_values, invalid, kind_of
+from manager.api.schema import SEED_MAX, check_values, invalid, kind_of
 from manager.api.wire import GatewayError
 from manager.servers.profiles import Backend, Profile
 
@@ -55,7 +55,7 @@ _OPTIONS: dict[str, tuple[str, str, float | None, float | None]] = {
     "top_p": ("top_p", "number", 0, 1),
     "min_p": ("min_p", "number", 0, 1),
     "top_k": ("top_k", "whole", 0, None),
-    "seed": ("seed", "whole", None, None),
+    "seed": ("seed", "whole", None, SEED_MAX),  # below 0: random (sampling())
     "presence_penalty": ("presence_penalty", "number", -100, 100),
     "frequency_penalty": ("frequency_penalty", "number", -100, 100),
     "repeat_penalty": ("repetition_penalty", "number", 0, 100),
@@ -145,6 +145,7 @@ def _check_options(options: Any) -> None:
             raise invalid(field, f"must be a whole number, not {value:g}")
         if (low is not None and value < low) or (high is not None and value > high):
             raise invalid(field, f"must be at least {low:g}" if high is None
+                          else f"must be at most {high}" if low is None
                           else f"must be between {low:g} and {high:g}")
     predict = options.get("num_predict")
     if predict is not None and (isinstance(predict, bool) or not isinstance(predict, int)):
@@ -322,6 +323,8 @@ def sampling(options: Mapping[str, Any] | None) -> dict[str, Any]:
         return out
     for name, (field, kind, _, _) in _OPTIONS.items():
         value = options.get(name)
+        if name == "seed" and value is not None and value < 0:
+            continue  # -1, as llama.cpp reads it: a random seed
         if value is not None:
             out[field] = int(value) if kind == "whole" else value
     predict = options.get("num_predict")

@@ -19,6 +19,10 @@ OPENAI_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 ANTHROPIC_ROLES = ("user", "assistant", "system")
 
 
+#: The largest seed the MLX servers take (mx.random.seed: an unsigned 64-bit number).
+SEED_MAX = 2 ** 64 - 1
+
+
 def invalid(field: str, problem: str) -> GatewayError:
     return GatewayError(400, f"{field}: {problem}", "invalid_request", param=field)
 
@@ -108,15 +112,16 @@ def _number(body: Mapping[str, Any], field: str, low: float | None = None,
         raise invalid(field, f"must be {bounds}, not {value:g}")
 
 
-def _whole(body: Mapping[str, Any], field: str, low: int) -> None:
+def _whole(body: Mapping[str, Any], field: str, low: int, high: int | None = None) -> None:
     """A whole number (1e12 arrives as a float and is fine: the gateway caps it)."""
     value = _get(body, field, (int, float), "a whole number")
     if value is None:
         return
     if isinstance(value, float) and not value.is_integer():
         raise invalid(field, f"must be a whole number, not {value:g}")
-    if value < low:
-        raise invalid(field, f"must be at least {low}, not {value:g}")
+    if value < low or (high is not None and value > high):
+        limits = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise invalid(field, f"must be {limits}, not {value:g}")
 
 
 def _flag(body: Mapping[str, Any], field: str) -> None:
@@ -150,7 +155,7 @@ def _sampling(body: Mapping[str, Any]) -> None:
     for field in ("presence_penalty", "frequency_penalty"):
         _number(body, field, -100, 100)
     _number(body, "repetition_penalty", 0, 100)
-    _whole(body, "seed", -(2 ** 63))
+    _whole(body, "seed", 0, SEED_MAX)  # MLX takes an unsigned 64-bit seed, nothing else
     _flag(body, "stream")
 
 
