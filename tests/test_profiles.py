@@ -151,6 +151,12 @@ def test_crud_and_duplicate(services: Services, tiny_models: dict[str, Path]) ->
     assert copy.system_prompt == "Be brief." and copy.max_tokens == 32
     assert profiles.duplicate(None, copy.id).name == "Base (copy 2)"
     assert copy_name("X", ["x (copy)"]) == "X (copy 2)"
+    # A name at the length limit: the copies' names were cut back to the taken one.
+    long = profiles.create(None, replace(made.spec(), name="L" * 64, port=None))
+    copies = [profiles.duplicate(None, long.id).name for _ in range(3)]
+    assert copies == ["L" * 57 + " (copy)", "L" * 55 + " (copy 2)", "L" * 55 + " (copy 3)"]
+    for each in (long.name, *copies):
+        profiles.delete(None, profiles.find(each).id)
     profiles.delete(None, copy.id)
     assert [p.name for p in profiles.list()] == ["Base", "Base (copy 2)"]
     assert profiles.find("base").id == made.id and profiles.find(str(made.id)).id == made.id

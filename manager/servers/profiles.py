@@ -284,9 +284,11 @@ def copy_name(name: str, taken: Iterable[str]) -> str:
     lowered = {t.casefold() for t in taken}
     base = re.sub(r" \(copy(?: \d+)?\)$", "", name)
     for n in range(1, 1000):
-        candidate = f"{base} (copy)" if n == 1 else f"{base} (copy {n})"
+        suffix = " (copy)" if n == 1 else f" (copy {n})"
+        # A long name is shortened to make room: the suffix is what tells copies apart.
+        candidate = base[:MAX_NAME - len(suffix)].rstrip() + suffix
         if candidate.casefold() not in lowered:
-            return candidate[:MAX_NAME]
+            return candidate
     raise Conflict("Too many copies of this profile already.")
 
 
