@@ -267,7 +267,9 @@ def build(services: Services) -> TabLoader:
     def show(selected: str | None, user: User, message: str = "") -> tuple:
         """Pick + table + status + every field, for the selected profile (or a new one)."""
         selected = selected or NEW
-        profile = None if selected == NEW else profiles.get(int(selected))
+        # The picker takes typed text too: a name works, anything else is NotFound.
+        profile = None if selected == NEW else profiles.find(str(selected))
+        selected = NEW if profile is None else str(profile.id)
         values = form_values(profile, profiles.suggest_port() if profile is None else None)
         if profile is not None and not allowed(user, Action.PROFILE_EDIT, profile.owners) \
                 and not message:
@@ -311,7 +313,7 @@ def build(services: Services) -> TabLoader:
                 profile = profiles.create(user, spec)
                 message = f"Created **{profile.name}** on port {profile.port}."
             else:
-                profile = profiles.update(user, int(selected), spec)
+                profile = profiles.update(user, profiles.find(str(selected)).id, spec)
                 message = f"Saved **{profile.name}**."
                 snap = services.supervisor.snapshot(profile.id)
                 if snap is not None and snap.state.value in ("starting", "ready"):
@@ -326,14 +328,14 @@ def build(services: Services) -> TabLoader:
     def on_duplicate(user: User, selected: str | None) -> tuple:
         if not selected or selected == NEW:
             raise gr.Error("Pick a profile to duplicate first.")
-        copy = profiles.duplicate(user, int(selected))
+        copy = profiles.duplicate(user, profiles.find(str(selected)).id)
         return show(str(copy.id), user, f"Created **{copy.name}**, a copy you can change.")
 
     @handler(services, "deleting a profile")
     def on_delete(user: User, selected: str | None) -> tuple:
         if not selected or selected == NEW:
             raise gr.Error("Pick a profile to delete first.")
-        profile = profiles.get(int(selected))
+        profile = profiles.find(str(selected))
         profiles.delete(user, profile.id)
         services.supervisor.forget(profile.id)
         return (*show(NEW, user, f"Deleted **{profile.name}**."), gr.Row(visible=False))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from gradio_client import Client
+from gradio_client.exceptions import AppError
 
 from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
@@ -141,3 +142,19 @@ def test_the_distributed_section_saves_hosts_and_shows_a_bad_line_on_its_box(
     assert dist is not None and dist.parallel.value == "pipeline" and dist.base_port == 40000
     assert dist.hosts[1].model_path == "/models/qwen"
     assert saved[hosts_box]["value"] == dist.hosts_text()
+
+
+def test_a_typed_profile_name_is_found_and_anything_else_is_said_plainly(
+        dashboard: LiveDashboard, people: None, tiny_models: dict[str, Path]) -> None:
+    """The picker takes typed text: "zz" got Python's "invalid literal for int() with
+    base 10" on Pick, Duplicate and Delete."""
+    bob = client_for(dashboard, BOB)
+    made = dashboard.services.profiles.create(
+        dashboard.services.auth.get_by_email(BOB),
+        ProfileSpec(name="typed", model=str(tiny_models["text"])))
+    for api in ("/profile_pick", "/profile_duplicate", "/profile_delete"):
+        with pytest.raises(AppError, match="No profile named 'zz'"):
+            bob.predict("zz", api_name=api)
+    picked = bob.predict("Typed", api_name="/profile_pick")
+    assert picked[0]["value"] == str(made.id)
+    assert [p.name for p in dashboard.services.profiles.list()] == ["typed"]
