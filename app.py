@@ -16,7 +16,6 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from manager.cli.instance import (
-    DataDirBusy,
     control_path,
     hold_data_dir,
     remove_control,
@@ -24,6 +23,7 @@ from manager.cli.instance import (
 )
 from manager.cli.main import build_parser, run_command, settings_from_args
 from manager.cli.serving import configure_logging
+from manager.errors import ManagerError
 from manager.net import port_is_free
 from manager.settings import Settings
 
@@ -156,7 +156,7 @@ def serve(settings: Settings, log_level: str = "info") -> int:
         # One dashboard per data dir; `restore` takes the same lock.
         with hold_data_dir(settings.data_dir, f"a dashboard on port {settings.port}"):
             return _serve(settings, log_level)
-    except DataDirBusy as exc:
+    except ManagerError as exc:  # the data dir is taken or cannot be written, say
         log.error("%s", exc.message)
         return 1
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from manager.errors import ValidationError
+from manager.errors import ManagerError, ValidationError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -193,4 +193,16 @@ class Settings:
 
     def ensure_dirs(self) -> None:
         for path in (self.data_dir, self.logs_dir, self.uploads_dir):
-            path.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise unusable_data_dir(self.data_dir, path, exc) from exc
+
+
+def unusable_data_dir(data_dir: Path, path: Path, exc: OSError) -> ManagerError:
+    """A data dir (or a folder or file in it) that cannot be made or written, said in one
+    line with what to do."""
+    where = exc.filename or path  # the one that failed (a mkdir's parent, say)
+    return ManagerError(
+        f"The data dir {data_dir} cannot be used: {where}: {exc.strerror or exc}. Pick "
+        f"another with --data-dir (or {DATA_DIR_ENV}), or make it writable.")

@@ -198,3 +198,23 @@ def test_a_port_in_use_gets_a_clear_message(tmp_path: Path,
         port = taken.getsockname()[1]
         assert main(["--port", str(port), "--data-dir", str(tmp_path / "data")]) == 1
     assert f"Port {port} on 127.0.0.1 is already in use" in caplog.text
+
+
+def test_a_data_dir_that_cannot_be_made_is_one_line_not_a_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A data dir under a file (or on a read-only disk): every command and the dashboard
+    ended in an OSError's traceback."""
+    from app import main
+
+    (tmp_path / "a-file").write_text("")
+    data_dir = tmp_path / "a-file" / "data"
+    for args in (("users", "list"), ("profiles", "list"), ("status",)):
+        result = run_cli(*args, data_dir=data_dir)
+        assert result.returncode == 1, args
+        assert f"The data dir {data_dir} cannot be used: " in result.stderr
+        assert "Not a directory" in result.stderr and "--data-dir" in result.stderr
+        assert "Traceback" not in result.stderr
+    with caplog.at_level(logging.ERROR):
+        assert main(["--port", str(free_port()), "--data-dir", str(data_dir)]) == 1
+    assert f"The data dir {data_dir} cannot be used: {data_dir}: Not a directory" \
+        in caplog.text

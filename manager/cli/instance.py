@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from manager.errors import ManagerError
+from manager.settings import unusable_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,12 @@ def lock_path(data_dir: Path) -> Path:
 @contextmanager
 def hold_data_dir(data_dir: Path, purpose: str) -> Iterator[None]:
     """Hold the data dir's lock (raises DataDirBusy, naming the holder, if taken)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
     path = lock_path(data_dir)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise unusable_data_dir(data_dir, path, exc) from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
