@@ -43,3 +43,7 @@ class RateLimited(AuthenticationFailed):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class StorageFull(ManagerError):
+    """The disk holding the dashboard's data is full: what was being saved was not."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -13,8 +14,13 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from manager.clock import utc_now
+from manager.errors import StorageFull
 
 log = logging.getLogger(__name__)
+
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL: "database or disk is full"
+_SQLITE_IOERR = 10  # "disk I/O error"
+_ROOM = 1 << 20  # less free space than this on the data's disk counts as full
 
 # How long a unit of work waits for another writer before "database is locked".
 BUSY_TIMEOUT_S = 15.0
@@ -416,8 +422,26 @@ class Store:
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if not self._out_of_space(exc):
+                raise
+            log.error("%s: %s", self.path, exc)
+            raise StorageFull(
+                f"The disk that holds the dashboard's data ({self.path.parent}) is full: "
+                "nothing was saved. Free some space there and try again.") from exc
         finally:
             conn.close()
+
+    def _out_of_space(self, exc: sqlite3.OperationalError) -> bool:
+        """SQLITE_FULL, or an I/O error on a disk with no room left (a WAL index that
+        cannot grow is SQLITE_IOERR_SHMSIZE)."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+        if code == _SQLITE_FULL:
+            return True
+        try:
+            return code == _SQLITE_IOERR and shutil.disk_usage(self.path.parent).free < _ROOM
+        except OSError:
+            return False
 
     def reading(self) -> AbstractContextManager[Database]:
         """A read-only unit of work: one consistent snapshot, never blocks writers."""

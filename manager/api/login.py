@@ -23,6 +23,7 @@ from manager.errors import (
     Conflict,
     ManagerError,
     RateLimited,
+    StorageFull,
 )
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,8 @@ def build_auth_router(auth: AuthService, *, secure_cookies: bool = False,
             return login_page(target, info=exc.message, email=email, status=403)
         except AuthenticationFailed as exc:
             return login_page(target, error=exc.message, email=email, status=401)
+        except StorageFull as exc:  # a sign-in writes its session
+            return login_page(target, error=exc.message, email=email, status=503)
         response = RedirectResponse(target, status_code=303)
         set_cookies(response, request, user)
         log.info("signed in: %s", user.email)
@@ -272,6 +275,8 @@ def build_auth_router(auth: AuthService, *, secure_cookies: bool = False,
             page = register_page(exc.message, email, status=429)
             page.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
             return page
+        except StorageFull as exc:
+            return register_page(exc.message, email, status=503)
         except ManagerError as exc:
             return register_page(exc.message, email, status=400)
         if not user.is_admin:
