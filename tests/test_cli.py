@@ -218,3 +218,39 @@ def test_a_data_dir_that_cannot_be_made_is_one_line_not_a_traceback(
         assert main(["--port", str(free_port()), "--data-dir", str(data_dir)]) == 1
     assert f"The data dir {data_dir} cannot be used: {data_dir}: Not a directory" \
         in caplog.text
+
+
+def test_a_password_prompt_that_gets_no_password_and_one_not_needed_end_plainly(
+        tmp_path: Path) -> None:
+    """`users reset-password` asked for a password before it knew the account, `users add`
+    before it knew the email was taken; and an input that ended at the prompt (Ctrl-D, no
+    terminal) was an EOFError's traceback."""
+    data_dir = tmp_path / "data"
+    assert run_cli("users", "add", "ada@example.com", "--password-stdin",
+                   stdin="long-enough-pw\n", data_dir=data_dir).returncode == 0
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603 - the project's own entry point
+            [sys.executable, "app.py", "--data-dir", str(data_dir), *args], cwd=ROOT,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+
+    for args, said in ((("users", "reset-password", "ghost@example.com"),
+                        "No account with the email ghost@example.com"),
+                       (("users", "add", "ada@example.com"), "already exists"),
+                       (("users", "add", "bob@example.com"),
+                        "No password was given: nothing was changed")):
+        done = command(*args)
+        assert done.returncode == 1, done.stderr
+        assert said in done.stderr and "Traceback" not in done.stderr
+        if "bob" not in args[-1]:
+            assert "New password" not in done.stderr + done.stdout  # never asked
+    assert [u.email for u in _accounts(data_dir)] == ["ada@example.com"]
+
+
+def _accounts(data_dir: Path) -> list:
+    services = Services.create(Settings(data_dir=data_dir), run_servers=False,
+                               hasher=TEST_HASHER)
+    try:
+        return services.auth.all_users()
+    finally:
+        services.close()

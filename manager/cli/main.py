@@ -157,8 +157,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def read_password(from_stdin: bool, stdin: TextIO, err: TextIO) -> str:
     if from_stdin:
         return stdin.readline().rstrip("\r\n")
-    first = getpass.getpass("New password: ")
-    second = getpass.getpass("Repeat it: ")
+    try:
+        first = getpass.getpass("New password: ")
+        second = getpass.getpass("Repeat it: ")
+    except (EOFError, KeyboardInterrupt) as exc:  # Ctrl-D, Ctrl-C, or no terminal
+        print(file=err)  # the prompt's line ends
+        raise ManagerError("No password was given: nothing was changed.") from exc
     if first != second:
         raise ManagerError("The two passwords differ.")
     return first
@@ -236,6 +240,12 @@ def _users(args: argparse.Namespace, services: Services, stdin: TextIO, out: Tex
             for u in users
         ]), file=out)
         return 0
+    # Whether the account can be added or changed is said before the password is asked.
+    known = auth.get_by_email(args.email)
+    if args.users_command == "add" and known is not None:
+        raise Conflict("An account with that email already exists.")
+    if args.users_command != "add" and known is None:
+        raise ManagerError(f"No account with the email {args.email}.")
     password = read_password(args.password_stdin, stdin, err)
     if args.users_command == "add":
         user = auth.add_user(args.email, password, admin=args.admin)
