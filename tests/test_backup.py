@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from manager.chat.history import NewMessage
-from manager.cli.backup import backup, inspect_database, restore
+from manager.cli.backup import backup, copy_database, inspect_database, restore
 from manager.cli.instance import DataDirBusy, hold_data_dir
 from manager.errors import ManagerError
 from manager.net import free_port
@@ -211,3 +211,28 @@ def wait_until_answers(url: str, process: subprocess.Popen[bytes], seconds: floa
         return httpx.get(url, timeout=2)
 
     wait_for(answers, seconds, f"{url} to answer", ignoring=(httpx.TransportError,))
+
+
+def test_backup_and_restore_leave_nothing_beside_the_files_they_read(
+        services: Services, tmp_path: Path) -> None:
+    """`backup` left `.NAME.partial-wal` and `-shm` beside the copy, and `restore` made
+    NAME-wal and NAME-shm beside the backup it read, also when it refused it: the copy was
+    in WAL mode, and a read-only open of such a file makes both."""
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    made = folder / "one.db"
+    assert run_cli("backup", str(made), data_dir=services.settings.data_dir).returncode == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["one.db"]
+    old = folder / "old.db"  # a file in WAL mode: a copy of the live database itself
+    copy_database(services.settings.db_path, old)
+    with sqlite3.connect(old) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+    truncated = folder / "truncated.db"
+    truncated.write_bytes(made.read_bytes()[:2048])
+    services.close()
+    data_dir = services.settings.data_dir
+    assert run_cli("restore", str(truncated), data_dir=data_dir).returncode == 1
+    for source in (old, made):
+        result = run_cli("restore", str(source), data_dir=data_dir)
+        assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["old.db", "one.db", "truncated.db"]

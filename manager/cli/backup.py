@@ -14,8 +14,8 @@ import argparse
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,8 +57,7 @@ def inspect_database(path: Path) -> DatabaseInfo:
         if handle.read(16) != b"SQLite format 3\x00":
             raise ManagerError(f"{path} is not an SQLite database.")
     try:
-        # Read-only, so checking a file never changes it (nor makes -wal/-shm beside it).
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        with _read_only(path) as conn:
             check = [row[0] for row in conn.execute("PRAGMA integrity_check")]
             if check != ["ok"]:
                 raise ManagerError(f"{path} is damaged: {'; '.join(check[:3])}")
@@ -76,12 +75,29 @@ def inspect_database(path: Path) -> DatabaseInfo:
     return DatabaseInfo(path, path.stat().st_size, migrations, users)
 
 
+@contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    """`path` opened read-only, so reading never changes it. A database in WAL mode still
+    gets -wal and -shm files beside it when opened: those this made are removed after."""
+    beside = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    made = [each for each in beside if not each.exists()]
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            yield conn
+    finally:
+        for each in made:
+            each.unlink(missing_ok=True)
+
+
 def copy_database(source: Path, target: Path, *, read_only_source: bool = False) -> None:
-    """Copy with the online backup API: all pages from one read snapshot."""
-    src = (sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
-           if read_only_source else _connect(source))
-    with closing(src), closing(_connect(target)) as dst:
+    """Copy with the online backup API: all pages from one read snapshot. The copy is
+    one file (a rollback journal, not WAL): nothing beside it belongs to it."""
+    with ExitStack() as stack:
+        src = stack.enter_context(_read_only(source)) if read_only_source \
+            else stack.enter_context(closing(_connect(source)))
+        dst = stack.enter_context(closing(_connect(target)))
         src.backup(dst, pages=-1)
+        dst.execute("PRAGMA journal_mode=DELETE")
 
 
 def backup(settings: Settings, destination: Path, out: TextIO) -> DatabaseInfo:
