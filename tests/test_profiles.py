@@ -128,6 +128,23 @@ def test_a_downloaded_repo_id_resolves_to_its_snapshot(hf_home: Path,
     assert profile.model == "mlx-community/tiny-qwen3" and profile.backend is Backend.MLX_LM
 
 
+def test_a_folder_given_relative_or_from_home_is_kept_absolute(
+        services: Services, tiny_models: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`profiles add x --model model` run in one folder was stored as "model": the
+    dashboard, started elsewhere, then found "No model folder at model"."""
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "tiny").symlink_to(tiny_models["text"])  # a link stays a link
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home / "models")
+    relative = services.profiles.create(None, ProfileSpec(name="relative", model="tiny"))
+    tilde = services.profiles.create(None, ProfileSpec(name="tilde", model="~/models/tiny/"))
+    assert relative.model == tilde.model == str(home / "models" / "tiny")
+    monkeypatch.chdir(tmp_path)
+    assert services.profiles.resolve_model(relative.model) == tiny_models["text"].resolve()
+
+
 def test_thinking_is_kept_for_models_that_have_it(services: Services, tmp_path: Path,
                                                   tiny_models: dict[str, Path]) -> None:
     on = services.profiles.create(None, spec(tiny_models["thinking"], name="t", thinking=True))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import secrets
 import sqlite3
@@ -244,7 +245,7 @@ def validate(
                               "(or empty for never).", "idle_timeout_minutes")
     _check_distributed(spec, caps.multimodal, host, port)
     cleaned = replace(
-        spec, name=name, model=spec.model.strip(), host=host, port=port,
+        spec, name=name, model=_stored_model(spec.model), host=host, port=port,
         backend=spec.backend or backend_for(caps), thinking=thinking,
         idle_timeout_minutes=idle, description=spec.description or "",
         system_prompt=spec.system_prompt or "",
@@ -277,6 +278,13 @@ def suggest_port(
         if port not in used and is_free(host, port):
             return port
     raise ValidationError("No free port between 8080 and 8999; enter one yourself.", "port")
+
+
+def _stored_model(model: str) -> str:
+    """A repo id as typed; a folder as an absolute path (the dashboard, the CLI and a
+    service each run in a folder of their own). Symlinks are kept as typed."""
+    path = Path(model.strip()).expanduser()
+    return os.path.normpath(path.absolute()) if path.is_dir() else model.strip()
 
 
 def copy_name(name: str, taken: Iterable[str]) -> str:
