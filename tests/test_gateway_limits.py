@@ -75,6 +75,13 @@ class Api:
                                  base_url="http://gateway", timeout=30,
                                  headers={"Authorization": f"Bearer {key or self.key}"})
 
+    def call(self, method: str, path: str) -> httpx.Response:
+        async def go() -> httpx.Response:
+            async with self.client() as client:
+                return await client.request(method, path)
+
+        return asyncio.run_coroutine_threadsafe(go(), self.loop).result(timeout=120)
+
     def post(self, path: str, body: Any = None, *, raw: bytes | None = None,
              key: str | None = None) -> httpx.Response:
         async def go() -> httpx.Response:
@@ -638,3 +645,29 @@ def test_logit_bias_ids_are_bounded_by_the_models_vocabulary(tmp_path: Path) -> 
         check_token_ids({"logit_bias": {"400": 1}}, vocab, "parked")
     with pytest.raises(ValidationError, match="vocabulary size of 'parked' is unknown"):
         check_token_ids({"logit_bias": {"1": 1}}, None, "parked")
+
+
+@pytest.mark.parametrize(("method", "path", "allow", "shape"), [
+    ("GET", "/v1/chat/completions", "POST", "openai"),
+    ("PUT", "/v1/models", "GET, HEAD", "openai"),
+    ("GET", "/v1/messages", "POST", "anthropic"),
+    ("DELETE", "/v1/responses", "POST", "openai"),
+    ("GET", "/api/chat", "POST", "ollama"),
+    ("POST", "/api/tags", "GET, HEAD", "ollama"),
+])
+def test_a_known_path_with_another_method_is_a_405_naming_the_methods(
+        api: Api, method: str, path: str, allow: str, shape: str) -> None:
+    """It was a 404 "No such endpoint ... This gateway serves /v1/chat/completions"."""
+    answer = api.call(method, path)
+    assert answer.status_code == 405, answer.text
+    assert answer.headers["allow"] == allow
+    said = answer.json()["error"]
+    message = said if shape == "ollama" else said["message"]
+    assert message == f"{method} is not served at {path}: use {allow.replace(', ', ' or ')}."
+    if shape == "anthropic":
+        assert answer.json()["type"] == "error"
+
+
+def test_an_unknown_path_is_still_a_404(api: Api) -> None:
+    for path in ("/v1/nothing", "/api/nothing"):
+        assert api.call("GET", path).status_code == 404

@@ -99,8 +99,8 @@ def test_errors_are_ollama_shaped_with_the_right_status(api: Api) -> None:
                                                          .gateway_max_body_bytes + 1))
         assert answer.status_code == 413 and set(answer.json()) == {"error"}
         answer = http.post("/api/tags")  # the wrong method
-        assert answer.status_code == 404
-        assert "No such endpoint: POST /api/tags" in answer.json()["error"]
+        assert answer.status_code == 405 and answer.headers["allow"] == "GET, HEAD"
+        assert answer.json() == {"error": "POST is not served at /api/tags: use GET or HEAD."}
         # Older clients name the model `name`.
         assert http.post("/api/show", json={"name": "tools"}).status_code == 200
     with httpx.Client(base_url="http://testserver", transport=api.transport) as anonymous:

@@ -250,7 +250,7 @@ def test_the_posts_served_past_the_router_answer_as_the_router_does(
 ) -> None:
     # A browser (Origin) takes the full stack and the router; an API client the direct
     # handlers (gateway_routes.SERVED): both answer alike, and other methods on those
-    # paths still reach the router's Ollama- or OpenAI-shaped 404.
+    # paths still reach the router's Ollama- or OpenAI-shaped 405.
     dashboard.register("alice@example.com")
     alice = dashboard.services.auth.get_by_email("alice@example.com")
     key = dashboard.services.api_keys.create(alice, "direct").secret
@@ -265,5 +265,5 @@ def test_the_posts_served_past_the_router_answer_as_the_router_does(
                 assert direct.json() == routed.json(), (path, headers)
             assert direct.status_code == 400, path  # the key is good, the body is not
             other = client.get(path, headers={"Authorization": f"Bearer {key}"})
-            assert other.status_code == 404, path
-            assert "No such endpoint" in json.dumps(other.json()), path
+            assert other.status_code == 405 and other.headers["allow"] == "POST", path
+            assert f"GET is not served at {path}: use POST." in json.dumps(other.json())

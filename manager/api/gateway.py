@@ -78,6 +78,7 @@ from manager.api.wire import (
     ApiFormat,
     Failure,
     GatewayError,
+    Methods,
     ModelRenamer,
     api_format,
     dumps,
@@ -182,6 +183,7 @@ class Gateway:
                                 allow_remote=settings.gateway_remote_images)
         self.facts = ModelFacts(services.profiles)  # shared with the /api routes
         self.responses = ResponsesApi(services.responses)
+        self.methods = Methods()  # what the /v1 routes take (gateway_routes.py)
         self._counts = PromptCounts()  # an Anthropic stream's prompt, counted once
 
     # -- entry points (event loop) ----------------------------------------------------------
@@ -275,7 +277,8 @@ class Gateway:
         fmt = api_format(request.url.path)
         if api_user(request) is None:
             return error_response(fmt, refusal(request), request)
-        return error_response(fmt, Failure(
+        wrong = self.methods.refusal(request.method, request.url.path)
+        return error_response(fmt, wrong or Failure(
             404, f"No such endpoint: {request.method} {request.url.path}. This gateway "
             "serves /v1/models, /v1/chat/completions, /v1/completions, /v1/messages and "
             "/v1/responses.",

@@ -20,9 +20,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from manager.api.gateway import WAIT_READY_S, Gateway
 from manager.api.gateway_job import Kind
 from manager.api.ollama_routes import OllamaRoutes, add_ollama_routes
+from manager.api.wire import ALL_METHODS, Methods
 from manager.services import Services
 
-_ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 #: The POST routes served by `Gateway.serve`, by path.
 SERVED: Mapping[str, Kind] = {
     "/v1/chat/completions": Kind.CHAT, "/v1/completions": Kind.COMPLETION,
@@ -109,10 +109,11 @@ def build_gateway_routes(services: Services, *, wait_ready_s: float = WAIT_READY
         ("/v1/responses/{response_id}", gateway.responses.retrieve, ["GET"]),
         ("/v1/responses/{response_id}", gateway.responses.delete, ["DELETE"]),
         ("/v1/responses/{response_id}/input_items", gateway.responses.input_items, ["GET"]),
-        ("/metrics", metrics, _ALL_METHODS),
+        ("/metrics", metrics, ALL_METHODS),
         # Any other /v1 path or method: an answer in the API's format (never Gradio).
-        ("/v1", unknown, _ALL_METHODS),
-        ("/v1/{rest:path}", unknown, _ALL_METHODS),
+        ("/v1", unknown, ALL_METHODS),
+        ("/v1/{rest:path}", unknown, ALL_METHODS),
     ):
         router.add_route(path, endpoint, methods=methods, include_in_schema=False)
+    gateway.methods = Methods.of(router.routes)
     return GatewayRoutes(router, {path: _served(gateway, kind) for path, kind in SERVED.items()})

@@ -28,7 +28,15 @@ from manager.api.key_auth import api_user, log_refusal, refusal
 from manager.api.limits import ModelFacts, read_body
 from manager.api.ollama import NEVER_S, OLLAMA_VERSION
 from manager.api.ollama_wire import ps_entry, show_payload, tags_entry, timestamp
-from manager.api.wire import Failure, GatewayError, dumps, parse_body, resolve_profile
+from manager.api.wire import (
+    ALL_METHODS,
+    Failure,
+    GatewayError,
+    Methods,
+    dumps,
+    parse_body,
+    resolve_profile,
+)
 from manager.errors import ManagerError, NotFound
 from manager.models.capabilities import is_apple_silicon
 from manager.servers.states import ServerState
@@ -110,6 +118,7 @@ class OllamaRoutes:
         self._max_body = services.settings.gateway_max_body_bytes
         self.serve_chat = serve_chat
         self.serve_generate = serve_generate
+        self.methods = Methods()  # what /api's routes take (add_ollama_routes)
 
     async def version(self, request: Request) -> Response:
         if api_user(request) is None:
@@ -160,7 +169,8 @@ class OllamaRoutes:
     async def unknown(self, request: Request) -> Response:
         if api_user(request) is None:
             return ollama_error(request, refusal(request))
-        return ollama_error(request, Failure(
+        wrong = self.methods.refusal(request.method, request.url.path)
+        return ollama_error(request, wrong or Failure(
             404, f"No such endpoint: {request.method} {request.url.path}. This gateway serves "
             "Ollama's /api/version, /api/tags, /api/ps, /api/show, /api/chat and "
             "/api/generate (no embeddings).", "unknown_endpoint"))
@@ -174,9 +184,6 @@ class OllamaRoutes:
         if self.serve_generate is None:
             return await self.unknown(request)
         return await self.serve_generate(request)
-
-
-ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
 def add_ollama_routes(router: APIRouter, routes: OllamaRoutes) -> None:
@@ -197,3 +204,4 @@ def add_ollama_routes(router: APIRouter, routes: OllamaRoutes) -> None:
               ("/api/{rest:path}", routes.unknown, ALL_METHODS)]
     for path, endpoint, methods in table:
         router.add_route(path, endpoint, methods=methods, include_in_schema=False)
+    routes.methods = Methods.of(router.routes)

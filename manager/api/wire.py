@@ -98,11 +98,15 @@ class Failure:
     retry_after_s: int | None = None
     #: The request field at fault, when there is one (OpenAI's `param`).
     param: str | None = None
+    #: The methods the path takes (a 405's Allow header).
+    allow: tuple[str, ...] = ()
 
     def headers(self) -> dict[str, str]:
         out = {"x-should-retry": "true" if self.retry else "false"}
         if self.retry_after_s is not None:
             out["retry-after"] = str(self.retry_after_s)
+        if self.allow:
+            out["allow"] = ", ".join(self.allow)
         return out
 
 
@@ -169,6 +173,35 @@ def failure_for(exc: BaseException) -> Failure:
     log.error("gateway request failed unexpectedly", exc_info=exc)
     return Failure(500, "The gateway failed to answer; the dashboard's log says why.",
                    "internal_error")
+
+
+#: What a catch-all route takes (the gateway's unknown paths, Ollama's model management).
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+@dataclass(frozen=True)
+class Methods:
+    """The methods each route of a router takes, by path: the catch-all that answers a
+    known path asked with another method says so (a 405 and its Allow header)."""
+
+    routes: tuple[tuple[re.Pattern[str], frozenset[str]], ...] = ()
+
+    @classmethod
+    def of(cls, routes: Iterable[Any]) -> Methods:
+        """A router's routes; those that take every method (catch-alls) are left out."""
+        return cls(tuple((route.path_regex, frozenset(route.methods)) for route in routes
+                         if getattr(route, "methods", None)
+                         and not set(ALL_METHODS) <= route.methods))
+
+    def refusal(self, method: str, path: str) -> Failure | None:
+        """The 405 for `method` at `path`, or None when no route has that path."""
+        allowed = {m for pattern, methods in self.routes if pattern.match(path)
+                   for m in methods}
+        if not allowed or method in allowed:
+            return None
+        allow = tuple(sorted(allowed))
+        return Failure(405, f"{method} is not served at {path}: use {' or '.join(allow)}.",
+                       "method_not_allowed", allow=allow)
 
 
 # --- requests ----------------------------------------------------------------------------
