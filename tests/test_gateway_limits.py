@@ -298,6 +298,26 @@ def test_key_limiter_counts_in_flight_requests_and_a_sliding_minute() -> None:
      b'{"model": "parked", "messages": [{"role": "user", "content": "Hi"}], '
      b'"adapter_path": "/home"}', "adapter_path"),
     ("/v1/completions", b'{"model": "parked", "prompt": 5}', "prompt"),
+    # Choices the servers cannot honour were dropped without a word.
+    ("/v1/chat/completions",
+     b'{"model": "parked", "messages": [{"role": "user", "content": "Hi"}], '
+     b'"tool_choice": "bogus"}', "tool_choice"),
+    ("/v1/chat/completions",
+     b'{"model": "parked", "messages": [{"role": "user", "content": "Hi"}], "tools": '
+     b'[{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": '
+     b'"function", "function": {"name": "missing"}}}', "tool_choice.function.name"),
+    ("/v1/chat/completions",
+     b'{"model": "parked", "messages": [{"role": "user", "content": "Hi"}], "n": 2}', "n"),
+    ("/v1/messages",
+     b'{"model": "parked", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}],'
+     b' "tools": [{"name": "f"}], "tool_choice": {"type": "tool", "name": "missing"}}',
+     "tool_choice.name"),
+    ("/v1/messages",
+     b'{"model": "parked", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}],'
+     b' "tool_choice": {"type": "bogus"}}', "tool_choice.type"),
+    ("/v1/messages",
+     b'{"model": "parked", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}],'
+     b' "thinking": {"type": "enabled", "budget_tokens": "x"}}', "thinking.budget_tokens"),
     # MLX takes an unsigned 64-bit seed: another one was a 502 from the server.
     ("/v1/chat/completions",
      b'{"model": "parked", "messages": [{"role": "user", "content": "Hi"}], "seed": -1}',

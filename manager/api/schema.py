@@ -205,17 +205,41 @@ def _tool_calls(value: Any, field: str) -> None:
 
 def _openai_tools(body: Mapping[str, Any]) -> None:
     tools = body.get("tools")
+    names: list[str] = []
     if tools is not None:
         for i, tool in enumerate(_objects(tools, "tools")):
             function = tool.get("function")
             if not isinstance(function, dict) or not isinstance(function.get("name"), str):
                 raise invalid(f"tools[{i}].function.name", "must be a string")
+            names.append(function["name"])
             params = function.get("parameters")
             if params is not None and not isinstance(params, dict):
                 raise invalid(f"tools[{i}].function.parameters", "must be an object")
     choice = body.get("tool_choice")
-    if choice is not None and not isinstance(choice, (str, dict)):
+    if isinstance(choice, str):
+        _one_of(choice, ("none", "auto", "required"), "tool_choice")
+    elif isinstance(choice, dict):
+        if choice.get("type") == "function":  # (newer kinds, such as allowed_tools, pass)
+            function = choice.get("function")
+            _named_tool(function.get("name") if isinstance(function, dict) else None, names,
+                        "tool_choice.function.name")
+    elif choice is not None:
         raise invalid("tool_choice", f"must be a string or an object, not {kind_of(choice)}")
+
+
+def _one_of(value: Any, allowed: tuple[str, ...], field: str) -> None:
+    if value not in allowed:
+        listed = ", ".join(repr(a) for a in allowed)
+        raise invalid(field, f"must be one of {listed}, not {str(value)[:40]!r}")
+
+
+def _named_tool(name: Any, names: list[str], field: str) -> None:
+    """A tool_choice that names a tool names one of the request's tools."""
+    if not isinstance(name, str):
+        raise invalid(field, f"must be a string, not {kind_of(name)}")
+    if name not in names:
+        raise invalid(field, f"names no tool of this request: {name[:40]!r} is not among "
+                             f"its tools ({', '.join(names)[:200] or 'none'})")
 
 
 def _logit_bias(body: Mapping[str, Any]) -> None:
@@ -237,7 +261,9 @@ def _common(body: Mapping[str, Any]) -> None:
     _text_or_texts(body, "stop")
     _stream_options(body)
     _path_fields(body)
-    _whole(body, "n", 1)
+    if body.get("n") not in (None, 1):  # one choice an answer, from these servers
+        raise invalid("n", f"only 1 is served, not {str(body['n'])[:20]}: send one request "
+                           "per answer")
     _logit_bias(body)
     _flag(body, "logprobs")
     _whole(body, "top_logprobs", 0)
@@ -350,18 +376,25 @@ def check_messages(body: Mapping[str, Any]) -> None:
     _text_or_texts(body, "stop_sequences")
     _path_fields(body)
     tools = body.get("tools")
+    names: list[str] = []
     if tools is not None:
         for i, tool in enumerate(_objects(tools, "tools")):
             if not isinstance(tool.get("name"), str):
                 raise invalid(f"tools[{i}].name", "must be a string")
+            names.append(tool["name"])
             schema = tool.get("input_schema")
             if schema is not None and not isinstance(schema, dict):
                 raise invalid(f"tools[{i}].input_schema", "must be an object")
     choice = _get(body, "tool_choice", (dict,), "an object")
-    if choice is not None and choice.get("name") is not None \
-            and not isinstance(choice["name"], str):
-        raise invalid("tool_choice.name", "must be a string")
-    _get(body, "thinking", (dict,), "an object")
+    if choice is not None:
+        _one_of(choice.get("type"), ("auto", "any", "tool", "none"), "tool_choice.type")
+        if choice["type"] == "tool":
+            _named_tool(choice.get("name"), names, "tool_choice.name")
+    thinking = _get(body, "thinking", (dict,), "an object")
+    budget = thinking.get("budget_tokens") if thinking is not None else None
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                               or budget < 1):
+        raise invalid("thinking.budget_tokens", "must be a whole number of tokens")
     _get(body, "metadata", (dict,), "an object")
 
 
