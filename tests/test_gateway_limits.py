@@ -691,3 +691,29 @@ def test_a_known_path_with_another_method_is_a_405_naming_the_methods(
 def test_an_unknown_path_is_still_a_404(api: Api) -> None:
     for path in ("/v1/nothing", "/api/nothing"):
         assert api.call("GET", path).status_code == 404
+
+
+def test_a_large_body_is_parsed_and_checked_off_the_event_loop(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Megabytes of JSON were parsed and checked on the event loop: every other request
+    and stream of the dashboard waited seconds for them (a 31 MB body: 5 s). Where each
+    body was parsed is recorded by a wrapper that calls the real parser."""
+    from manager.api import gateway
+
+    where: list[str] = []
+    real_parse = gateway.parse_body_strict
+
+    def recorded(raw: bytes | bytearray) -> tuple[dict[str, Any], bool]:
+        try:
+            asyncio.get_running_loop()
+            where.append("loop")
+        except RuntimeError:  # no loop runs in this thread: a worker thread
+            where.append("worker")
+        return real_parse(raw)
+
+    monkeypatch.setattr(gateway, "parse_body_strict", recorded)
+    part = {"role": "user", "content": [{"type": "text", "text": "x"}]}
+    for parts in (1, 20_000):  # a few hundred bytes, then ~1 MB
+        answer = api.post("/v1/chat/completions", {"model": "nope", "messages": [part] * parts})
+        assert answer.status_code == 404 and "nope" in answer.json()["error"]["message"]
+    assert where == ["loop", "worker"]

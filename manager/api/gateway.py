@@ -217,16 +217,25 @@ class Gateway:
         try:
             try:
                 raw = await read_body(request, self._max_body)
-                body, strict = parse_body_strict(raw)
-                values = not values_known_good(raw, strict)  # still to check
-                if kind in OLLAMA:  # its own words for a missing model (values first)
-                    ollama_flow.check(kind is Kind.OLLAMA_GENERATE, body, values=values)
-                elif values:
-                    check_values(body)
-                job = Job(kind, user, requested_model(body), body, len(raw),
-                           received_ns=received)
-                if kind not in OLLAMA:
-                    _CHECKS[kind](body)
+
+                def checked() -> Job:
+                    nonlocal body
+                    body, strict = parse_body_strict(raw)
+                    values = not values_known_good(raw, strict)  # still to check
+                    if kind in OLLAMA:  # its own words for a missing model (values first)
+                        ollama_flow.check(kind is Kind.OLLAMA_GENERATE, body, values=values)
+                    elif values:
+                        check_values(body)
+                    made = Job(kind, user, requested_model(body), body, len(raw),
+                               received_ns=received)
+                    if kind not in OLLAMA:
+                        _CHECKS[kind](body)
+                    return made
+
+                # Seconds of parsing for megabytes of JSON: not on the loop every request
+                # and stream of the dashboard waits on.
+                job = checked() if len(raw) <= INLINE_BODY_BYTES else \
+                    await to_thread.run_sync(checked, limiter=self._limiter)
                 if kind is Kind.RESPONSES:  # served as the chat request it becomes
                     prepared = await self.responses.prepare_async(user, body, self._limiter)
                     job = replace(job, body=prepared.chat, responses=prepared,
