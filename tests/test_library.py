@@ -140,6 +140,8 @@ def test_extra_folders_in_lm_studio_layout(store: Store, tmp_path: Path,
         library.add_folder(people["admin"], "relative/models")
     with pytest.raises(ValidationError, match="not a folder"):
         library.add_folder(people["admin"], str(tmp_path / "missing"))
+    with pytest.raises(ValidationError, match="NUL character"):  # was "embedded null byte"
+        library.add_folder(people["admin"], f"{root}\x00b")
     folder = library.add_folder(people["admin"], str(root))
     with pytest.raises(Conflict):
         library.add_folder(people["admin"], str(root))

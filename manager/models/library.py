@@ -247,6 +247,9 @@ class Library:
         text = (path or "").strip()
         if not text:
             raise ValidationError("Type the path of a folder that holds models.", field="path")
+        if "\x00" in text:  # no path holds one (os calls raise "embedded null byte")
+            raise ValidationError("That path has a NUL character in it: type it again.",
+                                  field="path")
         folder = Path(text).expanduser()
         if not folder.is_absolute():
             raise ValidationError("Use an absolute path (like /Users/me/.lmstudio/models).",
