@@ -281,6 +281,16 @@ def test_a_request_the_model_server_refuses_is_a_400_not_retried(gw: Gateway) ->
     assert gw.state("text") is ServerState.READY  # the server is fine
 
 
+def test_a_negative_seed_is_a_random_one(gw: Gateway) -> None:
+    """MLX takes an unsigned seed: -1 (what clients send for "random") was a 502 whole,
+    and a stream that said the server had crashed."""
+    client = gw.openai()
+    assert client.chat.completions.create(model="text", messages=HI, seed=-1).choices
+    assert list(client.chat.completions.create(model="text", messages=HI, seed=-1,
+                                               stream=True))
+    assert gw.state("text") is ServerState.READY
+
+
 def test_a_server_that_will_never_answer_again_is_ended_and_started_anew(gw: Gateway
                                                                           ) -> None:
     """mlx_lm's generation thread dies on an empty prompt (the gateway now refuses one;

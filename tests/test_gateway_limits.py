@@ -318,10 +318,10 @@ def test_key_limiter_counts_in_flight_requests_and_a_sliding_minute() -> None:
     ("/v1/messages",
      b'{"model": "parked", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}],'
      b' "thinking": {"type": "enabled", "budget_tokens": "x"}}', "thinking.budget_tokens"),
-    # MLX takes an unsigned 64-bit seed: another one was a 502 from the server.
+    # MLX takes an unsigned 64-bit seed: a larger one was a 502 from the server.
     ("/v1/chat/completions",
-     b'{"model": "parked", "messages": [{"role": "user", "content": "Hi"}], "seed": -1}',
-     "seed"),
+     b'{"model": "parked", "messages": [{"role": "user", "content": "Hi"}], '
+     b'"seed": 18446744073709551616}', "seed"),
     ("/v1/completions", b'{"model": "parked", "prompt": "Hi", "seed": 18446744073709551616}',
      "seed"),
     # An empty prompt, or a list, killed mlx_lm's generation thread: its server then

@@ -278,7 +278,8 @@ class Gateway:
                 request)
         if request.method not in ("GET", "HEAD"):
             return error_response(ApiFormat.OPENAI, Failure(
-                405, "Use GET for /metrics.", "method_not_allowed"), request)
+                405, "Use GET for /metrics.", "method_not_allowed", allow=("GET", "HEAD")),
+                request)
         text = await to_thread.run_sync(self._metrics_text, limiter=self._limiter)
         return Response(text, media_type=prometheus.CONTENT_TYPE)
 
@@ -421,11 +422,15 @@ class Gateway:
             raise ValidationError("messages: a non-empty list is required", "messages")
         else:
             body = with_developer_as_system(dict(body))
+        seed = body.get("seed")
+        if isinstance(seed, (int, float)) and seed < 0:  # -1 as clients mean it: random
+            body = {name: value for name, value in body.items() if name != "seed"}
         body = cap_max_tokens(body, token_limit(profile.max_tokens, self.facts.context_length(profile),
                                                 fallback=MAX_TOKENS_LIMIT))
         check_token_ids(body, self.facts.vocab_size(profile), profile.name)
         if not job.completion:
-            if profile.backend is Backend.MLX_LM:
+            caps = self.facts.caps(profile) if profile.backend is Backend.MLX_LM else None
+            if caps is not None and not caps.multimodal:  # (mlx_lm reads some vision models)
                 text_parts_only(body["messages"], profile.name)
             body["messages"] = self._media.messages(body["messages"])
         return body

@@ -43,8 +43,8 @@ AddressCheck = Callable[[IPAddress], str | None]
 
 
 def text_parts_only(messages: list[Any], server: str) -> None:
-    """A 400 for a part that is not text, in a request to a text-only (mlx_lm) server:
-    its server would refuse it with a 404 the gateway could only call its own failure."""
+    """A 400 for a part that is not text, in a request to a server whose model reads
+    text only: its mlx_lm would refuse it with a 404 ("Only 'text' content type")."""
     for i, message in enumerate(messages):
         content = message.get("content") if isinstance(message, Mapping) else None
         for j, part in enumerate(content if isinstance(content, list) else ()):

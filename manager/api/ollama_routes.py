@@ -199,7 +199,8 @@ def add_ollama_routes(router: APIRouter, routes: OllamaRoutes) -> None:
     for name in ("pull", "push", "create", "copy", "delete"):
         table.append((f"/api/{name}", routes.manage, ALL_METHODS))
     table.append(("/api/blobs/{digest:path}", routes.manage, ALL_METHODS))
-    # Anything else under /api, and known paths with another method: Ollama-shaped 404.
+    # Anything else under /api: an Ollama-shaped 404 (a 405 for a known path asked with
+    # another method: Methods).
     table += [("/api", routes.unknown, ALL_METHODS),
               ("/api/{rest:path}", routes.unknown, ALL_METHODS)]
     for path, endpoint, methods in table:

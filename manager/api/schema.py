@@ -155,7 +155,8 @@ def _sampling(body: Mapping[str, Any]) -> None:
     for field in ("presence_penalty", "frequency_penalty"):
         _number(body, field, -100, 100)
     _number(body, "repetition_penalty", 0, 100)
-    _whole(body, "seed", 0, SEED_MAX)  # MLX takes an unsigned 64-bit seed, nothing else
+    # MLX takes an unsigned 64-bit seed; one below 0 means a random one (gateway.py).
+    _whole(body, "seed", -(2 ** 63), SEED_MAX)
     _flag(body, "stream")
 
 

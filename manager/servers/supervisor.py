@@ -7,12 +7,11 @@ waiting on the supervisor's Condition and queues a `Transition` for the subscrib
 who hear it once the lock is released. The queries and the waits (`wait_for`,
 `wait_ready`, which sleep on that Condition) are the read side in registry.py.
 
-The supervisor keeps the one activity count of each server (`lease`): the idle
-timeout and the placement's evictions both read it. Who may start, stop or restart is
-checked here (`actor`, None being the manager itself). Which start is allowed to
-happen (memory budget, one at a time) is decided by manager/servers/placement.py,
-through which every start from a person, the gateway or auto-start goes. Time comes
-from a `Clock` (backoff, quick failures, idle timeout) so tests can move it.
+The supervisor keeps the one activity count of each server (`lease`), which the idle
+timeout and the evictions read. Who may start or stop is checked here (`actor`, None
+being the manager). Which start may happen (memory budget, one at a time) is decided by
+manager/servers/placement.py, through which every start from a person, the gateway or
+auto-start goes. A `Clock` gives the time (backoff, idle timeout): tests move it.
 """
 
 from __future__ import annotations
@@ -168,9 +167,10 @@ class Supervisor(ServerRegistry):
         died; the process lives on): ended in the background and failed like a crash."""
         with self._lock:
             server = self._servers.get(snap.profile_id)
-            if server is None or server.pid != snap.pid or server.state is not ServerState.READY:
-                return  # already ended, or another run
-            generation = server.generation
+            if server is None or server.pid != snap.pid or server.state is not ServerState.READY \
+                    or server.giving_up:
+                return  # already ended or being ended, or another run
+            generation, server.giving_up = server.generation, reason
         threading.Thread(target=self._give_up, args=(server, generation, reason),
                          name=f"end-broken-{snap.profile_id}", daemon=True).start()
 
