@@ -199,10 +199,11 @@ class Settings:
                 raise unusable_data_dir(self.data_dir, path, exc) from exc
 
 
-def unusable_data_dir(data_dir: Path, path: Path, exc: OSError) -> ManagerError:
+def unusable_data_dir(data_dir: Path, path: Path, exc: Exception) -> ManagerError:
     """A data dir (or a folder or file in it) that cannot be made or written, said in one
-    line with what to do."""
-    where = exc.filename or path  # the one that failed (a mkdir's parent, say)
+    line with what to do (`exc`: an OSError, or SQLite's error opening the database)."""
+    where = getattr(exc, "filename", None) or path  # the one that failed (a mkdir's parent)
     return ManagerError(
-        f"The data dir {data_dir} cannot be used: {where}: {exc.strerror or exc}. Pick "
-        f"another with --data-dir (or {DATA_DIR_ENV}), or make it writable.")
+        f"The data dir {data_dir} cannot be used: {where}: "
+        f"{getattr(exc, 'strerror', None) or exc}. Pick another with --data-dir "
+        f"(or {DATA_DIR_ENV}), or make it writable.")

@@ -15,6 +15,7 @@ from sqlite_utils import Database
 
 from manager.clock import utc_now
 from manager.errors import StorageFull
+from manager.settings import unusable_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -389,14 +390,20 @@ class Store:
         self.path = path
         self._migrations = migrations
         self._reader = threading.local()  # per-thread connections for read()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # WAL is a property of the file: set once, outside any transaction.
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-        finally:
-            conn.close()
-        self.migrate()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # WAL is a property of the file: set once, outside any transaction.
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+            finally:
+                conn.close()
+            self.migrate()
+        except (OSError, sqlite3.OperationalError) as exc:  # read-only, full, not a folder
+            if isinstance(exc, sqlite3.OperationalError) and self._out_of_space(exc):
+                raise StorageFull(f"The disk that holds {path.parent} is full: free some "
+                                  "space there and start again.") from exc
+            raise unusable_data_dir(path.parent, path, exc) from exc
 
     @contextmanager
     def connect(self, *, immediate: bool = True) -> Iterator[Database]:
@@ -440,7 +447,8 @@ class Store:
             return True
         try:
             return code == _SQLITE_IOERR and shutil.disk_usage(self.path.parent).free < _ROOM
-        except OSError:
+        except OSError as unreadable:
+            log.warning("the free space of %s is unknown: %s", self.path.parent, unreadable)
             return False
 
     def reading(self) -> AbstractContextManager[Database]:

@@ -1,18 +1,44 @@
-"""A full disk under the data dir: registering and signing in say so, and nothing is lost.
+"""A full or read-only disk under the data dir: registering, signing in and commands say
+so, and nothing is lost.
 
-The disk is real: a 2 MB tmpfs mounted in a mount namespace of the test's own (`unshare`
-maps the user to root there), filled to its last byte. The sign-in routes and the store
-run in a process inside that namespace and report what they answered."""
+The disks are real: a small tmpfs mounted in a mount namespace of the test's own
+(`unshare` maps the user to root there; Linux only), filled to its last byte or mounted
+read-only. The code under test runs in a process inside that namespace and reports what
+it answered."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _own_mounts_work() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "true"],  # noqa: S607 - a system tool
+        capture_output=True, timeout=30).returncode == 0
+
+
+pytestmark = pytest.mark.skipif(
+    not _own_mounts_work(), reason="a disk of the test's own needs Linux's unshare (mount "
+    "namespaces); this machine has none")
+
+
+def in_a_small_disk(disk: Path, script: str) -> subprocess.CompletedProcess[str]:
+    """A Python script run with a 2 MB tmpfs on `disk` (its path is the script's argv[1])."""
+    return subprocess.run(  # noqa: S603 - fixed arguments
+        ["unshare", "--map-root-user", "--mount", "sh", "-c",
+         'mount -t tmpfs -o size=2m tmpfs "$0" && exec "$1" -c "$2" "$0"',
+         str(disk), sys.executable, script],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+
 
 SCRIPT = textwrap.dedent('''
     import errno, json, sys
@@ -67,11 +93,7 @@ def test_registering_and_signing_in_on_a_full_disk_say_so_and_lose_nothing(
     full", or its "disk I/O error" for a WAL index that cannot grow)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    run = subprocess.run(  # noqa: S603 - fixed arguments
-        ["unshare", "--map-root-user", "--mount", "sh", "-c",
-         'mount -t tmpfs -o size=2m tmpfs "$0" && exec "$1" -c "$2" "$0"',
-         str(disk), sys.executable, SCRIPT],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = in_a_small_disk(disk, SCRIPT)
     assert run.returncode == 0, run.stderr
     said = json.loads(run.stdout.strip().splitlines()[-1])
     assert said["first"][0] == 303 and said["filled"]
@@ -82,3 +104,40 @@ def test_registering_and_signing_in_on_a_full_disk_say_so_and_lose_nothing(
         assert "Internal Server Error" not in page
     assert said["after"][0] == 200 and "You can sign in once it is approved" in said["after"][1]
     assert said["users"] == ["alice@example.com", "bob@example.com"]
+
+
+MAKE_DATA = textwrap.dedent('''
+    import sys
+    from app import main
+    sys.exit(main(["--data-dir", sys.argv[1] + "/data", "users", "add", "ada@example.com",
+                   "--password-stdin"]))
+''')
+LIST_USERS = textwrap.dedent('''
+    import sys
+    from app import main
+    code = main(["--data-dir", sys.argv[1] + "/data", "users", "list"])
+    print("exit", code)
+''')
+
+
+def test_a_data_dir_on_a_read_only_disk_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """The data dir existed, so its folders could be "made"; opening its database for
+    writing was SQLite's OperationalError, and a traceback."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    run = subprocess.run(  # the same, with a password for `users add` on stdin
+        ["unshare", "--map-root-user", "--mount", "sh", "-c",
+         'mount -t tmpfs -o size=2m tmpfs "$0" && "$1" -c "$2" "$0" < "$4" && '
+         'mount -o remount,ro "$0" && "$1" -c "$3" "$0"',
+         str(disk), sys.executable, MAKE_DATA, LIST_USERS, str(_password_file(tmp_path))],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "exit 1" in run.stdout
+    assert f"The data dir {disk}/data cannot be used: " in run.stderr
+    assert "make it writable" in run.stderr and "Traceback" not in run.stderr
+
+
+def _password_file(tmp_path: Path) -> Path:
+    path = tmp_path / "password"
+    path.write_text("correct horse battery\n")
+    return path
