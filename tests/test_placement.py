@@ -203,13 +203,13 @@ def test_a_request_while_a_restart_stops_the_server_gets_the_restarted_run(
     """A gateway request that arrived while Restart stopped the old run started the
     server itself: Restart then failed ("already starting") and the new run counted as
     on demand (evictable)."""
-    stubborn = tmp_path / "stubborn-python"  # ignores SIGTERM: its stop takes the grace
+    stubborn = tmp_path / "stubborn-python"  # ignores SIGTERM: its stop takes the 5 s grace
     stubborn.write_text("#!/bin/sh\ntrap '' TERM\nexec sleep 600\n")
     stubborn.chmod(0o755)
     supervisor = Supervisor(world.services.store, world.services.profiles,
                             world.services.settings.logs_dir,
                             hub_cache=world.services.settings.hub_cache,
-                            python=str(stubborn), stop_grace_s=2)
+                            python=str(stubborn), stop_grace_s=5)
     placement = Placement(supervisor, world.services.profiles)
     profile = world.profile("restarted", tiny_models["text"], world.carol)
     try:

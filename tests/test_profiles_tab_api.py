@@ -153,8 +153,9 @@ def test_a_typed_profile_name_is_found_and_anything_else_is_said_plainly(
         dashboard.services.auth.get_by_email(BOB),
         ProfileSpec(name="typed", model=str(tiny_models["text"])))
     for api in ("/profile_pick", "/profile_duplicate", "/profile_delete"):
-        with pytest.raises(AppError, match="No profile named 'zz'"):
-            bob.predict("zz", api_name=api)
+        for typed in ("zz", "²"):  # (a digit to str.isdigit, not to int())
+            with pytest.raises(AppError, match=f"No profile named '{typed}'"):
+                bob.predict(typed, api_name=api)
     picked = bob.predict("Typed", api_name="/profile_pick")
     assert picked[0]["value"] == str(made.id)
     assert [p.name for p in dashboard.services.profiles.list()] == ["typed"]

@@ -366,7 +366,8 @@ class ProfileService:
 
     def find(self, ref: int | str) -> Profile:
         """By id (an int or digits) or by name."""
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isdigit()):
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isdecimal()
+                                    and ref.strip().isascii()):
             try:
                 return self.get(int(ref))
             except NotFound:
