@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from manager.api.login import SESSION_COOKIE
 from manager.chat.events import ChatEventKind
 from manager.chat.history import ChatSummary, NewMessage
 from manager.errors import ValidationError
+from manager.net import free_port
 from manager.servers.profiles import ProfileSpec
 from tests.chat_helpers import ChatDashboard, chat_dashboard, texts_shown, watch_texts
 from tests.waits import wait_for
@@ -31,6 +33,7 @@ CAROL = "carol@example.com"
 DAVE = "dave@example.com"
 ERIN = "erin@example.com"
 FRANK = "frank@example.com"
+GRACE = "grace@example.com"
 # What a file dragged from the desktop does: dragenter, dragover, drop with a DataTransfer.
 DROP_JS = """([selector, name, b64, type]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -471,3 +474,28 @@ def test_stop_turns_grey_after_a_turn_that_failed(
         page.wait_for_selector("#chat-stop[disabled]", timeout=30_000)
     finally:
         context.close()
+
+
+def test_a_message_to_a_server_that_cannot_start_stays_in_the_box(
+        dash: ChatDashboard, browser, tmp_path: Path) -> None:  # noqa: ANN001
+    """A message to a stopped server whose port another program holds: the box emptied,
+    then the start refused it, and the message was lost (an empty "New chat" was left
+    before 544ce30). The quick step now asks what a start would refuse."""
+    grace = dash.user(GRACE)
+    profile = dash.services.profiles.create(grace, ProfileSpec(
+        name="blocked", model=str(dash.profiles["eyes"].model), port=free_port()))
+    with socket.socket() as holder:  # another program on the profile's port
+        holder.bind(("127.0.0.1", profile.port))
+        holder.listen()
+        context, page = signed_in_page(dash, browser, GRACE)
+        try:
+            page.locator("#chat-server input").click()
+            page.get_by_role("option", name="blocked · Stopped").click()
+            page.get_by_text("already in use by another program").first.wait_for(
+                timeout=30_000)
+            say(page, "my carefully typed question")
+            page.get_by_text("blocked cannot start: port").first.wait_for(timeout=30_000)
+            assert page.input_value("#chat-input textarea") == "my carefully typed question"
+        finally:
+            context.close()
+    assert dash.services.chats.list(grace, profile.id) == []

@@ -148,9 +148,8 @@ def wire(page: ChatPage) -> None:
         text, files = message_parts(box_value)
         prepared = engine.prepare(profile.id, text, files, options)
         if server_state(services, profile) not in ACTIVE_STATES:
-            # Its start would refuse a model that is gone: said while the box still
-            # holds the message.
-            services.profiles.resolve_model(profile.model)
+            # What its start would refuse is said while the box still holds the message.
+            services.placement.check_startable(profile)
         return prepared, options
 
     def turn(user: User, prepared: PreparedMessage, options: ChatOptions,

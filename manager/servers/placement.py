@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from manager.accounts.auth import User
 from manager.accounts.permissions import Action, Owned, allowed, require
-from manager.errors import Conflict, ManagerError
+from manager.errors import Conflict, ManagerError, ValidationError
 from manager.models.capabilities import (
     WEIGHTS_OVERHEAD_PERCENT,
     detect,
@@ -41,6 +41,7 @@ from manager.models.capabilities import (
     is_apple_silicon,
     memory_budget_bytes,
 )
+from manager.net import port_is_free
 from manager.servers.leases import ServerInUse
 from manager.servers.profiles import Profile, ProfileService
 from manager.servers.states import PLACED_STATES, ServerState
@@ -160,6 +161,18 @@ class Placement:
             raise Conflict(f"{profile.name} is already {snap.state.value}.")
         self._make_room(profile)
         return self._supervisor.start(profile.id, actor=actor, by=by)
+
+    def check_startable(self, profile: Profile) -> None:
+        """What would refuse a start of this stopped profile's server, said before a
+        request commits to it (the Chat tab's box keeps the message): a model that is
+        gone, a port another program holds. The memory budget is the start's to decide:
+        it may make room."""
+        self._profiles.resolve_model(profile.model)
+        if not port_is_free(profile.host, profile.port):
+            raise ValidationError(
+                f"{profile.name} cannot start: port {profile.port} on {profile.host} is in "
+                "use by another program. Stop that program or give the profile another "
+                "port.", "port")
 
     def ensure_started(self, actor: User | None, profile: Profile, *, by: str | None = None
                        ) -> bool:
