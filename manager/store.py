@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 _SQLITE_FULL = 13  # sqlite3.SQLITE_FULL: "database or disk is full"
 _SQLITE_IOERR = 10  # "disk I/O error"
 _ROOM = 1 << 20  # less free space than this on the data's disk counts as full
+#: SQLite's answers for a file that cannot be written: PERM, READONLY, IOERR, CANTOPEN.
+_UNWRITABLE = frozenset({3, 8, 10, 14})
 
 # How long a unit of work waits for another writer before "database is locked".
 BUSY_TIMEOUT_S = 15.0
@@ -400,9 +402,12 @@ class Store:
                 conn.close()
             self.migrate()
         except (OSError, sqlite3.OperationalError) as exc:  # read-only, full, not a folder
-            if isinstance(exc, sqlite3.OperationalError) and self._out_of_space(exc):
-                raise StorageFull(f"The disk that holds {path.parent} is full: free some "
-                                  "space there and start again.") from exc
+            if isinstance(exc, sqlite3.OperationalError):
+                if self._out_of_space(exc):
+                    raise StorageFull(f"The disk that holds {path.parent} is full: free "
+                                      "some space there and start again.") from exc
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in _UNWRITABLE:
+                    raise  # a lock held too long, a migration's own error: as they are
             raise unusable_data_dir(path.parent, path, exc) from exc
 
     @contextmanager
