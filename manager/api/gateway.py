@@ -50,7 +50,7 @@ from fastapi.responses import JSONResponse, Response
 from manager.api import ollama_flow, prometheus
 from manager.api.anthropic import from_openai_response, to_openai_request
 from manager.api.gateway_job import OLLAMA, Job, Kind
-from manager.api.images import MediaGate, text_parts_only
+from manager.api.images import MediaGate
 from manager.api.key_auth import api_checked, api_key_id, api_user, log_refusal, refusal
 from manager.api.limits import (
     KeyLimiter,
@@ -430,9 +430,10 @@ class Gateway:
         check_token_ids(body, self.facts.vocab_size(profile), profile.name)
         if not job.completion:
             caps = self.facts.caps(profile) if profile.backend is Backend.MLX_LM else None
-            if caps is not None and not caps.multimodal:  # (mlx_lm reads some vision models)
-                text_parts_only(body["messages"], profile.name)
-            body["messages"] = self._media.messages(body["messages"])
+            # mlx_lm reads images for some vision models: a part that is not text is
+            # refused only where the model's files say it reads text only.
+            text_only = profile.name if caps is not None and not caps.multimodal else None
+            body["messages"] = self._media.messages(body["messages"], text_only=text_only)
         return body
 
     def _keep_alive(self, job: Job) -> None:

@@ -42,18 +42,14 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 AddressCheck = Callable[[IPAddress], str | None]
 
 
-def text_parts_only(messages: list[Any], server: str) -> None:
-    """A 400 for a part that is not text, in a request to a server whose model reads
-    text only: its mlx_lm would refuse it with a 404 ("Only 'text' content type")."""
-    for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, Mapping) else None
-        for j, part in enumerate(content if isinstance(content, list) else ()):
-            kind = part.get("type") if isinstance(part, Mapping) else None
-            if kind != "text":
-                raise invalid(f"messages[{i}].content[{j}]",
-                              f"{server} runs a text-only model (mlx_lm), which reads text "
-                              f"parts only, not {str(kind)[:40]!r}: pick a vision profile "
-                              "(mlx_vlm) for images, audio or video")
+def _text(part: Any, text_only: str | None, field: str) -> Any:
+    """`part`, unless it is not text for a server that reads text only (MediaGate)."""
+    kind = part.get("type") if isinstance(part, Mapping) else None
+    if text_only is not None and kind != "text":
+        raise invalid(field, f"{text_only} runs a text-only model (mlx_lm), which reads text "
+                             f"parts only, not {str(kind)[:40]!r}: pick a vision profile "
+                             "(mlx_vlm) for images, audio or video")
+    return part
 
 
 def image_type(data: bytes) -> str | None:
@@ -133,15 +129,18 @@ class MediaGate:
         """May checking a request fetch an image over the network (blocking)?"""
         return self._allow_remote
 
-    def messages(self, messages: list[Any]) -> list[Any]:
-        """The messages with every media part checked (and remote images fetched)."""
+    def messages(self, messages: list[Any], *, text_only: str | None = None) -> list[Any]:
+        """The messages with every media part checked (and remote images fetched).
+        `text_only`: the name of a server whose model reads text only: a part that is not
+        text is a 400 (its mlx_lm would refuse it with a 404, "Only 'text' content")."""
         out: list[Any] = []
         for i, message in enumerate(messages):
             content = message.get("content") if isinstance(message, Mapping) else None
             if not isinstance(content, list):
                 out.append(message)
                 continue
-            parts = [self.part(part, f"messages[{i}].content[{j}]")
+            parts = [self.part(_text(part, text_only, f"messages[{i}].content[{j}]"),
+                               f"messages[{i}].content[{j}]")
                      for j, part in enumerate(content)]
             out.append({**message, "content": parts})
         return out
