@@ -70,9 +70,9 @@ def build_gateway_routes(services: Services, *, wait_ready_s: float = WAIT_READY
     async def ollama_generate(request: Request) -> Response:
         return await gateway.serve(request, Kind.OLLAMA_GENERATE)
 
-    add_ollama_routes(router, OllamaRoutes(services, gateway.limiter, gateway.facts,
-                                           serve_chat=ollama_chat,
-                                           serve_generate=ollama_generate))
+    ollama = OllamaRoutes(services, gateway.limiter, gateway.facts, serve_chat=ollama_chat,
+                          serve_generate=ollama_generate)
+    add_ollama_routes(router, ollama)
 
     async def list_models(request: Request) -> Response:
         return await gateway.models(request)
@@ -115,5 +115,6 @@ def build_gateway_routes(services: Services, *, wait_ready_s: float = WAIT_READY
         ("/v1/{rest:path}", unknown, ALL_METHODS),
     ):
         router.add_route(path, endpoint, methods=methods, include_in_schema=False)
-    gateway.methods = Methods.of(router.routes)
+    # What each path takes, read once: both catch-alls (/v1 and /api) answer 405s from it.
+    gateway.methods = ollama.methods = Methods.of(router.routes)
     return GatewayRoutes(router, {path: _served(gateway, kind) for path, kind in SERVED.items()})

@@ -118,7 +118,7 @@ class OllamaRoutes:
         self._max_body = services.settings.gateway_max_body_bytes
         self.serve_chat = serve_chat
         self.serve_generate = serve_generate
-        self.methods = Methods()  # what /api's routes take (add_ollama_routes)
+        self.methods = Methods()  # what the router's paths take (gateway_routes.py)
 
     async def version(self, request: Request) -> Response:
         if api_user(request) is None:
@@ -205,4 +205,3 @@ def add_ollama_routes(router: APIRouter, routes: OllamaRoutes) -> None:
               ("/api/{rest:path}", routes.unknown, ALL_METHODS)]
     for path, endpoint, methods in table:
         router.add_route(path, endpoint, methods=methods, include_in_schema=False)
-    routes.methods = Methods.of(router.routes)
