@@ -31,6 +31,7 @@ from manager.settings import (
 )
 
 if TYPE_CHECKING:  # built by the commands that need it: `--help` and the others load none
+    from manager.accounts.auth import User
     from manager.services import Services
 
 log = logging.getLogger(__name__)
@@ -217,11 +218,16 @@ def run_command(
     return 2
 
 
-def _keys(args: argparse.Namespace, services: Services, out: TextIO) -> int:
-    owner = services.auth.get_by_email(args.email)
+def _account(services: Services, email: str) -> User:
+    """The account of `email`, or a ManagerError saying there is none."""
+    owner = services.auth.get_by_email(email)
     if owner is None:
-        raise ManagerError(f"No account with the email {args.email}.")
-    new = services.api_keys.create(owner, args.name)
+        raise ManagerError(f"No account with the email {email}.")
+    return owner
+
+
+def _keys(args: argparse.Namespace, services: Services, out: TextIO) -> int:
+    new = services.api_keys.create(_account(services, args.email), args.name)
     # The key goes to stdout alone so scripts can capture it; it is not stored in clear.
     print(new.secret, file=out)
     return 0
@@ -241,11 +247,10 @@ def _users(args: argparse.Namespace, services: Services, stdin: TextIO, out: Tex
         ]), file=out)
         return 0
     # Whether the account can be added or changed is said before the password is asked.
-    known = auth.get_by_email(args.email)
-    if args.users_command == "add" and known is not None:
+    if args.users_command != "add":
+        _account(services, args.email)
+    elif auth.get_by_email(args.email) is not None:
         raise Conflict("An account with that email already exists.")
-    if args.users_command != "add" and known is None:
-        raise ManagerError(f"No account with the email {args.email}.")
     password = read_password(args.password_stdin, stdin, err)
     if args.users_command == "add":
         user = auth.add_user(args.email, password, admin=args.admin)
