@@ -12,9 +12,14 @@ skipped).
 
 Reports, per route and concurrency:
 - added time to first token, p50 and p95 (gateway minus direct; goal p50 <= 1 ms);
-- the TTFT the gateway itself adds: client TTFT minus the TTFT the gateway measured
-  from its own request to the server (/metrics), which mlx_lm's batch admission (a
-  request arriving while a batch runs waits for it) does not blur;
+- the client's TTFT outside the server's answer: client TTFT minus the TTFT the gateway
+  measured from its own request to the server (/metrics), which mlx_lm's batch admission
+  (a request arriving while a batch runs waits for it) does not blur. Not the goal's
+  figure: besides the gateway's work it counts the client's own sending and reading of
+  the first chunk, which the direct stream pays too (and the direct stream does not pay
+  the gateway's request to the server, which is leaner), and with concurrent streams
+  the wait behind the others in the gateway's loop, where the direct ones wait in the
+  server's handler threads instead;
 - with concurrent streams, how many rounds mlx_lm did not admit in one batch on each
   side, and added TTFT and tokens/s ratio over the pairs it did on both: a request that
   misses the first batch waits for its whole decode burst, which decides a round's
@@ -106,8 +111,9 @@ class Tally:
     ratios: list[float] = field(default_factory=list)  # per pair: gateway / direct tokens/s
     ttft: dict[str, list[float]] = field(default_factory=lambda: {"gateway": [], "direct": []})
     # Per gateway round: client TTFT minus the TTFT the gateway measured from its own
-    # request to the server, i.e. the time the gateway adds whatever the server's
-    # scheduling does (mlx_lm only admits requests to a running batch between bursts).
+    # request to the server: the gateway's part whatever the server's scheduling does
+    # (mlx_lm only admits requests to a running batch between bursts), plus the client's
+    # own HTTP work, which the direct stream has too (see the module's docstring).
     own_ms: list[float] = field(default_factory=list)
     # Concurrent streams: rounds whose requests mlx_lm did not admit in one batch, per
     # side, and added TTFT and tokens/s ratio over the pairs where both sides' were.
@@ -201,9 +207,9 @@ def report(tally: Tally, route: str, concurrency: int, idle_share: float,
           f"(quartiles {percentile(ratios, 0.25):.3f}-{percentile(ratios, 0.75):.3f}; "
           f"goal >= {RATE_GOAL}) {'OK' if ratio >= RATE_GOAL else 'BELOW GOAL'}")
     own_p50 = percentile(own_ms, 0.5)
-    print(f"  TTFT the gateway itself adds (client TTFT - the gateway's own upstream TTFT, "
-          f"per round): p50 {own_p50:.2f} ms, p95 {percentile(own_ms, 0.95):.2f} ms "
-          f"{'OK' if own_p50 <= TTFT_GOAL_MS else 'ABOVE GOAL'}")
+    print(f"  client TTFT - the gateway's own upstream TTFT, per round (the gateway's work "
+          f"and the client's; not the goal's figure): p50 {own_p50:.2f} ms, p95 "
+          f"{percentile(own_ms, 0.95):.2f} ms")
     if concurrency > 1:
         report_one_batch(tally)
     cpu_s, wall_s, tokens = tally.cpu_s, tally.wall_s, tally.tokens
@@ -390,8 +396,8 @@ def measure_floor(args: argparse.Namespace, board: Dashboard) -> None:
             rounds = args.rounds if concurrency == 1 else max(4, args.rounds // 2)
             tally = measure(Tally(), concurrency, rounds, through, board.direct,
                             psutil.Process(relay.pid), lambda: (0.0, 0), pause_s=args.pause)
-            report(tally, "bare asyncio byte relay (the floor; its 'own TTFT' is the "
-                   "client's)", concurrency, idle)
+            report(tally, "bare asyncio byte relay (the floor; it reports no upstream TTFT, "
+                   "so its 'client TTFT - upstream TTFT' is the client's whole TTFT)", concurrency, idle)
     finally:
         relay.terminate()
         relay.wait(30)
