@@ -3,9 +3,9 @@ change against the moment each page shows it (headless Chromium, same machine cl
 
 The dashboard runs in this process (Services.create + the real app on uvicorn), so the
 bench reads the manager's timestamps: a server transition's `at` (Ready, Stopped,
-Failed after a crash), the accounts counter's bump (a new pending user -> the admin's
-badge; also one who registers while the server starts, news that must not wait for
-it), the downloads counter's bumps (each progress step of a throttled download from
+Failed after a crash, Failed after a start whose weights do not load), the accounts
+counter's bump (a new pending user -> the admin's badge; an approval -> one less; also
+one who registers while the server starts, news that must not wait for it), the downloads counter's bumps (each progress step of a throttled download from
 the local hub). Each page records, with a MutationObserver, when it first shows the
 change. Download steps: for each redraw of the progress bar, the wait of the oldest
 step it was the first to show.
@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -119,6 +120,16 @@ def record(delays: Delays, label: str, at: float, shown: list[float]) -> None:
         delays[label][page].append(t - at)
 
 
+def broken_copy(model: Path) -> Path:
+    """A copy of `model` whose weights file is cut short: the server starts, fails to load
+    it and exits."""
+    broken = model.with_name(model.name + "-broken")
+    shutil.copytree(model, broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:64])
+    return broken
+
+
 def run(dash: InProcess, pages: list[Any], rounds: int, model: Path,
         hub: LocalHub) -> tuple[Delays, list[float]]:
     """The delays, and how long each crash took to be noticed (kill -> FAILED)."""
@@ -137,20 +148,31 @@ def run(dash: InProcess, pages: list[Any], rounds: int, model: Path,
         at = services.changes.changed_at(Topic.ACCOUNTS)
         record(delays, "new pending user (badge)", at, seen(pages, key))
 
+    # An approval -> the badge counts one less in every page (gone at none).
+    admin = services.auth.get_by_email("admin@example.com")
+    for i in range(1, rounds + 1):
+        key = f"approved-{i}"
+        left = rounds - i
+        watch(pages, key, "document.querySelector('#pending-badge') === null" if left == 0
+              else f"(document.querySelector('#pending-badge')||{{}}).innerText === '{left}'")
+        services.auth.approve(admin, services.auth.get_by_email(f"user{i}@example.com").id)
+        at = services.changes.changed_at(Topic.ACCOUNTS)
+        record(delays, "approval (badge)", at, seen(pages, key))
+
     # A server: Ready, stopped, Ready again, killed (Failed).
     profile = services.profiles.create(None, ProfileSpec(name="live bench", model=str(model)))
     tile = f"#srv-{profile.id}"
     for i in range(rounds):
         key = f"ready-{i}"
         watch(pages, key, f"document.querySelector('{tile} [data-state=ready]') !== null")
-        pending = rounds + 1 + i
-        badge = f"pending-{pending}"
+        pending = services.auth.pending_count() + 1
+        badge = f"pending-while-starting-{i}"
         watch(pages, badge, "(document.querySelector('#pending-badge')||{}).innerText "
                             f"=== '{pending}'")
         readies = recorder.count(profile.id, ServerState.READY)
         services.placement.start(None, profile.id)
         # Someone registers while the server starts: news that must not wait for it.
-        services.auth.register(f"user{pending}@example.com", PASSWORD)
+        services.auth.register(f"user{rounds + 1 + i}@example.com", PASSWORD)
         user_at = services.changes.changed_at(Topic.ACCOUNTS)
         at = recorder.next_at(profile.id, ServerState.READY, readies, 120)
         record(delays, "server Ready", at, seen(pages, key))
@@ -175,6 +197,25 @@ def run(dash: InProcess, pages: list[Any], rounds: int, model: Path,
             noticed.append(at - killed)  # before "the manager knows it": not in the goal
             record(delays, "server crashed (Failed)", at, seen(pages, key))
             services.supervisor.stop(profile.id)  # dismiss the failed tile
+
+    # A start that fails (not a crash): weights the server cannot load.
+    broken = services.profiles.create(None, ProfileSpec(name="live bench broken",
+                                                        model=str(broken_copy(model))))
+    tile = f"#srv-{broken.id}"
+    for i in range(rounds):
+        key = f"start-failed-{i}"
+        watch(pages, key, f"document.querySelector('{tile} [data-state=failed], "
+                          f"{tile} [data-state=backoff]') !== null")
+        failures = recorder.count(broken.id, ServerState.FAILED)
+        services.placement.start(None, broken.id)
+        at = recorder.next_at(broken.id, ServerState.FAILED, failures, 120)
+        record(delays, "start failed", at, seen(pages, key))
+        # Dismiss the failed tile, and wait until no page shows it: the next round's
+        # watch must not see this one's tile.
+        gone = f"start-failed-gone-{i}"
+        watch(pages, gone, f"document.querySelector('{tile}') === null")
+        services.supervisor.stop(broken.id)
+        seen(pages, gone)
 
     # Download steps on the Models tab.
     for page in pages:
