@@ -80,8 +80,16 @@ def one_turn(page: Any, services: Any, profile_id: int, index: int) -> dict[str,
     # manager's end of the server's stream (wall clock, same machine); a page that keeps
     # up shows the end one push and one render later.
     end_lag = t1 / 1000 - now.last_request_at if now.last_request_at else float("nan")
+    # And at the start: the first redraw against the server's first token (its end less
+    # its decode time at the manager's rate), with the share of the answer it showed. A
+    # first redraw that shows stale text is caught up later, which lifts the page's rate.
+    start_lag = float("nan")
+    if now.last_request_at and now.last_tokens_per_s:
+        first_token_at = now.last_request_at - (n - 1) / now.last_tokens_per_s
+        start_lag = t0 / 1000 - first_token_at
     return {"tokens": n, "server_tps": now.last_tokens_per_s or float("nan"),
-            "end_lag_ms": end_lag * 1000,
+            "end_lag_ms": end_lag * 1000, "start_lag_ms": start_lag * 1000,
+            "first_shown": c0 / c1 if c1 else float("nan"),
             "page_tps": shown / span if span > 0 else float("nan"),
             "redraws_per_s": (len(log) - 1) / span if span > 0 else float("nan"),
             "redraws": len(log), "longest_task_ms": max(long_tasks, default=0.0)}
@@ -139,8 +147,9 @@ def main() -> int:
         print(f"  turn {i}: {turn['tokens']:5.0f} tokens  server {turn['server_tps']:6.1f} tok/s"
               f"  page {turn['page_tps']:6.1f} tok/s  ratio "
               f"{turn['page_tps'] / turn['server_tps']:.3f}  redraws {turn['redraws']:4.0f} "
-              f"({turn['redraws_per_s']:4.1f}/s)  end lag {turn['end_lag_ms']:5.0f} ms  longest task "
-              f"{turn['longest_task_ms']:.0f} ms")
+              f"({turn['redraws_per_s']:4.1f}/s)  start lag {turn['start_lag_ms']:5.0f} ms "
+              f"(showing {turn['first_shown']:.1%})  end lag {turn['end_lag_ms']:5.0f} ms  "
+              f"longest task {turn['longest_task_ms']:.0f} ms")
     ratios = [t["page_tps"] / t["server_tps"] for t in turns]
     ratio = statistics.median(ratios)
     rate = statistics.median(t["redraws_per_s"] for t in turns)
@@ -148,7 +157,7 @@ def main() -> int:
     print(f"median page/server tokens/s ratio {ratio:.3f} (goal >= {GOAL_RATIO}); worst turn "
           f"{min(ratios):.3f}, best {max(ratios):.3f}; {met} of {len(ratios)} turns met the "
           f"goal; median {rate:.1f} redraws/s")
-    print("OK" if ratio >= GOAL_RATIO else "ABOVE GOAL")
+    print("OK" if ratio >= GOAL_RATIO else "BELOW GOAL")
     return 0
 
 
