@@ -51,6 +51,12 @@ def _ollama_tokens(event: dict, seen: dict) -> bool:
     return bool(message.get("content") or message.get("thinking"))
 
 
+def _ollama_generate_tokens(event: dict, seen: dict) -> bool:
+    if event.get("done"):
+        seen["tokens"] = event.get("eval_count", 0)
+    return bool(event.get("response") or event.get("thinking"))
+
+
 @dataclass(frozen=True)
 class Route:
     """A streaming route of the gateway: its path, request and how to read its stream."""
@@ -75,6 +81,9 @@ ROUTES = {
     "ollama": Route("ollama", "/api/chat", lambda n: {
         "model": "tiny", "messages": PROMPT, "stream": True,
         "options": {"num_predict": n}}, _ollama_tokens, ndjson=True),
+    "generate": Route("generate", "/api/generate", lambda n: {
+        "model": "tiny", "prompt": PROMPT[0]["content"], "stream": True,
+        "options": {"num_predict": n}}, _ollama_generate_tokens, ndjson=True),
 }
 
 

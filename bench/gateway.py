@@ -7,8 +7,8 @@ for the same completion (usage included on both sides); statistics are over the 
 load from elsewhere on the machine hits both sides. Every streaming route of the gateway
 is measured against the same direct baseline (the server's own /v1/chat/completions
 stream): OpenAI chat completions, Anthropic /v1/messages, and, where this build has
-them, /v1/responses and Ollama's /api/chat (a route that answers 404 is reported as
-skipped).
+them, /v1/responses and Ollama's /api/chat and /api/generate (a route that answers 404
+is reported as skipped).
 
 Reports, per route and concurrency:
 - added time to first token, p50 and p95 (gateway minus direct; goal p50 <= 1 ms);
