@@ -31,7 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ class ChunkClock:
     """When the manager received each piece of the answer's text: wraps this process's
     `InferenceClient.stream_chat`, which the Chat tab's turns read."""
 
-    def __init__(self, inference: Any) -> None:
+    def __init__(self, inference: Any, now: Callable[[], float] = time.time) -> None:
         self.marks: list[tuple[float, int]] = []  # (wall time, visible characters so far)
         self._text = ""
         original = inference.stream_chat
@@ -68,7 +68,7 @@ class ChunkClock:
                     if chunk.content:
                         self._text += chunk.content
                         # The page drops an answer's leading whitespace, so does this.
-                        self.marks.append((time.time(), len(self._text.lstrip())))
+                        self.marks.append((now(), len(self._text.lstrip())))
                     yield chunk
             finally:
                 inner.close()
@@ -82,6 +82,15 @@ class ChunkClock:
         """When the text received first held `share` of the final visible text."""
         final = self.marks[-1][1]
         return next(t for t, n in self.marks if n > 0 and n >= share * final)
+
+
+def pace_ratio(clock: ChunkClock, shown: list[tuple[float, int]]) -> float:
+    """The server's time for the text between the page's first and last redraw with text
+    (`shown`: (time, characters shown)), over the page's time for it: 1.0 when the page
+    keeps the model's pace, whatever came before its first redraw."""
+    (t0, c0), (t1, c1) = shown[0], shown[-1]
+    span = t1 - t0
+    return (clock.reached(1.0) - clock.reached(c0 / c1)) / span if span > 0 else float("nan")
 
 
 def one_turn(page: Any, services: Any, clock: ChunkClock, profile_id: int,
@@ -115,11 +124,8 @@ def one_turn(page: Any, services: Any, clock: ChunkClock, profile_id: int,
     long_tasks = page.evaluate("() => window.__long")
     shown = [(t / 1000, c) for t, c in log if c > 0]  # redraws with answer text
     (t0, c0), (t1, c1) = shown[0], shown[-1]
-    # The server's time for the text between the page's first and last redraw (the
-    # same share of the final text), against the page's time for it.
-    server_s = clock.reached(1.0) - clock.reached(c0 / c1)
     span = t1 - t0
-    ratio = server_s / span if span > 0 else float("nan")
+    ratio = pace_ratio(clock, shown)
     server_tps = now.last_tokens_per_s or float("nan")
     return {"tokens": now.completion_tokens - tokens, "server_tps": server_tps,
             "page_tps": server_tps * ratio, "ratio": ratio,
