@@ -58,7 +58,7 @@ class ChunkClock:
 
     def __init__(self, inference: Any, now: Callable[[], float] = time.time) -> None:
         self.marks: list[tuple[float, int]] = []  # (wall time, visible characters so far)
-        self._text = ""
+        self._visible = 0
         original = inference.stream_chat
 
         def stream_chat(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -66,9 +66,11 @@ class ChunkClock:
             try:
                 for chunk in inner:
                     if chunk.content:
-                        self._text += chunk.content
-                        # The page drops an answer's leading whitespace, so does this.
-                        self.marks.append((now(), len(self._text.lstrip())))
+                        # The page drops an answer's leading whitespace, so does this (a
+                        # count, not the text: this runs in the measured process).
+                        text = chunk.content if self._visible else chunk.content.lstrip()
+                        self._visible += len(text)
+                        self.marks.append((now(), self._visible))
                     yield chunk
             finally:
                 inner.close()
@@ -76,7 +78,7 @@ class ChunkClock:
         inference.stream_chat = stream_chat
 
     def reset(self) -> None:
-        self.marks, self._text = [], ""
+        self.marks, self._visible = [], 0
 
     def reached(self, share: float) -> float:
         """When the text received first held `share` of the final visible text."""
