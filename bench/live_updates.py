@@ -5,9 +5,9 @@ The dashboard runs in this process (Services.create + the real app on uvicorn), 
 bench reads the manager's timestamps: a server transition's `at` (Ready, Stopped,
 Failed after a crash, Failed after a start whose weights do not load), the accounts
 counter's bump (a new pending user -> the admin's badge; an approval -> one less; also
-one who registers while the server starts, news that must not wait for it), the downloads counter's bumps (each progress step of a throttled download from
-the local hub). Each page records, with a MutationObserver, when it first shows the
-change. Download steps: for each redraw of the progress bar, the wait of the oldest
+one who registers while the server starts, news that must not wait for it), the
+downloads counter's bumps (each progress step of a throttled download from the local
+hub). Each page records, with a MutationObserver, when it first shows the change. Download steps: for each redraw of the progress bar, the wait of the oldest
 step it was the first to show.
 Prints p50 / p95 / max per kind of change, over every page and per page (`--each`: also
 every round's delay in each page), and the load average.
