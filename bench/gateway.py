@@ -397,7 +397,8 @@ def measure_floor(args: argparse.Namespace, board: Dashboard) -> None:
             tally = measure(Tally(), concurrency, rounds, through, board.direct,
                             psutil.Process(relay.pid), lambda: (0.0, 0), pause_s=args.pause)
             report(tally, "bare asyncio byte relay (the floor; it reports no upstream TTFT, "
-                   "so its 'client TTFT - upstream TTFT' is the client's whole TTFT)", concurrency, idle)
+                   "so its 'client TTFT - upstream TTFT' is the client's whole TTFT)",
+                   concurrency, idle)
     finally:
         relay.terminate()
         relay.wait(30)
