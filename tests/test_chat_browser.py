@@ -34,6 +34,7 @@ DAVE = "dave@example.com"
 ERIN = "erin@example.com"
 FRANK = "frank@example.com"
 GRACE = "grace@example.com"
+HEIDI = "heidi@example.com"
 # What a file dragged from the desktop does: dragenter, dragover, drop with a DataTransfer.
 DROP_JS = """([selector, name, b64, type]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -499,3 +500,28 @@ def test_a_message_to_a_server_that_cannot_start_stays_in_the_box(
         finally:
             context.close()
     assert dash.services.chats.list(grace, profile.id) == []
+
+
+def test_a_message_to_a_server_beyond_the_memory_budget_stays_in_the_box(
+        dash: ChatDashboard, browser) -> None:  # noqa: ANN001
+    """A message to a stopped server whose model the memory budget cannot hold: the box
+    emptied, then the start refused it, and the message was lost. The quick step now asks
+    the budget too (and stops nothing: the start makes its own room)."""
+    heidi = dash.user(HEIDI)
+    placement = dash.services.placement
+    profile = dash.services.profiles.create(heidi, ProfileSpec(
+        name="oversized", model=str(dash.profiles["eyes"].model), port=free_port()))
+    need = placement.need_bytes(profile)
+    assert need is not None and need > 1
+    placement.set_budget(need - 1)
+    context, page = signed_in_page(dash, browser, HEIDI)
+    try:
+        page.locator("#chat-server input").click()
+        page.get_by_role("option", name="oversized · Stopped").click()
+        say(page, "my carefully typed question")
+        page.get_by_text("more than the whole budget").first.wait_for(timeout=30_000)
+        assert page.input_value("#chat-input textarea") == "my carefully typed question"
+    finally:
+        placement.set_budget(None)
+        context.close()
+    assert dash.services.chats.list(heidi, profile.id) == []

@@ -30,6 +30,7 @@ import pytest
 from manager.api.login import SESSION_COOKIE
 from manager.api.wire import SYSTEM_FINGERPRINT
 from manager.net import free_port
+from manager.servers.placement import InsufficientMemory
 from manager.servers.profiles import Profile, ProfileSpec
 from manager.servers.supervisor import ACTIVE_STATES, ServerState
 from manager.services import Services
@@ -500,6 +501,10 @@ def test_eviction_of_the_least_recently_used_idle_server_and_503_when_it_cannot_
         ask("evict-b")
         ask("evict-a")  # evict-b is now the least recently used
         placement.set_budget(need["evict-a"] + need["evict-b"] + need["jit"] - 1)
+        # Asked before a start (the Chat tab's quick step): it would fit once evict-b
+        # stops, so nothing is refused, and nothing is stopped by the asking.
+        placement.check_startable(gw.profiles["jit"])
+        assert gw.state("evict-b") is ServerState.READY
         ask("jit")
         assert gw.state("evict-b") is ServerState.STOPPED
         assert gw.state("evict-a") is ServerState.READY
@@ -511,6 +516,9 @@ def test_eviction_of_the_least_recently_used_idle_server_and_503_when_it_cannot_
         supervisor.start(gw.profiles["by-hand"].id, by="alice@example.com")
         supervisor.wait_ready(gw.profiles["by-hand"].id, 90)
         placement.set_budget(need["by-hand"] + need["evict-b"] - 1)
+        with pytest.raises(InsufficientMemory, match="by-hand .*started by hand"):
+            placement.check_startable(gw.profiles["evict-b"])
+        assert gw.state("evict-a") is ServerState.READY  # the asking stopped nothing
         with pytest.raises(openai.InternalServerError) as caught:
             ask("evict-b")
         assert caught.value.status_code == 503

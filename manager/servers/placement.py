@@ -165,14 +165,18 @@ class Placement:
     def check_startable(self, profile: Profile) -> None:
         """What would refuse a start of this stopped profile's server, said before a
         request commits to it (the Chat tab's box keeps the message): a model that is
-        gone, a port another program holds. The memory budget is the start's to decide:
-        it may make room."""
+        gone, a port another program holds, a model that would not fit in the memory
+        budget even once every server the start may stop is stopped. Nothing is stopped
+        here: the start makes its room itself."""
         self._profiles.resolve_model(profile.model)
         if not port_is_free(profile.host, profile.port):
             raise ValidationError(
                 f"{profile.name} cannot start: port {profile.port} on {profile.host} is in "
                 "use by another program. Stop that program or give the profile another "
                 "port.", "port")
+        need = self.need_bytes(profile)
+        if need is not None:
+            self._to_stop_for(profile, need)
 
     def ensure_started(self, actor: User | None, profile: Profile, *, by: str | None = None
                        ) -> bool:
@@ -319,33 +323,41 @@ class Placement:
             return
         while True:
             checked = self._supervisor.clock.monotonic()  # what is idle is idle since then
-            running = [s for s in self._supervisor.snapshots()
-                       if s.state in PLACED_STATES and s.profile_id != profile.id]
-            held = {s.profile_id: self.need_bytes(s.profile) or 0 for s in running}
-            in_use = sum(held.values())
-            with self._lock:
-                fixed = self._fixed_budget
-            capacity = fixed if fixed is not None else self._capacity(in_use)
-            if in_use + need <= capacity:
+            candidates = self._to_stop_for(profile, need)
+            if not candidates:
                 return
-            if need > capacity:
-                raise InsufficientMemory(
-                    f"{profile.name} needs about {format_bytes(need)} of memory, more than the "
-                    f"whole budget of {format_bytes(capacity)}. Use a smaller (more quantised) "
-                    "model or a shorter context length in its profile.")
-            candidates = self._eviction_candidates(running)
-            freeable = sum(held[s.profile_id] for s in candidates)
-            if not candidates or in_use - freeable + need > capacity:
-                # Stopping what may be stopped would not be enough: stop nothing.
-                kept = ", ".join(f"{s.profile.name} (~{format_bytes(held[s.profile_id])}, "
-                                 f"{self._why_kept(s)})" for s in running)
-                raise InsufficientMemory(
-                    f"{profile.name} needs about {format_bytes(need)} of memory but only "
-                    f"{format_bytes(max(0, capacity - in_use))} of the {format_bytes(capacity)} "
-                    f"budget is free, and only idle servers the gateway started may be "
-                    f"stopped to make room. Running: {kept}. Stop one on the Servers tab "
-                    "and try again.")
             self._evict(candidates[0], profile, checked)
+
+    def _to_stop_for(self, profile: Profile, need: int) -> list[ServerSnapshot]:
+        """The servers that may be stopped for `profile` (`need` bytes) to fit, least
+        recently used first: none when it fits as things are. Raises InsufficientMemory
+        when stopping all of them would not be enough (then nothing should be stopped)."""
+        running = [s for s in self._supervisor.snapshots()
+                   if s.state in PLACED_STATES and s.profile_id != profile.id]
+        held = {s.profile_id: self.need_bytes(s.profile) or 0 for s in running}
+        in_use = sum(held.values())
+        with self._lock:
+            fixed = self._fixed_budget
+        capacity = fixed if fixed is not None else self._capacity(in_use)
+        if in_use + need <= capacity:
+            return []
+        if need > capacity:
+            raise InsufficientMemory(
+                f"{profile.name} needs about {format_bytes(need)} of memory, more than the "
+                f"whole budget of {format_bytes(capacity)}. Use a smaller (more quantised) "
+                "model or a shorter context length in its profile.")
+        candidates = self._eviction_candidates(running)
+        freeable = sum(held[s.profile_id] for s in candidates)
+        if not candidates or in_use - freeable + need > capacity:
+            kept = ", ".join(f"{s.profile.name} (~{format_bytes(held[s.profile_id])}, "
+                             f"{self._why_kept(s)})" for s in running)
+            raise InsufficientMemory(
+                f"{profile.name} needs about {format_bytes(need)} of memory but only "
+                f"{format_bytes(max(0, capacity - in_use))} of the {format_bytes(capacity)} "
+                f"budget is free, and only idle servers the gateway started may be "
+                f"stopped to make room. Running: {kept}. Stop one on the Servers tab "
+                "and try again.")
+        return candidates
 
     def _evictable(self, snap: ServerSnapshot) -> bool:
         return (snap.state is ServerState.READY and self.started_on_demand(snap)
