@@ -141,3 +141,50 @@ def _password_file(tmp_path: Path) -> Path:
     path = tmp_path / "password"
     path.write_text("correct horse battery\n")
     return path
+
+
+KEY_ON_A_FULL_DISK = textwrap.dedent('''
+    import errno, json, sys
+    from pathlib import Path
+
+    from manager.accounts.auth import load_or_create_secret
+    from manager.errors import StorageFull
+
+    disk = Path(sys.argv[1])
+    key = disk / "data" / "secret.key"
+    said = {}
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        while True:  # to the last byte
+            try:
+                out.write(b"0" * 4096)
+            except OSError as exc:
+                said["filled"] = exc.errno == errno.ENOSPC
+                break
+    try:
+        load_or_create_secret(key)
+    except StorageFull as exc:
+        said["full"] = exc.message
+    said["left"] = key.exists()
+    filler.unlink()
+    said["after"] = len(load_or_create_secret(key))
+    said["again"] = load_or_create_secret(key) == key.read_bytes()
+    print(json.dumps(said))
+''')
+
+
+def test_a_session_key_that_cannot_be_written_says_so_and_leaves_no_empty_key(
+        tmp_path: Path) -> None:
+    """The first start on a full disk wrote an empty key file and ended in a traceback
+    (ENOSPC); every later start then refused that file ("shorter than 32 bytes; delete
+    it") until someone deleted it by hand."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    run = in_a_small_disk(disk, KEY_ON_A_FULL_DISK)
+    assert run.returncode == 0, run.stderr
+    said = json.loads(run.stdout.strip().splitlines()[-1])
+    assert said["filled"]
+    assert said["full"] == (f"The disk that holds {disk}/data is full: the session key "
+                            "could not be written. Free some space there and start again.")
+    assert said["left"] is False
+    assert said["after"] >= 32 and said["again"] is True

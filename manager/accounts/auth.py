@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -29,6 +30,7 @@ from manager.errors import (
     Conflict,
     NotFound,
     PermissionDenied,
+    StorageFull,
     ValidationError,
 )
 from manager.store import Store
@@ -108,8 +110,17 @@ def load_or_create_secret(path: Path) -> bytes:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return load_or_create_secret(path)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
+            # Left empty or short, the key would be refused at every later start.
+            path.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(f"The disk that holds {path.parent} is full: the session "
+                                  "key could not be written. Free some space there and "
+                                  "start again.") from exc
+            raise
         log.info("created a new session signing key at %s", path)
         return data
     if len(data) < 32:
