@@ -202,6 +202,13 @@ def test_unknown_model_bad_json_and_unknown_endpoint(gw: Gateway) -> None:
         answer = client.post("/v1/embeddings", json={"model": "thinker", "input": "x"})
         assert answer.status_code == 404
         assert answer.json()["error"]["code"] == "unknown_endpoint"
+        # A newline in the path (%0a): no route's pattern took it, and the answer was
+        # Starlette's plain-text "Not Found" instead of the API's own error.
+        answer = client.get("/v1/models%0aextra")
+        assert answer.status_code == 404
+        assert answer.json()["error"]["code"] == "unknown_endpoint"
+        answer = client.get("/api/tags%0aextra")
+        assert answer.status_code == 404 and "/api/chat" in answer.json()["error"]
         answer = client.post("/v1/completions", json={"model": "vision", "prompt": "x"})
         assert answer.status_code == 400 and "/v1/chat/completions" in answer.text
     # Requests refused before they reach a model do not start its server.

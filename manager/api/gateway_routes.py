@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from manager.api.gateway import WAIT_READY_S, Gateway
 from manager.api.gateway_job import Kind
 from manager.api.ollama_routes import OllamaRoutes, add_ollama_routes
-from manager.api.wire import ALL_METHODS, Methods
+from manager.api.wire import ALL_METHODS, ApiFormat, Methods, api_format
 from manager.services import Services
 
 #: The POST routes served by `Gateway.serve`, by path.
@@ -117,4 +117,15 @@ def build_gateway_routes(services: Services, *, wait_ready_s: float = WAIT_READY
         router.add_route(path, endpoint, methods=methods, include_in_schema=False)
     # What each path takes, read once: both catch-alls (/v1 and /api) answer 405s from it.
     gateway.methods = ollama.methods = Methods.of(router.routes)
+
+    async def unmatched(scope: Scope, receive: Receive, send: Send) -> None:
+        """A gateway path that no route's pattern takes, for GatewayFront: one with a
+        newline (%0a) in it, which Starlette's patterns stop at. The same 404 in the
+        API's own format as any unknown path, not Starlette's plain-text one."""
+        request = Request(scope, receive, send)
+        under_api = api_format(scope["path"]) is ApiFormat.OLLAMA
+        response = await (ollama.unknown(request) if under_api else unknown(request))
+        await response(scope, receive, send)
+
+    router.default = unmatched
     return GatewayRoutes(router, {path: _served(gateway, kind) for path, kind in SERVED.items()})
