@@ -504,6 +504,39 @@ def test_an_image_or_audio_part_to_a_text_only_server_is_a_400_that_names_it(api
     assert parked_state(api) is ServerState.STOPPED
 
 
+def test_an_image_the_gateway_refuses_is_named_by_the_clients_own_field(api: Api) -> None:
+    """The Anthropic and Ollama routes' images are checked once translated, and the
+    refusal named the OpenAI part's field (`messages[0].content[1].image_url`), which the
+    client never sent."""
+    png = base64.b64encode(png_bytes()).decode()
+    answer = api.post("/v1/messages", {"model": "eyes", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "Look."}, {"role": "assistant", "content": "Yes?"},
+        {"role": "user", "content": [{"type": "text", "text": "This one:"}, {
+            "type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                        "data": png + "!!"}}]}]})
+    assert answer.status_code == 400, answer.text
+    message = answer.json()["error"]["message"]
+    assert message.startswith("messages[2].content[1].source.data: is not valid base64")
+    answer = api.post("/v1/messages", {"model": "eyes", "max_tokens": 5, "messages": [
+        {"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": "file:///etc/hosts"}}]}]})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["message"].startswith("messages[0].content[0].source.url: ")
+    answer = api.post("/api/chat", {"model": "eyes", "messages": [
+        {"role": "user", "content": "And these?", "images": [png, png + "!!"]}]})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"].startswith("messages[0].images[1]: is not valid base64")
+    # An OpenAI client's own part is named as it sent it.
+    answer = api.post("/v1/chat/completions", _image_body("data:image/png;base64," + png + "!!"))
+    assert answer.json()["error"]["param"] == "messages[0].content[0].image_url"
+    assert parked_state(api) is ServerState.STOPPED
+    # The name goes no further than the gate: a checked image is a part of its own.
+    checked = MediaGate(max_bytes=1 << 20, allow_remote=False).messages([{
+        "role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_url()},
+                                     "mm_client_field": "images[0]"}]}])
+    assert checked[0]["content"] == [{"type": "image_url", "image_url": {"url": png_data_url()}}]
+
+
 def test_image_urls_are_not_fetched_unless_an_admin_allows_them(
         api: Api, listener: _Listener) -> None:
     url = f"http://127.0.0.1:{listener.port}/cat.png"

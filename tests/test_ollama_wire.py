@@ -112,7 +112,8 @@ def test_a_chat_with_images_tools_and_a_tool_result_becomes_openai() -> None:
         "messages": [
             {"role": "system", "content": "Short answers."},
             {"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"},
+                 "mm_client_field": "messages[1].images[0]"},
                 {"type": "text", "text": "Weather here?"}]},
             {"role": "assistant", "content": "", "tool_calls": [
                 {"id": "call_2_0", "type": "function", "function": {

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from manager.api.client_fields import CLIENT_FIELD
 from manager.errors import ValidationError
 
 log = logging.getLogger(__name__)
@@ -94,20 +95,23 @@ def document_text(block: Mapping[str, Any]) -> str:
     return "\n".join(head) + "\n\n" + text
 
 
-def _image_part(block: Mapping[str, Any]) -> dict[str, Any]:
-    source = block.get("source") or {}
-    kind = source.get("type")
-    if kind == "base64":
+def _image_part(block: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """An image block at `where` (messages[i].content[j]) as an OpenAI part; the gate's
+    errors name its source's field (images.CLIENT_FIELD)."""
+    source = block.get("source")
+    kind = source.get("type") if isinstance(source, Mapping) else None
+    if isinstance(source, Mapping) and kind == "base64":
         media = source.get("media_type") or "image/png"
-        url = f"data:{media};base64,{source.get('data', '')}"
-    elif kind == "url":
-        url = str(source.get("url", ""))
+        url, field = f"data:{media};base64,{source.get('data', '')}", f"{where}.source.data"
+    elif isinstance(source, Mapping) and kind == "url":
+        url, field = str(source.get("url", "")), f"{where}.source.url"
     else:
-        raise ValidationError(f"unsupported image source type {kind!r}")
-    return {"type": "image_url", "image_url": {"url": url}}
+        raise ValidationError(f"{where}.source.type: unsupported image source type "
+                              f"{str(kind)[:40]!r} (use base64 or url)", f"{where}.source.type")
+    return {"type": "image_url", "image_url": {"url": url}, CLIENT_FIELD: field}
 
 
-def _convert_message(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _convert_message(message: Mapping[str, Any], index: int) -> list[dict[str, Any]]:
     role = message.get("role")
     if role not in ("user", "assistant"):
         raise ValidationError(f"messages: role must be 'user', 'assistant' or 'system', "
@@ -120,14 +124,14 @@ def _convert_message(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     tool_calls: list[dict[str, Any]] = []
     tool_results: list[dict[str, Any]] = []
-    for block in content:
+    for j, block in enumerate(content):
         if not isinstance(block, Mapping):
             raise ValidationError("messages: each content block must be an object")
         kind = block.get("type")
         if kind == "text":
             parts.append({"type": "text", "text": str(block.get("text", ""))})
         elif kind == "image":
-            parts.append(_image_part(block))
+            parts.append(_image_part(block, f"messages[{index}].content[{j}]"))
         elif kind == "document":
             # Joined with the message's other text: keep the document apart.
             parts.append({"type": "text", "text": document_text(block) + "\n\n"})
@@ -192,13 +196,13 @@ def to_openai_request(body: Mapping[str, Any], model: str) -> dict[str, Any]:
     # Agent clients put `system` entries inside `messages` too (mid-conversation
     # instructions): all of them join the system prompt, in order.
     systems = [_text_of(body.get("system"))]
-    for message in messages:
+    for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
             raise ValidationError("messages: each message must be an object")
         if message.get("role") == "system":
             systems.append(_text_of(message.get("content")))
         else:
-            out.extend(_convert_message(message))
+            out.extend(_convert_message(message, i))
     system = "\n\n".join(s for s in systems if s)
     if system:
         out.insert(0, {"role": "system", "content": system})

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from manager.api.client_fields import client_field
 from manager.api.schema import invalid
 from manager.net import tls_context
 
@@ -139,7 +140,7 @@ class MediaGate:
             if not isinstance(content, list):
                 out.append(message)
                 continue
-            parts = [self.part(_text(part, text_only, f"messages[{i}].content[{j}]"),
+            parts = [self.part(_text(part, text_only, client_field(part, f"messages[{i}].content[{j}]")),
                                f"messages[{i}].content[{j}]")
                      for j, part in enumerate(content)]
             out.append({**message, "content": parts})
@@ -152,9 +153,10 @@ class MediaGate:
         if kind in ("image_url", "input_image"):
             value = part.get("image_url")
             url = value.get("url") if isinstance(value, Mapping) else value
+            named = client_field(part, f"{field}.image_url")
             if not isinstance(url, str):
-                raise invalid(f"{field}.image_url", "must be an object with a url string")
-            image: dict[str, Any] = {"url": self.image(url.strip(), f"{field}.image_url")}
+                raise invalid(named, "must be an object with a url string")
+            image: dict[str, Any] = {"url": self.image(url.strip(), named)}
             if isinstance(value, Mapping) and isinstance(value.get("detail"), str):
                 image["detail"] = value["detail"]
             return {"type": "image_url", "image_url": image}

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from manager.api.client_fields import CLIENT_FIELD
 from manager.api.images import image_type
 from manager.api.schema import SEED_MAX, check_values, invalid, kind_of
 from manager.api.wire import GatewayError
@@ -267,7 +268,8 @@ def _user_content(text: str, images: Sequence[str], field: str) -> Any:
     if not images:
         return text
     parts: list[dict[str, Any]] = [
-        {"type": "image_url", "image_url": {"url": _image_url(image, f"{field}[{i}]")}}
+        {"type": "image_url", "image_url": {"url": _image_url(image, f"{field}[{i}]")},
+         CLIENT_FIELD: f"{field}[{i}]"}
         for i, image in enumerate(images)]
     if text:
         parts.append({"type": "text", "text": text})
