@@ -505,8 +505,8 @@ def test_an_image_or_audio_part_to_a_text_only_server_is_a_400_that_names_it(api
 
 
 def test_an_image_the_gateway_refuses_is_named_by_the_clients_own_field(api: Api) -> None:
-    """The Anthropic and Ollama routes' images are checked once translated, and the
-    refusal named the OpenAI part's field (`messages[0].content[1].image_url`), which the
+    """The Anthropic, Ollama and Responses routes' images are checked once translated, and
+    the refusal named the OpenAI part's field (`messages[0].content[1].image_url`), which the
     client never sent."""
     png = base64.b64encode(png_bytes()).decode()
     answer = api.post("/v1/messages", {"model": "eyes", "max_tokens": 5, "messages": [
@@ -526,6 +526,11 @@ def test_an_image_the_gateway_refuses_is_named_by_the_clients_own_field(api: Api
         {"role": "user", "content": "And these?", "images": [png, png + "!!"]}]})
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"].startswith("messages[0].images[1]: is not valid base64")
+    answer = api.post("/v1/responses", {"model": "eyes", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "This?"}, {
+            "type": "input_image", "image_url": "data:image/png;base64," + png + "!!"}]}]})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "input[0].content[1].image_url"
     # An OpenAI client's own part is named as it sent it.
     answer = api.post("/v1/chat/completions", _image_body("data:image/png;base64," + png + "!!"))
     assert answer.json()["error"]["param"] == "messages[0].content[0].image_url"

@@ -88,7 +88,9 @@ def chat_of(body: dict[str, Any], history: list[dict[str, Any]] | None = None
                 {"type": "input_image", "image_url": "data:image/png;base64,QUJD"}]}]},
             {"model": "m", "messages": [{"role": "user", "content": [
                 {"type": "text", "text": "What is this?"},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}}]}]},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"},
+                 # For the gate's errors (images.py), which drops it.
+                 "mm_client_field": "input[0].content[1].image_url"}]}]},
         ),
         (
             {"tools": [WEATHER, {"type": "web_search"}], "tool_choice": "required",
@@ -133,6 +135,15 @@ def chat_of(body: dict[str, Any], history: list[dict[str, Any]] | None = None
 def test_requests_translate_to_chat(body: dict[str, Any], expected: dict[str, Any]) -> None:
     check_responses(body)
     assert chat_of(body) == expected
+
+
+def test_an_image_is_stored_and_sent_again_without_the_gates_field_name() -> None:
+    image = {"type": "input_image", "image_url": "data:image/png;base64,QUJD"}
+    first = to_chat_request({"input": [{"role": "user", "content": [image]}]}, "m")
+    assert first.input_items[0]["content"] == [{**image, "detail": "auto"}]
+    second = to_chat_request({"input": "And now?"}, "m", first.input_items)
+    assert second.chat["messages"][0]["content"] == [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}}]
 
 
 def test_history_comes_before_the_input_and_instructions_before_both() -> None:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from manager.api.client_fields import CLIENT_FIELD
 from manager.errors import ValidationError
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,9 @@ def _input_part(part: Mapping[str, Any], where: str) -> dict[str, Any]:
         if not isinstance(url, str) or not url:
             raise ValidationError(f"{where}.image_url: send the image as a data: URL (file "
                                   "ids are not supported by this gateway)", where)
-        return {"type": "input_image", "image_url": url, "detail": part.get("detail") or "auto"}
+        # Marked for the gate's errors until the request is translated (to_chat_request).
+        return {"type": "input_image", "image_url": url, "detail": part.get("detail") or "auto",
+                CLIENT_FIELD: f"{where}.image_url"}
     if kind == "input_file":
         raise ValidationError(f"{where}: input_file parts are not supported by this "
                               "gateway; send the file's text as input_text", where)
@@ -184,7 +187,10 @@ def _chat_content(parts: Sequence[Mapping[str, Any]]) -> str | list[dict[str, An
     out: list[dict[str, Any]] = []
     for part in parts:
         if part.get("type") == "input_image":
-            out.append({"type": "image_url", "image_url": {"url": part.get("image_url")}})
+            image = {"type": "image_url", "image_url": {"url": part.get("image_url")}}
+            if CLIENT_FIELD in part:  # this request's own image, not one from the history
+                image[CLIENT_FIELD] = part[CLIENT_FIELD]
+            out.append(image)
         else:
             out.append({"type": "text", "text": str(part.get("text") or "")})
     return out
@@ -290,7 +296,17 @@ def to_chat_request(body: Mapping[str, Any], model: str,
         chat["chat_template_kwargs"] = {"enable_thinking": reasoning["effort"] != "none"}
     if body.get("stream"):
         chat["stream"] = True
-    return Translated(chat, items, echo_fields(body))
+    return Translated(chat, [_unmarked(item) for item in items], echo_fields(body))
+
+
+def _unmarked(item: Item) -> Item:
+    """`item` as it is stored and shown: its parts without the gate's field names."""
+    content = item.get("content")
+    if item.get("type") != "message" or not isinstance(content, list):
+        return item
+    return {**item, "content": [
+        {k: v for k, v in part.items() if k != CLIENT_FIELD} if isinstance(part, dict)
+        else part for part in content]}
 
 
 def echo_fields(body: Mapping[str, Any]) -> dict[str, Any]:
