@@ -142,6 +142,9 @@ def test_extra_folders_in_lm_studio_layout(store: Store, tmp_path: Path,
         library.add_folder(people["admin"], str(tmp_path / "missing"))
     with pytest.raises(ValidationError, match="NUL character"):  # was "embedded null byte"
         library.add_folder(people["admin"], f"{root}\x00b")
+    for whole_disk in ("/", "/.", "/tmp/.."):  # was taken: every top folder scanned as models
+        with pytest.raises(ValidationError, match="^/ is the whole disk: add the folder"):
+            library.add_folder(people["admin"], whole_disk)
     folder = library.add_folder(people["admin"], str(root))
     with pytest.raises(Conflict):
         library.add_folder(people["admin"], str(root))

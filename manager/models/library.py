@@ -257,6 +257,10 @@ class Library:
         folder = folder.resolve()
         if not folder.is_dir():
             raise ValidationError(f"{folder} is not a folder on this machine.", field="path")
+        if folder == Path(folder.anchor):
+            # Every top folder would be read as a model's or an organisation's.
+            raise ValidationError(f"{folder} is the whole disk: add the folder that holds "
+                                  "your models (like /Users/me/.lmstudio/models).", field="path")
         now = utc_now()
         with self.store.connect(immediate=True) as db:
             if list(db.query("SELECT id FROM model_folders WHERE path = ?", [str(folder)])):
