@@ -40,8 +40,22 @@ def in_a_small_disk(disk: Path, script: str) -> subprocess.CompletedProcess[str]
         cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-SCRIPT = textwrap.dedent('''
-    import errno, json, sys
+#: What the scripts below share: `fill(path)` writes a file until the disk is full and
+#: says whether it stopped at ENOSPC.
+FILL = textwrap.dedent('''
+    import errno
+
+    def fill(path):
+        with open(path, "wb", buffering=0) as out:
+            while True:  # to the last byte
+                try:
+                    out.write(b"0" * 4096)
+                except OSError as exc:
+                    return exc.errno == errno.ENOSPC
+''')
+
+SCRIPT = FILL + textwrap.dedent('''
+    import json, sys
     from pathlib import Path
 
     from argon2 import PasswordHasher
@@ -70,13 +84,7 @@ SCRIPT = textwrap.dedent('''
 
     said = {"first": answer(register("alice@example.com"))}
     filler = disk / "filler"
-    with open(filler, "wb", buffering=0) as out:
-        while True:  # to the last byte
-            try:
-                out.write(b"0" * 4096)
-            except OSError as exc:
-                said["filled"] = exc.errno == errno.ENOSPC
-                break
+    said["filled"] = fill(filler)
     said["second"] = answer(register("bob@example.com"))
     said["sign_in"] = answer(client.post("/login", follow_redirects=False, data={
         "email": "alice@example.com", "password": password}))
@@ -143,8 +151,8 @@ def _password_file(tmp_path: Path) -> Path:
     return path
 
 
-KEY_ON_A_FULL_DISK = textwrap.dedent('''
-    import errno, json, sys
+KEY_ON_A_FULL_DISK = FILL + textwrap.dedent('''
+    import json, sys
     from pathlib import Path
 
     from manager.accounts.auth import load_or_create_secret
@@ -154,13 +162,7 @@ KEY_ON_A_FULL_DISK = textwrap.dedent('''
     key = disk / "data" / "secret.key"
     said = {}
     filler = disk / "filler"
-    with open(filler, "wb", buffering=0) as out:
-        while True:  # to the last byte
-            try:
-                out.write(b"0" * 4096)
-            except OSError as exc:
-                said["filled"] = exc.errno == errno.ENOSPC
-                break
+    said["filled"] = fill(filler)
     try:
         load_or_create_secret(key)
     except StorageFull as exc:
