@@ -97,7 +97,7 @@ def document_text(block: Mapping[str, Any]) -> str:
 
 def _image_part(block: Mapping[str, Any], where: str) -> dict[str, Any]:
     """An image block at `where` (messages[i].content[j]) as an OpenAI part; the gate's
-    errors name its source's field (images.CLIENT_FIELD)."""
+    errors name its source's field (client_fields.CLIENT_FIELD)."""
     source = block.get("source")
     kind = source.get("type") if isinstance(source, Mapping) else None
     if isinstance(source, Mapping) and kind == "base64":

@@ -1,10 +1,11 @@
 """Which field of the client's own request a translated content part came from.
 
-The Anthropic and Ollama routes turn the images they are sent into OpenAI image parts
-before the gateway checks them (images.MediaGate). Such a part carries the client's field
-under CLIENT_FIELD, so that a refusal names the field the client sent
-(`messages[0].content[1].source.data`, `images[0]`), not the OpenAI part's. A checked
-image is a new part: the key is never sent on to a model server.
+The Anthropic, Ollama and Responses routes turn the images they are sent into OpenAI
+image parts before the gateway checks them (images.MediaGate). Such a part carries the
+client's field under CLIENT_FIELD, so that a refusal names the field the client sent
+(`messages[0].content[1].source.data`, `images[0]`, `input[0].content[1].image_url`), not
+the OpenAI part's. A checked image is a new part: the key is never sent on to a model
+server (nor stored with a Responses request's items).
 """
 
 from __future__ import annotations

@@ -140,9 +140,10 @@ class MediaGate:
             if not isinstance(content, list):
                 out.append(message)
                 continue
-            parts = [self.part(_text(part, text_only, client_field(part, f"messages[{i}].content[{j}]")),
-                               f"messages[{i}].content[{j}]")
-                     for j, part in enumerate(content)]
+            parts = []
+            for j, part in enumerate(content):
+                field = f"messages[{i}].content[{j}]"
+                parts.append(self.part(_text(part, text_only, client_field(part, field)), field))
             out.append({**message, "content": parts})
         return out
 
