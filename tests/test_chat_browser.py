@@ -17,7 +17,7 @@ from PIL import Image
 
 from manager.accounts.auth import User
 from manager.api.login import SESSION_COOKIE
-from manager.chat.events import ChatEventKind
+from manager.chat.events import ChatEvent, ChatEventKind
 from manager.chat.history import ChatSummary, NewMessage
 from manager.errors import ValidationError
 from manager.net import free_port
@@ -95,23 +95,20 @@ def say(page, text: str) -> None:  # noqa: ANN001
     page.press("#chat-input textarea", "Enter")
 
 
-def answer_started(dash: ChatDashboard, alice) -> bool:  # noqa: ANN001 - a User
-    chats = dash.services.chats.list(alice, dash.profiles["chatter"].id)
-    return bool(chats) and any(m.role == "assistant" and m.content for m in
-                               dash.services.chats.get(alice, chats[0].id).messages)
-
-
 def thought(page, title: str):  # noqa: ANN001, ANN201 - a Locator
     return page.locator(THOUGHT, has=page.locator(".title", has_text=title))
 
 
-def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, browser
-                                                         ) -> None:  # noqa: ANN001
+def test_image_thinking_tools_reload_continue_and_delete(
+        dash: ChatDashboard, browser, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+        ) -> None:
     alice = dash.user(ALICE)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.add_cookies([{"name": SESSION_COOKIE, "url": dash.url,
                           "value": dash.cookie(ALICE)}])
     page = context.new_page()
+    held = hold_turns(dash, monkeypatch, at=lambda e: e.kind is ChatEventKind.ANSWER
+                      and bool(e.text.strip()))
     try:
         page.goto(dash.url + "/")
         open_chat_tab(page)
@@ -138,13 +135,15 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
                                timeout=30_000)
         stop = page.locator("#chat-stop")
         assert stop.is_disabled() and "stop" not in (stop.get_attribute("class") or "")
+        # The turn is held at its first words of answer: on a busy machine the whole
+        # answer could end before the click (Stop then greys again and the click waits).
+        held.armed.set()
         say(page, "Talk to me")
-        # Waiting in the page for the streaming answer timed out under load (the page is
-        # busy redrawing it): the saved partial answer says the same without asking it.
-        wait_for(lambda: answer_started(dash, alice), 60, "the chatter's answer to start")
+        assert held.drawn.wait(60), "the chatter's answer never started"
         # The click waits for Stop to be enabled: the turn's first update enabled it, before
         # any answer reached the page (no race with a separate event).
         page.click("#chat-stop")
+        held.release.set()
         page.wait_for_selector(f"{BOT} :text('Stopped before the answer was complete.')",
                                timeout=30_000)
         (stopped,) = dash.services.chats.list(alice, dash.profiles["chatter"].id)
@@ -221,6 +220,7 @@ def test_image_thinking_tools_reload_continue_and_delete(dash: ChatDashboard, br
         assert dash.services.chats.list(alice, dash.profiles["weather"].id) == []
         assert page.locator(f"{BOT} :text('It is sunny in Paris.')").count() == 0
     finally:
+        held.release.set()
         context.close()
 
 
@@ -244,15 +244,18 @@ def test_the_page_empties_the_box_in_a_quick_event_of_its_own(dash: ChatDashboar
 
 @dataclass
 class HeldTurns:
-    """Turns sent while `armed` is set are held once the person's message is drawn,
-    before the model answers (`drawn` is set then), until `release` is set."""
+    """Turns sent while `armed` is set are held at their first event that `hold_turns`
+    was told to hold at (by default once the person's message is drawn, before the model
+    answers): `drawn` is set then, and the turn goes on when `release` is set."""
 
     armed: threading.Event = field(default_factory=threading.Event)
     drawn: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
 
 
-def hold_turns(dash: ChatDashboard, monkeypatch: pytest.MonkeyPatch) -> HeldTurns:
+def hold_turns(dash: ChatDashboard, monkeypatch: pytest.MonkeyPatch,
+               at: Callable[[ChatEvent], bool] = lambda e: e.kind is ChatEventKind.USER
+               ) -> HeldTurns:
     engine = dash.services.chat_engine
     held = HeldTurns()
     send: Callable[..., Any] = engine.send
@@ -260,7 +263,7 @@ def hold_turns(dash: ChatDashboard, monkeypatch: pytest.MonkeyPatch) -> HeldTurn
     def held_send(*args: Any, **kwargs: Any) -> Iterator[Any]:
         for event in send(*args, **kwargs):
             yield event
-            if event.kind is ChatEventKind.USER and held.armed.is_set():
+            if at(event) and held.armed.is_set() and not held.drawn.is_set():
                 held.drawn.set()
                 held.release.wait(60)
 
