@@ -755,3 +755,24 @@ def test_a_large_body_is_parsed_and_checked_off_the_event_loop(
         answer = api.post("/v1/chat/completions", {"model": "nope", "messages": [part] * parts})
         assert answer.status_code == 404 and "nope" in answer.json()["error"]["message"]
     assert where == ["loop", "worker"]
+
+
+def test_a_refusal_is_logged_on_one_line_whatever_its_path_holds(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A path with %0a in it was logged as it came: the client's text after the newline
+    stood as a log line of its own ("INFO ... admin signed in", say)."""
+    from starlette.requests import HTTPConnection
+
+    from manager.api.key_auth import log_refusal
+    from manager.api.wire import Failure
+
+    path = "/v1/models\n2026-12-04 22:00:00,000 INFO    manager: forged"
+    with caplog.at_level("WARNING", logger="manager.api.key_auth"):
+        log_refusal(HTTPConnection({"type": "http", "method": "GET", "path": path,
+                                    "headers": []}),
+                    Failure(404, f"No such endpoint: GET {path}.", "unknown_endpoint"))
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "manager.api.key_auth"]
+    assert "\n" not in line
+    assert line.startswith("gateway GET /v1/models\\n2026-12-04 22:00:00,000 INFO")
+    assert line.endswith("No such endpoint: GET /v1/models\\n2026-12-04 22:00:00,000 INFO    "
+                         "manager: forged.")

@@ -93,9 +93,18 @@ def key_label(conn: HTTPConnection) -> str:
     return "an invalid key" if api_key_from(conn.headers) else "no key"
 
 
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped: a path or a message a client chose
+    (`/v1/x%0a...`) cannot start a log line of its own."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def log_refusal(conn: HTTPConnection, failure: Failure, model: str | None = None) -> None:
     """One WARNING line for a gateway request that was refused or failed: who (the
     key's name), the route, the model and the reason."""
     log.warning("gateway %s %s refused with %s (%s, model %s): %s",
-                conn.scope.get("method", "GET"), conn.scope.get("path", "?"), failure.status,
-                key_label(conn), repr(model) if model else "not named", failure.message)
+                conn.scope.get("method", "GET"), one_line(conn.scope.get("path", "?")),
+                failure.status, key_label(conn), repr(model) if model else "not named",
+                one_line(failure.message))

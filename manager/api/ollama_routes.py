@@ -24,7 +24,7 @@ from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from manager.api.key_auth import api_user, log_refusal, refusal
+from manager.api.key_auth import api_user, log_refusal, one_line, refusal
 from manager.api.limits import ModelFacts, read_body
 from manager.api.ollama import NEVER_S, OLLAMA_VERSION
 from manager.api.ollama_wire import ps_entry, show_payload, tags_entry, timestamp
@@ -137,7 +137,7 @@ class OllamaRoutes:
         try:
             payload = await to_thread.run_sync(read, limiter=self._limiter)
         except ManagerError as exc:
-            log.warning("%s failed: %s", request.url.path, exc.message)
+            log.warning("%s failed: %s", one_line(request.url.path), exc.message)
             return ollama_error(request, Failure(503, exc.message, "unavailable"))
         return Response(dumps(payload), media_type="application/json")
 
