@@ -98,12 +98,13 @@ def document_text(block: Mapping[str, Any]) -> str:
 def _image_part(block: Mapping[str, Any], where: str) -> dict[str, Any]:
     """An image block at `where` (messages[i].content[j]) as an OpenAI part; the gate's
     errors name its source's field (client_fields.CLIENT_FIELD)."""
-    source = block.get("source")
-    kind = source.get("type") if isinstance(source, Mapping) else None
-    if isinstance(source, Mapping) and kind == "base64":
+    given = block.get("source")
+    source: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+    kind = source.get("type")
+    if kind == "base64":
         media = source.get("media_type") or "image/png"
         url, field = f"data:{media};base64,{source.get('data', '')}", f"{where}.source.data"
-    elif isinstance(source, Mapping) and kind == "url":
+    elif kind == "url":
         url, field = str(source.get("url", "")), f"{where}.source.url"
     else:
         raise ValidationError(f"{where}.source.type: unsupported image source type "
