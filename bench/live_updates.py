@@ -7,8 +7,9 @@ Failed after a crash, Failed after a start whose weights do not load), the accou
 counter's bump (a new pending user -> the admin's badge; an approval -> one less; also
 one who registers while the server starts, news that must not wait for it), the
 downloads counter's bumps (each progress step of a throttled download from the local
-hub). Each page records, with a MutationObserver, when it first shows the change. Download steps: for each redraw of the progress bar, the wait of the oldest
-step it was the first to show.
+hub). Each page records, with a MutationObserver, when it first shows the change.
+Download steps: for each redraw of the progress bar, the wait of the oldest step it was
+the first to show.
 Prints p50 / p95 / max per kind of change, over every page and per page (`--each`: also
 every round's delay in each page), and the load average.
 Goal (issue 12): p95 <= 1 s.

@@ -1,7 +1,7 @@
 """Start to first completion for a stopped profile: through the manager vs a bare spawn.
 
 The baseline is `python -m mlx_lm server` spawned by hand and polled (a 1-token
-completion every 50 ms until one is answered). Against it, in the same rounds:
+completion every POLL_S, 10 ms, until one is answered). Against it, in the same rounds:
 
 - the Servers tab's path: the tab's own server action (`/server_action`, what its Start
   button runs, called through Gradio's queue over HTTP with a signed-in session) until
