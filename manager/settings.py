@@ -36,6 +36,11 @@ _GATEWAY_ENV = {
 }
 REMOTE_IMAGES_ENV = "MLX_MANAGER_GATEWAY_REMOTE_IMAGES"
 WARM_SPARE_ENV = "MLX_MANAGER_WARM_SPARE"
+SERVER_NICE_ENV = "MLX_MANAGER_SERVER_NICE"
+#: Nice steps model servers run below the dashboard by default (0: its own priority;
+#: manager/servers/cpu_priority.py says why); MAX_NICE is POSIX's lowest priority.
+SERVER_NICE = 5
+MAX_NICE = 19
 SSH_CONFIG_ENV = "MLX_MANAGER_SSH_CONFIG"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -65,6 +70,17 @@ def _warm_spare_env(env: Mapping[str, str]) -> dict[str, Any]:
         raise ValidationError(f"{WARM_SPARE_ENV} must be 1 or 0 (on or off), not {value!r}.",
                               "warm_spare")
     return {"warm_spare": value in _TRUE}
+
+
+def _server_nice_env(env: Mapping[str, str]) -> dict[str, Any]:
+    value = env.get(SERVER_NICE_ENV, "").strip()
+    if not value:
+        return {}
+    try:
+        return {"server_nice": int(value)}
+    except ValueError:
+        raise ValidationError(f"{SERVER_NICE_ENV} must be a whole number from 0 to "
+                              f"{MAX_NICE}, not {value!r}.", "server_nice") from None
 
 
 def _ssh_config_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -135,6 +151,9 @@ class Settings:
     # Keep a warm spare interpreter (mlx_lm/mlx_vlm already imported) for the next
     # server start. None: not set here, so the Admin tab's saved choice, else on.
     warm_spare: bool | None = None
+    # Model servers run this many nice steps below the dashboard (0: at its priority), so
+    # the gateway and the pages get a core at once while a server decodes flat out.
+    server_nice: int = SERVER_NICE
     # Leave the model servers running when the dashboard stops (the next start adopts
     # them); the service mode does. By default Ctrl-C stops them too.
     keep_servers: bool = False
@@ -153,7 +172,7 @@ class Settings:
         if env.get(DATA_DIR_ENV):
             base = replace(base, data_dir=Path(env[DATA_DIR_ENV]))
         base = replace(base, **_gateway_env(env), **_warm_spare_env(env),
-                       **_ssh_config_env(env))
+                       **_server_nice_env(env), **_ssh_config_env(env))
         given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in given:
             given["data_dir"] = Path(str(given["data_dir"]))
@@ -163,6 +182,10 @@ class Settings:
         if isinstance(origins, (list, tuple)):
             given["cors_origins"] = normalize_origins(str(o) for o in origins)
         settings = replace(base, **given)
+        if not 0 <= settings.server_nice <= MAX_NICE:
+            raise ValidationError(f"The model servers' nice steps (--server-nice, "
+                                  f"{SERVER_NICE_ENV}) must be from 0 to {MAX_NICE}, not "
+                                  f"{settings.server_nice}.", "server_nice")
         return replace(settings, data_dir=settings.data_dir.expanduser().resolve())
 
     @property

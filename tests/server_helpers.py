@@ -128,3 +128,26 @@ def server_env(root: Path, **supervisor_args: object) -> ServerEnv:
     monitor = Monitor(supervisor, detect_gpu_reader=False)
     return ServerEnv(root, store, profiles, supervisor, monitor, clock,
                      Placement(supervisor, profiles))
+
+
+def thread_nices(pid: int) -> set[int]:
+    """The nice of each of the process's threads (Linux: nice is per thread), or of the
+    process where there is no /proc."""
+    try:
+        tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        tids = [pid]
+    return {os.getpriority(os.PRIO_PROCESS, tid) for tid in tids}
+
+
+def autogroup_nice(pid: int) -> int | None:
+    """The nice of the process's Linux autogroup ("/autogroup-7 nice 5"), None without."""
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split("nice")[1])
+    except FileNotFoundError:
+        return None
+
+
+def lowered(steps: int) -> int:
+    """The nice of a server `steps` below this process (cpu_priority.lower)."""
+    return min(19, os.getpriority(os.PRIO_PROCESS, 0) + steps)

@@ -24,10 +24,18 @@ from manager.servers.inference import InferenceClient, MetricsStore
 from manager.servers.profiles import Profile
 from manager.servers.states import FAILED_STATES, ServerState
 from tests.fixtures.sshd import SshServer
-from tests.server_helpers import ServerEnv, exited, hf_home_env, server_env
+from tests.server_helpers import (
+    ServerEnv,
+    exited,
+    hf_home_env,
+    lowered,
+    server_env,
+    thread_nices,
+)
 from tests.waits import wait_for
 
 pytestmark = pytest.mark.slow
+RANK_NICE = 4  # local ranks' steps below the dashboard's CPU priority
 
 # With logprobs: the random tiny model's text alone could match by luck; the tokens and
 # their log-probabilities show that the sharded layers compute what one process does.
@@ -40,7 +48,8 @@ QUESTION = {"messages": [{"role": "user", "content": "Say something about rivers
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerEnv]:
     root = tmp_path_factory.mktemp("distributed")
     with hf_home_env(root / "hf_home"):
-        created = server_env(root / "data")
+        created = server_env(root / "data", groups=GroupLauncher(root / "data" / "logs",
+                                                                  nice=RANK_NICE))
         yield created
         created.close()
 
@@ -113,6 +122,7 @@ def test_two_ranks_answer_like_one_process(env: ServerEnv, group_profile: Profil
     for view in views:
         proc = psutil.Process(view.pid)
         assert os.getpgid(proc.pid) == proc.pid, "each rank leads its own process group"
+        assert thread_nices(proc.pid) == {lowered(RANK_NICE)}, "below the dashboard's CPU"
         environ = proc.environ()
         assert environ[RANK_ENV] == str(view.rank)
         assert Path(environ[HOSTFILE_ENV]).exists()

@@ -28,9 +28,17 @@ from manager.servers.records import read_records
 from manager.servers.spare import SparePool
 from manager.servers.supervisor import ServerState, Supervisor
 from manager.services import WARM_SPARE, Services
-from manager.settings import Settings
+from manager.settings import SERVER_NICE, Settings
 from tests.conftest import TEST_HASHER
-from tests.server_helpers import ServerEnv, all_gone, hf_home_env, server_env
+from tests.server_helpers import (
+    ServerEnv,
+    all_gone,
+    autogroup_nice,
+    hf_home_env,
+    lowered,
+    server_env,
+    thread_nices,
+)
 from tests.waits import wait_for
 
 pytestmark = pytest.mark.slow
@@ -46,7 +54,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerEnv]:
     with hf_home_env(root / "hf_home"):
         hub = root / "hf_home" / "hub"
         pool = SparePool(sys.executable, hub, root / "data" / "logs",
-                         on_change=lambda: NEWS.append(1))
+                         on_change=lambda: NEWS.append(1), nice=SERVER_NICE)
         created = server_env(root / "data", spares=pool)
         pool.start({Backend.MLX_LM})
         yield created
@@ -94,6 +102,9 @@ def test_a_start_is_handed_to_the_spare_which_is_then_replaced(
     assert snap.pid == spare
     assert os.getsid(spare) == spare and os.getpgid(spare) == spare
     assert complete(profile.port)["usage"]["completion_tokens"] >= 1
+    # Below the dashboard's CPU priority, every thread the server started too.
+    assert thread_nices(spare) == {lowered(SERVER_NICE)}
+    assert autogroup_nice(spare) in (None, lowered(SERVER_NICE))
     # Its output goes to the server's log, under the usual first line.
     assert snap.log_path is not None
     text = Path(snap.log_path).read_text()
@@ -103,7 +114,7 @@ def test_a_start_is_handed_to_the_spare_which_is_then_replaced(
     assert "Starting httpd at 127.0.0.1" in text
     # A new spare takes its place once the start settled; the Servers tab hears of it.
     news = len(NEWS)
-    spare_pid(pool, not_=spare)
+    assert thread_nices(spare_pid(pool, not_=spare)) == {lowered(SERVER_NICE)}
     wait_for(lambda: len(NEWS) > news, WARM_S, "news of the new spare")
 
     # A dashboard started after this one adopts it: the record names the spare's own
@@ -182,6 +193,7 @@ def test_off_starts_the_normal_way_and_the_choice_is_saved(
     assert "warm spare" not in Path(snap.log_path).read_text()
     argv = build_command(profile, str(tiny_models["text"]), sys.executable)
     assert psutil.Process(snap.pid).cmdline() == argv
+    assert thread_nices(snap.pid) == {lowered(SERVER_NICE)}  # spawned below us too
     env.supervisor.stop(profile.id)
     assert pool.views() == []  # no spare came back while off
     pool.switch(admin, True)
@@ -203,6 +215,9 @@ def test_closing_the_services_ends_their_spare(tmp_path: Path,
     spares = services.supervisor.spares
     (view,) = spares.views()  # started for the profile's backend; no need to be warm
     assert view.pid is not None
+    # The default: servers (and the spare that will be one) run below the dashboard.
+    assert thread_nices(view.pid) == {lowered(SERVER_NICE)}
+    assert services.supervisor.groups.nice == SERVER_NICE
     services.close()
     assert all_gone([view.pid])
 

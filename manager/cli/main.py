@@ -70,6 +70,10 @@ def _serve_flags(parser: argparse.ArgumentParser, default: object) -> None:
                         help="keep a spare interpreter with mlx_lm/mlx_vlm imported, so "
                              "server starts skip the imports (env MLX_MANAGER_WARM_SPARE; "
                              "default: the Admin tab's choice, else on)")
+    parser.add_argument("--server-nice", type=int, default=default, metavar="N",
+                        help="run model servers N nice steps below the dashboard's CPU "
+                             "priority, 0-19 (env MLX_MANAGER_SERVER_NICE; default 5; 0: "
+                             "the same priority)")
     parser.add_argument("--keep-servers", action="store_true", default=default,
                         help="leave the model servers running when the dashboard stops, "
                              "for the next start to adopt (default: Ctrl-C stops them)")
@@ -150,6 +154,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cors_origins=getattr(args, "cors_origins", None),
         registrations_per_hour=getattr(args, "registrations_per_hour", None),
         warm_spare=getattr(args, "warm_spare", None),
+        server_nice=getattr(args, "server_nice", None),
         keep_servers=getattr(args, "keep_servers", None),
         ssh_config=getattr(args, "ssh_config", None),
     )

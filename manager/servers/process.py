@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 import psutil
 
+from manager.servers import cpu_priority
 from manager.servers.profiles import Backend, Profile
 from manager.servers.records import ServerRecord
 
@@ -121,16 +122,18 @@ def child_env(hub_cache: Path, base: Mapping[str, str] | None = None) -> dict[st
     return env
 
 
-def spawn(argv: list[str], log_file: Path, env: Mapping[str, str], cwd: Path, *, by: str
-          ) -> tuple[subprocess.Popen[bytes], float | None]:
-    """Start `argv` in its own session, output appended to `log_file` (whose first line
-    says what runs and for whom). Returns the process and its create time (None when it
-    is already gone). Raises OSError when it cannot be started."""
+def spawn(argv: list[str], log_file: Path, env: Mapping[str, str], cwd: Path, *, by: str,
+          nice: int = 0) -> tuple[subprocess.Popen[bytes], float | None]:
+    """Start `argv` in its own session, `nice` steps below the dashboard's CPU priority
+    (cpu_priority.py), output appended to `log_file` (whose first line says what runs and
+    for whom). Returns the process and its create time (None when it is already gone).
+    Raises OSError when it cannot be started."""
     with log_file.open("ab") as handle:
         write_header(handle, argv, by)
         popen = subprocess.Popen(  # noqa: S603 - argv list, no shell
             argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
             env=dict(env), start_new_session=True, close_fds=True, cwd=cwd)
+    cpu_priority.lower(popen.pid, nice)
     try:
         create_time: float | None = psutil.Process(popen.pid).create_time()
     except psutil.Error as exc:

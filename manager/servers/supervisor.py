@@ -224,9 +224,8 @@ class Supervisor(ServerRegistry):
         return self.transitional()
 
     def adopt_or_reap(self) -> None:
-        """At dashboard start: adopt recorded servers that still run, mark the rest
-        stopped; failed ones stay failed (with their reason) until started again, and
-        one that was backing off restarts at the next tick."""
+        """At dashboard start: adopt recorded servers that still run, mark the rest stopped;
+        failed ones stay failed until started again (one backing off restarts next tick)."""
         self._in_charge = True
         for record in read_records(self._store):
             try:
@@ -341,7 +340,8 @@ class Supervisor(ServerRegistry):
                                                         self.logs_dir, by=by)
             popen, create_time = (self.groups.spawn(profile.id, profile.name, dist, argv, path,
                                                     env, by=by) if dist else
-                                  handed or spawn(argv, path, env, self.logs_dir, by=by))
+                                  handed or spawn(argv, path, env, self.logs_dir, by=by,
+                                                  nice=self.spares.nice))
         except OSError as exc:
             log.error("cannot spawn the server of %s: %s", profile.name, exc)
             server.log_path = path
