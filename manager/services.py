@@ -95,7 +95,7 @@ class Services:
         spares = spare_pool(settings, store, hub_cache, changes.notifier(Topic.SAMPLES))
         groups = GroupLauncher(settings.logs_dir,
                                remote=SshRanks(SshOptions.from_settings(settings)),
-                               nice=settings.server_nice)
+                               nice_steps=settings.server_nice)
         supervisor = Supervisor(store, profiles, settings.logs_dir, hub_cache=hub_cache,
                                 spares=spares, groups=groups)
 
@@ -172,4 +172,4 @@ def spare_pool(settings: Settings, store: Store, hub_cache: Path,
                      pinned_by="" if pinned is None else
                      "--warm-spare / --no-warm-spare or MLX_MANAGER_WARM_SPARE",
                      save=lambda on: saved.set_bool(WARM_SPARE, on), on_change=on_change,
-                     nice=settings.server_nice)
+                     nice_steps=settings.server_nice)

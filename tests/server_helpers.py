@@ -16,7 +16,7 @@ from manager.servers.monitor import Monitor
 from manager.servers.placement import Placement
 from manager.servers.profiles import Profile, ProfileService, ProfileSpec
 from manager.servers.supervisor import Clock, Supervisor
-from manager.settings import hub_cache_from_env
+from manager.settings import MAX_NICE, hub_cache_from_env
 from manager.store import Store
 
 
@@ -132,15 +132,22 @@ def server_env(root: Path, **supervisor_args: object) -> ServerEnv:
 
 def thread_nices(pid: int) -> set[int]:
     """The nice of each of the process's threads (Linux: nice is per thread), or of the
-    process where there is no /proc."""
+    process where there is no /proc. A thread that ends meanwhile (a request's) is left
+    out."""
     try:
         tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
     except FileNotFoundError:
         tids = [pid]
-    return {os.getpriority(os.PRIO_PROCESS, tid) for tid in tids}
+    nices = set()
+    for tid in tids:
+        try:
+            nices.add(os.getpriority(os.PRIO_PROCESS, tid))
+        except ProcessLookupError:
+            continue
+    return nices
 
 
-def autogroup_nice(pid: int) -> int | None:
+def autogroup_nice(pid: int | str) -> int | None:
     """The nice of the process's Linux autogroup ("/autogroup-7 nice 5"), None without."""
     try:
         return int(Path(f"/proc/{pid}/autogroup").read_text().split("nice")[1])
@@ -150,4 +157,11 @@ def autogroup_nice(pid: int) -> int | None:
 
 def lowered(steps: int) -> int:
     """The nice of a server `steps` below this process (cpu_priority.lower)."""
-    return min(19, os.getpriority(os.PRIO_PROCESS, 0) + steps)
+    return min(MAX_NICE, os.getpriority(os.PRIO_PROCESS, os.getpid()) + steps)
+
+
+def lowered_group(pid: int, steps: int) -> bool:
+    """True when the server's autogroup is `steps` below this process's, or there is
+    no autogroup (not Linux). Unprivileged, the kernel may take it ~100 ms later."""
+    own = autogroup_nice("self")
+    return own is None or autogroup_nice(pid) == min(MAX_NICE, own + steps)

@@ -49,7 +49,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerEnv]:
     root = tmp_path_factory.mktemp("distributed")
     with hf_home_env(root / "hf_home"):
         created = server_env(root / "data", groups=GroupLauncher(root / "data" / "logs",
-                                                                  nice=RANK_NICE))
+                                                                  nice_steps=RANK_NICE))
         yield created
         created.close()
 

@@ -33,9 +33,9 @@ from tests.conftest import TEST_HASHER
 from tests.server_helpers import (
     ServerEnv,
     all_gone,
-    autogroup_nice,
     hf_home_env,
     lowered,
+    lowered_group,
     server_env,
     thread_nices,
 )
@@ -54,7 +54,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerEnv]:
     with hf_home_env(root / "hf_home"):
         hub = root / "hf_home" / "hub"
         pool = SparePool(sys.executable, hub, root / "data" / "logs",
-                         on_change=lambda: NEWS.append(1), nice=SERVER_NICE)
+                         on_change=lambda: NEWS.append(1), nice_steps=SERVER_NICE)
         created = server_env(root / "data", spares=pool)
         pool.start({Backend.MLX_LM})
         yield created
@@ -104,7 +104,7 @@ def test_a_start_is_handed_to_the_spare_which_is_then_replaced(
     assert complete(profile.port)["usage"]["completion_tokens"] >= 1
     # Below the dashboard's CPU priority, every thread the server started too.
     assert thread_nices(spare) == {lowered(SERVER_NICE)}
-    assert autogroup_nice(spare) in (None, lowered(SERVER_NICE))
+    assert wait_for(lambda: lowered_group(spare, SERVER_NICE), 30, "its session's group")
     # Its output goes to the server's log, under the usual first line.
     assert snap.log_path is not None
     text = Path(snap.log_path).read_text()
@@ -217,7 +217,7 @@ def test_closing_the_services_ends_their_spare(tmp_path: Path,
     assert view.pid is not None
     # The default: servers (and the spare that will be one) run below the dashboard.
     assert thread_nices(view.pid) == {lowered(SERVER_NICE)}
-    assert services.supervisor.groups.nice == SERVER_NICE
+    assert services.supervisor.groups.nice_steps == SERVER_NICE
     services.close()
     assert all_gone([view.pid])
 

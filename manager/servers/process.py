@@ -123,8 +123,8 @@ def child_env(hub_cache: Path, base: Mapping[str, str] | None = None) -> dict[st
 
 
 def spawn(argv: list[str], log_file: Path, env: Mapping[str, str], cwd: Path, *, by: str,
-          nice: int = 0) -> tuple[subprocess.Popen[bytes], float | None]:
-    """Start `argv` in its own session, `nice` steps below the dashboard's CPU priority
+          nice_steps: int = 0) -> tuple[subprocess.Popen[bytes], float | None]:
+    """Start `argv` in its own session, `nice_steps` below the dashboard's CPU priority
     (cpu_priority.py), output appended to `log_file` (whose first line says what runs and
     for whom). Returns the process and its create time (None when it is already gone).
     Raises OSError when it cannot be started."""
@@ -133,7 +133,7 @@ def spawn(argv: list[str], log_file: Path, env: Mapping[str, str], cwd: Path, *,
         popen = subprocess.Popen(  # noqa: S603 - argv list, no shell
             argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
             env=dict(env), start_new_session=True, close_fds=True, cwd=cwd)
-    cpu_priority.lower(popen.pid, nice)
+    cpu_priority.lower(popen.pid, nice_steps)
     try:
         create_time: float | None = psutil.Process(popen.pid).create_time()
     except psutil.Error as exc:

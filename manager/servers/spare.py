@@ -80,11 +80,11 @@ class SparePool:
 
     def __init__(self, python: str, hub_cache: Path, logs_dir: Path, *, enabled: bool = True,
                  pinned_by: str = "", save: Callable[[bool], None] | None = None,
-                 on_change: Callable[[], None] | None = None, nice: int = 0) -> None:
+                 on_change: Callable[[], None] | None = None, nice_steps: int = 0) -> None:
         self._python = python
         #: Nice steps below the dashboard's CPU priority for spares and, through the
         #: supervisor, the servers started without one (cpu_priority.py).
-        self.nice = nice
+        self.nice_steps = nice_steps
         self._hub_cache = hub_cache
         self._logs_dir = logs_dir
         self._enabled = enabled
@@ -262,8 +262,8 @@ class SparePool:
                     argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=output,
                     env=child_env(self._hub_cache), start_new_session=True, close_fds=True,
                     cwd=_PACKAGE_ROOT)
-            # Before its imports start threads: they inherit it, and so does the server.
-            cpu_priority.lower(popen.pid, self.nice)
+            # Now: the threads its imports start inherit it, and so does the server.
+            cpu_priority.lower(popen.pid, self.nice_steps)
         except OSError as exc:
             log.error("cannot start a %s spare interpreter: %s", backend.value, exc)
             self._problems[backend] = f"Could not start: {exc}"

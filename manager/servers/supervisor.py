@@ -341,7 +341,7 @@ class Supervisor(ServerRegistry):
             popen, create_time = (self.groups.spawn(profile.id, profile.name, dist, argv, path,
                                                     env, by=by) if dist else
                                   handed or spawn(argv, path, env, self.logs_dir, by=by,
-                                                  nice=self.spares.nice))
+                                                  nice_steps=self.spares.nice_steps))
         except OSError as exc:
             log.error("cannot spawn the server of %s: %s", profile.name, exc)
             server.log_path = path

@@ -347,7 +347,7 @@ class GroupLauncher:
     logs_dir: Path
     remote: RemoteRanks | None = None
     remote_python: str = "python3"
-    nice: int = 0  # local ranks' steps below the dashboard's CPU priority (cpu_priority.py)
+    nice_steps: int = 0  # local ranks' steps below the dashboard's priority (cpu_priority.py)
     _last: dict[int, RankGroup] = field(default_factory=dict)
 
     def running_rank_ids(self) -> tuple[str, ...]:
@@ -433,6 +433,6 @@ class GroupLauncher:
                                   "dashboard cannot reach over ssh.", "distributed")
         popen, create_time = spawn(argv, rank_log, rank_env, self.logs_dir,
                                    by=f"{by}, {how}",
-                                   nice=self.nice if launch.host.is_local else 0)
+                                   nice_steps=self.nice_steps if launch.host.is_local else 0)
         return _Rank(launch=launch, rank_id=rank_id, endpoint=spec.endpoint(launch.rank), log_path=rank_log,
                      popen=popen, create_time=create_time)
