@@ -152,7 +152,7 @@ class Settings:
     # server start. None: not set here, so the Admin tab's saved choice, else on.
     warm_spare: bool | None = None
     # Model servers run this many nice steps below the dashboard (0: at its priority), so
-    # the gateway and the pages get a core at once while a server decodes flat out.
+    # the gateway and the pages wait less for a core while a server decodes flat out.
     server_nice: int = SERVER_NICE
     # Leave the model servers running when the dashboard stops (the next start adopts
     # them); the service mode does. By default Ctrl-C stops them too.

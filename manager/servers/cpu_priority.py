@@ -1,18 +1,19 @@
 """Model servers run at a lower CPU priority than the dashboard.
 
 A server decodes flat out and keeps the cores busy; the dashboard (the gateway, the
-pages) needs a core for a few microseconds at a time, and the client waits for each of
-those moments: a request on its way to the server, every chunk on its way back. When the
-dashboard wakes behind a busy server it waits in the kernel's run queue first
-(~100 us a time on 2 cores, measured with /proc/PID/task/TID/schedstat). A server a
-few nice steps below the dashboard (`Settings.server_nice`) lets it have the core at
-once. That costs the server what the dashboard uses (a few % of a core while
-streaming), and the server yields to the person's other programs too, as a background
-job should.
+pages) needs a core for tens of microseconds at a time, and the client waits for each
+of those moments: a request on its way to the server, every chunk on its way back. When
+the dashboard wakes behind a busy server it waits in the kernel's run queue first
+(~100 us a time on 2 cores, measured with /proc/PID/task/TID/schedstat). With the
+server a few nice steps lower (`Settings.server_nice`) that wait was 68-87 us instead
+of 101-114 (docs/benchmarks.md). It costs the server what the dashboard uses (a few %
+of a core while streaming), and the server yields to the person's other programs too,
+as a background job should.
 
-Linux schedules each session as a group ("autogroup", on where the desktop does not put
-programs in cgroups of their own); a server runs in a session of its own, so the group
-gets the same nice steps as its threads (/proc/PID/autogroup).
+Linux schedules each session as a group ("autogroup", where the desktop does not put
+programs in cgroups of their own): there the threads' nice only orders the threads of
+one session. A server runs in a session of its own, so its group gets the same steps
+(/proc/PID/autogroup).
 """
 
 from __future__ import annotations
