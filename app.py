@@ -225,7 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Account commands print their own results; only problems should join them.
     level = getattr(args, "log_level", None) or ("info" if serving else "warning")
     configure_logging(level)
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ManagerError as exc:  # a variable or flag out of range: say which, no traceback
+        sys.stderr.write(f"error: {exc.message}\n")
+        return 2
     if serving:
         return serve(settings, level)
     return run_command(args, settings)

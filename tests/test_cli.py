@@ -220,6 +220,34 @@ def test_a_data_dir_that_cannot_be_made_is_one_line_not_a_traceback(
         in caplog.text
 
 
+def test_a_setting_misspelled_or_out_of_range_is_one_line_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad value in an MLX_MANAGER_ variable (or --server-nice out of range) ended the
+    dashboard and every command in a ValidationError's traceback."""
+    from app import main
+
+    data_dir = tmp_path / "data"
+    cases = [
+        ({"MLX_MANAGER_SERVER_NICE": "x"}, ["--port", str(free_port())],
+         "MLX_MANAGER_SERVER_NICE must be a whole number from 0 to 19, not 'x'."),
+        ({}, ["--server-nice", "25"], "The model servers' nice steps (--server-nice, "
+                                      "MLX_MANAGER_SERVER_NICE) must be from 0 to 19, not 25."),
+        ({"MLX_MANAGER_WARM_SPARE": "maybe"}, ["status"],
+         "MLX_MANAGER_WARM_SPARE must be 1 or 0 (on or off), not 'maybe'."),
+        ({"MLX_MANAGER_GATEWAY_MAX_BODY_BYTES": "1e6"}, ["users", "list"],
+         "MLX_MANAGER_GATEWAY_MAX_BODY_BYTES must be a whole number, not '1e6'."),
+    ]
+    for env, args, message in cases:
+        with monkeypatch.context() as patched:
+            for name, value in env.items():
+                patched.setenv(name, value)
+            assert main(["--data-dir", str(data_dir), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err == f"error: {message}\n", args
+    assert not data_dir.exists()  # refused before anything was made
+
+
 def test_a_password_prompt_that_gets_no_password_and_one_not_needed_end_plainly(
         tmp_path: Path) -> None:
     """`users reset-password` asked for a password before it knew the account, `users add`
