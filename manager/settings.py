@@ -46,16 +46,22 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
+def _whole_number(env: Mapping[str, str], name: str, field_name: str,
+                  what: str = "a whole number") -> dict[str, Any]:
+    """{field_name: the variable `name` as an int}, {} when it is not set."""
+    value = env.get(name, "").strip()
+    if not value:
+        return {}
+    try:
+        return {field_name: int(value)}
+    except ValueError:
+        raise ValidationError(f"{name} must be {what}, not {value!r}.", field_name) from None
+
+
 def _gateway_env(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, field_name in _GATEWAY_ENV.items():
-        value = env.get(name, "").strip()
-        if value:
-            try:
-                out[field_name] = int(value)
-            except ValueError:
-                raise ValidationError(f"{name} must be a whole number, not {value!r}.",
-                                      field_name) from None
+        out.update(_whole_number(env, name, field_name))
     remote = env.get(REMOTE_IMAGES_ENV, "").strip().lower()
     if remote:
         out["gateway_remote_images"] = remote in _TRUE
@@ -70,17 +76,6 @@ def _warm_spare_env(env: Mapping[str, str]) -> dict[str, Any]:
         raise ValidationError(f"{WARM_SPARE_ENV} must be 1 or 0 (on or off), not {value!r}.",
                               "warm_spare")
     return {"warm_spare": value in _TRUE}
-
-
-def _server_nice_env(env: Mapping[str, str]) -> dict[str, Any]:
-    value = env.get(SERVER_NICE_ENV, "").strip()
-    if not value:
-        return {}
-    try:
-        return {"server_nice": int(value)}
-    except ValueError:
-        raise ValidationError(f"{SERVER_NICE_ENV} must be a whole number from 0 to "
-                              f"{MAX_NICE}, not {value!r}.", "server_nice") from None
 
 
 def _ssh_config_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -172,7 +167,9 @@ class Settings:
         if env.get(DATA_DIR_ENV):
             base = replace(base, data_dir=Path(env[DATA_DIR_ENV]))
         base = replace(base, **_gateway_env(env), **_warm_spare_env(env),
-                       **_server_nice_env(env), **_ssh_config_env(env))
+                       **_whole_number(env, SERVER_NICE_ENV, "server_nice",
+                                       f"a whole number from 0 to {MAX_NICE}"),
+                       **_ssh_config_env(env))
         given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in given:
             given["data_dir"] = Path(str(given["data_dir"]))
