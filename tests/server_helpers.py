@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -148,11 +149,15 @@ def thread_nices(pid: int) -> set[int]:
 
 
 def autogroup_nice(pid: int | str) -> int | None:
-    """The nice of the process's Linux autogroup ("/autogroup-7 nice 5"), None without."""
+    """The nice of the process's Linux autogroup ("/autogroup-7 nice 5"); 0 for the
+    default one, which Linux prints empty (init's session, never moved by a setsid: the
+    root group, weighed at nice 0); None without autogroups (not Linux)."""
     try:
-        return int(Path(f"/proc/{pid}/autogroup").read_text().split("nice")[1])
+        text = Path(f"/proc/{pid}/autogroup").read_text()
     except FileNotFoundError:
         return None
+    found = re.search(r"\bnice\s+(-?\d+)", text)
+    return int(found.group(1)) if found else 0
 
 
 def lowered(steps: int) -> int:

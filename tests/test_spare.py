@@ -71,6 +71,15 @@ def profile(env: ServerEnv, tiny_models: dict[str, Path]) -> Profile:
     return env.profile("spare text", tiny_models["text"])
 
 
+@pytest.fixture(autouse=True)
+def nothing_left_running(env: ServerEnv) -> Iterator[None]:
+    """A test that fails half-way leaves no server for the next ones to trip on."""
+    yield
+    for snap in env.supervisor.snapshots():
+        if snap.state is not ServerState.STOPPED:
+            env.supervisor.stop(snap.profile_id)
+
+
 def person(uid: int, role: Role) -> User:
     return User(id=uid, email=f"{role.value}{uid}@example.com", role=role,
                 status=Status.ACTIVE, token_version=0, created_at="", approved_at=None,

@@ -118,7 +118,9 @@ def _threads(pid: int) -> list[int]:
 
 
 def _autogroup_nice(path: Path) -> int:
-    """The nice of this process's autogroup ("/autogroup-12 nice 0"); 0 when unknown."""
+    """The nice of this process's autogroup ("/autogroup-12 nice 0"). 0 when the file is
+    empty: the default group (a process of init's session: never under a setsid, as
+    services and CI jobs can be) is the root group itself, which weighs as nice 0."""
     try:
         found = _AUTOGROUP_NICE.search(path.read_text())
     except OSError:
