@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from pathlib import Path
 import psutil
 
 from manager.net import free_port
+from manager.servers.cpu_priority import autogroup_nice, thread_ids
 from manager.servers.monitor import Monitor
 from manager.servers.placement import Placement
 from manager.servers.profiles import Profile, ProfileService, ProfileSpec
@@ -135,29 +135,13 @@ def thread_nices(pid: int) -> set[int]:
     """The nice of each of the process's threads (Linux: nice is per thread), or of the
     process where there is no /proc. A thread that ends meanwhile (a request's) is left
     out."""
-    try:
-        tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-    except FileNotFoundError:
-        tids = [pid]
     nices = set()
-    for tid in tids:
+    for tid in thread_ids(pid):
         try:
             nices.add(os.getpriority(os.PRIO_PROCESS, tid))
         except ProcessLookupError:
             continue
     return nices
-
-
-def autogroup_nice(pid: int | str) -> int | None:
-    """The nice of the process's Linux autogroup ("/autogroup-7 nice 5"); 0 for the
-    default one, which Linux prints empty (init's session, never moved by a setsid: the
-    root group, weighed at nice 0); None without autogroups (not Linux)."""
-    try:
-        text = Path(f"/proc/{pid}/autogroup").read_text()
-    except FileNotFoundError:
-        return None
-    found = re.search(r"\bnice\s+(-?\d+)", text)
-    return int(found.group(1)) if found else 0
 
 
 def lowered(steps: int) -> int:

@@ -51,7 +51,7 @@ def lower(pid: int, steps: int) -> None:
     _lower_threads(pid, min(MAX_NICE, own + steps))
     group = _PROC / str(pid) / "autogroup"
     if group.exists() and _leads_a_session(pid):  # never the dashboard's own group
-        value = min(MAX_NICE, _autogroup_nice(_PROC / "self" / "autogroup") + steps)
+        value = min(MAX_NICE, (autogroup_nice("self") or 0) + steps)
         if not _set_group(group, value):
             threading.Thread(target=_retry_group, args=(group, value), daemon=True,
                              name=f"autogroup-{pid}").start()
@@ -63,7 +63,7 @@ def _lower_threads(pid: int, target: int) -> None:
     inherit their creator's)."""
     done: set[int] = set()
     for _ in range(THREAD_PASSES):
-        fresh = set(_threads(pid)) - done
+        fresh = set(thread_ids(pid)) - done
         if not fresh:
             return
         for tid in fresh:
@@ -108,7 +108,7 @@ def _leads_a_session(pid: int) -> bool:
         return False
 
 
-def _threads(pid: int) -> list[int]:
+def thread_ids(pid: int) -> list[int]:
     """The thread ids of `pid` (Linux, /proc); elsewhere the process id, which macOS's
     setpriority applies to the whole process."""
     try:
@@ -117,12 +117,14 @@ def _threads(pid: int) -> list[int]:
         return [pid]
 
 
-def _autogroup_nice(path: Path) -> int:
-    """The nice of this process's autogroup ("/autogroup-12 nice 0"). 0 when the file is
-    empty: the default group (a process of init's session: never under a setsid, as
-    services and CI jobs can be) is the root group itself, which weighs as nice 0."""
+def autogroup_nice(pid: int | str) -> int | None:
+    """The nice of the process's autogroup ("/autogroup-12 nice 0"); None where it
+    cannot be read (no autogroups: not Linux). 0 when the file is empty: the default
+    group (a process of init's session, never under a setsid, as services and CI jobs can
+    be) is the root group itself, which weighs as nice 0."""
     try:
-        found = _AUTOGROUP_NICE.search(path.read_text())
+        text = (_PROC / str(pid) / "autogroup").read_text()
     except OSError:
-        return 0
+        return None
+    found = _AUTOGROUP_NICE.search(text)
     return int(found.group(1)) if found else 0
