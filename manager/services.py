@@ -30,6 +30,7 @@ from manager.servers.distributed.ssh import SshOptions
 from manager.servers.inference import InferenceClient, MetricsStore
 from manager.servers.monitor import Monitor
 from manager.servers.placement import Placement
+from manager.servers.process import run_beside
 from manager.servers.profiles import ProfileService
 from manager.servers.spare import SparePool
 from manager.servers.states import ServerState
@@ -125,25 +126,36 @@ class Services:
                        metrics=metrics, inference=inference, tools=tools, placement=placement,
                        chat_engine=chat_engine, tool_check=tool_check, responses=responses,
                        changes=changes)
-        if not run_servers:
-            return services
+        if run_servers:
+            services._start_servers()
+        return services
+
+    def _start_servers(self) -> None:
+        """Adopt, auto-start, spares, sampling, downloads: in a thread of its own while
+        this one waits, so that a signal's SystemExit (exit_on_signals) or a Ctrl-C lands
+        in the wait. Raised inside the start-up, it could land between a lock's acquire
+        and its `with` (a Condition's or a @contextmanager's __enter__ is Python code):
+        the lock stays taken, and the clean-up's stops wait on it until they give up."""
         try:
-            # Adopt servers an earlier run left running, then clear logs nobody needs.
-            supervisor.adopt_or_reap()
-            supervisor.cleanup_logs()
-            tool_check.results.close_interrupted()  # a check the last run was in never ends
-            placement.auto_start()
-            spares.start({p.backend for p in profiles.list()})  # one per backend in use
-            monitor.start()
-            # Downloads that were running when the dashboard stopped continue now.
-            downloads.start_workers()
+            run_beside(self._start_up, "start-up")
         except BaseException:
             # Ctrl-C during the auto-starts (or a failure): the servers started so far run
             # in their own sessions and would outlive this process. They go as at a
             # dashboard's exit (kept in service mode, for the next start to adopt).
-            services.close(keep_servers=settings.keep_servers)
+            self.close(keep_servers=self.settings.keep_servers)
             raise
-        return services
+
+    def _start_up(self) -> None:
+        # Adopt servers an earlier run left running, then clear logs nobody needs.
+        self.supervisor.adopt_or_reap()
+        self.supervisor.cleanup_logs()
+        self.tool_check.results.close_interrupted()  # a check the last run was in never ends
+        self.placement.auto_start()
+        # One spare per backend in use.
+        self.supervisor.spares.start({p.backend for p in self.profiles.list()})
+        self.monitor.start()
+        # Downloads that were running when the dashboard stopped continue now.
+        self.downloads.start_workers()
 
     def close(self, *, keep_servers: bool = False) -> None:
         """Stop background work; safe to call twice. Model servers are stopped unless

@@ -281,3 +281,22 @@ def exit_on_signals() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, exit_on_signal)
+
+
+def run_beside(work: Callable[[], None], name: str) -> None:
+    """Run `work` in a thread of its own while this thread waits for it; its exception
+    is raised here. A signal's exception (exit_on_signals) or a Ctrl-C, raised in the
+    main thread, then interrupts the wait, not `work`, which runs on to its end."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]

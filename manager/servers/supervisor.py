@@ -375,7 +375,7 @@ class Supervisor(ServerRegistry):
         with self._changing():
             server = self._servers.setdefault(profile_id, ServerRun(
                 profile, state_since=self.clock.time()))
-            if server.state in STARTABLE_STATES:
+            if server.state in STARTABLE_STATES and not self._closing:  # not at the exit
                 server.profile = profile
                 server.failure_tail = ""
                 server.restart_due = None
