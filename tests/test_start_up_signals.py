@@ -5,7 +5,8 @@ runs on to its end and lets go of every lock it took.
 Raised inside the work, it could land between a lock's acquire and its `with` (a
 Condition's or a @contextmanager's __enter__ is Python code): the lock stayed taken, and
 the clean-up's stops waited on it until they gave up, leaving an auto-started server
-running (tests/test_dashboard_process.py caught it once on a busy machine)."""
+running (tests/test_dashboard_process.py caught it once on a busy machine). An
+auto-start the start-up tries after that clean-up is refused, and not left FAILED."""
 
 from __future__ import annotations
 
@@ -13,11 +14,16 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from manager.errors import ManagerError
 from manager.servers.events import Announcer
 from manager.servers.process import exit_on_signals, run_beside
+from manager.servers.records import read_records
+from manager.servers.states import ServerState
+from tests.server_helpers import server_env
 from tests.waits import wait_for
 
 ROUNDS = 200
@@ -77,3 +83,20 @@ def test_the_works_own_failure_is_raised_in_the_waiting_thread() -> None:
 
     with pytest.raises(ValueError, match="port 8080 is taken"):
         run_beside(start_up, "start-up")
+
+
+def test_a_start_refused_because_the_dashboard_closes_is_not_recorded_as_failed(
+        tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """The start-up runs on after the main thread's clean-up closed the supervisor: an
+    auto-start it then tries is refused, and must not be left FAILED for the next run."""
+    env = server_env(tmp_path / "data")
+    profile = env.profile("late", tiny_models["text"], auto_start=True)
+    env.close()
+    with pytest.raises(ManagerError, match="The dashboard is shutting down"):
+        env.supervisor.start(profile.id)
+    env.supervisor.fail_to_start(profile.id, "Auto-start failed: The dashboard is shutting "
+                                             "down.")
+    snap = env.supervisor.snapshot(profile.id)
+    assert snap is None or snap.state is ServerState.STOPPED
+    assert all(r.state is ServerState.STOPPED for r in read_records(env.store)
+               if r.profile_id == profile.id)
